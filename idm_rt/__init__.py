@@ -1,0 +1,8 @@
+"""idm-rt: fast inference for IDM (Implicit Diffusion Models for continuous super-resolution)."""
+
+from .checkpoints import CheckpointMismatch, load_model, save_model
+from .config import IDMConfig, preset
+from .model import IDM, Conditioning
+
+__all__ = ["IDM", "IDMConfig", "Conditioning", "CheckpointMismatch", "load_model", "save_model", "preset"]
+__version__ = "0.1.0"

@@ -1,0 +1,134 @@
+"""Loading and saving IDM weights.
+
+Two formats are read by :func:`load_model`:
+* a released ``.pth`` (the authors' layout, shape inferred from the keys, see :mod:`idm_rt.released`),
+  read with ``torch.load(weights_only=True)`` so that no pickled code runs;
+* the project format written by :func:`save_model`: a folder with ``model.safetensors`` and
+  ``config.json`` (network config, max training scale M, provenance).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import IDMConfig
+from .model import IDM
+from .released import CheckpointMismatch, infer_config, is_released, translate
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+FORMAT = "idm-rt/1"
+
+
+def load_model(path: str | os.PathLike, config: IDMConfig | None = None, max_scale: float | None = None) -> IDM:
+    """Load an IDM in eval mode, float32, on the CPU.
+
+    Args:
+        path: a released ``.pth``/``.pt`` file, or a project-format folder (or its ``.safetensors``).
+        config: the network shape; inferred from the checkpoint when None.
+        max_scale: largest training magnification M. Released checkpoints do not store it
+            (8 for the face model, 4 for DIV2K); the default there is 8.
+    Raises:
+        FileNotFoundError: nothing at ``path``.
+        CheckpointMismatch: keys or shapes that do not fit the network, all listed.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    if path.is_dir() or path.suffix == ".safetensors":
+        return _load_project(path, config, max_scale)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors, truncated files, non-checkpoint files
+        raise CheckpointMismatch(f"{path} is not a readable torch checkpoint: {e}") from e
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not is_released(state):
+        raise CheckpointMismatch(f"{path} is not a released IDM checkpoint (no 'denoise_fn.*' keys)")
+    config = config or infer_config(state)
+    model = IDM(config, max_scale=8.0 if max_scale is None else max_scale)
+    _load_state(model, translate(state, config), str(path))
+    return model.eval()
+
+
+def _load_project(path: Path, config: IDMConfig | None, max_scale: float | None) -> IDM:
+    folder = path if path.is_dir() else path.parent
+    weights = path / WEIGHTS_NAME if path.is_dir() else path
+    meta_path = folder / CONFIG_NAME
+    if not weights.exists() or not meta_path.exists():
+        raise FileNotFoundError(f"{folder} needs both {WEIGHTS_NAME} and {CONFIG_NAME}")
+    meta = json.loads(meta_path.read_text())
+    config = config or IDMConfig.from_dict(meta["network"])
+    model = IDM(config, max_scale=max_scale if max_scale is not None else meta["max_scale"])
+    state = {k: v.float() for k, v in load_file(weights).items()}
+    _load_state(model, state, str(weights))
+    model.provenance = meta.get("provenance", {})
+    return model.eval()
+
+
+def _load_state(model: IDM, state: dict[str, torch.Tensor], source: str) -> None:
+    """load_state_dict with every missing, unexpected and mis-shaped key named in one error."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs network {tuple(own[k].shape)}"
+              for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected}")
+        if shapes:
+            parts.append(f"shape mismatches {shapes}")
+        raise CheckpointMismatch(f"{source} does not fit the network: " + "; ".join(parts))
+    model.load_state_dict(state)
+
+
+def save_model(model: IDM, folder: str | os.PathLike, dtype: torch.dtype = torch.float32,
+               provenance: dict[str, Any] | None = None) -> Path:
+    """Write ``folder/model.safetensors`` and ``folder/config.json`` (atomically, each via a temp file)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
+    meta = {
+        "format": FORMAT,
+        "network": model.config.to_dict(),
+        "max_scale": model.max_scale,
+        "dtype": str(dtype).replace("torch.", ""),
+        "provenance": provenance or getattr(model, "provenance", {}),
+    }
+    _atomic(folder / WEIGHTS_NAME, lambda p: save_file(state, p))
+    _atomic(folder / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
+    return folder
+
+
+def _atomic(target: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def model_hash(model: IDM) -> str:
+    """Short SHA-256 over the config and weights: identifies a model in manifests and provenance."""
+    h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().float().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+__all__ = ["load_model", "save_model", "model_hash", "CheckpointMismatch"]

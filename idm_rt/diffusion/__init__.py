@@ -1,0 +1,54 @@
+"""Diffusion schedule and samplers; :func:`sample` runs one on an IDM with precomputed conditioning."""
+
+from __future__ import annotations
+
+import torch
+
+from ..model import IDM, Conditioning
+from .samplers import EpsFn, ddim, ddim_timesteps, ddpm, ddpm_step, dpmpp_2m, dpmpp_timesteps, randn_like
+from .schedule import LinearSchedule
+
+SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
+
+
+def calls_for(sampler: str, steps: int, sched: LinearSchedule = LinearSchedule()) -> int:
+    """Network calls a sampler makes for ``steps``."""
+    if sampler == "ddpm":
+        return sched.timesteps
+    if sampler == "ddim":
+        return len(ddim_timesteps(sched, steps)) - 1
+    return steps
+
+
+def run_sampler(eps_fn: EpsFn, x_T: torch.Tensor, sampler: str = "ddim", steps: int = 200, eta: float = 0.0,
+                generator: torch.Generator | None = None, schedule: LinearSchedule | None = None,
+                progress: bool = False) -> torch.Tensor:
+    """Run a named sampler from x_T with any noise predictor ``eps_fn(x, g)``."""
+    sched = schedule or LinearSchedule()
+    if sampler == "ddpm":
+        return ddpm(eps_fn, sched, x_T, generator, progress)
+    if sampler == "ddim":
+        return ddim(eps_fn, sched, x_T, steps, eta, generator, progress)
+    if sampler == "dpmpp_2m":
+        return dpmpp_2m(eps_fn, sched, x_T, steps, progress)
+    raise ValueError(f"unknown sampler {sampler!r}; choose from {SAMPLERS}")
+
+
+@torch.no_grad()
+def sample(model: IDM, conditioning: Conditioning, sampler: str = "ddim", steps: int = 200,
+           x_T: torch.Tensor | None = None, generator: torch.Generator | None = None, eta: float = 0.0,
+           progress: bool = False) -> torch.Tensor:
+    """x_0 (B, 3, H, W) in about [-1, 1] for a precomputed conditioning.
+
+    Only the U-Net runs inside the loop. With x_T given, deterministic samplers (ddim with
+    eta = 0, dpmpp_2m) use no other randomness.
+    """
+    cond = conditioning.cond
+    if x_T is None:
+        x_T = randn_like(cond, generator)
+    return run_sampler(lambda x, g: model.denoise(x, conditioning, g), x_T, sampler, steps, eta, generator,
+                       progress=progress)
+
+
+__all__ = ["LinearSchedule", "SAMPLERS", "sample", "run_sampler", "calls_for", "ddpm", "ddim", "dpmpp_2m",
+           "ddpm_step", "ddim_timesteps", "dpmpp_timesteps"]

@@ -1,0 +1,120 @@
+"""Samplers as small functions of (eps model, schedule, x_T), each loop reading like its paper.
+
+``eps_fn(x, g)`` predicts the noise in x at noise level g = sqrt(gamma), g of shape (B,).
+Randomness comes only from ``generator`` (drawn on the generator's device, so a seed gives the
+same numbers wherever the model runs).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+from tqdm.auto import tqdm
+
+from .schedule import LinearSchedule
+
+EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    device = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+
+
+def _levels(x: torch.Tensor, g: float) -> torch.Tensor:
+    return torch.full((x.shape[0],), g, dtype=torch.float32, device=x.device)
+
+
+def _progress(it: Iterable, total: int, progress: bool, desc: str) -> Iterable:
+    return tqdm(it, total=total, desc=desc, leave=False) if progress else it
+
+
+def ddpm_step(x_t: torch.Tensor, t: int, eps: torch.Tensor, z: torch.Tensor, sched: LinearSchedule) -> torch.Tensor:
+    """One ancestral step of the release (Ho et al. 2020, Eq. 7 with the clipped x0 prediction)."""
+    ac, ac_prev, beta = sched.ac(t), float(sched.alphas_cumprod_prev[t]), float(sched.betas[t])
+    x0 = math.sqrt(1.0 / ac) * x_t - math.sqrt(1.0 / ac - 1.0) * eps
+    x0 = x0.clamp(-1.0, 1.0)
+    coef1 = beta * math.sqrt(ac_prev) / (1.0 - ac)  # posterior mean coefficients
+    coef2 = (1.0 - ac_prev) * math.sqrt(1.0 - beta) / (1.0 - ac)
+    var = beta * (1.0 - ac_prev) / (1.0 - ac)
+    log_var = math.log(max(var, 1e-20))
+    mean = coef1 * x0 + coef2 * x_t
+    if t == 0:
+        return mean
+    return mean + z * math.exp(0.5 * log_var)
+
+
+def ddpm(eps_fn: EpsFn, sched: LinearSchedule, x_T: torch.Tensor, generator: torch.Generator | None = None,
+         progress: bool = False) -> torch.Tensor:
+    """The release's default sampler: T network calls, t = T-1 .. 0."""
+    x = x_T
+    for t in _progress(reversed(range(sched.timesteps)), sched.timesteps, progress, "ddpm"):
+        eps = eps_fn(x, _levels(x, sched.noise_level(t)))
+        z = randn_like(x, generator) if t > 0 else torch.zeros_like(x)
+        x = ddpm_step(x, t, eps, z, sched)
+    return x
+
+
+def ddim_timesteps(sched: LinearSchedule, steps: int) -> list[int]:
+    """The release's subsequence ``range(0, T, T // steps)``; the loop makes len - 1 network calls."""
+    if not 2 <= steps <= sched.timesteps:
+        raise ValueError(f"ddim steps must be in 2..{sched.timesteps}, got {steps}")
+    return list(range(0, sched.timesteps, sched.timesteps // steps))
+
+
+def ddim(eps_fn: EpsFn, sched: LinearSchedule, x_T: torch.Tensor, steps: int = 200, eta: float = 0.0,
+         generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+    """DDIM (Song et al. 2021, Eq. 12) on the release's grid; eta = 0 is deterministic.
+
+    The last update lands on ac[0] (the release stops before t = 0), hence steps - 1 calls.
+    """
+    seq = ddim_timesteps(sched, steps)
+    x = x_T
+    pairs = list(zip(reversed(seq[1:]), reversed(seq[:-1])))
+    for i, j in _progress(pairs, len(pairs), progress, "ddim"):
+        at, an = sched.ac(i), sched.ac(j)
+        eps = eps_fn(x, _levels(x, sched.noise_level(i)))
+        x0 = (x - math.sqrt(1.0 - at) * eps) / math.sqrt(at)
+        sigma = eta * math.sqrt((1.0 - an) / (1.0 - at) * (1.0 - at / an))
+        x = math.sqrt(an) * x0 + math.sqrt(1.0 - an - sigma**2) * eps
+        if sigma > 0:
+            x = x + sigma * randn_like(x, generator)
+    return x
+
+
+def dpmpp_timesteps(sched: LinearSchedule, steps: int) -> list[int]:
+    """steps + 1 integer times spaced evenly from T-1 down to 0."""
+    if not 1 <= steps < sched.timesteps:
+        raise ValueError(f"dpmpp_2m steps must be in 1..{sched.timesteps - 1}, got {steps}")
+    return [round((sched.timesteps - 1) * (1 - k / steps)) for k in range(steps + 1)]
+
+
+def dpmpp_2m(eps_fn: EpsFn, sched: LinearSchedule, x_T: torch.Tensor, steps: int = 20,
+             progress: bool = False) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2) in data-prediction form, for few-step sampling.
+
+    With alpha_t = sqrt(ac), sigma_t = sqrt(1 - ac), lambda_t = log(alpha_t / sigma_t):
+    x_next = (sigma_next / sigma) x - alpha_next (e^{-h} - 1) D, with D the second-order
+    combination of the last two x0 predictions (first order on the first step, and on the last
+    step when steps < 15, for stability).
+    """
+    ts = dpmpp_timesteps(sched, steps)
+    alpha = [math.sqrt(sched.ac(t)) for t in ts]
+    sigma = [math.sqrt(1.0 - sched.ac(t)) for t in ts]
+    lam = [math.log(a / s) for a, s in zip(alpha, sigma)]
+    x, x0_prev, h_prev = x_T, None, None
+    for k in _progress(range(steps), steps, progress, "dpmpp_2m"):
+        eps = eps_fn(x, _levels(x, alpha[k]))
+        x0 = (x - sigma[k] * eps) / alpha[k]
+        h = lam[k + 1] - lam[k]
+        first_order = x0_prev is None or (k == steps - 1 and steps < 15)
+        if first_order:
+            d = x0
+        else:
+            r = h_prev / h
+            d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
+        x = (sigma[k + 1] / sigma[k]) * x - alpha[k + 1] * math.expm1(-h) * d
+        x0_prev, h_prev = x0, h
+    return x

@@ -1,0 +1,101 @@
+"""Implicit up-layer (IDM Sec. 3.2, Eq. 4-5): scale modulation, then a coordinate-MLP queried
+at every target pixel on the nearest source feature and the relative coordinate.
+
+Two forms compute the same function:
+* ``literal``: the release's way, a (C+2 -> hidden -> C) MLP evaluated per target pixel;
+* ``fast``: for the released (linear) MLP, ``W2 W1`` folded into a C x C map applied at the
+  source resolution, nearest gather, plus a per-row and a per-column term (exact algebra).
+  With the ReLU variant the first layer still runs at the source resolution and only the
+  nonlinearity and second layer run per target pixel.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import fused_leaky_relu
+
+
+def pixel_centres(n: int) -> torch.Tensor:
+    """Coordinates of n pixel centres in [-1, 1], ``-1 + (2k+1)/n``, computed like the release (float32)."""
+    r = 1.0 / n
+    return -1.0 + r + (2.0 * r) * torch.arange(n).float()
+
+
+@lru_cache(maxsize=256)
+def nearest_query(n_src: int, n_dst: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each of n_dst target centres along one axis: the nearest source index exactly as
+    ``grid_sample(mode='nearest', align_corners=False)`` picks it on coordinates clamped to
+    [-1+1e-6, 1-1e-6], and the relative coordinate ``(target - source centre) * n_src``."""
+    coord = pixel_centres(n_dst)
+    grid = torch.zeros(1, 1, n_dst, 2)
+    grid[0, 0, :, 0] = coord.clamp(-1 + 1e-6, 1 - 1e-6)
+    src = torch.arange(n_src, dtype=torch.float32).view(1, 1, 1, n_src)
+    idx = F.grid_sample(src, grid, mode="nearest", align_corners=False).view(n_dst).long()
+    rel = (coord - pixel_centres(n_src)[idx]) * n_src
+    return idx, rel
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, a1: torch.Tensor, a2: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``FusedLeakyReLU(x * a1 + shift * a2, bias)`` with a1, a2 of shape (B, C)."""
+    return fused_leaky_relu(x * a1[:, :, None, None] + shift * a2[:, :, None, None], bias)
+
+
+def query_literal(h: torch.Tensor, fc1: nn.Linear, fc2: nn.Linear, size: tuple[int, int], relu: bool) -> torch.Tensor:
+    """Reference form, the release's computation: ``grid_sample`` the feature and the source
+    centres at every target centre, concatenate the relative coordinate, run the MLP per pixel."""
+    b, c, hs, ws = h.shape
+    rows, cols = pixel_centres(size[0]).to(h), pixel_centres(size[1]).to(h)
+    coord = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=-1).view(1, -1, 2)  # row first
+    grid = coord.clamp(-1 + 1e-6, 1 - 1e-6).flip(-1).unsqueeze(1).expand(b, -1, -1, -1)
+    q_feat = F.grid_sample(h, grid, mode="nearest", align_corners=False)[:, :, 0, :].permute(0, 2, 1)
+    src_rows, src_cols = pixel_centres(hs).to(h), pixel_centres(ws).to(h)
+    src_coord = torch.stack(torch.meshgrid(src_rows, src_cols, indexing="ij"), dim=0)
+    src_coord = src_coord.unsqueeze(0).expand(b, -1, -1, -1)
+    q_coord = F.grid_sample(src_coord, grid, mode="nearest", align_corners=False)[:, :, 0, :].permute(0, 2, 1)
+    rel = (coord - q_coord) * torch.tensor([hs, ws], dtype=h.dtype, device=h.device)
+    hidden = fc1(torch.cat([q_feat, rel], dim=-1))
+    if relu:
+        hidden = F.relu(hidden)
+    return fc2(hidden).permute(0, 2, 1).reshape(b, c, size[0], size[1])
+
+
+def query_fast(h: torch.Tensor, fc1: nn.Linear, fc2: nn.Linear, size: tuple[int, int], relu: bool) -> torch.Tensor:
+    """Same function as :func:`query_literal`; the linear algebra is moved to the source resolution."""
+    b, c, hs, ws = h.shape
+    (ri, rr), (ci, cr) = nearest_query(hs, size[0]), nearest_query(ws, size[1])
+    ri, rr, ci, cr = (t.to(h.device) for t in (ri, rr, ci, cr))
+    rr, cr = rr.to(h.dtype), cr.to(h.dtype)
+    w1, w_row, w_col = fc1.weight[:, :c], fc1.weight[:, c], fc1.weight[:, c + 1]
+    if not relu:
+        # out = (W2 W1f) h_src + rel_r (W2 w_r) + rel_c (W2 w_c) + (W2 b1 + b2)
+        w2 = fc2.weight
+        y = F.conv2d(h, (w2 @ w1)[:, :, None, None], w2 @ fc1.bias + fc2.bias)
+        y = y[:, :, ri][:, :, :, ci]
+        return y + (w2 @ w_row)[:, None, None] * rr[:, None] + (w2 @ w_col)[:, None, None] * cr[None, :]
+    # hidden = relu(W1f h_src + rel_r w_r + rel_c w_c + b1), out = W2 hidden + b2
+    pre = F.conv2d(h, w1[:, :, None, None], fc1.bias)[:, :, ri][:, :, :, ci]
+    hidden = F.relu(pre + w_row[:, None, None] * rr[:, None] + w_col[:, None, None] * cr[None, :])
+    return F.conv2d(hidden, fc2.weight[:, :, None, None], fc2.bias)
+
+
+class ImplicitUp(nn.Module):
+    """Modulate a U-Net feature with the level's LR shift and scale vectors, then query it at the
+    target size with the coordinate-MLP (``fc1``: C+2 -> hidden, ``fc2``: hidden -> C)."""
+
+    def __init__(self, ch: int, hidden: int = 256, relu: bool = False):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(ch))
+        self.fc1 = nn.Linear(ch + 2, hidden)
+        self.fc2 = nn.Linear(hidden, ch)
+        self.relu = relu
+        self.literal = False
+
+    def forward(self, x, shift, a1, a2, size: tuple[int, int]) -> torch.Tensor:
+        h = modulate(x, shift, a1, a2, self.bias)
+        query = query_literal if self.literal else query_fast
+        return query(h, self.fc1, self.fc2, size, self.relu)
