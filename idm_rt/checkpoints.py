@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .config import IDMConfig
+from .fileio import atomic_write
 from .model import IDM
 from .released import CheckpointMismatch, infer_config, is_released, translate
 
@@ -106,20 +106,9 @@ def save_model(model: IDM, folder: str | os.PathLike, dtype: torch.dtype = torch
         "dtype": str(dtype).replace("torch.", ""),
         "provenance": provenance or getattr(model, "provenance", {}),
     }
-    _atomic(folder / WEIGHTS_NAME, lambda p: save_file(state, p))
-    _atomic(folder / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
+    atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(state, p))
+    atomic_write(folder / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
     return folder
-
-
-def _atomic(target: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def model_hash(model: IDM) -> str:

@@ -30,17 +30,6 @@ class Conditioning:
     a1: list[torch.Tensor | None]
     a2: list[torch.Tensor | None]
 
-    def crop(self, top: int, left: int, height: int, width: int, size_multiple: int) -> "Conditioning":
-        """This conditioning restricted to an HR window aligned to ``size_multiple``."""
-        if top % size_multiple or left % size_multiple:
-            raise ValueError("crop offsets must be multiples of the U-Net's size multiple")
-        shifts: list[torch.Tensor | None] = [None]
-        for i, s in enumerate(self.shifts[1:], start=1):
-            f = 2**i
-            shifts.append(s[:, :, top // f : top // f + -(-height // f), left // f : left // f + -(-width // f)])
-        cond = self.cond[:, :, top : top + height, left : left + width]
-        return Conditioning(cond, shifts, self.a1, self.a2)
-
 
 class ConvAct(nn.Module):
     """Equalized conv without bias, then FusedLeakyReLU with its own bias (optionally blurred first)."""

@@ -48,6 +48,10 @@ class IDM(nn.Module):
         """Predict the noise in x_t (B, 3, H, W) at noise level g = sqrt(gamma) (B,)."""
         return self.unet(x_t, conditioning, noise_level.to(x_t.device))
 
+    def forward(self, x_t: torch.Tensor, lr: torch.Tensor, p: torch.Tensor, noise_level: torch.Tensor) -> torch.Tensor:
+        """The whole network in one call (training, DDP): encode, condition, denoise."""
+        return self.denoise(x_t, self.condition(self.encode(lr, tuple(x_t.shape[-2:])), p), noise_level)
+
     def set_implicit_form(self, form: str) -> None:
         """``"fast"`` (default) or ``"literal"`` (the release's per-pixel MLP, kept as the reference)."""
         if form not in ("fast", "literal"):

@@ -1,0 +1,114 @@
+"""``Upscaler``: the public entry point. It only orchestrates: prepare the input, condition once,
+sample (tiled when large), convert back."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .checkpoints import load_model
+from .diffusion import SAMPLERS
+from .images import ImageLike, from_tensor, resize_alpha, to_tensor
+from .model import IDM
+from .pipeline import super_resolve
+
+DEFAULT_MODEL = Path(__file__).parent / "weights" / "default"
+
+
+class Upscaler:
+    """Continuous-scale super-resolution with an IDM model.
+
+    Args:
+        model: a loaded :class:`~idm_rt.IDM`.
+        device: where the network runs ("cpu", "cuda", "cuda:1", ...).
+        sampler, steps: defaults for :meth:`upscale`.
+        tile: default HR tile side; outputs larger than this are denoised in overlapping tiles.
+        max_pixels: largest output (H x W) accepted, a guard against typos such as ``scale=400``.
+    """
+
+    def __init__(self, model: IDM, device: str | torch.device = "cpu", sampler: str = "dpmpp_2m", steps: int = 20,
+                 tile: int = 512, max_pixels: int = 64_000_000):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.sampler, self.steps, self.tile, self.max_pixels = sampler, steps, tile, max_pixels
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+                        **kwargs) -> "Upscaler":
+        """Load a released ``.pth`` or a project-format folder; None loads the bundled default model."""
+        if path is None:
+            if not (DEFAULT_MODEL / "model.safetensors").exists():
+                raise FileNotFoundError(
+                    "this build of idm-rt has no bundled default model yet; pass a checkpoint path "
+                    "(a released .pth or a folder written by `python -m idm_rt convert`)")
+            path = DEFAULT_MODEL
+        return cls(load_model(path), device=device, **kwargs)
+
+    def output_size(self, height: int, width: int, scale: float | None = None,
+                    size: tuple[int, int] | None = None) -> tuple[int, int]:
+        """(H, W) of the output: ``round(h * s) x round(w * s)``, or ``size`` given as (width, height)."""
+        if (scale is None) == (size is None):
+            raise ValueError("give exactly one of scale or size")
+        if scale is not None:
+            if not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 1:
+                raise ValueError(f"scale must be a finite number > 1, got {scale!r}")
+            out = (round(height * scale), round(width * scale))
+        else:
+            if len(size) != 2 or any(not isinstance(v, int) for v in size):
+                raise ValueError(f"size must be (width, height) integers, got {size!r}")
+            out = (size[1], size[0])
+            if out[0] < height or out[1] < width or out == (height, width):
+                raise ValueError(f"size {size[0]}x{size[1]} must be larger than the input {width}x{height}")
+        if out[0] * out[1] > self.max_pixels:
+            raise ValueError(f"output {out[1]}x{out[0]} has {out[0] * out[1]} pixels, above the limit of "
+                             f"{self.max_pixels} (raise max_pixels to allow it)")
+        return out
+
+    def upscale(self, image: ImageLike | Sequence[ImageLike], scale: float | None = None,
+                size: tuple[int, int] | None = None, steps: int | None = None, sampler: str | None = None,
+                seed: int | None = None, tile: int | None = None, eta: float = 0.0, progress: bool = True):
+        """Upscale one image, or a list of them (same-size images run as one batch).
+
+        Args:
+            image: PIL image, HxW[xC] numpy array (uint8, uint16 or float in [0, 1]) or [C]xHxW torch
+                tensor (uint8 or float in [0, 1]); grayscale and alpha are kept.
+            scale: any real magnification > 1 (beyond the trained range extrapolates).
+            size: explicit output size (width, height) instead of scale.
+            steps, sampler: sampling budget; defaults from the constructor.
+            seed: makes the result repeatable.
+            tile: HR tile side (multiple of 8); 0 disables tiling; None uses the default.
+        Returns:
+            The upscaled image(s), of the same kind as the input.
+        """
+        sampler = sampler or self.sampler
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; choose from {SAMPLERS}")
+        steps = self.steps if steps is None else steps
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        tile = self.tile if tile is None else tile
+        single = not isinstance(image, (list, tuple))
+        images = [image] if single else list(image)
+        if not images:
+            raise ValueError("no image given")
+        prepared = [to_tensor(im) for im in images]
+        sizes = [self.output_size(rgb.shape[-2], rgb.shape[-1], scale, size) for rgb, _, _ in prepared]
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for i, ((rgb, _, _), out) in enumerate(zip(prepared, sizes)):
+            groups[(tuple(rgb.shape[-2:]), out)].append(i)
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        results: list[ImageLike] = [None] * len(images)
+        for (_, out), idx in groups.items():
+            lr = torch.cat([prepared[i][0] for i in idx]).to(self.device)
+            sr = super_resolve(self.model, lr, out, scale=scale, sampler=sampler, steps=steps, eta=eta,
+                               generator=gen, tile=tile or None, progress=progress)
+            for k, i in enumerate(idx):
+                _, alpha, kind = prepared[i]
+                alpha = resize_alpha(alpha, out) if alpha is not None else None
+                results[i] = from_tensor(sr[k:k + 1], alpha, kind)
+        return results[0] if single else results

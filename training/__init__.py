@@ -1,0 +1,1 @@
+"""Training and evaluation of IDM models (not public API: use ``python -m training.train``)."""

@@ -1,0 +1,94 @@
+"""Training options: one dataclass, named presets, JSON config files and ``key=value`` overrides.
+
+The resolved options are saved next to every run (``train_config.json``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; the defaults are the CPU-sized ``small`` recipe."""
+
+    preset: str = "small"  # network preset (idm_rt.config.PRESETS)
+    network: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's fields
+    data: str = "../shared/datasets/train"
+    val_data: str | None = None  # held-out folder; None: the last ``val_holdout`` images of data
+    val_holdout: int = 4
+    out: str = "runs/small"
+    crop: int = 64  # HR crop side (the batch's output size), a multiple of 8
+    batch: int = 8  # per process; the effective batch is batch x world size
+    max_scale: float = 4.0  # M: stage 1 trains at M, stage 2 at s ~ U(1, M]
+    fixed_scale_steps: int = 4000  # the stage switch point
+    steps: int = 8000
+    lr: float = 1e-4  # stage 1
+    lr_stage2: float = 2e-5
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast, on GPUs)
+    seed: int = 0
+    log_every: int = 10
+    ckpt_every: int = 250
+    keep_last: int = 3
+    val_every: int = 500
+    val_crop: int = 128
+    val_sampler: str = "dpmpp_2m"
+    val_steps: int = 10
+    threads: int = 0  # torch CPU threads; 0 keeps torch's default
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown training options: {unknown}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The bundled default model: small network, general scenes, M = 4, CPU-sized.
+    "small": {},
+    # The released recipe (IDM paper): faces 16 -> 128 (8x) and scenes at 4x.
+    "official-face-8x": dict(preset="official", crop=128, batch=32, max_scale=8.0, fixed_scale_steps=1_000_000,
+                             steps=1_500_000, network={"dropout": 0.2}, ckpt_every=10_000, val_every=10_000,
+                             out="runs/official-face-8x", precision="bf16"),
+    "official-scenes-4x": dict(preset="official", crop=128, batch=16, max_scale=4.0, fixed_scale_steps=1_000_000,
+                               steps=1_500_000, network={"dropout": 0.2}, ckpt_every=10_000, val_every=10_000,
+                               out="runs/official-scenes-4x", precision="bf16"),
+}
+
+
+def parse_value(text: str) -> Any:
+    """``key=value`` override values are JSON where they parse as JSON, else strings."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def resolve(preset: str = "small", config_file: str | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Preset, then the config file's keys, then ``key=value`` overrides (``network.dropout=0``)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown training preset {preset!r}; choose from {sorted(PRESETS)}")
+    d = TrainConfig().to_dict()
+    d.update(PRESETS[preset])
+    if config_file:
+        d.update(json.loads(Path(config_file).read_text()))
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} is not key=value")
+        if key.startswith("network."):
+            d["network"] = {**d["network"], key.split(".", 1)[1]: parse_value(value)}
+        else:
+            d[key] = parse_value(value)
+    return TrainConfig.from_dict(d)

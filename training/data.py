@@ -1,0 +1,116 @@
+"""HR image folders and the LR/HR pairs IDM trains on.
+
+The LR is made from the HR crop by antialiased bicubic downscaling at the sampled scale; a
+whole batch shares one HR size and one scale. Decoded images stay in memory (the default data
+set is small), and all randomness comes from one ``torch.Generator`` so that a resumed run
+draws exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+@dataclass
+class FolderScan:
+    """Result of validating a folder: usable images and the skipped ones with reasons."""
+
+    images: list[Path]
+    skipped: list[tuple[Path, str]]
+
+
+def scan_folder(folder: str | Path, min_size: int) -> FolderScan:
+    """All images under ``folder`` (recursive), opened once to check they decode and are large enough.
+
+    Raises:
+        FileNotFoundError: the folder does not exist.
+        ValueError: no usable image in it.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"data folder {folder} does not exist")
+    images, skipped = [], []
+    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file()):
+        try:
+            with Image.open(path) as im:
+                im.verify()
+            with Image.open(path) as im:
+                w, h = im.size
+        except Exception as e:  # PIL raises many types for broken files
+            skipped.append((path, f"unreadable ({e.__class__.__name__}: {e})"))
+            continue
+        if min(w, h) < min_size:
+            skipped.append((path, f"too small ({w}x{h} < {min_size})"))
+            continue
+        images.append(path)
+    if not images:
+        raise ValueError(f"no usable training image in {folder} ({len(skipped)} skipped)")
+    return FolderScan(images, skipped)
+
+
+def load_rgb(path: Path) -> torch.Tensor:
+    """(3, H, W) uint8 tensor."""
+    with Image.open(path) as im:
+        arr = np.asarray(im.convert("RGB"))
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
+def downscale(hr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Antialiased bicubic downscale of images in [-1, 1], clamped back to [-1, 1]."""
+    return F.interpolate(hr, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(-1, 1)
+
+
+class PairSampler:
+    """Random HR crops with flips and 90-degree rotations, and their LR at a given scale."""
+
+    def __init__(self, images: list[Path], crop: int):
+        self.images = [load_rgb(p) for p in images]
+        self.crop = crop
+
+    def lr_size(self, scale: float) -> int:
+        """LR side for the HR crop at magnification ``scale`` (the effective scale is crop / lr_size)."""
+        return max(1, round(self.crop / scale))
+
+    def batch(self, n: int, scale: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(hr, lr, effective scale): hr (n, 3, crop, crop) and lr in [-1, 1]."""
+        crops = []
+        for _ in range(n):
+            img = self.images[int(torch.randint(len(self.images), (1,), generator=gen))]
+            _, h, w = img.shape
+            top = int(torch.randint(h - self.crop + 1, (1,), generator=gen))
+            left = int(torch.randint(w - self.crop + 1, (1,), generator=gen))
+            c = img[:, top:top + self.crop, left:left + self.crop]
+            flip, rot = torch.randint(2, (1,), generator=gen).item(), torch.randint(4, (1,), generator=gen).item()
+            if flip:
+                c = c.flip(-1)
+            crops.append(torch.rot90(c, int(rot), dims=(1, 2)))
+        hr = torch.stack(crops).float() / 127.5 - 1.0
+        s = self.lr_size(scale)
+        return hr, downscale(hr, (s, s)), self.crop / s
+
+
+def sample_scale(step: int, max_scale: float, fixed_steps: int, gen: torch.Generator) -> float:
+    """The paper's two stages: the largest scale M until ``fixed_steps``, then s ~ U(1, M]."""
+    if step < fixed_steps:
+        return max_scale
+    u = float(torch.rand((), generator=gen))
+    return max_scale - u * (max_scale - 1.0) if max_scale > 1 else max_scale
+
+
+def center_crop(img: torch.Tensor, size: int) -> torch.Tensor:
+    """Central size x size window of a (C, H, W) image, cut to a multiple of 8 when smaller."""
+    _, h, w = img.shape
+    s = min(size, h, w) // 8 * 8
+    top, left = (h - s) // 2, (w - s) // 2
+    return img[:, top:top + s, left:left + s]
+
+
+__all__ = ["scan_folder", "FolderScan", "PairSampler", "sample_scale", "downscale", "load_rgb", "center_crop"]

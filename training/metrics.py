@@ -1,0 +1,55 @@
+"""Image-quality metrics as SR papers report them: PSNR and SSIM on the Y channel with a border
+crop, and IDM's Consistency (MSE between the LR input and the bicubic-downscaled output)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .data import downscale
+
+
+def rgb_to_y(img: torch.Tensor) -> torch.Tensor:
+    """ITU-R BT.601 luma of RGB in [0, 1], in [16/255, 235/255] (MATLAB's rgb2ycbcr), (..., 3, H, W) -> (..., H, W)."""
+    r, g, b = img.unbind(-3)
+    return (16.0 + 65.481 * r + 128.553 * g + 24.966 * b) / 255.0
+
+
+def _crop(y: torch.Tensor, border: int) -> torch.Tensor:
+    return y[..., border:-border, border:-border] if border > 0 else y
+
+
+def psnr_y(out: torch.Tensor, ref: torch.Tensor, border: int = 0) -> float:
+    """PSNR in dB on Y of RGB images in [0, 1] (3, H, W), ``border`` pixels cut on each side."""
+    mse = F.mse_loss(_crop(rgb_to_y(out.double()), border), _crop(rgb_to_y(ref.double()), border)).item()
+    return float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float64) - size // 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :]).view(1, 1, size, size)
+
+
+def ssim_y(out: torch.Tensor, ref: torch.Tensor, border: int = 0) -> float:
+    """SSIM (Wang et al. 2004: Gaussian window 11, sigma 1.5, K1 0.01, K2 0.03, data range 1) on Y."""
+    x = _crop(rgb_to_y(out.double()), border)[None, None]
+    y = _crop(rgb_to_y(ref.double()), border)[None, None]
+    w = _gaussian_window().to(x.device)
+    mu_x, mu_y = F.conv2d(x, w), F.conv2d(y, w)
+    sxx = F.conv2d(x * x, w) - mu_x**2
+    syy = F.conv2d(y * y, w) - mu_y**2
+    sxy = F.conv2d(x * y, w) - mu_x * mu_y
+    c1, c2 = 0.01**2, 0.03**2
+    s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
+    return s.mean().item()
+
+
+def consistency(out: torch.Tensor, lr: torch.Tensor) -> float:
+    """MSE between the LR input and the output bicubic-downscaled to the LR size, images in [0, 1]
+    (IDM Table 2 reports it x1e-5)."""
+    down = (downscale(out[None].double() * 2 - 1, tuple(lr.shape[-2:])) + 1) / 2
+    return F.mse_loss(down[0], lr.double()).item()

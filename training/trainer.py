@@ -1,0 +1,247 @@
+"""The training loop: two-stage scale schedule, Adam, EMA, clipping, checkpoints with exact resume,
+CSV log, periodic validation images; DistributedDataParallel when launched by torchrun."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from idm_rt import IDM, load_model, preset, save_model
+from idm_rt.pipeline import super_resolve
+
+from .config import TrainConfig
+from .data import PairSampler, center_crop, downscale, load_rgb, sample_scale, scan_folder
+from .ema import EMA
+from .loss import NoisePredictionLoss
+from .metrics import psnr_y
+from .visual import save_grid
+
+STATE_NAME = "trainer_state.pt"
+
+
+def init_distributed() -> tuple[int, int]:
+    """(rank, world size); starts the process group when torchrun set WORLD_SIZE > 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+class Trainer:
+    """Owns the model, optimizer, EMA, RNGs and the run folder ``cfg.out``.
+
+    Only rank 0 writes. Each rank trains on its own shard of the images; the effective batch
+    is ``cfg.batch * world``.
+    """
+
+    def __init__(self, cfg: TrainConfig, device: str | None = None):
+        self.cfg = cfg
+        self.rank, self.world = init_distributed()
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        if device is None:
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.out = Path(cfg.out)
+        if cfg.crop % 8:
+            raise ValueError(f"crop must be a multiple of 8, got {cfg.crop}")
+
+        scan = scan_folder(cfg.data, min_size=cfg.crop)
+        images = scan.images
+        val_images = scan_folder(cfg.val_data, min_size=8).images if cfg.val_data else []
+        if not cfg.val_data and cfg.val_holdout:
+            if len(images) <= cfg.val_holdout:
+                raise ValueError(f"{cfg.data} has {len(images)} usable images: too few to hold out {cfg.val_holdout}")
+            images, val_images = images[:-cfg.val_holdout], images[-cfg.val_holdout:]
+        self.skipped = scan.skipped
+        self.val_images = val_images
+        self.pairs = PairSampler(images[self.rank::self.world], cfg.crop)
+
+        torch.manual_seed(cfg.seed)
+        self.model = IDM(preset(cfg.preset, **cfg.network), max_scale=cfg.max_scale).to(self.device)
+        self.ema = EMA(self.model, cfg.ema_decay)
+        self.net = DistributedDataParallel(self.model) if self.world > 1 else self.model
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.scaler = torch.amp.GradScaler(enabled=cfg.precision == "fp16" and self.device.type == "cuda")
+        self.loss_fn = NoisePredictionLoss()
+        self.data_gen = torch.Generator().manual_seed(cfg.seed * 1000 + self.rank)
+        self.noise_gen = torch.Generator().manual_seed(cfg.seed * 1000 + 500 + self.rank)
+        self.step = 0
+
+    # ----------------------------------------------------------------- checkpoints
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out / "checkpoints"
+
+    def checkpoints(self) -> list[Path]:
+        return sorted(self.ckpt_dir.glob("step_*")) if self.ckpt_dir.exists() else []
+
+    def save_checkpoint(self) -> Path | None:
+        """``checkpoints/step_N/{ema,raw}`` in the project format plus the optimizer/RNG state;
+        written to a temp folder and renamed, then only the last ``keep_last`` are kept."""
+        if self.rank != 0:
+            return None
+        final = self.ckpt_dir / f"step_{self.step:08d}"
+        tmp = self.ckpt_dir / f".tmp_step_{self.step:08d}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        prov = {"recipe": self.cfg.to_dict(), "step": self.step}
+        save_model(self.ema.model, tmp / "ema", provenance=prov)
+        save_model(self.model, tmp / "raw", provenance=prov)
+        torch.save({
+            "step": self.step,
+            "optimizer": self.opt.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "data_gen": self.data_gen.get_state(),
+            "noise_gen": self.noise_gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }, tmp / STATE_NAME)
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in self.checkpoints()[:-self.cfg.keep_last]:
+            shutil.rmtree(old)
+        return final
+
+    def resume(self, path: Path | None = None) -> bool:
+        """Continue from ``path`` or the newest checkpoint of the run; False when there is none."""
+        path = path or (self.checkpoints()[-1] if self.checkpoints() else None)
+        if path is None:
+            return False
+        raw, ema = load_model(path / "raw"), load_model(path / "ema")
+        self.model.load_state_dict(raw.state_dict())
+        self.ema.model.load_state_dict(ema.state_dict())
+        state = torch.load(path / STATE_NAME, map_location=self.device, weights_only=True)
+        self.opt.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.data_gen.set_state(state["data_gen"])
+        self.noise_gen.set_state(state["noise_gen"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step = state["step"]
+        return True
+
+    # ----------------------------------------------------------------- training
+    def lr_at(self, step: int) -> float:
+        return self.cfg.lr if step < self.cfg.fixed_scale_steps else self.cfg.lr_stage2
+
+    def autocast(self):
+        if self.cfg.precision == "fp32" or self.device.type != "cuda":
+            return nullcontext()
+        dtype = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+
+    def train_step(self) -> tuple[float, float]:
+        """One optimizer step; returns (loss, scale)."""
+        cfg = self.cfg
+        scale = sample_scale(self.step, cfg.max_scale, cfg.fixed_scale_steps, self.data_gen)
+        hr, lr, scale = self.pairs.batch(cfg.batch, scale, self.data_gen)
+        hr, lr = hr.to(self.device), lr.to(self.device)
+        p = self.model.scale_fraction(scale).expand(hr.shape[0]).to(self.device)
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        self.net.train()
+        with self.autocast():
+            loss = self.loss_fn(self.net, hr, lr, p, self.noise_gen)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.opt)
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.step += 1
+        self.ema.update(self.model, self.step)
+        return loss.item(), scale
+
+    def fit(self, resume: bool = False) -> None:
+        """Train to ``cfg.steps``; Ctrl-C saves a checkpoint before exiting."""
+        cfg = self.cfg
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+            for path, why in self.skipped:
+                tqdm.write(f"skipped {path}: {why}")
+        if resume and self.resume():
+            tqdm.write(f"resumed at step {self.step}")
+        log = CsvLog(self.out / "log.csv") if self.rank == 0 else None
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=self.rank != 0, desc="train", dynamic_ncols=True)
+        try:
+            while self.step < cfg.steps:
+                t0 = time.perf_counter()
+                loss, scale = self.train_step()
+                ips = cfg.batch * self.world / (time.perf_counter() - t0)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{ips:.1f}", scale=f"{scale:.2f}")
+                if log and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
+                    log.write(step=self.step, loss=loss, lr=self.lr_at(self.step - 1), scale=scale, images_per_s=ips)
+                if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+                    self.save_checkpoint()
+                if cfg.val_every and self.step % cfg.val_every == 0 and self.rank == 0:
+                    self.validate()
+        except KeyboardInterrupt:
+            tqdm.write(f"interrupted: saving step {self.step}")
+            self.save_checkpoint()
+            raise
+        finally:
+            bar.close()
+
+    # ----------------------------------------------------------------- validation
+    @torch.no_grad()
+    def validate(self) -> dict[str, float] | None:
+        """Few-step sampling with the EMA weights on held-out crops at scale M: PSNR(Y) of ours and
+        of bicubic, and a grid LR-bicubic | ours | HR under ``val/``."""
+        if not self.val_images:
+            return None
+        cfg, model = self.cfg, self.ema.model
+        gen = torch.Generator().manual_seed(cfg.seed)
+        rows, ours, bic = [], [], []
+        for path in self.val_images:
+            hr = center_crop(load_rgb(path), cfg.val_crop).float()[None].to(self.device) / 127.5 - 1
+            s = max(1, round(hr.shape[-1] / cfg.max_scale))
+            lr = downscale(hr, (s, s))
+            size = tuple(hr.shape[-2:])
+            sr = super_resolve(model, lr, size, scale=cfg.max_scale, sampler=cfg.val_sampler, steps=cfg.val_steps,
+                               generator=gen)
+            up = torch.nn.functional.interpolate(lr, size=size, mode="bicubic", align_corners=False).clamp(-1, 1)
+            to01 = lambda t: ((t[0] + 1) / 2).cpu()  # noqa: E731
+            ours.append(psnr_y(to01(sr), to01(hr), border=int(cfg.max_scale)))
+            bic.append(psnr_y(to01(up), to01(hr), border=int(cfg.max_scale)))
+            rows.append([to01(up), to01(sr), to01(hr)])
+        (self.out / "val").mkdir(parents=True, exist_ok=True)
+        save_grid(rows, self.out / "val" / f"step_{self.step:08d}.png")
+        result = {"step": self.step, "psnr_y": sum(ours) / len(ours), "psnr_y_bicubic": sum(bic) / len(bic)}
+        CsvLog(self.out / "val.csv").write(**result)
+        tqdm.write(f"val step {self.step}: PSNR(Y) {result['psnr_y']:.2f} dB (bicubic {result['psnr_y_bicubic']:.2f})")
+        return result
+
+
+class CsvLog:
+    """Appends rows to a CSV file, writing the header once; TensorBoard too when installed."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(path.parent / "tensorboard"))
+        except Exception:  # tensorboard is optional
+            self.tb = None
+
+    def write(self, **row: float) -> None:
+        new = not self.path.exists()
+        with self.path.open("a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                w.writeheader()
+            w.writerow(row)
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "step":
+                    self.tb.add_scalar(f"{self.path.stem}/{k}", v, row["step"])
