@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..model import IDM, Conditioning
-from .samplers import EpsFn, ddim, ddim_timesteps, ddpm, ddpm_step, dpmpp_2m, dpmpp_timesteps, randn_like
+from .samplers import EpsFn, ddim, ddim_timesteps, ddpm, ddpm_step, dpmpp_2m, dpmpp_levels, randn_like
 from .schedule import LinearSchedule
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
@@ -51,4 +51,4 @@ def sample(model: IDM, conditioning: Conditioning, sampler: str = "ddim", steps:
 
 
 __all__ = ["LinearSchedule", "SAMPLERS", "sample", "run_sampler", "calls_for", "ddpm", "ddim", "dpmpp_2m",
-           "ddpm_step", "ddim_timesteps", "dpmpp_timesteps"]
+           "ddpm_step", "ddim_timesteps", "dpmpp_levels"]

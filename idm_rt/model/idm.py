@@ -8,7 +8,7 @@ from torch import nn
 from ..config import IDMConfig
 from .conditioning import Conditioning, LRConditioner
 from .encoder import EDSREncoder
-from .implicit import ImplicitUp
+from .implicit import KERNEL_MODES, ImplicitUp
 from .unet import UNet
 
 
@@ -56,6 +56,17 @@ class IDM(nn.Module):
         """``"fast"`` (default) or ``"literal"`` (the release's per-pixel MLP, kept as the reference)."""
         if form not in ("fast", "literal"):
             raise ValueError(f"implicit form must be 'fast' or 'literal', not {form!r}")
-        for m in self.modules():
-            if isinstance(m, ImplicitUp):
-                m.literal = form == "literal"
+        for m in self.implicit_layers():
+            m.literal = form == "literal"
+
+    def set_kernels(self, mode: str) -> None:
+        """Implicit layers on the fused Triton kernels: ``"auto"`` (on CUDA when Triton is installed),
+        ``"triton"`` (always; CPU tensors need ``TRITON_INTERPRET=1``) or ``"torch"`` (never)."""
+        if mode not in KERNEL_MODES:
+            raise ValueError(f"kernels must be one of {KERNEL_MODES}, not {mode!r}")
+        for m in self.implicit_layers():
+            m.kernels = mode
+
+    def implicit_layers(self) -> list[ImplicitUp]:
+        """The U-Net's implicit up-layers, deepest first."""
+        return [m for m in self.modules() if isinstance(m, ImplicitUp)]

@@ -83,9 +83,30 @@ def query_fast(h: torch.Tensor, fc1: nn.Linear, fc2: nn.Linear, size: tuple[int,
     return F.conv2d(hidden, fc2.weight[:, :, None, None], fc2.bias)
 
 
+KERNEL_MODES = ("auto", "triton", "torch")
+
+
+def fused_kernels(mode: str, device: torch.device):
+    """The optional ``kernels`` package (Triton) when ``mode`` sends this device to it, else None:
+    ``"auto"`` uses it on CUDA when Triton is installed, ``"triton"`` always, ``"torch"`` never."""
+    if mode == "torch" or (mode == "auto" and device.type != "cuda"):
+        return None
+    try:
+        import kernels
+    except ImportError:
+        if mode == "triton":
+            raise
+        return None
+    return kernels if mode == "triton" or kernels.triton_available() else None
+
+
 class ImplicitUp(nn.Module):
     """Modulate a U-Net feature with the level's LR shift and scale vectors, then query it at the
-    target size with the coordinate-MLP (``fc1``: C+2 -> hidden, ``fc2``: hidden -> C)."""
+    target size with the coordinate-MLP (``fc1``: C+2 -> hidden, ``fc2``: hidden -> C).
+
+    ``kernels`` (one of :data:`KERNEL_MODES`) picks the fused Triton kernels or the torch forms;
+    ``literal`` forces the release's torch form.
+    """
 
     def __init__(self, ch: int, hidden: int = 256, relu: bool = False):
         super().__init__()
@@ -94,8 +115,14 @@ class ImplicitUp(nn.Module):
         self.fc2 = nn.Linear(hidden, ch)
         self.relu = relu
         self.literal = False
+        self.kernels = "auto"
 
     def forward(self, x, shift, a1, a2, size: tuple[int, int]) -> torch.Tensor:
+        fused = None if self.literal else fused_kernels(self.kernels, x.device)
+        if fused is not None:
+            return fused.implicit_upsample(x, shift, a1, a2, self.bias, self.fc1.weight, self.fc1.bias,
+                                           self.fc2.weight, self.fc2.bias, size, "relu" if self.relu else None,
+                                           backend="triton")
         h = modulate(x, shift, a1, a2, self.bias)
         query = query_literal if self.literal else query_fast
         return query(h, self.fc1, self.fc2, size, self.relu)

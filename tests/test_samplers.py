@@ -1,0 +1,99 @@
+"""Samplers against closed forms: the schedule, and Gaussian data whose optimal noise predictor
+and probability-flow ODE solution are known exactly."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from idm_rt.diffusion import LinearSchedule, ddim, ddim_timesteps, ddpm, ddpm_step, dpmpp_2m, dpmpp_levels
+
+SCHED = LinearSchedule()
+MU, S = 0.3, 0.5  # data ~ N(MU, S^2) per pixel
+
+
+def gaussian_eps(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """E[eps | x] for x = g y + sqrt(1 - g^2) eps, y ~ N(MU, S^2)."""
+    g = g.double().view(-1, 1, 1, 1)
+    return (torch.sqrt(1 - g**2) * (x - g * MU) / (g**2 * S**2 + 1 - g**2)).to(x.dtype)
+
+
+def ode_solution(x_T: torch.Tensor, g_from: float, g_to: float) -> torch.Tensor:
+    """The probability-flow ODE maps quantiles to quantiles: an affine map for Gaussian data."""
+    return g_to * MU + math.sqrt(g_to**2 * S**2 + 1 - g_to**2) / math.sqrt(g_from**2 * S**2 + 1 - g_from**2) * (
+        x_T - g_from * MU)
+
+
+def test_schedule_matches_numpy_float64():
+    betas = np.linspace(1e-6, 1e-2, 2000, dtype=np.float64)
+    ac = np.cumprod(1 - betas)
+    assert np.allclose(SCHED.alphas_cumprod.numpy(), ac, rtol=1e-12)
+    assert np.allclose(SCHED.sqrt_alphas_cumprod_prev.numpy(), np.sqrt(np.append(1.0, ac)), rtol=1e-12)
+
+
+def test_ddim_grid_is_the_release_rule():
+    assert ddim_timesteps(SCHED, 200) == list(range(0, 2000, 10))
+    assert ddim_timesteps(SCHED, 3) == [0, 666, 1332, 1998]
+    with pytest.raises(ValueError):
+        ddim_timesteps(SCHED, 1)
+
+
+def test_dpmpp_grid_spans_the_schedule_uniformly_in_log_snr():
+    acs = dpmpp_levels(SCHED, 10)
+    assert len(acs) == 11
+    assert math.isclose(acs[0], SCHED.ac(1999), rel_tol=1e-9) and math.isclose(acs[-1], SCHED.ac(0), rel_tol=1e-12)
+    lams = [0.5 * math.log(a / (1 - a)) for a in acs]
+    assert all(math.isclose(b - a, lams[1] - lams[0], rel_tol=1e-6) for a, b in zip(lams, lams[1:]))
+
+
+def test_ddpm_step_formula():
+    """x_{t-1} = posterior mean + sigma z, written here from Ho et al. (2020) Eq. 6-7 in float64."""
+    gen = torch.Generator().manual_seed(0)
+    x, eps, z = (torch.randn(1, 3, 4, 4, generator=gen, dtype=torch.float64) for _ in range(3))
+    betas = np.linspace(1e-6, 1e-2, 2000)
+    alphas = 1 - betas
+    ac = np.cumprod(alphas)
+    for t in (1500, 7):
+        x0 = ((x - math.sqrt(1 - ac[t]) * eps) / math.sqrt(ac[t])).clamp(-1, 1)
+        mean = (math.sqrt(ac[t - 1]) * betas[t] * x0 + math.sqrt(alphas[t]) * (1 - ac[t - 1]) * x) / (1 - ac[t])
+        sigma = math.sqrt(betas[t] * (1 - ac[t - 1]) / (1 - ac[t]))
+        assert torch.allclose(ddpm_step(x, t, eps, z, SCHED), mean + sigma * z, rtol=1e-10, atol=1e-12)
+
+
+def test_deterministic_samplers_converge_to_the_ode_solution():
+    gen = torch.Generator().manual_seed(1)
+    x_T = torch.randn(2, 3, 8, 8, generator=gen, dtype=torch.float64)
+    g0 = SCHED.noise_level(0)
+    exact = ode_solution(x_T, SCHED.noise_level(1999), g0)
+    err = lambda out, ref: ((out - ref).norm() / ref.norm()).item()  # noqa: E731
+    dpm20 = dpmpp_2m(gaussian_eps, SCHED, x_T, steps=20)
+    dpm200 = dpmpp_2m(gaussian_eps, SCHED, x_T, steps=200)
+    ddim20 = ddim(gaussian_eps, SCHED, x_T, steps=20)
+    ddim_ref = ode_solution(x_T, SCHED.noise_level(ddim_timesteps(SCHED, 20)[-1]), g0)
+    assert err(dpm200, exact) < 1e-3
+    assert err(dpm20, exact) < 3e-2
+    assert err(dpm20, exact) < err(ddim20, ddim_ref)  # second order beats first order at 20 steps
+    # with many steps, dpmpp_2m and ddim approach each other
+    ddim_many = ddim(gaussian_eps, SCHED, x_T, steps=2000)
+    assert err(dpm200, ddim_many) < 3e-3
+    assert err(dpm200, ddim_many) < err(dpm20, ddim_many) / 5
+
+
+def test_ddpm_reaches_the_data_distribution_and_is_seeded():
+    x_T = torch.randn(1, 1, 64, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    a = ddpm(gaussian_eps, SCHED, x_T, torch.Generator().manual_seed(5))
+    b = ddpm(gaussian_eps, SCHED, x_T, torch.Generator().manual_seed(5))
+    c = ddpm(gaussian_eps, SCHED, x_T, torch.Generator().manual_seed(6))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert abs(a.mean().item() - MU) < 0.05 and abs(a.std().item() - S) < 0.05
+
+
+def test_ddim_eta_uses_the_generator():
+    x_T = torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    a = ddim(gaussian_eps, SCHED, x_T, 20, eta=1.0, generator=torch.Generator().manual_seed(3))
+    b = ddim(gaussian_eps, SCHED, x_T, 20, eta=1.0, generator=torch.Generator().manual_seed(3))
+    c = ddim(gaussian_eps, SCHED, x_T, 20, eta=0.0)
+    assert torch.equal(a, b) and not torch.allclose(a, c)
