@@ -1,0 +1,148 @@
+"""Upscaler: output sizes, input kinds, batches, seeds, tiling and error messages."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import idm_rt
+from idm_rt.tiling import TilePlan, tiled_eps
+
+
+@pytest.fixture
+def up(tiny_model):
+    return idm_rt.Upscaler(tiny_model, steps=2)
+
+
+def rgb(h, w, seed=0):
+    return (np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("h,w,s", [(10, 13, 3.3), (7, 20, 2.5), (9, 9, 12.0), (16, 11, 1.01)])
+def test_output_size_is_rounded_product(up, h, w, s):
+    out = up.upscale(rgb(h, w), scale=s, progress=False)
+    assert out.shape == (round(h * s), round(w * s), 3) and out.dtype == np.uint8
+
+
+def test_explicit_size_is_width_by_height(up):
+    out = up.upscale(Image.fromarray(rgb(10, 12)), size=(30, 25), progress=False)
+    assert isinstance(out, Image.Image) and out.size == (30, 25) and out.mode == "RGB"
+
+
+def test_kinds_dtypes_and_channels_round_trip(up):
+    gray = up.upscale(rgb(8, 8)[..., 0], scale=2, progress=False)
+    assert gray.shape == (16, 16) and gray.dtype == np.uint8
+    deep = up.upscale((rgb(8, 8).astype(np.uint16) * 257), scale=2, progress=False)
+    assert deep.dtype == np.uint16 and deep.shape == (16, 16, 3)
+    f = up.upscale(rgb(8, 8).astype(np.float32) / 255, scale=2, progress=False)
+    assert f.dtype == np.float32 and 0 <= f.min() and f.max() <= 1
+    t = up.upscale(torch.rand(3, 8, 6), scale=2, progress=False)
+    assert isinstance(t, torch.Tensor) and t.shape == (3, 16, 12) and t.dtype == torch.float32
+    la = up.upscale(Image.fromarray(rgb(8, 8)[..., :2]), scale=2, progress=False)
+    assert la.mode == "LA" and la.size == (16, 16)
+
+
+def test_alpha_is_upscaled_separately_with_bicubic(up):
+    rgba = np.concatenate([rgb(8, 10), (np.random.default_rng(1).random((8, 10, 1)) * 255).astype(np.uint8)], -1)
+    out = up.upscale(rgba, scale=3, progress=False)
+    assert out.shape == (24, 30, 4)
+    alpha = torch.from_numpy(rgba[..., 3].astype(np.float32) / 255)[None, None]
+    want = F.interpolate(alpha, size=(24, 30), mode="bicubic", align_corners=False).clamp(0, 1)[0, 0].numpy()
+    assert np.abs(out[..., 3].astype(np.float32) / 255 - want).max() <= 0.5 / 255 + 1e-6
+
+
+def test_seed_makes_results_repeatable(up):
+    a = up.upscale(rgb(8, 8), scale=2, seed=3, progress=False)
+    b = up.upscale(rgb(8, 8), scale=2, seed=3, progress=False)
+    c = up.upscale(rgb(8, 8), scale=2, seed=4, sampler="ddim", steps=4, eta=1.0, progress=False)
+    d = up.upscale(rgb(8, 8), scale=2, seed=5, sampler="ddim", steps=4, eta=1.0, progress=False)
+    assert np.array_equal(a, b) and not np.array_equal(c, d)
+
+
+def test_list_is_a_batch_and_keeps_order(up):
+    ims = [rgb(8, 8, 1), rgb(6, 10, 2), rgb(8, 8, 3)]
+    outs = up.upscale(ims, scale=2, progress=False)
+    assert [o.shape for o in outs] == [(16, 16, 3), (12, 20, 3), (16, 16, 3)]
+
+
+def test_one_tile_changes_nothing(up):
+    a = up.upscale(rgb(12, 10), scale=2, seed=0, tile=0, progress=False)
+    b = up.upscale(rgb(12, 10), scale=2, seed=0, tile=64, progress=False)
+    assert np.array_equal(a, b)
+
+
+def test_tiles_cover_the_image_with_positive_weights():
+    plan = TilePlan.for_image((70, 100), 32, multiple=8)
+    cover = torch.zeros(70, 100)
+    for t, l, h, w in plan.tiles:
+        assert 0 <= t and t + h <= 70 and 0 <= l and l + w <= 100 and (h, w) == (32, 32)
+        cover[t:t + h, l:l + w] += plan.weight((t, l, h, w))
+    assert cover.min() > 0
+    with pytest.raises(ValueError, match="multiple of 8"):
+        TilePlan.for_image((70, 100), 30, multiple=8)
+
+
+class Pointwise(torch.nn.Module):
+    """A stand-in network whose prediction at a pixel depends only on that pixel: tiling must then
+    reproduce the untiled prediction exactly (checks the blending bookkeeping)."""
+
+    def condition(self, cond, p):
+        return cond * p.view(-1, 1, 1, 1)
+
+    def denoise(self, x, c, g):
+        return torch.tanh(x * 3 + c) * g.view(-1, 1, 1, 1)
+
+
+def test_tiled_prediction_equals_untiled_for_a_local_network():
+    torch.manual_seed(0)
+    cond, x = torch.randn(2, 3, 50, 70), torch.randn(2, 3, 50, 70)
+    p, g = torch.tensor([0.3, 0.8]), torch.tensor([0.5, 0.9])
+    net = Pointwise()
+    plan = TilePlan.for_image((50, 70), 24, multiple=8)
+    assert len(plan.tiles) > 4
+    tiled = tiled_eps(net, cond, p, plan)(x, g)
+    assert torch.allclose(tiled, net.denoise(x, net.condition(cond, p), g), atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(scale=1.0), "scale must be a finite number > 1"),
+    (dict(scale=0.5), "scale must be a finite number > 1"),
+    (dict(scale=float("nan")), "scale must be a finite number > 1"),
+    (dict(), "exactly one of scale or size"),
+    (dict(scale=2, size=(20, 20)), "exactly one of scale or size"),
+    (dict(size=(5, 20)), "must be larger than the input"),
+    (dict(scale=2, sampler="euler"), "unknown sampler"),
+    (dict(scale=2, steps=0), "steps must be a positive integer"),
+    (dict(scale=2, tile=30), "multiple of"),
+])
+def test_bad_arguments_raise_value_error(up, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        up.upscale(rgb(10, 10), progress=False, **kwargs)
+
+
+@pytest.mark.parametrize("image,match", [
+    (np.zeros((0, 5, 3), np.uint8), "empty image"),
+    (np.full((4, 4, 3), np.nan, np.float32), "NaN"),
+    (np.zeros((4, 4, 3), np.int32), "unsupported image dtype"),
+    (np.full((4, 4, 3), 2.0, np.float32), r"must be in \[0, 1\]"),
+    (np.zeros((4, 4, 5), np.uint8), "HxW or HxWxC"),
+    ("photo.png", "unsupported image type"),
+])
+def test_bad_images_raise_value_error(up, image, match):
+    with pytest.raises(ValueError, match=match):
+        up.upscale(image, scale=2, progress=False)
+
+
+def test_pixel_limit(tiny_model):
+    up = idm_rt.Upscaler(tiny_model, max_pixels=10_000)
+    with pytest.raises(ValueError, match="above the limit of 10000"):
+        up.upscale(rgb(20, 20), scale=6, progress=False)
+
+
+def test_missing_default_model_is_explained(monkeypatch, tmp_path):
+    monkeypatch.setattr(idm_rt.upscaler, "DEFAULT_MODEL", tmp_path / "none")
+    with pytest.raises(FileNotFoundError, match="no bundled default model"):
+        idm_rt.Upscaler.from_pretrained()
