@@ -1,0 +1,204 @@
+"""Fast CUDA path of the torch backend: denoising steps replayed from CUDA graphs.
+
+The U-Net's hundreds of small kernels cost more CPU launch time than GPU time at tile sizes
+like 128x128. Following PyTorch's CUDA Graphs recipe (warm up on a side stream, capture with
+``torch.cuda.graph``, copy new inputs into the captured static buffers, replay), this module
+keeps static buffers per tile shape and replays:
+
+* :class:`GraphedDenoiser`: one whole U-Net call; a drop-in for ``IDM.denoise`` under any sampler.
+* :class:`GraphedDDIM`: a U-Net call plus the DDIM (eta = 0) update, the step's noise level and
+  coefficients read on the device from tables indexed by an on-device step counter, so a whole
+  sampling loop is ``steps`` replays with no host work and no host synchronisation.
+
+Options: fp16/bf16 autocast (``autocast=torch.float16``), ``torch.compile`` of the U-Net, and
+``graphs=False`` to run the same static-buffer code eagerly (the only way it runs on a CPU).
+Nothing here has run on a GPU in this repository's tests; ``benchmarks/gpu_check.py`` checks it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+
+import torch
+
+from .diffusion.samplers import ddim_timesteps
+from .diffusion.schedule import LinearSchedule
+from .model import IDM, Conditioning
+
+
+def _flatten(c: Conditioning) -> list[torch.Tensor]:
+    """The conditioning's tensors in a fixed order (levels without a tensor are skipped)."""
+    return [c.cond] + [t for ts in (c.shifts, c.a1, c.a2) for t in ts if t is not None]
+
+
+def _static_copy(c: Conditioning) -> Conditioning:
+    """A conditioning with fresh buffers of the same shapes, for the graph to read from."""
+    def clone(ts: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+        return [None if t is None else t.clone() for t in ts]
+
+    return Conditioning(c.cond.clone(), clone(c.shifts), clone(c.a1), clone(c.a2))
+
+
+class _Replay:
+    """A function of static buffers only, captured into a CUDA graph (after a warm-up on a side
+    stream, as the PyTorch docs prescribe) or, with ``graphs=False``, simply run each time."""
+
+    def __init__(self, fn: Callable[[], torch.Tensor], graphs: bool, warmup: int = 3):
+        self.fn, self.graph = fn, None
+        if not graphs:
+            return
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # cuDNN/Triton autotuning and lazy init happen here, not in capture
+            for _ in range(warmup):
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = fn()
+
+    def __call__(self) -> torch.Tensor:
+        if self.graph is None:
+            return self.fn()
+        self.graph.replay()
+        return self.out
+
+
+class _Compiled:
+    """The model's U-Net as the graphs call it: optionally ``torch.compile``d, under optional autocast."""
+
+    def __init__(self, model: IDM, autocast: torch.dtype | None, compile: bool):
+        if autocast not in (None, torch.float16, torch.bfloat16):
+            raise ValueError(f"autocast must be None, torch.float16 or torch.bfloat16, not {autocast}")
+        self.model, self.autocast = model, autocast
+        self.unet = torch.compile(model.unet, dynamic=False) if compile else model.unet
+
+    def eps(self, x: torch.Tensor, c: Conditioning, g: torch.Tensor) -> torch.Tensor:
+        """Predicted noise in x's dtype; autocast without its weight cache, which graphs cannot replay."""
+        ctx = (torch.autocast(x.device.type, self.autocast, cache_enabled=False) if self.autocast
+               else contextlib.nullcontext())
+        with torch.no_grad(), ctx:
+            return self.unet(x, c, g).to(x.dtype)
+
+
+def _use_graphs(graphs: bool | None, device: torch.device) -> bool:
+    if graphs is None:
+        return device.type == "cuda" and torch.cuda.is_available()
+    if graphs and device.type != "cuda":
+        raise ValueError(f"CUDA graphs need a CUDA device, not {device}")
+    return graphs
+
+
+class GraphedDenoiser:
+    """``IDM.denoise`` replayed from one CUDA graph per input shape; call it like ``model.denoise``.
+
+    The returned tensor is a fresh copy. A conditioning is copied into the static buffers only
+    when a different object comes in (tiles alternate; steps of one tile reuse theirs).
+
+    Args:
+        model: an IDM in eval mode, on the device the inputs will be on.
+        autocast: None (float32), ``torch.float16`` or ``torch.bfloat16``.
+        compile: ``torch.compile`` the U-Net before capture (slow first call).
+        graphs: capture CUDA graphs; default on when the model's inputs are CUDA tensors.
+    """
+
+    def __init__(self, model: IDM, autocast: torch.dtype | None = None, compile: bool = False,
+                 graphs: bool | None = None):
+        self.net = _Compiled(model, autocast, compile)
+        self.graphs = graphs
+        self._entries: dict[tuple, tuple[list[torch.Tensor], _Replay]] = {}
+        self._loaded: dict[tuple, Conditioning] = {}
+
+    def __call__(self, x: torch.Tensor, conditioning: Conditioning, g: torch.Tensor) -> torch.Tensor:
+        key = (tuple(x.shape), x.dtype, x.device, tuple(t.shape for t in _flatten(conditioning)))
+        if key not in self._entries:
+            self._entries[key] = self._build(x, conditioning, g)
+        static, replay = self._entries[key]
+        static[0].copy_(x)
+        static[1].copy_(g.to(static[1].device).view(-1).expand(x.shape[0]))
+        if self._loaded.get(key) is not conditioning:
+            for dst, src in zip(static[2:], _flatten(conditioning)):
+                dst.copy_(src)
+            self._loaded[key] = conditioning
+        return replay().clone()
+
+    def _build(self, x: torch.Tensor, conditioning: Conditioning, g: torch.Tensor):
+        """Static buffers for this shape and the replayable U-Net call on them."""
+        x_s, g_s = x.clone(), torch.zeros(x.shape[0], dtype=torch.float32, device=x.device)
+        c_s = _static_copy(conditioning)
+        replay = _Replay(lambda: self.net.eps(x_s, c_s, g_s), _use_graphs(self.graphs, x.device))
+        return [x_s, g_s] + _flatten(c_s), replay
+
+
+def ddim_coefficients(sched: LinearSchedule, steps: int) -> tuple[list[float], list[float], list[float]]:
+    """Per network call of :func:`idm_rt.diffusion.samplers.ddim` with eta = 0: the noise level g and
+    (cx, ce) with ``x_next = cx x + ce eps``, i.e. sqrt(an) x0 + sqrt(1 - an) eps written in x and eps."""
+    seq = ddim_timesteps(sched, steps)
+    gs, cxs, ces = [], [], []
+    for i, j in zip(reversed(seq[1:]), reversed(seq[:-1])):
+        at, an = sched.ac(i), sched.ac(j)
+        gs.append(sched.noise_level(i))
+        cxs.append(math.sqrt(an / at))
+        ces.append(math.sqrt(1.0 - an) - math.sqrt(an * (1.0 - at) / at))
+    return gs, cxs, ces
+
+
+class GraphedDDIM:
+    """Deterministic DDIM (eta = 0) whose every step, U-Net call and update, is one graph replay.
+
+    Per shape: static x, the conditioning, an on-device step counter, and coefficient tables with
+    room for the longest schedule; a run copies its tables in, then replays ``steps - 1`` times.
+    Same arguments as :class:`GraphedDenoiser`, plus the schedule.
+    """
+
+    def __init__(self, model: IDM, autocast: torch.dtype | None = None, compile: bool = False,
+                 graphs: bool | None = None, schedule: LinearSchedule | None = None):
+        self.net = _Compiled(model, autocast, compile)
+        self.graphs = graphs
+        self.sched = schedule or LinearSchedule()
+        self._entries: dict[tuple, tuple[dict[str, torch.Tensor], Conditioning, _Replay]] = {}
+        self._coefs: dict[tuple, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def __call__(self, conditioning: Conditioning, x_T: torch.Tensor, steps: int = 200) -> torch.Tensor:
+        """x_0 from x_T, the same function as ``ddim(..., eta=0)`` on ``model.denoise``."""
+        key = (tuple(x_T.shape), x_T.dtype, x_T.device, tuple(t.shape for t in _flatten(conditioning)))
+        if key not in self._entries:
+            self._entries[key] = self._build(x_T, conditioning)
+        s, c_s, replay = self._entries[key]
+        tables = self._tables(steps, x_T.device)
+        s["tables"][:, : tables.shape[1]].copy_(tables)
+        for dst, src in zip(_flatten(c_s), _flatten(conditioning)):
+            dst.copy_(src)
+        s["x"].copy_(x_T)
+        s["k"].zero_()
+        for _ in range(tables.shape[1]):
+            replay()
+        return s["x"].clone()
+
+    def _tables(self, steps: int, device: torch.device) -> torch.Tensor:
+        """(3, calls) rows g, cx, ce on the device, uploaded once per step count."""
+        key = (steps, device)
+        if key not in self._coefs:
+            self._coefs[key] = torch.tensor(ddim_coefficients(self.sched, steps), dtype=torch.float32, device=device)
+        return self._coefs[key]
+
+    def _build(self, x_T: torch.Tensor, conditioning: Conditioning):
+        """Static state for this shape and the replayable step on it."""
+        dev = x_T.device
+        s = {"x": x_T.clone(), "k": torch.zeros(1, dtype=torch.long, device=dev),
+             "tables": torch.zeros(3, self.sched.timesteps, dtype=torch.float32, device=dev)}
+        c_s = _static_copy(conditioning)
+        batch = x_T.shape[0]
+
+        def step() -> torch.Tensor:
+            g, cx, ce = s["tables"].index_select(1, s["k"]).unbind(0)  # (1,) each, read on the device
+            eps = self.net.eps(s["x"], c_s, g.expand(batch))
+            s["x"].copy_(cx * s["x"] + ce * eps)
+            s["k"].add_(1)
+            return s["x"]
+
+        # the warm-up runs move x and k (on zero tables): both are reset before every sampling run
+        return s, c_s, _Replay(step, _use_graphs(self.graphs, dev))
