@@ -10,6 +10,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from .config import PRESETS, resolve
@@ -39,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    # Ctrl-C, and SIGTERM from schedulers, save a checkpoint before exiting (also when started in the
+    # background, where SIGINT would otherwise be ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         trainer.fit(resume=args.resume)
     except KeyboardInterrupt:

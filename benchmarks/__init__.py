@@ -1,0 +1,1 @@
+"""Latency and quality benchmarks (run as ``python -m benchmarks.<name>``)."""

@@ -1,0 +1,86 @@
+"""Latency of one U-Net call and of one whole image: release-style vs ours, same weights.
+
+release-style: the way the released code runs: the LR conditioning pyramid is recomputed inside
+every network call and the implicit layers evaluate the two-Linear MLP at every target pixel.
+ours: the conditioning computed once per image, the implicit layers in their exact refactored
+form (1x1 map at the source resolution, nearest gather, row and column terms).
+Both float32, eager PyTorch, the same weights and DDIM steps. The release's unused per-call work
+(pyramid level 0, the last down-step) is emulated with same-shape layers (release_style.py).
+
+    python -m benchmarks.latency                 # official shape, 128x128 output, CPU
+    python -m benchmarks.latency --size 64 --steps 5 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+import idm_rt
+from idm_rt.diffusion import calls_for, run_sampler
+from idm_rt.pipeline import super_resolve
+
+from .common import interleaved, summary, write
+from .release_style import ReleaseStyle
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="official", help="network shape (random weights)")
+    ap.add_argument("--size", type=int, default=128, help="HR output side")
+    ap.add_argument("--scale", type=float, default=4.0)
+    ap.add_argument("--steps", type=int, default=5, help="DDIM steps for the whole-image timing (steps - 1 calls)")
+    ap.add_argument("--repeats", type=int, default=5, help="timed repeats per variant (median reported)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    ap.add_argument("--out", default="latency", help="result name under benchmarks/results/")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    torch.manual_seed(0)
+    model = idm_rt.IDM(idm_rt.preset(args.preset)).eval()
+    size = (args.size, args.size)
+    lr = torch.rand(1, 3, round(args.size / args.scale), round(args.size / args.scale)) * 2 - 1
+    p = model.scale_fraction(args.scale)
+    x = torch.randn(1, 3, *size)
+    g = torch.tensor([0.5])
+
+    with torch.inference_mode():
+        cond = model.encode(lr, size)
+        conditioning = model.condition(cond, p)
+
+        release = ReleaseStyle(model)
+
+        def release_image():
+            c = model.encode(lr, size)
+            return run_sampler(lambda xt, lv: release.denoise(xt, c, p, lv), torch.randn(1, 3, *size), "ddim",
+                               args.steps)
+
+        def our_image():
+            return super_resolve(model, lr, size, scale=args.scale, sampler="ddim", steps=args.steps)
+
+        call = interleaved({"release_style": lambda: release.denoise(x, cond, p, g),
+                            "ours": lambda: model.denoise(x, conditioning, g)}, args.repeats)
+        image = interleaved({"release_style": release_image, "ours": our_image}, max(2, args.repeats // 2))
+
+    res = {
+        "preset": args.preset, "output": f"{args.size}x{args.size}", "dtype": "float32",
+        "unet_call": {k: summary(v) for k, v in call.items()},
+        "image": {k: summary(v) for k, v in image.items()},
+        "image_sampler": f"ddim, {args.steps} steps ({calls_for('ddim', args.steps)} U-Net calls)",
+    }
+    for part in ("unet_call", "image"):
+        res[part]["speedup"] = res[part]["release_style"]["median_s"] / res[part]["ours"]["median_s"]
+    path = write(args.out, res)
+    print(f"{args.preset} {args.size}x{args.size} float32, {torch.get_num_threads()} threads")
+    for part in ("unet_call", "image"):
+        r = res[part]
+        print(f"  {part:9s} release-style {r['release_style']['median_s']:.3f} s   ours {r['ours']['median_s']:.3f} s"
+              f"   speedup {r['speedup']:.2f}x")
+    print(f"wrote {path}")
+    return res
+
+
+if __name__ == "__main__":
+    main()
