@@ -11,6 +11,7 @@ from typing import Sequence
 
 import torch
 
+from .backends import BACKENDS, EngineRunner, load_runner
 from .checkpoints import load_model
 from .diffusion import SAMPLERS
 from .images import ImageLike, from_tensor, resize_alpha, to_tensor
@@ -24,23 +25,35 @@ class Upscaler:
     """Continuous-scale super-resolution with an IDM model.
 
     Args:
-        model: a loaded :class:`~idm_rt.IDM`.
+        model: a loaded :class:`~idm_rt.IDM`, or an engine runner (see :meth:`from_engines`).
         device: where the network runs ("cpu", "cuda", "cuda:1", ...).
         sampler, steps: defaults for :meth:`upscale`.
         tile: default HR tile side; outputs larger than this are denoised in overlapping tiles.
         max_pixels: largest output (H x W) accepted, a guard against typos such as ``scale=400``.
     """
 
-    def __init__(self, model: IDM, device: str | torch.device = "cpu", sampler: str = "dpmpp_2m", steps: int = 20,
-                 tile: int = 512, max_pixels: int = 64_000_000):
+    def __init__(self, model: IDM | EngineRunner, device: str | torch.device = "cpu", sampler: str = "dpmpp_2m",
+                 steps: int = 20, tile: int = 512, max_pixels: int = 64_000_000):
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        self.model = model if isinstance(model, EngineRunner) else model.to(self.device).eval()
         self.sampler, self.steps, self.tile, self.max_pixels = sampler, steps, tile, max_pixels
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
-                        **kwargs) -> "Upscaler":
-        """Load a released ``.pth`` or a project-format folder; None loads the bundled default model."""
+                        backend: str = "torch", **kwargs) -> "Upscaler":
+        """Load a released ``.pth`` or a project-format folder; None loads the bundled default model.
+
+        ``backend`` "onnxruntime" or "tensorrt" runs built engines instead: ``path`` is then an engine
+        directory written by ``python -m idm_rt.build`` (see :meth:`from_engines`).
+        """
+        if backend in BACKENDS:
+            if path is None or not (Path(path) / "manifest.json").exists():
+                raise ValueError(f"backend={backend!r} runs a built engine directory, and {path} is not one; build it "
+                                 f"with `python -m idm_rt.build --backend {backend} --model MODEL --out DIR`, then "
+                                 f"pass DIR")
+            return cls.from_engines(path, device=device, backend=backend, **kwargs)
+        if backend != "torch":
+            raise ValueError(f"unknown backend {backend!r}; choose from {('torch',) + BACKENDS}")
         if path is None:
             if not (DEFAULT_MODEL / "model.safetensors").exists():
                 raise FileNotFoundError(
@@ -48,6 +61,22 @@ class Upscaler:
                     "(a released .pth or a folder written by `python -m idm_rt convert`)")
             path = DEFAULT_MODEL
         return cls(load_model(path), device=device, **kwargs)
+
+    @classmethod
+    def from_engines(cls, folder: str | os.PathLike, device: str | torch.device | None = None,
+                     backend: str | None = None, runner_options: dict | None = None, **kwargs) -> "Upscaler":
+        """Run an engine directory built by ``python -m idm_rt.build``.
+
+        Args:
+            backend: "onnxruntime" or "tensorrt"; default: the one the directory was built for
+                (the ONNX graphs of a TensorRT directory also run with "onnxruntime").
+            device: default "cuda" for TensorRT, "cpu" for ONNX Runtime.
+            runner_options: ``threads`` (onnxruntime) or ``cuda_graph`` (tensorrt).
+        Outputs that no bucket covers are tiled by the bucket rule (:mod:`idm_rt.buckets`) unless
+        ``tile`` is given.
+        """
+        runner = load_runner(folder, backend, device, **(runner_options or {}))
+        return cls(runner, device=runner.device, **{"tile": 0, **kwargs})
 
     def output_size(self, height: int, width: int, scale: float | None = None,
                     size: tuple[int, int] | None = None) -> tuple[int, int]:
@@ -105,8 +134,9 @@ class Upscaler:
         results: list[ImageLike] = [None] * len(images)
         for (_, out), idx in groups.items():
             lr = torch.cat([prepared[i][0] for i in idx]).to(self.device)
+            group_tile = tile or (self.model.auto_tile(out) if isinstance(self.model, EngineRunner) else None)
             sr = super_resolve(self.model, lr, out, scale=scale, sampler=sampler, steps=steps, eta=eta,
-                               generator=gen, tile=tile or None, progress=progress)
+                               generator=gen, tile=group_tile, progress=progress)
             for k, i in enumerate(idx):
                 _, alpha, kind = prepared[i]
                 alpha = resize_alpha(alpha, out) if alpha is not None else None

@@ -67,7 +67,8 @@ def query_literal(h: torch.Tensor, fc1: nn.Linear, fc2: nn.Linear, size: tuple[i
 def query_fast(h: torch.Tensor, fc1: nn.Linear, fc2: nn.Linear, size: tuple[int, int], relu: bool) -> torch.Tensor:
     """Same function as :func:`query_literal`; the linear algebra is moved to the source resolution."""
     b, c, hs, ws = h.shape
-    (ri, rr), (ci, cr) = nearest_query(hs, size[0]), nearest_query(ws, size[1])
+    # int(): under ONNX export sizes arrive as traced tensors; the index tables must be constants.
+    (ri, rr), (ci, cr) = nearest_query(int(hs), int(size[0])), nearest_query(int(ws), int(size[1]))
     ri, rr, ci, cr = (t.to(h.device) for t in (ri, rr, ci, cr))
     rr, cr = rr.to(h.dtype), cr.to(h.dtype)
     w1, w_row, w_col = fc1.weight[:, :c], fc1.weight[:, c], fc1.weight[:, c + 1]

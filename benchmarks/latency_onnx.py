@@ -1,0 +1,145 @@
+"""Per-U-Net-call latency: ONNX Runtime (CPU) against torch eager, same random weights, same inputs.
+
+``python -m benchmarks.latency_onnx [--preset official] [--tile 128] [--repeats 7] [--threads N]``
+
+The two are timed alternately in one run (torch, ORT, torch, ORT, ...) so that a busy machine
+slows both alike; the table reports medians and the median of the per-pair ratios. A GPU section
+(torch eager, ORT CUDA, TensorRT when installed) runs only when CUDA is present. Results go to
+``benchmarks/results/latency_onnx_<host>_<time>.json`` with the command and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from export.graphs import export_graph, sample_inputs
+from idm_rt import IDM, preset
+from idm_rt.backends.engine_dir import unet_inputs
+from idm_rt.buckets import Bucket
+from idm_rt.fileio import atomic_write
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def machine() -> dict:
+    """Where the numbers come from."""
+    cpu = platform.processor()
+    if Path("/proc/cpuinfo").exists():
+        names = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                 if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    import onnxruntime
+
+    return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(), "load_avg": os.getloadavg(),
+            "python": platform.python_version(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
+def interleaved(fns: dict, repeats: int, sync=lambda: None) -> dict[str, list[float]]:
+    """Seconds per call of each function, run alternately ``repeats`` times after one warm-up each."""
+    times = {k: [] for k in fns}
+    for fn in fns.values():
+        fn()
+    sync()
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def summarise(times: dict[str, list[float]], base: str) -> dict:
+    """Median ms per backend and, against ``base``, the median of per-repeat speed-ups."""
+    out = {}
+    for name, ts in times.items():
+        ratios = [b / t for b, t in zip(times[base], ts)]
+        out[name] = {"median_ms": 1e3 * statistics.median(ts), "all_ms": [1e3 * t for t in ts],
+                     "speedup_vs_" + base: statistics.median(ratios)}
+    return out
+
+
+def cpu_section(model: IDM, onnx_path: Path, args_t: tuple, repeats: int, threads: int) -> dict:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    feeds = {n: t.numpy() for n, t in zip(unet_inputs(model.config.levels), args_t)}
+    torch.set_num_threads(threads)
+    from export.graphs import UNetGraph
+
+    net = UNetGraph(model).eval()
+
+    def torch_call():
+        with torch.no_grad():
+            net(*args_t)
+
+    return summarise(interleaved({"torch_eager": torch_call, "ort_cpu": lambda: session.run(None, feeds)}, repeats),
+                     "torch_eager")
+
+
+def gpu_section(model: IDM, onnx_path: Path, args_t: tuple, repeats: int) -> dict:
+    """torch eager and ORT CUDA (IO binding through the runner's code path) on the GPU."""
+    import onnxruntime as ort
+
+    from export.graphs import UNetGraph
+
+    net = UNetGraph(model).cuda().eval()
+    gpu_args = tuple(t.cuda() for t in args_t)
+    fns = {"torch_eager_cuda": lambda: net(*gpu_args)}
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        session = ort.InferenceSession(str(onnx_path), providers=["CUDAExecutionProvider"])
+        binding = session.io_binding()
+        for name, t in zip(unet_inputs(model.config.levels), gpu_args):
+            binding.bind_input(name, "cuda", 0, t.numpy(force=True).dtype, tuple(t.shape), t.data_ptr())
+        binding.bind_output("eps", "cuda")
+        fns["ort_cuda"] = lambda: session.run_with_iobinding(binding)
+    with torch.no_grad():
+        return summarise(interleaved(fns, repeats, torch.cuda.synchronize), "torch_eager_cuda")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.latency_onnx", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", default="official")
+    ap.add_argument("--tile", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    args = ap.parse_args(argv)
+    torch.manual_seed(0)
+    model = IDM(preset(args.preset)).eval()
+    bucket = Bucket(args.tile, args.tile)
+    args_t = sample_inputs(model, "unet", bucket)
+    result = {"command": " ".join(["python -m benchmarks.latency_onnx", *(sys.argv[1:] if argv is None else argv)]),
+              "machine": machine(), "preset": args.preset, "tile": args.tile, "batch": 1, "threads": args.threads,
+              "weights": "random (torch.manual_seed(0))"}
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = export_graph(model, "unet", bucket, Path(tmp) / "unet.onnx")
+        result["cpu"] = cpu_section(model, onnx_path, args_t, args.repeats, args.threads)
+        result["gpu"] = gpu_section(model, onnx_path, args_t, args.repeats) if torch.cuda.is_available() else None
+    print(f"U-Net call, {args.preset} shape, {args.tile}x{args.tile} tile, batch 1, {args.threads} threads")
+    for section in ("cpu", "gpu"):
+        for name, r in (result[section] or {}).items():
+            speedup = next(v for k, v in r.items() if k.startswith("speedup"))
+            print(f"  {name:<18} {r['median_ms']:>10.1f} ms   x{speedup:.2f}")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = RESULTS / f"latency_onnx_{platform.node()}_{stamp}.json"
+    atomic_write(path, lambda p: Path(p).write_text(json.dumps(result, indent=2) + "\n"))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""``python -m idm_rt.build``: export every graph per bucket, check it, build the backend's artifacts,
+and keep ``manifest.json`` up to date so that a second run reuses what still matches.
+
+Reuse rule: each graph records the key of what it was exported from (model hash, graph, bucket,
+precision, opset, exporter version) and of what its engine was built with (that key plus the
+backend's identity: ONNX Runtime version, or TensorRT version, GPU and build flags). A graph or
+engine is rebuilt when its key changed, its file is missing, or ``--force`` is given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from idm_rt.backends.engine_dir import MANIFEST_NAME, GraphEntry, Manifest, graph_key, read_manifest
+from idm_rt.buckets import Bucket
+from idm_rt.checkpoints import load_model, model_hash
+from idm_rt.fileio import atomic_write
+from idm_rt.model import IDM
+
+from . import ort_build, tensorrt_build
+from .graphs import OPSET, export_graph
+from .opcheck import check_graph
+
+EXIT_OK, EXIT_FAILED, EXIT_NEEDS_GPU = 0, 1, 3
+EXPORT_VERSION = 1  # bump when export_graph changes what a graph contains
+
+
+class BuildError(Exception):
+    """A build step failed; the message says which and why."""
+
+
+@dataclass
+class BuildOptions:
+    """What ``python -m idm_rt.build`` was asked for (see its --help)."""
+
+    model_path: Path
+    out: Path
+    precision: str
+    backend: str
+    buckets: list[Bucket]
+    workspace_mb: int = 4096
+    force: bool = False
+    command: str = ""
+
+
+def digest(*parts) -> str:
+    """Short stable hash of JSON-serialisable parts."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def reusable(folder: Path, file: str | None, old_key: str | None, key: str, force: bool) -> bool:
+    """Whether an artifact recorded with ``old_key`` at ``file`` can stand in for one with ``key``."""
+    return not force and file is not None and old_key == key and (folder / file).exists()
+
+
+def graph_specs(buckets: list[Bucket]) -> list[tuple[str, Bucket | None]]:
+    """(kind, bucket) of every graph: the encoder once, then conditioner and U-Net per bucket."""
+    return [("encoder", None)] + [(kind, b) for b in buckets for kind in ("conditioner", "unet")]
+
+
+def backend_identity(options: BuildOptions) -> tuple[dict, list[str]]:
+    """(identity, missing requirements) of the backend on this machine."""
+    if options.backend == "onnxruntime":
+        import onnxruntime
+
+        return {"onnxruntime": onnxruntime.__version__}, []
+    missing = tensorrt_build.missing_requirements()
+    return ({} if missing else tensorrt_build.identity()), missing
+
+
+def build(options: BuildOptions, log: Callable[[str], None] = print) -> int:
+    """Run the build; returns the exit status (0 done, 3 ONNX written but TensorRT unavailable)."""
+    model = load_model(options.model_path)
+    folder = options.out
+    old = _previous(folder, log)
+    ident, missing = backend_identity(options)
+    flags = {"workspace_mb": options.workspace_mb, "opset": OPSET, "strongly_typed": options.precision == "fp16",
+             "tf32": False, "command": options.command}
+    manifest = Manifest(model_hash=model_hash(model), model_path=str(Path(options.model_path).resolve()),
+                        network=model.config.to_dict(), max_scale=model.max_scale, precision=options.precision,
+                        backend=options.backend, opset=OPSET, buckets=options.buckets, graphs={}, identity=ident,
+                        build_flags=flags)
+    specs = graph_specs(options.buckets)
+    for i, (kind, bucket) in enumerate(specs, 1):
+        key = graph_key(kind, bucket)
+        label = f"[{i}/{len(specs)}] {key}"
+        entry = _onnx_stage(model, manifest.model_hash, kind, bucket, options, old, label, log)
+        if not missing:
+            _engine_stage(entry, kind, bucket, options, ident, old.graphs.get(key) if old else None, label, log)
+        manifest.graphs[key] = entry
+        _write(folder, manifest)
+    manifest.complete = not missing
+    _write(folder, manifest)
+    _remove_stale(folder, old, manifest)
+    if missing:
+        log(_missing_message(folder, missing, options))
+        return EXIT_NEEDS_GPU
+    log(f"done: {folder} ({len(specs)} graphs, {options.precision}, {options.backend})")
+    return EXIT_OK
+
+
+def _onnx_stage(model: IDM, mhash: str, kind: str, bucket: Bucket | None, options: BuildOptions,
+                old: Manifest | None, label: str, log) -> GraphEntry:
+    precision = options.precision if kind == "unet" else "fp32"
+    key = graph_key(kind, bucket)
+    rel = f"onnx/{key.replace('/', '_')}.onnx"
+    onnx_key = digest(mhash, kind, bucket.to_dict() if bucket else None, precision, OPSET, EXPORT_VERSION)
+    prev = old.graphs.get(key) if old else None
+    path = options.out / rel
+    if reusable(options.out, prev and prev.onnx, prev and prev.onnx_key, onnx_key, options.force):
+        log(f"{label}: ONNX {precision} reused")
+    else:
+        start = time.perf_counter()
+        export_graph(model, kind, bucket, path, precision)
+        log(f"{label}: ONNX {precision} exported in {time.perf_counter() - start:.1f} s")
+    problems = check_graph(path, OPSET)
+    if problems:
+        raise BuildError(f"{rel} fails the ONNX/TensorRT operator check:\n  " + "\n  ".join(problems))
+    return GraphEntry(onnx=rel, precision=precision, onnx_key=onnx_key)
+
+
+def _engine_stage(entry: GraphEntry, kind: str, bucket: Bucket | None, options: BuildOptions, ident: dict,
+                  prev: GraphEntry | None, label: str, log) -> None:
+    name = Path(entry.onnx).stem
+    flags = [options.workspace_mb] if options.backend == "tensorrt" else []
+    entry.engine_key = digest(entry.onnx_key, options.backend, ident, flags,
+                              [b.to_dict() for b in options.buckets] if kind == "encoder" else None)
+    suffix = ".plan" if options.backend == "tensorrt" else ".onnx"
+    entry.engine = f"{options.backend}/{name}{suffix}"
+    if reusable(options.out, prev and prev.engine, prev and prev.engine_key, entry.engine_key, options.force):
+        log(f"{label}: {options.backend} artifact reused")
+        return
+    start = time.perf_counter()
+    onnx_path, engine_path = options.out / entry.onnx, options.out / entry.engine
+    if options.backend == "onnxruntime":
+        ort_build.optimise(onnx_path, engine_path)
+    else:
+        profile_bucket = bucket or max(options.buckets, key=lambda b: b.max_batch)
+        tensorrt_build.build_engine(onnx_path, engine_path,
+                                    tensorrt_build.profile_shapes(kind, profile_bucket, onnx_path),
+                                    fp16=entry.precision == "fp16", workspace_mb=options.workspace_mb,
+                                    timing_cache=options.out / options.backend / "timing.cache")
+    log(f"{label}: {options.backend} artifact built in {time.perf_counter() - start:.1f} s")
+
+
+def _previous(folder: Path, log) -> Manifest | None:
+    if not (folder / MANIFEST_NAME).exists():
+        return None
+    try:
+        return read_manifest(folder)
+    except ValueError as e:
+        log(f"warning: ignoring the old manifest, everything is rebuilt ({e})")
+        return None
+
+
+def _write(folder: Path, manifest: Manifest) -> None:
+    atomic_write(folder / MANIFEST_NAME, lambda tmp: Path(tmp).write_text(manifest.to_json()))
+
+
+def _remove_stale(folder: Path, old: Manifest | None, new: Manifest) -> None:
+    """Delete files of the old manifest that the new one no longer lists."""
+    if old is None:
+        return
+    keep = {f for g in new.graphs.values() for f in (g.onnx, g.engine) if f}
+    for g in old.graphs.values():
+        for f in (g.onnx, g.engine):
+            if f and f not in keep:
+                (folder / f).unlink(missing_ok=True)
+
+
+def _missing_message(folder: Path, missing: list[str], options: BuildOptions) -> str:
+    lines = [f"ONNX graphs written to {folder} and checked (onnx.checker, TensorRT operator list); "
+             "TensorRT engines NOT built. This machine lacks:"]
+    lines += [f"  - {m}" for m in missing]
+    lines += ["To finish on the target machine (NVIDIA GPU, driver, TensorRT 10.x):",
+              f"  1. bring {folder} and the model ({options.model_path}) there, then: pip install tensorrt",
+              f"  2. run the same command again: {options.command or 'python -m idm_rt.build ...'}",
+              "     (the ONNX graphs are reused; only the engines are built, for that GPU and TensorRT version)",
+              f"Meanwhile the ONNX graphs run with ONNX Runtime: "
+              f"Upscaler.from_engines({str(folder)!r}, backend='onnxruntime')"]
+    return "\n".join(lines)

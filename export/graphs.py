@@ -1,0 +1,140 @@
+"""The three exported graphs of IDM and their ONNX export.
+
+* encoder: ``lr (B,3,h,w), rows (H,), cols (W,) -> cond (B,3,H,W)``; runs once per image at the
+  whole image's size, so its sizes are dynamic; the nearest resize is a gather with the indices
+  F.interpolate uses, computed by the runner.
+* conditioner, per bucket: ``cond (1,3,H,W), p (1,) -> shift_i, a1_i, a2_i`` for levels 1..L-1;
+  batch 1, static (its depthwise blur needs a static channel count, and it runs once per image
+  and tile, so the runner loops over the batch).
+* unet, per bucket: ``x_t, cond, shift_i, a1_i, a2_i, g (B,) -> eps``; the only graph in the loop.
+
+Per-bucket graphs have static spatial shapes; the batch axis is dynamic when the bucket's batch
+range is. The encoder and conditioner stay float32 (they run once per image); the U-Net is
+exported in the requested precision.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from idm_rt.backends.engine_dir import (CONDITIONER_INPUTS, ENCODER_INPUTS, conditioning_names, flatten_conditioning,
+                                        unet_inputs, unflatten_conditioning)
+from idm_rt.buckets import Bucket
+from idm_rt.fileio import atomic_write
+from idm_rt.model import IDM
+from idm_rt.model.encoder import nearest_indices
+
+from .precision import keep_in_float32
+
+# Opset 17: TensorRT's ONNX parser takes it since TensorRT 8.5 and in every 10.x release (the
+# parser supports opsets 9 and above up to the release's maximum, see the ONNX opset guide
+# https://docs.nvidia.com/deeplearning/tensorrt/latest/reference/onnx-opset-guide.html).
+OPSET = 17
+
+# Reductions that must stay in float32 inside an fp16 U-Net: GroupNorm (exported as
+# InstanceNormalization over the groups) and the attention softmax.
+FP32_OPS = ("InstanceNormalization", "Softmax")
+
+
+class EncoderGraph(nn.Module):
+    """``encode(lr, (H, W))`` with the nearest resize given as row and column source indices."""
+
+    def __init__(self, model: IDM):
+        super().__init__()
+        self.encoder = model.encoder
+
+    def forward(self, lr: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        feat = self.encoder.features(lr)
+        return self.encoder.tail(feat.index_select(2, rows).index_select(3, cols))
+
+
+class ConditionerGraph(nn.Module):
+    """``condition(cond, p)`` with the Conditioning flattened into named outputs."""
+
+    def __init__(self, model: IDM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, cond: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(flatten_conditioning(self.model.condition(cond, p)))
+
+
+class UNetGraph(nn.Module):
+    """``denoise(x_t, conditioning, g)`` with the Conditioning passed as flat tensors."""
+
+    def __init__(self, model: IDM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x_t: torch.Tensor, cond: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
+        *flat, g = rest
+        return self.model.denoise(x_t, unflatten_conditioning(cond, list(flat)), g)
+
+
+def sample_inputs(model: IDM, kind: str, bucket: Bucket | None, batch: int = 1, seed: int = 0,
+                  dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
+    """Random inputs of graph ``kind`` for ``bucket`` (the encoder: a 2x upscale of half the first
+    bucket's size); the U-Net's conditioning comes from the model itself, as at run time."""
+    gen = torch.Generator().manual_seed(seed)
+    h, w = (bucket.height, bucket.width) if bucket is not None else (32, 32)
+    cond = torch.randn(batch, 3, h, w, generator=gen)
+    p = torch.rand(batch, generator=gen)
+    if kind == "encoder":
+        lr = torch.randn(batch, 3, max(h // 2, 1), max(w // 2, 1), generator=gen)
+        return lr, nearest_indices(lr.shape[-2], h, lr.device), nearest_indices(lr.shape[-1], w, lr.device)
+    if kind == "conditioner":
+        return cond, p
+    with torch.no_grad():
+        flat = flatten_conditioning(model.condition(cond, p))
+    x_t, g = torch.randn(batch, 3, h, w, generator=gen), torch.rand(batch, generator=gen)
+    return tuple(t.to(dtype) for t in (x_t, cond, *flat)) + (g.to(dtype),)
+
+
+def graph_module(model: IDM, kind: str) -> nn.Module:
+    """The wrapper module of graph ``kind`` in eval mode."""
+    return {"encoder": EncoderGraph, "conditioner": ConditionerGraph, "unet": UNetGraph}[kind](model).eval()
+
+
+def io_spec(model: IDM, kind: str, bucket: Bucket | None) -> tuple[list[str], list[str], dict]:
+    """Input names, output names and dynamic axes of graph ``kind``."""
+    levels = model.config.levels
+    if kind == "encoder":
+        axes = {"lr": {0: "batch", 2: "lr_h", 3: "lr_w"}, "rows": {0: "out_h"}, "cols": {0: "out_w"},
+                "cond": {0: "batch", 2: "out_h", 3: "out_w"}}
+        return list(ENCODER_INPUTS), ["cond"], axes
+    names_in = list(CONDITIONER_INPUTS) if kind == "conditioner" else unet_inputs(levels)
+    names_out = conditioning_names(levels) if kind == "conditioner" else ["eps"]
+    dynamic = kind == "unet" and bucket.dynamic_batch
+    axes = {n: {0: "batch"} for n in names_in + names_out} if dynamic else {}
+    return names_in, names_out, axes
+
+
+def export_graph(model: IDM, kind: str, bucket: Bucket | None, path: Path, precision: str = "fp32") -> Path:
+    """Export graph ``kind`` (encoder / conditioner / unet) of ``model`` for ``bucket`` to ``path``.
+
+    ``precision`` "fp16" applies to the U-Net only: weights and activations in float16, with the
+    :data:`FP32_OPS` computed in float32.
+    """
+    half = precision == "fp16" and kind == "unet"
+    dtype = torch.float16 if half else torch.float32
+    module = graph_module(copy.deepcopy(model).to(dtype), kind)
+    batch = bucket.min_batch if kind == "unet" else 1
+    args = sample_inputs(model, kind, bucket, batch, dtype=dtype)
+    names_in, names_out, axes = io_spec(model, kind, bucket)
+    buf = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about the sizes made constant on purpose
+        module(*args)  # fills the implicit layer's index tables outside the trace
+        torch.onnx.export(module, args, buf, dynamo=False, opset_version=OPSET, input_names=names_in,
+                          output_names=names_out, dynamic_axes=axes or None, do_constant_folding=True)
+    proto = onnx.load_from_string(buf.getvalue())
+    if half:
+        keep_in_float32(proto, FP32_OPS)
+    return atomic_write(path, lambda tmp: onnx.save(proto, tmp))

@@ -1,0 +1,22 @@
+"""ONNX Runtime artifacts: each graph saved after ONNX Runtime's provider-independent ("basic")
+optimisations, so that sessions load a folded graph; the rest is applied when a session opens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from idm_rt.fileio import atomic_write
+
+
+def optimise(onnx_path: Path, out_path: Path) -> None:
+    """Write ``onnx_path`` optimised at ORT_ENABLE_BASIC (valid for every execution provider)."""
+    import onnxruntime as ort
+
+    def write(tmp: str) -> None:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.optimized_model_filepath = tmp
+        options.log_severity_level = 3
+        ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+    atomic_write(out_path, write)

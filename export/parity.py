@@ -1,0 +1,78 @@
+"""``python -m export.parity DIR``: every graph of a built engine directory against the torch float32
+model it was built from, on random inputs; prints the relative error per graph.
+
+Relative error = ||engine - torch|| / ||torch|| (L2 over all outputs of the graph). Limits: 1e-4 for
+float32 graphs, 1e-2 for float16 ones. Exit status 0 when every graph is within its limit, else 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from idm_rt.backends import EngineRunner, load_runner
+from idm_rt.backends.engine_dir import CONDITIONER_INPUTS, ENCODER_INPUTS, unet_inputs
+from idm_rt.checkpoints import load_model, model_hash
+
+from .graphs import graph_module, sample_inputs
+
+LIMITS = {"fp32": 1e-4, "fp16": 1e-2}
+
+
+def relative_error(got: list[torch.Tensor], want: list[torch.Tensor]) -> float:
+    """L2 norm of the difference over the L2 norm of the reference, all outputs together."""
+    diff = sum(float((g.float() - w.float()).pow(2).sum()) for g, w in zip(got, want))
+    ref = sum(float(w.float().pow(2).sum()) for w in want)
+    return (diff / max(ref, 1e-30)) ** 0.5
+
+
+def graph_errors(runner: EngineRunner, model, seed: int = 0) -> list[tuple[str, str, int, float]]:
+    """(graph, precision, batch, relative error) for every graph and each end of its batch range."""
+    rows = []
+    for key, entry in runner.manifest.graphs.items():
+        kind, _, name = key.partition("/")
+        bucket = next((b for b in runner.buckets if b.name == name), None)
+        batches = sorted({bucket.min_batch, bucket.max_batch}) if kind == "unet" else [1]
+        names = {"encoder": ENCODER_INPUTS, "conditioner": CONDITIONER_INPUTS}.get(kind) or unet_inputs(
+            model.config.levels)
+        for batch in batches:
+            args = sample_inputs(model, kind, bucket, batch, seed)
+            with torch.no_grad():
+                want = graph_module(model, kind)(*args)
+            want = list(want) if isinstance(want, tuple) else [want]
+            got = runner.run_graph(key, dict(zip(names, args)))
+            rows.append((key, entry.precision, batch, relative_error([g.cpu() for g in got], want)))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m export.parity", description=__doc__.split("\n\n")[0])
+    ap.add_argument("folder", metavar="DIR", help="engine directory written by python -m idm_rt.build")
+    ap.add_argument("--model", help="the torch model (default: the path recorded in the manifest)")
+    ap.add_argument("--backend", choices=("onnxruntime", "tensorrt"), help="default: the directory's backend")
+    ap.add_argument("--device", help="default: cuda for tensorrt, cpu for onnxruntime")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    try:
+        runner = load_runner(args.folder, args.backend, args.device)
+        model = load_model(args.model or runner.manifest.model_path)
+    except (FileNotFoundError, ValueError, ImportError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if model_hash(model) != runner.manifest.model_hash:
+        print(f"error: the model (hash {model_hash(model)}) is not the one {args.folder} was built from "
+              f"({runner.manifest.model_hash})", file=sys.stderr)
+        return 1
+    failed = 0
+    print(f"{'graph':<32} {'precision':<9} {'batch':>5} {'rel. error':>11}  limit")
+    for key, precision, batch, err in graph_errors(runner, model, args.seed):
+        ok = err < LIMITS[precision]
+        failed += not ok
+        print(f"{key:<32} {precision:<9} {batch:>5} {err:>11.2e}  {LIMITS[precision]:.0e} {'ok' if ok else 'FAIL'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

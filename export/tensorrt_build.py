@@ -1,0 +1,95 @@
+"""TensorRT 10.x engine building from the exported ONNX graphs, behind availability checks.
+
+Follows the TensorRT 10 Python API documentation: ``Builder``, ``OnnxParser``, one optimisation
+profile per engine (``set_shape(name, min, opt, max)``), a workspace limit
+(``set_memory_pool_limit``), a timing cache shared by all engines of a directory, and
+``build_serialized_network``. Float16 U-Nets are parsed into a strongly typed network so that the
+float32 islands of the ONNX graph (normalisation, softmax) are kept as written; float32 graphs are
+built with TF32 off so that they keep float32 accuracy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+
+from idm_rt.buckets import Bucket
+from idm_rt.fileio import atomic_write
+
+# Largest sizes the encoder's profile accepts: LR side and HR side (whole images, not tiles).
+ENCODER_MAX_LR, ENCODER_MAX_HR = 1024, 4096
+
+
+def missing_requirements() -> list[str]:
+    """What this machine lacks to build TensorRT engines (empty: nothing)."""
+    missing = []
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            missing.append("an NVIDIA GPU visible to torch (torch.cuda.is_available() is False)")
+    except ImportError:
+        missing.append("torch")
+    try:
+        import tensorrt as trt
+
+        if int(trt.__version__.split(".")[0]) < 10:
+            missing.append(f"TensorRT 10.x (found {trt.__version__})")
+    except ImportError:
+        missing.append("the tensorrt Python package, 10.x (pip install tensorrt)")
+    return missing
+
+
+def identity() -> dict[str, str]:
+    """TensorRT version and GPU of this machine: engines are only valid for both."""
+    import tensorrt as trt
+    import torch
+
+    major, minor = torch.cuda.get_device_capability()
+    return {"tensorrt": trt.__version__, "gpu": torch.cuda.get_device_name(), "compute_capability": f"{major}.{minor}",
+            "cuda": str(torch.version.cuda)}
+
+
+def profile_shapes(kind: str, bucket: Bucket | None, onnx_path: Path) -> dict[str, tuple]:
+    """(min, opt, max) shape per input: static except the U-Net's batch range and the encoder's sizes."""
+    if kind == "encoder":
+        return {"lr": ((1, 3, 1, 1), (1, 3, 64, 64), (bucket.max_batch, 3, ENCODER_MAX_LR, ENCODER_MAX_LR)),
+                "rows": ((1,), (256,), (ENCODER_MAX_HR,)), "cols": ((1,), (256,), (ENCODER_MAX_HR,))}
+    shapes = {}
+    for inp in onnx.load(str(onnx_path), load_external_data=False).graph.input:
+        rest = tuple(d.dim_value for d in inp.type.tensor_type.shape.dim[1:])
+        batches = (bucket.min_batch, bucket.max_batch, bucket.max_batch) if kind == "unet" else (1, 1, 1)
+        shapes[inp.name] = tuple((b,) + rest for b in batches)
+    return shapes
+
+
+def build_engine(onnx_path: Path, engine_path: Path, profile: dict[str, tuple], fp16: bool, workspace_mb: int,
+                 timing_cache: Path) -> None:
+    """Parse ``onnx_path``, build a serialized engine with one optimisation profile, write it
+    atomically; the timing cache is read first and written back after the build."""
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if fp16 else 0
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise RuntimeError(f"TensorRT's ONNX parser rejected {onnx_path.name}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    if not fp16:
+        config.clear_flag(trt.BuilderFlag.TF32)
+    opt = builder.create_optimization_profile()
+    for name, (lo, mid, hi) in profile.items():
+        opt.set_shape(name, lo, mid, hi)
+    config.add_optimization_profile(opt)
+    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.exists() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path.name} (see its log above)")
+    atomic_write(engine_path, lambda tmp: Path(tmp).write_bytes(serialized))
+    atomic_write(timing_cache, lambda tmp: Path(tmp).write_bytes(config.get_timing_cache().serialize()))

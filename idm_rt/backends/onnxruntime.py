@@ -1,0 +1,81 @@
+"""ONNX Runtime runner: CPU or CUDA execution provider; on the GPU, IO binding on torch tensors so
+that nothing is copied through the host between denoising steps."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from .base import EngineRunner
+
+_DTYPES = {"tensor(float)": (np.float32, torch.float32), "tensor(float16)": (np.float16, torch.float16),
+           "tensor(int64)": (np.int64, torch.int64)}
+
+
+class OnnxRuntimeRunner(EngineRunner):
+    """Runs every graph of an engine directory with ONNX Runtime.
+
+    Args:
+        folder: an engine directory; the optimised graphs of an ``onnxruntime`` build are used,
+            the plain ONNX graphs of any other build.
+        device: "cpu", "cuda" or "cuda:N" (needs the onnxruntime-gpu package).
+        threads: intra-op threads on the CPU (None: ONNX Runtime's default, all cores).
+    """
+
+    def __init__(self, folder: str | os.PathLike, device: str | torch.device = "cpu", threads: int | None = None):
+        super().__init__(folder, device)
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ImportError("the onnxruntime backend needs the onnxruntime package: pip install onnxruntime "
+                              "(onnxruntime-gpu for CUDA)") from None
+        if self.device.type == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise RuntimeError("ONNX Runtime has no CUDAExecutionProvider here; install onnxruntime-gpu or "
+                                   "use device='cpu'")
+            providers = [("CUDAExecutionProvider", {"device_id": self.device.index or 0}), "CPUExecutionProvider"]
+        elif self.device.type == "cpu":
+            providers = ["CPUExecutionProvider"]
+        else:
+            raise ValueError(f"the onnxruntime backend runs on 'cpu' or 'cuda', not {self.device}")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # errors only: optimiser notes are not the user's concern
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        use_engine = self.manifest.backend == "onnxruntime"
+        self._sessions = {}
+        for key, entry in self.manifest.graphs.items():
+            path = self.folder / (entry.engine if use_engine and entry.engine else entry.onnx)
+            if not path.exists():
+                raise FileNotFoundError(f"{path} listed in the manifest is missing; rebuild with --force")
+            self._sessions[key] = ort.InferenceSession(str(path), options, providers=providers)
+
+    def run_graph(self, key: str, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        session = self._sessions[key]
+        metas = {m.name: m for m in session.get_inputs()}
+        typed = {name: t.to(self.device, _DTYPES[metas[name].type][1]).contiguous() for name, t in inputs.items()}
+        if self.device.type == "cpu":
+            outs = session.run(None, {name: t.numpy() for name, t in typed.items()})
+            return [torch.from_numpy(o).float() for o in outs]
+        return [o.float() for o in self._run_bound(session, metas, typed)]
+
+    def _run_bound(self, session, metas, typed: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """IO binding: inputs and preallocated outputs stay in torch's CUDA memory."""
+        device_id = self.device.index or 0
+        binding = session.io_binding()
+        dims: dict[str, int] = {}
+        for name, t in typed.items():
+            binding.bind_input(name, "cuda", device_id, _DTYPES[metas[name].type][0], tuple(t.shape), t.data_ptr())
+            dims.update({d: n for d, n in zip(metas[name].shape, t.shape) if isinstance(d, str)})
+        outputs = []
+        for meta in session.get_outputs():
+            np_dtype, torch_dtype = _DTYPES[meta.type]
+            shape = tuple(dims[d] if isinstance(d, str) else d for d in meta.shape)
+            out = torch.empty(shape, dtype=torch_dtype, device=self.device)
+            binding.bind_output(meta.name, "cuda", device_id, np_dtype, shape, out.data_ptr())
+            outputs.append(out)
+        session.run_with_iobinding(binding)
+        return outputs

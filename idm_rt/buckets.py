@@ -1,0 +1,160 @@
+"""Engine buckets: the HR tile shapes (plus a batch range) that static-shape engines are built for.
+
+The U-Net's tensor shapes depend only on the HR tile it denoises and on the batch, not on the
+scale (the scale enters through the small conditioning vectors), so one engine per tile shape
+serves every scale.
+
+The rule that maps a request (input size h x w, scale s) onto a bucket:
+
+1. the output is ``H x W = round(h*s) x round(w*s)``, as :meth:`idm_rt.Upscaler.output_size`;
+2. among the buckets with ``height >= H`` and ``width >= W`` the one with the smallest area is
+   used (ties: the smaller height). An exact fit computes what the torch model computes; a
+   larger bucket runs the image edge-padded to the bucket shape and cropped back, which changes
+   the result near the right and bottom borders;
+3. when no bucket covers the output it is denoised in overlapping square tiles blended at every
+   step (:mod:`idm_rt.tiling`) whose side is the largest square inside the largest bucket,
+   rounded down to the U-Net's size multiple; every tile then follows rule 2.
+
+Batches larger than a bucket's maximum run in chunks, smaller than its minimum are padded by
+repeating the last sample (samples are independent, so the results do not change).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+
+@dataclass(frozen=True, order=True)
+class Bucket:
+    """An HR tile shape with the batch range its engines accept."""
+
+    height: int
+    width: int
+    min_batch: int = 1
+    max_batch: int = 1
+
+    def __post_init__(self) -> None:
+        if self.height < 8 or self.width < 8:
+            raise ValueError(f"bucket {self.height}x{self.width} is smaller than 8x8")
+        if not 1 <= self.min_batch <= self.max_batch:
+            raise ValueError(f"batch range {self.min_batch}..{self.max_batch} must satisfy 1 <= min <= max")
+
+    @property
+    def name(self) -> str:
+        """File-name friendly id, e.g. ``128x128_b1-4`` (height first)."""
+        return f"{self.height}x{self.width}_b{self.min_batch}-{self.max_batch}"
+
+    @property
+    def dynamic_batch(self) -> bool:
+        """Whether the engines take a range of batch sizes rather than one."""
+        return self.min_batch != self.max_batch
+
+    def covers(self, size: tuple[int, int]) -> bool:
+        """Whether an HR tile of ``size`` (H, W) fits inside this bucket."""
+        return size[0] <= self.height and size[1] <= self.width
+
+    def to_dict(self) -> dict[str, int]:
+        return {"height": self.height, "width": self.width, "min_batch": self.min_batch, "max_batch": self.max_batch}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Bucket":
+        return cls(int(d["height"]), int(d["width"]), int(d["min_batch"]), int(d["max_batch"]))
+
+
+DEFAULT_TILES = (128,)
+
+
+def plan_buckets(scales: Sequence[float] = (), input_size: tuple[int, int] | None = None,
+                 tiles: Sequence[int] = (), batch: tuple[int, int] = (1, 1)) -> list[Bucket]:
+    """The buckets to build: one per HR output of ``input_size`` (width, height) at each scale,
+    one square bucket per tile side; all with the batch range ``batch`` (min, max).
+    With neither given, :data:`DEFAULT_TILES`."""
+    if bool(scales) != (input_size is not None):
+        raise ValueError("--scales and --input-size go together (e.g. --scales 2,4 --input-size 64x64)")
+    shapes = []
+    if input_size is not None:
+        w, h = input_size
+        if w < 1 or h < 1:
+            raise ValueError(f"input size must be positive, got {w}x{h}")
+        for s in scales:
+            if not math.isfinite(s) or s <= 1:
+                raise ValueError(f"scales must be finite numbers > 1, got {s!r}")
+            shapes.append((round(h * s), round(w * s)))
+    shapes += [(t, t) for t in tiles]
+    if not shapes:
+        shapes = [(t, t) for t in DEFAULT_TILES]
+    return sorted({Bucket(h, w, batch[0], batch[1]) for h, w in shapes})
+
+
+def select_bucket(buckets: Iterable[Bucket], size: tuple[int, int]) -> Bucket | None:
+    """Rule 2: the smallest-area bucket covering ``size`` (H, W), or None."""
+    fits = [b for b in buckets if b.covers(size)]
+    return min(fits, key=lambda b: (b.height * b.width, b.height), default=None)
+
+
+def tile_side(buckets: Sequence[Bucket], multiple: int) -> int:
+    """Rule 3: side of the square tiles used when no bucket covers the output."""
+    largest = max(buckets, key=lambda b: (b.height * b.width, b.height))
+    side = min(largest.height, largest.width) // multiple * multiple
+    if side < 2 * multiple:
+        raise ValueError(f"the largest bucket {largest.name} is too small to tile with (needs a side of at "
+                         f"least {2 * multiple})")
+    return side
+
+
+@dataclass(frozen=True)
+class Route:
+    """How one output size runs: on ``bucket`` directly, or in tiles of side ``tile``."""
+
+    size: tuple[int, int]
+    bucket: Bucket | None
+    tile: int | None
+
+    def describe(self) -> str:
+        h, w = self.size
+        if self.bucket is not None:
+            how = "exact fit" if (self.bucket.height, self.bucket.width) == self.size else "edge-padded"
+            return f"{w}x{h} output -> bucket {self.bucket.name} ({how})"
+        return f"{w}x{h} output -> tiles of {self.tile}x{self.tile}, each on the smallest bucket covering it"
+
+
+def route(buckets: Sequence[Bucket], size: tuple[int, int], multiple: int) -> Route:
+    """Apply the rule to an HR output ``size`` (H, W)."""
+    bucket = select_bucket(buckets, size)
+    return Route(size, bucket, None if bucket is not None else tile_side(buckets, multiple))
+
+
+def rule_text() -> str:
+    """The numbered rule from this module's documentation, for ``--explain``."""
+    return __doc__.split("\n\n")[3]
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"64x48"`` -> (64, 48), width first."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"size must look like WIDTHxHEIGHT, e.g. 64x64, got {text!r}") from None
+    return w, h
+
+
+def parse_list(text: str, kind: type) -> list:
+    """``"2,3,4"`` -> [2, 3, 4] of ``kind``."""
+    try:
+        return [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"expected a comma-separated list of {kind.__name__}s, got {text!r}") from None
+
+
+def parse_batch(text: str) -> tuple[int, int]:
+    """``"4"`` -> (4, 4); ``"1,4"`` -> (1, 4)."""
+    values = parse_list(text, int)
+    if len(values) not in (1, 2) or not 1 <= values[0] <= values[-1]:
+        raise ValueError(f"batch must be N or MIN,MAX with 1 <= MIN <= MAX, got {text!r}")
+    return values[0], values[-1]
+
+
+__all__ = ["Bucket", "Route", "plan_buckets", "select_bucket", "tile_side", "route", "parse_size", "parse_list",
+           "parse_batch", "rule_text", "DEFAULT_TILES"]

@@ -1,0 +1,101 @@
+"""``python -m idm_rt.build``: the command-line front of the ``export`` package (imported lazily).
+
+Exit status: 0 built; 1 failed; 2 bad arguments; 3 ONNX written but TensorRT engines not built
+because this machine has no NVIDIA GPU or no TensorRT (the message says how to finish).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from .buckets import DEFAULT_TILES, parse_batch, parse_list, parse_size, plan_buckets, route, rule_text
+
+EXAMPLES = """examples:
+  python -m idm_rt.build --engine fp32 --backend onnxruntime
+  python -m idm_rt.build --engine fp16 --model models/face8x --scales 2,4,8 --input-size 16x16
+  python -m idm_rt.build --engine fp16 --tile 128,256 --batch 1,4 --out engines/face --workspace 8192
+  python -m idm_rt.build --scales 2,3,4 --input-size 64x64 --tile 256 --explain
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m idm_rt.build", epilog=EXAMPLES,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 description="Export IDM to ONNX per bucket (HR tile shape + batch range) and build "
+                                             "ONNX Runtime or TensorRT engines with a manifest.")
+    ap.add_argument("--engine", choices=("fp16", "fp32"), default="fp16",
+                    help="U-Net precision (encoder and conditioner stay fp32); default fp16")
+    ap.add_argument("--model", help="checkpoint: released .pth or project folder (default: the bundled model)")
+    ap.add_argument("--out", help="engine directory (default: engines/<model>-<backend>-<engine>)")
+    ap.add_argument("--scales", help="magnifications to cover, e.g. 2,3,4,8 (with --input-size)")
+    ap.add_argument("--input-size", help="LR input size WxH for --scales, e.g. 64x64")
+    ap.add_argument("--tile", help=f"square HR tile side(s), e.g. 128 or 128,256 (default "
+                                   f"{','.join(map(str, DEFAULT_TILES))} when no --scales)")
+    ap.add_argument("--batch", default="1", help="batch size N or range MIN,MAX of every bucket (default 1)")
+    ap.add_argument("--backend", choices=("tensorrt", "onnxruntime"), default="tensorrt",
+                    help="engines to build (default tensorrt; onnxruntime works on a CPU)")
+    ap.add_argument("--workspace", type=int, default=4096, metavar="MiB", help="TensorRT workspace limit (MiB)")
+    ap.add_argument("--force", action="store_true", help="rebuild everything, even what the manifest says matches")
+    ap.add_argument("--explain", action="store_true",
+                    help="print the buckets and which bucket each --scales request uses, then stop")
+    return ap
+
+
+def _plan(args: argparse.Namespace):
+    scales = parse_list(args.scales, float) if args.scales else []
+    size = parse_size(args.input_size) if args.input_size else None
+    tiles = parse_list(args.tile, int) if args.tile else []
+    return scales, size, plan_buckets(scales, size, tiles, parse_batch(args.batch))
+
+
+def explain(buckets, scales, size, multiple: int | None) -> str:
+    """The bucket plan and, for each requested scale, the bucket (or tiling) the request runs on."""
+    lines = ["buckets (HR tile height x width, batch range):"] + [f"  {b.name}" for b in buckets]
+    if size and multiple:
+        lines.append("requests:")
+        for s in scales:
+            out = (round(size[1] * s), round(size[0] * s))
+            lines.append(f"  {size[0]}x{size[1]} x{s:g}: " + route(buckets, out, multiple).describe())
+    lines += ["rule:", rule_text()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    try:
+        scales, size, buckets = _plan(args)
+    except ValueError as e:
+        ap.error(str(e))
+    if args.workspace < 16:
+        ap.error("--workspace is in MiB and must be at least 16")
+    from .upscaler import DEFAULT_MODEL
+
+    model_path = Path(args.model) if args.model else DEFAULT_MODEL
+    if not model_path.exists():
+        hint = "this build of idm-rt has no bundled default model yet; " if not args.model else ""
+        print(f"error: {hint}no model at {model_path}; pass --model PATH (a released .pth or a project folder)",
+              file=sys.stderr)
+        return 1
+    if args.explain:
+        from .checkpoints import load_model
+
+        print(explain(buckets, scales, size, load_model(model_path).config.size_multiple))
+        return 0
+    from export.builder import BuildError, BuildOptions, build  # the export package, only when building
+
+    out = Path(args.out) if args.out else Path("engines") / f"{model_path.stem}-{args.backend}-{args.engine}"
+    command = shlex.join(["python", "-m", "idm_rt.build", *(sys.argv[1:] if argv is None else argv)])
+    options = BuildOptions(model_path, out, args.engine, args.backend, buckets, args.workspace, args.force, command)
+    try:
+        return build(options)
+    except (BuildError, FileNotFoundError, ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

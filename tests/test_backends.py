@@ -1,0 +1,105 @@
+"""Engine runners on the CPU: Upscaler from an ONNX Runtime engine directory against the torch
+backend (same seed), tiling and padding by the bucket rule, batching, and clear errors."""
+
+import numpy as np
+import pytest
+import torch
+
+import idm_rt
+from idm_rt import Upscaler
+from idm_rt.backends import load_runner
+from idm_rt.backends.base import run_batched
+from idm_rt.build import main
+
+TINY = idm_rt.IDMConfig(inner_channel=32, channel_multiplier=(1, 2, 4), res_blocks=1, attn_levels=(2,),
+                        encoder_blocks=2)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("backends")
+    torch.manual_seed(0)
+    model = idm_rt.IDM(TINY, max_scale=4.0).eval()
+    idm_rt.save_model(model, root / "model")
+    out = root / "engines"
+    assert main(["--engine", "fp32", "--backend", "onnxruntime", "--model", str(root / "model"), "--out", str(out),
+                 "--tile", "32", "--batch", "1,2"]) == 0
+    return idm_rt.load_model(root / "model"), out
+
+
+def _image(h, w, seed):
+    return np.random.default_rng(seed).random((h, w, 3), dtype=np.float32)
+
+
+def test_engine_upscaler_matches_torch_backend_for_the_same_seed(built):
+    model, folder = built
+    images = [_image(16, 16, 0), _image(16, 16, 1), _image(16, 16, 2)]  # batch 3: chunks of 2 and 1
+    kw = dict(scale=2, steps=4, seed=7, progress=False)
+    want = Upscaler(model, tile=0).upscale(images, **kw)
+    got = Upscaler.from_engines(folder).upscale(images, **kw)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape == (32, 32, 3)
+        assert np.abs(g - w).max() < 2e-3
+
+
+def test_outputs_larger_than_every_bucket_are_tiled_like_torch(built):
+    model, folder = built
+    image = _image(16, 24, 3)  # 32x48 output, bucket 32x32: tiled with 32x32 tiles
+    kw = dict(scale=2, steps=3, seed=1, progress=False)
+    runner = load_runner(folder)
+    assert runner.auto_tile((32, 48)) == 32 and runner.auto_tile((32, 32)) is None
+    got = Upscaler.from_engines(folder).upscale(image, **kw)
+    want = Upscaler(model).upscale(image, tile=32, **kw)
+    assert np.abs(got - want).max() < 2e-3
+
+
+def test_smaller_outputs_run_edge_padded_in_the_covering_bucket(built):
+    _, folder = built
+    out = Upscaler.from_engines(folder, backend="onnxruntime", runner_options={"threads": 1}).upscale(
+        _image(12, 12, 4), scale=2, steps=2, seed=0, progress=False)
+    assert out.shape == (24, 24, 3) and np.isfinite(out).all()
+
+
+def test_from_pretrained_with_an_engine_backend(built, tmp_path):
+    model, folder = built
+    up = Upscaler.from_pretrained(folder, backend="onnxruntime")
+    assert up.model.config == model.config and up.model.max_scale == model.max_scale
+    with pytest.raises(ValueError, match="python -m idm_rt.build --backend onnxruntime"):
+        Upscaler.from_pretrained(tmp_path, backend="onnxruntime")
+    with pytest.raises(ValueError, match="unknown backend"):
+        Upscaler.from_pretrained(folder, backend="openvino")
+
+
+def test_clear_errors_for_missing_directories_and_devices(built, tmp_path):
+    _, folder = built
+    with pytest.raises(FileNotFoundError, match="not an engine directory"):
+        Upscaler.from_engines(tmp_path)
+    with pytest.raises(ValueError, match="unknown engine backend"):
+        load_runner(folder, backend="tvm")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDAExecutionProvider"):
+            load_runner(folder, device="cuda")
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="TensorRT 10"):
+            load_runner(folder, backend="tensorrt")
+
+
+def test_a_tile_larger_than_every_bucket_is_refused(built):
+    _, folder = built
+    with pytest.raises(ValueError, match="no engine bucket covers an HR tile of 48x32"):
+        Upscaler.from_engines(folder).upscale(_image(16, 24, 5), scale=2, steps=1, tile=48, progress=False)
+
+
+def test_run_batched_chunks_and_pads_to_the_bucket_range():
+    seen = []
+
+    def run(part):
+        seen.append(part["x"][:, 0].tolist())
+        return [part["x"] * 10]
+
+    x = torch.arange(5.0).view(5, 1)
+    out = run_batched(run, {"x": x}, max_batch=2, min_batch=2)[0]
+    assert seen == [[0.0, 1.0], [2.0, 3.0], [4.0, 4.0]]  # last chunk padded by repeating its sample
+    assert out.view(-1).tolist() == [0.0, 10.0, 20.0, 30.0, 40.0]

@@ -1,0 +1,77 @@
+"""Bucket planning and the request -> bucket rule (idm_rt.buckets); pure Python, no model."""
+
+import pytest
+
+from idm_rt.buckets import (Bucket, parse_batch, parse_list, parse_size, plan_buckets, route, rule_text,
+                            select_bucket, tile_side)
+
+
+def test_scales_and_input_size_give_one_bucket_per_output_size():
+    buckets = plan_buckets([2, 3, 4, 8], (64, 64))
+    assert [(b.height, b.width) for b in buckets] == [(128, 128), (192, 192), (256, 256), (512, 512)]
+    assert all((b.min_batch, b.max_batch) == (1, 1) for b in buckets)
+
+
+def test_input_size_is_width_first_and_outputs_are_rounded():
+    assert plan_buckets([2.5], (30, 20)) == [Bucket(50, 75)]  # H = round(20*2.5), W = round(30*2.5)
+
+
+def test_tiles_with_batch_range_and_duplicates_merge():
+    buckets = plan_buckets([2], (64, 64), tiles=[128, 256], batch=(1, 4))
+    assert buckets == [Bucket(128, 128, 1, 4), Bucket(256, 256, 1, 4)]
+    assert buckets[0].dynamic_batch and buckets[0].name == "128x128_b1-4"
+
+
+def test_default_is_one_128_tile():
+    assert plan_buckets() == [Bucket(128, 128)]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"scales": [2]}, "go together"),
+    ({"input_size": (64, 64)}, "go together"),
+    ({"scales": [1.0], "input_size": (64, 64)}, "> 1"),
+    ({"scales": [float("inf")], "input_size": (64, 64)}, "> 1"),
+    ({"tiles": [4]}, "smaller than 8x8"),
+    ({"tiles": [64], "batch": (3, 2)}, "min <= max"),
+])
+def test_bad_plans_are_refused_with_a_reason(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        plan_buckets(**kwargs)
+
+
+def test_smallest_covering_bucket_is_chosen():
+    buckets = [Bucket(256, 256), Bucket(128, 192), Bucket(192, 128), Bucket(512, 512)]
+    assert select_bucket(buckets, (128, 128)) == Bucket(128, 192)  # equal areas: smaller height first
+    assert select_bucket(buckets, (150, 100)) == Bucket(192, 128)
+    assert select_bucket(buckets, (200, 256)) == Bucket(256, 256)
+    assert select_bucket(buckets, (600, 10)) is None
+
+
+def test_route_tiles_with_the_largest_square_inside_the_largest_bucket():
+    buckets = [Bucket(64, 64), Bucket(100, 200)]
+    r = route(buckets, (300, 300), multiple=16)
+    assert r.bucket is None and r.tile == 96  # min(100, 200) rounded down to a multiple of 16
+    assert "tiles of 96x96" in r.describe()
+    exact = route(buckets, (64, 64), multiple=16)
+    assert exact.tile is None and "exact fit" in exact.describe()
+    assert "edge-padded" in route(buckets, (60, 64), multiple=16).describe()
+
+
+def test_tile_side_refuses_a_bucket_too_small_to_tile():
+    with pytest.raises(ValueError, match="too small to tile"):
+        tile_side([Bucket(24, 24)], multiple=16)
+
+
+def test_parsers():
+    assert parse_size("64x48") == (64, 48)
+    assert parse_list("2,3.5", float) == [2.0, 3.5]
+    assert parse_batch("4") == (4, 4) and parse_batch("1,4") == (1, 4)
+    for bad, fn in [("64", parse_size), ("2,x", lambda t: parse_list(t, int)), ("4,1", parse_batch),
+                    ("0", parse_batch)]:
+        with pytest.raises(ValueError):
+            fn(bad)
+
+
+def test_rule_text_is_the_documented_rule():
+    text = rule_text()
+    assert text.startswith("1.") and "3. when no bucket covers" in text

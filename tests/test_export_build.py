@@ -1,0 +1,128 @@
+"""``python -m idm_rt.build`` on a CPU: ONNX Runtime builds, manifest reuse and invalidation, the
+exit-3 path without GPU/TensorRT, messages, and ``python -m export.parity``."""
+
+import json
+
+import pytest
+import torch
+
+import idm_rt
+from export import builder, parity
+from idm_rt.backends.engine_dir import read_manifest
+from idm_rt.build import main
+
+TINY = idm_rt.IDMConfig(inner_channel=32, channel_multiplier=(1, 2, 4), res_blocks=1, attn_levels=(2,),
+                        encoder_blocks=2)
+
+
+def _save_model(folder, seed):
+    torch.manual_seed(seed)
+    return idm_rt.save_model(idm_rt.IDM(TINY, max_scale=4.0), folder)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return _save_model(root / "a", 0), _save_model(root / "b", 1)
+
+
+@pytest.fixture(scope="module")
+def ort_dir(models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("engines") / "ort"
+    rc = main(["--engine", "fp32", "--backend", "onnxruntime", "--model", str(models[0]), "--out", str(out),
+               "--tile", "32", "--batch", "1,2"])
+    assert rc == 0
+    return out
+
+
+def test_onnxruntime_build_writes_a_complete_manifest(ort_dir, models):
+    m = json.loads((ort_dir / "manifest.json").read_text())
+    assert m["complete"] and m["backend"] == "onnxruntime" and m["precision"] == "fp32" and m["opset"] == 17
+    assert m["model_hash"] == idm_rt.checkpoints.model_hash(idm_rt.load_model(models[0]))
+    assert set(m["graphs"]) == {"encoder", "conditioner/32x32_b1-2", "unet/32x32_b1-2"}
+    assert m["buckets"] == [{"height": 32, "width": 32, "min_batch": 1, "max_batch": 2, "name": "32x32_b1-2"}]
+    assert "onnxruntime" in m["identity"] and m["build_flags"]["workspace_mb"] == 4096
+    for g in m["graphs"].values():
+        assert (ort_dir / g["onnx"]).exists() and (ort_dir / g["engine"]).exists()
+
+
+def test_parity_tool_passes_and_refuses_another_model(ort_dir, models, capsys):
+    assert parity.main([str(ort_dir)]) == 0
+    out = capsys.readouterr().out
+    assert out.count(" ok") == 4 and "FAIL" not in out  # encoder, conditioner, unet at batch 1 and 2
+    assert parity.main([str(ort_dir), "--model", str(models[1])]) == 1
+    assert "is not the one" in capsys.readouterr().err
+
+
+def test_second_run_reuses_and_another_model_rebuilds(ort_dir, models, capsys):
+    args = ["--engine", "fp32", "--backend", "onnxruntime", "--out", str(ort_dir), "--tile", "32", "--batch", "1,2"]
+    assert main([*args, "--model", str(models[0])]) == 0
+    log = capsys.readouterr().out
+    assert log.count("reused") == 6 and "exported" not in log
+    assert main([*args, "--model", str(models[1])]) == 0
+    log = capsys.readouterr().out
+    assert log.count("ONNX fp32 exported") == 3 and "reused" not in log
+    assert read_manifest(ort_dir).model_hash == idm_rt.checkpoints.model_hash(idm_rt.load_model(models[1]))
+
+
+def test_fp16_without_gpu_writes_onnx_explains_and_exits_3(models, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(builder.tensorrt_build, "missing_requirements",
+                        lambda: ["an NVIDIA GPU visible to torch", "the tensorrt Python package, 10.x"])
+    out = tmp_path / "trt"
+    rc = main(["--engine", "fp16", "--model", str(models[0]), "--out", str(out), "--tile", "32"])
+    assert rc == 3
+    log = capsys.readouterr().out
+    assert "TensorRT engines NOT built" in log and "an NVIDIA GPU" in log and "tensorrt Python package" in log
+    assert "python -m idm_rt.build --engine fp16" in log and "backend='onnxruntime'" in log
+    m = read_manifest(out)
+    assert not m.complete and m.precision == "fp16" and m.graphs["unet/32x32_b1-1"].precision == "fp16"
+    assert all((out / g.onnx).exists() and g.engine is None for g in m.graphs.values())
+
+
+def test_tensorrt_engines_are_reused_until_gpu_or_version_changes(models, tmp_path, capsys, monkeypatch):
+    """The reuse logic of the TensorRT path, with the engine build itself replaced (no TensorRT here)."""
+    built = []
+
+    def fake_build(onnx_path, engine_path, profile, fp16, workspace_mb, timing_cache):
+        built.append((engine_path.name, profile))
+        engine_path.parent.mkdir(parents=True, exist_ok=True)
+        engine_path.write_bytes(b"engine")
+
+    gpu = {"tensorrt": "10.3.0", "gpu": "NVIDIA H100", "compute_capability": "9.0", "cuda": "12.4"}
+    monkeypatch.setattr(builder.tensorrt_build, "missing_requirements", lambda: [])
+    monkeypatch.setattr(builder.tensorrt_build, "identity", lambda: dict(gpu))
+    monkeypatch.setattr(builder.tensorrt_build, "build_engine", fake_build)
+    args = ["--engine", "fp16", "--model", str(models[0]), "--out", str(tmp_path), "--tile", "32", "--batch", "1,4"]
+    assert main(args) == 0
+    assert sorted(n for n, _ in built) == ["conditioner_32x32_b1-4.plan", "encoder.plan", "unet_32x32_b1-4.plan"]
+    profiles = dict(built)
+    assert profiles["unet_32x32_b1-4.plan"]["x_t"] == ((1, 3, 32, 32), (4, 3, 32, 32), (4, 3, 32, 32))
+    assert profiles["conditioner_32x32_b1-4.plan"]["cond"] == ((1, 3, 32, 32),) * 3
+    assert read_manifest(tmp_path).identity == gpu
+    built.clear()
+    assert main(args) == 0 and built == []
+    gpu["gpu"] = "NVIDIA L4"
+    capsys.readouterr()
+    assert main(args) == 0 and len(built) == 3
+    assert capsys.readouterr().out.count("ONNX fp16 reused") == 1  # the U-Net; engines rebuilt, ONNX kept
+    built.clear()
+    assert main([*args, "--force"]) == 0 and len(built) == 3
+
+
+def test_missing_default_model_and_bad_arguments(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(idm_rt.upscaler, "DEFAULT_MODEL", tmp_path / "absent")
+    assert main(["--engine", "fp32", "--backend", "onnxruntime"]) == 1
+    assert "no bundled default model" in capsys.readouterr().err
+    for bad in (["--scales", "2"], ["--tile", "x"], ["--batch", "4,1"], ["--engine", "int8"], ["--workspace", "1"]):
+        with pytest.raises(SystemExit) as e:
+            main(bad)
+        assert e.value.code == 2
+
+
+def test_explain_shows_the_bucket_of_each_request(models, capsys):
+    assert main(["--model", str(models[0]), "--scales", "2,3", "--input-size", "16x16", "--tile", "32",
+                 "--explain"]) == 0
+    out = capsys.readouterr().out
+    assert "32x32_b1-1" in out and "48x48_b1-1" in out
+    assert "16x16 x2: 32x32 output -> bucket 32x32_b1-1 (exact fit)" in out
+    assert "rule:" in out
