@@ -172,6 +172,8 @@ class Trainer:
         if resume and self.resume():
             tqdm.write(f"resumed at step {self.step}")
         log = CsvLog(self.out / "log.csv") if self.rank == 0 else None
+        if log:
+            log.truncate_after(self.step)  # rows written after the checkpoint we resumed from
         bar = tqdm(total=cfg.steps, initial=self.step, disable=self.rank != 0, desc="train", dynamic_ncols=True)
         try:
             while self.step < cfg.steps:
@@ -233,6 +235,19 @@ class CsvLog:
             self.tb = SummaryWriter(str(path.parent / "tensorboard"))
         except Exception:  # tensorboard is optional
             self.tb = None
+
+    def truncate_after(self, step: int) -> None:
+        """Drop rows past ``step``, so a resumed run's log reads like an uninterrupted one."""
+        if not self.path.exists():
+            return
+        with self.path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        kept = [r for r in rows if int(r["step"]) <= step]
+        if len(kept) < len(rows):
+            with self.path.open("w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=list(rows[0]))
+                w.writeheader()
+                w.writerows(kept)
 
     def write(self, **row: float) -> None:
         new = not self.path.exists()

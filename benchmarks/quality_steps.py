@@ -1,0 +1,43 @@
+"""Quality against sampling steps: ddim vs dpmpp_2m at 5-50 steps, the curve the default sampler and
+step count are chosen from. Held-out images: scikit-image's bundled photos (never trained on).
+
+    python -m benchmarks.quality_steps                    # bundled default model, 4x, 192px crops
+    python -m benchmarks.quality_steps --model runs/small/checkpoints/step_00008000/ema --scale 4
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import idm_rt
+from training.evaluate import SKIMAGE_PHOTOS, evaluate, load_images
+
+from .common import write
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", help="checkpoint (default: the bundled model)")
+    ap.add_argument("--scale", type=float, default=4.0)
+    ap.add_argument("--steps", default="5,10,20,50")
+    ap.add_argument("--samplers", default="ddim,dpmpp_2m")
+    ap.add_argument("--crop", type=int, default=192)
+    ap.add_argument("--out", default="quality_steps", help="result name under benchmarks/results/")
+    args = ap.parse_args(argv)
+    model = idm_rt.Upscaler.from_pretrained(args.model).model
+    images = load_images("skimage", args.crop)
+    curve = []
+    for sampler in args.samplers.split(","):
+        for steps in (int(s) for s in args.steps.split(",")):
+            row = evaluate(model, images, [args.scale], sampler, steps)[0]
+            curve.append({"sampler": sampler, "steps": steps, **row})
+            print(f"{sampler:9s} {steps:3d} steps: PSNR(Y) {row['psnr']:.2f} (bicubic {row['psnr_bic']:.2f})  "
+                  f"SSIM {row['ssim']:.4f}  Consistency {row['cons']:.2f}e-5")
+    res = {"model": args.model or "default", "images": "scikit-image photos: " + ", ".join(SKIMAGE_PHOTOS),
+           "crop": args.crop, "scale": args.scale, "curve": curve}
+    print(f"wrote {write(args.out, res)}")
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""``python -m training.bundle CHECKPOINT``: ship a trained model as the package's default.
+
+Writes the EMA weights of a training checkpoint as float16 safetensors plus config (with the
+recipe, step and training time as provenance) to ``idm_rt/weights/default``, where
+``Upscaler.from_pretrained()`` finds it, and refuses anything above the 25 MB budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import torch
+
+import idm_rt
+from idm_rt.upscaler import DEFAULT_MODEL
+
+MAX_BYTES = 25 * 1024 * 1024
+
+
+def training_time(run: Path, batch: int) -> float | None:
+    """Seconds spent in optimizer steps, from the run's log (``batch / images_per_s`` per logged
+    step, times the steps since the previous row); None without a log."""
+    log = run / "log.csv"
+    if not log.exists():
+        return None
+    total, prev = 0.0, 0
+    with log.open() as f:
+        for row in csv.DictReader(f):
+            step = int(row["step"])
+            total += (step - prev) * batch / max(float(row["images_per_s"]), 1e-9)
+            prev = step
+    return total
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m training.bundle", description=__doc__)
+    ap.add_argument("checkpoint", type=Path, help="a run's checkpoints/step_N folder")
+    ap.add_argument("--out", type=Path, default=DEFAULT_MODEL)
+    ap.add_argument("--note", default="", help="free text added to the provenance (machine, data, ...)")
+    args = ap.parse_args(argv)
+    ema = args.checkpoint / "ema"
+    if not (ema / "model.safetensors").exists():
+        print(f"error: {ema} has no model.safetensors (pass a checkpoints/step_N folder)", file=sys.stderr)
+        return 2
+    model = idm_rt.load_model(ema)
+    prov = dict(getattr(model, "provenance", {}))
+    run = args.checkpoint.parent.parent
+    batch = int(prov.get("recipe", {}).get("batch", 1))
+    seconds = training_time(run, batch)
+    prov.update({"weights": "EMA", "source_checkpoint": args.checkpoint.name, "note": args.note,
+                 "training_seconds_estimate": seconds, "images_seen_per_process": batch * prov.get("step", 0)})
+    idm_rt.save_model(model, args.out, dtype=torch.float16, provenance=prov)
+    size = (args.out / "model.safetensors").stat().st_size
+    if size > MAX_BYTES:
+        print(f"error: {size / 2**20:.1f} MB is above the 25 MB budget", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out} ({size / 2**20:.1f} MB, step {prov.get('step')})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
