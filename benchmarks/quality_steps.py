@@ -21,18 +21,23 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--scale", type=float, default=4.0)
     ap.add_argument("--steps", default="5,10,20,50")
     ap.add_argument("--samplers", default="ddim,dpmpp_2m")
+    ap.add_argument("--inits", default="noise,bicubic:0.5,bicubic:0.7",
+                    help="starts to compare: noise, or bicubic:LEVEL for a diffused bicubic start")
     ap.add_argument("--crop", type=int, default=192)
     ap.add_argument("--out", default="quality_steps", help="result name under benchmarks/results/")
     args = ap.parse_args(argv)
     model = idm_rt.Upscaler.from_pretrained(args.model).model
     images = load_images("skimage", args.crop)
     curve = []
-    for sampler in args.samplers.split(","):
-        for steps in (int(s) for s in args.steps.split(",")):
-            row = evaluate(model, images, [args.scale], sampler, steps)[0]
-            curve.append({"sampler": sampler, "steps": steps, **row})
-            print(f"{sampler:9s} {steps:3d} steps: PSNR(Y) {row['psnr']:.2f} (bicubic {row['psnr_bic']:.2f})  "
-                  f"SSIM {row['ssim']:.4f}  Consistency {row['cons']:.2f}e-5")
+    for start in args.inits.split(","):
+        init, _, level = start.partition(":")
+        for sampler in args.samplers.split(","):
+            for steps in (int(s) for s in args.steps.split(",")):
+                row = evaluate(model, images, [args.scale], sampler, steps, init=init,
+                               init_level=float(level or 0.5))[0]
+                curve.append({"init": start, "sampler": sampler, "steps": steps, **row})
+                print(f"{start:12s} {sampler:9s} {steps:3d} steps: PSNR(Y) {row['psnr']:.2f} "
+                      f"(bicubic {row['psnr_bic']:.2f})  SSIM {row['ssim']:.4f}  Consistency {row['cons']:.2f}e-5")
     res = {"model": args.model or "default", "images": "scikit-image photos: " + ", ".join(SKIMAGE_PHOTOS),
            "crop": args.crop, "scale": args.scale, "curve": curve}
     print(f"wrote {write(args.out, res)}")

@@ -71,6 +71,7 @@ def _load_project(path: Path, config: IDMConfig | None, max_scale: float | None)
     state = {k: v.float() for k, v in load_file(weights).items()}
     _load_state(model, state, str(weights))
     model.provenance = meta.get("provenance", {})
+    model.defaults = meta.get("defaults", {})
     return model.eval()
 
 
@@ -104,7 +105,8 @@ def save_model(model: IDM, folder: str | os.PathLike, dtype: torch.dtype = torch
         "network": model.config.to_dict(),
         "max_scale": model.max_scale,
         "dtype": str(dtype).replace("torch.", ""),
-        "provenance": provenance or getattr(model, "provenance", {}),
+        "provenance": provenance or model.provenance,
+        "defaults": model.defaults,
     }
     atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(state, p))
     atomic_write(folder / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))

@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--steps", type=int, help="sampling steps (default: the model's default, 20)")
     up.add_argument("--sampler", choices=SAMPLERS, help="dpmpp_2m (default, few steps), ddim, or ddpm (2000 calls)")
     up.add_argument("--seed", type=int, help="random seed; the same seed gives the same output")
+    up.add_argument("--init", choices=("noise", "bicubic"),
+                    help="start from pure noise (the paper) or from the bicubic upscale diffused to --init-level "
+                         "(default: the model's recommendation)")
+    up.add_argument("--init-level", type=float, metavar="G", help="noise level in (0, 1) of a bicubic start")
     up.add_argument("--tile", type=int, help="HR tile side for large outputs, multiple of 8 (default 512; 0: off)")
     up.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
     up.add_argument("--model", help="checkpoint: released .pth or project folder (default: the bundled model)")
@@ -129,7 +133,8 @@ def cmd_upscale(args: argparse.Namespace) -> int:
             continue
         try:
             result = up.upscale(image, scale=args.scale, size=args.size, steps=args.steps, sampler=args.sampler,
-                                seed=args.seed, tile=args.tile, progress=True)
+                                seed=args.seed, tile=args.tile, progress=True, init=args.init,
+                                init_level=args.init_level)
         except ValueError as e:
             tqdm.write(f"error: {path}: {e}", file=sys.stderr)
             failed += 1

@@ -16,7 +16,7 @@ from .checkpoints import load_model
 from .diffusion import SAMPLERS
 from .images import ImageLike, from_tensor, resize_alpha, to_tensor
 from .model import IDM
-from .pipeline import super_resolve
+from .pipeline import INITS, super_resolve
 
 DEFAULT_MODEL = Path(__file__).parent / "weights" / "default"
 
@@ -27,16 +27,19 @@ class Upscaler:
     Args:
         model: a loaded :class:`~idm_rt.IDM`, or an engine runner (see :meth:`from_engines`).
         device: where the network runs ("cpu", "cuda", "cuda:1", ...).
-        sampler, steps: defaults for :meth:`upscale`.
+        sampler, steps, init, init_level: defaults for :meth:`upscale` (a model folder's
+            ``config.json`` may recommend its own under "defaults"; ``from_pretrained`` uses them).
         tile: default HR tile side; outputs larger than this are denoised in overlapping tiles.
         max_pixels: largest output (H x W) accepted, a guard against typos such as ``scale=400``.
     """
 
     def __init__(self, model: IDM | EngineRunner, device: str | torch.device = "cpu", sampler: str = "dpmpp_2m",
-                 steps: int = 20, tile: int = 512, max_pixels: int = 64_000_000):
+                 steps: int = 20, tile: int = 512, max_pixels: int = 64_000_000, init: str = "noise",
+                 init_level: float = 0.5):
         self.device = torch.device(device)
         self.model = model if isinstance(model, EngineRunner) else model.to(self.device).eval()
         self.sampler, self.steps, self.tile, self.max_pixels = sampler, steps, tile, max_pixels
+        self.init, self.init_level = init, init_level
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
@@ -60,7 +63,8 @@ class Upscaler:
                     "this build of idm-rt has no bundled default model yet; pass a checkpoint path "
                     "(a released .pth or a folder written by `python -m idm_rt convert`)")
             path = DEFAULT_MODEL
-        return cls(load_model(path), device=device, **kwargs)
+        model = load_model(path)
+        return cls(model, device=device, **{**model.defaults, **kwargs})
 
     @classmethod
     def from_engines(cls, folder: str | os.PathLike, device: str | torch.device | None = None,
@@ -100,7 +104,8 @@ class Upscaler:
 
     def upscale(self, image: ImageLike | Sequence[ImageLike], scale: float | None = None,
                 size: tuple[int, int] | None = None, steps: int | None = None, sampler: str | None = None,
-                seed: int | None = None, tile: int | None = None, eta: float = 0.0, progress: bool = True):
+                seed: int | None = None, tile: int | None = None, eta: float = 0.0, progress: bool = True,
+                init: str | None = None, init_level: float | None = None):
         """Upscale one image, or a list of them (same-size images run as one batch).
 
         Args:
@@ -111,6 +116,8 @@ class Upscaler:
             steps, sampler: sampling budget; defaults from the constructor.
             seed: makes the result repeatable.
             tile: HR tile side (multiple of 8); 0 disables tiling; None uses the default.
+            init, init_level: ``"noise"`` (the paper: start from pure noise) or ``"bicubic"`` (start
+                from the bicubic upscale diffused to noise level ``init_level`` in (0, 1)).
         Returns:
             The upscaled image(s), of the same kind as the input.
         """
@@ -121,6 +128,12 @@ class Upscaler:
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be a positive integer, got {steps!r}")
         tile = self.tile if tile is None else tile
+        init = init or self.init
+        init_level = self.init_level if init_level is None else init_level
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        if init == "bicubic" and not 0 < init_level < 1:
+            raise ValueError(f"init_level must be in (0, 1), got {init_level!r}")
         single = not isinstance(image, (list, tuple))
         images = [image] if single else list(image)
         if not images:
@@ -136,7 +149,7 @@ class Upscaler:
             lr = torch.cat([prepared[i][0] for i in idx]).to(self.device)
             group_tile = tile or (self.model.auto_tile(out) if isinstance(self.model, EngineRunner) else None)
             sr = super_resolve(self.model, lr, out, scale=scale, sampler=sampler, steps=steps, eta=eta,
-                               generator=gen, tile=group_tile, progress=progress)
+                               generator=gen, tile=group_tile, progress=progress, init=init, init_level=init_level)
             for k, i in enumerate(idx):
                 _, alpha, kind = prepared[i]
                 alpha = resize_alpha(alpha, out) if alpha is not None else None

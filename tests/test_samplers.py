@@ -97,3 +97,21 @@ def test_ddim_eta_uses_the_generator():
     b = ddim(gaussian_eps, SCHED, x_T, 20, eta=1.0, generator=torch.Generator().manual_seed(3))
     c = ddim(gaussian_eps, SCHED, x_T, 20, eta=0.0)
     assert torch.equal(a, b) and not torch.allclose(a, c)
+
+
+def test_diffused_start_restricts_the_grids():
+    assert ddim_timesteps(SCHED, 10, t_start=999) == list(range(0, 1000, 100))
+    assert math.isclose(dpmpp_levels(SCHED, 5, t_start=700)[0], SCHED.ac(700), rel_tol=1e-9)
+    with pytest.raises(ValueError, match="start timestep"):
+        ddim_timesteps(SCHED, 10, t_start=2000)
+
+
+def test_samplers_from_a_diffused_start_follow_the_ode_from_there():
+    t0 = 600
+    g = math.sqrt(SCHED.ac(t0))
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    x_start = g * MU + math.sqrt(1 - g**2) * x  # a state at level g
+    exact = ode_solution(x_start, g, SCHED.noise_level(0))
+    err = lambda out: ((out - exact).norm() / exact.norm()).item()  # noqa: E731
+    assert err(dpmpp_2m(gaussian_eps, SCHED, x_start, steps=20, t_start=t0)) < 1e-2
+    assert err(ddim(gaussian_eps, SCHED, x_start, steps=601, t_start=t0)) < 1e-2

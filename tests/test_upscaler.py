@@ -146,3 +146,33 @@ def test_missing_default_model_is_explained(monkeypatch, tmp_path):
     monkeypatch.setattr(idm_rt.upscaler, "DEFAULT_MODEL", tmp_path / "none")
     with pytest.raises(FileNotFoundError, match="no bundled default model"):
         idm_rt.Upscaler.from_pretrained()
+
+
+def test_bicubic_start_is_the_diffused_bicubic_upscale():
+    from idm_rt.diffusion import LinearSchedule, start_timestep
+    from idm_rt.pipeline import initial_state
+
+    lr = torch.rand(2, 3, 6, 7) * 2 - 1
+    x, t = initial_state(lr, (12, 21), "bicubic", 0.7, torch.Generator().manual_seed(0))
+    assert t == start_timestep(0.7) and abs(LinearSchedule().noise_level(t) - 0.7) < 1e-3
+    ac = LinearSchedule().ac(t)
+    up = F.interpolate(lr, size=(12, 21), mode="bicubic", align_corners=False).clamp(-1, 1)
+    z = torch.randn(up.shape, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(x, ac**0.5 * up + (1 - ac) ** 0.5 * z, atol=1e-6)
+
+
+def test_init_options_are_checked(up):
+    out = up.upscale(rgb(8, 8), scale=2, init="bicubic", init_level=0.8, progress=False)
+    assert out.shape == (16, 16, 3)
+    with pytest.raises(ValueError, match="init must be one of"):
+        up.upscale(rgb(8, 8), scale=2, init="zeros", progress=False)
+    with pytest.raises(ValueError, match=r"init_level must be in \(0, 1\)"):
+        up.upscale(rgb(8, 8), scale=2, init="bicubic", init_level=1.5, progress=False)
+
+
+def test_model_folder_defaults_are_used(tiny_model, tmp_path):
+    tiny_model.defaults = {"sampler": "ddim", "steps": 7, "init": "bicubic", "init_level": 0.6}
+    idm_rt.save_model(tiny_model, tmp_path / "m")
+    loaded = idm_rt.Upscaler.from_pretrained(tmp_path / "m")
+    assert (loaded.sampler, loaded.steps, loaded.init, loaded.init_level) == ("ddim", 7, "bicubic", 0.6)
+    assert idm_rt.Upscaler.from_pretrained(tmp_path / "m", steps=3).steps == 3

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 import idm_rt
+from idm_rt.pipeline import INITS
 from idm_rt.upscaler import DEFAULT_MODEL
 
 MAX_BYTES = 25 * 1024 * 1024
@@ -40,13 +41,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("checkpoint", type=Path, help="a run's checkpoints/step_N folder")
     ap.add_argument("--out", type=Path, default=DEFAULT_MODEL)
     ap.add_argument("--note", default="", help="free text added to the provenance (machine, data, ...)")
+    ap.add_argument("--sampler", default="dpmpp_2m", help="recommended sampler, stored as the model's default")
+    ap.add_argument("--steps", type=int, default=20, help="recommended steps")
+    ap.add_argument("--init", default="noise", choices=INITS, help="recommended start (noise or bicubic)")
+    ap.add_argument("--init-level", type=float, default=0.5, help="noise level of a bicubic start")
     args = ap.parse_args(argv)
     ema = args.checkpoint / "ema"
     if not (ema / "model.safetensors").exists():
         print(f"error: {ema} has no model.safetensors (pass a checkpoints/step_N folder)", file=sys.stderr)
         return 2
     model = idm_rt.load_model(ema)
-    prov = dict(getattr(model, "provenance", {}))
+    prov = dict(model.provenance)
+    model.defaults = {"sampler": args.sampler, "steps": args.steps, "init": args.init, "init_level": args.init_level}
     run = args.checkpoint.parent.parent
     batch = int(prov.get("recipe", {}).get("batch", 1))
     seconds = training_time(run, batch)

@@ -27,6 +27,7 @@ class TrainConfig:
     max_scale: float = 4.0  # M: stage 1 trains at M, stage 2 at s ~ U(1, M]
     fixed_scale_steps: int = 4000  # the stage switch point
     steps: int = 8000
+    max_timestep: int = 2000  # train noise levels t in 1..max_timestep (2000: the paper's full range)
     lr: float = 1e-4  # stage 1
     lr_stage2: float = 2e-5
     ema_decay: float = 0.999
@@ -40,6 +41,8 @@ class TrainConfig:
     val_crop: int = 128
     val_sampler: str = "dpmpp_2m"
     val_steps: int = 10
+    val_init: str = "noise"  # noise | bicubic (a diffused bicubic start at val_init_level)
+    val_init_level: float = 0.5
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
 
     @classmethod

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 import idm_rt
 from idm_rt.diffusion import SAMPLERS
 from idm_rt.fileio import atomic_write
-from idm_rt.pipeline import super_resolve
+from idm_rt.pipeline import INITS, super_resolve
 
 from .data import center_crop, downscale, load_rgb, scan_folder
 from .metrics import consistency, psnr_y, ssim_y
@@ -46,7 +46,7 @@ def load_images(data: str, crop: int | None) -> list[tuple[str, torch.Tensor]]:
 
 def evaluate(model: idm_rt.IDM, images: list[tuple[str, torch.Tensor]], scales: list[float], sampler: str,
              steps: int, seed: int = 0, save_dir: Path | None = None, device: str = "cpu",
-             tile: int | None = None) -> list[dict]:
+             tile: int | None = None, init: str = "noise", init_level: float = 0.5) -> list[dict]:
     """Per scale: mean PSNR(Y), SSIM(Y) and Consistency (x1e-5) of ours and of bicubic."""
     rows = []
     total = len(scales) * len(images)
@@ -58,7 +58,8 @@ def evaluate(model: idm_rt.IDM, images: list[tuple[str, torch.Tensor]], scales: 
             size = tuple(hr.shape[-2:])
             lr = downscale(hr, (max(1, round(size[0] / s)), max(1, round(size[1] / s))))
             gen = torch.Generator().manual_seed(seed)
-            sr = super_resolve(model, lr, size, scale=s, sampler=sampler, steps=steps, generator=gen, tile=tile)
+            sr = super_resolve(model, lr, size, scale=s, sampler=sampler, steps=steps, generator=gen, tile=tile,
+                               init=init, init_level=init_level)
             bic = F.interpolate(lr, size=size, mode="bicubic", align_corners=False).clamp(-1, 1)
             to01 = lambda t: ((t[0].double() + 1) / 2).cpu()  # noqa: E731
             border = math.ceil(s)
@@ -91,8 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", help="checkpoint (project folder or released .pth); default: the bundled model")
     ap.add_argument("--data", required=True, help="folder of HR images, or 'skimage' for scikit-image's photos")
     ap.add_argument("--scales", default="2,3,4,6,8", help="comma-separated magnifications (default 2,3,4,6,8)")
-    ap.add_argument("--sampler", default="dpmpp_2m", choices=SAMPLERS)
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--sampler", choices=SAMPLERS, help="default: the model's recommendation")
+    ap.add_argument("--steps", type=int, help="default: the model's recommendation")
+    ap.add_argument("--init", choices=INITS, help="noise or bicubic start (default: the model's recommendation)")
+    ap.add_argument("--init-level", type=float, help="noise level of a bicubic start")
     ap.add_argument("--crop", type=int, help="evaluate on a central crop of this side (faster on a CPU)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
@@ -104,18 +107,23 @@ def main(argv: list[str] | None = None) -> int:
         scales = [float(s) for s in args.scales.split(",")]
         if any(s <= 1 for s in scales):
             raise ValueError(f"scales must be > 1, got {args.scales}")
-        model = idm_rt.Upscaler.from_pretrained(args.model, device=args.device).model
+        up = idm_rt.Upscaler.from_pretrained(args.model, device=args.device)
         images = load_images(args.data, args.crop)
     except (ValueError, FileNotFoundError, idm_rt.CheckpointMismatch) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    rows = evaluate(model, images, scales, args.sampler, args.steps, args.seed, args.save_dir, args.device, args.tile)
-    title = f"{args.data}, {len(images)} images{f', {args.crop}px crops' if args.crop else ''}, {args.sampler} " \
-            f"{args.steps} steps, seed {args.seed}"
+    sampler, steps = args.sampler or up.sampler, args.steps or up.steps
+    init = args.init or up.init
+    init_level = up.init_level if args.init_level is None else args.init_level
+    rows = evaluate(up.model, images, scales, sampler, steps, args.seed, args.save_dir, args.device, args.tile, init,
+                    init_level)
+    start = f"bicubic start at {init_level:g}" if init == "bicubic" else "noise start"
+    title = f"{args.data}, {len(images)} images{f', {args.crop}px crops' if args.crop else ''}, {sampler} " \
+            f"{steps} steps, {start}, seed {args.seed}"
     print(markdown(rows, title))
     if args.json:
-        result = {"model": args.model or "default", "data": args.data, "crop": args.crop, "sampler": args.sampler,
-                  "steps": args.steps, "seed": args.seed, "rows": rows}
+        result = {"model": args.model or "default", "data": args.data, "crop": args.crop, "sampler": sampler,
+                  "steps": steps, "init": init, "init_level": init_level, "seed": args.seed, "rows": rows}
         atomic_write(args.json, lambda p: Path(p).write_text(json.dumps(result, indent=2) + "\n"))
     return 0
 

@@ -9,11 +9,19 @@ from idm_rt.diffusion import LinearSchedule
 
 
 class NoisePredictionLoss:
-    """t ~ U{1..T}; g ~ U(sqrt_ac_prev[t], sqrt_ac_prev[t-1]); x = g y0 + sqrt(1 - g^2) eps;
-    loss = mean |eps - net(x, cond, p, g)|."""
+    """t ~ U{1..max_t}; g ~ U(sqrt_ac_prev[t], sqrt_ac_prev[t-1]); x = g y0 + sqrt(1 - g^2) eps;
+    loss = mean |eps - net(x, cond, p, g)|.
 
-    def __init__(self, schedule: LinearSchedule | None = None):
-        self.sqrt_ac_prev = (schedule or LinearSchedule()).sqrt_alphas_cumprod_prev.float()
+    ``max_t`` = T is the paper's objective. A smaller ``max_t`` trains only the noise levels that
+    sampling from a diffused bicubic start (``init="bicubic"``) visits (truncated diffusion).
+    """
+
+    def __init__(self, schedule: LinearSchedule | None = None, max_t: int | None = None):
+        sched = schedule or LinearSchedule()
+        max_t = sched.timesteps if max_t is None else max_t
+        if not 1 <= max_t <= sched.timesteps:
+            raise ValueError(f"max_timestep must be in 1..{sched.timesteps}, got {max_t}")
+        self.sqrt_ac_prev = sched.sqrt_alphas_cumprod_prev[: max_t + 1].float()
 
     def __call__(self, model: nn.Module, hr: torch.Tensor, lr: torch.Tensor, p: torch.Tensor,
                  gen: torch.Generator) -> torch.Tensor:

@@ -73,7 +73,7 @@ class Trainer:
         self.net = DistributedDataParallel(self.model) if self.world > 1 else self.model
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.scaler = torch.amp.GradScaler(enabled=cfg.precision == "fp16" and self.device.type == "cuda")
-        self.loss_fn = NoisePredictionLoss()
+        self.loss_fn = NoisePredictionLoss(max_t=cfg.max_timestep)
         self.data_gen = torch.Generator().manual_seed(cfg.seed * 1000 + self.rank)
         self.noise_gen = torch.Generator().manual_seed(cfg.seed * 1000 + 500 + self.rank)
         self.step = 0
@@ -211,7 +211,7 @@ class Trainer:
             lr = downscale(hr, (s, s))
             size = tuple(hr.shape[-2:])
             sr = super_resolve(model, lr, size, scale=cfg.max_scale, sampler=cfg.val_sampler, steps=cfg.val_steps,
-                               generator=gen)
+                               generator=gen, init=cfg.val_init, init_level=cfg.val_init_level)
             up = torch.nn.functional.interpolate(lr, size=size, mode="bicubic", align_corners=False).clamp(-1, 1)
             to01 = lambda t: ((t[0] + 1) / 2).cpu()  # noqa: E731
             ours.append(psnr_y(to01(sr), to01(hr), border=int(cfg.max_scale)))

@@ -11,26 +11,35 @@ from .schedule import LinearSchedule
 SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
 
 
-def calls_for(sampler: str, steps: int, sched: LinearSchedule = LinearSchedule()) -> int:
+def calls_for(sampler: str, steps: int, sched: LinearSchedule = LinearSchedule(), t_start: int | None = None) -> int:
     """Network calls a sampler makes for ``steps``."""
     if sampler == "ddpm":
-        return sched.timesteps
+        return (sched.timesteps - 1 if t_start is None else t_start) + 1
     if sampler == "ddim":
-        return len(ddim_timesteps(sched, steps)) - 1
+        return len(ddim_timesteps(sched, steps, t_start)) - 1
     return steps
+
+
+def start_timestep(level: float, sched: LinearSchedule | None = None) -> int:
+    """The timestep whose noise level sqrt(ac[t]) is nearest to ``level`` (for diffused starts)."""
+    if not 0 < level < 1:
+        raise ValueError(f"init_level must be in (0, 1), got {level}")
+    g = torch.sqrt((sched or LinearSchedule()).alphas_cumprod)
+    return max(1, int(torch.argmin((g - level).abs())))
 
 
 def run_sampler(eps_fn: EpsFn, x_T: torch.Tensor, sampler: str = "ddim", steps: int = 200, eta: float = 0.0,
                 generator: torch.Generator | None = None, schedule: LinearSchedule | None = None,
-                progress: bool = False) -> torch.Tensor:
-    """Run a named sampler from x_T with any noise predictor ``eps_fn(x, g)``."""
+                progress: bool = False, t_start: int | None = None) -> torch.Tensor:
+    """Run a named sampler from x_T, which sits at timestep ``t_start`` (default T-1: pure noise),
+    with any noise predictor ``eps_fn(x, g)``."""
     sched = schedule or LinearSchedule()
     if sampler == "ddpm":
-        return ddpm(eps_fn, sched, x_T, generator, progress)
+        return ddpm(eps_fn, sched, x_T, generator, progress, t_start)
     if sampler == "ddim":
-        return ddim(eps_fn, sched, x_T, steps, eta, generator, progress)
+        return ddim(eps_fn, sched, x_T, steps, eta, generator, progress, t_start)
     if sampler == "dpmpp_2m":
-        return dpmpp_2m(eps_fn, sched, x_T, steps, progress)
+        return dpmpp_2m(eps_fn, sched, x_T, steps, progress, t_start)
     raise ValueError(f"unknown sampler {sampler!r}; choose from {SAMPLERS}")
 
 
@@ -50,5 +59,5 @@ def sample(model: IDM, conditioning: Conditioning, sampler: str = "ddim", steps:
                        progress=progress)
 
 
-__all__ = ["LinearSchedule", "SAMPLERS", "sample", "run_sampler", "calls_for", "ddpm", "ddim", "dpmpp_2m",
+__all__ = ["LinearSchedule", "SAMPLERS", "sample", "run_sampler", "calls_for", "start_timestep", "ddpm", "ddim", "dpmpp_2m",
            "ddpm_step", "ddim_timesteps", "dpmpp_levels"]

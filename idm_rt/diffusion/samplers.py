@@ -46,31 +46,42 @@ def ddpm_step(x_t: torch.Tensor, t: int, eps: torch.Tensor, z: torch.Tensor, sch
     return mean + z * math.exp(0.5 * log_var)
 
 
+def _start(sched: LinearSchedule, t_start: int | None) -> int:
+    """The timestep x_T sits at: T-1 (pure noise) unless a diffused start says otherwise."""
+    t = sched.timesteps - 1 if t_start is None else t_start
+    if not 1 <= t < sched.timesteps:
+        raise ValueError(f"start timestep must be in 1..{sched.timesteps - 1}, got {t}")
+    return t
+
+
 def ddpm(eps_fn: EpsFn, sched: LinearSchedule, x_T: torch.Tensor, generator: torch.Generator | None = None,
-         progress: bool = False) -> torch.Tensor:
-    """The release's default sampler: T network calls, t = T-1 .. 0."""
-    x = x_T
-    for t in _progress(reversed(range(sched.timesteps)), sched.timesteps, progress, "ddpm"):
+         progress: bool = False, t_start: int | None = None) -> torch.Tensor:
+    """The release's default sampler: one network call per timestep, t = T-1 (or t_start) .. 0."""
+    x, t0 = x_T, _start(sched, t_start)
+    for t in _progress(reversed(range(t0 + 1)), t0 + 1, progress, "ddpm"):
         eps = eps_fn(x, _levels(x, sched.noise_level(t)))
         z = randn_like(x, generator) if t > 0 else torch.zeros_like(x)
         x = ddpm_step(x, t, eps, z, sched)
     return x
 
 
-def ddim_timesteps(sched: LinearSchedule, steps: int) -> list[int]:
-    """The release's subsequence ``range(0, T, T // steps)``; the loop makes len - 1 network calls."""
-    if not 2 <= steps <= sched.timesteps:
-        raise ValueError(f"ddim steps must be in 2..{sched.timesteps}, got {steps}")
-    return list(range(0, sched.timesteps, sched.timesteps // steps))
+def ddim_timesteps(sched: LinearSchedule, steps: int, t_start: int | None = None) -> list[int]:
+    """The release's subsequence ``range(0, n, n // steps)`` with n = t_start + 1 (n = T by default);
+    the loop makes len - 1 network calls."""
+    n = _start(sched, t_start) + 1
+    if not 2 <= steps <= n:
+        raise ValueError(f"ddim steps must be in 2..{n}, got {steps}")
+    return list(range(0, n, n // steps))
 
 
 def ddim(eps_fn: EpsFn, sched: LinearSchedule, x_T: torch.Tensor, steps: int = 200, eta: float = 0.0,
-         generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+         generator: torch.Generator | None = None, progress: bool = False, t_start: int | None = None) -> torch.Tensor:
     """DDIM (Song et al. 2021, Eq. 12) on the release's grid; eta = 0 is deterministic.
 
-    The last update lands on ac[0] (the release stops before t = 0), hence steps - 1 calls.
+    The loop starts at the grid's last timestep (1990 for 200 steps, like the release) and its
+    last update lands on ac[0] (the release stops before t = 0), hence steps - 1 calls.
     """
-    seq = ddim_timesteps(sched, steps)
+    seq = ddim_timesteps(sched, steps, t_start)
     x = x_T
     pairs = list(zip(reversed(seq[1:]), reversed(seq[:-1])))
     for i, j in _progress(pairs, len(pairs), progress, "ddim"):
@@ -84,20 +95,20 @@ def ddim(eps_fn: EpsFn, sched: LinearSchedule, x_T: torch.Tensor, steps: int = 2
     return x
 
 
-def dpmpp_levels(sched: LinearSchedule, steps: int) -> list[float]:
+def dpmpp_levels(sched: LinearSchedule, steps: int, t_start: int | None = None) -> list[float]:
     """steps + 1 values of ac spaced uniformly in log-SNR, lambda = log(sqrt(ac / (1 - ac))), from
-    ac[T-1] down to ac[0]. The network was trained on continuous noise levels, so the grid needs no
+    ac[T-1] (or ac[t_start]) down to ac[0]. The network was trained on continuous noise levels, so the grid needs no
     integer timesteps; uniform log-SNR steps measured 2-5x lower error than uniform-t steps at
     10-50 steps on Gaussian data (tests/test_samplers.py)."""
     if steps < 1:
         raise ValueError(f"dpmpp_2m steps must be >= 1, got {steps}")
-    lo, hi = (0.5 * math.log(a / (1 - a)) for a in (sched.ac(sched.timesteps - 1), sched.ac(0)))
+    lo, hi = (0.5 * math.log(a / (1 - a)) for a in (sched.ac(_start(sched, t_start)), sched.ac(0)))
     lams = [lo + (hi - lo) * k / steps for k in range(steps + 1)]
     return [1.0 / (1.0 + math.exp(-2.0 * lam)) for lam in lams]
 
 
 def dpmpp_2m(eps_fn: EpsFn, sched: LinearSchedule, x_T: torch.Tensor, steps: int = 20,
-             progress: bool = False) -> torch.Tensor:
+             progress: bool = False, t_start: int | None = None) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2) in data-prediction form, for few-step sampling.
 
     With alpha = sqrt(ac), sigma = sqrt(1 - ac), lambda = log(alpha / sigma):
@@ -105,7 +116,7 @@ def dpmpp_2m(eps_fn: EpsFn, sched: LinearSchedule, x_T: torch.Tensor, steps: int
     combination of the last two x0 predictions; first order on the first step and on the last,
     whose log-SNR jump to ac[0] is the largest (second order there extrapolates too far).
     """
-    acs = dpmpp_levels(sched, steps)
+    acs = dpmpp_levels(sched, steps, t_start)
     alpha = [math.sqrt(a) for a in acs]
     sigma = [math.sqrt(1.0 - a) for a in acs]
     lam = [math.log(a / s) for a, s in zip(alpha, sigma)]

@@ -21,12 +21,17 @@ class IDM(nn.Module):
     Attributes:
         config: the network shape.
         max_scale: the largest magnification M seen in training; ``p = (s-1)/(M-1)``.
+        provenance: where the weights came from (saved with the project format).
+        defaults: the sampling settings recommended for these weights (``sampler``, ``steps``,
+            ``init``, ``init_level``), used by ``Upscaler.from_pretrained``.
     """
 
     def __init__(self, config: IDMConfig, max_scale: float = 4.0):
         super().__init__()
         self.config = config
         self.max_scale = float(max_scale)
+        self.provenance: dict = {}
+        self.defaults: dict = {}
         self.encoder = EDSREncoder(config.encoder_blocks, config.encoder_feats)
         self.conditioner = LRConditioner(config)
         self.unet = UNet(config)
