@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--init-level", type=float, metavar="G", help="noise level in (0, 1) of a bicubic start")
     up.add_argument("--tile", type=int, help="HR tile side for large outputs, multiple of 8 (default 512; 0: off)")
     up.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+    up.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
+                    help="U-Net precision: fp32 (default) or fp16/bf16 autocast (GPUs)")
     up.add_argument("--model", help="checkpoint: released .pth or project folder (default: the bundled model)")
     up.add_argument("--overwrite", action="store_true", help="replace existing output files")
     up.add_argument("--max-pixels", type=int, default=64_000_000, help="largest output accepted (default 64e6)")
@@ -111,7 +113,8 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         print(f"error: unknown output image type {out.suffix!r}", file=sys.stderr)
         return 1
     try:
-        up = Upscaler.from_pretrained(args.model, device=args.device, max_pixels=args.max_pixels)
+        up = Upscaler.from_pretrained(args.model, device=args.device, max_pixels=args.max_pixels,
+                                      precision=args.precision)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -7,6 +7,7 @@ validation calls it directly.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,8 @@ from .tiling import TilePlan, tiled_eps
 def super_resolve(model: IDM, lr: torch.Tensor, size: tuple[int, int], scale: float | None = None,
                   sampler: str = "dpmpp_2m", steps: int = 20, eta: float = 0.0,
                   generator: torch.Generator | None = None, tile: int | None = None,
-                  progress: bool = False, init: str = "noise", init_level: float = 0.5) -> torch.Tensor:
+                  progress: bool = False, init: str = "noise", init_level: float = 0.5,
+                  denoise: Callable | None = None) -> torch.Tensor:
     """LR batch (B, 3, h, w) in [-1, 1] -> HR batch (B, 3, H, W) in [-1, 1].
 
     Args:
@@ -31,7 +33,9 @@ def super_resolve(model: IDM, lr: torch.Tensor, size: tuple[int, int], scale: fl
         init: ``"noise"`` starts from pure noise (the paper); ``"bicubic"`` starts from the bicubic
             upscale diffused to noise level ``init_level`` and samples only from there
             (Come-Closer-Diffuse-Faster, Chung et al. 2022): fewer, easier steps.
+        denoise: the U-Net call, ``model.denoise`` by default (e.g. a CUDA-graph replay of it).
     """
+    denoise = denoise or model.denoise
     b, _, h, w = lr.shape
     if scale is None:
         scale = (size[0] / h * size[1] / w) ** 0.5
@@ -39,10 +43,10 @@ def super_resolve(model: IDM, lr: torch.Tensor, size: tuple[int, int], scale: fl
     p = model.scale_fraction(scale).expand(b).to(lr.device)
     plan = TilePlan.for_image(size, tile, model.config.size_multiple) if tile is not None else None
     if plan is not None and len(plan.tiles) > 1:
-        eps_fn = tiled_eps(model, cond, p, plan)
+        eps_fn = tiled_eps(model, cond, p, plan, denoise)
     else:
         conditioning = model.condition(cond, p)
-        eps_fn = lambda x, g: model.denoise(x, conditioning, g)  # noqa: E731
+        eps_fn = lambda x, g: denoise(x, conditioning, g)  # noqa: E731
     x_T, t_start = initial_state(lr, size, init, init_level, generator)
     return run_sampler(eps_fn, x_T, sampler, steps, eta, generator, progress=progress,
                        t_start=t_start).clamp(-1.0, 1.0)

@@ -8,6 +8,7 @@ updates the whole image: neighbouring tiles agree on the state they share, so no
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -63,8 +64,11 @@ class TilePlan:
         return axis(top, h, self.size[0])[:, None] * axis(left, w, self.size[1])[None, :]
 
 
-def tiled_eps(model: IDM, cond: torch.Tensor, p: torch.Tensor, plan: TilePlan) -> EpsFn:
-    """A noise predictor over the whole image that runs the U-Net tile by tile."""
+def tiled_eps(model: IDM, cond: torch.Tensor, p: torch.Tensor, plan: TilePlan,
+              denoise: Callable | None = None) -> EpsFn:
+    """A noise predictor over the whole image that runs the U-Net (``denoise``, by default
+    ``model.denoise``) tile by tile."""
+    denoise = denoise or model.denoise
     conds = [model.condition(cond[:, :, t:t + h, l:l + w], p) for t, l, h, w in plan.tiles]
     weights = [plan.weight(tile).to(cond) for tile in plan.tiles]
     total = torch.zeros(plan.size, dtype=cond.dtype, device=cond.device)
@@ -74,7 +78,7 @@ def tiled_eps(model: IDM, cond: torch.Tensor, p: torch.Tensor, plan: TilePlan) -
     def eps_fn(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         acc = torch.zeros_like(x)
         for (t, l, h, w), c, wgt in zip(plan.tiles, conds, weights):
-            acc[:, :, t:t + h, l:l + w] += model.denoise(x[:, :, t:t + h, l:l + w], c, g) * wgt
+            acc[:, :, t:t + h, l:l + w] += denoise(x[:, :, t:t + h, l:l + w], c, g) * wgt
         return acc / total
 
     return eps_fn

@@ -19,6 +19,7 @@ from .model import IDM
 from .pipeline import INITS, super_resolve
 
 DEFAULT_MODEL = Path(__file__).parent / "weights" / "default"
+PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class Upscaler:
@@ -29,17 +30,37 @@ class Upscaler:
         device: where the network runs ("cpu", "cuda", "cuda:1", ...).
         sampler, steps, init, init_level: defaults for :meth:`upscale` (a model folder's
             ``config.json`` may recommend its own under "defaults"; ``from_pretrained`` uses them).
+        precision: "fp32", or "fp16"/"bf16" autocast of the U-Net (error measured by
+            ``benchmarks/gpu_check.py``).
+        cuda_graphs: replay each U-Net call from a CUDA graph (default: on for CUDA devices).
+        compile: ``torch.compile`` the U-Net (slow first call).
         tile: default HR tile side; outputs larger than this are denoised in overlapping tiles.
         max_pixels: largest output (H x W) accepted, a guard against typos such as ``scale=400``.
     """
 
     def __init__(self, model: IDM | EngineRunner, device: str | torch.device = "cpu", sampler: str = "dpmpp_2m",
                  steps: int = 20, tile: int = 512, max_pixels: int = 64_000_000, init: str = "noise",
-                 init_level: float = 0.5):
+                 init_level: float = 0.5, precision: str = "fp32", cuda_graphs: bool | None = None,
+                 compile: bool = False):
         self.device = torch.device(device)
         self.model = model if isinstance(model, EngineRunner) else model.to(self.device).eval()
         self.sampler, self.steps, self.tile, self.max_pixels = sampler, steps, tile, max_pixels
         self.init, self.init_level = init, init_level
+        self.denoise = self._denoiser(precision, cuda_graphs, compile)
+
+    def _denoiser(self, precision: str, cuda_graphs: bool | None, compile: bool):
+        """The U-Net call the samplers use: plain ``model.denoise``, or the static-buffer replay of
+        :mod:`idm_rt.cuda_graph` when graphs, autocast or compile are asked for (graphs by default on CUDA)."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+        if isinstance(self.model, EngineRunner):
+            return None
+        graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
+        if not (graphs or compile or PRECISIONS[precision] is not None):
+            return None
+        from .cuda_graph import GraphedDenoiser
+
+        return GraphedDenoiser(self.model, PRECISIONS[precision], compile, graphs)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
@@ -149,7 +170,8 @@ class Upscaler:
             lr = torch.cat([prepared[i][0] for i in idx]).to(self.device)
             group_tile = tile or (self.model.auto_tile(out) if isinstance(self.model, EngineRunner) else None)
             sr = super_resolve(self.model, lr, out, scale=scale, sampler=sampler, steps=steps, eta=eta,
-                               generator=gen, tile=group_tile, progress=progress, init=init, init_level=init_level)
+                               generator=gen, tile=group_tile, progress=progress, init=init, init_level=init_level,
+                               denoise=self.denoise)
             for k, i in enumerate(idx):
                 _, alpha, kind = prepared[i]
                 alpha = resize_alpha(alpha, out) if alpha is not None else None

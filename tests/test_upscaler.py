@@ -176,3 +176,16 @@ def test_model_folder_defaults_are_used(tiny_model, tmp_path):
     loaded = idm_rt.Upscaler.from_pretrained(tmp_path / "m")
     assert (loaded.sampler, loaded.steps, loaded.init, loaded.init_level) == ("ddim", 7, "bicubic", 0.6)
     assert idm_rt.Upscaler.from_pretrained(tmp_path / "m", steps=3).steps == 3
+
+
+def test_bf16_autocast_path_stays_close_to_fp32(tiny_model):
+    """The static-buffer denoiser of idm_rt.cuda_graph, run eagerly on the CPU with bf16 autocast."""
+    image = rgb(8, 8).astype(np.float32) / 255
+    kw = dict(scale=2, seed=0, progress=False, init="bicubic", init_level=0.9)  # no 1/g amplification
+    ref = idm_rt.Upscaler(tiny_model, steps=3).upscale(image, **kw)
+    fast = idm_rt.Upscaler(tiny_model, steps=3, precision="bf16")
+    assert fast.denoise is not None
+    out = fast.upscale(image, **kw)
+    assert 0 < np.abs(out - ref).max() < 0.02  # bf16 keeps ~3 significant digits
+    with pytest.raises(ValueError, match="precision must be one of"):
+        idm_rt.Upscaler(tiny_model, precision="int8")
