@@ -84,7 +84,7 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> int:
     manifest = Manifest(model_hash=model_hash(model), model_path=str(Path(options.model_path).resolve()),
                         network=model.config.to_dict(), max_scale=model.max_scale, precision=options.precision,
                         backend=options.backend, opset=OPSET, buckets=options.buckets, graphs={}, identity=ident,
-                        build_flags=flags)
+                        build_flags=flags, defaults=model.defaults)
     specs = graph_specs(options.buckets)
     for i, (kind, bucket) in enumerate(specs, 1):
         key = graph_key(kind, bucket)

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from .config import IDMConfig
 from .fileio import atomic_write
 from .model import IDM
-from .released import CheckpointMismatch, infer_config, is_released, translate
+from .released import CheckpointMismatch, infer_config, is_released, released_name, translate
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -48,14 +48,16 @@ def load_model(path: str | os.PathLike, config: IDMConfig | None = None, max_sca
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors, truncated files, non-checkpoint files
-        raise CheckpointMismatch(f"{path} is not a readable torch checkpoint: {e}") from e
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        raise CheckpointMismatch(f"{path} is not a readable torch checkpoint: {first_line}") from e
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not is_released(state):
         raise CheckpointMismatch(f"{path} is not a released IDM checkpoint (no 'denoise_fn.*' keys)")
     config = config or infer_config(state)
     model = IDM(config, max_scale=8.0 if max_scale is None else max_scale)
-    _load_state(model, translate(state, config), str(path))
+    translated, unknown = translate(state, config)
+    _load_state(model, translated, str(path), unexpected=unknown, rename=lambda k: released_name(k, config))
     return model.eval()
 
 
@@ -75,12 +77,14 @@ def _load_project(path: Path, config: IDMConfig | None, max_scale: float | None)
     return model.eval()
 
 
-def _load_state(model: IDM, state: dict[str, torch.Tensor], source: str) -> None:
-    """load_state_dict with every missing, unexpected and mis-shaped key named in one error."""
+def _load_state(model: IDM, state: dict[str, torch.Tensor], source: str, unexpected: list[str] | None = None,
+                rename=lambda key: key) -> None:
+    """load_state_dict with every missing, unexpected and mis-shaped key named in one error; keys are
+    reported under the file's own names (``rename`` maps ours back for released checkpoints)."""
     own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs network {tuple(own[k].shape)}"
+    missing = sorted(rename(k) for k in set(own) - set(state))
+    unexpected = sorted(set(state) - set(own)) + sorted(unexpected or [])
+    shapes = [f"{rename(k)}: checkpoint {tuple(state[k].shape)} vs network {tuple(own[k].shape)}"
               for k in own if k in state and state[k].shape != own[k].shape]
     if missing or unexpected or shapes:
         parts = []

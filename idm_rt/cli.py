@@ -7,6 +7,8 @@ import glob
 import sys
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
 from tqdm.auto import tqdm
 
 from .fileio import atomic_write
@@ -51,11 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="start from pure noise (the paper) or from the bicubic upscale diffused to --init-level "
                          "(default: the model's recommendation)")
     up.add_argument("--init-level", type=float, metavar="G", help="noise level in (0, 1) of a bicubic start")
-    up.add_argument("--tile", type=int, help="HR tile side for large outputs, multiple of 8 (default 512; 0: off)")
+    up.add_argument("--tile", type=int, help="HR tile side for large outputs (default 512; 0: off); rounded down to "
+                                             "the model's size multiple (8 for the default model, 16 for released)")
     up.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
     up.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
                     help="U-Net precision: fp32 (default) or fp16/bf16 autocast (GPUs)")
     up.add_argument("--model", help="checkpoint: released .pth or project folder (default: the bundled model)")
+    up.add_argument("--max-scale", type=float, metavar="M",
+                    help="largest training scale of a released .pth (8 for the face model, 4 for DIV2K; default 8)")
     up.add_argument("--overwrite", action="store_true", help="replace existing output files")
     up.add_argument("--max-pixels", type=int, default=64_000_000, help="largest output accepted (default 64e6)")
 
@@ -69,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--max-scale", type=float, required=True,
                     help="largest training magnification M of that model (8 for faces, 4 for DIV2K)")
     cv.add_argument("--fp16", action="store_true", help="store the weights as float16")
+    cv.add_argument("--overwrite", action="store_true", help="replace an existing model in OUT")
     return ap
 
 
@@ -89,7 +95,8 @@ def expand_inputs(items: list[str]) -> tuple[list[Path], list[str]]:
             if not matched:
                 problems.append(f"{item}: no such file")
             files += matched
-    return files, problems
+    unique = list(dict.fromkeys(p.resolve() for p in files))  # a file named twice is done once
+    return unique, problems
 
 
 def image_format(path: Path) -> str:
@@ -97,9 +104,33 @@ def image_format(path: Path) -> str:
                                                                                    path.suffix[1:].upper())
 
 
-def cmd_upscale(args: argparse.Namespace) -> int:
-    from PIL import Image
+# Modes a format cannot store, and what to save instead (JPEG has no alpha and no 16-bit).
+SAVE_MODES = {"JPEG": {"RGBA": "RGB", "LA": "L", "I;16": "L", "I": "L", "F": "L"}}
 
+
+def output_targets(files: list[Path], out: Path, to_folder: bool) -> list[Path]:
+    """Where each input goes: ``OUT/<stem>.png`` in folder mode (``<name>.png`` for inputs sharing a stem)."""
+    if not to_folder:
+        return [out]
+    stems = [p.stem for p in files]
+    return [out / (f"{p.name}.png" if stems.count(p.stem) > 1 else f"{p.stem}.png") for p in files]
+
+
+def save_image(image: Image.Image, target: Path) -> None:
+    """Atomic save in the format the suffix names, converting modes that format cannot hold."""
+    fmt = image_format(target)
+    mode = SAVE_MODES.get(fmt, {}).get(image.mode)
+    if mode:
+        tqdm.write(f"note: {fmt} cannot store mode {image.mode}; saving {target.name} as {mode}")
+        if image.mode in ("I;16", "I", "F"):
+            arr = np.asarray(image, dtype=np.float64) * (255.0 if image.mode == "F" else 1 / 257)
+            image = Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8))
+        else:
+            image = image.convert(mode)
+    atomic_write(target, lambda tmp: image.save(tmp, format=fmt))
+
+
+def cmd_upscale(args: argparse.Namespace) -> int:
     from .upscaler import Upscaler
 
     files, problems = expand_inputs(args.inputs)
@@ -108,20 +139,20 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     if not files:
         return 1
     out = Path(args.output)
-    to_folder = len(files) > 1 or out.is_dir() or out.suffix.lower() not in IMAGE_SUFFIXES
+    to_folder = len(files) > 1 or out.is_dir() or not out.suffix
     if not to_folder and out.suffix.lower() not in IMAGE_SUFFIXES:
-        print(f"error: unknown output image type {out.suffix!r}", file=sys.stderr)
+        print(f"error: unknown output image type {out.suffix!r} (use one of {sorted(IMAGE_SUFFIXES)})",
+              file=sys.stderr)
         return 1
     try:
         up = Upscaler.from_pretrained(args.model, device=args.device, max_pixels=args.max_pixels,
-                                      precision=args.precision)
+                                      precision=args.precision, max_scale=args.max_scale)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     failed = len(problems)
-    bar = tqdm(files, desc="images", unit="img", disable=len(files) == 1)
-    for path in bar:
-        target = out / f"{path.stem}.png" if to_folder else out
+    for path, target in zip(tqdm(files, desc="images", unit="img", disable=len(files) == 1),
+                            output_targets(files, out, to_folder)):
         if target.exists() and not args.overwrite:
             tqdm.write(f"error: {target} exists (use --overwrite to replace it); skipped {path}", file=sys.stderr)
             failed += 1
@@ -138,11 +169,12 @@ def cmd_upscale(args: argparse.Namespace) -> int:
             result = up.upscale(image, scale=args.scale, size=args.size, steps=args.steps, sampler=args.sampler,
                                 seed=args.seed, tile=args.tile, progress=True, init=args.init,
                                 init_level=args.init_level)
-        except ValueError as e:
-            tqdm.write(f"error: {path}: {e}", file=sys.stderr)
+            save_image(result, target)
+        except Exception as e:  # one bad file (or a full disk) must not stop the others
+            tqdm.write(f"error: {path}: {e.__class__.__name__ + ': ' if not isinstance(e, ValueError) else ''}{e}",
+                       file=sys.stderr)
             failed += 1
             continue
-        atomic_write(target, lambda tmp: result.save(tmp, format=image_format(target)))
         tqdm.write(f"{path} -> {target} ({result.size[0]}x{result.size[1]})")
     if failed:
         print(f"{failed} input(s) failed", file=sys.stderr)
@@ -154,9 +186,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     from .checkpoints import CheckpointMismatch, load_model, model_hash, save_model
 
+    if (Path(args.output) / "model.safetensors").exists() and not args.overwrite:
+        print(f"error: {args.output} already holds a model (use --overwrite to replace it)", file=sys.stderr)
+        return 1
     try:
         model = load_model(args.input, max_scale=args.max_scale)
-    except (FileNotFoundError, CheckpointMismatch) as e:
+    except (FileNotFoundError, CheckpointMismatch, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     prov = {"converted_from": Path(args.input).name, "source_hash": model_hash(model)}

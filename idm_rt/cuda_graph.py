@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
@@ -108,13 +109,21 @@ class GraphedDenoiser:
                  graphs: bool | None = None):
         self.net = _Compiled(model, autocast, compile)
         self.graphs = graphs
-        self._entries: dict[tuple, tuple[list[torch.Tensor], _Replay]] = {}
+        self._entries: OrderedDict[tuple, tuple[list[torch.Tensor], _Replay]] = OrderedDict()
         self._loaded: dict[tuple, Conditioning] = {}
+
+    # Captured graphs kept at once (each holds its static buffers and memory pool): a folder of
+    # differently sized images must not grow GPU memory without bound.
+    MAX_GRAPHS = 4
 
     def __call__(self, x: torch.Tensor, conditioning: Conditioning, g: torch.Tensor) -> torch.Tensor:
         key = (tuple(x.shape), x.dtype, x.device, tuple(t.shape for t in _flatten(conditioning)))
         if key not in self._entries:
+            while len(self._entries) >= self.MAX_GRAPHS:
+                old, _ = self._entries.popitem(last=False)
+                self._loaded.pop(old, None)
             self._entries[key] = self._build(x, conditioning, g)
+        self._entries.move_to_end(key)
         static, replay = self._entries[key]
         static[0].copy_(x)
         static[1].copy_(g.to(static[1].device).view(-1).expand(x.shape[0]))

@@ -51,6 +51,8 @@ def from_tensor(rgb: torch.Tensor, alpha: torch.Tensor | None, kind: ImageKind) 
     hwc = x.permute(1, 2, 0).numpy()
     if kind.kind == "pil":
         mode = kind.dtype
+        if mode == "F":
+            return Image.fromarray(np.ascontiguousarray(hwc[..., 0], dtype=np.float32), mode="F")
         if mode in ("I;16", "I;16B", "I;16L", "I"):
             return Image.fromarray((hwc[..., 0] * 65535 + 0.5).astype(np.uint16))
         arr = (hwc * 255 + 0.5).astype(np.uint8)
@@ -117,6 +119,9 @@ def _float_to_dtype(hwc: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 def _from_pil(im: Image.Image) -> tuple[torch.Tensor, torch.Tensor | None, ImageKind]:
     mode = im.mode
+    if mode == "F":  # 32-bit float grayscale, expected in [0, 1] like float arrays
+        f, _ = _numpy_to_float(np.asarray(im, dtype=np.float32))
+        return (*_split(torch.from_numpy(f)), ImageKind("pil", mode, gray=True, alpha=False))
     if mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(im).astype(np.uint16) if mode != "I" else np.clip(np.asarray(im), 0, 65535).astype(np.uint16)
         f, _ = _numpy_to_float(arr)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .diffusion import LinearSchedule, randn_like, run_sampler, start_timestep
+from .diffusion.samplers import Generators
 from .model import IDM
 from .tiling import TilePlan, tiled_eps
 
@@ -20,7 +21,7 @@ from .tiling import TilePlan, tiled_eps
 @torch.no_grad()
 def super_resolve(model: IDM, lr: torch.Tensor, size: tuple[int, int], scale: float | None = None,
                   sampler: str = "dpmpp_2m", steps: int = 20, eta: float = 0.0,
-                  generator: torch.Generator | None = None, tile: int | None = None,
+                  generator: Generators = None, tile: int | None = None,
                   progress: bool = False, init: str = "noise", init_level: float = 0.5,
                   denoise: Callable | None = None) -> torch.Tensor:
     """LR batch (B, 3, h, w) in [-1, 1] -> HR batch (B, 3, H, W) in [-1, 1].
@@ -56,7 +57,7 @@ INITS = ("noise", "bicubic")
 
 
 def initial_state(lr: torch.Tensor, size: tuple[int, int], init: str, init_level: float,
-                  generator: torch.Generator | None) -> tuple[torch.Tensor, int | None]:
+                  generator: Generators) -> tuple[torch.Tensor, int | None]:
     """(x_T, its timestep): pure noise at T-1, or ``sqrt(ac) bicubic + sqrt(1 - ac) z`` at the
     timestep whose level is nearest ``init_level``."""
     shape = (lr.shape[0], 3, *size)

@@ -126,8 +126,9 @@ def infer_config(state: Mapping[str, torch.Tensor], **overrides) -> IDMConfig:
     return IDMConfig(**params)
 
 
-def translate(state: Mapping[str, torch.Tensor], config: IDMConfig) -> dict[str, torch.Tensor]:
-    """Released state dict -> this package's names; unused keys dropped, unknown keys an error."""
+def translate(state: Mapping[str, torch.Tensor], config: IDMConfig) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Released state dict -> (tensors under this package's names, released keys that have no place);
+    the keys the release never uses are dropped."""
     table = key_table(config)
     out, unknown = {}, []
     for key, value in state.items():
@@ -142,6 +143,11 @@ def translate(state: Mapping[str, torch.Tensor], config: IDMConfig) -> dict[str,
             unknown.append(key)
             continue
         out[f"{table[prefix]}.{m.group(1)}"] = value
-    if unknown:
-        raise CheckpointMismatch(f"unexpected keys in the released checkpoint: {unknown}")
-    return out
+    return out, unknown
+
+
+def released_name(key: str, config: IDMConfig) -> str:
+    """This package's parameter name -> the released checkpoint's name for it."""
+    prefix, _, suffix = key.rpartition(".")
+    inverse = {ours: theirs for theirs, ours in key_table(config).items()}
+    return f"{inverse.get(prefix, prefix)}.{suffix}"

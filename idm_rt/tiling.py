@@ -36,10 +36,12 @@ class TilePlan:
 
     @classmethod
     def for_image(cls, size: tuple[int, int], tile: int, multiple: int = 8, overlap: int | None = None) -> "TilePlan":
-        """Square tiles of side ``tile`` (a multiple of ``multiple``), overlapping by ``tile // 4``
-        by default; strides are multiples of ``multiple`` so tiles share the U-Net's grid."""
-        if tile < 2 * multiple or tile % multiple:
-            raise ValueError(f"tile must be a multiple of {multiple} and at least {2 * multiple}, got {tile}")
+        """Square tiles of side ``tile`` rounded down to a multiple of ``multiple`` (the U-Net's size
+        multiple), overlapping by a quarter by default; strides are multiples of ``multiple`` so
+        tiles share the U-Net's grid."""
+        if tile < 2 * multiple:
+            raise ValueError(f"tile must be at least {2 * multiple} for this model, got {tile}")
+        tile -= tile % multiple
         overlap = tile // 4 if overlap is None else overlap
         stride = max(multiple, (tile - overlap) // multiple * multiple)
         h, w = size

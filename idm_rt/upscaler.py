@@ -4,6 +4,7 @@ sample (tiled when large), convert back."""
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -43,6 +44,8 @@ class Upscaler:
                  init_level: float = 0.5, precision: str = "fp32", cuda_graphs: bool | None = None,
                  compile: bool = False):
         self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} asked for, but this torch has no CUDA device")
         self.model = model if isinstance(model, EngineRunner) else model.to(self.device).eval()
         self.sampler, self.steps, self.tile, self.max_pixels = sampler, steps, tile, max_pixels
         self.init, self.init_level = init, init_level
@@ -64,11 +67,12 @@ class Upscaler:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
-                        backend: str = "torch", **kwargs) -> "Upscaler":
+                        backend: str = "torch", max_scale: float | None = None, **kwargs) -> "Upscaler":
         """Load a released ``.pth`` or a project-format folder; None loads the bundled default model.
 
         ``backend`` "onnxruntime" or "tensorrt" runs built engines instead: ``path`` is then an engine
-        directory written by ``python -m idm_rt.build`` (see :meth:`from_engines`).
+        directory written by ``python -m idm_rt.build`` (see :meth:`from_engines`). ``max_scale``
+        overrides the largest training scale M (released ``.pth`` files do not store it; default 8).
         """
         if backend in BACKENDS:
             if path is None or not (Path(path) / "manifest.json").exists():
@@ -84,7 +88,7 @@ class Upscaler:
                     "this build of idm-rt has no bundled default model yet; pass a checkpoint path "
                     "(a released .pth or a folder written by `python -m idm_rt convert`)")
             path = DEFAULT_MODEL
-        model = load_model(path)
+        model = load_model(path, max_scale=max_scale)
         return cls(model, device=device, **{**model.defaults, **kwargs})
 
     @classmethod
@@ -98,10 +102,11 @@ class Upscaler:
             device: default "cuda" for TensorRT, "cpu" for ONNX Runtime.
             runner_options: ``threads`` (onnxruntime) or ``cuda_graph`` (tensorrt).
         Outputs that no bucket covers are tiled by the bucket rule (:mod:`idm_rt.buckets`) unless
-        ``tile`` is given.
+        ``tile`` is given. The model's recommended sampling settings, recorded in the manifest,
+        are the defaults.
         """
         runner = load_runner(folder, backend, device, **(runner_options or {}))
-        return cls(runner, device=runner.device, **{"tile": 0, **kwargs})
+        return cls(runner, device=runner.device, **{"tile": 0, **runner.manifest.defaults, **kwargs})
 
     def output_size(self, height: int, width: int, scale: float | None = None,
                     size: tuple[int, int] | None = None) -> tuple[int, int]:
@@ -109,13 +114,15 @@ class Upscaler:
         if (scale is None) == (size is None):
             raise ValueError("give exactly one of scale or size")
         if scale is not None:
-            if not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 1:
+            if not isinstance(scale, numbers.Real) or not math.isfinite(scale) or scale <= 1:
                 raise ValueError(f"scale must be a finite number > 1, got {scale!r}")
-            out = (round(height * scale), round(width * scale))
+            out = (round(height * float(scale)), round(width * float(scale)))
+            if out == (height, width):
+                raise ValueError(f"scale {scale} is too small to change the size of a {width}x{height} image")
         else:
-            if len(size) != 2 or any(not isinstance(v, int) for v in size):
+            if len(size) != 2 or any(not isinstance(v, numbers.Integral) for v in size):
                 raise ValueError(f"size must be (width, height) integers, got {size!r}")
-            out = (size[1], size[0])
+            out = (int(size[1]), int(size[0]))
             if out[0] < height or out[1] < width or out == (height, width):
                 raise ValueError(f"size {size[0]}x{size[1]} must be larger than the input {width}x{height}")
         if out[0] * out[1] > self.max_pixels:
@@ -155,6 +162,8 @@ class Upscaler:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
         if init == "bicubic" and not 0 < init_level < 1:
             raise ValueError(f"init_level must be in (0, 1), got {init_level!r}")
+        if not 0 <= eta <= 1:
+            raise ValueError(f"eta must be in [0, 1], got {eta!r}")
         single = not isinstance(image, (list, tuple))
         images = [image] if single else list(image)
         if not images:
@@ -164,10 +173,11 @@ class Upscaler:
         groups: dict[tuple, list[int]] = defaultdict(list)
         for i, ((rgb, _, _), out) in enumerate(zip(prepared, sizes)):
             groups[(tuple(rgb.shape[-2:]), out)].append(i)
-        gen = torch.Generator().manual_seed(seed) if seed is not None else None
         results: list[ImageLike] = [None] * len(images)
         for (_, out), idx in groups.items():
             lr = torch.cat([prepared[i][0] for i in idx]).to(self.device)
+            # one generator per image, all seeded alike: an image's result does not depend on its batch
+            gen = [torch.Generator().manual_seed(seed) for _ in idx] if seed is not None else None
             group_tile = tile or (self.model.auto_tile(out) if isinstance(self.model, EngineRunner) else None)
             sr = super_resolve(self.model, lr, out, scale=scale, sampler=sampler, steps=steps, eta=eta,
                                generator=gen, tile=group_tile, progress=progress, init=init, init_level=init_level,

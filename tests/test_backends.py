@@ -20,6 +20,7 @@ def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("backends")
     torch.manual_seed(0)
     model = idm_rt.IDM(TINY, max_scale=4.0).eval()
+    model.defaults = {"sampler": "ddim", "steps": 5, "init": "bicubic", "init_level": 0.7}
     idm_rt.save_model(model, root / "model")
     out = root / "engines"
     assert main(["--engine", "fp32", "--backend", "onnxruntime", "--model", str(root / "model"), "--out", str(out),
@@ -34,7 +35,7 @@ def _image(h, w, seed):
 def test_engine_upscaler_matches_torch_backend_for_the_same_seed(built):
     model, folder = built
     images = [_image(16, 16, 0), _image(16, 16, 1), _image(16, 16, 2)]  # batch 3: chunks of 2 and 1
-    kw = dict(scale=2, steps=4, seed=7, progress=False)
+    kw = dict(scale=2, steps=4, seed=7, progress=False, sampler="dpmpp_2m", init="noise")
     want = Upscaler(model, tile=0).upscale(images, **kw)
     got = Upscaler.from_engines(folder).upscale(images, **kw)
     for g, w in zip(got, want):
@@ -42,10 +43,20 @@ def test_engine_upscaler_matches_torch_backend_for_the_same_seed(built):
         assert np.abs(g - w).max() < 2e-3
 
 
+def test_engine_directory_keeps_the_models_sampling_defaults(built):
+    model, folder = built
+    up = Upscaler.from_engines(folder)
+    assert (up.sampler, up.steps, up.init, up.init_level) == ("ddim", 5, "bicubic", 0.7)
+    got = up.upscale(_image(16, 16, 5), scale=2, seed=3, progress=False)
+    want = Upscaler.from_pretrained(folder.parent / "model", tile=0).upscale(_image(16, 16, 5), scale=2, seed=3,
+                                                                              progress=False)
+    assert np.abs(got - want).max() < 2e-3
+
+
 def test_outputs_larger_than_every_bucket_are_tiled_like_torch(built):
     model, folder = built
     image = _image(16, 24, 3)  # 32x48 output, bucket 32x32: tiled with 32x32 tiles
-    kw = dict(scale=2, steps=3, seed=1, progress=False)
+    kw = dict(scale=2, steps=3, seed=1, progress=False, sampler="dpmpp_2m", init="noise")
     runner = load_runner(folder)
     assert runner.auto_tile((32, 48)) == 32 and runner.auto_tile((32, 32)) is None
     got = Upscaler.from_engines(folder).upscale(image, **kw)

@@ -46,17 +46,18 @@ def released_layout(golden_dir) -> dict[str, torch.Tensor]:
     return torch.load(golden_dir / "checkpoint.pth", weights_only=True)
 
 
-def test_unexpected_and_missing_release_keys_are_listed(golden_dir, tmp_path):
+def test_unexpected_and_missing_release_keys_are_listed_together(golden_dir, tmp_path):
     state = released_layout(golden_dir)
     state["denoise_fn.extra_head.weight"] = torch.zeros(3)
-    torch.save(state, tmp_path / "extra.pth")
-    with pytest.raises(CheckpointMismatch, match="denoise_fn.extra_head.weight"):
-        idm_rt.load_model(tmp_path / "extra.pth")
-    state = released_layout(golden_dir)
     del state["denoise_fn.final_conv.block.3.bias"]
-    torch.save(state, tmp_path / "missing.pth")
-    with pytest.raises(CheckpointMismatch, match=r"missing keys \['unet.final.conv.bias'\]"):
-        idm_rt.load_model(tmp_path / "missing.pth")
+    state["denoise_fn.ups.3.imnet.0.weight"] = torch.zeros(5, 5)
+    torch.save(state, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointMismatch) as err:
+        idm_rt.load_model(tmp_path / "bad.pth")
+    msg = str(err.value)
+    assert "missing keys ['denoise_fn.final_conv.block.3.bias']" in msg  # the file's own names
+    assert "unexpected keys ['denoise_fn.extra_head.weight']" in msg
+    assert "denoise_fn.ups.3.imnet.0.weight: checkpoint (5, 5)" in msg
 
 
 def test_wrong_shapes_are_named(tiny_model, tmp_path):
@@ -75,6 +76,13 @@ def test_not_a_checkpoint(tmp_path):
         idm_rt.load_model(tmp_path / "other.pth")
     with pytest.raises(FileNotFoundError):
         idm_rt.load_model(tmp_path / "nowhere.pth")
+
+
+def test_max_scale_must_exceed_one(golden_dir, tiny_model):
+    with pytest.raises(ValueError, match="max_scale"):
+        idm_rt.load_model(golden_dir / "checkpoint.pth", max_scale=1)
+    with pytest.raises(ValueError, match="max_scale"):
+        idm_rt.IDM(tiny_model.config, max_scale=0.5)
 
 
 def test_pickled_code_never_runs(tmp_path):

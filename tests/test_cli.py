@@ -79,3 +79,23 @@ def test_help_explains_every_option():
     for opt in ("--scale", "--size", "--steps", "--sampler", "--seed", "--tile", "--device", "--model", "--overwrite",
                 "examples:"):
         assert opt in r.stdout
+
+
+def test_same_stem_inputs_get_distinct_outputs_and_jpeg_drops_alpha(setup):
+    tmp, src = setup
+    Image.fromarray(np.zeros((6, 6, 4), np.uint8)).save(src / "a.webp")  # same stem as a.png, with alpha
+    out = tmp / "o2"
+    r = run("upscale", str(src / "a.png"), str(src / "a.webp"), str(src / "a.png"), "-o", str(out), "--scale", "2",
+            "--steps", "1", "--model", str(tmp / "model"))
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["a.png.png", "a.webp.png"]
+    r = run("upscale", str(src / "a.webp"), "-o", str(tmp / "x.jpg"), "--scale", "2", "--steps", "1", "--model",
+            str(tmp / "model"))
+    assert r.returncode == 0 and "cannot store mode RGBA" in r.stdout + r.stderr
+    assert Image.open(tmp / "x.jpg").mode == "RGB"
+
+
+def test_unknown_output_type_is_refused(setup):
+    tmp, src = setup
+    r = run("upscale", str(src / "a.png"), "-o", str(tmp / "y.xyz"), "--scale", "2", "--model", str(tmp / "model"))
+    assert r.returncode == 1 and "unknown output image type" in r.stderr and not (tmp / "y.xyz").exists()

@@ -7,6 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+import idm_rt
+
 from idm_rt.cuda_graph import GraphedDDIM, GraphedDenoiser
 from idm_rt.diffusion import LinearSchedule, ddim
 
@@ -59,3 +61,14 @@ def test_graphs_refused_off_cuda(tiny_model):
         GraphedDenoiser(tiny_model, graphs=True)(torch.randn(c.cond.shape), c, torch.tensor([0.5]))
     with pytest.raises(ValueError, match="autocast"):
         GraphedDenoiser(tiny_model, autocast=torch.float64)
+
+
+def test_graph_cache_is_bounded():
+    cfg = idm_rt.IDMConfig(inner_channel=8, channel_multiplier=(1, 2), res_blocks=1, attn_levels=(1,), norm_groups=4,
+                           encoder_blocks=1, encoder_feats=8, implicit_hidden=8)
+    model = idm_rt.IDM(cfg).eval()
+    den = GraphedDenoiser(model, graphs=False)
+    for n in range(4, 11):
+        c = model.condition(torch.randn(1, 3, n, n), torch.tensor([0.5]))
+        den(torch.randn(1, 3, n, n), c, torch.tensor([0.3]))
+    assert len(den._entries) == GraphedDenoiser.MAX_GRAPHS

@@ -21,7 +21,7 @@ def rgb(h, w, seed=0):
     return (np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8)
 
 
-@pytest.mark.parametrize("h,w,s", [(10, 13, 3.3), (7, 20, 2.5), (9, 9, 12.0), (16, 11, 1.01)])
+@pytest.mark.parametrize("h,w,s", [(10, 13, 3.3), (7, 20, 2.5), (9, 9, 12.0), (16, 11, 1.05), (6, 5, np.float32(2.5))])
 def test_output_size_is_rounded_product(up, h, w, s):
     out = up.upscale(rgb(h, w), scale=s, progress=False)
     assert out.shape == (round(h * s), round(w * s), 3) and out.dtype == np.uint8
@@ -43,6 +43,8 @@ def test_kinds_dtypes_and_channels_round_trip(up):
     assert isinstance(t, torch.Tensor) and t.shape == (3, 16, 12) and t.dtype == torch.float32
     la = up.upscale(Image.fromarray(rgb(8, 8)[..., :2]), scale=2, progress=False)
     assert la.mode == "LA" and la.size == (16, 16)
+    flt = up.upscale(Image.fromarray(rgb(8, 8)[..., 0].astype(np.float32) / 255, mode="F"), scale=2, progress=False)
+    assert flt.mode == "F" and flt.size == (16, 16) and 0 <= np.asarray(flt).min() <= np.asarray(flt).max() <= 1
 
 
 def test_alpha_is_upscaled_separately_with_bicubic(up):
@@ -64,8 +66,10 @@ def test_seed_makes_results_repeatable(up):
 
 def test_list_is_a_batch_and_keeps_order(up):
     ims = [rgb(8, 8, 1), rgb(6, 10, 2), rgb(8, 8, 3)]
-    outs = up.upscale(ims, scale=2, progress=False)
+    outs = up.upscale(ims, scale=2, progress=False, seed=0)
     assert [o.shape for o in outs] == [(16, 16, 3), (12, 20, 3), (16, 16, 3)]
+    for im, out in zip(ims, outs):  # with a seed, an image's result does not depend on its batch
+        assert np.array_equal(out, up.upscale(im, scale=2, progress=False, seed=0))
 
 
 def test_one_tile_changes_nothing(up):
@@ -81,8 +85,9 @@ def test_tiles_cover_the_image_with_positive_weights():
         assert 0 <= t and t + h <= 70 and 0 <= l and l + w <= 100 and (h, w) == (32, 32)
         cover[t:t + h, l:l + w] += plan.weight((t, l, h, w))
     assert cover.min() > 0
-    with pytest.raises(ValueError, match="multiple of 8"):
-        TilePlan.for_image((70, 100), 30, multiple=8)
+    assert TilePlan.for_image((70, 100), 30, multiple=8) == TilePlan.for_image((70, 100), 24, multiple=8)
+    with pytest.raises(ValueError, match="at least 16"):
+        TilePlan.for_image((70, 100), 12, multiple=8)
 
 
 class Pointwise(torch.nn.Module):
@@ -116,7 +121,9 @@ def test_tiled_prediction_equals_untiled_for_a_local_network():
     (dict(size=(5, 20)), "must be larger than the input"),
     (dict(scale=2, sampler="euler"), "unknown sampler"),
     (dict(scale=2, steps=0), "steps must be a positive integer"),
-    (dict(scale=2, tile=30), "multiple of"),
+    (dict(scale=2, tile=6), "tile must be at least"),
+    (dict(scale=2, eta=1.5), r"eta must be in \[0, 1\]"),
+    (dict(scale=1.01), "too small to change the size"),
 ])
 def test_bad_arguments_raise_value_error(up, kwargs, match):
     with pytest.raises(ValueError, match=match):

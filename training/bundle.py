@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -58,11 +60,18 @@ def main(argv: list[str] | None = None) -> int:
     seconds = training_time(run, batch)
     prov.update({"weights": "EMA", "source_checkpoint": args.checkpoint.name, "note": args.note,
                  "training_seconds_estimate": seconds, "images_seen_per_process": batch * prov.get("step", 0)})
-    idm_rt.save_model(model, args.out, dtype=torch.float16, provenance=prov)
-    size = (args.out / "model.safetensors").stat().st_size
+    staging = args.out.with_name(f".{args.out.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    idm_rt.save_model(model, staging, dtype=torch.float16, provenance=prov)
+    size = (staging / "model.safetensors").stat().st_size
     if size > MAX_BYTES:
-        print(f"error: {size / 2**20:.1f} MB is above the 25 MB budget", file=sys.stderr)
+        shutil.rmtree(staging)
+        print(f"error: {size / 2**20:.1f} MB is above the 25 MB budget; {args.out} left as it was", file=sys.stderr)
         return 1
+    for name in ("model.safetensors", "config.json"):  # the card and other files in the folder stay
+        args.out.mkdir(parents=True, exist_ok=True)
+        os.replace(staging / name, args.out / name)
+    shutil.rmtree(staging)
     print(f"wrote {args.out} ({size / 2**20:.1f} MB, step {prov.get('step')})")
     return 0
 

@@ -54,6 +54,8 @@ def evaluate(model: idm_rt.IDM, images: list[tuple[str, torch.Tensor]], scales: 
     for s in scales:
         acc: dict[str, list[float]] = {k: [] for k in ("psnr", "ssim", "cons", "psnr_bic", "ssim_bic", "cons_bic")}
         for name, img in images:
+            if float(s).is_integer():  # the usual protocol: HR cropped to a multiple of the scale
+                img = img[:, : img.shape[1] // int(s) * int(s), : img.shape[2] // int(s) * int(s)]
             hr = img.float()[None].to(device) / 127.5 - 1
             size = tuple(hr.shape[-2:])
             lr = downscale(hr, (max(1, round(size[0] / s)), max(1, round(size[1] / s))))
@@ -61,7 +63,7 @@ def evaluate(model: idm_rt.IDM, images: list[tuple[str, torch.Tensor]], scales: 
             sr = super_resolve(model, lr, size, scale=s, sampler=sampler, steps=steps, generator=gen, tile=tile,
                                init=init, init_level=init_level)
             bic = F.interpolate(lr, size=size, mode="bicubic", align_corners=False).clamp(-1, 1)
-            to01 = lambda t: ((t[0].double() + 1) / 2).cpu()  # noqa: E731
+            to01 = lambda t: (((t[0].double() + 1) / 2).clamp(0, 1) * 255).round().cpu() / 255  # noqa: E731 (8-bit)
             border = math.ceil(s)
             for key, out in (("", sr), ("_bic", bic)):
                 acc["psnr" + key].append(psnr_y(to01(out), to01(hr), border))

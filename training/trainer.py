@@ -33,6 +33,8 @@ def init_distributed() -> tuple[int, int]:
     """(rank, world size); starts the process group when torchrun set WORLD_SIZE > 1."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))  # before NCCL picks a GPU
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
@@ -77,6 +79,7 @@ class Trainer:
         self.data_gen = torch.Generator().manual_seed(cfg.seed * 1000 + self.rank)
         self.noise_gen = torch.Generator().manual_seed(cfg.seed * 1000 + 500 + self.rank)
         self.step = 0
+        self.val_log: CsvLog | None = None
 
     # ----------------------------------------------------------------- checkpoints
     @property
@@ -89,6 +92,10 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         """``checkpoints/step_N/{ema,raw}`` in the project format plus the optimizer/RNG state;
         written to a temp folder and renamed, then only the last ``keep_last`` are kept."""
+        rng = [self.rng_state()]
+        if self.world > 1:  # every rank's generators, so that each rank resumes its own streams
+            rng = [None] * self.world
+            dist.all_gather_object(rng, self.rng_state())
         if self.rank != 0:
             return None
         final = self.ckpt_dir / f"step_{self.step:08d}"
@@ -101,15 +108,21 @@ class Trainer:
             "step": self.step,
             "optimizer": self.opt.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "data_gen": self.data_gen.get_state(),
-            "noise_gen": self.noise_gen.get_state(),
-            "torch_rng": torch.get_rng_state(),
+            "rng": rng,
         }, tmp / STATE_NAME)
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         for old in self.checkpoints()[:-self.cfg.keep_last]:
             shutil.rmtree(old)
         return final
+
+    def rng_state(self) -> dict:
+        """This process's random streams: data order, diffusion noise, dropout (CPU and CUDA)."""
+        state = {"data_gen": self.data_gen.get_state(), "noise_gen": self.noise_gen.get_state(),
+                 "torch_rng": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return state
 
     def resume(self, path: Path | None = None) -> bool:
         """Continue from ``path`` or the newest checkpoint of the run; False when there is none."""
@@ -122,9 +135,12 @@ class Trainer:
         state = torch.load(path / STATE_NAME, map_location=self.device, weights_only=True)
         self.opt.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
-        self.data_gen.set_state(state["data_gen"])
-        self.noise_gen.set_state(state["noise_gen"])
-        torch.set_rng_state(state["torch_rng"])
+        rng = state["rng"][self.rank] if "rng" in state else state  # (first runs kept rank 0's at the top)
+        self.data_gen.set_state(rng["data_gen"])
+        self.noise_gen.set_state(rng["noise_gen"])
+        torch.set_rng_state(rng["torch_rng"])
+        if "cuda_rng" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda_rng"])
         self.step = state["step"]
         return True
 
@@ -220,7 +236,9 @@ class Trainer:
         (self.out / "val").mkdir(parents=True, exist_ok=True)
         save_grid(rows, self.out / "val" / f"step_{self.step:08d}.png")
         result = {"step": self.step, "psnr_y": sum(ours) / len(ours), "psnr_y_bicubic": sum(bic) / len(bic)}
-        CsvLog(self.out / "val.csv").write(**result)
+        if self.val_log is None:
+            self.val_log = CsvLog(self.out / "val.csv")
+        self.val_log.write(**result)
         tqdm.write(f"val step {self.step}: PSNR(Y) {result['psnr_y']:.2f} dB (bicubic {result['psnr_y_bicubic']:.2f})")
         return result
 

@@ -84,6 +84,7 @@ class Manifest:
     identity: dict[str, Any] = field(default_factory=dict)
     build_flags: dict[str, Any] = field(default_factory=dict)
     complete: bool = False
+    defaults: dict[str, Any] = field(default_factory=dict)  # the model's recommended sampling settings
 
     @property
     def config(self) -> IDMConfig:

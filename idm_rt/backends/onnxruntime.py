@@ -77,5 +77,8 @@ class OnnxRuntimeRunner(EngineRunner):
             out = torch.empty(shape, dtype=torch_dtype, device=self.device)
             binding.bind_output(meta.name, "cuda", device_id, np_dtype, shape, out.data_ptr())
             outputs.append(out)
+        # ONNX Runtime runs on its own CUDA stream: the inputs torch wrote on its stream must be ready
+        # first (run_with_iobinding itself returns only once the outputs are written).
+        torch.cuda.current_stream(self.device).synchronize()
         session.run_with_iobinding(binding)
         return outputs

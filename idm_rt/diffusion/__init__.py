@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..model import IDM, Conditioning
-from .samplers import EpsFn, ddim, ddim_timesteps, ddpm, ddpm_step, dpmpp_2m, dpmpp_levels, randn_like
+from .samplers import EpsFn, Generators, ddim, ddim_timesteps, ddpm, ddpm_step, dpmpp_2m, dpmpp_levels, randn_like
 from .schedule import LinearSchedule
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
@@ -29,7 +29,7 @@ def start_timestep(level: float, sched: LinearSchedule | None = None) -> int:
 
 
 def run_sampler(eps_fn: EpsFn, x_T: torch.Tensor, sampler: str = "ddim", steps: int = 200, eta: float = 0.0,
-                generator: torch.Generator | None = None, schedule: LinearSchedule | None = None,
+                generator: Generators = None, schedule: LinearSchedule | None = None,
                 progress: bool = False, t_start: int | None = None) -> torch.Tensor:
     """Run a named sampler from x_T, which sits at timestep ``t_start`` (default T-1: pure noise),
     with any noise predictor ``eps_fn(x, g)``."""

@@ -18,7 +18,14 @@ from .schedule import LinearSchedule
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+Generators = torch.Generator | list[torch.Generator] | None
+
+
+def randn_like(x: torch.Tensor, generator: Generators) -> torch.Tensor:
+    """Standard normal noise shaped like x, drawn on the generator's device; a list holds one
+    generator per batch item, so each item's noise is independent of the others."""
+    if isinstance(generator, (list, tuple)):
+        return torch.cat([randn_like(x[i:i + 1], g) for i, g in enumerate(generator)])
     device = generator.device if generator is not None else x.device
     return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
 
@@ -54,7 +61,7 @@ def _start(sched: LinearSchedule, t_start: int | None) -> int:
     return t
 
 
-def ddpm(eps_fn: EpsFn, sched: LinearSchedule, x_T: torch.Tensor, generator: torch.Generator | None = None,
+def ddpm(eps_fn: EpsFn, sched: LinearSchedule, x_T: torch.Tensor, generator: Generators = None,
          progress: bool = False, t_start: int | None = None) -> torch.Tensor:
     """The release's default sampler: one network call per timestep, t = T-1 (or t_start) .. 0."""
     x, t0 = x_T, _start(sched, t_start)
@@ -75,12 +82,14 @@ def ddim_timesteps(sched: LinearSchedule, steps: int, t_start: int | None = None
 
 
 def ddim(eps_fn: EpsFn, sched: LinearSchedule, x_T: torch.Tensor, steps: int = 200, eta: float = 0.0,
-         generator: torch.Generator | None = None, progress: bool = False, t_start: int | None = None) -> torch.Tensor:
+         generator: Generators = None, progress: bool = False, t_start: int | None = None) -> torch.Tensor:
     """DDIM (Song et al. 2021, Eq. 12) on the release's grid; eta = 0 is deterministic.
 
     The loop starts at the grid's last timestep (1990 for 200 steps, like the release) and its
     last update lands on ac[0] (the release stops before t = 0), hence steps - 1 calls.
     """
+    if not 0 <= eta <= 1:
+        raise ValueError(f"ddim eta must be in [0, 1], got {eta}")
     seq = ddim_timesteps(sched, steps, t_start)
     x = x_T
     pairs = list(zip(reversed(seq[1:]), reversed(seq[:-1])))

@@ -28,6 +28,8 @@ class IDM(nn.Module):
 
     def __init__(self, config: IDMConfig, max_scale: float = 4.0):
         super().__init__()
+        if not max_scale > 1:
+            raise ValueError(f"max_scale (the largest training magnification M) must be > 1, got {max_scale}")
         self.config = config
         self.max_scale = float(max_scale)
         self.provenance: dict = {}

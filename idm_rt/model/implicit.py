@@ -119,7 +119,8 @@ class ImplicitUp(nn.Module):
         self.kernels = "auto"
 
     def forward(self, x, shift, a1, a2, size: tuple[int, int]) -> torch.Tensor:
-        fused = None if self.literal else fused_kernels(self.kernels, x.device)
+        # The Triton kernels have no backward: training (grad enabled) stays on the torch forms.
+        fused = None if self.literal or torch.is_grad_enabled() else fused_kernels(self.kernels, x.device)
         if fused is not None:
             return fused.implicit_upsample(x, shift, a1, a2, self.bias, self.fc1.weight, self.fc1.bias,
                                            self.fc2.weight, self.fc2.bias, size, "relu" if self.relu else None,
