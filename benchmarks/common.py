@@ -19,6 +19,7 @@ RESULTS = Path(__file__).parent / "results"
 def machine() -> dict[str, object]:
     """What the numbers were measured on."""
     info: dict[str, object] = {
+        "host": platform.node(),
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -32,23 +33,32 @@ def machine() -> dict[str, object]:
                 break
     except OSError:
         pass
+    try:
+        import onnxruntime
+
+        info["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     info["load_average"] = os.getloadavg()
     return info
 
 
-def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
+                sync: Callable[[], object] = lambda: None) -> dict[str, list[float]]:
     """Time each function ``repeats`` times, alternating between them so that load changes on a
-    noisy machine hit all of them alike; returns seconds per run."""
+    noisy machine hit all of them alike; returns seconds per run (``sync`` waits for a GPU)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
+    sync()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             t0 = time.perf_counter()
             fn()
+            sync()
             times[name].append(time.perf_counter() - t0)
     return times
 

@@ -28,36 +28,7 @@ from idm_rt.backends.engine_dir import unet_inputs
 from idm_rt.buckets import Bucket
 from idm_rt.fileio import atomic_write
 
-RESULTS = Path(__file__).parent / "results"
-
-
-def machine() -> dict:
-    """Where the numbers come from."""
-    cpu = platform.processor()
-    if Path("/proc/cpuinfo").exists():
-        names = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                 if ln.startswith("model name")]
-        cpu = names[0] if names else cpu
-    import onnxruntime
-
-    return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(), "load_avg": os.getloadavg(),
-            "python": platform.python_version(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
-
-
-def interleaved(fns: dict, repeats: int, sync=lambda: None) -> dict[str, list[float]]:
-    """Seconds per call of each function, run alternately ``repeats`` times after one warm-up each."""
-    times = {k: [] for k in fns}
-    for fn in fns.values():
-        fn()
-    sync()
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            sync()
-            times[name].append(time.perf_counter() - start)
-    return times
+from .common import RESULTS, interleaved, machine
 
 
 def summarise(times: dict[str, list[float]], base: str) -> dict:
@@ -108,7 +79,7 @@ def gpu_section(model: IDM, onnx_path: Path, args_t: tuple, repeats: int) -> dic
         binding.bind_output("eps", "cuda")
         fns["ort_cuda"] = lambda: session.run_with_iobinding(binding)
     with torch.no_grad():
-        return summarise(interleaved(fns, repeats, torch.cuda.synchronize), "torch_eager_cuda")
+        return summarise(interleaved(fns, repeats, sync=torch.cuda.synchronize), "torch_eager_cuda")
 
 
 def main(argv: list[str] | None = None) -> int:
