@@ -67,19 +67,35 @@ class TilePlan:
 
 
 def tiled_eps(model: IDM, cond: torch.Tensor, p: torch.Tensor, plan: TilePlan,
-              denoise: Callable | None = None) -> EpsFn:
+              denoise: Callable | None = None, cache_bytes: int = 2**31) -> EpsFn:
     """A noise predictor over the whole image that runs the U-Net (``denoise``, by default
-    ``model.denoise``) tile by tile."""
+    ``model.denoise``) tile by tile.
+
+    Tile conditionings are computed once and kept while they fit in ``cache_bytes``; the tiles
+    beyond that budget recompute theirs at every step, so memory stays bounded for huge outputs.
+    """
     denoise = denoise or model.denoise
-    conds = [model.condition(cond[:, :, t:t + h, l:l + w], p) for t, l, h, w in plan.tiles]
     weights = [plan.weight(tile).to(cond) for tile in plan.tiles]
     total = torch.zeros(plan.size, dtype=cond.dtype, device=cond.device)
     for (t, l, h, w), wgt in zip(plan.tiles, weights):
         total[t:t + h, l:l + w] += wgt
 
+    def tile_condition(i: int):
+        t, l, h, w = plan.tiles[i]
+        return model.condition(cond[:, :, t:t + h, l:l + w], p)
+
+    cached, used = {}, 0
+    for i in range(len(plan.tiles)):
+        c = tile_condition(i)
+        size = sum(x.numel() * x.element_size() for x in [c.cond, *c.shifts, *c.a1, *c.a2] if x is not None)
+        if used + size > cache_bytes:
+            break
+        cached[i], used = c, used + size
+
     def eps_fn(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         acc = torch.zeros_like(x)
-        for (t, l, h, w), c, wgt in zip(plan.tiles, conds, weights):
+        for i, ((t, l, h, w), wgt) in enumerate(zip(plan.tiles, weights)):
+            c = cached[i] if i in cached else tile_condition(i)
             acc[:, :, t:t + h, l:l + w] += denoise(x[:, :, t:t + h, l:l + w], c, g) * wgt
         return acc / total
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import idm_rt
+from idm_rt.model import Conditioning
 from idm_rt.tiling import TilePlan, tiled_eps
 
 
@@ -95,10 +96,10 @@ class Pointwise(torch.nn.Module):
     reproduce the untiled prediction exactly (checks the blending bookkeeping)."""
 
     def condition(self, cond, p):
-        return cond * p.view(-1, 1, 1, 1)
+        return Conditioning(cond * p.view(-1, 1, 1, 1), [None], [None], [None])
 
     def denoise(self, x, c, g):
-        return torch.tanh(x * 3 + c) * g.view(-1, 1, 1, 1)
+        return torch.tanh(x * 3 + c.cond) * g.view(-1, 1, 1, 1)
 
 
 def test_tiled_prediction_equals_untiled_for_a_local_network():
@@ -108,8 +109,9 @@ def test_tiled_prediction_equals_untiled_for_a_local_network():
     net = Pointwise()
     plan = TilePlan.for_image((50, 70), 24, multiple=8)
     assert len(plan.tiles) > 4
-    tiled = tiled_eps(net, cond, p, plan)(x, g)
-    assert torch.allclose(tiled, net.denoise(x, net.condition(cond, p), g), atol=1e-6)
+    want = net.denoise(x, net.condition(cond, p), g)
+    assert torch.allclose(tiled_eps(net, cond, p, plan)(x, g), want, atol=1e-6)
+    assert torch.allclose(tiled_eps(net, cond, p, plan, cache_bytes=0)(x, g), want, atol=1e-6)  # recomputed
 
 
 @pytest.mark.parametrize("kwargs,match", [
