@@ -7,13 +7,20 @@ form (1x1 map at the source resolution, nearest gather, row and column terms).
 Both float32, eager PyTorch, the same weights and DDIM steps. The release's unused per-call work
 (pyramid level 0, the last down-step) is emulated with same-shape layers (release_style.py).
 
+With ``--onnxruntime`` the same model is also built into an ONNX Runtime engine directory (fp32,
+one bucket of the output size) and timed through its runner, per call and per image.
+
     python -m benchmarks.latency                 # official shape, 128x128 output, CPU
+    python -m benchmarks.latency --onnxruntime   # + ONNX Runtime (CPU; CUDA when torch sees a GPU)
     python -m benchmarks.latency --size 64 --steps 5 --repeats 3
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import tempfile
+from pathlib import Path
 
 import torch
 
@@ -25,6 +32,19 @@ from .common import interleaved, summary, write
 from .release_style import ReleaseStyle
 
 
+def onnxruntime_runner(model: idm_rt.IDM, side: int, stack: contextlib.ExitStack):
+    """An fp32 ONNX Runtime engine of ``model`` for one side x side bucket, built in a temp folder."""
+    from idm_rt.backends import load_runner
+    from idm_rt.build import main as build
+
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+    idm_rt.save_model(model, tmp / "model")
+    if build(["--engine", "fp32", "--backend", "onnxruntime", "--model", str(tmp / "model"), "--out",
+              str(tmp / "engines"), "--tile", str(side)]) != 0:
+        raise RuntimeError("building the ONNX Runtime engine failed")
+    return load_runner(tmp / "engines", device="cuda" if torch.cuda.is_available() else "cpu")
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="official", help="network shape (random weights)")
@@ -33,6 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=5, help="DDIM steps for the whole-image timing (steps - 1 calls)")
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats per variant (median reported)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    ap.add_argument("--onnxruntime", action="store_true", help="also time an ONNX Runtime engine of the same model")
     ap.add_argument("--out", default="latency", help="result name under benchmarks/results/")
     args = ap.parse_args(argv)
     if args.threads:
@@ -46,7 +67,9 @@ def main(argv: list[str] | None = None) -> dict:
     x = torch.randn(1, 3, *size)
     g = torch.tensor([0.5])
 
-    with torch.inference_mode():
+    with contextlib.ExitStack() as stack:
+        runner = onnxruntime_runner(model, args.size, stack) if args.onnxruntime else None
+        stack.enter_context(torch.inference_mode())
         cond = model.encode(lr, size)
         conditioning = model.condition(cond, p)
 
@@ -60,9 +83,16 @@ def main(argv: list[str] | None = None) -> dict:
         def our_image():
             return super_resolve(model, lr, size, scale=args.scale, sampler="ddim", steps=args.steps)
 
-        call = interleaved({"release_style": lambda: release.denoise(x, cond, p, g),
-                            "ours": lambda: model.denoise(x, conditioning, g)}, args.repeats)
-        image = interleaved({"release_style": release_image, "ours": our_image}, max(2, args.repeats // 2))
+        calls = {"release_style": lambda: release.denoise(x, cond, p, g),
+                 "ours": lambda: model.denoise(x, conditioning, g)}
+        images = {"release_style": release_image, "ours": our_image}
+        if runner is not None:
+            ort_conditioning = runner.condition(cond, p)
+            calls["onnxruntime"] = lambda: runner.denoise(x, ort_conditioning, g)
+            images["onnxruntime"] = lambda: super_resolve(runner, lr, size, scale=args.scale, sampler="ddim",
+                                                          steps=args.steps)
+        call = interleaved(calls, args.repeats)
+        image = interleaved(images, max(2, args.repeats // 2))
 
     res = {
         "preset": args.preset, "output": f"{args.size}x{args.size}", "dtype": "float32",
@@ -71,13 +101,20 @@ def main(argv: list[str] | None = None) -> dict:
         "image_sampler": f"ddim, {args.steps} steps ({calls_for('ddim', args.steps)} U-Net calls)",
     }
     for part in ("unet_call", "image"):
-        res[part]["speedup"] = res[part]["release_style"]["median_s"] / res[part]["ours"]["median_s"]
+        base = res[part]["release_style"]["median_s"]
+        res[part]["speedup"] = base / res[part]["ours"]["median_s"]
+        if runner is not None:
+            res[part]["speedup_onnxruntime"] = base / res[part]["onnxruntime"]["median_s"]
+            res[part]["onnxruntime_vs_ours"] = res[part]["ours"]["median_s"] / res[part]["onnxruntime"]["median_s"]
     path = write(args.out, res)
     print(f"{args.preset} {args.size}x{args.size} float32, {torch.get_num_threads()} threads")
     for part in ("unet_call", "image"):
         r = res[part]
-        print(f"  {part:9s} release-style {r['release_style']['median_s']:.3f} s   ours {r['ours']['median_s']:.3f} s"
-              f"   speedup {r['speedup']:.2f}x")
+        line = (f"  {part:9s} release-style {r['release_style']['median_s']:.3f} s   ours {r['ours']['median_s']:.3f} s"
+                f" ({r['speedup']:.2f}x)")
+        if runner is not None:
+            line += f"   onnxruntime {r['onnxruntime']['median_s']:.3f} s ({r['speedup_onnxruntime']:.2f}x)"
+        print(line)
     print(f"wrote {path}")
     return res
 
