@@ -43,6 +43,10 @@ def test_ssim_y_matches_scikit_image():
     assert ssim_y(t(out), t(ref)) == pytest.approx(want, abs=1e-4)
 
 
+def test_ssim_is_nan_below_the_window_size():
+    assert np.isnan(ssim_y(torch.rand(3, 10, 30), torch.rand(3, 10, 30)))
+
+
 def test_consistency_is_zero_for_the_source_and_the_mse_of_a_change():
     hr = torch.rand(3, 32, 32, dtype=torch.float64)
     lr = (downscale(hr[None] * 2 - 1, (8, 8))[0] + 1) / 2

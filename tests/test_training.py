@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+import idm_rt
 from training.config import resolve
 from training.data import scan_folder
 from training.trainer import Trainer
@@ -150,3 +151,41 @@ def test_two_process_gloo_ranks_stay_identical(tmp_path):
         assert torch.equal(w0[k], w1[k]), k
     assert any(not torch.equal(w0[k], init[k]) for k in w0)
     assert (tmp_path / "run" / "checkpoints" / "step_00000002").exists()  # rank 0 wrote the final checkpoint
+
+
+def test_bundle_ships_fp16_ema_with_defaults_and_respects_the_budget(tmp_path, monkeypatch):
+    from training import bundle
+
+    make_folder(tmp_path / "data")
+    Trainer(config(tmp_path, steps=3, ckpt_every=3)).fit()
+    ckpt = tmp_path / "run" / "checkpoints" / "step_00000003"
+    out = tmp_path / "default"
+    assert bundle.main([str(ckpt), "--out", str(out), "--sampler", "ddim", "--steps", "7", "--init", "bicubic",
+                        "--init-level", "0.6"]) == 0
+    up = idm_rt.Upscaler.from_pretrained(out)
+    assert (up.sampler, up.steps, up.init, up.init_level) == ("ddim", 7, "bicubic", 0.6)
+    assert up.model.provenance["step"] == 3 and up.model.provenance["weights"] == "EMA"
+    from safetensors.torch import load_file
+    assert all(t.dtype == torch.float16 for t in load_file(out / "model.safetensors").values())
+    before = (out / "model.safetensors").read_bytes()
+    monkeypatch.setattr(bundle, "MAX_BYTES", 10)
+    assert bundle.main([str(ckpt), "--out", str(out), "--steps", "3"]) == 1
+    assert (out / "model.safetensors").read_bytes() == before  # the shipped model is left as it was
+
+
+def test_evaluate_cli_writes_a_table_and_json(tmp_path, tiny_model, capsys):
+    import json
+
+    from training import evaluate
+
+    idm_rt.save_model(tiny_model, tmp_path / "m")
+    make_folder(tmp_path / "data", n=2)
+    assert evaluate.main(["--model", str(tmp_path / "m"), "--data", str(tmp_path / "data"), "--scales", "2,3",
+                          "--steps", "2", "--crop", "24", "--json", str(tmp_path / "r.json"), "--save-dir",
+                          str(tmp_path / "grids")]) == 0
+    table = capsys.readouterr().out
+    assert "| 2x |" in table and "| 3x |" in table and "bicubic" in table
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    assert [r["scale"] for r in rows] == [2.0, 3.0] and all(r["images"] == 3 for r in rows)
+    assert (tmp_path / "grids" / "x2" / "img0_grid.png").exists()
+    assert evaluate.main(["--model", str(tmp_path / "m"), "--data", str(tmp_path / "data"), "--scales", "1"]) == 2

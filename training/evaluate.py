@@ -72,7 +72,7 @@ def evaluate(model: idm_rt.IDM, images: list[tuple[str, torch.Tensor]], scales: 
             if save_dir is not None:
                 save_grid([[to01(bic), to01(sr), to01(hr)]], save_dir / f"x{s:g}" / f"{name}_grid.png")
             bar.update(1)
-        rows.append({"scale": s, **{k: float(np.mean(v)) for k, v in acc.items()}, "images": len(images)})
+        rows.append({"scale": s, **{k: float(np.nanmean(v)) for k, v in acc.items()}, "images": len(images)})
     bar.close()
     return rows
 

@@ -35,9 +35,12 @@ def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
 
 
 def ssim_y(out: torch.Tensor, ref: torch.Tensor, border: int = 0) -> float:
-    """SSIM (Wang et al. 2004: Gaussian window 11, sigma 1.5, K1 0.01, K2 0.03, data range 1) on Y."""
+    """SSIM (Wang et al. 2004: Gaussian window 11, sigma 1.5, K1 0.01, K2 0.03, data range 1) on Y;
+    NaN for images smaller than the window."""
     x = _crop(rgb_to_y(out.double()), border)[None, None]
     y = _crop(rgb_to_y(ref.double()), border)[None, None]
+    if min(x.shape[-2:]) < 11:
+        return float("nan")
     w = _gaussian_window().to(x.device)
     mu_x, mu_y = F.conv2d(x, w), F.conv2d(y, w)
     sxx = F.conv2d(x * x, w) - mu_x**2
