@@ -75,11 +75,15 @@ class IDMConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "IDMConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown IDM config keys: {unknown}")
-        return cls(**d)
+        return strict_from_dict(cls, d, "IDM config keys")
+
+
+def strict_from_dict(cls: type, d: dict[str, Any], what: str) -> Any:
+    """``cls(**d)`` for a dataclass, with a clear error naming any key it does not have."""
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"unknown {what}: {unknown}")
+    return cls(**d)
 
 
 def attn_levels_from_release(image_size: int, attn_res: list[int], levels: int) -> tuple[int, ...]:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from idm_rt.config import strict_from_dict
+
 
 @dataclass
 class TrainConfig:
@@ -47,11 +49,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown training options: {unknown}")
-        return cls(**d)
+        return strict_from_dict(cls, d, "training options")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
