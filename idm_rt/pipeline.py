@@ -56,15 +56,21 @@ def super_resolve(model: IDM, lr: torch.Tensor, size: tuple[int, int], scale: fl
 INITS = ("noise", "bicubic")
 
 
+def check_init(init: str, init_level: float) -> None:
+    """ValueError naming the problem for an unknown start or a bicubic start level outside (0, 1)."""
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    if init == "bicubic" and not 0 < init_level < 1:
+        raise ValueError(f"init_level must be in (0, 1), got {init_level!r}")
+
+
 def initial_state(lr: torch.Tensor, size: tuple[int, int], init: str, init_level: float,
                   generator: Generators) -> tuple[torch.Tensor, int | None]:
     """(x_T, its timestep): pure noise at T-1, or ``sqrt(ac) bicubic + sqrt(1 - ac) z`` at the
     timestep whose level is nearest ``init_level``."""
-    shape = (lr.shape[0], 3, *size)
+    check_init(init, init_level)
     if init == "noise":
-        return randn_like(lr.new_empty(shape), generator), None
-    if init != "bicubic":
-        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        return randn_like(lr.new_empty((lr.shape[0], 3, *size)), generator), None
     t = start_timestep(init_level)
     ac = LinearSchedule().ac(t)
     up = F.interpolate(lr, size=size, mode="bicubic", align_corners=False).clamp(-1.0, 1.0)

@@ -17,7 +17,7 @@ from .checkpoints import load_model
 from .diffusion import SAMPLERS
 from .images import ImageLike, from_tensor, resize_alpha, to_tensor
 from .model import IDM
-from .pipeline import INITS, super_resolve
+from .pipeline import check_init, super_resolve
 
 DEFAULT_MODEL = Path(__file__).parent / "weights" / "default"
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -158,10 +158,7 @@ class Upscaler:
         tile = self.tile if tile is None else tile
         init = init or self.init
         init_level = self.init_level if init_level is None else init_level
-        if init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, got {init!r}")
-        if init == "bicubic" and not 0 < init_level < 1:
-            raise ValueError(f"init_level must be in (0, 1), got {init_level!r}")
+        check_init(init, init_level)  # before any work on the images
         if not 0 <= eta <= 1:
             raise ValueError(f"eta must be in [0, 1], got {eta!r}")
         single = not isinstance(image, (list, tuple))
