@@ -12,8 +12,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .fileio import atomic_write
+from .images import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
 UPSCALE_EXAMPLES = """examples:
   python -m idm_rt upscale photo.png -o photo_x4.png --scale 4

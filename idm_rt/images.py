@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 ImageLike = Any  # PIL.Image.Image | np.ndarray | torch.Tensor
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}  # files read as images
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+from idm_rt.images import IMAGE_SUFFIXES
+
 
 
 @dataclass
@@ -38,7 +39,7 @@ def scan_folder(folder: str | Path, min_size: int) -> FolderScan:
     if not folder.is_dir():
         raise FileNotFoundError(f"data folder {folder} does not exist")
     images, skipped = [], []
-    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file()):
+    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
         try:
             with Image.open(path) as im:
                 im.verify()
