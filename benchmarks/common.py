@@ -67,10 +67,11 @@ def summary(times: list[float]) -> dict[str, float]:
     return {"median_s": statistics.median(times), "min_s": min(times), "runs": len(times)}
 
 
-def write(name: str, result: dict) -> Path:
-    """``benchmarks/results/<name>.json`` with the command line and machine attached."""
+def write(name: str, result: dict, module: str) -> Path:
+    """``benchmarks/results/<name>.json`` with the command line (``python -m benchmarks.<module> ...``)
+    and machine attached."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    result = {"command": "python -m " + " ".join([f"benchmarks.{name}"] + sys.argv[1:]), "machine": machine(),
+    result = {"command": "python -m " + " ".join([f"benchmarks.{module}"] + sys.argv[1:]), "machine": machine(),
               **result}
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")

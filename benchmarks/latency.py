@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
         if runner is not None:
             res[part]["speedup_onnxruntime"] = base / res[part]["onnxruntime"]["median_s"]
             res[part]["onnxruntime_vs_ours"] = res[part]["ours"]["median_s"] / res[part]["onnxruntime"]["median_s"]
-    path = write(args.out, res)
+    path = write(args.out, res, "latency")
     print(f"{args.preset} {args.size}x{args.size} float32, {torch.get_num_threads()} threads")
     for part in ("unet_call", "image"):
         r = res[part]

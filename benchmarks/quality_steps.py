@@ -1,8 +1,11 @@
 """Quality against sampling steps: ddim vs dpmpp_2m at 5-50 steps, the curve the default sampler and
-step count are chosen from. Held-out images: scikit-image's bundled photos (never trained on).
+step count are chosen from. Held-out images: scikit-image's bundled photos (never trained on), or
+any folder (``--data``, e.g. the images a training run held out, to choose settings on data that
+is not the reported test set).
 
     python -m benchmarks.quality_steps                    # bundled default model, 4x, 192px crops
     python -m benchmarks.quality_steps --model runs/small/checkpoints/step_00008000/ema --scale 4
+    python -m benchmarks.quality_steps --inits bicubic:0.9 --consistency 0,2    # with LR back-projection
 """
 
 from __future__ import annotations
@@ -23,24 +26,30 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--samplers", default="ddim,dpmpp_2m")
     ap.add_argument("--inits", default="noise,bicubic:0.5,bicubic:0.7",
                     help="starts to compare: noise, or bicubic:LEVEL for a diffused bicubic start")
+    ap.add_argument("--consistency", default="0", help="comma-separated back-projection passes per step to compare")
+    ap.add_argument("--data", default="skimage", help="'skimage' or a folder of HR images")
     ap.add_argument("--crop", type=int, default=192)
     ap.add_argument("--out", default="quality_steps", help="result name under benchmarks/results/")
     args = ap.parse_args(argv)
     model = idm_rt.Upscaler.from_pretrained(args.model).model
-    images = load_images("skimage", args.crop)
+    images = load_images(args.data, args.crop)
     curve = []
     for start in args.inits.split(","):
         init, _, level = start.partition(":")
-        for sampler in args.samplers.split(","):
-            for steps in (int(s) for s in args.steps.split(",")):
-                row = evaluate(model, images, [args.scale], sampler, steps, init=init,
-                               init_level=float(level or 0.5))[0]
-                curve.append({"init": start, "sampler": sampler, "steps": steps, **row})
-                print(f"{start:12s} {sampler:9s} {steps:3d} steps: PSNR(Y) {row['psnr']:.2f} "
-                      f"(bicubic {row['psnr_bic']:.2f})  SSIM {row['ssim']:.4f}  Consistency {row['cons']:.2f}e-5")
-    res = {"model": args.model or "default", "images": "scikit-image photos: " + ", ".join(SKIMAGE_PHOTOS),
+        for passes in (int(n) for n in args.consistency.split(",")):
+            for sampler in args.samplers.split(","):
+                for steps in (int(s) for s in args.steps.split(",")):
+                    row = evaluate(model, images, [args.scale], sampler, steps, init=init,
+                                   init_level=float(level or 0.5), consistency=passes)[0]
+                    curve.append({"init": start, "consistency": passes, "sampler": sampler, "steps": steps, **row})
+                    print(f"{start:12s} bp{passes} {sampler:9s} {steps:3d} steps: PSNR(Y) {row['psnr']:.2f} "
+                          f"(bicubic {row['psnr_bic']:.2f})  SSIM {row['ssim']:.4f}  "
+                          f"Consistency {row['cons']:.2f}e-5")
+    names = "scikit-image photos: " + ", ".join(SKIMAGE_PHOTOS) if args.data == "skimage" else \
+        f"{args.data}: " + ", ".join(name for name, _ in images)
+    res = {"model": args.model or "default", "images": names,
            "crop": args.crop, "scale": args.scale, "curve": curve}
-    print(f"wrote {write(args.out, res)}")
+    print(f"wrote {write(args.out, res, 'quality_steps')}")
     return res
 
 

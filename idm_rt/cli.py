@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="start from pure noise (the paper) or from the bicubic upscale diffused to --init-level "
                          "(default: the model's recommendation)")
     up.add_argument("--init-level", type=float, metavar="G", help="noise level in (0, 1) of a bicubic start")
+    up.add_argument("--consistency", type=int, metavar="N",
+                    help="back-projection passes per step that keep the output's downscale equal to the input "
+                         "(0: off, as in the paper; default: the model's recommendation)")
     up.add_argument("--tile", type=int, help="HR tile side for large outputs (default 512; 0: off); rounded down to "
                                              "the model's size multiple (8 for the default model, 16 for released)")
     up.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
@@ -168,7 +171,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         try:
             result = up.upscale(image, scale=args.scale, size=args.size, steps=args.steps, sampler=args.sampler,
                                 seed=args.seed, tile=args.tile, progress=True, init=args.init,
-                                init_level=args.init_level)
+                                init_level=args.init_level, consistency=args.consistency)
             save_image(result, target)
         except Exception as e:  # one bad file (or a full disk) must not stop the others
             tqdm.write(f"error: {path}: {e.__class__.__name__ + ': ' if not isinstance(e, ValueError) else ''}{e}",

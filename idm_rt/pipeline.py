@@ -10,11 +10,12 @@ import math
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
+from .consistency import check_consistency, consistent
 from .diffusion import LinearSchedule, randn_like, run_sampler, start_timestep
 from .diffusion.samplers import Generators
 from .model import IDM
+from .resize import upscale
 from .tiling import TilePlan, tiled_eps
 
 
@@ -23,7 +24,7 @@ def super_resolve(model: IDM, lr: torch.Tensor, size: tuple[int, int], scale: fl
                   sampler: str = "dpmpp_2m", steps: int = 20, eta: float = 0.0,
                   generator: Generators = None, tile: int | None = None,
                   progress: bool = False, init: str = "noise", init_level: float = 0.5,
-                  denoise: Callable | None = None) -> torch.Tensor:
+                  denoise: Callable | None = None, consistency: int = 0) -> torch.Tensor:
     """LR batch (B, 3, h, w) in [-1, 1] -> HR batch (B, 3, H, W) in [-1, 1].
 
     Args:
@@ -35,7 +36,10 @@ def super_resolve(model: IDM, lr: torch.Tensor, size: tuple[int, int], scale: fl
             upscale diffused to noise level ``init_level`` and samples only from there
             (Come-Closer-Diffuse-Faster, Chung et al. 2022): fewer, easier steps.
         denoise: the U-Net call, ``model.denoise`` by default (e.g. a CUDA-graph replay of it).
+        consistency: back-projection passes per step that keep the output's downscale equal to
+            the input (:mod:`idm_rt.consistency`); 0 samples as the paper does.
     """
+    check_consistency(consistency)
     denoise = denoise or model.denoise
     b, _, h, w = lr.shape
     if scale is None:
@@ -48,6 +52,8 @@ def super_resolve(model: IDM, lr: torch.Tensor, size: tuple[int, int], scale: fl
     else:
         conditioning = model.condition(cond, p)
         eps_fn = lambda x, g: denoise(x, conditioning, g)  # noqa: E731
+    if consistency:
+        eps_fn = consistent(eps_fn, lr, consistency)
     x_T, t_start = initial_state(lr, size, init, init_level, generator)
     return run_sampler(eps_fn, x_T, sampler, steps, eta, generator, progress=progress,
                        t_start=t_start).clamp(-1.0, 1.0)
@@ -73,5 +79,5 @@ def initial_state(lr: torch.Tensor, size: tuple[int, int], init: str, init_level
         return randn_like(lr.new_empty((lr.shape[0], 3, *size)), generator), None
     t = start_timestep(init_level)
     ac = LinearSchedule().ac(t)
-    up = F.interpolate(lr, size=size, mode="bicubic", align_corners=False).clamp(-1.0, 1.0)
+    up = upscale(lr, size).clamp(-1.0, 1.0)
     return math.sqrt(ac) * up + math.sqrt(1.0 - ac) * randn_like(up, generator), t

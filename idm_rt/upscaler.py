@@ -17,6 +17,7 @@ from .checkpoints import load_model
 from .diffusion import SAMPLERS
 from .images import ImageLike, from_tensor, resize_alpha, to_tensor
 from .model import IDM
+from .consistency import check_consistency
 from .pipeline import check_init, super_resolve
 
 DEFAULT_MODEL = Path(__file__).parent / "weights" / "default"
@@ -29,7 +30,7 @@ class Upscaler:
     Args:
         model: a loaded :class:`~idm_rt.IDM`, or an engine runner (see :meth:`from_engines`).
         device: where the network runs ("cpu", "cuda", "cuda:1", ...).
-        sampler, steps, init, init_level: defaults for :meth:`upscale` (a model folder's
+        sampler, steps, init, init_level, consistency: defaults for :meth:`upscale` (a model folder's
             ``config.json`` may recommend its own under "defaults"; ``from_pretrained`` uses them).
         precision: "fp32", or "fp16"/"bf16" autocast of the U-Net (error measured by
             ``benchmarks/gpu_check.py``).
@@ -42,13 +43,13 @@ class Upscaler:
     def __init__(self, model: IDM | EngineRunner, device: str | torch.device = "cpu", sampler: str = "dpmpp_2m",
                  steps: int = 20, tile: int = 512, max_pixels: int = 64_000_000, init: str = "noise",
                  init_level: float = 0.5, precision: str = "fp32", cuda_graphs: bool | None = None,
-                 compile: bool = False):
+                 compile: bool = False, consistency: int = 0):
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {device!r} asked for, but this torch has no CUDA device")
         self.model = model if isinstance(model, EngineRunner) else model.to(self.device).eval()
         self.sampler, self.steps, self.tile, self.max_pixels = sampler, steps, tile, max_pixels
-        self.init, self.init_level = init, init_level
+        self.init, self.init_level, self.consistency = init, init_level, consistency
         self.denoise = self._denoiser(precision, cuda_graphs, compile)
 
     def _denoiser(self, precision: str, cuda_graphs: bool | None, compile: bool):
@@ -133,7 +134,7 @@ class Upscaler:
     def upscale(self, image: ImageLike | Sequence[ImageLike], scale: float | None = None,
                 size: tuple[int, int] | None = None, steps: int | None = None, sampler: str | None = None,
                 seed: int | None = None, tile: int | None = None, eta: float = 0.0, progress: bool = True,
-                init: str | None = None, init_level: float | None = None):
+                init: str | None = None, init_level: float | None = None, consistency: int | None = None):
         """Upscale one image, or a list of them (same-size images run as one batch).
 
         Args:
@@ -146,6 +147,8 @@ class Upscaler:
             tile: HR tile side (multiple of 8); 0 disables tiling; None uses the default.
             init, init_level: ``"noise"`` (the paper: start from pure noise) or ``"bicubic"`` (start
                 from the bicubic upscale diffused to noise level ``init_level`` in (0, 1)).
+            consistency: back-projection passes per step that keep the output's bicubic downscale
+                equal to the input (:mod:`idm_rt.consistency`); 0 samples as the paper does.
         Returns:
             The upscaled image(s), of the same kind as the input.
         """
@@ -159,6 +162,8 @@ class Upscaler:
         init = init or self.init
         init_level = self.init_level if init_level is None else init_level
         check_init(init, init_level)  # before any work on the images
+        consistency = self.consistency if consistency is None else consistency
+        check_consistency(consistency)
         if not 0 <= eta <= 1:
             raise ValueError(f"eta must be in [0, 1], got {eta!r}")
         single = not isinstance(image, (list, tuple))
@@ -178,7 +183,7 @@ class Upscaler:
             group_tile = tile or (self.model.auto_tile(out) if isinstance(self.model, EngineRunner) else None)
             sr = super_resolve(self.model, lr, out, scale=scale, sampler=sampler, steps=steps, eta=eta,
                                generator=gen, tile=group_tile, progress=progress, init=init, init_level=init_level,
-                               denoise=self.denoise)
+                               denoise=self.denoise, consistency=consistency)
             for k, i in enumerate(idx):
                 _, alpha, kind = prepared[i]
                 alpha = resize_alpha(alpha, out) if alpha is not None else None

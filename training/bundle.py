@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=20, help="recommended steps")
     ap.add_argument("--init", default="noise", choices=INITS, help="recommended start (noise or bicubic)")
     ap.add_argument("--init-level", type=float, default=0.5, help="noise level of a bicubic start")
+    ap.add_argument("--consistency", type=int, default=0, help="recommended back-projection passes per step")
     args = ap.parse_args(argv)
     ema = args.checkpoint / "ema"
     if not (ema / "model.safetensors").exists():
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     model = idm_rt.load_model(ema)
     prov = dict(model.provenance)
-    model.defaults = {"sampler": args.sampler, "steps": args.steps, "init": args.init, "init_level": args.init_level}
+    model.defaults = {"sampler": args.sampler, "steps": args.steps, "init": args.init, "init_level": args.init_level,
+                      "consistency": args.consistency}
     run = args.checkpoint.parent.parent
     batch = int(prov.get("recipe", {}).get("batch", 1))
     seconds = training_time(run, batch)

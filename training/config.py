@@ -45,6 +45,7 @@ class TrainConfig:
     val_steps: int = 10
     val_init: str = "noise"  # noise | bicubic (a diffused bicubic start at val_init_level)
     val_init_level: float = 0.5
+    val_consistency: int = 0  # back-projection passes per validation step (idm_rt.consistency)
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
 
     @classmethod

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from idm_rt.images import IMAGE_SUFFIXES
+from idm_rt.resize import downscale
 
 
 
@@ -62,11 +62,6 @@ def load_rgb(path: Path) -> torch.Tensor:
     with Image.open(path) as im:
         arr = np.asarray(im.convert("RGB"))
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
-
-
-def downscale(hr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Antialiased bicubic downscale of images in [-1, 1], clamped back to [-1, 1]."""
-    return F.interpolate(hr, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(-1, 1)
 
 
 class PairSampler:

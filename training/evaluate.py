@@ -16,16 +16,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 import idm_rt
 from idm_rt.diffusion import SAMPLERS
+from idm_rt.consistency import check_consistency
 from idm_rt.fileio import atomic_write
 from idm_rt.pipeline import INITS, super_resolve
+from idm_rt.resize import upscale
 
 from .data import center_crop, downscale, load_rgb, scan_folder
-from .metrics import consistency, psnr_y, ssim_y
+from . import metrics
+from .metrics import psnr_y, ssim_y
 from .visual import save_grid
 
 # scikit-image's bundled natural photos (public domain / CC0): a public held-out check.
@@ -46,7 +48,8 @@ def load_images(data: str, crop: int | None) -> list[tuple[str, torch.Tensor]]:
 
 def evaluate(model: idm_rt.IDM, images: list[tuple[str, torch.Tensor]], scales: list[float], sampler: str,
              steps: int, seed: int = 0, save_dir: Path | None = None, device: str = "cpu",
-             tile: int | None = None, init: str = "noise", init_level: float = 0.5) -> list[dict]:
+             tile: int | None = None, init: str = "noise", init_level: float = 0.5,
+             consistency: int = 0) -> list[dict]:
     """Per scale: mean PSNR(Y), SSIM(Y) and Consistency (x1e-5) of ours and of bicubic."""
     rows = []
     total = len(scales) * len(images)
@@ -61,14 +64,14 @@ def evaluate(model: idm_rt.IDM, images: list[tuple[str, torch.Tensor]], scales: 
             lr = downscale(hr, (max(1, round(size[0] / s)), max(1, round(size[1] / s))))
             gen = torch.Generator().manual_seed(seed)
             sr = super_resolve(model, lr, size, scale=s, sampler=sampler, steps=steps, generator=gen, tile=tile,
-                               init=init, init_level=init_level)
-            bic = F.interpolate(lr, size=size, mode="bicubic", align_corners=False).clamp(-1, 1)
+                               init=init, init_level=init_level, consistency=consistency)
+            bic = upscale(lr, size).clamp(-1, 1)
             to01 = lambda t: (((t[0].double() + 1) / 2).clamp(0, 1) * 255).round().cpu() / 255  # noqa: E731 (8-bit)
             border = math.ceil(s)
             for key, out in (("", sr), ("_bic", bic)):
                 acc["psnr" + key].append(psnr_y(to01(out), to01(hr), border))
                 acc["ssim" + key].append(ssim_y(to01(out), to01(hr), border))
-                acc["cons" + key].append(consistency(to01(out), to01(lr)) * 1e5)
+                acc["cons" + key].append(metrics.consistency(to01(out), to01(lr)) * 1e5)
             if save_dir is not None:
                 save_grid([[to01(bic), to01(sr), to01(hr)]], save_dir / f"x{s:g}" / f"{name}_grid.png")
             bar.update(1)
@@ -98,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, help="default: the model's recommendation")
     ap.add_argument("--init", choices=INITS, help="noise or bicubic start (default: the model's recommendation)")
     ap.add_argument("--init-level", type=float, help="noise level of a bicubic start")
+    ap.add_argument("--consistency", type=int, help="back-projection passes per step (default: the model's)")
     ap.add_argument("--crop", type=int, help="evaluate on a central crop of this side (faster on a CPU)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
@@ -110,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         if any(s <= 1 for s in scales):
             raise ValueError(f"scales must be > 1, got {args.scales}")
         up = idm_rt.Upscaler.from_pretrained(args.model, device=args.device)
+        consistency = up.consistency if args.consistency is None else args.consistency
+        check_consistency(consistency)
         images = load_images(args.data, args.crop)
     except (ValueError, FileNotFoundError, idm_rt.CheckpointMismatch) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -118,14 +124,15 @@ def main(argv: list[str] | None = None) -> int:
     init = args.init or up.init
     init_level = up.init_level if args.init_level is None else args.init_level
     rows = evaluate(up.model, images, scales, sampler, steps, args.seed, args.save_dir, args.device, args.tile, init,
-                    init_level)
+                    init_level, consistency)
     start = f"bicubic start at {init_level:g}" if init == "bicubic" else "noise start"
     title = f"{args.data}, {len(images)} images{f', {args.crop}px crops' if args.crop else ''}, {sampler} " \
-            f"{steps} steps, {start}, seed {args.seed}"
+            f"{steps} steps, {start}, consistency {consistency}, seed {args.seed}"
     print(markdown(rows, title))
     if args.json:
         result = {"model": args.model or "default", "data": args.data, "crop": args.crop, "sampler": sampler,
-                  "steps": steps, "init": init, "init_level": init_level, "seed": args.seed, "rows": rows}
+                  "steps": steps, "init": init, "init_level": init_level, "consistency": consistency,
+                  "seed": args.seed, "rows": rows}
         atomic_write(args.json, lambda p: Path(p).write_text(json.dumps(result, indent=2) + "\n"))
     return 0
 

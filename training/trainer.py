@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from idm_rt import IDM, load_model, preset, save_model
 from idm_rt.pipeline import super_resolve
+from idm_rt.resize import upscale
 
 from .config import TrainConfig
 from .data import PairSampler, center_crop, downscale, load_rgb, sample_scale, scan_folder
@@ -227,8 +228,9 @@ class Trainer:
             lr = downscale(hr, (s, s))
             size = tuple(hr.shape[-2:])
             sr = super_resolve(model, lr, size, scale=cfg.max_scale, sampler=cfg.val_sampler, steps=cfg.val_steps,
-                               generator=gen, init=cfg.val_init, init_level=cfg.val_init_level)
-            up = torch.nn.functional.interpolate(lr, size=size, mode="bicubic", align_corners=False).clamp(-1, 1)
+                               generator=gen, init=cfg.val_init, init_level=cfg.val_init_level,
+                               consistency=cfg.val_consistency)
+            up = upscale(lr, size).clamp(-1, 1)
             to01 = lambda t: ((t[0] + 1) / 2).cpu()  # noqa: E731
             ours.append(psnr_y(to01(sr), to01(hr), border=int(cfg.max_scale)))
             bic.append(psnr_y(to01(up), to01(hr), border=int(cfg.max_scale)))

@@ -1,0 +1,43 @@
+"""LR consistency during sampling: project each step's clean-image estimate onto the images whose
+downscale is the input.
+
+At every step the sampler's x0 estimate is corrected by iterative back-projection (Irani & Peleg
+1991), ``x0 += upscale(lr - downscale(x0))``, the same low-pass data-consistency idea as ILVR
+(Choi et al. 2021) and DDNM (Wang et al. 2023). The network keeps the high frequencies it
+generates; the frequencies the LR determines come from the LR. The corrected x0 is handed to the
+sampler as the noise it implies, so every sampler gets it unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .diffusion.samplers import EpsFn
+from .resize import downscale, upscale
+
+
+def check_consistency(iterations: int) -> None:
+    """ValueError unless ``iterations`` (back-projection passes per step; 0 = off) is an int >= 0."""
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
+        raise ValueError(f"consistency must be an integer >= 0 (back-projection passes per step), got {iterations!r}")
+
+
+def back_project(x0: torch.Tensor, lr: torch.Tensor, iterations: int) -> torch.Tensor:
+    """``iterations`` passes of ``x0 += upscale(lr - downscale(x0))``; images in [-1, 1]."""
+    for _ in range(iterations):
+        x0 = x0 + upscale(lr - downscale(x0, tuple(lr.shape[-2:])), tuple(x0.shape[-2:]))
+    return x0
+
+
+def consistent(eps_fn: EpsFn, lr: torch.Tensor, iterations: int) -> EpsFn:
+    """``eps_fn`` whose implied clean image ``(x - sigma eps) / alpha`` (clipped to [-1, 1]) is
+    back-projected onto ``lr``; returns the noise that the corrected estimate implies."""
+
+    def eps_consistent(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        eps = eps_fn(x, g)
+        alpha = g.to(x.dtype).view(-1, 1, 1, 1)
+        sigma = (1.0 - alpha * alpha).clamp_min(1e-12).sqrt()
+        x0 = back_project(((x - sigma * eps) / alpha).clamp(-1.0, 1.0), lr, iterations)
+        return (x - alpha * x0) / sigma
+
+    return eps_consistent

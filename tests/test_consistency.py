@@ -1,0 +1,75 @@
+"""LR back-projection during sampling (idm_rt.consistency): it moves estimates towards images whose
+downscale is the input, leaves consistent estimates alone, and reaches the Upscaler's outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import idm_rt
+from idm_rt.consistency import back_project, check_consistency, consistent
+from idm_rt.resize import downscale
+
+
+def lr_error(x0: torch.Tensor, lr: torch.Tensor) -> float:
+    return (downscale(x0, tuple(lr.shape[-2:])) - lr).pow(2).mean().item()
+
+
+def test_back_projection_shrinks_the_lr_error_pass_by_pass():
+    g = torch.Generator().manual_seed(0)
+    lr = torch.rand(2, 3, 9, 11, generator=g) * 1.6 - 0.8
+    x0 = torch.rand(2, 3, 27, 33, generator=g) * 1.6 - 0.8  # unrelated to lr
+    errors = [lr_error(back_project(x0, lr, n), lr) for n in range(4)]
+    assert all(b < 0.5 * a for a, b in zip(errors, errors[1:])), errors
+    assert errors[3] < 0.02 * errors[0]
+
+
+def test_an_already_consistent_estimate_is_left_alone():
+    """If the network's x0 already downscales to the LR, the wrapper returns the network's noise."""
+    g = torch.Generator().manual_seed(1)
+    hr = torch.rand(1, 3, 24, 20, generator=g) * 1.6 - 0.8
+    lr = downscale(hr, (8, 5))  # non-square, non-integer width ratio
+    level = torch.tensor([0.8])
+    noise = torch.randn(hr.shape, generator=g)
+    x_t = 0.8 * hr + 0.6 * noise
+    oracle = lambda x, lv: noise  # noqa: E731  (implies x0 = hr exactly)
+    assert torch.allclose(consistent(oracle, lr, 3)(x_t, level), noise, atol=1e-4)
+
+
+def test_the_corrected_noise_implies_a_consistent_estimate():
+    g = torch.Generator().manual_seed(2)
+    lr = torch.rand(1, 3, 6, 6, generator=g) * 1.6 - 0.8
+    x_t = torch.randn(1, 3, 18, 18, generator=g)
+    level = torch.tensor([0.6])
+    blind = lambda x, lv: x  # noqa: E731  (implies x0 = 0 after clipping: ignores the LR)
+    x0_of = lambda eps: (x_t - 0.8 * eps) / 0.6  # noqa: E731
+    before, after = x0_of(blind(x_t, level)).clamp(-1, 1), x0_of(consistent(blind, lr, 2)(x_t, level))
+    assert lr_error(after, lr) < 0.05 * lr_error(before, lr)
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "2"])
+def test_bad_pass_counts_are_named(bad):
+    with pytest.raises(ValueError, match="consistency must be an integer >= 0"):
+        check_consistency(bad)
+
+
+def test_upscaler_outputs_downscale_to_their_input(tiny_model):
+    """A random network ignores the LR; with back-projection the output still matches it."""
+    up = idm_rt.Upscaler(tiny_model, steps=3, init="bicubic", init_level=0.8)
+    image = np.random.default_rng(0).random((10, 12, 3)).astype(np.float32) * 0.8 + 0.1
+    lr = torch.from_numpy(image).permute(2, 0, 1)[None] * 2 - 1
+    errors = {}
+    for n in (0, 2):
+        out = up.upscale(image, scale=3, seed=0, progress=False, consistency=n)
+        errors[n] = lr_error(torch.from_numpy(out).permute(2, 0, 1)[None] * 2 - 1, lr)
+    assert errors[2] < 0.1 * errors[0], errors
+    with pytest.raises(ValueError, match="consistency must be an integer"):
+        up.upscale(image, scale=3, consistency=-2, progress=False)
+
+
+def test_model_defaults_carry_the_pass_count(tiny_model, tmp_path):
+    tiny_model.defaults = {"sampler": "ddim", "steps": 4, "init": "bicubic", "init_level": 0.9, "consistency": 2}
+    idm_rt.save_model(tiny_model, tmp_path / "m")
+    assert idm_rt.Upscaler.from_pretrained(tmp_path / "m").consistency == 2
+    assert idm_rt.Upscaler.from_pretrained(tmp_path / "m", consistency=0).consistency == 0
