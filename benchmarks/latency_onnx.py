@@ -1,11 +1,15 @@
 """Per-U-Net-call latency: ONNX Runtime (CPU) against torch eager, same random weights, same inputs.
 
-``python -m benchmarks.latency_onnx [--preset official] [--tile 128] [--repeats 7] [--threads N]``
+``python -m benchmarks.latency_onnx [--preset official] [--tile 128] [--repeats 7] [--threads N] [--profile]``
 
 The two are timed alternately in one run (torch, ORT, torch, ORT, ...) so that a busy machine
 slows both alike; the table reports medians and the median of the per-pair ratios. A GPU section
 (torch eager, ORT CUDA, TensorRT when installed) runs only when CUDA is present. Results go to
 ``benchmarks/results/latency_onnx_<host>_<time>.json`` with the command and the machine.
+
+``--profile`` adds where ONNX Runtime's time goes: milliseconds per operator type (its own
+profiler), the U-Net's convolution FLOPs (torch's FLOP counter) and the GFLOP/s its Conv kernels
+reach, next to what a large float32 matmul reaches on the same threads (a practical peak).
 """
 
 from __future__ import annotations
@@ -62,6 +66,46 @@ def cpu_section(model: IDM, onnx_path: Path, args_t: tuple, repeats: int, thread
                      "torch_eager")
 
 
+def profile_section(model: IDM, onnx_path: Path, args_t: tuple, threads: int, runs: int = 3) -> dict:
+    """Per-operator-type ORT time, convolution FLOPs and the GFLOP/s reached, against a matmul."""
+    import collections
+
+    import onnxruntime as ort
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from export.graphs import UNetGraph
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    options.enable_profiling = True
+    with tempfile.TemporaryDirectory() as tmp:
+        options.profile_file_prefix = str(Path(tmp) / "ort")
+        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        feeds = {n: t.numpy() for n, t in zip(unet_inputs(model.config.levels), args_t)}
+        for _ in range(runs + 1):  # the first run (allocations) is dropped below
+            session.run(None, feeds)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    per_op: dict[str, list[float]] = collections.defaultdict(lambda: [0.0] * (runs + 1))
+    run = 0  # a run's kernel events are logged before its own model_run event
+    for e in events:
+        if e.get("name") == "model_run":
+            run += 1
+        elif e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and run <= runs:
+            per_op[e["args"]["op_name"]][run] += e["dur"] / 1e3
+    ms = {op: statistics.median(v[1:]) for op, v in per_op.items()}
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        UNetGraph(model).eval()(*args_t)
+    conv_gflop = counter.get_flop_counts()["Global"].get(torch.ops.aten.convolution, 0) / 1e9
+    torch.set_num_threads(threads)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    mm = min(interleaved({"mm": lambda: a @ b}, 5)["mm"])
+    return {"ort_ms_per_op_type": dict(sorted(ms.items(), key=lambda kv: -kv[1])),
+            "conv_share": ms.get("Conv", 0.0) / sum(ms.values()), "conv_gflop": conv_gflop,
+            "conv_gflop_per_s": conv_gflop / (ms.get("Conv", float("nan")) / 1e3),
+            "matmul_2048_gflop_per_s": 2 * 2048**3 / mm / 1e9}
+
+
 def gpu_section(model: IDM, onnx_path: Path, args_t: tuple, repeats: int) -> dict:
     """torch eager and ORT CUDA (IO binding through the runner's code path) on the GPU."""
     import onnxruntime as ort
@@ -88,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tile", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--profile", action="store_true", help="add ORT time per operator type and conv GFLOP/s")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     model = IDM(preset(args.preset)).eval()
@@ -99,12 +144,18 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = export_graph(model, "unet", bucket, Path(tmp) / "unet.onnx")
         result["cpu"] = cpu_section(model, onnx_path, args_t, args.repeats, args.threads)
+        if args.profile:
+            result["profile"] = profile_section(model, onnx_path, args_t, args.threads)
         result["gpu"] = gpu_section(model, onnx_path, args_t, args.repeats) if torch.cuda.is_available() else None
     print(f"U-Net call, {args.preset} shape, {args.tile}x{args.tile} tile, batch 1, {args.threads} threads")
     for section in ("cpu", "gpu"):
         for name, r in (result[section] or {}).items():
             speedup = next(v for k, v in r.items() if k.startswith("speedup"))
             print(f"  {name:<18} {r['median_ms']:>10.1f} ms   x{speedup:.2f}")
+    if args.profile:
+        prof = result["profile"]
+        print(f"  ORT Conv: {100 * prof['conv_share']:.0f}% of kernel time, {prof['conv_gflop']:.1f} GFLOP at "
+              f"{prof['conv_gflop_per_s']:.0f} GFLOP/s (2048^3 matmul: {prof['matmul_2048_gflop_per_s']:.0f} GFLOP/s)")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = RESULTS / f"latency_onnx_{platform.node()}_{stamp}.json"
     atomic_write(path, lambda p: Path(p).write_text(json.dumps(result, indent=2) + "\n"))
