@@ -31,6 +31,16 @@ def _size(text: str) -> tuple[int, int]:
     return w, h
 
 
+def _passes(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .diffusion import SAMPLERS
 
@@ -53,9 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="start from pure noise (the paper) or from the bicubic upscale diffused to --init-level "
                          "(default: the model's recommendation)")
     up.add_argument("--init-level", type=float, metavar="G", help="noise level in (0, 1) of a bicubic start")
-    up.add_argument("--consistency", type=int, metavar="N",
-                    help="back-projection passes per step that keep the output's downscale equal to the input "
-                         "(0: off, as in the paper; default: the model's recommendation)")
+    up.add_argument("--consistency", type=_passes, metavar="N",
+                    help="clip each step's estimate and back-project it onto the input N times, so that the "
+                         "output's downscale matches the input (0: off, as in the paper; default: the model's)")
     up.add_argument("--tile", type=int, help="HR tile side for large outputs (default 512; 0: off); rounded down to "
                                              "the model's size multiple (8 for the default model, 16 for released)")
     up.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")

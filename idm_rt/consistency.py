@@ -1,8 +1,9 @@
-"""LR consistency during sampling: project each step's clean-image estimate onto the images whose
+"""LR consistency during sampling: move each step's clean-image estimate towards the images whose
 downscale is the input.
 
-At every step the sampler's x0 estimate is corrected by iterative back-projection (Irani & Peleg
-1991), ``x0 += upscale(lr - downscale(x0))``, the same low-pass data-consistency idea as ILVR
+At every step the sampler's x0 estimate is clipped to [-1, 1] and corrected by iterative
+back-projection (Irani & Peleg 1991), ``x0 += upscale(lr - downscale(x0))``; each pass shrinks
+the LR mismatch several-fold. It is the same low-pass data-consistency idea as ILVR
 (Choi et al. 2021) and DDNM (Wang et al. 2023). The network keeps the high frequencies it
 generates; the frequencies the LR determines come from the LR. The corrected x0 is handed to the
 sampler as the noise it implies, so every sampler gets it unchanged.
@@ -35,7 +36,7 @@ def consistent(eps_fn: EpsFn, lr: torch.Tensor, iterations: int) -> EpsFn:
 
     def eps_consistent(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         eps = eps_fn(x, g)
-        alpha = g.to(x.dtype).view(-1, 1, 1, 1)
+        alpha = g.to(torch.float32).view(-1, 1, 1, 1)  # float32 even for half inputs: sigma -> 0 near g = 1
         sigma = (1.0 - alpha * alpha).clamp_min(1e-12).sqrt()
         x0 = back_project(((x - sigma * eps) / alpha).clamp(-1.0, 1.0), lr, iterations)
         return (x - alpha * x0) / sigma

@@ -26,13 +26,15 @@ def test_back_projection_shrinks_the_lr_error_pass_by_pass():
 
 
 def test_an_already_consistent_estimate_is_left_alone():
-    """If the network's x0 already downscales to the LR, the wrapper returns the network's noise."""
+    """If the network's x0 already downscales to the LR, the wrapper returns the network's noise;
+    a batch of two at different noise levels checks the per-image levels."""
     g = torch.Generator().manual_seed(1)
-    hr = torch.rand(1, 3, 24, 20, generator=g) * 1.6 - 0.8
+    hr = torch.rand(2, 3, 24, 20, generator=g) * 1.6 - 0.8
     lr = downscale(hr, (8, 5))  # non-square, non-integer width ratio
-    level = torch.tensor([0.8])
+    level = torch.tensor([0.8, 0.3])
     noise = torch.randn(hr.shape, generator=g)
-    x_t = 0.8 * hr + 0.6 * noise
+    a = level.view(-1, 1, 1, 1)
+    x_t = a * hr + (1 - a * a).sqrt() * noise
     oracle = lambda x, lv: noise  # noqa: E731  (implies x0 = hr exactly)
     assert torch.allclose(consistent(oracle, lr, 3)(x_t, level), noise, atol=1e-4)
 
@@ -42,7 +44,7 @@ def test_the_corrected_noise_implies_a_consistent_estimate():
     lr = torch.rand(1, 3, 6, 6, generator=g) * 1.6 - 0.8
     x_t = torch.randn(1, 3, 18, 18, generator=g)
     level = torch.tensor([0.6])
-    blind = lambda x, lv: x  # noqa: E731  (implies x0 = 0 after clipping: ignores the LR)
+    blind = lambda x, lv: x  # noqa: E731  (implies x0 = x_t / 3, clipped: ignores the LR)
     x0_of = lambda eps: (x_t - 0.8 * eps) / 0.6  # noqa: E731
     before, after = x0_of(blind(x_t, level)).clamp(-1, 1), x0_of(consistent(blind, lr, 2)(x_t, level))
     assert lr_error(after, lr) < 0.05 * lr_error(before, lr)
@@ -68,8 +70,33 @@ def test_upscaler_outputs_downscale_to_their_input(tiny_model):
         up.upscale(image, scale=3, consistency=-2, progress=False)
 
 
-def test_model_defaults_carry_the_pass_count(tiny_model, tmp_path):
+def test_model_defaults_carry_the_pass_count_and_an_explicit_zero_wins(tiny_model, tmp_path):
     tiny_model.defaults = {"sampler": "ddim", "steps": 4, "init": "bicubic", "init_level": 0.9, "consistency": 2}
     idm_rt.save_model(tiny_model, tmp_path / "m")
-    assert idm_rt.Upscaler.from_pretrained(tmp_path / "m").consistency == 2
-    assert idm_rt.Upscaler.from_pretrained(tmp_path / "m", consistency=0).consistency == 0
+    up = idm_rt.Upscaler.from_pretrained(tmp_path / "m")
+    image = np.random.default_rng(1).random((8, 8, 3)).astype(np.float32)
+    run = lambda **kw: up.upscale(image, scale=2, seed=0, progress=False, **kw)  # noqa: E731
+    assert np.array_equal(run(), run(consistency=2))
+    assert not np.allclose(run(), run(consistency=0))
+    plain = idm_rt.Upscaler.from_pretrained(tmp_path / "m", consistency=0)
+    assert np.array_equal(plain.upscale(image, scale=2, seed=0, progress=False), run(consistency=0))
+
+
+def test_tiled_sampling_is_projected_on_the_whole_image(tiny_model):
+    """Tiles are blended into one noise estimate first, so the projection sees the whole image."""
+    up = idm_rt.Upscaler(tiny_model, steps=3, init="bicubic", init_level=0.8)
+    image = np.random.default_rng(2).random((12, 14, 3)).astype(np.float32) * 0.8 + 0.1
+    lr = torch.from_numpy(image).permute(2, 0, 1)[None] * 2 - 1
+    tiled = up.upscale(image, scale=2, seed=0, progress=False, tile=16, consistency=2)
+    plain = up.upscale(image, scale=2, seed=0, progress=False, tile=16, consistency=0)
+    err = lambda out: lr_error(torch.from_numpy(out).permute(2, 0, 1)[None] * 2 - 1, lr)  # noqa: E731
+    assert err(tiled) < 0.1 * err(plain)
+
+
+def test_cli_flag_rejects_negative_counts(capsys):
+    from idm_rt.cli import build_parser
+
+    assert build_parser().parse_args(["upscale", "a.png", "-o", "b.png", "--scale", "2", "--consistency", "3"]).consistency == 3
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["upscale", "a.png", "-o", "b.png", "--scale", "2", "--consistency", "-1"])
+    assert "must be an integer >= 0" in capsys.readouterr().err

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.data import downscale
+from idm_rt.resize import downscale
 from training.metrics import consistency, psnr_y, ssim_y
 
 skimage = pytest.importorskip("skimage")

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 import idm_rt
-from idm_rt.pipeline import INITS
+from idm_rt.consistency import check_consistency
+from idm_rt.pipeline import INITS, check_init
 from idm_rt.upscaler import DEFAULT_MODEL
 
 MAX_BYTES = 25 * 1024 * 1024
@@ -49,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--init-level", type=float, default=0.5, help="noise level of a bicubic start")
     ap.add_argument("--consistency", type=int, default=0, help="recommended back-projection passes per step")
     args = ap.parse_args(argv)
+    try:
+        check_init(args.init, args.init_level)
+        check_consistency(args.consistency)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     ema = args.checkpoint / "ema"
     if not (ema / "model.safetensors").exists():
         print(f"error: {ema} has no model.safetensors (pass a checkpoints/step_N folder)", file=sys.stderr)

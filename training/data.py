@@ -109,4 +109,4 @@ def center_crop(img: torch.Tensor, size: int) -> torch.Tensor:
     return img[:, top:top + s, left:left + s]
 
 
-__all__ = ["scan_folder", "FolderScan", "PairSampler", "sample_scale", "downscale", "load_rgb", "center_crop"]
+__all__ = ["scan_folder", "FolderScan", "PairSampler", "sample_scale", "load_rgb", "center_crop"]

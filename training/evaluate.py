@@ -23,9 +23,9 @@ from idm_rt.diffusion import SAMPLERS
 from idm_rt.consistency import check_consistency
 from idm_rt.fileio import atomic_write
 from idm_rt.pipeline import INITS, super_resolve
-from idm_rt.resize import upscale
+from idm_rt.resize import downscale, upscale
 
-from .data import center_crop, downscale, load_rgb, scan_folder
+from .data import center_crop, load_rgb, scan_folder
 from . import metrics
 from .metrics import psnr_y, ssim_y
 from .visual import save_grid

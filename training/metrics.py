@@ -8,7 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .data import downscale
+from idm_rt.resize import downscale
 
 
 def rgb_to_y(img: torch.Tensor) -> torch.Tensor:

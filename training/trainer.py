@@ -18,10 +18,10 @@ from tqdm.auto import tqdm
 
 from idm_rt import IDM, load_model, preset, save_model
 from idm_rt.pipeline import super_resolve
-from idm_rt.resize import upscale
+from idm_rt.resize import downscale, upscale
 
 from .config import TrainConfig
-from .data import PairSampler, center_crop, downscale, load_rgb, sample_scale, scan_folder
+from .data import PairSampler, center_crop, load_rgb, sample_scale, scan_folder
 from .ema import EMA
 from .loss import NoisePredictionLoss
 from .metrics import psnr_y

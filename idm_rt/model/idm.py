@@ -23,7 +23,7 @@ class IDM(nn.Module):
         max_scale: the largest magnification M seen in training; ``p = (s-1)/(M-1)``.
         provenance: where the weights came from (saved with the project format).
         defaults: the sampling settings recommended for these weights (``sampler``, ``steps``,
-            ``init``, ``init_level``), used by ``Upscaler.from_pretrained``.
+            ``init``, ``init_level``, ``consistency``), used by ``Upscaler.from_pretrained``.
     """
 
     def __init__(self, config: IDMConfig, max_scale: float = 4.0):
