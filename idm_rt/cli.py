@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--init-level", type=float, metavar="G", help="noise level in (0, 1) of a bicubic start")
     up.add_argument("--consistency", type=_passes, metavar="N",
                     help="clip each step's estimate and back-project it onto the input N times, so that the "
-                         "output's downscale matches the input (0: off, as in the paper; default: the model's)")
+                         "output's downscale is close to the input (0: off, as in the paper; default: the model's)")
     up.add_argument("--tile", type=int, help="HR tile side for large outputs (default 512; 0: off); rounded down to "
                                              "the model's size multiple (8 for the default model, 16 for released)")
     up.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")

@@ -36,7 +36,7 @@ def super_resolve(model: IDM, lr: torch.Tensor, size: tuple[int, int], scale: fl
             upscale diffused to noise level ``init_level`` and samples only from there
             (Come-Closer-Diffuse-Faster, Chung et al. 2022): fewer, easier steps.
         denoise: the U-Net call, ``model.denoise`` by default (e.g. a CUDA-graph replay of it).
-        consistency: back-projection passes per step that keep the output's downscale equal to
+        consistency: back-projection passes per step that bring the output's downscale close to
             the input (:mod:`idm_rt.consistency`); 0 samples as the paper does.
     """
     check_consistency(consistency)

@@ -147,8 +147,8 @@ class Upscaler:
             tile: HR tile side (multiple of 8); 0 disables tiling; None uses the default.
             init, init_level: ``"noise"`` (the paper: start from pure noise) or ``"bicubic"`` (start
                 from the bicubic upscale diffused to noise level ``init_level`` in (0, 1)).
-            consistency: back-projection passes per step that keep the output's bicubic downscale
-                equal to the input (:mod:`idm_rt.consistency`); 0 samples as the paper does.
+            consistency: back-projection passes per step that bring the output's bicubic downscale
+                close to the input (:mod:`idm_rt.consistency`); 0 samples as the paper does.
         Returns:
             The upscaled image(s), of the same kind as the input.
         """
