@@ -32,11 +32,12 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def _passes(text: str) -> int:
+    from .consistency import check_consistency
+
     try:
         n = int(text)
+        check_consistency(n)
     except ValueError:
-        n = -1
-    if n < 0:
         raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
     return n
 
