@@ -46,6 +46,7 @@ class BuildOptions:
     workspace_mb: int = 4096
     force: bool = False
     command: str = ""
+    conv: str = "direct"  # the U-Net's 3x3 convolutions: "direct" or "winograd" (see export.winograd)
 
 
 def digest(*parts) -> str:
@@ -80,7 +81,7 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> int:
     old = _previous(folder, log)
     ident, missing = backend_identity(options)
     flags = {"workspace_mb": options.workspace_mb, "opset": OPSET, "strongly_typed": options.precision == "fp16",
-             "tf32": False, "command": options.command}
+             "tf32": False, "conv": options.conv, "command": options.command}
     manifest = Manifest(model_hash=model_hash(model), model_path=str(Path(options.model_path).resolve()),
                         network=model.config.to_dict(), max_scale=model.max_scale, precision=options.precision,
                         backend=options.backend, opset=OPSET, buckets=options.buckets, graphs={}, identity=ident,
@@ -106,18 +107,19 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> int:
 
 def _onnx_stage(model: IDM, mhash: str, kind: str, bucket: Bucket | None, options: BuildOptions,
                 old: Manifest | None, label: str, log) -> GraphEntry:
-    precision = options.precision if kind == "unet" else "fp32"
+    precision, conv = (options.precision, options.conv) if kind == "unet" else ("fp32", "direct")
     key = graph_key(kind, bucket)
     rel = f"onnx/{key.replace('/', '_')}.onnx"
-    onnx_key = digest(mhash, kind, bucket.to_dict() if bucket else None, precision, OPSET, EXPORT_VERSION)
+    onnx_key = digest(mhash, kind, bucket.to_dict() if bucket else None, precision, OPSET, EXPORT_VERSION, conv)
     prev = old.graphs.get(key) if old else None
     path = options.out / rel
     if reusable(options.out, prev and prev.onnx, prev and prev.onnx_key, onnx_key, options.force):
         log(f"{label}: ONNX {precision} reused")
     else:
         start = time.perf_counter()
-        export_graph(model, kind, bucket, path, precision)
-        log(f"{label}: ONNX {precision} exported in {time.perf_counter() - start:.1f} s")
+        export_graph(model, kind, bucket, path, precision, conv)
+        log(f"{label}: ONNX {precision} exported{' with Winograd convolutions' if conv == 'winograd' else ''} "
+            f"in {time.perf_counter() - start:.1f} s")
     problems = check_graph(path, OPSET)
     if problems:
         raise BuildError(f"{rel} fails the ONNX/TensorRT operator check:\n  " + "\n  ".join(problems))

@@ -32,6 +32,7 @@ from idm_rt.model import IDM
 from idm_rt.model.encoder import nearest_indices
 
 from .precision import keep_in_float32
+from .winograd import use_winograd
 
 # Opset 17: TensorRT's ONNX parser takes it since TensorRT 8.5 and in every 10.x release (the
 # parser supports opsets 9 and above up to the release's maximum, see the ONNX opset guide
@@ -41,6 +42,9 @@ OPSET = 17
 # Reductions that must stay in float32 inside an fp16 U-Net: GroupNorm (exported as
 # InstanceNormalization over the groups) and the attention softmax.
 FP32_OPS = ("InstanceNormalization", "Softmax")
+
+# How the U-Net's 3x3 convolutions are written: Conv nodes, or Winograd transforms + MatMul.
+CONV_MODES = ("direct", "winograd")
 
 
 class EncoderGraph(nn.Module):
@@ -116,17 +120,26 @@ def io_spec(model: IDM, kind: str, bucket: Bucket | None) -> tuple[list[str], li
     return names_in, names_out, axes
 
 
-def export_graph(model: IDM, kind: str, bucket: Bucket | None, path: Path, precision: str = "fp32") -> Path:
+def export_graph(model: IDM, kind: str, bucket: Bucket | None, path: Path, precision: str = "fp32",
+                 conv: str = "direct") -> Path:
     """Export graph ``kind`` (encoder / conditioner / unet) of ``model`` for ``bucket`` to ``path``.
 
     ``precision`` "fp16" applies to the U-Net only: weights and activations in float16, with the
-    :data:`FP32_OPS` computed in float32.
+    :data:`FP32_OPS` computed in float32. ``conv`` "winograd" (float32 U-Net only) computes the
+    U-Net's wide 3x3 convolutions as Winograd transforms and products, for ONNX Runtime on a CPU
+    (:mod:`export.winograd`); the other graphs run once per image and keep direct convolutions.
     """
+    if conv not in CONV_MODES:
+        raise ValueError(f"conv must be one of {CONV_MODES}, not {conv!r}")
     half = precision == "fp16" and kind == "unet"
+    if conv == "winograd" and half:
+        raise ValueError("Winograd convolutions are float32 only: their transforms lose too much in float16")
     dtype = torch.float16 if half else torch.float32
     module = graph_module(copy.deepcopy(model).to(dtype), kind)
     batch = bucket.min_batch if kind == "unet" else 1
     args = sample_inputs(model, kind, bucket, batch, dtype=dtype)
+    if conv == "winograd" and kind == "unet":
+        use_winograd(module, args)
     names_in, names_out, axes = io_spec(model, kind, bucket)
     buf = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
@@ -135,6 +148,25 @@ def export_graph(model: IDM, kind: str, bucket: Bucket | None, path: Path, preci
         torch.onnx.export(module, args, buf, dynamo=False, opset_version=OPSET, input_names=names_in,
                           output_names=names_out, dynamic_axes=axes or None, do_constant_folding=True)
     proto = onnx.load_from_string(buf.getvalue())
+    inline_constant_identities(proto)
     if half:
         keep_in_float32(proto, FP32_OPS)
     return atomic_write(path, lambda tmp: onnx.save(proto, tmp))
+
+
+def inline_constant_identities(proto: onnx.ModelProto) -> None:
+    """Remove ``Identity`` nodes over initializers (the exporter's way of sharing equal buffers, such
+    as the Winograd transforms of convolutions of one width), pointing their users at the
+    initializer, so that inputs TensorRT needs constant are initializers."""
+    graph = proto.graph
+    initializers = {i.name for i in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    alias = {n.output[0]: n.input[0] for n in graph.node
+             if n.op_type == "Identity" and n.input[0] in initializers and n.output[0] not in outputs}
+    for node in graph.node:
+        for k, name in enumerate(node.input):
+            if name in alias:
+                node.input[k] = alias[name]
+    keep = [n for n in graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
+    del graph.node[:]
+    graph.node.extend(keep)

@@ -38,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--backend", choices=("tensorrt", "onnxruntime"), default="tensorrt",
                     help="engines to build (default tensorrt; onnxruntime works on a CPU)")
     ap.add_argument("--workspace", type=int, default=4096, metavar="MiB", help="TensorRT workspace limit (MiB)")
+    ap.add_argument("--conv", choices=("auto", "direct", "winograd"), default="auto",
+                    help="the U-Net's wide 3x3 convolutions as Conv nodes or as Winograd transforms and products "
+                         "(fewer multiplications: faster with ONNX Runtime on a CPU, slower than cuDNN on a GPU); "
+                         "auto (default): winograd for --backend onnxruntime --engine fp32, else direct")
     ap.add_argument("--force", action="store_true", help="rebuild everything, even what the manifest says matches")
     ap.add_argument("--explain", action="store_true",
                     help="print the buckets and which bucket each --scales request uses, then stop")
@@ -72,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(str(e))
     if args.workspace < 16:
         ap.error("--workspace is in MiB and must be at least 16")
+    if args.conv == "winograd" and (args.backend, args.engine) != ("onnxruntime", "fp32"):
+        ap.error("--conv winograd is for --backend onnxruntime --engine fp32 (TensorRT chooses its own "
+                 "convolution algorithms, and the transforms lose too much in float16)")
+    conv = args.conv if args.conv != "auto" else (
+        "winograd" if (args.backend, args.engine) == ("onnxruntime", "fp32") else "direct")
     from .upscaler import DEFAULT_MODEL
 
     model_path = Path(args.model) if args.model else DEFAULT_MODEL
@@ -89,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out) if args.out else Path("engines") / f"{model_path.stem}-{args.backend}-{args.engine}"
     command = shlex.join(["python", "-m", "idm_rt.build", *(sys.argv[1:] if argv is None else argv)])
-    options = BuildOptions(model_path, out, args.engine, args.backend, buckets, args.workspace, args.force, command)
+    options = BuildOptions(model_path, out, args.engine, args.backend, buckets, args.workspace, args.force, command,
+                           conv)
     try:
         return build(options)
     except (BuildError, FileNotFoundError, ValueError, RuntimeError) as e:

@@ -3,11 +3,12 @@ exit-3 path without GPU/TensorRT, messages, and ``python -m export.parity``."""
 
 import json
 
+import onnx
 import pytest
 import torch
 
 import idm_rt
-from export import builder, parity
+from export import builder, parity, winograd
 from idm_rt.backends.engine_dir import read_manifest
 from idm_rt.build import main
 
@@ -44,6 +45,34 @@ def test_onnxruntime_build_writes_a_complete_manifest(ort_dir, models):
     assert "onnxruntime" in m["identity"] and m["build_flags"]["workspace_mb"] == 4096
     for g in m["graphs"].values():
         assert (ort_dir / g["onnx"]).exists() and (ort_dir / g["engine"]).exists()
+    # fp32 for ONNX Runtime: Winograd where it pays off, which is nowhere in this tiny network
+    assert m["build_flags"]["conv"] == "winograd"
+    assert "ConvTranspose" not in _op_types(ort_dir / m["graphs"]["unet/32x32_b1-2"]["onnx"])
+
+
+def _op_types(path):
+    return {node.op_type for node in onnx.load(str(path)).graph.node}
+
+
+def test_winograd_unet_passes_parity_and_conv_direct_reexports_only_it(models, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(winograd, "MIN_REDUCED_CHANNELS", 16)  # so that the tiny network has some
+    monkeypatch.setattr(winograd, "REDUCED_CHANNELS_TIMES_SIDE", 128)
+    args = ["--engine", "fp32", "--backend", "onnxruntime", "--model", str(models[0]), "--out", str(tmp_path),
+            "--tile", "32", "--batch", "1,2"]
+    assert main(args) == 0
+    m = read_manifest(tmp_path)
+    assert "ConvTranspose" in _op_types(tmp_path / m.graphs["unet/32x32_b1-2"].onnx)  # the output transform
+    assert "ConvTranspose" not in _op_types(tmp_path / m.graphs["encoder"].onnx)
+    capsys.readouterr()
+    assert parity.main([str(tmp_path)]) == 0  # fp32 limit 1e-4, batch 1 and 2
+    assert "FAIL" not in capsys.readouterr().out
+    assert main([*args, "--conv", "direct"]) == 0
+    log = capsys.readouterr().out
+    assert log.count("ONNX fp32 exported") == 1 and log.count("ONNX fp32 reused") == 2
+    m = read_manifest(tmp_path)
+    assert m.build_flags["conv"] == "direct"
+    assert "ConvTranspose" not in _op_types(tmp_path / m.graphs["unet/32x32_b1-2"].onnx)
+    assert parity.main([str(tmp_path)]) == 0
 
 
 def test_parity_tool_passes_and_refuses_another_model(ort_dir, models, capsys):
@@ -113,7 +142,8 @@ def test_missing_default_model_and_bad_arguments(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(idm_rt.upscaler, "DEFAULT_MODEL", tmp_path / "absent")
     assert main(["--engine", "fp32", "--backend", "onnxruntime"]) == 1
     assert "no bundled default model" in capsys.readouterr().err
-    for bad in (["--scales", "2"], ["--tile", "x"], ["--batch", "4,1"], ["--engine", "int8"], ["--workspace", "1"]):
+    for bad in (["--scales", "2"], ["--tile", "x"], ["--batch", "4,1"], ["--engine", "int8"], ["--workspace", "1"],
+                ["--conv", "winograd"], ["--conv", "winograd", "--backend", "onnxruntime", "--engine", "fp16"]):
         with pytest.raises(SystemExit) as e:
             main(bad)
         assert e.value.code == 2
