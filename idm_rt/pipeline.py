@@ -6,6 +6,7 @@ validation calls it directly.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 
@@ -44,19 +45,20 @@ def super_resolve(model: IDM, lr: torch.Tensor, size: tuple[int, int], scale: fl
     b, _, h, w = lr.shape
     if scale is None:
         scale = (size[0] / h * size[1] / w) ** 0.5
-    cond = model.encode(lr, size)
-    p = model.scale_fraction(scale).expand(b).to(lr.device)
-    plan = TilePlan.for_image(size, tile, model.config.size_multiple) if tile is not None else None
-    if plan is not None and len(plan.tiles) > 1:
-        eps_fn = tiled_eps(model, cond, p, plan, denoise)
-    else:
-        conditioning = model.condition(cond, p)
-        eps_fn = lambda x, g: denoise(x, conditioning, g)  # noqa: E731
-    if consistency:
-        eps_fn = consistent(eps_fn, lr, consistency)
-    x_T, t_start = initial_state(lr, size, init, init_level, generator)
-    return run_sampler(eps_fn, x_T, sampler, steps, eta, generator, progress=progress,
-                       t_start=t_start).clamp(-1.0, 1.0)
+    with getattr(model, "sampling", contextlib.nullcontext)():  # an engine runner's setup (backends.base)
+        cond = model.encode(lr, size)
+        p = model.scale_fraction(scale).expand(b).to(lr.device)
+        plan = TilePlan.for_image(size, tile, model.config.size_multiple) if tile is not None else None
+        if plan is not None and len(plan.tiles) > 1:
+            eps_fn = tiled_eps(model, cond, p, plan, denoise)
+        else:
+            conditioning = model.condition(cond, p)
+            eps_fn = lambda x, g: denoise(x, conditioning, g)  # noqa: E731
+        if consistency:
+            eps_fn = consistent(eps_fn, lr, consistency)
+        x_T, t_start = initial_state(lr, size, init, init_level, generator)
+        return run_sampler(eps_fn, x_T, sampler, steps, eta, generator, progress=progress,
+                           t_start=t_start).clamp(-1.0, 1.0)
 
 
 INITS = ("noise", "bicubic")

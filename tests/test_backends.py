@@ -114,3 +114,20 @@ def test_run_batched_chunks_and_pads_to_the_bucket_range():
     out = run_batched(run, {"x": x}, max_batch=2, min_batch=2)[0]
     assert seen == [[0.0, 1.0], [2.0, 3.0], [4.0, 4.0]]  # last chunk padded by repeating its sample
     assert out.view(-1).tolist() == [0.0, 10.0, 20.0, 30.0, 40.0]
+
+
+def test_onnxruntime_cpu_sampling_keeps_torch_at_one_thread_and_restores_it(built, monkeypatch):
+    model, folder = built
+    runner = load_runner(folder)
+    seen = []
+    run_graph = runner.run_graph
+    monkeypatch.setattr(runner, "run_graph", lambda key, inputs: seen.append(torch.get_num_threads())
+                        or run_graph(key, inputs))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        idm_rt.pipeline.super_resolve(runner, torch.zeros(1, 3, 16, 16), (32, 32), steps=2)
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

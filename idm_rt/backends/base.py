@@ -6,6 +6,7 @@ Subclasses only implement :meth:`EngineRunner.run_graph`, one graph call on name
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Callable
@@ -39,6 +40,10 @@ class EngineRunner:
     def run_graph(self, key: str, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """Run graph ``key`` (see :func:`~idm_rt.backends.engine_dir.graph_key`) on named inputs."""
         raise NotImplementedError
+
+    def sampling(self) -> contextlib.AbstractContextManager:
+        """The context :func:`~idm_rt.pipeline.super_resolve` samples in (nothing by default)."""
+        return contextlib.nullcontext()
 
     def auto_tile(self, size: tuple[int, int]) -> int | None:
         """The tile side the bucket rule picks for an HR output ``size`` (None: no tiling)."""
