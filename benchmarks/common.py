@@ -15,6 +15,10 @@ import torch
 
 RESULTS = Path(__file__).parent / "results"
 
+# Untimed pause before each call when ONNX Runtime is among the contestants: its worker threads spin
+# for a while after a run and, on a small machine, would steal the cores from the next call.
+ORT_SETTLE_S = 0.1
+
 
 def machine() -> dict[str, object]:
     """What the numbers were measured on."""
@@ -46,9 +50,10 @@ def machine() -> dict[str, object]:
 
 
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
-                sync: Callable[[], object] = lambda: None) -> dict[str, list[float]]:
+                sync: Callable[[], object] = lambda: None, settle_s: float = 0.0) -> dict[str, list[float]]:
     """Time each function ``repeats`` times, alternating between them so that load changes on a
-    noisy machine hit all of them alike; returns seconds per run (``sync`` waits for a GPU)."""
+    noisy machine hit all of them alike; returns seconds per run (``sync`` waits for a GPU,
+    ``settle_s`` is an untimed pause before each call)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -56,6 +61,7 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int 
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            time.sleep(settle_s)
             t0 = time.perf_counter()
             fn()
             sync()

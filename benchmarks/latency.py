@@ -8,7 +8,8 @@ Both float32, eager PyTorch, the same weights and DDIM steps. The release's unus
 (pyramid level 0, the last down-step) is emulated with same-shape layers (release_style.py).
 
 With ``--onnxruntime`` the same model is also built into an ONNX Runtime engine directory (fp32,
-one bucket of the output size) and timed through its runner, per call and per image.
+one bucket of the output size, Winograd convolutions on a CPU as ``python -m idm_rt.build`` makes
+them) and timed through its runner, per call and per image.
 
     python -m benchmarks.latency                 # official shape, 128x128 output, CPU
     python -m benchmarks.latency --onnxruntime   # + ONNX Runtime (CPU; CUDA when torch sees a GPU)
@@ -28,7 +29,7 @@ import idm_rt
 from idm_rt.diffusion import calls_for, run_sampler
 from idm_rt.pipeline import super_resolve
 
-from .common import interleaved, summary, write
+from .common import ORT_SETTLE_S, interleaved, summary, write
 from .release_style import ReleaseStyle
 
 
@@ -39,10 +40,11 @@ def onnxruntime_runner(model: idm_rt.IDM, side: int, stack: contextlib.ExitStack
 
     tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
     idm_rt.save_model(model, tmp / "model")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     if build(["--engine", "fp32", "--backend", "onnxruntime", "--model", str(tmp / "model"), "--out",
-              str(tmp / "engines"), "--tile", str(side)]) != 0:
+              str(tmp / "engines"), "--tile", str(side), "--conv", "direct" if device == "cuda" else "auto"]) != 0:
         raise RuntimeError("building the ONNX Runtime engine failed")
-    return load_runner(tmp / "engines", device="cuda" if torch.cuda.is_available() else "cpu")
+    return load_runner(tmp / "engines", device=device)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -91,8 +93,9 @@ def main(argv: list[str] | None = None) -> dict:
             calls["onnxruntime"] = lambda: runner.denoise(x, ort_conditioning, g)
             images["onnxruntime"] = lambda: super_resolve(runner, lr, size, scale=args.scale, sampler="ddim",
                                                           steps=args.steps)
-        call = interleaved(calls, args.repeats)
-        image = interleaved(images, max(2, args.repeats // 2))
+        settle = ORT_SETTLE_S if runner is not None else 0.0
+        call = interleaved(calls, args.repeats, settle_s=settle)
+        image = interleaved(images, max(2, args.repeats // 2), settle_s=settle)
 
     res = {
         "preset": args.preset, "output": f"{args.size}x{args.size}", "dtype": "float32",

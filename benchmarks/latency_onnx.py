@@ -2,13 +2,16 @@
 
 ``python -m benchmarks.latency_onnx [--preset official] [--tile 128] [--repeats 7] [--threads N] [--profile]``
 
-The two are timed alternately in one run (torch, ORT, torch, ORT, ...) so that a busy machine
-slows both alike; the table reports medians and the median of the per-pair ratios. A GPU section
+Two ONNX graphs of the same U-Net are timed: ``ort_cpu`` with direct Conv nodes, and
+``ort_cpu_winograd`` with the wide 3x3 convolutions as Winograd transforms and products (what
+``python -m idm_rt.build --backend onnxruntime --engine fp32`` builds, see ``export.winograd``).
+All are timed alternately in one run (torch, ORT, ORT Winograd, torch, ...) so that a busy machine
+slows them alike; the table reports medians and the median of the per-round ratios. A GPU section
 (torch eager, ORT CUDA, TensorRT when installed) runs only when CUDA is present. Results go to
 ``benchmarks/results/latency_onnx_<host>_<time>.json`` with the command and the machine.
 
-``--profile`` adds where ONNX Runtime's time goes: milliseconds per operator type (its own
-profiler), the U-Net's convolution FLOPs (torch's FLOP counter) and the GFLOP/s its Conv kernels
+``--profile`` adds where ONNX Runtime's time goes: milliseconds per operator type of each graph
+(its own profiler); for the direct graph, the U-Net's convolution FLOPs (torch's FLOP counter) and the GFLOP/s its Conv kernels
 reach (the Conv op types, which include fused activations and adds), next to what a 2048^3
 float32 matmul reaches on the same threads as a reference; both are medians.
 """
@@ -33,7 +36,7 @@ from idm_rt.backends.engine_dir import unet_inputs
 from idm_rt.buckets import Bucket
 from idm_rt.fileio import atomic_write
 
-from .common import RESULTS, interleaved, machine
+from .common import ORT_SETTLE_S, RESULTS, interleaved, machine
 
 
 def summarise(times: dict[str, list[float]], base: str) -> dict:
@@ -46,13 +49,21 @@ def summarise(times: dict[str, list[float]], base: str) -> dict:
     return out
 
 
-def cpu_section(model: IDM, onnx_path: Path, args_t: tuple, repeats: int, threads: int) -> dict:
+def _session(onnx_path: Path, threads: int, profile_dir: str | None = None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    if profile_dir:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(profile_dir) / "ort")
+    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+
+def cpu_section(model: IDM, graphs: dict[str, Path], args_t: tuple, repeats: int, threads: int) -> dict:
+    """torch eager against an ORT session per graph (``ort_cpu`` + suffix), timed alternately with a
+    pause before each call (:data:`ORT_SETTLE_S`)."""
     feeds = {n: t.numpy() for n, t in zip(unet_inputs(model.config.levels), args_t)}
     torch.set_num_threads(threads)
     from export.graphs import UNetGraph
@@ -63,27 +74,19 @@ def cpu_section(model: IDM, onnx_path: Path, args_t: tuple, repeats: int, thread
         with torch.no_grad():
             net(*args_t)
 
-    return summarise(interleaved({"torch_eager": torch_call, "ort_cpu": lambda: session.run(None, feeds)}, repeats),
-                     "torch_eager")
+    fns = {"torch_eager": torch_call}
+    for name, path in graphs.items():
+        session = _session(path, threads)
+        fns[name] = lambda session=session: session.run(None, feeds)
+    return summarise(interleaved(fns, repeats, settle_s=ORT_SETTLE_S), "torch_eager")
 
 
-def profile_section(model: IDM, onnx_path: Path, args_t: tuple, threads: int, runs: int = 3) -> dict:
-    """Per-operator-type ORT time, convolution FLOPs and the GFLOP/s reached, against a matmul."""
+def ort_ms_per_op_type(onnx_path: Path, feeds: dict, threads: int, runs: int = 3) -> dict[str, float]:
+    """Median milliseconds per operator type over ``runs`` calls (ORT's own profiler)."""
     import collections
 
-    import onnxruntime as ort
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from export.graphs import UNetGraph
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    options.enable_profiling = True
     with tempfile.TemporaryDirectory() as tmp:
-        options.profile_file_prefix = str(Path(tmp) / "ort")
-        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-        feeds = {n: t.numpy() for n, t in zip(unet_inputs(model.config.levels), args_t)}
+        session = _session(onnx_path, threads, tmp)
         for _ in range(runs + 1):  # the first run (allocations) is dropped below
             session.run(None, feeds)
         events = json.loads(Path(session.end_profiling()).read_text())
@@ -95,6 +98,19 @@ def profile_section(model: IDM, onnx_path: Path, args_t: tuple, threads: int, ru
         elif e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and run <= runs:
             per_op[e["args"]["op_name"]][run] += e["dur"] / 1e3
     ms = {op: statistics.median(v[1:]) for op, v in per_op.items()}
+    return dict(sorted(ms.items(), key=lambda kv: -kv[1]))
+
+
+def profile_section(model: IDM, graphs: dict[str, Path], args_t: tuple, threads: int) -> dict:
+    """ORT time per operator type of each graph; for the direct graph also the convolution FLOPs
+    and the GFLOP/s its Conv kernels reach, against a 2048^3 matmul on the same threads."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from export.graphs import UNetGraph
+
+    feeds = {n: t.numpy() for n, t in zip(unet_inputs(model.config.levels), args_t)}
+    out = {f"{name}_ms_per_op_type": ort_ms_per_op_type(path, feeds, threads) for name, path in graphs.items()}
+    ms = out["ort_cpu_ms_per_op_type"]
     conv_ms = sum(v for op, v in ms.items() if op in ("Conv", "FusedConv", "NhwcFusedConv"))
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         UNetGraph(model).eval()(*args_t)
@@ -102,10 +118,19 @@ def profile_section(model: IDM, onnx_path: Path, args_t: tuple, threads: int, ru
     torch.set_num_threads(threads)
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     mm = statistics.median(interleaved({"mm": lambda: a @ b}, 5)["mm"])
-    return {"ort_ms_per_op_type": dict(sorted(ms.items(), key=lambda kv: -kv[1])),
-            "conv_share": conv_ms / sum(ms.values()), "conv_gflop": conv_gflop,
+    return {**out, "conv_share": conv_ms / sum(ms.values()), "conv_gflop": conv_gflop,
             "conv_gflop_per_s": conv_gflop / (conv_ms / 1e3) if conv_ms else None,
             "matmul_2048_gflop_per_s": 2 * 2048**3 / mm / 1e9}
+
+
+def winograd_error(model: IDM, onnx_path: Path, args_t: tuple) -> float:
+    """Max abs difference of the Winograd graph's eps from torch eager float32 (|eps| is ~1)."""
+    from export.graphs import UNetGraph
+
+    got = _session(onnx_path, 1).run(None, {n: t.numpy() for n, t in zip(unet_inputs(model.config.levels), args_t)})
+    with torch.no_grad():
+        want = UNetGraph(model).eval()(*args_t)
+    return float((torch.from_numpy(got[0]) - want).abs().max())
 
 
 def gpu_section(model: IDM, onnx_path: Path, args_t: tuple, repeats: int) -> dict:
@@ -144,12 +169,16 @@ def main(argv: list[str] | None = None) -> int:
               "machine": machine(), "preset": args.preset, "tile": args.tile, "batch": 1, "threads": args.threads,
               "weights": "random (torch.manual_seed(0))"}
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = export_graph(model, "unet", bucket, Path(tmp) / "unet.onnx")
-        result["cpu"] = cpu_section(model, onnx_path, args_t, args.repeats, args.threads)
+        graphs = {"ort_cpu": export_graph(model, "unet", bucket, Path(tmp) / "unet.onnx"),
+                  "ort_cpu_winograd": export_graph(model, "unet", bucket, Path(tmp) / "unet_wg.onnx", conv="winograd")}
+        result["winograd_max_abs_vs_torch"] = winograd_error(model, graphs["ort_cpu_winograd"], args_t)
+        result["cpu"] = cpu_section(model, graphs, args_t, args.repeats, args.threads)
         if args.profile:
-            result["profile"] = profile_section(model, onnx_path, args_t, args.threads)
-        result["gpu"] = gpu_section(model, onnx_path, args_t, args.repeats) if torch.cuda.is_available() else None
-    print(f"U-Net call, {args.preset} shape, {args.tile}x{args.tile} tile, batch 1, {args.threads} threads")
+            result["profile"] = profile_section(model, graphs, args_t, args.threads)
+        result["gpu"] = (gpu_section(model, graphs["ort_cpu"], args_t, args.repeats) if torch.cuda.is_available()
+                         else None)
+    print(f"U-Net call, {args.preset} shape, {args.tile}x{args.tile} tile, batch 1, {args.threads} threads "
+          f"(Winograd graph max abs vs torch: {result['winograd_max_abs_vs_torch']:.1e})")
     for section in ("cpu", "gpu"):
         for name, r in (result[section] or {}).items():
             speedup = next(v for k, v in r.items() if k.startswith("speedup"))
