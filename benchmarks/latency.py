@@ -9,7 +9,9 @@ Both float32, eager PyTorch, the same weights and DDIM steps. The release's unus
 
 With ``--onnxruntime`` the same model is also built into an ONNX Runtime engine directory (fp32,
 one bucket of the output size, Winograd convolutions on a CPU as ``python -m idm_rt.build`` makes
-them) and timed through its runner, per call and per image.
+them) and timed through its runner, per call and per image; on a CPU the image is also timed with
+torch's threads left unpinned while sampling (``onnxruntime_torch_unpinned``), to show what the
+runner's pinning is worth.
 
     python -m benchmarks.latency                 # official shape, 128x128 output, CPU
     python -m benchmarks.latency --onnxruntime   # + ONNX Runtime (CPU; CUDA when torch sees a GPU)
@@ -33,8 +35,9 @@ from .common import ORT_SETTLE_S, interleaved, summary, write
 from .release_style import ReleaseStyle
 
 
-def onnxruntime_runner(model: idm_rt.IDM, side: int, stack: contextlib.ExitStack):
-    """An fp32 ONNX Runtime engine of ``model`` for one side x side bucket, built in a temp folder."""
+def onnxruntime_runners(model: idm_rt.IDM, side: int, stack: contextlib.ExitStack):
+    """Runners of an fp32 ONNX Runtime engine of ``model`` for one side x side bucket, built in a
+    temp folder: as shipped, and (on the CPU) without torch's threads pinned while sampling."""
     from idm_rt.backends import load_runner
     from idm_rt.build import main as build
 
@@ -44,7 +47,11 @@ def onnxruntime_runner(model: idm_rt.IDM, side: int, stack: contextlib.ExitStack
     if build(["--engine", "fp32", "--backend", "onnxruntime", "--model", str(tmp / "model"), "--out",
               str(tmp / "engines"), "--tile", str(side), "--conv", "direct" if device == "cuda" else "auto"]) != 0:
         raise RuntimeError("building the ONNX Runtime engine failed")
-    return load_runner(tmp / "engines", device=device)
+    runners = {"onnxruntime": load_runner(tmp / "engines", device=device)}
+    if device == "cpu":
+        runners["onnxruntime_torch_unpinned"] = load_runner(tmp / "engines", device=device,
+                                                            sampling_torch_threads=None)
+    return runners
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -70,7 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
     g = torch.tensor([0.5])
 
     with contextlib.ExitStack() as stack:
-        runner = onnxruntime_runner(model, args.size, stack) if args.onnxruntime else None
+        runners = onnxruntime_runners(model, args.size, stack) if args.onnxruntime else {}
+        runner = runners.get("onnxruntime")
         stack.enter_context(torch.inference_mode())
         cond = model.encode(lr, size)
         conditioning = model.condition(cond, p)
@@ -91,8 +99,9 @@ def main(argv: list[str] | None = None) -> dict:
         if runner is not None:
             ort_conditioning = runner.condition(cond, p)
             calls["onnxruntime"] = lambda: runner.denoise(x, ort_conditioning, g)
-            images["onnxruntime"] = lambda: super_resolve(runner, lr, size, scale=args.scale, sampler="ddim",
-                                                          steps=args.steps)
+            for name, r in runners.items():
+                images[name] = lambda r=r: super_resolve(r, lr, size, scale=args.scale, sampler="ddim",
+                                                         steps=args.steps)
         settle = ORT_SETTLE_S if runner is not None else 0.0
         call = interleaved(calls, args.repeats, settle_s=settle)
         image = interleaved(images, max(2, args.repeats // 2), settle_s=settle)
@@ -109,6 +118,9 @@ def main(argv: list[str] | None = None) -> dict:
         if runner is not None:
             res[part]["speedup_onnxruntime"] = base / res[part]["onnxruntime"]["median_s"]
             res[part]["onnxruntime_vs_ours"] = res[part]["ours"]["median_s"] / res[part]["onnxruntime"]["median_s"]
+    if "onnxruntime_torch_unpinned" in res["image"]:
+        res["image"]["torch_pinning_gain"] = (res["image"]["onnxruntime_torch_unpinned"]["median_s"]
+                                              / res["image"]["onnxruntime"]["median_s"])
     path = write(args.out, res, "latency")
     print(f"{args.preset} {args.size}x{args.size} float32, {torch.get_num_threads()} threads")
     for part in ("unet_call", "image"):
@@ -118,6 +130,10 @@ def main(argv: list[str] | None = None) -> dict:
         if runner is not None:
             line += f"   onnxruntime {r['onnxruntime']['median_s']:.3f} s ({r['speedup_onnxruntime']:.2f}x)"
         print(line)
+    if "torch_pinning_gain" in res["image"]:
+        print(f"  image with torch's threads unpinned while sampling: "
+              f"{res['image']['onnxruntime_torch_unpinned']['median_s']:.3f} s "
+              f"(pinning gains {res['image']['torch_pinning_gain']:.2f}x)")
     print(f"wrote {path}")
     return res
 

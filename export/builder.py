@@ -22,7 +22,7 @@ from idm_rt.checkpoints import load_model, model_hash
 from idm_rt.fileio import atomic_write
 from idm_rt.model import IDM
 
-from . import ort_build, tensorrt_build
+from . import ort_build, tensorrt_build, winograd
 from .graphs import OPSET, export_graph
 from .opcheck import check_graph
 
@@ -110,7 +110,9 @@ def _onnx_stage(model: IDM, mhash: str, kind: str, bucket: Bucket | None, option
     precision, conv = (options.precision, options.conv) if kind == "unet" else ("fp32", "direct")
     key = graph_key(kind, bucket)
     rel = f"onnx/{key.replace('/', '_')}.onnx"
-    onnx_key = digest(mhash, kind, bucket.to_dict() if bucket else None, precision, OPSET, EXPORT_VERSION, conv)
+    winograd_key = [conv, winograd.VERSION] if conv == "winograd" else []  # direct graphs keep their old keys
+    onnx_key = digest(mhash, kind, bucket.to_dict() if bucket else None, precision, OPSET, EXPORT_VERSION,
+                      *winograd_key)
     prev = old.graphs.get(key) if old else None
     path = options.out / rel
     if reusable(options.out, prev and prev.onnx, prev and prev.onnx_key, onnx_key, options.force):

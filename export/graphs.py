@@ -157,16 +157,33 @@ def export_graph(model: IDM, kind: str, bucket: Bucket | None, path: Path, preci
 def inline_constant_identities(proto: onnx.ModelProto) -> None:
     """Remove ``Identity`` nodes over initializers (the exporter's way of sharing equal buffers, such
     as the Winograd transforms of convolutions of one width), pointing their users at the
-    initializer, so that inputs TensorRT needs constant are initializers."""
+    initializer, so that inputs TensorRT needs constant are initializers. Names that a graph output
+    or a subgraph (If, Loop) uses are left alone."""
     graph = proto.graph
     initializers = {i.name for i in graph.initializer}
-    outputs = {o.name for o in graph.output}
-    alias = {n.output[0]: n.input[0] for n in graph.node
-             if n.op_type == "Identity" and n.input[0] in initializers and n.output[0] not in outputs}
+    keep_names = {o.name for o in graph.output} | _subgraph_inputs(graph)
+    alias: dict[str, str] = {}
+    for node in graph.node:  # topological order: an Identity of an Identity resolves to the first input
+        if node.op_type == "Identity" and node.output[0] not in keep_names:
+            source = alias.get(node.input[0], node.input[0])
+            if source in initializers:
+                alias[node.output[0]] = source
     for node in graph.node:
         for k, name in enumerate(node.input):
-            if name in alias:
-                node.input[k] = alias[name]
+            node.input[k] = alias.get(name, name)
     keep = [n for n in graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
     del graph.node[:]
     graph.node.extend(keep)
+    infos = [v for v in graph.value_info if v.name not in alias]
+    del graph.value_info[:]
+    graph.value_info.extend(infos)
+
+
+def _subgraph_inputs(graph: onnx.GraphProto) -> set[str]:
+    """Every name the nodes of ``graph``'s subgraphs (at any depth) read."""
+    names: set[str] = set()
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                names |= {i for n in sub.node for i in n.input} | _subgraph_inputs(sub)
+    return names

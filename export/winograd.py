@@ -46,9 +46,11 @@ _MATRICES = {
 #   reduced channels 32 at 128x128 0.85x; 64 at 64x64 1.14-1.22x, at 32x32 0.99x, at 16x16 0.69x;
 #   85 at 64x64 1.23x, at 32x32 1.19x, at 16x16 0.82x; 128 at 32x32 1.52x; 171 at 16x16 1.09x;
 #   256 at 16x16 1.59x; at 8x8 (m = 2) 128 0.80x, 256 1.11-1.26x, 341 1.21x; 256 at 4x4 0.52x.
+# The rule picks 64 at 32x32 (0.99x, neutral) to keep the 64x64 gain in one formula.
 MIN_REDUCED_CHANNELS = 64  # and at least REDUCED_CHANNELS_TIMES_SIDE / side
 REDUCED_CHANNELS_TIMES_SIDE = 2048
 MIN_SIDE = 8
+VERSION = 1  # bump when the rule or the graph changes: part of the ONNX reuse key
 
 
 def matrices(m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -92,9 +94,11 @@ class WinogradConv2d(nn.Module):
         self.m, self.n, self.c_out = m, n, c_out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _, c, height, width = x.shape
+        # Python ints, so that an ONNX trace holds the sizes as constants (the batch stays dynamic
+        # through the -1 reshapes) instead of shape arithmetic around every convolution.
+        c, height, width = (int(d) for d in x.shape[1:])
         m, n = self.m, self.n
-        h, w = -(-height // m), -(-width // m)  # tiles per column and row; the last may overhang
+        h, w = (height + m - 1) // m, (width + m - 1) // m  # tiles per column and row; the last may overhang
         fits = (h * m, w * m) == (height, width)
         if not fits:
             x = F.pad(x, (0, w * m - width, 0, h * m - height))
@@ -108,27 +112,32 @@ class WinogradConv2d(nn.Module):
 
 def use_winograd(module: nn.Module, args: tuple) -> list[str]:
     """Replace, in place, every convolution of ``module`` that :func:`tile_size` selects at the
-    input sizes one call ``module(*args)`` gives it; returns the names replaced."""
-    sizes: dict[str, tuple[int, int]] = {}
-    convs = {name: c for name, c in module.named_modules() if isinstance(c, nn.Conv2d)}
+    input sizes one call ``module(*args)`` gives it (the smallest, for one called more than once);
+    returns the names replaced, every name of a shared convolution included."""
+    convs = {id(c): c for c in module.modules() if isinstance(c, nn.Conv2d)}
+    sizes: dict[int, tuple[int, int]] = {}
 
-    def record(name: str, height: int, width: int) -> None:  # the smallest input a shared conv sees
-        old = sizes.get(name, (height, width))
-        sizes[name] = (min(old[0], height), min(old[1], width))
+    def record(conv: nn.Conv2d, inputs: tuple, _output) -> None:
+        height, width = inputs[0].shape[-2:]
+        old = sizes.get(id(conv), (height, width))
+        sizes[id(conv)] = (min(old[0], height), min(old[1], width))
 
-    hooks = [c.register_forward_hook(lambda mod, inp, out, name=name: record(name, *inp[0].shape[-2:]))
-             for name, c in convs.items()]
+    hooks = [c.register_forward_hook(record) for c in convs.values()]
     try:
         with torch.no_grad():
             module(*args)
     finally:
         for hook in hooks:
             hook.remove()
-    replaced = []
-    for name, conv in convs.items():
-        m = tile_size(conv, *sizes[name]) if name in sizes else None
+    replacements = {}
+    for key, conv in convs.items():
+        m = tile_size(conv, *sizes[key]) if key in sizes else None
         if m is not None:
+            replacements[key] = WinogradConv2d(conv, m)
+    replaced = []
+    for name, conv in list(module.named_modules(remove_duplicate=False)):
+        if id(conv) in replacements:
             parent, _, attr = name.rpartition(".")
-            setattr(module.get_submodule(parent), attr, WinogradConv2d(conv, m))
+            setattr(module.get_submodule(parent), attr, replacements[id(conv)])
             replaced.append(name)
     return replaced

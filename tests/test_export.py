@@ -141,3 +141,29 @@ def test_keep_in_float32_wraps_only_the_listed_operators():
 
     out = ort.InferenceSession(proto.SerializeToString()).run(None, {"x": np.ones((2, 3), np.float16)})[0]
     assert out.dtype == np.float16 and np.allclose(out, 1 / 3, atol=1e-3)
+
+
+def test_inline_constant_identities_resolves_chains_and_spares_outputs_and_subgraphs():
+    from onnx import numpy_helper
+
+    from export.graphs import inline_constant_identities
+
+    w = numpy_helper.from_array(torch.ones(2).numpy(), "w")
+    sub = helper.make_graph([helper.make_node("Add", ["x", "id_sub"], ["s"])], "then", [],
+                            [helper.make_tensor_value_info("s", TensorProto.FLOAT, [2])])
+    nodes = [helper.make_node("Identity", ["w"], ["id1"]), helper.make_node("Identity", ["id1"], ["id2"]),
+             helper.make_node("Identity", ["x"], ["id_x"]), helper.make_node("Identity", ["w"], ["id_out"]),
+             helper.make_node("Identity", ["w"], ["id_sub"]),
+             helper.make_node("Add", ["id_x", "id2"], ["y"]),
+             helper.make_node("If", ["c"], ["z"], then_branch=sub, else_branch=sub)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2]),
+                                           helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2]) for n in ("y", "id_out", "z")],
+                              [w], value_info=[helper.make_tensor_value_info("id1", TensorProto.FLOAT, [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    inline_constant_identities(model)
+    onnx.checker.check_model(model, full_check=True)
+    left = {n.output[0] for n in model.graph.node if n.op_type == "Identity"}
+    assert left == {"id_x", "id_out", "id_sub"}  # not over an initializer; a graph output; read by a subgraph
+    add = next(n for n in model.graph.node if n.op_type == "Add")
+    assert list(add.input) == ["id_x", "w"] and not model.graph.value_info

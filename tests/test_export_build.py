@@ -58,10 +58,10 @@ def test_winograd_unet_passes_parity_and_conv_direct_reexports_only_it(models, t
     monkeypatch.setattr(winograd, "MIN_REDUCED_CHANNELS", 16)  # so that the tiny network has some
     monkeypatch.setattr(winograd, "REDUCED_CHANNELS_TIMES_SIDE", 128)
     args = ["--engine", "fp32", "--backend", "onnxruntime", "--model", str(models[0]), "--out", str(tmp_path),
-            "--tile", "32", "--batch", "1,2"]
+            "--tile", "44", "--batch", "1,2"]  # levels 44, 22, 11: the last tiles overhang
     assert main(args) == 0
     m = read_manifest(tmp_path)
-    assert "ConvTranspose" in _op_types(tmp_path / m.graphs["unet/32x32_b1-2"].onnx)  # the output transform
+    assert "ConvTranspose" in _op_types(tmp_path / m.graphs["unet/44x44_b1-2"].onnx)  # the output transform
     assert "ConvTranspose" not in _op_types(tmp_path / m.graphs["encoder"].onnx)
     capsys.readouterr()
     assert parity.main([str(tmp_path)]) == 0  # fp32 limit 1e-4, batch 1 and 2
@@ -71,7 +71,7 @@ def test_winograd_unet_passes_parity_and_conv_direct_reexports_only_it(models, t
     assert log.count("ONNX fp32 exported") == 1 and log.count("ONNX fp32 reused") == 2
     m = read_manifest(tmp_path)
     assert m.build_flags["conv"] == "direct"
-    assert "ConvTranspose" not in _op_types(tmp_path / m.graphs["unet/32x32_b1-2"].onnx)
+    assert "ConvTranspose" not in _op_types(tmp_path / m.graphs["unet/44x44_b1-2"].onnx)
     assert parity.main([str(tmp_path)]) == 0
 
 
@@ -147,6 +147,10 @@ def test_missing_default_model_and_bad_arguments(monkeypatch, tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             main(bad)
         assert e.value.code == 2
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["--conv", "winograd", "--backend", "onnxruntime", "--engine", "fp16"])
+    assert "--conv winograd is for --backend onnxruntime --engine fp32" in capsys.readouterr().err
 
 
 def test_explain_shows_the_bucket_of_each_request(models, capsys):

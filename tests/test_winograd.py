@@ -81,18 +81,33 @@ def test_use_winograd_replaces_only_the_selected_convolutions(monkeypatch):
         torch.testing.assert_close(net(x), want, rtol=0, atol=1e-4)
 
 
-def test_onnx_export_runs_in_onnxruntime_with_a_dynamic_batch():
+def test_use_winograd_replaces_every_name_of_a_shared_convolution():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(512, 512, 3, padding=1))
+    net.add_module("again", net[0])
+    x = torch.randn(1, 512, 16, 16)
+    with torch.no_grad():
+        want = net(x)
+    assert use_winograd(net, (x,)) == ["0", "again"]
+    assert isinstance(net[0], WinogradConv2d) and net[0] is net.again
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), want, rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("size", [(12, 12), (13, 10), (9, 9)])
+def test_onnx_export_runs_in_onnxruntime_with_a_dynamic_batch(m, size):
     ort = pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
     conv = nn.Conv2d(16, 16, 3, padding=1)
-    module = WinogradConv2d(conv, 4).eval()
+    module = WinogradConv2d(conv, m).eval()
     buf = io.BytesIO()
-    torch.onnx.export(module, (torch.randn(1, 16, 12, 12),), buf, dynamo=False, opset_version=17,
+    torch.onnx.export(module, (torch.randn(1, 16, *size),), buf, dynamo=False, opset_version=17,
                       input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
     session = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
-    x = torch.randn(3, 16, 12, 12)
+    x = torch.randn(3, 16, *size)
     with torch.no_grad():
         want = F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=1)
     got = torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
-    assert got.shape == (3, 16, 12, 12)
+    assert got.shape == (3, 16, *size)
     assert (got.double() - want).abs().max().item() < 1e-4

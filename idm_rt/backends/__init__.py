@@ -16,7 +16,7 @@ def load_runner(folder: str | os.PathLike, backend: str | None = None, device: s
                 **options) -> EngineRunner:
     """A runner for an engine directory; ``backend`` defaults to the one it was built for, and
     ``device`` to "cuda" for TensorRT and "cpu" for ONNX Runtime. ``options`` go to the runner
-    (``threads`` for onnxruntime, ``cuda_graph`` for tensorrt)."""
+    (``threads`` and ``sampling_torch_threads`` for onnxruntime, ``cuda_graph`` for tensorrt)."""
     backend = backend or read_manifest(folder).backend
     if backend == "onnxruntime":
         from .onnxruntime import OnnxRuntimeRunner

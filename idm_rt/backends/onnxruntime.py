@@ -24,10 +24,14 @@ class OnnxRuntimeRunner(EngineRunner):
             the plain ONNX graphs of any other build.
         device: "cpu", "cuda" or "cuda:N" (needs the onnxruntime-gpu package).
         threads: intra-op threads on the CPU (None: ONNX Runtime's default, all cores).
+        sampling_torch_threads: torch's thread count while an image is sampled on the CPU (see
+            :meth:`sampling`; process-wide for that time); None leaves torch alone.
     """
 
-    def __init__(self, folder: str | os.PathLike, device: str | torch.device = "cpu", threads: int | None = None):
+    def __init__(self, folder: str | os.PathLike, device: str | torch.device = "cpu", threads: int | None = None,
+                 sampling_torch_threads: int | None = 1):
         super().__init__(folder, device)
+        self.sampling_torch_threads = sampling_torch_threads
         try:
             import onnxruntime as ort
         except ImportError:
@@ -40,8 +44,7 @@ class OnnxRuntimeRunner(EngineRunner):
             providers = [("CUDAExecutionProvider", {"device_id": self.device.index or 0}), "CPUExecutionProvider"]
             if self.manifest.build_flags.get("conv") == "winograd":
                 warnings.warn(f"{self.folder} was built with Winograd convolutions for ONNX Runtime on a CPU; on a "
-                              "GPU cuDNN's own are faster: rebuild with python -m idm_rt.build --conv direct",
-                              stacklevel=2)
+                              "GPU cuDNN's own are faster: rebuild with python -m idm_rt.build --conv direct")
         elif self.device.type == "cpu":
             providers = ["CPUExecutionProvider"]
         else:
@@ -60,10 +63,13 @@ class OnnxRuntimeRunner(EngineRunner):
             self._sessions[key] = ort.InferenceSession(str(path), options, providers=providers)
 
     def sampling(self) -> contextlib.AbstractContextManager:
-        """On the CPU, torch keeps one thread while sampling: between ONNX Runtime calls it only does
-        the sampler's elementwise math, and its idle OpenMP workers would otherwise spin on the
-        cores ONNX Runtime needs (2.04 s vs 1.53 s per image, 2-core VM, official shape at 128x128)."""
-        return torch_threads(1) if self.device.type == "cpu" else contextlib.nullcontext()
+        """On the CPU, torch keeps ``sampling_torch_threads`` (1) threads while sampling: between ONNX
+        Runtime calls it only does the sampler's elementwise math, and its idle OpenMP workers would
+        otherwise spin on the cores ONNX Runtime needs (``benchmarks/results/latency.json``: about
+        10 % per image on a 2-core VM)."""
+        if self.device.type == "cpu" and self.sampling_torch_threads is not None:
+            return torch_threads(self.sampling_torch_threads)
+        return contextlib.nullcontext()
 
     def run_graph(self, key: str, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         session = self._sessions[key]
