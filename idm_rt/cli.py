@@ -20,6 +20,7 @@ UPSCALE_EXAMPLES = """examples:
   python -m idm_rt upscale shots/ 'more/*.jpg' -o out/ --scale 3.3 --steps 20 --seed 0
   python -m idm_rt upscale small.png -o big.png --size 1920x1080 --tile 256 --device cuda
   python -m idm_rt upscale face.png -o face_x8.png --scale 8 --model idm_face_8x.pth
+  python -m idm_rt upscale photo.png -o photo_x4.png --scale 4 --engines engines/default-onnxruntime-fp32
 """
 
 
@@ -69,10 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
                          "output's downscale is close to the input (0: off, as in the paper; default: the model's)")
     up.add_argument("--tile", type=int, help="HR tile side for large outputs (default 512; 0: off); rounded down to "
                                              "the model's size multiple (8 for the default model, 16 for released)")
-    up.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
-    up.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
-                    help="U-Net precision: fp32 (default) or fp16/bf16 autocast (GPUs)")
-    up.add_argument("--model", help="checkpoint: released .pth or project folder (default: the bundled model)")
+    up.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cpu; cuda for TensorRT --engines)")
+    up.add_argument("--precision", choices=("fp32", "fp16", "bf16"),
+                    help="U-Net precision: fp32 (default) or fp16/bf16 autocast (GPUs); engines keep their build's")
+    src = up.add_mutually_exclusive_group()
+    src.add_argument("--model", help="checkpoint: released .pth or project folder (default: the bundled model)")
+    src.add_argument("--engines", metavar="DIR",
+                     help="an engine directory built by python -m idm_rt.build, run with its backend "
+                          "(ONNX Runtime or TensorRT) instead of torch")
     up.add_argument("--max-scale", type=float, metavar="M",
                     help="largest training scale of a released .pth (8 for the face model, 4 for DIV2K; default 8)")
     up.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -159,9 +164,15 @@ def cmd_upscale(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     try:
-        up = Upscaler.from_pretrained(args.model, device=args.device, max_pixels=args.max_pixels,
-                                      precision=args.precision, max_scale=args.max_scale)
-    except (FileNotFoundError, ValueError) as e:
+        if args.engines:
+            if args.precision or args.max_scale:
+                raise ValueError("--precision and --max-scale are fixed when engines are built; drop them with "
+                                 "--engines")
+            up = Upscaler.from_engines(args.engines, device=args.device, max_pixels=args.max_pixels)
+        else:
+            up = Upscaler.from_pretrained(args.model, device=args.device or "cpu", max_pixels=args.max_pixels,
+                                          precision=args.precision or "fp32", max_scale=args.max_scale)
+    except (FileNotFoundError, ValueError, ImportError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     failed = len(problems)

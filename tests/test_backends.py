@@ -131,3 +131,25 @@ def test_onnxruntime_cpu_sampling_keeps_torch_at_one_thread_and_restores_it(buil
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_cli_upscales_with_an_engine_directory(built, tmp_path, capsys):
+    from PIL import Image
+
+    from idm_rt.cli import main as cli
+
+    model, folder = built
+    src = tmp_path / "in.png"
+    Image.fromarray((_image(16, 16, 4) * 255).round().astype(np.uint8)).save(src)
+    args = ["upscale", str(src), "--scale", "2", "--seed", "0", "--steps", "2"]
+    assert cli([*args, "-o", str(tmp_path / "out.png"), "--engines", str(folder)]) == 0
+    with Image.open(src) as im:
+        want = Upscaler.from_engines(folder).upscale(im, scale=2, seed=0, steps=2, progress=False)
+    with Image.open(tmp_path / "out.png") as got:
+        assert got.size == (32, 32) and np.array_equal(np.asarray(got), np.asarray(want))
+    assert cli([*args, "-o", str(tmp_path / "b.png"), "--engines", str(folder), "--precision", "fp16"]) == 1
+    assert "fixed when engines are built" in capsys.readouterr().err
+    assert cli([*args, "-o", str(tmp_path / "c.png"), "--engines", str(tmp_path / "absent")]) == 1
+    assert "absent" in capsys.readouterr().err and not (tmp_path / "c.png").exists()
+    with pytest.raises(SystemExit):
+        cli([*args, "-o", str(tmp_path / "d.png"), "--engines", str(folder), "--model", "m"])
