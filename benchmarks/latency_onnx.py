@@ -11,9 +11,10 @@ slows them alike; the table reports medians and the median of the per-round rati
 ``benchmarks/results/latency_onnx_<host>_<time>.json`` with the command and the machine.
 
 ``--profile`` adds where ONNX Runtime's time goes: milliseconds per operator type of each graph
-(its own profiler); for the direct graph, the U-Net's convolution FLOPs (torch's FLOP counter) and the GFLOP/s its Conv kernels
-reach (the Conv op types, which include fused activations and adds), next to what a 2048^3
-float32 matmul reaches on the same threads as a reference; both are medians.
+(its own profiler); for the direct graph, the U-Net's convolution FLOPs (torch's FLOP counter)
+and the GFLOP/s its Conv kernels reach (the Conv op types, which include fused activations and
+adds), next to what a 2048^3 float32 matmul reaches on the same threads as a reference; both
+are medians.
 """
 
 from __future__ import annotations

@@ -13,9 +13,9 @@ fewer for m = 2, 4x fewer for m = 4. Written with standard ONNX operators:
 * output transform ``A^T M A``: a grouped ConvTranspose with stride m, which also places the tiles.
 
 It pays off only where the channels are many for the image size (the transforms are memory
-bound, small images pay per-operator overheads): :func:`tile_size` holds the rule measured on the CPU. The float32 error grows with m
-(F(4x4, 3x3) is ~30x the direct convolution's, still ~1e-5 relative), so the graphs that use it
-are checked by ``export.parity`` like every other.
+bound, small images pay per-operator overheads): :func:`tile_size` holds the rule measured on the
+CPU. The float32 error grows with m (F(4x4, 3x3) is ~30x the direct convolution's, still ~1e-5
+relative), so the graphs that use it are checked by ``export.parity`` like every other.
 """
 
 from __future__ import annotations
