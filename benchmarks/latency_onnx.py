@@ -62,10 +62,15 @@ def _session(onnx_path: Path, threads: int, profile_dir: str | None = None):
     return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
 
 
+def ort_feeds(model: IDM, args_t: tuple) -> dict:
+    """The U-Net's inputs as ORT feeds, by name."""
+    return {n: t.numpy() for n, t in zip(unet_inputs(model.config.levels), args_t)}
+
+
 def cpu_section(model: IDM, graphs: dict[str, Path], args_t: tuple, repeats: int, threads: int) -> dict:
     """torch eager against an ORT session per graph (``ort_cpu`` + suffix), timed alternately with a
     pause before each call (:data:`ORT_SETTLE_S`)."""
-    feeds = {n: t.numpy() for n, t in zip(unet_inputs(model.config.levels), args_t)}
+    feeds = ort_feeds(model, args_t)
     torch.set_num_threads(threads)
     from export.graphs import UNetGraph
 
@@ -109,7 +114,7 @@ def profile_section(model: IDM, graphs: dict[str, Path], args_t: tuple, threads:
 
     from export.graphs import UNetGraph
 
-    feeds = {n: t.numpy() for n, t in zip(unet_inputs(model.config.levels), args_t)}
+    feeds = ort_feeds(model, args_t)
     out = {f"{name}_ms_per_op_type": ort_ms_per_op_type(path, feeds, threads) for name, path in graphs.items()}
     ms = out["ort_cpu_ms_per_op_type"]
     conv_ms = sum(v for op, v in ms.items() if op in ("Conv", "FusedConv", "NhwcFusedConv"))
@@ -128,7 +133,7 @@ def winograd_error(model: IDM, onnx_path: Path, args_t: tuple) -> float:
     """Max abs difference of the Winograd graph's eps from torch eager float32 (|eps| is ~1)."""
     from export.graphs import UNetGraph
 
-    got = _session(onnx_path, 1).run(None, {n: t.numpy() for n, t in zip(unet_inputs(model.config.levels), args_t)})
+    got = _session(onnx_path, 1).run(None, ort_feeds(model, args_t))
     with torch.no_grad():
         want = UNetGraph(model).eval()(*args_t)
     return float((torch.from_numpy(got[0]) - want).abs().max())
