@@ -135,16 +135,21 @@ def export_graph(model: IDM, kind: str, bucket: Bucket | None, path: Path, preci
     if conv == "winograd" and half:
         raise ValueError("Winograd convolutions are float32 only: their transforms lose too much in float16")
     dtype = torch.float16 if half else torch.float32
-    module = graph_module(copy.deepcopy(model).to(dtype), kind)
+    module = graph_module(copy.deepcopy(model), kind)
     batch = bucket.min_batch if kind == "unet" else 1
-    args = sample_inputs(model, kind, bucket, batch, dtype=dtype)
+    args = sample_inputs(model, kind, bucket, batch)
+    with torch.no_grad():
+        # Fills the implicit layers' index tables outside the trace, in float32: a float16 call on
+        # a CPU takes 100x as long (14 s for the bundled U-Net at 128x128), and the trace makes one.
+        module(*args)
     if conv == "winograd" and kind == "unet":
         use_winograd(module, args)
+    if half:
+        module, args = module.to(dtype), tuple(t.to(dtype) for t in args)
     names_in, names_out, axes = io_spec(model, kind, bucket)
     buf = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about the sizes made constant on purpose
-        module(*args)  # fills the implicit layer's index tables outside the trace
         torch.onnx.export(module, args, buf, dynamo=False, opset_version=OPSET, input_names=names_in,
                           output_names=names_out, dynamic_axes=axes or None, do_constant_folding=True)
     proto = onnx.load_from_string(buf.getvalue())
