@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,9 +182,11 @@ def _missing_message(folder: Path, missing: list[str], options: BuildOptions) ->
     lines = [f"ONNX graphs written to {folder} and checked (onnx.checker, TensorRT operator list); "
              "TensorRT engines NOT built. This machine lacks:"]
     lines += [f"  - {m}" for m in missing]
+    # --force would export the graphs again instead of reusing them
+    again = shlex.join(t for t in shlex.split(options.command) if t != "--force") or "python -m idm_rt.build ..."
     lines += ["To finish on the target machine (NVIDIA GPU, driver, TensorRT 10.x):",
               f"  1. bring {folder} and the model ({options.model_path}) there, then: pip install tensorrt",
-              f"  2. run the same command again: {options.command or 'python -m idm_rt.build ...'}",
+              f"  2. run the same command again: {again}",
               "     (the ONNX graphs are reused; only the engines are built, for that GPU and TensorRT version)",
               f"Meanwhile the ONNX graphs run with ONNX Runtime: "
               f"Upscaler.from_engines({str(folder)!r}, backend='onnxruntime')"]

@@ -98,11 +98,13 @@ def test_fp16_without_gpu_writes_onnx_explains_and_exits_3(models, tmp_path, cap
     monkeypatch.setattr(builder.tensorrt_build, "missing_requirements",
                         lambda: ["an NVIDIA GPU visible to torch", "the tensorrt Python package, 10.x"])
     out = tmp_path / "trt"
-    rc = main(["--engine", "fp16", "--model", str(models[0]), "--out", str(out), "--tile", "32"])
+    rc = main(["--engine", "fp16", "--model", str(models[0]), "--out", str(out), "--tile", "32", "--force"])
     assert rc == 3
     log = capsys.readouterr().out
     assert "TensorRT engines NOT built" in log and "an NVIDIA GPU" in log and "tensorrt Python package" in log
-    assert "python -m idm_rt.build --engine fp16" in log and "backend='onnxruntime'" in log
+    again = next(line for line in log.splitlines() if "run the same command again" in line)
+    assert "python -m idm_rt.build --engine fp16" in again and "--force" not in again  # the graphs are reused
+    assert "backend='onnxruntime'" in log
     m = read_manifest(out)
     assert not m.complete and m.precision == "fp16" and m.graphs["unet/32x32_b1-1"].precision == "fp16"
     assert all((out / g.onnx).exists() and g.engine is None for g in m.graphs.values())
