@@ -22,6 +22,7 @@ repeating the last sample (samples are independent, so the results do not change
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -127,8 +128,9 @@ def route(buckets: Sequence[Bucket], size: tuple[int, int], multiple: int) -> Ro
 
 
 def rule_text() -> str:
-    """The numbered rule from this module's documentation, for ``--explain``."""
-    return __doc__.split("\n\n")[3]
+    """The numbered rule from this module's documentation, for ``--explain``, as plain text (no
+    reStructuredText roles or literals)."""
+    return re.sub(r":\w+:`([^`]+)`|``([^`]+)``", lambda m: m[1] or m[2], __doc__.split("\n\n")[3])
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -75,3 +75,4 @@ def test_parsers():
 def test_rule_text_is_the_documented_rule():
     text = rule_text()
     assert text.startswith("1.") and "3. when no bucket covers" in text
+    assert "H x W = round(h*s)" in text and "(idm_rt.tiling)" in text and "`" not in text  # plain text
