@@ -7,10 +7,14 @@ because this machine has no NVIDIA GPU or no TensorRT (the message says how to f
 from __future__ import annotations
 
 import argparse
+import hashlib
+import os
 import shlex
 import sys
 from pathlib import Path
+from typing import Sequence
 
+from . import upscaler
 from .buckets import DEFAULT_TILES, parse_batch, parse_list, parse_size, plan_buckets, route, rule_text
 
 EXAMPLES = """examples:
@@ -79,11 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.conv == "winograd" and (args.backend, args.engine) != ("onnxruntime", "fp32"):
         ap.error("--conv winograd is for --backend onnxruntime --engine fp32 (TensorRT chooses its own "
                  "convolution algorithms, and the transforms lose too much in float16)")
-    conv = args.conv if args.conv != "auto" else (
-        "winograd" if (args.backend, args.engine) == ("onnxruntime", "fp32") else "direct")
-    from .upscaler import DEFAULT_MODEL
-
-    model_path = Path(args.model) if args.model else DEFAULT_MODEL
+    conv = args.conv if args.conv != "auto" else auto_conv(args.backend, args.engine)
+    model_path = Path(args.model) if args.model else upscaler.DEFAULT_MODEL
     if not model_path.exists():
         hint = "this build of idm-rt has no bundled default model yet; " if not args.model else ""
         print(f"error: {hint}no model at {model_path}; pass --model PATH (a released .pth or a project folder)",
@@ -105,6 +106,45 @@ def main(argv: list[str] | None = None) -> int:
     except (BuildError, FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+
+
+def auto_conv(backend: str, precision: str, device: str = "cpu") -> str:
+    """``--conv auto``: Winograd convolutions only where they pay, ONNX Runtime in float32 on a CPU."""
+    return "winograd" if (backend, precision, device) == ("onnxruntime", "fp32", "cpu") else "direct"
+
+
+def cache_dir() -> Path:
+    """Where :func:`build_engines` puts engine directories by default: ``$IDM_RT_CACHE``, else
+    ``$XDG_CACHE_HOME/idm_rt`` (``~/.cache/idm_rt``)."""
+    if os.environ.get("IDM_RT_CACHE"):
+        return Path(os.environ["IDM_RT_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "idm_rt"
+
+
+def build_engines(model_path: str | os.PathLike | None, backend: str, precision: str, device: str = "cpu",
+                  out: str | os.PathLike | None = None, tiles: Sequence[int] = DEFAULT_TILES) -> Path:
+    """Build (or reuse, as the manifest allows) the engine directory of a model with the default
+    buckets, as ``python -m idm_rt.build`` would, and return it; progress goes to stderr.
+
+    ``out`` defaults to a folder of :func:`cache_dir` named for the model, backend, precision and
+    convolution mode. Raises RuntimeError naming what is missing when TensorRT cannot build here.
+    """
+    from export import tensorrt_build
+    from export.builder import BuildOptions, build
+
+    missing = tensorrt_build.missing_requirements() if backend == "tensorrt" else []
+    if missing:
+        raise RuntimeError("backend='tensorrt' builds its engines on the machine that runs them, and this one lacks "
+                           + "; ".join(missing) + ". Use backend='onnxruntime', or build there with "
+                           "python -m idm_rt.build --backend tensorrt")
+    model_path = Path(model_path) if model_path is not None else upscaler.DEFAULT_MODEL
+    conv = auto_conv(backend, precision, device)
+    if out is None:
+        where = hashlib.sha256(str(model_path.resolve()).encode()).hexdigest()[:8]
+        out = cache_dir() / "engines" / f"{model_path.stem}-{where}-{backend}-{precision}-{conv}"
+    options = BuildOptions(model_path, Path(out), precision, backend, plan_buckets(tiles=tiles), conv=conv)
+    build(options, lambda line: None if line.endswith(" reused") else print(line, file=sys.stderr))
+    return Path(out)
 
 
 if __name__ == "__main__":

@@ -67,19 +67,21 @@ class Upscaler:
         return GraphedDenoiser(self.model, PRECISIONS[precision], compile, graphs)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+    def from_pretrained(cls, path: str | os.PathLike | None = None, device: str | torch.device | None = None,
                         backend: str = "torch", max_scale: float | None = None, **kwargs) -> "Upscaler":
         """Load a released ``.pth`` or a project-format folder; None loads the bundled default model.
 
-        ``backend`` "onnxruntime" or "tensorrt" runs built engines instead: ``path`` is then an engine
-        directory written by ``python -m idm_rt.build`` (see :meth:`from_engines`). ``max_scale``
-        overrides the largest training scale M (released ``.pth`` files do not store it; default 8).
+        ``backend`` "onnxruntime" or "tensorrt" runs engines instead (see :meth:`from_engines`):
+        ``path`` is an engine directory written by ``python -m idm_rt.build``, or a model, whose
+        engines are then built on the first call (default buckets, ``precision`` "fp32" for ONNX
+        Runtime and "fp16" for TensorRT unless given) into a cache folder and reused after
+        (:func:`idm_rt.build.build_engines`). ``max_scale`` overrides the largest training scale M
+        (released ``.pth`` files do not store it; default 8). ``device`` defaults to "cpu", "cuda" for
+        TensorRT.
         """
         if backend in BACKENDS:
             if path is None or not (Path(path) / "manifest.json").exists():
-                raise ValueError(f"backend={backend!r} runs a built engine directory, and {path} is not one; build it "
-                                 f"with `python -m idm_rt.build --backend {backend} --model MODEL --out DIR`, then "
-                                 f"pass DIR")
+                path = cls._built_engines(path, backend, device, kwargs.pop("precision", None), max_scale)
             return cls.from_engines(path, device=device, backend=backend, **kwargs)
         if backend != "torch":
             raise ValueError(f"unknown backend {backend!r}; choose from {('torch',) + BACKENDS}")
@@ -90,7 +92,24 @@ class Upscaler:
                     "(a released .pth or a folder written by `python -m idm_rt convert`)")
             path = DEFAULT_MODEL
         model = load_model(path, max_scale=max_scale)
-        return cls(model, device=device, **{**model.defaults, **kwargs})
+        return cls(model, device=device or "cpu", **{**model.defaults, **kwargs})
+
+    @staticmethod
+    def _built_engines(path: str | os.PathLike | None, backend: str, device, precision: str | None,
+                       max_scale: float | None) -> Path:
+        """The engine directory of model ``path`` for ``backend``, built (or reused) in the cache."""
+        if max_scale is not None:
+            raise ValueError("max_scale cannot be given with an engine backend; convert the checkpoint with it "
+                             "first (python -m idm_rt convert MODEL DIR --max-scale M) and pass DIR")
+        precision = precision or ("fp16" if backend == "tensorrt" else "fp32")
+        if precision not in ("fp32", "fp16"):
+            raise ValueError(f"engines are built in 'fp32' or 'fp16', not {precision!r}")
+        if path is not None and not Path(path).exists():
+            raise FileNotFoundError(f"no model or engine directory at {path}")
+        from .build import build_engines
+
+        device_type = torch.device(device or ("cuda" if backend == "tensorrt" else "cpu")).type
+        return build_engines(path, backend, precision, device_type)
 
     @classmethod
     def from_engines(cls, folder: str | os.PathLike, device: str | torch.device | None = None,

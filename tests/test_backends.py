@@ -5,8 +5,12 @@ import numpy as np
 import pytest
 import torch
 
+import export.builder
+import export.tensorrt_build
 import idm_rt
+from export.graphs import export_graph
 from idm_rt import Upscaler
+from idm_rt.backends.engine_dir import read_manifest
 from idm_rt.backends import load_runner
 from idm_rt.backends.base import run_batched
 from idm_rt.build import main
@@ -75,10 +79,43 @@ def test_from_pretrained_with_an_engine_backend(built, tmp_path):
     model, folder = built
     up = Upscaler.from_pretrained(folder, backend="onnxruntime")
     assert up.model.config == model.config and up.model.max_scale == model.max_scale
-    with pytest.raises(ValueError, match="python -m idm_rt.build --backend onnxruntime"):
-        Upscaler.from_pretrained(tmp_path, backend="onnxruntime")
     with pytest.raises(ValueError, match="unknown backend"):
         Upscaler.from_pretrained(folder, backend="openvino")
+
+
+def test_from_pretrained_builds_a_models_engines_once_in_the_cache(built, tmp_path, monkeypatch):
+    model, folder = built
+    monkeypatch.setenv("IDM_RT_CACHE", str(tmp_path))
+    exported = []
+    monkeypatch.setattr(export.builder, "export_graph", lambda *a: exported.append(a[1]) or export_graph(*a))
+    up = Upscaler.from_pretrained(folder.parent / "model", backend="onnxruntime", runner_options={"threads": 1})
+    engines = up.model.folder
+    assert engines.parent == tmp_path / "engines" and sorted(exported) == ["conditioner", "encoder", "unet"]
+    manifest = read_manifest(engines)
+    assert manifest.complete and manifest.precision == "fp32" and manifest.build_flags["conv"] == "winograd"
+    assert [b.name for b in manifest.buckets] == ["128x128_b1-1"]  # the default buckets
+    kw = dict(scale=2, steps=2, seed=5, progress=False, sampler="dpmpp_2m", init="noise")  # fills the 128 bucket
+    got, want = up.upscale(_image(64, 64, 6), **kw), Upscaler(model, tile=0).upscale(_image(64, 64, 6), **kw)
+    assert np.abs(got - want).max() < 2e-3
+    again = Upscaler.from_pretrained(folder.parent / "model", backend="onnxruntime")
+    assert again.model.folder == engines and len(exported) == 3  # reused, nothing exported again
+
+
+def test_from_pretrained_with_an_engine_backend_refuses_what_it_cannot_build(built, tmp_path, monkeypatch):
+    _, folder = built
+    monkeypatch.setenv("IDM_RT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(export.tensorrt_build, "missing_requirements", lambda: ["an NVIDIA GPU visible to torch"])
+    with pytest.raises(RuntimeError, match="lacks an NVIDIA GPU visible to torch.*backend='onnxruntime'"):
+        Upscaler.from_pretrained(folder.parent / "model", backend="tensorrt")
+    assert not (tmp_path / "cache").exists()  # refused before exporting anything
+    with pytest.raises(ValueError, match="'fp32' or 'fp16', not 'bf16'"):
+        Upscaler.from_pretrained(folder.parent / "model", backend="onnxruntime", precision="bf16")
+    with pytest.raises(ValueError, match="convert the checkpoint"):
+        Upscaler.from_pretrained(folder.parent / "model", backend="onnxruntime", max_scale=8)
+    with pytest.raises(FileNotFoundError, match="no model or engine directory"):
+        Upscaler.from_pretrained(tmp_path / "nowhere", backend="onnxruntime")
+    with pytest.raises(FileNotFoundError, match="needs both model.safetensors and config.json"):
+        Upscaler.from_pretrained(tmp_path, backend="onnxruntime")
 
 
 def test_clear_errors_for_missing_directories_and_devices(built, tmp_path):
