@@ -24,7 +24,7 @@ import onnx
 import torch
 from torch import nn
 
-from idm_rt.backends.engine_dir import (CONDITIONER_INPUTS, ENCODER_INPUTS, conditioning_names, flatten_conditioning,
+from idm_rt.backends.engine_dir import (CONDITIONER_INPUTS, ENCODER_INPUTS, flatten_conditioning, graph_outputs,
                                         unet_inputs, unflatten_conditioning)
 from idm_rt.buckets import Bucket
 from idm_rt.fileio import atomic_write
@@ -109,12 +109,12 @@ def graph_module(model: IDM, kind: str) -> nn.Module:
 def io_spec(model: IDM, kind: str, bucket: Bucket | None) -> tuple[list[str], list[str], dict]:
     """Input names, output names and dynamic axes of graph ``kind``."""
     levels = model.config.levels
+    names_out = graph_outputs(kind, levels)
     if kind == "encoder":
         axes = {"lr": {0: "batch", 2: "lr_h", 3: "lr_w"}, "rows": {0: "out_h"}, "cols": {0: "out_w"},
                 "cond": {0: "batch", 2: "out_h", 3: "out_w"}}
-        return list(ENCODER_INPUTS), ["cond"], axes
+        return list(ENCODER_INPUTS), names_out, axes
     names_in = list(CONDITIONER_INPUTS) if kind == "conditioner" else unet_inputs(levels)
-    names_out = conditioning_names(levels) if kind == "conditioner" else ["eps"]
     dynamic = kind == "unet" and bucket.dynamic_batch
     axes = {n: {0: "batch"} for n in names_in + names_out} if dynamic else {}
     return names_in, names_out, axes

@@ -4,8 +4,8 @@ Follows the TensorRT 10 Python API documentation: ``Builder``, ``OnnxParser``, o
 profile per engine (``set_shape(name, min, opt, max)``), a workspace limit
 (``set_memory_pool_limit``), a timing cache shared by all engines of a directory, and
 ``build_serialized_network``. Float16 U-Nets are parsed into a strongly typed network so that the
-float32 islands of the ONNX graph (normalisation, softmax) are kept as written; float32 graphs are
-built with TF32 off so that they keep float32 accuracy.
+float32 islands of the ONNX graph (normalisation, softmax) are kept as written; TF32 is off, so that
+float32 layers keep float32 accuracy.
 """
 
 from __future__ import annotations
@@ -80,16 +80,18 @@ def build_engine(onnx_path: Path, engine_path: Path, profile: dict[str, tuple], 
         raise RuntimeError(f"TensorRT's ONNX parser rejected {onnx_path.name}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-    if not fp16:
-        config.clear_flag(trt.BuilderFlag.TF32)
+    config.clear_flag(trt.BuilderFlag.TF32)
     opt = builder.create_optimization_profile()
     for name, (lo, mid, hi) in profile.items():
         opt.set_shape(name, lo, mid, hi)
     config.add_optimization_profile(opt)
     cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.exists() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    if not config.set_timing_cache(cache, ignore_mismatch=False):  # one from another GPU or TensorRT version
+        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path.name} (see its log above)")
     atomic_write(engine_path, lambda tmp: Path(tmp).write_bytes(serialized))
-    atomic_write(timing_cache, lambda tmp: Path(tmp).write_bytes(config.get_timing_cache().serialize()))
+    timings = config.get_timing_cache()
+    if timings is not None:
+        atomic_write(timing_cache, lambda tmp: Path(tmp).write_bytes(timings.serialize()))

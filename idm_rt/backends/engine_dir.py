@@ -40,6 +40,11 @@ def unet_inputs(levels: int) -> list[str]:
     return ["x_t", "cond", *conditioning_names(levels), "g"]
 
 
+def graph_outputs(kind: str, levels: int) -> list[str]:
+    """Output names of graph ``kind`` (encoder / conditioner / unet), in the exported graph's order."""
+    return {"encoder": ["cond"], "conditioner": conditioning_names(levels), "unet": ["eps"]}[kind]
+
+
 def flatten_conditioning(c: Conditioning) -> list[torch.Tensor]:
     """Conditioning -> tensors in :func:`conditioning_names` order."""
     return [*c.shifts[1:], *c.a1[1:], *c.a2[1:]]

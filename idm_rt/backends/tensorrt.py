@@ -13,6 +13,12 @@ import os
 import torch
 
 from .base import EngineRunner
+from .engine_dir import graph_outputs
+
+# TensorRT's alignment requirement for the address of every I/O tensor (IExecutionContext::setTensorAddress).
+ALIGNMENT = 256
+ENCODER_LIMIT = ("; the encoder runs on the whole image, so larger images need the torch or onnxruntime "
+                 "backend")
 
 
 def import_tensorrt():
@@ -30,11 +36,16 @@ def import_tensorrt():
 class TensorRTRunner(EngineRunner):
     """Runs the serialized engines of a ``tensorrt`` engine directory.
 
+    Every call runs on the runner's own CUDA stream, ordered after the caller's current stream
+    (whose work made the inputs) and before it again (which reads the outputs).
+
     Args:
         folder: an engine directory built with ``--backend tensorrt`` on this GPU and TensorRT version.
-        device: a CUDA device.
-        cuda_graph: capture each U-Net bucket's call in a CUDA graph on first use and replay it
-            (saves the per-layer launch overhead of the many small kernels at small tiles).
+        device: a CUDA device ("cuda" is the current one).
+        cuda_graph: capture each U-Net bucket's call in a CUDA graph on first use, per batch size,
+            and replay it (saves the per-layer launch overhead of the many small kernels at small
+            tiles). Each capture has its own execution context, as TensorRT requires of graphs of
+            different shapes, so each batch size seen costs one more context's activation memory.
     """
 
     def __init__(self, folder: str | os.PathLike, device: str | torch.device = "cuda", cuda_graph: bool = False):
@@ -49,6 +60,8 @@ class TensorRTRunner(EngineRunner):
         if built != trt.__version__:
             raise RuntimeError(f"engines in {folder} were built with TensorRT {built}, this is {trt.__version__}; "
                                f"rebuild them with `python -m idm_rt.build --backend tensorrt --out {folder}`")
+        if self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self._trt = trt
         self._logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(self._logger)
@@ -60,26 +73,41 @@ class TensorRTRunner(EngineRunner):
             if engine is None:
                 raise RuntimeError(f"TensorRT could not deserialize {entry.engine}; rebuild with --force")
             self._engines[key] = engine
-            self._contexts[key] = engine.create_execution_context()
+            self._contexts[key] = self._new_context(key)
         self._cuda_graph = cuda_graph
         self._graphs: dict[tuple, tuple] = {}
 
+    def _new_context(self, key: str):
+        ctx = self._engines[key].create_execution_context()
+        if ctx is None:
+            raise RuntimeError(f"TensorRT could not create an execution context for {key} (out of GPU memory?)")
+        return ctx
+
     def _io(self, key: str) -> tuple[list[str], list[str]]:
+        """Input names in the engine's order; output names in the exported graph's order, which is
+        the order run_graph returns (the engine's own order of I/O tensors is not specified)."""
         engine = self._engines[key]
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == self._trt.TensorIOMode.INPUT]
-        return inputs, [n for n in names if n not in inputs]
+        return inputs, graph_outputs(key.split("/")[0], self.config.levels)
 
-    def _bind(self, key: str, inputs: dict[str, torch.Tensor]) -> tuple[dict, list[torch.Tensor]]:
-        """Set shapes and addresses of torch-owned input and output buffers on the key's context."""
-        engine, ctx = self._engines[key], self._contexts[key]
+    def _bind(self, ctx, key: str, inputs: dict[str, torch.Tensor], own: bool) -> tuple[dict, list[torch.Tensor]]:
+        """Inputs in the engine's dtypes at aligned addresses (in fresh buffers when ``own``: a
+        captured graph keeps reading them), shapes checked against the engine's profile, outputs
+        allocated; sets the addresses on ``ctx``. Runs on the current stream, the runner's."""
+        engine = self._engines[key]
         names_in, names_out = self._io(key)
         typed = {}
         for name in names_in:
-            dtype = _torch_dtype(engine.get_tensor_dtype(name))
-            typed[name] = inputs[name].to(self.device, dtype).contiguous()
-            ctx.set_input_shape(name, tuple(typed[name].shape))
-            ctx.set_tensor_address(name, typed[name].data_ptr())
+            t = inputs[name].to(self.device, _torch_dtype(engine.get_tensor_dtype(name))).contiguous()
+            if own or t.data_ptr() % ALIGNMENT:
+                t = torch.empty_like(t).copy_(t)
+            if not ctx.set_input_shape(name, tuple(t.shape)):
+                low, _, high = (tuple(d) for d in engine.get_tensor_profile_shape(name, 0))
+                raise ValueError(f"{key}: input {name} of shape {tuple(t.shape)} is outside what its engine was "
+                                 f"built for, {low} to {high}" + (ENCODER_LIMIT if key == "encoder" else ""))
+            ctx.set_tensor_address(name, t.data_ptr())
+            typed[name] = t
         outputs = []
         for name in names_out:
             out = torch.empty(tuple(ctx.get_tensor_shape(name)), dtype=_torch_dtype(engine.get_tensor_dtype(name)),
@@ -88,38 +116,42 @@ class TensorRTRunner(EngineRunner):
             outputs.append(out)
         return typed, outputs
 
-    def _launch(self, key: str) -> None:
-        if not self._contexts[key].execute_async_v3(self._stream.cuda_stream):
+    def _launch(self, ctx, key: str) -> None:
+        if not ctx.execute_async_v3(self._stream.cuda_stream):
             raise RuntimeError(f"TensorRT failed to run {key}")
 
     def run_graph(self, key: str, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        self._stream.wait_stream(torch.cuda.current_stream(self.device))
-        if self._cuda_graph and key.startswith("unet/"):
-            outputs = self._replay(key, inputs)
-        else:
-            typed, outputs = self._bind(key, inputs)
-            self._launch(key)
-            for t in typed.values():
-                t.record_stream(self._stream)
-        torch.cuda.current_stream(self.device).wait_stream(self._stream)
-        return [o.float() for o in outputs]
+        current = torch.cuda.current_stream(self.device)
+        self._stream.wait_stream(current)  # the inputs are written on the caller's stream
+        with torch.cuda.stream(self._stream):
+            if self._cuda_graph and key.startswith("unet/"):
+                outputs = self._replay(key, inputs)
+            else:
+                ctx = self._contexts[key]
+                _, outputs = self._bind(ctx, key, inputs, own=False)
+                self._launch(ctx, key)
+        current.wait_stream(self._stream)
+        for out in outputs:
+            out.record_stream(current)  # allocated on the runner's stream, used and freed on the caller's
+        return [out.float() for out in outputs]
 
     def _replay(self, key: str, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        """Copy into static buffers and replay the captured call; capture once per (key, batch)."""
+        """Copy into the static input buffers of (key, batch) and replay its captured call, captured
+        with its own execution context on first use."""
         gkey = (key, next(iter(inputs.values())).shape[0])
         if gkey not in self._graphs:
-            static_in, static_out = self._bind(key, inputs)
-            self._launch(key)  # one plain run first, as TensorRT asks before capturing a context
+            ctx = self._new_context(key)
+            static_in, static_out = self._bind(ctx, key, inputs, own=True)
+            self._launch(ctx, key)  # one plain run first, as TensorRT asks before capturing a context
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, stream=self._stream):
-                self._launch(key)
-            self._graphs[gkey] = (graph, static_in, static_out)
-        graph, static_in, static_out = self._graphs[gkey]
-        with torch.cuda.stream(self._stream):
-            for name, buf in static_in.items():
-                buf.copy_(inputs[name])
-            graph.replay()
-            return [o.clone() for o in static_out]
+                self._launch(ctx, key)
+            self._graphs[gkey] = (graph, ctx, static_in, static_out)
+        graph, _, static_in, static_out = self._graphs[gkey]
+        for name, buf in static_in.items():
+            buf.copy_(inputs[name])
+        graph.replay()
+        return [out.clone() for out in static_out]
 
 
 def _torch_dtype(trt_dtype) -> torch.dtype:
