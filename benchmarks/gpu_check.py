@@ -8,6 +8,9 @@
    256x256 (release's literal torch form, refactored torch form, fused kernels); one U-Net call
    (release-style eager fp32, ours eager, ours with kernels + CUDA graphs in fp32/fp16/bf16);
    one whole image at 20 and 200 DDIM steps.
+3. Engines, where installed (onnxruntime-gpu, TensorRT 10): built from the same model for a 128x128
+   bucket, every graph checked as ``export.parity`` does, a whole image against the torch backend,
+   and one U-Net call timed.
 
 Writes ``gpu_check_<card>.json`` and ``.md`` into the folder given (after every section, so a
 cut-off run keeps what it measured) and exits 1 if a correctness check failed. Random weights of
@@ -19,6 +22,7 @@ the preset, no checkpoint needed. Usage::
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import re
@@ -231,6 +235,82 @@ def time_image(results: dict, model: idm_rt.IDM, size: int, steps_list: tuple[in
             log(f"image {size}px {steps} steps {name}: {t:.1f} ms")
 
 
+# Max abs difference of an engine's image from the torch backend's (same seed, [0, 1] images).
+IMAGE_TOL = {"fp32": 2e-3, "fp16": 5e-2}
+
+
+def engine_variants() -> list[tuple[str, str, dict]]:
+    """(backend, precision, runner options) of the engine backends installed here."""
+    variants = []
+    try:
+        import onnxruntime
+
+        if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            variants.append(("onnxruntime", "fp32", {}))
+    except ImportError:
+        pass
+    if importlib.util.find_spec("tensorrt") is not None:
+        variants += [("tensorrt", "fp32", {}), ("tensorrt", "fp16", {}), ("tensorrt", "fp16", {"cuda_graph": True})]
+    return variants
+
+
+@torch.no_grad()
+def check_engines(results: dict, model: idm_rt.IDM, size: int, reps: int) -> None:
+    """The engine backends installed here, built from this model for one size x size bucket: ONNX
+    Runtime's CUDA provider (fp32) and TensorRT (fp32, fp16, fp16 with CUDA graphs). Per variant:
+    ``export.parity``'s relative error of every graph, the largest difference of a whole image from
+    the torch backend's (same seed), and one U-Net call's time against torch eager fp32."""
+    import copy
+    import tempfile
+
+    import numpy as np
+
+    from export.graphs import graph_module, sample_inputs
+    from export.parity import LIMITS, graph_errors
+    from idm_rt.backends import load_runner
+    from idm_rt.backends.engine_dir import graph_key, unet_inputs
+    from idm_rt.buckets import Bucket
+    from idm_rt.build import main as build
+
+    variants = engine_variants()
+    results["engine_backends"] = sorted({backend for backend, _, _ in variants})
+    if not variants:
+        log("neither onnxruntime-gpu nor tensorrt is installed here: no engines to check")
+        return
+    release_style(model, False)
+    cpu_model, bucket = copy.deepcopy(model).cpu(), Bucket(size, size)
+    args = tuple(t.to(DEVICE) for t in sample_inputs(cpu_model, "unet", bucket))
+    feeds, key = dict(zip(unet_inputs(model.config.levels), args)), graph_key("unet", bucket)
+    net = graph_module(model, "unet")
+    base = median_ms(lambda: net(*args), reps)
+    image = np.random.default_rng(0).random((size // 2, size // 2, 3), dtype=np.float32)
+    kw = dict(scale=2, steps=4, seed=0, progress=False, sampler="dpmpp_2m", init="noise")
+    want = idm_rt.Upscaler(model, device=DEVICE, tile=0).upscale(image, **kw)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = idm_rt.save_model(cpu_model, Path(tmp) / "model")
+        status = {}
+        for backend, precision, options in variants:
+            name = f"{backend} {precision}" + (" + CUDA graphs" if options.get("cuda_graph") else "")
+            out = Path(tmp) / f"{backend}-{precision}"
+            if (backend, precision) not in status:
+                status[backend, precision] = build(["--engine", precision, "--backend", backend, "--model",
+                                                    str(model_dir), "--out", str(out), "--tile", str(size),
+                                                    "--conv", "direct"])
+            if status[backend, precision] != 0:
+                check(results, f"{name}: build (exit status {status[backend, precision]})", math.nan, 1)
+                continue
+            runner = load_runner(out, backend, DEVICE, **options)
+            for graph, graph_precision, batch, err in graph_errors(runner, cpu_model):
+                check(results, f"{name}: {graph} batch {batch} (export.parity)", err, LIMITS[graph_precision])
+            got = idm_rt.Upscaler.from_engines(out, backend=backend, device=DEVICE,
+                                               runner_options=options).upscale(image, **kw)
+            check(results, f"{name}: {size // 2}px x2 image vs torch backend (max abs)",
+                  float(np.abs(got - want).max()), IMAGE_TOL[precision])
+            ms = median_ms(lambda: runner.run_graph(key, feeds), reps)
+            results["engines"].append({"size": size, "variant": name, "ms": ms, "speedup": base / ms})
+            log(f"U-Net {size}px {name}: {ms:.3f} ms ({base / ms:.2f}x torch eager fp32, {base:.3f} ms)")
+
+
 def markdown(results: dict) -> str:
     """The results as Markdown tables."""
     lines = [f"# gpu_check on {results['device']}", "",
@@ -251,6 +331,9 @@ def markdown(results: dict) -> str:
     lines += ["", "## One image, DDIM loop", "", "| size | steps | variant | ms | speedup |", "|" + " --- |" * 5]
     lines += [f"| {r['size']} | {r['steps']} | {r['variant']} | {r['ms']:.1f} | {r['speedup']:.2f}x |"
               for r in results["image"]]
+    lines += ["", f"## Engines ({', '.join(results.get('engine_backends', [])) or 'none installed'}), one U-Net "
+              "call (batch 1, vs torch eager fp32)", "", "| size | variant | ms | speedup |", "| --- | --- | --- | --- |"]
+    lines += [f"| {r['size']} | {r['variant']} | {r['ms']:.3f} | {r['speedup']:.2f}x |" for r in results["engines"]]
     return "\n".join(lines) + "\n"
 
 
@@ -280,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
                "preset": args.preset, "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
                "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
-               "checks": [], "autocast_error": {}, "levels": [], "unet": [], "image": []}
+               "checks": [], "autocast_error": {}, "levels": [], "unet": [], "image": [], "engines": []}
     reps = 10 if args.quick else 30
     sections = [
         ("kernel correctness", lambda m: check_kernels(results, args.quick)),
@@ -288,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         ("implicit levels", lambda m: [time_levels(results, m, s, reps) for s in (128, 256)]),
         ("U-Net call", lambda m: time_unet(results, m, 128, reps, args.compile)),
         ("whole image", lambda m: time_image(results, m, 128, (20,) if args.quick else (20, 200))),
+        ("engines", lambda m: check_engines(results, m, 128, reps)),
     ]
     model = make_model(args.preset)
     for name, run in sections:

@@ -1,6 +1,8 @@
 """Engine runners on the CPU: Upscaler from an ONNX Runtime engine directory against the torch
 backend (same seed), tiling and padding by the bucket rule, batching, and clear errors."""
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -127,9 +129,7 @@ def test_clear_errors_for_missing_directories_and_devices(built, tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="CUDAExecutionProvider"):
             load_runner(folder, device="cuda")
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("tensorrt") is None:
         with pytest.raises(ImportError, match="TensorRT 10"):
             load_runner(folder, backend="tensorrt")
 
