@@ -9,6 +9,7 @@ engine is rebuilt when its key changed, its file is missing, or ``--force`` is g
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shlex
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from idm_rt.backends.engine_dir import MANIFEST_NAME, GraphEntry, Manifest, graph_key, read_manifest
+from idm_rt.backends.engine_dir import MANIFEST_NAME, GraphEntry, Manifest, graph_key, graph_specs, read_manifest
 from idm_rt.buckets import Bucket
 from idm_rt.checkpoints import load_model, model_hash
 from idm_rt.fileio import atomic_write
@@ -60,11 +61,6 @@ def reusable(folder: Path, file: str | None, old_key: str | None, key: str, forc
     return not force and file is not None and old_key == key and (folder / file).exists()
 
 
-def graph_specs(buckets: list[Bucket]) -> list[tuple[str, Bucket | None]]:
-    """(kind, bucket) of every graph: the encoder once, then conditioner and U-Net per bucket."""
-    return [("encoder", None)] + [(kind, b) for b in buckets for kind in ("conditioner", "unet")]
-
-
 def backend_identity(options: BuildOptions) -> tuple[dict, list[str]]:
     """(identity, missing requirements) of the backend on this machine."""
     if options.backend == "onnxruntime":
@@ -76,8 +72,30 @@ def backend_identity(options: BuildOptions) -> tuple[dict, list[str]]:
 
 
 def build(options: BuildOptions, log: Callable[[str], None] = print) -> int:
-    """Run the build; returns the exit status (0 done, 3 ONNX written but TensorRT unavailable)."""
+    """Run the build; returns the exit status (0 done, 3 ONNX written but TensorRT unavailable).
+
+    Builds of one folder take turns (a lock file); the manifest is only rewritten when something in
+    it changed, so that a build that reuses everything leaves a folder others read untouched."""
     model = load_model(options.model_path)
+    with _lock(options.out):
+        return _build(model, options, log)
+
+
+@contextlib.contextmanager
+def _lock(folder: Path):
+    """Hold an exclusive lock on ``folder/.build.lock`` (POSIX; elsewhere no lock)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(folder / ".build.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def _build(model: IDM, options: BuildOptions, log: Callable[[str], None]) -> int:
     folder = options.out
     old = _previous(folder, log)
     ident, missing = backend_identity(options)
@@ -95,9 +113,11 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> int:
         if not missing:
             _engine_stage(entry, kind, bucket, options, ident, old.graphs.get(key) if old else None, label, log)
         manifest.graphs[key] = entry
-        _write(folder, manifest)
+        if old is None or old.graphs.get(key) != entry:  # progress kept for an interrupted build
+            _write(folder, manifest)
     manifest.complete = not missing
-    _write(folder, manifest)
+    if old is None or old.to_json() != manifest.to_json():
+        _write(folder, manifest)
     _remove_stale(folder, old, manifest)
     if missing:
         log(_missing_message(folder, missing, options))
@@ -132,9 +152,8 @@ def _onnx_stage(model: IDM, mhash: str, kind: str, bucket: Bucket | None, option
 def _engine_stage(entry: GraphEntry, kind: str, bucket: Bucket | None, options: BuildOptions, ident: dict,
                   prev: GraphEntry | None, label: str, log) -> None:
     name = Path(entry.onnx).stem
-    flags = [options.workspace_mb] if options.backend == "tensorrt" else []
-    entry.engine_key = digest(entry.onnx_key, options.backend, ident, flags,
-                              [b.to_dict() for b in options.buckets] if kind == "encoder" else None)
+    flags = [options.workspace_mb, tensorrt_build.VERSION] if options.backend == "tensorrt" else []
+    entry.engine_key = digest(entry.onnx_key, options.backend, ident, flags)
     suffix = ".plan" if options.backend == "tensorrt" else ".onnx"
     entry.engine = f"{options.backend}/{name}{suffix}"
     if reusable(options.out, prev and prev.engine, prev and prev.engine_key, entry.engine_key, options.force):
@@ -145,9 +164,7 @@ def _engine_stage(entry: GraphEntry, kind: str, bucket: Bucket | None, options: 
     if options.backend == "onnxruntime":
         ort_build.optimise(onnx_path, engine_path)
     else:
-        profile_bucket = bucket or max(options.buckets, key=lambda b: b.max_batch)
-        tensorrt_build.build_engine(onnx_path, engine_path,
-                                    tensorrt_build.profile_shapes(kind, profile_bucket, onnx_path),
+        tensorrt_build.build_engine(onnx_path, engine_path, tensorrt_build.profile_shapes(kind, bucket, onnx_path),
                                     fp16=entry.precision == "fp16", workspace_mb=options.workspace_mb,
                                     timing_cache=options.out / options.backend / "timing.cache")
     log(f"{label}: {options.backend} artifact built in {time.perf_counter() - start:.1f} s")

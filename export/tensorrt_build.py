@@ -17,8 +17,10 @@ import onnx
 from idm_rt.buckets import Bucket
 from idm_rt.fileio import atomic_write
 
-# Largest sizes the encoder's profile accepts: LR side and HR side (whole images, not tiles).
+# Largest sizes the encoder's profile accepts: LR side and HR side (whole images, not tiles, one
+# at a time). Its engine reserves activation memory for the largest.
 ENCODER_MAX_LR, ENCODER_MAX_HR = 1024, 4096
+VERSION = 2  # bump when the builder's settings change (2: TF32 off for fp16 builds too): part of the engine key
 
 
 def missing_requirements() -> list[str]:
@@ -52,9 +54,10 @@ def identity() -> dict[str, str]:
 
 
 def profile_shapes(kind: str, bucket: Bucket | None, onnx_path: Path) -> dict[str, tuple]:
-    """(min, opt, max) shape per input: static except the U-Net's batch range and the encoder's sizes."""
+    """(min, opt, max) shape per input: static except the U-Net's batch range and the encoder's sizes
+    (the encoder runs one image at a time, see :meth:`idm_rt.backends.base.EngineRunner.encode`)."""
     if kind == "encoder":
-        return {"lr": ((1, 3, 1, 1), (1, 3, 64, 64), (bucket.max_batch, 3, ENCODER_MAX_LR, ENCODER_MAX_LR)),
+        return {"lr": ((1, 3, 1, 1), (1, 3, 64, 64), (1, 3, ENCODER_MAX_LR, ENCODER_MAX_LR)),
                 "rows": ((1,), (256,), (ENCODER_MAX_HR,)), "cols": ((1,), (256,), (ENCODER_MAX_HR,))}
     shapes = {}
     for inp in onnx.load(str(onnx_path), load_external_data=False).graph.input:
@@ -85,8 +88,8 @@ def build_engine(onnx_path: Path, engine_path: Path, profile: dict[str, tuple], 
     for name, (lo, mid, hi) in profile.items():
         opt.set_shape(name, lo, mid, hi)
     config.add_optimization_profile(opt)
-    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.exists() else b"")
-    if not config.set_timing_cache(cache, ignore_mismatch=False):  # one from another GPU or TensorRT version
+    cache = config.create_timing_cache(timing_cache.read_bytes()) if timing_cache.exists() else None
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):  # none yet, or another GPU's
         config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:

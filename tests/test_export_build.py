@@ -2,6 +2,7 @@
 exit-3 path without GPU/TensorRT, messages, and ``python -m export.parity``."""
 
 import json
+import shutil
 
 import onnx
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 import idm_rt
 from export import builder, parity, winograd
+from idm_rt.backends import load_runner
 from idm_rt.backends.engine_dir import read_manifest
 from idm_rt.build import main
 
@@ -162,3 +164,24 @@ def test_explain_shows_the_bucket_of_each_request(models, capsys):
     assert "32x32_b1-1" in out and "48x48_b1-1" in out
     assert "16x16 x2: 32x32 output -> bucket 32x32_b1-1 (exact fit)" in out
     assert "rule:" in out
+
+
+def test_a_build_that_reuses_everything_leaves_the_manifest_alone(models, tmp_path, monkeypatch):
+    args = ["--engine", "fp32", "--backend", "onnxruntime", "--model", str(models[0]), "--out", str(tmp_path),
+            "--tile", "32"]
+    assert main(args) == 0
+    writes = []
+    monkeypatch.setattr(builder, "_write", lambda folder, manifest: writes.append(manifest.complete))
+    assert main(args) == 0 and writes == []  # readers of the folder never see it half-written
+    assert main([*args, "--batch", "1,2"]) == 0  # the U-Net graph changes: progress kept, then complete
+    assert writes[-1] is True and False in writes
+
+
+def test_runners_refuse_an_incomplete_directory(ort_dir, tmp_path):
+    folder = tmp_path / "partial"
+    shutil.copytree(ort_dir, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["graphs"]["unet/32x32_b1-2"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="incomplete, it has no unet/32x32_b1-2"):
+        load_runner(folder)

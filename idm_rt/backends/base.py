@@ -18,7 +18,7 @@ from ..buckets import route, select_bucket
 from ..model import IDM, Conditioning
 from ..model.encoder import nearest_indices
 from .engine_dir import (CONDITIONER_INPUTS, ENCODER_INPUTS, Manifest, conditioning_names, flatten_conditioning,
-                         graph_key, read_manifest, unet_inputs, unflatten_conditioning)
+                         graph_key, graph_specs, read_manifest, unet_inputs, unflatten_conditioning)
 
 
 class EngineRunner:
@@ -36,6 +36,11 @@ class EngineRunner:
         self.max_scale = float(self.manifest.max_scale)
         self.buckets = self.manifest.buckets
         self._names = conditioning_names(self.config.levels)
+        absent = [key for key in (graph_key(*spec) for spec in graph_specs(self.buckets))
+                  if key not in self.manifest.graphs]
+        if absent:
+            raise ValueError(f"{folder} is incomplete, it has no {', '.join(absent)} (a build was interrupted "
+                             f"or is still running); run python -m idm_rt.build for it again")
 
     def run_graph(self, key: str, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """Run graph ``key`` (see :func:`~idm_rt.backends.engine_dir.graph_key`) on named inputs."""
@@ -50,10 +55,13 @@ class EngineRunner:
         return route(self.buckets, size, self.config.size_multiple).tile
 
     def encode(self, lr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """LR (B, 3, h, w) -> condition image (B, 3, H, W); nearest indices exactly as F.interpolate's."""
+        """LR (B, 3, h, w) -> condition image (B, 3, H, W); nearest indices exactly as F.interpolate's.
+        One image at a time: the encoder runs on whole images, so a TensorRT engine reserves memory
+        for the largest size it accepts, and a batch of them would multiply that."""
         rows = nearest_indices(lr.shape[-2], size[0], lr.device)
         cols = nearest_indices(lr.shape[-1], size[1], lr.device)
-        return self.run_graph("encoder", dict(zip(ENCODER_INPUTS, (lr, rows, cols))))[0]
+        return torch.cat([self.run_graph("encoder", dict(zip(ENCODER_INPUTS, (image[None], rows, cols))))[0]
+                          for image in lr])
 
     def condition(self, cond: torch.Tensor, p: torch.Tensor) -> Conditioning:
         """Conditioning at the bucket shape covering ``cond`` (edge-padded to it if smaller), one sample at a time."""

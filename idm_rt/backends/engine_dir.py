@@ -61,6 +61,12 @@ def graph_key(kind: str, bucket: Bucket | None = None) -> str:
     return kind if bucket is None else f"{kind}/{bucket.name}"
 
 
+def graph_specs(buckets: list[Bucket]) -> list[tuple[str, Bucket | None]]:
+    """(kind, bucket) of every graph of an engine directory: the encoder once, then the conditioner
+    and the U-Net per bucket."""
+    return [("encoder", None)] + [(kind, b) for b in buckets for kind in ("conditioner", "unet")]
+
+
 @dataclass
 class GraphEntry:
     """One graph of the directory: its ONNX file, the backend artifact built from it, and the keys

@@ -67,13 +67,13 @@ class TensorRTRunner(EngineRunner):
         runtime = trt.Runtime(self._logger)
         torch.cuda.set_device(self.device)
         self._stream = torch.cuda.Stream(self.device)
-        self._engines, self._contexts = {}, {}
+        self._engines = {}
         for key, entry in self.manifest.graphs.items():
             engine = runtime.deserialize_cuda_engine((self.folder / entry.engine).read_bytes())
             if engine is None:
                 raise RuntimeError(f"TensorRT could not deserialize {entry.engine}; rebuild with --force")
             self._engines[key] = engine
-            self._contexts[key] = self._new_context(key)
+        self._contexts = {}  # created on first use: only the buckets (and modes) used hold activation memory
         self._cuda_graph = cuda_graph
         self._graphs: dict[tuple, tuple] = {}
 
@@ -127,8 +127,10 @@ class TensorRTRunner(EngineRunner):
             if self._cuda_graph and key.startswith("unet/"):
                 outputs = self._replay(key, inputs)
             else:
+                if key not in self._contexts:
+                    self._contexts[key] = self._new_context(key)
                 ctx = self._contexts[key]
-                _, outputs = self._bind(ctx, key, inputs, own=False)
+                typed, outputs = self._bind(ctx, key, inputs, own=False)  # typed: kept alive past the launch
                 self._launch(ctx, key)
         current.wait_stream(self._stream)
         for out in outputs:
