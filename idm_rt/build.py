@@ -7,12 +7,16 @@ because this machine has no NVIDIA GPU or no TensorRT (the message says how to f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
 from typing import Sequence
+
+import torch
 
 from . import upscaler
 from .buckets import DEFAULT_TILES, parse_batch, parse_list, parse_size, plan_buckets, route, rule_text
@@ -121,13 +125,16 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "idm_rt"
 
 
-def build_engines(model_path: str | os.PathLike | None, backend: str, precision: str, device: str = "cpu",
-                  out: str | os.PathLike | None = None, tiles: Sequence[int] = DEFAULT_TILES) -> Path:
+def build_engines(model_path: str | os.PathLike | None, backend: str, precision: str,
+                  device: str | torch.device = "cpu", out: str | os.PathLike | None = None,
+                  tiles: Sequence[int] = DEFAULT_TILES) -> Path:
     """Build (or reuse, as the manifest allows) the engine directory of a model with the default
-    buckets, as ``python -m idm_rt.build`` would, and return it; progress goes to stderr.
+    buckets, as ``python -m idm_rt.build`` would, for ``device`` (TensorRT builds on it), and
+    return it; progress goes to stderr.
 
     ``out`` defaults to a folder of :func:`cache_dir` named for the model, backend, precision and
-    convolution mode. Raises RuntimeError naming what is missing when TensorRT cannot build here.
+    convolution mode (and the GPU, for TensorRT). Raises RuntimeError naming what is missing when
+    TensorRT cannot build here.
     """
     from export import tensorrt_build
     from export.builder import BuildOptions, build
@@ -138,12 +145,17 @@ def build_engines(model_path: str | os.PathLike | None, backend: str, precision:
                            + "; ".join(missing) + ". Use backend='onnxruntime', or build there with "
                            "python -m idm_rt.build --backend tensorrt")
     model_path = Path(model_path) if model_path is not None else upscaler.DEFAULT_MODEL
-    conv = auto_conv(backend, precision, device)
+    device = torch.device(device)
+    conv = auto_conv(backend, precision, device.type)
     if out is None:
         where = hashlib.sha256(str(model_path.resolve()).encode()).hexdigest()[:8]
-        out = cache_dir() / "engines" / f"{model_path.stem}-{where}-{backend}-{precision}-{conv}"
+        name = f"{model_path.stem}-{where}-{backend}-{precision}-{conv}"
+        if backend == "tensorrt":  # engines hold for one GPU model: a cache shared by machines keeps one per GPU
+            name += "-" + re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
+        out = cache_dir() / "engines" / name
     options = BuildOptions(model_path, Path(out), precision, backend, plan_buckets(tiles=tiles), conv=conv)
-    build(options, lambda line: None if line.endswith(" reused") else print(line, file=sys.stderr))
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+        build(options, lambda line: None if line.endswith(" reused") else print(line, file=sys.stderr))
     return Path(out)
 
 

@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 
 from .backends import BACKENDS, EngineRunner, load_runner
+from .backends.engine_dir import MANIFEST_NAME, read_manifest
 from .checkpoints import load_model
 from .diffusion import SAMPLERS
 from .images import ImageLike, from_tensor, resize_alpha, to_tensor
@@ -80,8 +81,7 @@ class Upscaler:
         TensorRT.
         """
         if backend in BACKENDS:
-            if path is None or not (Path(path) / "manifest.json").exists():
-                path = cls._built_engines(path, backend, device, kwargs.pop("precision", None), max_scale)
+            path = cls._engine_folder(path, backend, device, kwargs.pop("precision", None), max_scale)
             return cls.from_engines(path, device=device, backend=backend, **kwargs)
         if backend != "torch":
             raise ValueError(f"unknown backend {backend!r}; choose from {('torch',) + BACKENDS}")
@@ -95,21 +95,30 @@ class Upscaler:
         return cls(model, device=device or "cpu", **{**model.defaults, **kwargs})
 
     @staticmethod
-    def _built_engines(path: str | os.PathLike | None, backend: str, device, precision: str | None,
+    def _engine_folder(path: str | os.PathLike | None, backend: str, device, precision: str | None,
                        max_scale: float | None) -> Path:
-        """The engine directory of model ``path`` for ``backend``, built (or reused) in the cache."""
+        """``path`` itself when it is an engine directory, else the engine directory of model ``path``
+        for ``backend``, built (or reused) in the cache; the options checked against either."""
         if max_scale is not None:
-            raise ValueError("max_scale cannot be given with an engine backend; convert the checkpoint with it "
-                             "first (python -m idm_rt convert MODEL DIR --max-scale M) and pass DIR")
+            raise ValueError("max_scale cannot be given with an engine backend: engines record it when built; "
+                             "convert the checkpoint with it first (python -m idm_rt convert MODEL DIR "
+                             "--max-scale M) and pass DIR")
+        if path is not None and (Path(path) / MANIFEST_NAME).exists():
+            built = read_manifest(path).precision
+            if precision not in (None, built):
+                raise ValueError(f"{path} holds {built} engines, not {precision}")
+            return Path(path)
         precision = precision or ("fp16" if backend == "tensorrt" else "fp32")
         if precision not in ("fp32", "fp16"):
             raise ValueError(f"engines are built in 'fp32' or 'fp16', not {precision!r}")
         if path is not None and not Path(path).exists():
             raise FileNotFoundError(f"no model or engine directory at {path}")
+        device = torch.device(device or ("cuda" if backend == "tensorrt" else "cpu"))
+        if backend == "tensorrt" and device.type != "cuda":
+            raise ValueError(f"backend='tensorrt' runs on a CUDA device, not {device}")
         from .build import build_engines
 
-        device_type = torch.device(device or ("cuda" if backend == "tensorrt" else "cpu")).type
-        return build_engines(path, backend, precision, device_type)
+        return build_engines(path, backend, precision, device)
 
     @classmethod
     def from_engines(cls, folder: str | os.PathLike, device: str | torch.device | None = None,

@@ -118,6 +118,14 @@ def test_from_pretrained_with_an_engine_backend_refuses_what_it_cannot_build(bui
         Upscaler.from_pretrained(tmp_path / "nowhere", backend="onnxruntime")
     with pytest.raises(FileNotFoundError, match="needs both model.safetensors and config.json"):
         Upscaler.from_pretrained(tmp_path, backend="onnxruntime")
+    with pytest.raises(ValueError, match="holds fp32 engines, not fp16"):
+        Upscaler.from_pretrained(folder, backend="onnxruntime", precision="fp16")
+    with pytest.raises(ValueError, match="engines record it when built"):
+        Upscaler.from_pretrained(folder, backend="onnxruntime", max_scale=8)
+    monkeypatch.setattr(export.tensorrt_build, "missing_requirements", lambda: [])
+    with pytest.raises(ValueError, match="runs on a CUDA device, not cpu"):
+        Upscaler.from_pretrained(folder.parent / "model", backend="tensorrt", device="cpu")
+    assert not (tmp_path / "cache").exists()
 
 
 def test_clear_errors_for_missing_directories_and_devices(built, tmp_path):
