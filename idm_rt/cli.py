@@ -21,6 +21,7 @@ UPSCALE_EXAMPLES = """examples:
   python -m idm_rt upscale small.png -o big.png --size 1920x1080 --tile 256 --device cuda
   python -m idm_rt upscale face.png -o face_x8.png --scale 8 --model idm_face_8x.pth
   python -m idm_rt upscale photo.png -o photo_x4.png --scale 4 --engines engines/default-onnxruntime-fp32
+  python -m idm_rt upscale photo.png -o photo_x4.png --scale 4 --backend onnxruntime
 """
 
 
@@ -44,6 +45,7 @@ def _passes(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .backends import BACKENDS
     from .diffusion import SAMPLERS
 
     ap = argparse.ArgumentParser(prog="python -m idm_rt", description="IDM continuous-scale super-resolution")
@@ -78,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--engines", metavar="DIR",
                      help="an engine directory built by python -m idm_rt.build, run with its backend "
                           "(ONNX Runtime or TensorRT) instead of torch")
+    up.add_argument("--backend", choices=("torch", *BACKENDS),
+                    help="torch (default); onnxruntime or tensorrt run engines, built for --model on first use "
+                         "into ~/.cache/idm_rt ($IDM_RT_CACHE) and reused after; with --engines, default: the "
+                         "directory's own")
     up.add_argument("--max-scale", type=float, metavar="M",
                     help="largest training scale of a released .pth (8 for the face model, 4 for DIV2K; default 8)")
     up.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -168,7 +174,14 @@ def cmd_upscale(args: argparse.Namespace) -> int:
             if args.precision or args.max_scale:
                 raise ValueError("--precision and --max-scale are fixed when engines are built; drop them with "
                                  "--engines")
-            up = Upscaler.from_engines(args.engines, device=args.device, max_pixels=args.max_pixels)
+            if args.backend == "torch":
+                raise ValueError("--engines runs engines; --backend torch is for --model")
+            up = Upscaler.from_engines(args.engines, device=args.device, backend=args.backend,
+                                       max_pixels=args.max_pixels)
+        elif args.backend not in (None, "torch"):
+            up = Upscaler.from_pretrained(args.model, device=args.device, backend=args.backend,
+                                          max_pixels=args.max_pixels, precision=args.precision,
+                                          max_scale=args.max_scale)
         else:
             up = Upscaler.from_pretrained(args.model, device=args.device or "cpu", max_pixels=args.max_pixels,
                                           precision=args.precision or "fp32", max_scale=args.max_scale)

@@ -198,3 +198,25 @@ def test_cli_upscales_with_an_engine_directory(built, tmp_path, capsys):
     assert "absent" in capsys.readouterr().err and not (tmp_path / "c.png").exists()
     with pytest.raises(SystemExit):
         cli([*args, "-o", str(tmp_path / "d.png"), "--engines", str(folder), "--model", "m"])
+    assert cli([*args, "-o", str(tmp_path / "e.png"), "--engines", str(folder), "--backend", "torch"]) == 1
+    assert "--backend torch is for --model" in capsys.readouterr().err
+
+
+def test_cli_backend_builds_the_models_engines_into_the_cache(built, tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    from idm_rt.cli import main as cli
+
+    _, folder = built
+    monkeypatch.setenv("IDM_RT_CACHE", str(tmp_path / "cache"))
+    src = tmp_path / "in.png"
+    Image.fromarray((_image(64, 64, 4) * 255).round().astype(np.uint8)).save(src)
+    args = ["upscale", str(src), "--scale", "2", "--seed", "0", "--steps", "2", "--model", str(folder.parent / "model")]
+    assert cli([*args, "-o", str(tmp_path / "out.png"), "--backend", "onnxruntime"]) == 0
+    (engines,) = (tmp_path / "cache" / "engines").iterdir()
+    with Image.open(src) as im:
+        want = Upscaler.from_engines(engines).upscale(im, scale=2, seed=0, steps=2, progress=False)
+    with Image.open(tmp_path / "out.png") as got:
+        assert got.size == (128, 128) and np.array_equal(np.asarray(got), np.asarray(want))
+    assert cli([*args, "-o", str(tmp_path / "b.png"), "--backend", "onnxruntime", "--precision", "bf16"]) == 1
+    assert "'fp32' or 'fp16', not 'bf16'" in capsys.readouterr().err and not (tmp_path / "b.png").exists()
