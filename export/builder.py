@@ -77,13 +77,14 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> int:
     Builds of one folder take turns (a lock file); the manifest is only rewritten when something in
     it changed, so that a build that reuses everything leaves a folder others read untouched."""
     model = load_model(options.model_path)
-    with _lock(options.out):
+    with _lock(options.out, log):
         return _build(model, options, log)
 
 
 @contextlib.contextmanager
-def _lock(folder: Path):
-    """Hold an exclusive lock on ``folder/.build.lock`` (POSIX; elsewhere no lock)."""
+def _lock(folder: Path, log: Callable[[str], None]):
+    """Hold an exclusive lock on ``folder/.build.lock`` (POSIX; elsewhere no lock), saying so when
+    another build holds it."""
     folder.mkdir(parents=True, exist_ok=True)
     try:
         import fcntl
@@ -91,7 +92,11 @@ def _lock(folder: Path):
         yield
         return
     with open(folder / ".build.lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"waiting for another build of {folder} to finish")
+            fcntl.flock(f, fcntl.LOCK_EX)
         yield
 
 

@@ -3,6 +3,7 @@ exit-3 path without GPU/TensorRT, messages, and ``python -m export.parity``."""
 
 import json
 import shutil
+import time
 
 import onnx
 import pytest
@@ -185,3 +186,23 @@ def test_runners_refuse_an_incomplete_directory(ort_dir, tmp_path):
     (folder / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="incomplete, it has no unet/32x32_b1-2"):
         load_runner(folder)
+
+
+def test_builds_of_one_folder_take_turns(models, tmp_path):
+    import fcntl
+    import threading
+
+    lines = []
+    options = builder.BuildOptions(models[0], tmp_path, "fp32", "onnxruntime", [idm_rt.buckets.Bucket(32, 32)])
+    with open(tmp_path / ".build.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another build holds the folder
+        thread = threading.Thread(target=builder.build, args=(options, lines.append))
+        thread.start()
+        deadline = time.monotonic() + 60
+        while not lines and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # had it not waited, it would be exporting by now
+        assert thread.is_alive() and lines == [f"waiting for another build of {tmp_path} to finish"]
+        fcntl.flock(held, fcntl.LOCK_UN)
+    thread.join()
+    assert lines[-1].startswith("done:") and read_manifest(tmp_path).complete
