@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-from .backends import BACKENDS, EngineRunner, load_runner
+from .backends import BACKENDS, DEFAULT_DEVICES, EngineRunner, load_runner
 from .backends.engine_dir import MANIFEST_NAME, read_manifest
 from .checkpoints import load_model
 from .diffusion import SAMPLERS
@@ -113,7 +113,7 @@ class Upscaler:
             raise ValueError(f"engines are built in 'fp32' or 'fp16', not {precision!r}")
         if path is not None and not Path(path).exists():
             raise FileNotFoundError(f"no model or engine directory at {path}")
-        device = torch.device(device or ("cuda" if backend == "tensorrt" else "cpu"))
+        device = torch.device(device or DEFAULT_DEVICES[backend])
         if backend == "tensorrt" and device.type != "cuda":
             raise ValueError(f"backend='tensorrt' runs on a CUDA device, not {device}")
         from .build import build_engines

@@ -10,6 +10,7 @@ from .base import EngineRunner
 from .engine_dir import Manifest, read_manifest
 
 BACKENDS = ("onnxruntime", "tensorrt")
+DEFAULT_DEVICES = {"onnxruntime": "cpu", "tensorrt": "cuda"}  # where each backend runs unless told
 
 
 def load_runner(folder: str | os.PathLike, backend: str | None = None, device: str | torch.device | None = None,
@@ -21,12 +22,12 @@ def load_runner(folder: str | os.PathLike, backend: str | None = None, device: s
     if backend == "onnxruntime":
         from .onnxruntime import OnnxRuntimeRunner
 
-        return OnnxRuntimeRunner(folder, device or "cpu", **options)
+        return OnnxRuntimeRunner(folder, device or DEFAULT_DEVICES[backend], **options)
     if backend == "tensorrt":
         from .tensorrt import TensorRTRunner
 
-        return TensorRTRunner(folder, device or "cuda", **options)
+        return TensorRTRunner(folder, device or DEFAULT_DEVICES[backend], **options)
     raise ValueError(f"unknown engine backend {backend!r}; choose from {BACKENDS}")
 
 
-__all__ = ["EngineRunner", "Manifest", "read_manifest", "load_runner", "BACKENDS"]
+__all__ = ["EngineRunner", "Manifest", "read_manifest", "load_runner", "BACKENDS", "DEFAULT_DEVICES"]
