@@ -50,7 +50,7 @@ def test_onnxruntime_build_writes_a_complete_manifest(ort_dir, models):
         assert (ort_dir / g["onnx"]).exists() and (ort_dir / g["engine"]).exists()
     # fp32 for ONNX Runtime: Winograd where it pays off, which is nowhere in this tiny network
     assert m["build_flags"]["conv"] == "winograd"
-    assert "ConvTranspose" not in _op_types(ort_dir / m["graphs"]["unet/32x32_b1-2"]["onnx"])
+    assert "DepthToSpace" not in _op_types(ort_dir / m["graphs"]["unet/32x32_b1-2"]["onnx"])
 
 
 def _op_types(path):
@@ -64,8 +64,8 @@ def test_winograd_unet_passes_parity_and_conv_direct_reexports_only_it(models, t
             "--tile", "44", "--batch", "1,2"]  # levels 44, 22, 11: the last tiles overhang
     assert main(args) == 0
     m = read_manifest(tmp_path)
-    assert "ConvTranspose" in _op_types(tmp_path / m.graphs["unet/44x44_b1-2"].onnx)  # the output transform
-    assert "ConvTranspose" not in _op_types(tmp_path / m.graphs["encoder"].onnx)
+    assert "DepthToSpace" in _op_types(tmp_path / m.graphs["unet/44x44_b1-2"].onnx)  # places the output tiles
+    assert "DepthToSpace" not in _op_types(tmp_path / m.graphs["encoder"].onnx)
     capsys.readouterr()
     assert parity.main([str(tmp_path)]) == 0  # fp32 limit 1e-4, batch 1 and 2
     assert "FAIL" not in capsys.readouterr().out
@@ -74,7 +74,7 @@ def test_winograd_unet_passes_parity_and_conv_direct_reexports_only_it(models, t
     assert log.count("ONNX fp32 exported") == 1 and log.count("ONNX fp32 reused") == 2
     m = read_manifest(tmp_path)
     assert m.build_flags["conv"] == "direct"
-    assert "ConvTranspose" not in _op_types(tmp_path / m.graphs["unet/44x44_b1-2"].onnx)
+    assert "DepthToSpace" not in _op_types(tmp_path / m.graphs["unet/44x44_b1-2"].onnx)
     assert parity.main([str(tmp_path)]) == 0
 
 
