@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from idm_rt.model.implicit import ImplicitUp, nearest_query, query_fast, query_literal
+from idm_rt.model.implicit import ImplicitUp, gather_nearest, nearest_query, query_fast, query_literal
 
 from .conftest import rel_err
 
@@ -65,6 +65,19 @@ def test_nearest_query_matches_grid_sample_rule(n_src, n_dst):
         ix = ((min(max(coord, -1 + 1e-6), 1 - 1e-6) + 1) * n_src - 1) / 2
         assert idx[k].item() == round(ix)
         assert math.isclose(rel[k].item(), (coord - (-1 + (2 * idx[k].item() + 1) / n_src)) * n_src, abs_tol=1e-5)
+
+
+def test_nearest_query_at_twice_the_size_is_k_over_2():
+    # what gather_nearest's Resize shortcut relies on
+    for n in range(1, 200):
+        assert torch.equal(nearest_query(n, 2 * n)[0], torch.arange(2 * n) // 2)
+
+
+@pytest.mark.parametrize("size", [(8, 12), (8, 7), (5, 12)])
+def test_gather_nearest_equals_the_table_gather(size):
+    y = torch.randn(2, 3, 4, 6)
+    ri, ci = nearest_query(4, size[0])[0], nearest_query(6, size[1])[0]
+    assert torch.equal(gather_nearest(y, size), y[:, :, ri][:, :, :, ci])
 
 
 def test_layer_forms_agree_with_modulation():

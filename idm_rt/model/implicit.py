@@ -40,6 +40,18 @@ def nearest_query(n_src: int, n_dst: int) -> tuple[torch.Tensor, torch.Tensor]:
     return idx, rel
 
 
+def gather_nearest(y: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``y`` (B, C, hs, ws) sampled at the :func:`nearest_query` source pixel of every target pixel.
+    At exactly twice the size that pixel is ``k // 2``, a nearest 2x upsampling: ONNX Runtime's
+    Resize does it ~15x faster than its Gather along the last axis (the same values)."""
+    hs, ws = int(y.shape[-2]), int(y.shape[-1])
+    if (int(size[0]), int(size[1])) == (2 * hs, 2 * ws):
+        return F.interpolate(y, size=(2 * hs, 2 * ws), mode="nearest")
+    ri = nearest_query(hs, int(size[0]))[0].to(y.device)
+    ci = nearest_query(ws, int(size[1]))[0].to(y.device)
+    return y[:, :, ri][:, :, :, ci]
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, a1: torch.Tensor, a2: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """``FusedLeakyReLU(x * a1 + shift * a2, bias)`` with a1, a2 of shape (B, C)."""
     return fused_leaky_relu(x * a1[:, :, None, None] + shift * a2[:, :, None, None], bias)
@@ -68,18 +80,16 @@ def query_fast(h: torch.Tensor, fc1: nn.Linear, fc2: nn.Linear, size: tuple[int,
     """Same function as :func:`query_literal`; the linear algebra is moved to the source resolution."""
     b, c, hs, ws = h.shape
     # int(): under ONNX export sizes arrive as traced tensors; the index tables must be constants.
-    (ri, rr), (ci, cr) = nearest_query(int(hs), int(size[0])), nearest_query(int(ws), int(size[1]))
-    ri, rr, ci, cr = (t.to(h.device) for t in (ri, rr, ci, cr))
-    rr, cr = rr.to(h.dtype), cr.to(h.dtype)
+    rr = nearest_query(int(hs), int(size[0]))[1].to(h.device, h.dtype)
+    cr = nearest_query(int(ws), int(size[1]))[1].to(h.device, h.dtype)
     w1, w_row, w_col = fc1.weight[:, :c], fc1.weight[:, c], fc1.weight[:, c + 1]
     if not relu:
         # out = (W2 W1f) h_src + rel_r (W2 w_r) + rel_c (W2 w_c) + (W2 b1 + b2)
         w2 = fc2.weight
         y = F.conv2d(h, (w2 @ w1)[:, :, None, None], w2 @ fc1.bias + fc2.bias)
-        y = y[:, :, ri][:, :, :, ci]
-        return y + (w2 @ w_row)[:, None, None] * rr[:, None] + (w2 @ w_col)[:, None, None] * cr[None, :]
+        return gather_nearest(y, size) + (w2 @ w_row)[:, None, None] * rr[:, None] + (w2 @ w_col)[:, None, None] * cr[None, :]
     # hidden = relu(W1f h_src + rel_r w_r + rel_c w_c + b1), out = W2 hidden + b2
-    pre = F.conv2d(h, w1[:, :, None, None], fc1.bias)[:, :, ri][:, :, :, ci]
+    pre = gather_nearest(F.conv2d(h, w1[:, :, None, None], fc1.bias), size)
     hidden = F.relu(pre + w_row[:, None, None] * rr[:, None] + w_col[:, None, None] * cr[None, :])
     return F.conv2d(hidden, fc2.weight[:, :, None, None], fc2.bias)
 
