@@ -41,7 +41,7 @@ def nearest_query(n_src: int, n_dst: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def gather_nearest(y: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``y`` (B, C, hs, ws) sampled at the :func:`nearest_query` source pixel of every target pixel.
+    """``y`` (B, C, hs, ws) sampled at the :func:`nearest_query` source pixel of each target pixel.
     At exactly twice the size that pixel is ``k // 2``, a nearest 2x upsampling: ONNX Runtime's
     Resize does it ~15x faster than its Gather along the last axis (the same values)."""
     hs, ws = int(y.shape[-2]), int(y.shape[-1])
@@ -87,7 +87,8 @@ def query_fast(h: torch.Tensor, fc1: nn.Linear, fc2: nn.Linear, size: tuple[int,
         # out = (W2 W1f) h_src + rel_r (W2 w_r) + rel_c (W2 w_c) + (W2 b1 + b2)
         w2 = fc2.weight
         y = F.conv2d(h, (w2 @ w1)[:, :, None, None], w2 @ fc1.bias + fc2.bias)
-        return gather_nearest(y, size) + (w2 @ w_row)[:, None, None] * rr[:, None] + (w2 @ w_col)[:, None, None] * cr[None, :]
+        y = gather_nearest(y, size)
+        return y + (w2 @ w_row)[:, None, None] * rr[:, None] + (w2 @ w_col)[:, None, None] * cr[None, :]
     # hidden = relu(W1f h_src + rel_r w_r + rel_c w_c + b1), out = W2 hidden + b2
     pre = gather_nearest(F.conv2d(h, w1[:, :, None, None], fc1.bias), size)
     hidden = F.relu(pre + w_row[:, None, None] * rr[:, None] + w_col[:, None, None] * cr[None, :])
