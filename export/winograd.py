@@ -130,7 +130,7 @@ class WinogradConv2d(nn.Module):
         v = v.reshape(-1, c, n * n, h * w).permute(2, 0, 1, 3)  # (n^2, B, C, tiles)
         prod = torch.matmul(self.u, v)  # (n^2, B, C_out, tiles)
         y = torch.matmul(self.transform_out, prod.reshape(n * n, -1))  # (m^2, B * C_out * tiles)
-        y = y.reshape(m * m, -1, self.c_out * h * w).transpose(0, 1)  # (B, m^2, ...): moves data only for B > 1
+        y = y.reshape(m * m, -1, self.c_out * h * w).transpose(0, 1)  # (B, m^2, C_out * tiles)
         y = DepthToSpaceDCR.apply(y.reshape(-1, m * m * self.c_out, h, w), m)  # places the m x m tiles
         if self.bias is not None:
             y = y + self.bias.view(1, -1, 1, 1)
