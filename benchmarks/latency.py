@@ -39,13 +39,13 @@ def onnxruntime_runners(model: idm_rt.IDM, side: int, stack: contextlib.ExitStac
     """Runners of an fp32 ONNX Runtime engine of ``model`` for one side x side bucket, built in a
     temp folder: as shipped, and (on the CPU) without torch's threads pinned while sampling."""
     from idm_rt.backends import load_runner
-    from idm_rt.build import main as build
+    from idm_rt.build import auto_conv, main as build
 
     tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
     idm_rt.save_model(model, tmp / "model")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if build(["--engine", "fp32", "--backend", "onnxruntime", "--model", str(tmp / "model"), "--out",
-              str(tmp / "engines"), "--tile", str(side), "--conv", "direct" if device == "cuda" else "auto"]) != 0:
+              str(tmp / "engines"), "--tile", str(side), "--conv", auto_conv("onnxruntime", "fp32", device)]) != 0:
         raise RuntimeError("building the ONNX Runtime engine failed")
     runners = {"onnxruntime": load_runner(tmp / "engines", device=device)}
     if device == "cpu":
