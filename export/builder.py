@@ -3,8 +3,9 @@ and keep ``manifest.json`` up to date so that a second run reuses what still mat
 
 Reuse rule: each graph records the key of what it was exported from (model hash, graph, bucket,
 precision, opset, exporter version) and of what its engine was built with (that key plus the
-backend's identity: ONNX Runtime version, or TensorRT version, GPU and build flags). A graph or
-engine is rebuilt when its key changed, its file is missing, or ``--force`` is given.
+backend's identity: ONNX Runtime version, or TensorRT version, GPU and build flags), and the size
+of each file it wrote. A graph or engine is rebuilt when its key changed, its file is missing or
+has another size (an interrupted copy), or ``--force`` is given.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from pathlib import Path
 from typing import Callable
 
 from idm_rt.backends.engine_dir import MANIFEST_NAME, GraphEntry, Manifest, graph_key, graph_specs, read_manifest
-from idm_rt.buckets import Bucket
-from idm_rt.checkpoints import load_model, model_hash
+from idm_rt.buckets import Bucket, tile_side
+from idm_rt.checkpoints import is_project, load_model, model_hash
 from idm_rt.fileio import atomic_write
 from idm_rt.model import IDM
 
@@ -28,11 +29,11 @@ from . import ort_build, tensorrt_build, winograd
 from .graphs import OPSET, export_graph
 from .opcheck import check_graph
 
-EXIT_OK, EXIT_FAILED, EXIT_NEEDS_GPU = 0, 1, 3
+EXIT_OK, EXIT_NEEDS_GPU = 0, 3  # failures raise BuildError (status 1 in idm_rt.build)
 EXPORT_VERSION = 1  # bump when export_graph changes what a graph contains
 
 
-class BuildError(Exception):
+class BuildError(RuntimeError):
     """A build step failed; the message says which and why."""
 
 
@@ -49,6 +50,7 @@ class BuildOptions:
     force: bool = False
     command: str = ""
     conv: str = "direct"  # the U-Net's 3x3 convolutions: "direct" or "winograd" (see export.winograd)
+    max_scale: float | None = None  # overrides the model's M (released .pth files do not record it)
 
 
 def digest(*parts) -> str:
@@ -56,9 +58,11 @@ def digest(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def reusable(folder: Path, file: str | None, old_key: str | None, key: str, force: bool) -> bool:
-    """Whether an artifact recorded with ``old_key`` at ``file`` can stand in for one with ``key``."""
-    return not force and file is not None and old_key == key and (folder / file).exists()
+def reusable(folder: Path, file: str | None, size: int | None, old_key: str | None, key: str, force: bool) -> bool:
+    """Whether an artifact recorded with ``old_key`` and ``size`` bytes at ``file`` can stand in for one
+    with ``key``."""
+    return (not force and file is not None and old_key == key and (folder / file).is_file()
+            and (folder / file).stat().st_size == size)
 
 
 def backend_identity(options: BuildOptions) -> tuple[dict, list[str]]:
@@ -76,7 +80,14 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> int:
 
     Builds of one folder take turns (a lock file); the manifest is only rewritten when something in
     it changed, so that a build that reuses everything leaves a folder others read untouched."""
-    model = load_model(options.model_path)
+    model = load_model(options.model_path, max_scale=options.max_scale)
+    if options.max_scale is None and not is_project(options.model_path):
+        log(f"note: released checkpoints do not record their largest training scale; assuming M = "
+            f"{model.max_scale:g} (--max-scale M to change it)")
+    try:
+        tile_side(options.buckets, model.config.size_multiple)
+    except ValueError as e:
+        log(f"warning: {e}; outputs larger than it will fail with these engines")
     with _lock(options.out, log):
         return _build(model, options, log)
 
@@ -104,8 +115,9 @@ def _build(model: IDM, options: BuildOptions, log: Callable[[str], None]) -> int
     folder = options.out
     old = _previous(folder, log)
     ident, missing = backend_identity(options)
-    flags = {"workspace_mb": options.workspace_mb, "opset": OPSET, "strongly_typed": options.precision == "fp16",
-             "tf32": False, "conv": options.conv, "command": options.command}
+    flags = {"opset": OPSET, "conv": options.conv, "command": options.command}
+    if options.backend == "tensorrt":
+        flags |= {"workspace_mb": options.workspace_mb, "strongly_typed": options.precision == "fp16", "tf32": False}
     manifest = Manifest(model_hash=model_hash(model), model_path=str(Path(options.model_path).resolve()),
                         network=model.config.to_dict(), max_scale=model.max_scale, precision=options.precision,
                         backend=options.backend, opset=OPSET, buckets=options.buckets, graphs={}, identity=ident,
@@ -123,7 +135,7 @@ def _build(model: IDM, options: BuildOptions, log: Callable[[str], None]) -> int
     manifest.complete = not missing
     if old is None or old.to_json() != manifest.to_json():
         _write(folder, manifest)
-    _remove_stale(folder, old, manifest)
+    _remove_stale(folder, manifest)
     if missing:
         log(_missing_message(folder, missing, options))
         return EXIT_NEEDS_GPU
@@ -141,7 +153,8 @@ def _onnx_stage(model: IDM, mhash: str, kind: str, bucket: Bucket | None, option
                       *winograd_key)
     prev = old.graphs.get(key) if old else None
     path = options.out / rel
-    if reusable(options.out, prev and prev.onnx, prev and prev.onnx_key, onnx_key, options.force):
+    if reusable(options.out, prev and prev.onnx, prev and prev.onnx_bytes, prev and prev.onnx_key, onnx_key,
+                options.force):
         log(f"{label}: ONNX {precision} reused")
     else:
         start = time.perf_counter()
@@ -151,7 +164,7 @@ def _onnx_stage(model: IDM, mhash: str, kind: str, bucket: Bucket | None, option
     problems = check_graph(path, OPSET)
     if problems:
         raise BuildError(f"{rel} fails the ONNX/TensorRT operator check:\n  " + "\n  ".join(problems))
-    return GraphEntry(onnx=rel, precision=precision, onnx_key=onnx_key)
+    return GraphEntry(onnx=rel, precision=precision, onnx_key=onnx_key, onnx_bytes=path.stat().st_size)
 
 
 def _engine_stage(entry: GraphEntry, kind: str, bucket: Bucket | None, options: BuildOptions, ident: dict,
@@ -161,7 +174,9 @@ def _engine_stage(entry: GraphEntry, kind: str, bucket: Bucket | None, options: 
     entry.engine_key = digest(entry.onnx_key, options.backend, ident, flags)
     suffix = ".plan" if options.backend == "tensorrt" else ".onnx"
     entry.engine = f"{options.backend}/{name}{suffix}"
-    if reusable(options.out, prev and prev.engine, prev and prev.engine_key, entry.engine_key, options.force):
+    if reusable(options.out, prev and prev.engine, prev and prev.engine_bytes, prev and prev.engine_key,
+                entry.engine_key, options.force):
+        entry.engine_bytes = prev.engine_bytes
         log(f"{label}: {options.backend} artifact reused")
         return
     start = time.perf_counter()
@@ -172,6 +187,7 @@ def _engine_stage(entry: GraphEntry, kind: str, bucket: Bucket | None, options: 
         tensorrt_build.build_engine(onnx_path, engine_path, tensorrt_build.profile_shapes(kind, bucket, onnx_path),
                                     fp16=entry.precision == "fp16", workspace_mb=options.workspace_mb,
                                     timing_cache=options.out / options.backend / "timing.cache")
+    entry.engine_bytes = engine_path.stat().st_size
     log(f"{label}: {options.backend} artifact built in {time.perf_counter() - start:.1f} s")
 
 
@@ -189,15 +205,15 @@ def _write(folder: Path, manifest: Manifest) -> None:
     atomic_write(folder / MANIFEST_NAME, lambda tmp: Path(tmp).write_text(manifest.to_json()))
 
 
-def _remove_stale(folder: Path, old: Manifest | None, new: Manifest) -> None:
-    """Delete files of the old manifest that the new one no longer lists."""
-    if old is None:
-        return
+def _remove_stale(folder: Path, new: Manifest) -> None:
+    """Delete the graph and engine files that the new manifest no longer lists: those of an older
+    build, and those an interrupted build left behind (its manifest lists only what it had reached)."""
     keep = {f for g in new.graphs.values() for f in (g.onnx, g.engine) if f}
-    for g in old.graphs.values():
-        for f in (g.onnx, g.engine):
-            if f and f not in keep:
-                (folder / f).unlink(missing_ok=True)
+    for sub in ("onnx", "onnxruntime", "tensorrt"):
+        for path in (folder / sub).glob("*"):
+            # .tmp: what a killed write left (builds of a folder take turns, so none is in progress)
+            if path.suffix in (".onnx", ".plan", ".tmp") and path.relative_to(folder).as_posix() not in keep:
+                path.unlink()
 
 
 def _missing_message(folder: Path, missing: list[str], options: BuildOptions) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import onnx
+from google.protobuf.message import DecodeError
 
 # Operators marked supported ("Y") in the operator support matrix of TensorRT's ONNX parser,
 # onnx-tensorrt docs/operators.md (https://github.com/onnx/onnx-tensorrt/blob/main/docs/operators.md,
@@ -37,7 +38,10 @@ def check_graph(model: onnx.ModelProto | str | os.PathLike, opset: int) -> list[
     """Problems found (empty when the graph is fine): onnx.checker errors, a wrong opset, operators
     outside :data:`TENSORRT_OPS`, and inputs that TensorRT needs constant but are not."""
     if not isinstance(model, onnx.ModelProto):
-        model = onnx.load(str(model))
+        try:
+            model = onnx.load(str(model))
+        except (OSError, DecodeError) as e:
+            return [f"cannot be read as ONNX ({e or type(e).__name__}); rebuild it with --force"]
     try:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:

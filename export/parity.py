@@ -12,7 +12,7 @@ import sys
 
 import torch
 
-from idm_rt.backends import EngineRunner, load_runner
+from idm_rt.backends import BACKENDS, EngineRunner, load_runner
 from idm_rt.backends.engine_dir import CONDITIONER_INPUTS, ENCODER_INPUTS, unet_inputs
 from idm_rt.checkpoints import load_model, model_hash
 
@@ -48,18 +48,23 @@ def graph_errors(runner: EngineRunner, model, seed: int = 0) -> list[tuple[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m export.parity", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m export.parity", description=__doc__.split("\n\n")[0].replace("``", ""))
     ap.add_argument("folder", metavar="DIR", help="engine directory written by python -m idm_rt.build")
     ap.add_argument("--model", help="the torch model (default: the path recorded in the manifest)")
-    ap.add_argument("--backend", choices=("onnxruntime", "tensorrt"), help="default: the directory's backend")
+    ap.add_argument("--backend", choices=BACKENDS, help="default: the directory's backend")
     ap.add_argument("--device", help="default: cuda for tensorrt, cpu for onnxruntime")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     try:
         runner = load_runner(args.folder, args.backend, args.device)
-        model = load_model(args.model or runner.manifest.model_path)
     except (FileNotFoundError, ValueError, ImportError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    try:
+        model = load_model(args.model or runner.manifest.model_path)
+    except (FileNotFoundError, ValueError) as e:
+        hint = "" if args.model else f" (the model path {args.folder}'s manifest records; --model PATH gives another)"
+        print(f"error: {e}{hint}", file=sys.stderr)
         return 1
     if model_hash(model) != runner.manifest.model_hash:
         print(f"error: the model (hash {model_hash(model)}) is not the one {args.folder} was built from "

@@ -19,6 +19,7 @@ from typing import Sequence
 import torch
 
 from . import upscaler
+from .backends import BACKENDS
 from .buckets import DEFAULT_TILES, parse_batch, parse_list, parse_size, plan_buckets, route, rule_text
 
 EXAMPLES = """examples:
@@ -34,16 +35,20 @@ def build_parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  description="Export IDM to ONNX per bucket (HR tile shape + batch range) and build "
                                              "ONNX Runtime or TensorRT engines with a manifest.")
-    ap.add_argument("--engine", choices=("fp16", "fp32"), default="fp16",
-                    help="U-Net precision (encoder and conditioner stay fp32); default fp16")
+    ap.add_argument("--engine", choices=("fp16", "fp32"),
+                    help="U-Net precision (encoder and conditioner stay fp32); default fp16 for TensorRT, fp32 for "
+                         "ONNX Runtime (as Upscaler builds them)")
     ap.add_argument("--model", help="checkpoint: released .pth or project folder (default: the bundled model)")
+    ap.add_argument("--max-scale", type=float, metavar="M",
+                    help="largest training scale M of the model (released .pth files do not record it: 8 unless "
+                         "given, 4 for the DIV2K models); engines record it")
     ap.add_argument("--out", help="engine directory (default: engines/<model>-<backend>-<engine>)")
     ap.add_argument("--scales", help="magnifications to cover, e.g. 2,3,4,8 (with --input-size)")
     ap.add_argument("--input-size", help="LR input size WxH for --scales, e.g. 64x64")
     ap.add_argument("--tile", help=f"square HR tile side(s), e.g. 128 or 128,256 (default "
                                    f"{','.join(map(str, DEFAULT_TILES))} when no --scales)")
     ap.add_argument("--batch", default="1", help="batch size N or range MIN,MAX of every bucket (default 1)")
-    ap.add_argument("--backend", choices=("tensorrt", "onnxruntime"), default="tensorrt",
+    ap.add_argument("--backend", choices=BACKENDS, default="tensorrt",
                     help="engines to build (default tensorrt; onnxruntime works on a CPU)")
     ap.add_argument("--workspace", type=int, default=4096, metavar="MiB", help="TensorRT workspace limit (MiB)")
     ap.add_argument("--conv", choices=("auto", "direct", "winograd"), default="auto",
@@ -59,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _plan(args: argparse.Namespace):
     scales = parse_list(args.scales, float) if args.scales else []
     size = parse_size(args.input_size) if args.input_size else None
-    tiles = parse_list(args.tile, int) if args.tile else []
+    tiles = parse_list(args.tile, int) if args.tile is not None else []
+    if args.tile is not None and not tiles:
+        raise ValueError(f"--tile needs one or more sides, got {args.tile!r}")
     return scales, size, plan_buckets(scales, size, tiles, parse_batch(args.batch))
 
 
@@ -67,7 +74,7 @@ def explain(buckets, scales, size, multiple: int | None) -> str:
     """The bucket plan and, for each requested scale, the bucket (or tiling) the request runs on."""
     lines = ["buckets (HR tile height x width, batch range):"] + [f"  {b.name}" for b in buckets]
     if size and multiple:
-        lines.append("requests:")
+        lines.append("requests (input and output width x height):")
         for s in scales:
             out = (round(size[1] * s), round(size[0] * s))
             lines.append(f"  {size[0]}x{size[1]} x{s:g}: " + route(buckets, out, multiple).describe())
@@ -84,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(str(e))
     if args.workspace < 16:
         ap.error("--workspace is in MiB and must be at least 16")
+    if args.max_scale is not None and not args.max_scale > 1:
+        ap.error(f"--max-scale must be > 1, got {args.max_scale}")
+    args.engine = args.engine or ("fp32" if args.backend == "onnxruntime" else "fp16")
     if args.conv == "winograd" and (args.backend, args.engine) != ("onnxruntime", "fp32"):
         ap.error("--conv winograd is for --backend onnxruntime --engine fp32 (TensorRT chooses its own "
                  "convolution algorithms, and the transforms lose too much in float16)")
@@ -94,22 +104,33 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {hint}no model at {model_path}; pass --model PATH (a released .pth or a project folder)",
               file=sys.stderr)
         return 1
-    if args.explain:
-        from .checkpoints import load_model
-
-        print(explain(buckets, scales, size, load_model(model_path).config.size_multiple))
-        return 0
-    from export.builder import BuildError, BuildOptions, build  # the export package, only when building
-
-    out = Path(args.out) if args.out else Path("engines") / f"{model_path.stem}-{args.backend}-{args.engine}"
-    command = shlex.join(["python", "-m", "idm_rt.build", *(sys.argv[1:] if argv is None else argv)])
-    options = BuildOptions(model_path, out, args.engine, args.backend, buckets, args.workspace, args.force, command,
-                           conv)
     try:
+        if args.explain:
+            from .checkpoints import load_model
+
+            print(explain(buckets, scales, size, load_model(model_path).config.size_multiple))
+            return 0
+        require_export_packages(args.backend)
+        from export.builder import BuildOptions, build  # the export package, only when building
+
+        out = Path(args.out) if args.out else Path("engines") / f"{model_path.stem}-{args.backend}-{args.engine}"
+        command = shlex.join(["python", "-m", "idm_rt.build", *(sys.argv[1:] if argv is None else argv)])
+        options = BuildOptions(model_path, out, args.engine, args.backend, buckets, args.workspace, args.force,
+                               command, conv, args.max_scale)
         return build(options)
-    except (BuildError, FileNotFoundError, ValueError, RuntimeError) as e:
+    except (OSError, ValueError, RuntimeError, ImportError) as e:  # export's BuildError is a RuntimeError
         print(f"error: {e}", file=sys.stderr)
         return 1
+
+
+def require_export_packages(backend: str) -> None:
+    """ImportError naming the pip extra when the packages a build needs are missing."""
+    import importlib.util
+
+    needed = ["onnx"] + (["onnxruntime"] if backend == "onnxruntime" else [])
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ImportError(f"building engines needs {' and '.join(missing)}: pip install 'idm-rt[onnx]'")
 
 
 def auto_conv(backend: str, precision: str, device: str = "cpu") -> str:
@@ -136,6 +157,7 @@ def build_engines(model_path: str | os.PathLike | None, backend: str, precision:
     convolution mode (and the GPU, for TensorRT). Raises RuntimeError naming what is missing when
     TensorRT cannot build here.
     """
+    require_export_packages(backend)
     from export import tensorrt_build
     from export.builder import BuildOptions, build
 

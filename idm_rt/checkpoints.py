@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from .backends.engine_dir import MANIFEST_NAME
 from .config import IDMConfig
 from .fileio import atomic_write
 from .model import IDM
@@ -43,7 +44,7 @@ def load_model(path: str | os.PathLike, config: IDMConfig | None = None, max_sca
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    if path.is_dir() or path.suffix == ".safetensors":
+    if is_project(path):
         return _load_project(path, config, max_scale)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -61,11 +62,20 @@ def load_model(path: str | os.PathLike, config: IDMConfig | None = None, max_sca
     return model.eval()
 
 
+def is_project(path: str | os.PathLike) -> bool:
+    """Whether :func:`load_model` reads ``path`` as the project format (else as a released checkpoint,
+    which does not record its largest training scale)."""
+    return Path(path).is_dir() or Path(path).suffix == ".safetensors"
+
+
 def _load_project(path: Path, config: IDMConfig | None, max_scale: float | None) -> IDM:
     folder = path if path.is_dir() else path.parent
     weights = path / WEIGHTS_NAME if path.is_dir() else path
     meta_path = folder / CONFIG_NAME
     if not weights.exists() or not meta_path.exists():
+        if (folder / MANIFEST_NAME).exists():
+            raise FileNotFoundError(f"{folder} is an engine directory, not a model: run it with "
+                                    f"Upscaler.from_engines({str(folder)!r}) or `python -m idm_rt upscale --engines`")
         raise FileNotFoundError(f"{folder} needs both {WEIGHTS_NAME} and {CONFIG_NAME}")
     meta = json.loads(meta_path.read_text())
     config = config or IDMConfig.from_dict(meta["network"])

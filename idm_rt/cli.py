@@ -26,11 +26,12 @@ UPSCALE_EXAMPLES = """examples:
 
 
 def _size(text: str) -> tuple[int, int]:
+    from .buckets import parse_size
+
     try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like WIDTHxHEIGHT, e.g. 1920x1080, got {text!r}")
-    return w, h
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _passes(text: str) -> int:
@@ -70,11 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--consistency", type=_passes, metavar="N",
                     help="clip each step's estimate and back-project it onto the input N times, so that the "
                          "output's downscale is close to the input (0: off, as in the paper; default: the model's)")
-    up.add_argument("--tile", type=int, help="HR tile side for large outputs (default 512; 0: off); rounded down to "
-                                             "the model's size multiple (8 for the default model, 16 for released)")
+    up.add_argument("--tile", type=int, help="HR tile side for large outputs (default 512, engines: their bucket rule; "
+                                             "0: off); rounded down to the model's size multiple (8 for the default "
+                                             "model, 16 for released)")
     up.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cpu; cuda for TensorRT --engines)")
     up.add_argument("--precision", choices=("fp32", "fp16", "bf16"),
-                    help="U-Net precision: fp32 (default) or fp16/bf16 autocast (GPUs); engines keep their build's")
+                    help="U-Net precision: fp32 (default) or fp16/bf16 autocast (GPUs); with --backend, the "
+                         "precision its engines are built in (fp32 or fp16; default fp32 for onnxruntime, fp16 for "
+                         "tensorrt); --engines keep their build's")
     src = up.add_mutually_exclusive_group()
     src.add_argument("--model", help="checkpoint: released .pth or project folder (default: the bundled model)")
     src.add_argument("--engines", metavar="DIR",

@@ -37,12 +37,13 @@ class Upscaler:
             ``benchmarks/gpu_check.py``).
         cuda_graphs: replay each U-Net call from a CUDA graph (default: on for CUDA devices).
         compile: ``torch.compile`` the U-Net (slow first call).
-        tile: default HR tile side; outputs larger than this are denoised in overlapping tiles.
+        tile: default HR tile side; outputs larger than this are denoised in overlapping tiles
+            (None, the default of :meth:`from_engines`: the engine directory's bucket rule).
         max_pixels: largest output (H x W) accepted, a guard against typos such as ``scale=400``.
     """
 
     def __init__(self, model: IDM | EngineRunner, device: str | torch.device = "cpu", sampler: str = "dpmpp_2m",
-                 steps: int = 20, tile: int = 512, max_pixels: int = 64_000_000, init: str = "noise",
+                 steps: int = 20, tile: int | None = 512, max_pixels: int = 64_000_000, init: str = "noise",
                  init_level: float = 0.5, precision: str = "fp32", cuda_graphs: bool | None = None,
                  compile: bool = False, consistency: int = 0):
         self.device = torch.device(device)
@@ -59,6 +60,11 @@ class Upscaler:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
         if isinstance(self.model, EngineRunner):
+            if precision != "fp32" or compile or cuda_graphs:
+                raise ValueError(f"precision, compile and cuda_graphs are for the torch backend: an engine "
+                                 f"directory's precision is fixed when it is built (this one: "
+                                 f"{self.model.manifest.precision}); TensorRT's CUDA graphs are "
+                                 "runner_options={'cuda_graph': True}")
             return None
         graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
         if not (graphs or compile or PRECISIONS[precision] is not None):
@@ -116,6 +122,10 @@ class Upscaler:
         device = torch.device(device or DEFAULT_DEVICES[backend])
         if backend == "tensorrt" and device.type != "cuda":
             raise ValueError(f"backend='tensorrt' runs on a CUDA device, not {device}")
+        if backend == "onnxruntime":
+            from .backends.onnxruntime import execution_providers
+
+            execution_providers(device)  # can it run there? Said before a build, not after it
         from .build import build_engines
 
         return build_engines(path, backend, precision, device)
@@ -129,13 +139,14 @@ class Upscaler:
             backend: "onnxruntime" or "tensorrt"; default: the one the directory was built for
                 (the ONNX graphs of a TensorRT directory also run with "onnxruntime").
             device: default "cuda" for TensorRT, "cpu" for ONNX Runtime.
-            runner_options: ``threads`` (onnxruntime) or ``cuda_graph`` (tensorrt).
+            runner_options: ``threads`` and ``sampling_torch_threads`` (onnxruntime, see
+                :class:`~idm_rt.backends.onnxruntime.OnnxRuntimeRunner`) or ``cuda_graph`` (tensorrt).
         Outputs that no bucket covers are tiled by the bucket rule (:mod:`idm_rt.buckets`) unless
-        ``tile`` is given. The model's recommended sampling settings, recorded in the manifest,
-        are the defaults.
+        ``tile`` is given (0: never tile, an error when no bucket covers the output). The model's
+        recommended sampling settings, recorded in the manifest, are the defaults.
         """
         runner = load_runner(folder, backend, device, **(runner_options or {}))
-        return cls(runner, device=runner.device, **{"tile": 0, **runner.manifest.defaults, **kwargs})
+        return cls(runner, device=runner.device, **{"tile": None, **runner.manifest.defaults, **kwargs})
 
     def output_size(self, height: int, width: int, scale: float | None = None,
                     size: tuple[int, int] | None = None) -> tuple[int, int]:
@@ -172,7 +183,8 @@ class Upscaler:
             size: explicit output size (width, height) instead of scale.
             steps, sampler: sampling budget; defaults from the constructor.
             seed: makes the result repeatable.
-            tile: HR tile side (multiple of 8); 0 disables tiling; None uses the default.
+            tile: HR tile side (multiple of 8); 0 disables tiling; None uses the default (with engines
+                and no default, the bucket rule).
             init, init_level: ``"noise"`` (the paper: start from pure noise) or ``"bicubic"`` (start
                 from the bicubic upscale diffused to noise level ``init_level`` in (0, 1)).
             consistency: back-projection passes per step that bring the output's bicubic downscale
@@ -208,7 +220,9 @@ class Upscaler:
             lr = torch.cat([prepared[i][0] for i in idx]).to(self.device)
             # one generator per image, all seeded alike: an image's result does not depend on its batch
             gen = [torch.Generator().manual_seed(seed) for _ in idx] if seed is not None else None
-            group_tile = tile or (self.model.auto_tile(out) if isinstance(self.model, EngineRunner) else None)
+            group_tile = tile or None  # 0: untiled
+            if tile is None and isinstance(self.model, EngineRunner):
+                group_tile = self.model.auto_tile(out)
             sr = super_resolve(self.model, lr, out, scale=scale, sampler=sampler, steps=steps, eta=eta,
                                generator=gen, tile=group_tile, progress=progress, init=init, init_level=init_level,
                                denoise=self.denoise, consistency=consistency)

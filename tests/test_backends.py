@@ -2,6 +2,7 @@
 backend (same seed), tiling and padding by the bucket rule, batching, and clear errors."""
 
 import importlib.util
+import shutil
 
 import numpy as np
 import pytest
@@ -135,7 +136,7 @@ def test_clear_errors_for_missing_directories_and_devices(built, tmp_path):
     with pytest.raises(ValueError, match="unknown engine backend"):
         load_runner(folder, backend="tvm")
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="CUDAExecutionProvider"):
+        with pytest.raises(RuntimeError, match="this torch has no CUDA device"):
             load_runner(folder, device="cuda")
     if importlib.util.find_spec("tensorrt") is None:
         with pytest.raises(ImportError, match="TensorRT 10"):
@@ -220,3 +221,43 @@ def test_cli_backend_builds_the_models_engines_into_the_cache(built, tmp_path, m
         assert got.size == (128, 128) and np.array_equal(np.asarray(got), np.asarray(want))
     assert cli([*args, "-o", str(tmp_path / "b.png"), "--backend", "onnxruntime", "--precision", "bf16"]) == 1
     assert "'fp32' or 'fp16', not 'bf16'" in capsys.readouterr().err and not (tmp_path / "b.png").exists()
+
+
+def test_torch_backend_options_are_refused_with_engines(built):
+    _, folder = built
+    with pytest.raises(ValueError, match=r"fixed when it is built \(this one: fp32\)"):
+        Upscaler.from_engines(folder, precision="fp16")
+    with pytest.raises(ValueError, match="for the torch backend"):
+        Upscaler.from_engines(folder, compile=True)
+
+
+def test_tile_0_runs_engines_untiled_and_says_when_no_bucket_covers(built):
+    _, folder = built
+    up = Upscaler.from_engines(folder)
+    assert up.upscale(_image(16, 16, 0), scale=2, steps=2, tile=0, progress=False).shape == (32, 32, 3)
+    with pytest.raises(ValueError, match="no engine bucket covers an HR tile of 48x32"):
+        up.upscale(_image(16, 24, 5), scale=2, steps=2, tile=0, progress=False)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a torch without CUDA")
+def test_a_cuda_device_without_cuda_is_refused_before_building(built, tmp_path, monkeypatch):
+    _, folder = built
+    monkeypatch.setenv("IDM_RT_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(RuntimeError, match="this torch has no CUDA device"):
+        Upscaler.from_pretrained(folder.parent / "model", backend="onnxruntime", device="cuda")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_missing_or_damaged_engine_files_are_named(built, tmp_path):
+    _, folder = built
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    encoder = copy / read_manifest(copy).graphs["encoder"].engine
+    encoder.write_bytes(b"\0" * encoder.stat().st_size)  # same size, not a graph
+    with pytest.raises(RuntimeError, match="(?s)ONNX Runtime cannot load .*encoder.onnx.*--force"):
+        load_runner(copy)
+    encoder.unlink()
+    with pytest.raises(FileNotFoundError, match="encoder.onnx, listed in .*manifest.json, is missing"):
+        Upscaler.from_engines(copy)
+    with pytest.raises(FileNotFoundError, match="is an engine directory, not a model"):
+        idm_rt.load_model(folder)

@@ -45,9 +45,10 @@ def test_onnxruntime_build_writes_a_complete_manifest(ort_dir, models):
     assert m["model_hash"] == idm_rt.checkpoints.model_hash(idm_rt.load_model(models[0]))
     assert set(m["graphs"]) == {"encoder", "conditioner/32x32_b1-2", "unet/32x32_b1-2"}
     assert m["buckets"] == [{"height": 32, "width": 32, "min_batch": 1, "max_batch": 2, "name": "32x32_b1-2"}]
-    assert "onnxruntime" in m["identity"] and m["build_flags"]["workspace_mb"] == 4096
+    assert "onnxruntime" in m["identity"] and "workspace_mb" not in m["build_flags"]  # a TensorRT flag
     for g in m["graphs"].values():
-        assert (ort_dir / g["onnx"]).exists() and (ort_dir / g["engine"]).exists()
+        assert (ort_dir / g["onnx"]).stat().st_size == g["onnx_bytes"]
+        assert (ort_dir / g["engine"]).stat().st_size == g["engine_bytes"]
     # fp32 for ONNX Runtime: Winograd where it pays off, which is nowhere in this tiny network
     assert m["build_flags"]["conv"] == "winograd"
     assert "DepthToSpace" not in _op_types(ort_dir / m["graphs"]["unet/32x32_b1-2"]["onnx"])
@@ -206,3 +207,96 @@ def test_builds_of_one_folder_take_turns(models, tmp_path):
         fcntl.flock(held, fcntl.LOCK_UN)
     thread.join()
     assert lines[-1].startswith("done:") and read_manifest(tmp_path).complete
+
+
+def test_a_cut_short_file_is_rebuilt_and_leftovers_are_removed(ort_dir, tmp_path, capsys):
+    folder = tmp_path / "copy"
+    shutil.copytree(ort_dir, folder)
+    m = read_manifest(folder)
+    unet = folder / m.graphs["unet/32x32_b1-2"].engine
+    unet.write_bytes(unet.read_bytes()[:1000])  # an interrupted copy
+    with pytest.raises(ValueError, match="incomplete copy"):
+        load_runner(folder)
+    # what an interrupted build of other buckets, or a killed write, left behind
+    leftovers = [folder / "onnx" / "unet_64x64_b1-1.onnx", folder / "onnxruntime" / ".unet_32x32_b1-2.x.onnx.tmp"]
+    for f in leftovers:
+        f.write_bytes(b"x")
+    assert main(["--backend", "onnxruntime", "--model", m.model_path, "--out", str(folder), "--tile", "32",
+                 "--batch", "1,2"]) == 0  # --engine: fp32 for ONNX Runtime, as built before
+    log = capsys.readouterr().out
+    assert "unet/32x32_b1-2: onnxruntime artifact built" in log and log.count("reused") == 5
+    assert not any(f.exists() for f in leftovers)
+    assert sorted(p.name for p in (folder / "onnx").iterdir()) == ["conditioner_32x32_b1-2.onnx", "encoder.onnx",
+                                                                   "unet_32x32_b1-2.onnx"]
+    load_runner(folder)
+
+
+def test_an_unreadable_graph_is_reported_not_raised(ort_dir, tmp_path):
+    from export.opcheck import check_graph
+
+    bad = tmp_path / "cut.onnx"
+    bad.write_bytes((ort_dir / "onnx" / "encoder.onnx").read_bytes()[:300])
+    problems = check_graph(bad, 17)
+    assert len(problems) == 1 and "cannot be read as ONNX" in problems[0] and "--force" in problems[0]
+
+
+def test_manifest_errors_name_what_is_wrong(ort_dir, tmp_path):
+    good = json.loads((ort_dir / "manifest.json").read_text())
+    cases = [(lambda d: d.pop("buckets"), "has no buckets"), (lambda d: d.update(buckets=[]), "lists no buckets"),
+             (lambda d: d["graphs"]["encoder"].pop("onnx_key"), "graph 'encoder' has no onnx_key")]
+    for change, message in cases:
+        d = json.loads(json.dumps(good))
+        change(d)
+        (tmp_path / "manifest.json").write_text(json.dumps(d))
+        with pytest.raises(ValueError, match=message):
+            read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not an idm-rt engine manifest"):
+        read_manifest(tmp_path)
+    graphs = {k: dict(g, checksum="...") for k, g in good["graphs"].items()}
+    newer = dict(good, written_by="a later idm-rt", graphs=graphs)
+    (tmp_path / "manifest.json").write_text(json.dumps(newer))
+    assert read_manifest(tmp_path).graphs.keys() == good["graphs"].keys()  # fields it does not know are ignored
+
+
+def test_build_options_and_their_errors(models, tmp_path, capsys, monkeypatch):
+    base = ["--backend", "onnxruntime", "--model", str(models[0])]
+    assert main([*base, "--out", str(tmp_path / "m3"), "--tile", "32", "--max-scale", "3"]) == 0
+    m = read_manifest(tmp_path / "m3")
+    assert m.max_scale == 3 and m.precision == "fp32"
+    capsys.readouterr()
+    torch.manual_seed(0)
+    deeper = idm_rt.save_model(idm_rt.IDM(idm_rt.IDMConfig(inner_channel=32, channel_multiplier=(1, 1, 1, 1),
+                                                           res_blocks=1, attn_levels=(), encoder_blocks=1)),
+                               tmp_path / "deeper")  # size multiple 8
+    assert main(["--backend", "onnxruntime", "--model", str(deeper), "--out", str(tmp_path / "small"),
+                 "--tile", "12"]) == 0
+    assert "12x12_b1-1 is too small to tile with" in capsys.readouterr().out  # 8 < 2 x 8
+    (tmp_path / "file").write_text("")
+    assert main([*base, "--out", str(tmp_path / "file")]) == 1
+    assert capsys.readouterr().err.startswith("error:")
+    assert main(["--model", str(tmp_path / "file"), "--scales", "2", "--input-size", "8x8", "--explain"]) == 1
+    assert "not a readable torch checkpoint" in capsys.readouterr().err
+    for bad in (["--tile", ","], ["--max-scale", "1"]):
+        with pytest.raises(SystemExit) as e:
+            main([*base, *bad])
+        assert e.value.code == 2
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnxruntime" else find_spec(name, *a))
+    assert main([*base, "--out", str(tmp_path / "no-ort")]) == 1
+    assert "needs onnxruntime: pip install 'idm-rt[onnx]'" in capsys.readouterr().err
+    assert not (tmp_path / "no-ort").exists()
+
+
+def test_parity_says_where_the_missing_model_path_came_from(ort_dir, tmp_path, capsys):
+    folder = tmp_path / "moved"
+    shutil.copytree(ort_dir, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["model_path"] = str(tmp_path / "gone")
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert parity.main([str(folder)]) == 1
+    err = capsys.readouterr().err
+    assert "no checkpoint at" in err and "manifest records; --model PATH" in err

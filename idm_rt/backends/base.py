@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from ..buckets import route, select_bucket
 from ..model import IDM, Conditioning
 from ..model.encoder import nearest_indices
-from .engine_dir import (CONDITIONER_INPUTS, ENCODER_INPUTS, Manifest, conditioning_names, flatten_conditioning,
-                         graph_key, graph_specs, read_manifest, unet_inputs, unflatten_conditioning)
+from .engine_dir import (CONDITIONER_INPUTS, ENCODER_INPUTS, Manifest, flatten_conditioning, graph_key, graph_specs,
+                         read_manifest, unet_inputs, unflatten_conditioning)
 
 
 class EngineRunner:
@@ -35,7 +35,6 @@ class EngineRunner:
         self.config = self.manifest.config
         self.max_scale = float(self.manifest.max_scale)
         self.buckets = self.manifest.buckets
-        self._names = conditioning_names(self.config.levels)
         absent = [key for key in (graph_key(*spec) for spec in graph_specs(self.buckets))
                   if key not in self.manifest.graphs]
         if absent:

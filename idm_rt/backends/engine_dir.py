@@ -11,6 +11,7 @@ Layout (after TensorRT's demo/Diffusion)::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -77,6 +78,8 @@ class GraphEntry:
     onnx_key: str
     engine: str | None = None
     engine_key: str | None = None
+    onnx_bytes: int | None = None  # file sizes when written: a truncated copy is caught before it is loaded
+    engine_bytes: int | None = None
 
 
 @dataclass
@@ -109,12 +112,42 @@ class Manifest:
 
     @classmethod
     def from_json(cls, text: str) -> "Manifest":
+        """Parse manifest.json; fields this version does not know are ignored, missing ones named."""
         d = json.loads(text)
-        if d.pop("format", None) != FORMAT:
+        if not isinstance(d, dict) or d.pop("format", None) != FORMAT:
             raise ValueError(f"not an idm-rt engine manifest (format {FORMAT!r} expected)")
+        d = _known_fields(cls, d, "the manifest")
+        if not d["buckets"]:
+            raise ValueError("it lists no buckets")
         d["buckets"] = [Bucket.from_dict(b) for b in d["buckets"]]
-        d["graphs"] = {k: GraphEntry(**g) for k, g in d["graphs"].items()}
+        d["graphs"] = {k: GraphEntry(**_known_fields(GraphEntry, g, f"graph {k!r}")) for k, g in d["graphs"].items()}
         return cls(**d)
+
+
+def _known_fields(cls, d: object, what: str) -> dict:
+    """The entries of ``d`` that dataclass ``cls`` has; ValueError naming the required ones missing."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{what} is not a JSON object")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    required = [n for n, f in fields.items()
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    absent = [n for n in required if n not in d]
+    if absent:
+        raise ValueError(f"{what} has no {', '.join(absent)}")
+    return {k: v for k, v in d.items() if k in fields}
+
+
+def artifact(folder: str | os.PathLike, file: str, size: int | None) -> Path:
+    """``folder/file``, checked to exist and to have the size the manifest recorded (a partial copy
+    otherwise fails later inside the backend with a parser error)."""
+    path = Path(folder) / file
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}, listed in {Path(folder) / MANIFEST_NAME}, is missing; copy the whole "
+                                f"directory again or rebuild it with python -m idm_rt.build")
+    if size is not None and path.stat().st_size != size:
+        raise ValueError(f"{path} has {path.stat().st_size} bytes, its build wrote {size}: an incomplete copy or "
+                         f"a changed file; copy it again or rebuild with python -m idm_rt.build --force")
+    return path
 
 
 def read_manifest(folder: str | os.PathLike) -> Manifest:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .base import EngineRunner
+from .engine_dir import artifact
 
 _DTYPES = {"tensor(float)": (np.float32, torch.float32), "tensor(float16)": (np.float16, torch.float16),
            "tensor(int64)": (np.int64, torch.int64)}
@@ -32,23 +33,11 @@ class OnnxRuntimeRunner(EngineRunner):
                  sampling_torch_threads: int | None = 1):
         super().__init__(folder, device)
         self.sampling_torch_threads = sampling_torch_threads
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise ImportError("the onnxruntime backend needs the onnxruntime package: pip install onnxruntime "
-                              "(onnxruntime-gpu for CUDA)") from None
-        if self.device.type == "cuda":
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise RuntimeError("ONNX Runtime has no CUDAExecutionProvider here; install onnxruntime-gpu or "
-                                   "use device='cpu'")
-            providers = [("CUDAExecutionProvider", {"device_id": self.device.index or 0}), "CPUExecutionProvider"]
-            if self.manifest.build_flags.get("conv") == "winograd":
-                warnings.warn(f"{self.folder} was built with Winograd convolutions for ONNX Runtime on a CPU; on a "
-                              "GPU cuDNN's own are faster: rebuild with python -m idm_rt.build --conv direct")
-        elif self.device.type == "cpu":
-            providers = ["CPUExecutionProvider"]
-        else:
-            raise ValueError(f"the onnxruntime backend runs on 'cpu' or 'cuda', not {self.device}")
+        ort = import_onnxruntime()
+        providers = execution_providers(self.device)
+        if self.device.type == "cuda" and self.manifest.build_flags.get("conv") == "winograd":
+            warnings.warn(f"{self.folder} was built with Winograd convolutions for ONNX Runtime on a CPU; on a "
+                          "GPU cuDNN's own are faster: rebuild with python -m idm_rt.build --conv direct")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only: optimiser notes are not the user's concern
@@ -57,10 +46,13 @@ class OnnxRuntimeRunner(EngineRunner):
         use_engine = self.manifest.backend == "onnxruntime"
         self._sessions = {}
         for key, entry in self.manifest.graphs.items():
-            path = self.folder / (entry.engine if use_engine and entry.engine else entry.onnx)
-            if not path.exists():
-                raise FileNotFoundError(f"{path} listed in the manifest is missing; rebuild with --force")
-            self._sessions[key] = ort.InferenceSession(str(path), options, providers=providers)
+            path = (artifact(self.folder, entry.engine, entry.engine_bytes) if use_engine and entry.engine
+                    else artifact(self.folder, entry.onnx, entry.onnx_bytes))
+            try:
+                self._sessions[key] = ort.InferenceSession(str(path), options, providers=providers)
+            except Exception as e:  # onnxruntime raises its own exception types, one per failure kind
+                raise RuntimeError(f"ONNX Runtime cannot load {path}: {e}\nrebuild the directory with "
+                                   f"python -m idm_rt.build --force") from None
 
     def sampling(self) -> contextlib.AbstractContextManager:
         """On the CPU, torch keeps ``sampling_torch_threads`` (1) threads while sampling: between ONNX
@@ -100,6 +92,31 @@ class OnnxRuntimeRunner(EngineRunner):
         torch.cuda.current_stream(self.device).synchronize()
         session.run_with_iobinding(binding)
         return outputs
+
+
+def import_onnxruntime():
+    """The onnxruntime module, or an ImportError that says how to install it."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ImportError("the onnxruntime backend needs the onnxruntime package: pip install 'idm-rt[onnx]' "
+                          "(onnxruntime-gpu for CUDA)") from None
+    return onnxruntime
+
+
+def execution_providers(device: torch.device) -> list:
+    """ONNX Runtime's providers for ``device``; a clear error when this machine cannot run there, so
+    that it comes before any engine is built."""
+    if device.type == "cpu":
+        return ["CPUExecutionProvider"]
+    if device.type != "cuda":
+        raise ValueError(f"the onnxruntime backend runs on 'cpu' or 'cuda', not {device}")
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"device {str(device)!r} asked for, but this torch has no CUDA device")
+    if "CUDAExecutionProvider" not in import_onnxruntime().get_available_providers():
+        raise RuntimeError("ONNX Runtime has no CUDAExecutionProvider here; install onnxruntime-gpu or use "
+                           "device='cpu'")
+    return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
 
 
 @contextlib.contextmanager

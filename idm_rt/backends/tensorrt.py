@@ -13,7 +13,7 @@ import os
 import torch
 
 from .base import EngineRunner
-from .engine_dir import graph_outputs
+from .engine_dir import artifact, graph_outputs
 
 # TensorRT's alignment requirement for the address of every I/O tensor (IExecutionContext::setTensorAddress).
 ALIGNMENT = 256
@@ -69,7 +69,8 @@ class TensorRTRunner(EngineRunner):
         self._stream = torch.cuda.Stream(self.device)
         self._engines = {}
         for key, entry in self.manifest.graphs.items():
-            engine = runtime.deserialize_cuda_engine((self.folder / entry.engine).read_bytes())
+            plan = artifact(self.folder, entry.engine, entry.engine_bytes).read_bytes()
+            engine = runtime.deserialize_cuda_engine(plan)
             if engine is None:
                 raise RuntimeError(f"TensorRT could not deserialize {entry.engine}; rebuild with --force")
             self._engines[key] = engine
