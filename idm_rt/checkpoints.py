@@ -46,6 +46,11 @@ def load_model(path: str | os.PathLike, config: IDMConfig | None = None, max_sca
         raise FileNotFoundError(f"no checkpoint at {path}")
     if is_project(path):
         return _load_project(path, config, max_scale)
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    if magic != b"PK" and magic[:1] != b"\x80":  # torch's zip format, or a legacy pickle (protocol >= 2)
+        raise CheckpointMismatch(f"{path} is not a torch checkpoint file; pass a released IDM .pth or a project "
+                                 f"folder (model.safetensors + config.json)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors, truncated files, non-checkpoint files
@@ -77,10 +82,16 @@ def _load_project(path: Path, config: IDMConfig | None, max_scale: float | None)
             raise FileNotFoundError(f"{folder} is an engine directory, not a model: run it with "
                                     f"Upscaler.from_engines({str(folder)!r}) or `python -m idm_rt upscale --engines`")
         raise FileNotFoundError(f"{folder} needs both {WEIGHTS_NAME} and {CONFIG_NAME}")
-    meta = json.loads(meta_path.read_text())
-    config = config or IDMConfig.from_dict(meta["network"])
-    model = IDM(config, max_scale=max_scale if max_scale is not None else meta["max_scale"])
-    state = {k: v.float() for k, v in load_file(weights).items()}
+    try:
+        meta = json.loads(meta_path.read_text())
+        config = config or IDMConfig.from_dict(meta["network"])
+        model = IDM(config, max_scale=max_scale if max_scale is not None else meta["max_scale"])
+    except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
+        raise CheckpointMismatch(f"{meta_path} is not an idm-rt model config ({e.__class__.__name__}: {e})") from None
+    try:
+        state = {k: v.float() for k, v in load_file(weights).items()}
+    except Exception as e:  # safetensors raises its own SafetensorError for a damaged file
+        raise CheckpointMismatch(f"{weights} cannot be read: {e}") from None
     _load_state(model, state, str(weights))
     model.provenance = meta.get("provenance", {})
     model.defaults = meta.get("defaults", {})

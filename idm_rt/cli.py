@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 from .fileio import atomic_write
@@ -32,6 +32,17 @@ def _size(text: str) -> tuple[int, int]:
         return parse_size(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _pixels(text: str) -> int:
+    """A positive pixel count, also written as 64e6."""
+    try:
+        n = float(text)
+    except ValueError:
+        n = 0
+    if not (n >= 1 and n == int(n)):
+        raise argparse.ArgumentTypeError(f"must be a positive whole number of pixels, e.g. 64e6, got {text!r}")
+    return int(n)
 
 
 def _passes(text: str) -> int:
@@ -61,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = up.add_mutually_exclusive_group(required=True)
     g.add_argument("--scale", type=float, help="magnification > 1, e.g. 4 or 3.3; the output is round(h*s) x round(w*s)")
     g.add_argument("--size", type=_size, metavar="WxH", help="explicit output size, e.g. 1920x1080")
-    up.add_argument("--steps", type=int, help="sampling steps (default: the model's default, 20)")
+    up.add_argument("--steps", type=int, help="sampling steps (default: the model's recommendation; 3 for the "
+                                              "bundled model)")
     up.add_argument("--sampler", choices=SAMPLERS, help="dpmpp_2m (default, few steps), ddim, or ddpm (2000 calls)")
     up.add_argument("--seed", type=int, help="random seed; the same seed gives the same output")
     up.add_argument("--init", choices=("noise", "bicubic"),
@@ -91,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--max-scale", type=float, metavar="M",
                     help="largest training scale of a released .pth (8 for the face model, 4 for DIV2K; default 8)")
     up.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    up.add_argument("--max-pixels", type=int, default=64_000_000, help="largest output accepted (default 64e6)")
+    up.add_argument("--max-pixels", type=_pixels, default=64_000_000, help="largest output accepted (default 64e6)")
 
     cv = sub.add_parser("convert", help="convert a released .pth checkpoint to the project format",
                         description="Convert a released IDM .pth into a folder with model.safetensors and "
@@ -133,16 +145,40 @@ def image_format(path: Path) -> str:
                                                                                    path.suffix[1:].upper())
 
 
-# Modes a format cannot store, and what to save instead (JPEG has no alpha and no 16-bit).
-SAVE_MODES = {"JPEG": {"RGBA": "RGB", "LA": "L", "I;16": "L", "I": "L", "F": "L"}}
+# Modes a format cannot store, and what to save instead: JPEG has no alpha and no 16-bit, WebP only
+# 8-bit RGB(A), BMP no 16-bit or gray alpha, PNG no float (16-bit keeps its precision); TIFF has all.
+_HIGH_BIT = ("I;16", "I", "F")
+SAVE_MODES = {"JPEG": {"RGBA": "RGB", "LA": "L", **dict.fromkeys(_HIGH_BIT, "L")},
+              "WEBP": {"L": "RGB", "LA": "RGBA", **dict.fromkeys(_HIGH_BIT, "RGB")},
+              "BMP": {"LA": "RGBA", **dict.fromkeys(_HIGH_BIT, "L")},
+              "PNG": {"I": "I;16", "F": "I;16"}}
 
 
 def output_targets(files: list[Path], out: Path, to_folder: bool) -> list[Path]:
-    """Where each input goes: ``OUT/<stem>.png`` in folder mode (``<name>.png`` for inputs sharing a stem)."""
+    """Where each input goes: ``OUT/<stem>.png`` in folder mode (``<name>.png`` for inputs sharing a
+    stem, then ``-2``, ``-3``... for same-named files from different folders), so none overwrites another."""
     if not to_folder:
         return [out]
     stems = [p.stem for p in files]
-    return [out / (f"{p.name}.png" if stems.count(p.stem) > 1 else f"{p.stem}.png") for p in files]
+    targets: list[Path] = []
+    for p in files:
+        name = p.name if stems.count(p.stem) > 1 else p.stem
+        target, n = out / f"{name}.png", 1
+        while target in targets:
+            n += 1
+            target = out / f"{name}-{n}.png"
+        targets.append(target)
+    return targets
+
+
+def convert_mode(image: Image.Image, mode: str) -> Image.Image:
+    """``image`` in ``mode``, scaling 16-bit and float ([0, 1]) gray to the target's bit depth."""
+    if image.mode in _HIGH_BIT:
+        arr = np.asarray(image, dtype=np.float64) * (65535.0 if image.mode == "F" else 1.0)  # 16-bit range
+        if mode == "I;16":
+            return Image.fromarray(np.clip(arr + 0.5, 0, 65535).astype(np.uint16))
+        image = Image.fromarray(np.clip(arr / 257 + 0.5, 0, 255).astype(np.uint8))
+    return image if image.mode == mode else image.convert(mode)
 
 
 def save_image(image: Image.Image, target: Path) -> None:
@@ -151,11 +187,7 @@ def save_image(image: Image.Image, target: Path) -> None:
     mode = SAVE_MODES.get(fmt, {}).get(image.mode)
     if mode:
         tqdm.write(f"note: {fmt} cannot store mode {image.mode}; saving {target.name} as {mode}")
-        if image.mode in ("I;16", "I", "F"):
-            arr = np.asarray(image, dtype=np.float64) * (255.0 if image.mode == "F" else 1 / 257)
-            image = Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8))
-        else:
-            image = image.convert(mode)
+        image = convert_mode(image, mode)
     atomic_write(target, lambda tmp: image.save(tmp, format=fmt))
 
 
@@ -202,7 +234,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         try:
             with Image.open(path) as im:
                 im.load()
-                image = im
+                image = ImageOps.exif_transpose(im)  # upright, as viewers show it
         except Exception as e:  # PIL raises several types for unreadable files
             tqdm.write(f"error: cannot read {path}: {e}", file=sys.stderr)
             failed += 1
@@ -237,7 +269,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     prov = {"converted_from": Path(args.input).name, "source_hash": model_hash(model)}
-    save_model(model, args.output, dtype=torch.float16 if args.fp16 else torch.float32, provenance=prov)
+    try:
+        save_model(model, args.output, dtype=torch.float16 if args.fp16 else torch.float32, provenance=prov)
+    except OSError as e:
+        print(f"error: cannot write {args.output}: {e}", file=sys.stderr)
+        return 1
     n = sum(p.numel() for p in model.parameters())
     print(f"wrote {args.output} ({n / 1e6:.1f} M parameters, max scale {model.max_scale:g})")
     return 0
@@ -245,4 +281,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return {"upscale": cmd_upscale, "convert": cmd_convert}[args.command](args)
+    try:
+        return {"upscale": cmd_upscale, "convert": cmd_convert}[args.command](args)
+    except KeyboardInterrupt:  # outputs are written atomically: nothing half-written is left
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -82,8 +82,8 @@ def _split(hwc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 
 def _check_size(h: int, w: int) -> None:
-    if h == 0 or w == 0:
-        raise ValueError(f"empty image ({w}x{h})")
+    if h * w < 2:  # one pixel has no spatial statistics for the network's normalisations
+        raise ValueError(f"image too small ({w}x{h}): it needs at least 2 pixels")
 
 
 def _numpy_to_float(arr: np.ndarray) -> tuple[np.ndarray, ImageKind]:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 from collections.abc import Callable
 
 import torch
 
 from .consistency import check_consistency, consistent
-from .diffusion import LinearSchedule, randn_like, run_sampler, start_timestep
+from .diffusion import SAMPLERS, LinearSchedule, randn_like, run_sampler, start_timestep
 from .diffusion.samplers import Generators
 from .model import IDM
 from .resize import upscale
@@ -68,8 +69,19 @@ def check_init(init: str, init_level: float) -> None:
     """ValueError naming the problem for an unknown start or a bicubic start level outside (0, 1)."""
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
-    if init == "bicubic" and not 0 < init_level < 1:
-        raise ValueError(f"init_level must be in (0, 1), got {init_level!r}")
+    if init == "bicubic" and (not isinstance(init_level, numbers.Real) or not 0 < init_level < 1):
+        raise ValueError(f"init_level must be a number in (0, 1), got {init_level!r}")
+
+
+def check_sampling(sampler: str, steps: int, init: str, init_level: float, consistency: int) -> None:
+    """ValueError naming the first bad sampling setting (the sampler's own step range is checked
+    when it runs)."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose from {SAMPLERS}")
+    if not isinstance(steps, numbers.Integral) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    check_init(init, init_level)
+    check_consistency(consistency)
 
 
 def initial_state(lr: torch.Tensor, size: tuple[int, int], init: str, init_level: float,

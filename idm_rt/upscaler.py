@@ -15,11 +15,9 @@ import torch
 from .backends import BACKENDS, DEFAULT_DEVICES, EngineRunner, load_runner
 from .backends.engine_dir import MANIFEST_NAME, read_manifest
 from .checkpoints import load_model
-from .diffusion import SAMPLERS
 from .images import ImageLike, from_tensor, resize_alpha, to_tensor
 from .model import IDM
-from .consistency import check_consistency
-from .pipeline import check_init, super_resolve
+from .pipeline import check_sampling, super_resolve
 
 DEFAULT_MODEL = Path(__file__).parent / "weights" / "default"
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -50,6 +48,7 @@ class Upscaler:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {device!r} asked for, but this torch has no CUDA device")
         self.model = model if isinstance(model, EngineRunner) else model.to(self.device).eval()
+        check_sampling(sampler, steps, init, init_level, consistency)  # also a model folder's stored defaults
         self.sampler, self.steps, self.tile, self.max_pixels = sampler, steps, tile, max_pixels
         self.init, self.init_level, self.consistency = init, init_level, consistency
         self.denoise = self._denoiser(precision, cuda_graphs, compile)
@@ -160,7 +159,8 @@ class Upscaler:
             if out == (height, width):
                 raise ValueError(f"scale {scale} is too small to change the size of a {width}x{height} image")
         else:
-            if len(size) != 2 or any(not isinstance(v, numbers.Integral) for v in size):
+            if not isinstance(size, (tuple, list)) or len(size) != 2 or any(
+                    not isinstance(v, numbers.Integral) or isinstance(v, bool) for v in size):
                 raise ValueError(f"size must be (width, height) integers, got {size!r}")
             out = (int(size[1]), int(size[0]))
             if out[0] < height or out[1] < width or out == (height, width):
@@ -193,19 +193,20 @@ class Upscaler:
             The upscaled image(s), of the same kind as the input.
         """
         sampler = sampler or self.sampler
-        if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; choose from {SAMPLERS}")
         steps = self.steps if steps is None else steps
-        if not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be a positive integer, got {steps!r}")
         tile = self.tile if tile is None else tile
         init = init or self.init
         init_level = self.init_level if init_level is None else init_level
-        check_init(init, init_level)  # before any work on the images
         consistency = self.consistency if consistency is None else consistency
-        check_consistency(consistency)
-        if not 0 <= eta <= 1:
-            raise ValueError(f"eta must be in [0, 1], got {eta!r}")
+        check_sampling(sampler, steps, init, init_level, consistency)  # before any work on the images
+        if not isinstance(eta, numbers.Real) or not 0 <= eta <= 1:
+            raise ValueError(f"eta must be a number in [0, 1], got {eta!r}")
+        if tile is not None and (not isinstance(tile, numbers.Integral) or isinstance(tile, bool) or tile < 0):
+            raise ValueError(f"tile must be an integer >= 0 (0: no tiling), got {tile!r}")
+        if seed is not None and (not isinstance(seed, numbers.Integral) or isinstance(seed, bool)
+                                 or not 0 <= seed < 2**63):
+            raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+        steps = int(steps)
         single = not isinstance(image, (list, tuple))
         images = [image] if single else list(image)
         if not images:
@@ -219,7 +220,7 @@ class Upscaler:
         for (_, out), idx in groups.items():
             lr = torch.cat([prepared[i][0] for i in idx]).to(self.device)
             # one generator per image, all seeded alike: an image's result does not depend on its batch
-            gen = [torch.Generator().manual_seed(seed) for _ in idx] if seed is not None else None
+            gen = [torch.Generator().manual_seed(int(seed)) for _ in idx] if seed is not None else None
             group_tile = tile or None  # 0: untiled
             if tile is None and isinstance(self.model, EngineRunner):
                 group_tile = self.model.auto_tile(out)

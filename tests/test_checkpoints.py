@@ -69,8 +69,12 @@ def test_wrong_shapes_are_named(tiny_model, tmp_path):
 
 def test_not_a_checkpoint(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointMismatch, match="not a readable torch checkpoint"):
+    with pytest.raises(CheckpointMismatch, match="not a torch checkpoint file"):
         idm_rt.load_model(tmp_path / "junk.pth")
+    torch.save({"weight": torch.zeros(1)}, tmp_path / "cut.pth")
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "cut.pth").read_bytes()[:40])  # a zip cut short
+    with pytest.raises(CheckpointMismatch, match="not a readable torch checkpoint"):
+        idm_rt.load_model(tmp_path / "cut.pth")
     torch.save({"weight": torch.zeros(1)}, tmp_path / "other.pth")
     with pytest.raises(CheckpointMismatch, match="not a released IDM checkpoint"):
         idm_rt.load_model(tmp_path / "other.pth")

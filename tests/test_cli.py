@@ -99,3 +99,77 @@ def test_unknown_output_type_is_refused(setup):
     tmp, src = setup
     r = run("upscale", str(src / "a.png"), "-o", str(tmp / "y.xyz"), "--scale", "2", "--model", str(tmp / "model"))
     assert r.returncode == 1 and "unknown output image type" in r.stderr and not (tmp / "y.xyz").exists()
+
+
+def test_same_named_files_from_two_folders_do_not_overwrite_each_other(setup, capsys):
+    from idm_rt.cli import main
+
+    tmp, src = setup
+    for folder in ("d1", "d2"):
+        (tmp / folder).mkdir()
+        Image.open(src / "a.png").save(tmp / folder / "x.png")
+    out = tmp / "o3"
+    assert main(["upscale", str(tmp / "d1"), str(tmp / "d2"), "-o", str(out), "--scale", "2", "--steps", "1",
+                 "--model", str(tmp / "model")]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["x.png-2.png", "x.png.png"]
+
+
+def test_outputs_keep_what_their_format_can_hold(setup, capsys):
+    from idm_rt.cli import main
+
+    tmp, src = setup
+    ramp = (np.linspace(0.2, 0.8, 8 * 10).reshape(8, 10) * 65535).astype(np.uint16)
+    Image.fromarray(ramp).save(src / "g16.png")
+    Image.fromarray(ramp.astype(np.float32) / 65535, mode="F").save(src / "f.tif")
+    base = ["--scale", "2", "--steps", "1", "--model", str(tmp / "model"), "-o"]
+    for inp, out, mode in (("g16.png", "g.webp", "RGB"), ("g16.png", "g.bmp", "L"), ("f.tif", "f.png", "I;16"),
+                           ("g16.png", "g.png", "I;16")):
+        assert main(["upscale", str(src / inp), *base, str(tmp / out)]) == 0, capsys.readouterr().err
+        with Image.open(tmp / out) as im:
+            assert im.mode == mode
+            mean = np.asarray(im, dtype=np.float64).mean() / (65535 if mode == "I;16" else 255)
+        assert 0.3 < mean < 0.7, (out, mean)  # the ramp's level, not flat white or black
+
+
+def test_exif_orientation_is_applied(setup):
+    from idm_rt.cli import main
+
+    tmp, src = setup
+    im = Image.fromarray((np.random.default_rng(1).random((6, 10, 3)) * 255).astype(np.uint8))
+    exif = im.getexif()
+    exif[0x0112] = 6  # stored 10x6, shown 6 wide and 10 high
+    im.save(src / "phone.jpg", exif=exif)
+    assert main(["upscale", str(src / "phone.jpg"), "-o", str(tmp / "p.png"), "--scale", "2", "--steps", "1",
+                 "--model", str(tmp / "model")]) == 0
+    assert Image.open(tmp / "p.png").size == (12, 20)
+
+
+def test_damaged_models_and_bad_paths_are_clear_errors(setup, capsys):
+    from idm_rt.cli import main
+
+    tmp, src = setup
+    upscale = ["upscale", str(src / "a.png"), "-o", str(tmp / "z.png"), "--scale", "2", "--model"]
+    (tmp / "bad").mkdir()
+    (tmp / "bad" / "config.json").write_text("{}")
+    (tmp / "bad" / "model.safetensors").write_bytes(b"")
+    assert main([*upscale, str(tmp / "bad")]) == 1
+    assert "is not an idm-rt model config" in capsys.readouterr().err
+    assert main([*upscale, str(src / "a.png")]) == 1
+    assert "is not a torch checkpoint file" in capsys.readouterr().err
+    weights = tmp / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    assert main([*upscale, str(tmp / "model")]) == 1
+    assert "cannot be read" in capsys.readouterr().err
+    (tmp / "file").write_text("")
+    assert main(["convert", str(src / "a.png"), str(tmp / "file"), "--max-scale", "4"]) == 1
+    assert "is not a torch checkpoint file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*upscale, str(tmp / "model"), "--max-pixels", "lots"])
+    assert "--max-pixels" in capsys.readouterr().err
+
+
+def test_max_pixels_accepts_the_written_default(setup):
+    from idm_rt.cli import build_parser
+
+    args = build_parser().parse_args(["upscale", "x.png", "-o", "y.png", "--scale", "2", "--max-pixels", "64e6"])
+    assert args.max_pixels == 64_000_000

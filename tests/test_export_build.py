@@ -276,7 +276,7 @@ def test_build_options_and_their_errors(models, tmp_path, capsys, monkeypatch):
     assert main([*base, "--out", str(tmp_path / "file")]) == 1
     assert capsys.readouterr().err.startswith("error:")
     assert main(["--model", str(tmp_path / "file"), "--scales", "2", "--input-size", "8x8", "--explain"]) == 1
-    assert "not a readable torch checkpoint" in capsys.readouterr().err
+    assert "not a torch checkpoint file" in capsys.readouterr().err
     for bad in (["--tile", ","], ["--max-scale", "1"]):
         with pytest.raises(SystemExit) as e:
             main([*base, *bad])

@@ -124,7 +124,15 @@ def test_tiled_prediction_equals_untiled_for_a_local_network():
     (dict(scale=2, sampler="euler"), "unknown sampler"),
     (dict(scale=2, steps=0), "steps must be a positive integer"),
     (dict(scale=2, tile=6), "tile must be at least"),
-    (dict(scale=2, eta=1.5), r"eta must be in \[0, 1\]"),
+    (dict(scale=2, eta=1.5), r"eta must be a number in \[0, 1\]"),
+    (dict(scale=2, eta="0.5"), r"eta must be a number in \[0, 1\]"),
+    (dict(scale=2, seed=1.5), "seed must be an integer"),
+    (dict(scale=2, seed="1"), "seed must be an integer"),
+    (dict(scale=2, seed=2**70), "seed must be an integer"),
+    (dict(scale=2, init="bicubic", init_level="0.5"), r"init_level must be a number in \(0, 1\)"),
+    (dict(scale=2, tile="16"), "tile must be an integer"),
+    (dict(size={20, 21}), r"size must be \(width, height\)"),
+    (dict(scale=2, steps=True), "steps must be a positive integer"),
     (dict(scale=1.01), "too small to change the size"),
 ])
 def test_bad_arguments_raise_value_error(up, kwargs, match):
@@ -133,7 +141,8 @@ def test_bad_arguments_raise_value_error(up, kwargs, match):
 
 
 @pytest.mark.parametrize("image,match", [
-    (np.zeros((0, 5, 3), np.uint8), "empty image"),
+    (np.zeros((0, 5, 3), np.uint8), "image too small \\(5x0\\)"),
+    (np.zeros((1, 1, 3), np.uint8), "image too small \\(1x1\\): it needs at least 2 pixels"),
     (np.full((4, 4, 3), np.nan, np.float32), "NaN"),
     (np.zeros((4, 4, 3), np.int32), "unsupported image dtype"),
     (np.full((4, 4, 3), 2.0, np.float32), r"must be in \[0, 1\]"),
@@ -175,7 +184,7 @@ def test_init_options_are_checked(up):
     assert out.shape == (16, 16, 3)
     with pytest.raises(ValueError, match="init must be one of"):
         up.upscale(rgb(8, 8), scale=2, init="zeros", progress=False)
-    with pytest.raises(ValueError, match=r"init_level must be in \(0, 1\)"):
+    with pytest.raises(ValueError, match=r"init_level must be a number in \(0, 1\)"):
         up.upscale(rgb(8, 8), scale=2, init="bicubic", init_level=1.5, progress=False)
 
 
@@ -212,3 +221,16 @@ def test_tiled_output_follows_the_untiled_one_without_jumps_at_tile_edges(tiny_m
     jump = lambda a: np.mean([np.abs(a[:, c] - a[:, c - 1]).mean() for c in edges])  # noqa: E731
     assert np.abs(tiled - full).max() < 0.02
     assert jump(tiled) < 1.05 * jump(full)
+
+
+def test_numpy_integers_are_accepted_for_steps_and_seed(up):
+    a = up.upscale(rgb(10, 10), scale=2, steps=np.int64(2), seed=np.int64(4), progress=False)
+    b = up.upscale(rgb(10, 10), scale=2, steps=2, seed=4, progress=False)
+    assert np.array_equal(a, b)
+
+
+def test_bad_stored_defaults_are_refused_when_loading(tiny_model, tmp_path):
+    tiny_model.defaults = {"sampler": "euler", "steps": 3}
+    idm_rt.save_model(tiny_model, tmp_path / "m")
+    with pytest.raises(ValueError, match="unknown sampler 'euler'"):
+        idm_rt.Upscaler.from_pretrained(tmp_path / "m")
