@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -115,6 +117,97 @@ def test_resume_is_exact(tmp_path):
         assert torch.equal(x, y), k
 
 
+def _interrupt_during_step(trainer: Trainer, step: int, times: int = 1) -> None:
+    """Send this process SIGINT ``times`` times from inside optimizer step ``step`` (1-based), after
+    that step drew its scale, crops and noise: what a Ctrl-C mid-step does."""
+    loss_fn = trainer.loss_fn
+
+    def loss_with_signal(*args):
+        if trainer.step == step - 1:
+            for _ in range(times):
+                os.kill(os.getpid(), signal.SIGINT)
+        return loss_fn(*args)
+
+    trainer.loss_fn = loss_with_signal
+
+
+def test_ctrl_c_mid_step_saves_a_checkpoint_that_resumes_exactly(tmp_path):
+    make_folder(tmp_path / "data")
+    cfg = config(tmp_path, steps=6, ckpt_every=100)
+    cfg.out = str(tmp_path / "a")
+    straight = Trainer(cfg)
+    straight.fit()
+    cfg.out = str(tmp_path / "b")
+    stopped = Trainer(cfg)
+    _interrupt_during_step(stopped, 4)
+    with pytest.raises(KeyboardInterrupt):
+        stopped.fit()
+    assert [p.name for p in stopped.checkpoints()] == ["step_00000004"]  # after the step it was in
+    resumed = Trainer(cfg)
+    resumed.fit(resume=True)
+    assert losses(tmp_path / "b") == losses(tmp_path / "a")
+    for (k, x), (_, y) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(x, y), k
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def test_a_second_ctrl_c_stops_at_once_without_a_checkpoint(tmp_path, capsys):
+    make_folder(tmp_path / "data")
+    trainer = Trainer(config(tmp_path, steps=6, ckpt_every=2))
+    _interrupt_during_step(trainer, 3, times=2)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert [p.name for p in trainer.checkpoints()] == ["step_00000002"]
+    assert "continues from the last one (step_00000002)" in capsys.readouterr().out
+
+
+TINY_SET = ["crop=16", "batch=2", "threads=1", "val_holdout=1", "val_every=0", "ckpt_every=2", "log_every=1",
+            "network.channel_multiplier=[1,2,4]", "network.attn_levels=[2]", "network.encoder_blocks=2"]
+
+
+def test_resume_cli_uses_the_runs_saved_options(tmp_path, capsys):
+    from training.train import main
+
+    make_folder(tmp_path / "data")
+    out = tmp_path / "run"
+    assert main(["--data", str(tmp_path / "data"), "--out", str(out), "--steps", "2", "--set", *TINY_SET]) == 0
+    assert main(["--resume", "--out", str(out), "--steps", "4"]) == 0  # no --data, --set: the saved ones
+    err = capsys.readouterr().err
+    assert "resuming with changed options: steps 2 -> 4" in err
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["crop"] == 16 and saved["steps"] == 4 and saved["network"]["channel_multiplier"] == [1, 2, 4]
+    assert [int(r["step"]) for r in csv.DictReader(open(out / "log.csv"))] == [1, 2, 3, 4]
+    assert main(["--resume", "--out", str(out), "--steps", "6", "--set", "network.res_blocks=2"]) == 2
+    assert "holds another network than these options ask for (res_blocks: 1 there, 2 here)" in capsys.readouterr().err
+    assert json.loads((out / "train_config.json").read_text())["network"].get("res_blocks") is None  # untouched
+    assert main(["--resume", "--out", str(out), "--preset", "small"]) == 2  # options in full: the small network
+    assert "holds another network" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override,message", [
+    ("val_sampler=bogus", r"val_\*\): unknown sampler 'bogus'"), ("ckpt_every=0", "ckpt_every must be > 0"),
+    ("lr=abc", "lr must be a number"), ("network.foo=1", "network options"), ("ema_decay=2", "ema_decay"),
+    ("steps=-5", "steps must be >= 0"), ("precision=fp8", "precision must be"), ("val_crop=4", "multiples of 8"),
+])
+def test_bad_options_fail_before_training(override, message):
+    with pytest.raises(ValueError, match=message):
+        resolve("small", overrides=[override])
+
+
+def test_16_bit_and_rotated_images_load_as_the_upscaler_reads_them(tmp_path):
+    from training.data import load_rgb
+
+    ramp = np.linspace(0, 65535, 30 * 40).reshape(30, 40).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    t = load_rgb(tmp_path / "g16.png")
+    assert t.shape == (3, 30, 40) and t.min() == 0 and t.max() == 255 and len(t.unique()) > 200
+    im = Image.fromarray((np.random.default_rng(0).random((20, 30, 3)) * 255).astype(np.uint8))
+    exif = im.getexif()
+    exif[0x0112] = 6  # rotated: shown 20 wide, 30 high
+    im.save(tmp_path / "o6.jpg", exif=exif)
+    assert load_rgb(tmp_path / "o6.jpg").shape == (3, 30, 20)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -183,9 +276,17 @@ def test_evaluate_cli_writes_a_table_and_json(tmp_path, tiny_model, capsys):
     assert evaluate.main(["--model", str(tmp_path / "m"), "--data", str(tmp_path / "data"), "--scales", "2,3",
                           "--steps", "2", "--crop", "24", "--json", str(tmp_path / "r.json"), "--save-dir",
                           str(tmp_path / "grids")]) == 0
-    table = capsys.readouterr().out
+    captured = capsys.readouterr()
+    table = captured.out
     assert "| 2x |" in table and "| 3x |" in table and "bicubic" in table
+    assert "skipped tiny: 8x8 is too small to evaluate at 3x" in captured.err and "broken.jpg" in captured.err
     rows = json.loads((tmp_path / "r.json").read_text())["rows"]
-    assert [r["scale"] for r in rows] == [2.0, 3.0] and all(r["images"] == 3 for r in rows)
+    assert [r["scale"] for r in rows] == [2.0, 3.0] and all(r["images"] == 2 for r in rows)
     assert (tmp_path / "grids" / "x2" / "img0_grid.png").exists()
-    assert evaluate.main(["--model", str(tmp_path / "m"), "--data", str(tmp_path / "data"), "--scales", "1"]) == 2
+    base = ["--model", str(tmp_path / "m"), "--data", str(tmp_path / "data")]
+    for bad, message in ((["--scales", "1"], "scales must be"), (["--scales", "nan"], "scales must be"),
+                         (["--steps", "-1"], "steps must be a positive integer"),
+                         (["--init", "bicubic", "--init-level", "2"], "init_level"), (["--tile", "5"], "--tile must be"),
+                         (["--scales", "8", "--crop", "16"], "no image is large enough")):
+        assert evaluate.main([*base, *bad]) == 2
+        assert message in capsys.readouterr().err

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 import idm_rt
-from idm_rt.consistency import check_consistency
-from idm_rt.pipeline import INITS, check_init
+from idm_rt.diffusion import SAMPLERS
+from idm_rt.pipeline import INITS, check_sampling
 from idm_rt.upscaler import DEFAULT_MODEL
 
 MAX_BYTES = 25 * 1024 * 1024
@@ -44,15 +44,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("checkpoint", type=Path, help="a run's checkpoints/step_N folder")
     ap.add_argument("--out", type=Path, default=DEFAULT_MODEL)
     ap.add_argument("--note", default="", help="free text added to the provenance (machine, data, ...)")
-    ap.add_argument("--sampler", default="dpmpp_2m", help="recommended sampler, stored as the model's default")
+    ap.add_argument("--sampler", default="dpmpp_2m", choices=SAMPLERS,
+                    help="recommended sampler, stored as the model's default")
     ap.add_argument("--steps", type=int, default=20, help="recommended steps")
     ap.add_argument("--init", default="noise", choices=INITS, help="recommended start (noise or bicubic)")
     ap.add_argument("--init-level", type=float, default=0.5, help="noise level of a bicubic start")
     ap.add_argument("--consistency", type=int, default=0, help="recommended back-projection passes per step")
     args = ap.parse_args(argv)
     try:
-        check_init(args.init, args.init_level)
-        check_consistency(args.consistency)
+        check_sampling(args.sampler, args.steps, args.init, args.init_level, args.consistency)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from idm_rt.config import strict_from_dict
+from idm_rt.config import preset, strict_from_dict
+from idm_rt.pipeline import check_sampling
 
 
 @dataclass
@@ -50,7 +51,43 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        return strict_from_dict(cls, d, "training options")
+        """The options, checked (:meth:`check`): a bad value fails here, not steps into a run."""
+        cfg = strict_from_dict(cls, d, "training options")
+        cfg.check()
+        return cfg
+
+    def check(self) -> None:
+        """ValueError naming the first option that is of the wrong type or out of range."""
+        for f in dataclasses.fields(self):
+            value, default = getattr(self, f.name), f.default
+            if isinstance(default, (int, float)) and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                                     or isinstance(default, int) and not isinstance(value, int)):
+                raise ValueError(f"{f.name} must be {'an integer' if isinstance(default, int) else 'a number'}, "
+                                 f"got {value!r}")
+        positive = ("crop", "batch", "max_timestep", "log_every", "ckpt_every", "keep_last", "val_crop", "lr",
+                    "lr_stage2")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("steps", "fixed_scale_steps", "val_every", "val_holdout", "threads", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        if self.crop % 8 or self.val_crop % 8:
+            raise ValueError(f"crop and val_crop must be multiples of 8, got {self.crop} and {self.val_crop}")
+        if not self.max_scale > 1:
+            raise ValueError(f"max_scale must be > 1, got {self.max_scale!r}")
+        try:
+            check_sampling(self.val_sampler, self.val_steps, self.val_init, self.val_init_level, self.val_consistency)
+        except ValueError as e:
+            raise ValueError(f"validation sampling (val_*): {e}") from None
+        try:
+            preset(self.preset, **self.network)
+        except TypeError as e:  # an unknown network field
+            raise ValueError(f"network options: {e}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -77,14 +114,19 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def resolve(preset: str = "small", config_file: str | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """Preset, then the config file's keys, then ``key=value`` overrides (``network.dropout=0``)."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown training preset {preset!r}; choose from {sorted(PRESETS)}")
-    d = TrainConfig().to_dict()
-    d.update(PRESETS[preset])
-    if config_file:
-        d.update(json.loads(Path(config_file).read_text()))
+def resolve(preset: str = "small", config_file: str | None = None, overrides: list[str] | None = None,
+            base: dict[str, Any] | None = None) -> TrainConfig:
+    """Preset, then the config file's keys, then ``key=value`` overrides (``network.dropout=0``);
+    ``base`` (a saved run's options) replaces the preset and the file."""
+    if base is not None:
+        d = dict(base)
+    else:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown training preset {preset!r}; choose from {sorted(PRESETS)}")
+        d = TrainConfig().to_dict()
+        d.update(PRESETS[preset])
+        if config_file:
+            d.update(json.loads(Path(config_file).read_text()))
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep:

@@ -11,11 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
-from idm_rt.images import IMAGE_SUFFIXES
+from idm_rt.images import IMAGE_SUFFIXES, to_tensor
 from idm_rt.resize import downscale
 
 
@@ -58,10 +57,14 @@ def scan_folder(folder: str | Path, min_size: int) -> FolderScan:
 
 
 def load_rgb(path: Path) -> torch.Tensor:
-    """(3, H, W) uint8 tensor."""
+    """(3, H, W) uint8 tensor, upright (EXIF orientation applied); 16-bit and float images are scaled
+    to 8 bits as the upscaler reads them (a plain ``convert("RGB")`` clips them to flat colour)."""
     with Image.open(path) as im:
-        arr = np.asarray(im.convert("RGB"))
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+        try:
+            rgb, _, _ = to_tensor(ImageOps.exif_transpose(im))
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+    return ((rgb[0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
 class PairSampler:

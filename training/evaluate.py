@@ -20,9 +20,8 @@ from tqdm.auto import tqdm
 
 import idm_rt
 from idm_rt.diffusion import SAMPLERS
-from idm_rt.consistency import check_consistency
 from idm_rt.fileio import atomic_write
-from idm_rt.pipeline import INITS, super_resolve
+from idm_rt.pipeline import INITS, check_sampling, super_resolve
 from idm_rt.resize import downscale, upscale
 
 from .data import center_crop, load_rgb, scan_folder
@@ -42,8 +41,26 @@ def load_images(data: str, crop: int | None) -> list[tuple[str, torch.Tensor]]:
         images = [(n, torch.from_numpy(np.ascontiguousarray(getattr(skdata, n)())).permute(2, 0, 1))
                   for n in SKIMAGE_PHOTOS]
     else:
-        images = [(p.stem, load_rgb(p)) for p in scan_folder(data, min_size=8).images]
+        scan = scan_folder(data, min_size=8)
+        for path, why in scan.skipped:
+            print(f"skipped {path}: {why}", file=sys.stderr)
+        images = [(p.stem, load_rgb(p)) for p in scan.images]
     return [(n, center_crop(im, crop) if crop else im) for n, im in images]
+
+
+def large_enough(images: list[tuple[str, torch.Tensor]], scales: list[float]) -> list[tuple[str, torch.Tensor]]:
+    """The images every scale can be measured on (SSIM's 11-pixel window inside the border of
+    ceil(s) pixels the metrics leave out), saying which are skipped; ValueError when none is left."""
+    need = 2 * math.ceil(max(scales)) + 11
+    kept = [(name, img) for name, img in images if min(img.shape[-2:]) >= need]
+    for name, img in images:
+        if min(img.shape[-2:]) < need:
+            print(f"skipped {name}: {img.shape[-1]}x{img.shape[-2]} is too small to evaluate at {max(scales):g}x "
+                  f"(needs a side of {need})", file=sys.stderr)
+    if not kept:
+        raise ValueError(f"no image is large enough to evaluate at {max(scales):g}x (a side of {need} is needed; "
+                         "a larger --crop or smaller --scales)")
+    return kept
 
 
 def evaluate(model: idm_rt.IDM, images: list[tuple[str, torch.Tensor]], scales: list[float], sampler: str,
@@ -111,18 +128,22 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         scales = [float(s) for s in args.scales.split(",")]
-        if any(s <= 1 for s in scales):
-            raise ValueError(f"scales must be > 1, got {args.scales}")
+        if not all(math.isfinite(s) and s > 1 for s in scales):
+            raise ValueError(f"scales must be finite numbers > 1, got {args.scales}")
         up = idm_rt.Upscaler.from_pretrained(args.model, device=args.device)
+        sampler = args.sampler or up.sampler
+        steps = up.steps if args.steps is None else args.steps
+        init = args.init or up.init
+        init_level = up.init_level if args.init_level is None else args.init_level
         consistency = up.consistency if args.consistency is None else args.consistency
-        check_consistency(consistency)
-        images = load_images(args.data, args.crop)
-    except (ValueError, FileNotFoundError, idm_rt.CheckpointMismatch) as e:
+        check_sampling(sampler, steps, init, init_level, consistency)
+        multiple = up.model.config.size_multiple
+        if args.tile is not None and args.tile != 0 and args.tile < 2 * multiple:
+            raise ValueError(f"--tile must be 0 (off) or at least {2 * multiple} for this model, got {args.tile}")
+        images = large_enough(load_images(args.data, args.crop), scales)
+    except (ValueError, FileNotFoundError) as e:  # CheckpointMismatch is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
-    sampler, steps = args.sampler or up.sampler, args.steps or up.steps
-    init = args.init or up.init
-    init_level = up.init_level if args.init_level is None else args.init_level
     rows = evaluate(up.model, images, scales, sampler, steps, args.seed, args.save_dir, args.device, args.tile, init,
                     init_level, consistency)
     start = f"bicubic start at {init_level:g}" if init == "bicubic" else "noise start"

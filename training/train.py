@@ -3,6 +3,7 @@
 Examples:
   python -m training.train --preset small --data ../shared/datasets/train --out runs/small
   python -m training.train --resume --out runs/small          # continue exactly where it stopped
+  python -m training.train --resume --out runs/small --steps 20000   # ... and train longer
   python -m training.train --config my.json --set steps=20000 network.dropout=0.1
   torchrun --nproc_per_node 4 -m training.train --preset official-scenes-4x --data DIV2K/HR
 """
@@ -10,23 +11,29 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import signal
+import json
 import sys
+from pathlib import Path
 
-from .config import PRESETS, resolve
+from .config import PRESETS, TrainConfig, resolve
 from .trainer import Trainer
+
+SAVED_CONFIG = "train_config.json"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="small", choices=sorted(PRESETS), help="training recipe (default: small)")
+    ap.add_argument("--preset", choices=sorted(PRESETS), help="training recipe (default: small)")
     ap.add_argument("--config", help="JSON file of training options, applied over the preset")
     ap.add_argument("--data", help="folder of HR images (png, jpg, webp; recursive)")
     ap.add_argument("--val-data", help="held-out folder for validation (default: hold out a few of --data)")
     ap.add_argument("--out", help="run folder: checkpoints, log.csv, val/ grids")
     ap.add_argument("--steps", type=int, help="total optimizer steps")
-    ap.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue from the newest checkpoint in --out, with the run's saved options "
+                         "(OUT/train_config.json) and the changes given here (--steps, --set, --data), or "
+                         "with --preset/--config in full; changed options are printed")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="override any option, e.g. batch=16 network.dropout=0.1")
     args = ap.parse_args(argv)
@@ -35,20 +42,30 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None:
             overrides.append(f"{key}={value}" if key == "steps" else f'{key}="{value}"')
     try:
-        cfg = resolve(args.preset, args.config, overrides)
+        cfg = resolved(args, overrides)
         trainer = Trainer(cfg)
+        trainer.fit(resume=args.resume)  # Ctrl-C and SIGTERM stop after a step, with a checkpoint
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    # Ctrl-C, and SIGTERM from schedulers, save a checkpoint before exiting (also when started in the
-    # background, where SIGINT would otherwise be ignored).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        trainer.fit(resume=args.resume)
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def resolved(args: argparse.Namespace, overrides: list[str]) -> TrainConfig:
+    """The run's options: preset, --config and overrides. With --resume and no --preset or --config,
+    the options the run saved plus the overrides; either way the changes are printed."""
+    given = resolve(args.preset or "small", args.config, overrides) if args.preset or args.config else None
+    saved = Path(args.out or (given or resolve()).out) / SAVED_CONFIG
+    if not args.resume or not saved.exists():
+        return given or resolve("small", None, overrides)
+    before = TrainConfig.from_dict(json.loads(saved.read_text()))
+    cfg = given or resolve(overrides=overrides, base=before.to_dict())
+    changes = [f"{k} {v!r} -> {getattr(cfg, k)!r}" for k, v in before.to_dict().items() if getattr(cfg, k) != v]
+    if changes:
+        print("resuming with changed options: " + ", ".join(changes), file=sys.stderr)
+    return cfg
 
 
 if __name__ == "__main__":

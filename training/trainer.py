@@ -3,10 +3,13 @@ CSV log, periodic validation images; DistributedDataParallel when launched by to
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import shutil
+import signal
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -56,8 +59,6 @@ class Trainer:
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.out = Path(cfg.out)
-        if cfg.crop % 8:
-            raise ValueError(f"crop must be a multiple of 8, got {cfg.crop}")
 
         scan = scan_folder(cfg.data, min_size=cfg.crop)
         images = scan.images
@@ -131,6 +132,12 @@ class Trainer:
         if path is None:
             return False
         raw, ema = load_model(path / "raw"), load_model(path / "ema")
+        if raw.config != self.model.config:
+            changed = {k: (v, getattr(self.model.config, k)) for k, v in raw.config.to_dict().items()
+                       if getattr(self.model.config, k) != (tuple(v) if isinstance(v, list) else v)}
+            raise ValueError(f"{path} holds another network than these options ask for "
+                             f"({', '.join(f'{k}: {a} there, {b} here' for k, (a, b) in changed.items())}); a "
+                             f"resumed run keeps its network")
         self.model.load_state_dict(raw.state_dict())
         self.ema.model.load_state_dict(ema.state_dict())
         state = torch.load(path / STATE_NAME, map_location=self.device, weights_only=True)
@@ -179,38 +186,60 @@ class Trainer:
         return loss.item(), scale
 
     def fit(self, resume: bool = False) -> None:
-        """Train to ``cfg.steps``; Ctrl-C saves a checkpoint before exiting."""
+        """Train to ``cfg.steps``. Ctrl-C (or SIGTERM) stops after the current step with a checkpoint
+        there, so that ``--resume`` continues exactly; a second Ctrl-C stops at once, without one."""
         cfg = self.cfg
+        if resume:
+            tqdm.write(f"resumed at step {self.step}" if self.resume()
+                       else f"nothing to resume in {self.ckpt_dir}: starting a new run")
+        log = CsvLog(self.out / "log.csv") if self.rank == 0 else None
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
             for path, why in self.skipped:
                 tqdm.write(f"skipped {path}: {why}")
-        if resume and self.resume():
-            tqdm.write(f"resumed at step {self.step}")
-        log = CsvLog(self.out / "log.csv") if self.rank == 0 else None
-        if log:
-            log.truncate_after(self.step)  # rows written after the checkpoint we resumed from
+            self.val_log = CsvLog(self.out / "val.csv")
+            for csv_log in (log, self.val_log):
+                csv_log.truncate_after(self.step)  # rows written after the checkpoint we resumed from
         bar = tqdm(total=cfg.steps, initial=self.step, disable=self.rank != 0, desc="train", dynamic_ncols=True)
+        checkpointed_stop = False
         try:
-            while self.step < cfg.steps:
-                t0 = time.perf_counter()
-                loss, scale = self.train_step()
-                ips = cfg.batch * self.world / (time.perf_counter() - t0)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{ips:.1f}", scale=f"{scale:.2f}")
-                if log and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
-                    log.write(step=self.step, loss=loss, lr=self.lr_at(self.step - 1), scale=scale, images_per_s=ips)
-                if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
-                    self.save_checkpoint()
-                if cfg.val_every and self.step % cfg.val_every == 0 and self.rank == 0:
-                    self.validate()
+            with stop_requests() as stop:
+                while self.step < cfg.steps:
+                    t0 = time.perf_counter()
+                    loss, scale = self.train_step()
+                    ips = cfg.batch * self.world / (time.perf_counter() - t0)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{ips:.1f}", scale=f"{scale:.2f}")
+                    if log and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
+                        log.write(step=self.step, loss=loss, lr=self.lr_at(self.step - 1), scale=scale,
+                                  images_per_s=ips)
+                    saved = self.step % cfg.ckpt_every == 0 or self.step == cfg.steps
+                    if saved:
+                        self.save_checkpoint()
+                    if cfg.val_every and self.step % cfg.val_every == 0 and self.rank == 0:
+                        self.validate()
+                    if self._agreed(bool(stop)):
+                        if not saved:
+                            self.save_checkpoint()
+                        tqdm.write(f"stopped at step {self.step}, checkpoint saved; --resume continues exactly")
+                        checkpointed_stop = True
+                        raise KeyboardInterrupt
         except KeyboardInterrupt:
-            tqdm.write(f"interrupted: saving step {self.step}")
-            self.save_checkpoint()
+            if not checkpointed_stop:  # a second Ctrl-C, mid-step: a checkpoint now would not resume exactly
+                last = self.checkpoints()[-1].name if self.checkpoints() else "none yet"
+                tqdm.write(f"stopped without a checkpoint; --resume continues from the last one ({last})")
             raise
         finally:
             bar.close()
+
+    def _agreed(self, flag: bool) -> bool:
+        """``flag`` on any rank (one scalar all-reduce per step): every rank stops after the same step."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor([float(flag)], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
 
     # ----------------------------------------------------------------- validation
     @torch.no_grad()
@@ -243,6 +272,30 @@ class Trainer:
         self.val_log.write(**result)
         tqdm.write(f"val step {self.step}: PSNR(Y) {result['psnr_y']:.2f} dB (bicubic {result['psnr_y_bicubic']:.2f})")
         return result
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """A list that gets an entry on the first SIGINT or SIGTERM (the loop then stops after its
+    current step); a second signal raises KeyboardInterrupt at once. Handlers are installed only in
+    the main thread (elsewhere Python cannot), also over an ignored SIGINT of a background job."""
+    requested: list[int] = []
+
+    def handler(signum, _frame):
+        if requested:
+            raise KeyboardInterrupt
+        requested.append(signum)
+        tqdm.write("stopping after this step, with a checkpoint (Ctrl-C again: stop at once, without one)")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requested
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 class CsvLog:
