@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import re
 import shlex
 import time
 from dataclasses import dataclass
@@ -60,9 +61,9 @@ def digest(*parts) -> str:
 
 def reusable(folder: Path, file: str | None, size: int | None, old_key: str | None, key: str, force: bool) -> bool:
     """Whether an artifact recorded with ``old_key`` and ``size`` bytes at ``file`` can stand in for one
-    with ``key``."""
+    with ``key`` (size None: a manifest from before sizes were recorded, whose files are trusted)."""
     return (not force and file is not None and old_key == key and (folder / file).is_file()
-            and (folder / file).stat().st_size == size)
+            and size in (None, (folder / file).stat().st_size))
 
 
 def backend_identity(options: BuildOptions) -> tuple[dict, list[str]]:
@@ -176,7 +177,7 @@ def _engine_stage(entry: GraphEntry, kind: str, bucket: Bucket | None, options: 
     entry.engine = f"{options.backend}/{name}{suffix}"
     if reusable(options.out, prev and prev.engine, prev and prev.engine_bytes, prev and prev.engine_key,
                 entry.engine_key, options.force):
-        entry.engine_bytes = prev.engine_bytes
+        entry.engine_bytes = (options.out / entry.engine).stat().st_size
         log(f"{label}: {options.backend} artifact reused")
         return
     start = time.perf_counter()
@@ -205,14 +206,18 @@ def _write(folder: Path, manifest: Manifest) -> None:
     atomic_write(folder / MANIFEST_NAME, lambda tmp: Path(tmp).write_text(manifest.to_json()))
 
 
+# The graph and engine files a build writes, and the temp files of their atomic writes.
+_BUILT_FILE = re.compile(r"(encoder|conditioner_.+|unet_.+)\.(onnx|plan)|\.(encoder|conditioner_.+|unet_.+)\..+\.tmp")
+
+
 def _remove_stale(folder: Path, new: Manifest) -> None:
-    """Delete the graph and engine files that the new manifest no longer lists: those of an older
-    build, and those an interrupted build left behind (its manifest lists only what it had reached)."""
+    """Delete the graph and engine files (names a build writes, nothing else) that the new manifest
+    does not list: an older build's, an interrupted build's (its manifest lists only what it had
+    reached) and a killed write's temp files (builds of a folder take turns, so none is in progress)."""
     keep = {f for g in new.graphs.values() for f in (g.onnx, g.engine) if f}
     for sub in ("onnx", "onnxruntime", "tensorrt"):
         for path in (folder / sub).glob("*"):
-            # .tmp: what a killed write left (builds of a folder take turns, so none is in progress)
-            if path.suffix in (".onnx", ".plan", ".tmp") and path.relative_to(folder).as_posix() not in keep:
+            if _BUILT_FILE.fullmatch(path.name) and path.relative_to(folder).as_posix() not in keep:
                 path.unlink()
 
 

@@ -85,9 +85,10 @@ def _load_project(path: Path, config: IDMConfig | None, max_scale: float | None)
     try:
         meta = json.loads(meta_path.read_text())
         config = config or IDMConfig.from_dict(meta["network"])
-        model = IDM(config, max_scale=max_scale if max_scale is not None else meta["max_scale"])
+        max_scale = max_scale if max_scale is not None else float(meta["max_scale"])
     except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
         raise CheckpointMismatch(f"{meta_path} is not an idm-rt model config ({e.__class__.__name__}: {e})") from None
+    model = IDM(config, max_scale=max_scale)
     try:
         state = {k: v.float() for k, v in load_file(weights).items()}
     except Exception as e:  # safetensors raises its own SafetensorError for a damaged file

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import math
 import sys
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def _pixels(text: str) -> int:
         n = float(text)
     except ValueError:
         n = 0
-    if not (n >= 1 and n == int(n)):
+    if not (math.isfinite(n) and n >= 1 and n == int(n)):
         raise argparse.ArgumentTypeError(f"must be a positive whole number of pixels, e.g. 64e6, got {text!r}")
     return int(n)
 

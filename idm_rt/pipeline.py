@@ -15,7 +15,7 @@ import torch
 
 from .consistency import check_consistency, consistent
 from .diffusion import SAMPLERS, LinearSchedule, randn_like, run_sampler, start_timestep
-from .diffusion.samplers import Generators
+from .diffusion.samplers import Generators, ddim_timesteps
 from .model import IDM
 from .resize import upscale
 from .tiling import TilePlan, tiled_eps
@@ -74,14 +74,15 @@ def check_init(init: str, init_level: float) -> None:
 
 
 def check_sampling(sampler: str, steps: int, init: str, init_level: float, consistency: int) -> None:
-    """ValueError naming the first bad sampling setting (the sampler's own step range is checked
-    when it runs)."""
+    """ValueError naming the first bad sampling setting."""
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose from {SAMPLERS}")
     if not isinstance(steps, numbers.Integral) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     check_init(init, init_level)
     check_consistency(consistency)
+    if sampler == "ddim":  # its grid needs 2..n steps, n the start timestep + 1
+        ddim_timesteps(LinearSchedule(), steps, start_timestep(init_level) if init == "bicubic" else None)
 
 
 def initial_state(lr: torch.Tensor, size: tuple[int, int], init: str, init_level: float,

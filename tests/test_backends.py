@@ -146,7 +146,7 @@ def test_clear_errors_for_missing_directories_and_devices(built, tmp_path):
 def test_a_tile_larger_than_every_bucket_is_refused(built):
     _, folder = built
     with pytest.raises(ValueError, match="no engine bucket covers an HR tile of 48x32"):
-        Upscaler.from_engines(folder).upscale(_image(16, 24, 5), scale=2, steps=1, tile=48, progress=False)
+        Upscaler.from_engines(folder).upscale(_image(16, 24, 5), scale=2, steps=2, tile=48, progress=False)
 
 
 def test_run_batched_chunks_and_pads_to_the_bucket_range():

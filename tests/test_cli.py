@@ -173,3 +173,23 @@ def test_max_pixels_accepts_the_written_default(setup):
 
     args = build_parser().parse_args(["upscale", "x.png", "-o", "y.png", "--scale", "2", "--max-pixels", "64e6"])
     assert args.max_pixels == 64_000_000
+
+
+def test_convert_says_when_it_cannot_write(setup, monkeypatch, capsys, tiny_model):
+    from idm_rt import checkpoints
+    from idm_rt.cli import main
+
+    tmp, src = setup
+    monkeypatch.setattr(checkpoints, "load_model", lambda *a, **k: tiny_model)  # any readable checkpoint
+    (tmp / "file").write_text("")
+    assert main(["convert", str(src / "a.png"), str(tmp / "file" / "sub"), "--max-scale", "4"]) == 1
+    assert "cannot write" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["upscale", "x.png", "-o", "y.png", "--scale", "2", "--max-pixels", "inf"])
+
+
+def test_a_bad_max_scale_is_not_blamed_on_the_config(setup):
+    tmp, _ = setup
+    with pytest.raises(ValueError, match="max_scale") as e:
+        idm_rt.load_model(tmp / "model", max_scale=0.5)
+    assert "config" not in str(e.value)

@@ -221,14 +221,24 @@ def test_a_cut_short_file_is_rebuilt_and_leftovers_are_removed(ort_dir, tmp_path
     leftovers = [folder / "onnx" / "unet_64x64_b1-1.onnx", folder / "onnxruntime" / ".unet_32x32_b1-2.x.onnx.tmp"]
     for f in leftovers:
         f.write_bytes(b"x")
+    theirs = folder / "onnx" / "my_own_model.onnx"  # not a name a build writes: left alone
+    theirs.write_bytes(b"mine")
     assert main(["--backend", "onnxruntime", "--model", m.model_path, "--out", str(folder), "--tile", "32",
                  "--batch", "1,2"]) == 0  # --engine: fp32 for ONNX Runtime, as built before
     log = capsys.readouterr().out
     assert "unet/32x32_b1-2: onnxruntime artifact built" in log and log.count("reused") == 5
     assert not any(f.exists() for f in leftovers)
     assert sorted(p.name for p in (folder / "onnx").iterdir()) == ["conditioner_32x32_b1-2.onnx", "encoder.onnx",
-                                                                   "unet_32x32_b1-2.onnx"]
+                                                                   "my_own_model.onnx", "unet_32x32_b1-2.onnx"]
     load_runner(folder)
+    manifest = json.loads((folder / "manifest.json").read_text())  # as written before sizes were recorded
+    for g in manifest["graphs"].values():
+        del g["onnx_bytes"], g["engine_bytes"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["--backend", "onnxruntime", "--model", m.model_path, "--out", str(folder), "--tile", "32",
+                 "--batch", "1,2"]) == 0
+    assert capsys.readouterr().out.count("reused") == 6  # trusted, and their sizes recorded now
+    assert all(g.onnx_bytes and g.engine_bytes for g in read_manifest(folder).graphs.values())
 
 
 def test_an_unreadable_graph_is_reported_not_raised(ort_dir, tmp_path):
@@ -243,6 +253,7 @@ def test_an_unreadable_graph_is_reported_not_raised(ort_dir, tmp_path):
 def test_manifest_errors_name_what_is_wrong(ort_dir, tmp_path):
     good = json.loads((ort_dir / "manifest.json").read_text())
     cases = [(lambda d: d.pop("buckets"), "has no buckets"), (lambda d: d.update(buckets=[]), "lists no buckets"),
+             (lambda d: d.update(graphs=None), "graphs an object"),
              (lambda d: d["graphs"]["encoder"].pop("onnx_key"), "graph 'encoder' has no onnx_key")]
     for change, message in cases:
         d = json.loads(json.dumps(good))

@@ -177,6 +177,11 @@ def test_resume_cli_uses_the_runs_saved_options(tmp_path, capsys):
     saved = json.loads((out / "train_config.json").read_text())
     assert saved["crop"] == 16 and saved["steps"] == 4 and saved["network"]["channel_multiplier"] == [1, 2, 4]
     assert [int(r["step"]) for r in csv.DictReader(open(out / "log.csv"))] == [1, 2, 3, 4]
+    saved = json.loads((out / "train_config.json").read_text())
+    saved["val_every"] = -1  # accepted before options were checked: a change given on resume mends it
+    (out / "train_config.json").write_text(json.dumps(saved))
+    assert main(["--resume", "--set", f'out="{out}"', "val_every=0", "network.dropout=0.05", "--steps", "5"]) == 0
+    assert "steps 4 -> 5" in capsys.readouterr().err  # found through out= in --set; dropout may change
     assert main(["--resume", "--out", str(out), "--steps", "6", "--set", "network.res_blocks=2"]) == 2
     assert "holds another network than these options ask for (res_blocks: 1 there, 2 here)" in capsys.readouterr().err
     assert json.loads((out / "train_config.json").read_text())["network"].get("res_blocks") is None  # untouched
@@ -188,12 +193,13 @@ def test_resume_cli_uses_the_runs_saved_options(tmp_path, capsys):
 
 @pytest.mark.parametrize("override,message", [
     ("val_sampler=bogus", r"val_\*\): unknown sampler 'bogus'"), ("ckpt_every=0", "ckpt_every must be > 0"),
-    ("lr=abc", "lr must be a number"), ("network.foo=1", "network options"), ("ema_decay=2", "ema_decay"),
-    ("steps=-5", "steps must be >= 0"), ("precision=fp8", "precision must be"), ("val_crop=4", "multiples of 8"),
+    ("lr=abc", "lr must be a finite number"), ("network.foo=1", "network options"), ("ema_decay=2", "ema_decay"),
+    ("steps=-5", "steps must be >= 0"), ("precision=fp8", "precision must be"), ("crop=20", "multiple of 8"),
+    ("lr=NaN", "lr must be a finite number"), ("val_sampler=ddim val_steps=1", r"ddim steps must be in 2\.\.2000, got 1"),
 ])
 def test_bad_options_fail_before_training(override, message):
     with pytest.raises(ValueError, match=message):
-        resolve("small", overrides=[override])
+        resolve("small", overrides=override.split())
 
 
 def test_16_bit_and_rotated_images_load_as_the_upscaler_reads_them(tmp_path):
@@ -208,6 +214,11 @@ def test_16_bit_and_rotated_images_load_as_the_upscaler_reads_them(tmp_path):
     exif[0x0112] = 6  # rotated: shown 20 wide, 30 high
     im.save(tmp_path / "o6.jpg", exif=exif)
     assert load_rgb(tmp_path / "o6.jpg").shape == (3, 30, 20)
+    Image.fromarray(np.full((20, 20), 127.0, np.float32), mode="F").save(tmp_path / "f255.tif")  # PIL's 0..255
+    assert load_rgb(tmp_path / "f255.tif").float().mean().round() == 127
+    Image.fromarray(np.full((20, 20), np.nan, np.float32), mode="F").save(tmp_path / "nan.tif")
+    scan = scan_folder(tmp_path, min_size=8)
+    assert [p.name for p, _ in scan.skipped] == ["nan.tif"] and "NaN" in scan.skipped[0][1]
 
 
 def _free_port() -> int:
@@ -281,7 +292,7 @@ def test_evaluate_cli_writes_a_table_and_json(tmp_path, tiny_model, capsys):
     captured = capsys.readouterr()
     table = captured.out
     assert "| 2x |" in table and "| 3x |" in table and "bicubic" in table
-    assert "skipped tiny: 8x8 is too small to evaluate at 3x" in captured.err and "broken.jpg" in captured.err
+    assert "skipped tiny: 8x8 is too small to evaluate at 2x" in captured.err and "broken.jpg" in captured.err
     rows = json.loads((tmp_path / "r.json").read_text())["rows"]
     assert [r["scale"] for r in rows] == [2.0, 3.0] and all(r["images"] == 2 for r in rows)
     assert (tmp_path / "grids" / "x2" / "img0_grid.png").exists()
@@ -292,3 +303,19 @@ def test_evaluate_cli_writes_a_table_and_json(tmp_path, tiny_model, capsys):
                          (["--scales", "8", "--crop", "16"], "no image is large enough")):
         assert evaluate.main([*base, *bad]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_a_stop_asked_in_the_last_step_ends_the_run_normally(tmp_path):
+    make_folder(tmp_path / "data")
+    trainer = Trainer(config(tmp_path, steps=3, ckpt_every=100))
+    _interrupt_during_step(trainer, 3)
+    trainer.fit()  # no KeyboardInterrupt: the run is complete
+    assert [p.name for p in trainer.checkpoints()] == ["step_00000003"]
+
+
+def test_evaluate_skips_images_an_integer_scale_crops_below_the_ssim_window(tmp_path, capsys):
+    from training.evaluate import large_enough
+
+    images = [("a", torch.zeros(3, 19, 19, dtype=torch.uint8)), ("b", torch.zeros(3, 20, 20, dtype=torch.uint8))]
+    assert [n for n, _ in large_enough(images, [4])] == ["b"]  # 19 -> 16 - 2 x 4 = 8 < 11; 20 -> 12
+    assert "skipped a: 19x19 is too small to evaluate at 4x" in capsys.readouterr().err

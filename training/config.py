@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,9 +62,10 @@ class TrainConfig:
         for f in dataclasses.fields(self):
             value, default = getattr(self, f.name), f.default
             if isinstance(default, (int, float)) and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                                     or isinstance(default, int) and not isinstance(value, int)):
-                raise ValueError(f"{f.name} must be {'an integer' if isinstance(default, int) else 'a number'}, "
-                                 f"got {value!r}")
+                                                     or isinstance(default, int) and not isinstance(value, int)
+                                                     or not math.isfinite(value)):
+                raise ValueError(f"{f.name} must be {'an integer' if isinstance(default, int) else 'a finite number'}"
+                                 f", got {value!r}")
         positive = ("crop", "batch", "max_timestep", "log_every", "ckpt_every", "keep_last", "val_crop", "lr",
                     "lr_stage2")
         for name in positive:
@@ -76,8 +78,8 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
-        if self.crop % 8 or self.val_crop % 8:
-            raise ValueError(f"crop and val_crop must be multiples of 8, got {self.crop} and {self.val_crop}")
+        if self.crop % 8:
+            raise ValueError(f"crop must be a multiple of 8, got {self.crop}")
         if not self.max_scale > 1:
             raise ValueError(f"max_scale must be > 1, got {self.max_scale!r}")
         try:

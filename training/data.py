@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import numpy as np
 from PIL import Image, ImageOps
 
 from idm_rt.images import IMAGE_SUFFIXES, to_tensor
@@ -44,6 +45,9 @@ def scan_folder(folder: str | Path, min_size: int) -> FolderScan:
                 im.verify()
             with Image.open(path) as im:
                 w, h = im.size
+                high_bit = im.mode in ("F", "I")
+            if high_bit:  # the modes whose values can be unusable (NaN, out of range): decode them now
+                load_rgb(path)
         except Exception as e:  # PIL raises many types for broken files
             skipped.append((path, f"unreadable ({e.__class__.__name__}: {e})"))
             continue
@@ -60,8 +64,11 @@ def load_rgb(path: Path) -> torch.Tensor:
     """(3, H, W) uint8 tensor, upright (EXIF orientation applied); 16-bit and float images are scaled
     to 8 bits as the upscaler reads them (a plain ``convert("RGB")`` clips them to flat colour)."""
     with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        if im.mode == "F" and np.asarray(im).max() > 1:  # float in PIL's own 0..255 convention
+            im = Image.fromarray(np.asarray(im, dtype=np.float32) / 255, mode="F")
         try:
-            rgb, _, _ = to_tensor(ImageOps.exif_transpose(im))
+            rgb, _, _ = to_tensor(im)
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
     return ((rgb[0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)

@@ -49,17 +49,24 @@ def load_images(data: str, crop: int | None) -> list[tuple[str, torch.Tensor]]:
 
 
 def large_enough(images: list[tuple[str, torch.Tensor]], scales: list[float]) -> list[tuple[str, torch.Tensor]]:
-    """The images every scale can be measured on (SSIM's 11-pixel window inside the border of
-    ceil(s) pixels the metrics leave out), saying which are skipped; ValueError when none is left."""
-    need = 2 * math.ceil(max(scales)) + 11
-    kept = [(name, img) for name, img in images if min(img.shape[-2:]) >= need]
+    """The images every scale can be measured on (after :func:`evaluate` crops an integer scale's HR
+    to a multiple of it, SSIM's 11-pixel window must fit inside the border of ceil(s) pixels the
+    metrics leave out), saying which are skipped; ValueError when none is left."""
+    def measurable(side: int, s: float) -> bool:
+        side = side // int(s) * int(s) if float(s).is_integer() else side
+        return side - 2 * math.ceil(s) >= 11
+
+    kept = []
     for name, img in images:
-        if min(img.shape[-2:]) < need:
-            print(f"skipped {name}: {img.shape[-1]}x{img.shape[-2]} is too small to evaluate at {max(scales):g}x "
-                  f"(needs a side of {need})", file=sys.stderr)
+        bad = [s for s in scales if not measurable(min(img.shape[-2:]), s)]
+        if bad:
+            print(f"skipped {name}: {img.shape[-1]}x{img.shape[-2]} is too small to evaluate at {bad[0]:g}x",
+                  file=sys.stderr)
+        else:
+            kept.append((name, img))
     if not kept:
-        raise ValueError(f"no image is large enough to evaluate at {max(scales):g}x (a side of {need} is needed; "
-                         "a larger --crop or smaller --scales)")
+        raise ValueError(f"no image is large enough to evaluate at {max(scales):g}x (a larger --crop or smaller "
+                         "--scales)")
     return kept
 
 

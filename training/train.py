@@ -57,12 +57,17 @@ def resolved(args: argparse.Namespace, overrides: list[str]) -> TrainConfig:
     """The run's options: preset, --config and overrides. With --resume and no --preset or --config,
     the options the run saved plus the overrides; either way the changes are printed."""
     given = resolve(args.preset or "small", args.config, overrides) if args.preset or args.config else None
-    saved = Path(args.out or (given or resolve()).out) / SAVED_CONFIG
+    fresh = given or resolve("small", None, overrides)
+    saved = Path(fresh.out) / SAVED_CONFIG  # --out, or out= in --set, --config or the preset
     if not args.resume or not saved.exists():
-        return given or resolve("small", None, overrides)
-    before = TrainConfig.from_dict(json.loads(saved.read_text()))
-    cfg = given or resolve(overrides=overrides, base=before.to_dict())
-    changes = [f"{k} {v!r} -> {getattr(cfg, k)!r}" for k, v in before.to_dict().items() if getattr(cfg, k) != v]
+        return fresh
+    before = json.loads(saved.read_text())
+    try:  # the saved options are checked with the changes applied: a change can mend an old value
+        cfg = given or resolve(overrides=overrides, base=before)
+    except ValueError as e:
+        raise ValueError(f"{saved} with the changes given: {e}") from None
+    changes = [f"{k} {v!r} -> {getattr(cfg, k)!r}" for k, v in before.items()
+               if hasattr(cfg, k) and getattr(cfg, k) != v]
     if changes:
         print("resuming with changed options: " + ", ".join(changes), file=sys.stderr)
     return cfg

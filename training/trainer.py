@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -132,12 +133,13 @@ class Trainer:
         if path is None:
             return False
         raw, ema = load_model(path / "raw"), load_model(path / "ema")
-        if raw.config != self.model.config:
-            changed = {k: (v, getattr(self.model.config, k)) for k, v in raw.config.to_dict().items()
-                       if getattr(self.model.config, k) != (tuple(v) if isinstance(v, list) else v)}
+        ours = dataclasses.replace(self.model.config, dropout=raw.config.dropout)  # dropout may change
+        if raw.config != ours:
+            changed = {k: (v, getattr(ours, k)) for k, v in raw.config.to_dict().items()
+                       if getattr(ours, k) != (tuple(v) if isinstance(v, list) else v)}
             raise ValueError(f"{path} holds another network than these options ask for "
                              f"({', '.join(f'{k}: {a} there, {b} here' for k, (a, b) in changed.items())}); a "
-                             f"resumed run keeps its network")
+                             f"resumed run keeps its network's shape")
         self.model.load_state_dict(raw.state_dict())
         self.ema.model.load_state_dict(ema.state_dict())
         state = torch.load(path / STATE_NAME, map_location=self.device, weights_only=True)
@@ -219,10 +221,11 @@ class Trainer:
                         self.save_checkpoint()
                     if cfg.val_every and self.step % cfg.val_every == 0 and self.rank == 0:
                         self.validate()
-                    if self._agreed(bool(stop)):
+                    if self._agreed(bool(stop)) and self.step < cfg.steps:  # (a finished run just ends)
                         if not saved:
                             self.save_checkpoint()
-                        tqdm.write(f"stopped at step {self.step}, checkpoint saved; --resume continues exactly")
+                        if self.rank == 0:
+                            tqdm.write(f"stopped at step {self.step}, checkpoint saved; --resume continues exactly")
                         checkpointed_stop = True
                         raise KeyboardInterrupt
         except KeyboardInterrupt:

@@ -117,6 +117,8 @@ class Manifest:
         if not isinstance(d, dict) or d.pop("format", None) != FORMAT:
             raise ValueError(f"not an idm-rt engine manifest (format {FORMAT!r} expected)")
         d = _known_fields(cls, d, "the manifest")
+        if not isinstance(d["buckets"], list) or not isinstance(d["graphs"], dict):
+            raise ValueError("its buckets must be a list and its graphs an object")
         if not d["buckets"]:
             raise ValueError("it lists no buckets")
         d["buckets"] = [Bucket.from_dict(b) for b in d["buckets"]]

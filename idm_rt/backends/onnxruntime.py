@@ -51,8 +51,8 @@ class OnnxRuntimeRunner(EngineRunner):
             try:
                 self._sessions[key] = ort.InferenceSession(str(path), options, providers=providers)
             except Exception as e:  # onnxruntime raises its own exception types, one per failure kind
-                raise RuntimeError(f"ONNX Runtime cannot load {path}: {e}\nrebuild the directory with "
-                                   f"python -m idm_rt.build --force") from None
+                raise RuntimeError(f"ONNX Runtime cannot load {path}: {e}\n(a damaged file: rebuild the directory "
+                                   f"with python -m idm_rt.build --force)") from None
 
     def sampling(self) -> contextlib.AbstractContextManager:
         """On the CPU, torch keeps ``sampling_torch_threads`` (1) threads while sampling: between ONNX
