@@ -61,8 +61,8 @@ def resolved(args: argparse.Namespace, overrides: list[str]) -> TrainConfig:
     saved = Path(fresh.out) / SAVED_CONFIG  # --out, or out= in --set, --config or the preset
     if not args.resume or not saved.exists():
         return fresh
-    before = json.loads(saved.read_text())
     try:  # the saved options are checked with the changes applied: a change can mend an old value
+        before = json.loads(saved.read_text())
         cfg = given or resolve(overrides=overrides, base=before)
     except ValueError as e:
         raise ValueError(f"{saved} with the changes given: {e}") from None
