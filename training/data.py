@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import numpy as np
+import torch
 from PIL import Image, ImageOps
 
 from idm_rt.images import IMAGE_SUFFIXES, to_tensor

@@ -12,7 +12,6 @@ import shutil
 import signal
 import threading
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -160,7 +159,7 @@ class Trainer:
 
     def autocast(self):
         if self.cfg.precision == "fp32" or self.device.type != "cuda":
-            return nullcontext()
+            return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16
         return torch.autocast("cuda", dtype=dtype)
 
