@@ -14,6 +14,7 @@ from typing import Any
 
 from idm_rt.config import preset, strict_from_dict
 from idm_rt.pipeline import check_sampling
+from idm_rt.upscaler import PRECISIONS
 
 
 @dataclass
@@ -76,8 +77,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {self.precision!r}")
         if self.crop % 8:
             raise ValueError(f"crop must be a multiple of 8, got {self.crop}")
         if not self.max_scale > 1:
