@@ -48,13 +48,17 @@ def load_images(data: str, crop: int | None) -> list[tuple[str, torch.Tensor]]:
     return [(n, center_crop(im, crop) if crop else im) for n, im in images]
 
 
+def protocol_side(side: int, s: float) -> int:
+    """The HR side measured at scale ``s``: the usual protocol crops it to a multiple of an integer scale."""
+    return side // int(s) * int(s) if float(s).is_integer() else side
+
+
 def large_enough(images: list[tuple[str, torch.Tensor]], scales: list[float]) -> list[tuple[str, torch.Tensor]]:
-    """The images every scale can be measured on (after :func:`evaluate` crops an integer scale's HR
-    to a multiple of it, SSIM's 11-pixel window must fit inside the border of ceil(s) pixels the
-    metrics leave out), saying which are skipped; ValueError when none is left."""
+    """The images every scale can be measured on (SSIM's 11-pixel window must fit inside the border
+    of ceil(s) pixels the metrics leave out of the :func:`protocol_side` crop), saying which are
+    skipped; ValueError when none is left."""
     def measurable(side: int, s: float) -> bool:
-        side = side // int(s) * int(s) if float(s).is_integer() else side
-        return side - 2 * math.ceil(s) >= 11
+        return protocol_side(side, s) - 2 * math.ceil(s) >= 11
 
     kept = []
     for name, img in images:
@@ -81,8 +85,7 @@ def evaluate(model: idm_rt.IDM, images: list[tuple[str, torch.Tensor]], scales: 
     for s in scales:
         acc: dict[str, list[float]] = {k: [] for k in ("psnr", "ssim", "cons", "psnr_bic", "ssim_bic", "cons_bic")}
         for name, img in images:
-            if float(s).is_integer():  # the usual protocol: HR cropped to a multiple of the scale
-                img = img[:, : img.shape[1] // int(s) * int(s), : img.shape[2] // int(s) * int(s)]
+            img = img[:, : protocol_side(img.shape[1], s), : protocol_side(img.shape[2], s)]
             hr = img.float()[None].to(device) / 127.5 - 1
             size = tuple(hr.shape[-2:])
             lr = downscale(hr, (max(1, round(size[0] / s)), max(1, round(size[1] / s))))
