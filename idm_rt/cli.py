@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from .fileio import atomic_write
 from .images import IMAGE_SUFFIXES
+from .pipeline import INITS
 
 
 UPSCALE_EXAMPLES = """examples:
@@ -77,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                                               "bundled model)")
     up.add_argument("--sampler", choices=SAMPLERS, help="dpmpp_2m (default, few steps), ddim, or ddpm (2000 calls)")
     up.add_argument("--seed", type=int, help="random seed; the same seed gives the same output")
-    up.add_argument("--init", choices=("noise", "bicubic"),
+    up.add_argument("--init", choices=INITS,
                     help="start from pure noise (the paper) or from the bicubic upscale diffused to --init-level "
                          "(default: the model's recommendation)")
     up.add_argument("--init-level", type=float, metavar="G", help="noise level in (0, 1) of a bicubic start")

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 
+ENCODER_UPSAMPLERS = ("nearest", "implicit")
+
+
 @dataclass(frozen=True)
 class IDMConfig:
     """Shape of an IDM network.
@@ -26,6 +29,11 @@ class IDMConfig:
             (the released weights have none).
         implicit_abs_scale: paper variant, ``|a|`` in the scale normalisation
             (the release uses the signed values).
+        encoder_upsampler: how the encoder reaches the output size. ``"nearest"`` is the
+            release's (nearest-resized features, 3x3 tail conv); ``"implicit"`` queries the
+            nearest feature with its relative coordinate and the cell size through a 1x1 layer
+            and a ReLU before the tail, and adds the bicubic upscale, so that the condition
+            image is an HR estimate in its own right (see :mod:`idm_rt.model.encoder`).
     """
 
     inner_channel: int = 64
@@ -39,6 +47,7 @@ class IDMConfig:
     implicit_hidden: int = 256
     implicit_relu: bool = False
     implicit_abs_scale: bool = False
+    encoder_upsampler: str = "nearest"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channel_multiplier", tuple(int(m) for m in self.channel_multiplier))
@@ -48,6 +57,8 @@ class IDMConfig:
         bad = [a for a in self.attn_levels if not 0 <= a < self.levels]
         if bad:
             raise ValueError(f"attn_levels {bad} outside the {self.levels} U-Net levels")
+        if self.encoder_upsampler not in ENCODER_UPSAMPLERS:
+            raise ValueError(f"encoder_upsampler must be one of {ENCODER_UPSAMPLERS}, got {self.encoder_upsampler!r}")
         for c in self.channels:
             if c % self.norm_groups:
                 raise ValueError(f"{c} channels are not divisible into {self.norm_groups} GroupNorm groups")

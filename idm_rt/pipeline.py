@@ -36,7 +36,9 @@ def super_resolve(model: IDM, lr: torch.Tensor, size: tuple[int, int], scale: fl
             blended at every step (a tile covering the whole output changes nothing).
         init: ``"noise"`` starts from pure noise (the paper); ``"bicubic"`` starts from the bicubic
             upscale diffused to noise level ``init_level`` and samples only from there
-            (Come-Closer-Diffuse-Faster, Chung et al. 2022): fewer, easier steps.
+            (Come-Closer-Diffuse-Faster, Chung et al. 2022): fewer, easier steps; ``"estimate"``
+            does the same from the encoder's condition image, for models trained to make it an HR
+            estimate (``encoder_upsampler="implicit"``).
         denoise: the U-Net call, ``model.denoise`` by default (e.g. a CUDA-graph replay of it).
         consistency: back-projection passes per step that bring the output's downscale close to
             the input (:mod:`idm_rt.consistency`); 0 samples as the paper does.
@@ -57,19 +59,19 @@ def super_resolve(model: IDM, lr: torch.Tensor, size: tuple[int, int], scale: fl
             eps_fn = lambda x, g: denoise(x, conditioning, g)  # noqa: E731
         if consistency:
             eps_fn = consistent(eps_fn, lr, consistency)
-        x_T, t_start = initial_state(lr, size, init, init_level, generator)
+        x_T, t_start = initial_state(lr, cond, init, init_level, generator)
         return run_sampler(eps_fn, x_T, sampler, steps, eta, generator, progress=progress,
                            t_start=t_start).clamp(-1.0, 1.0)
 
 
-INITS = ("noise", "bicubic")
+INITS = ("noise", "bicubic", "estimate")
 
 
 def check_init(init: str, init_level: float) -> None:
     """ValueError naming the problem for an unknown start or a bicubic start level outside (0, 1)."""
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
-    if init == "bicubic" and (not isinstance(init_level, numbers.Real) or not 0 < init_level < 1):
+    if init != "noise" and (not isinstance(init_level, numbers.Real) or not 0 < init_level < 1):
         raise ValueError(f"init_level must be a number in (0, 1), got {init_level!r}")
 
 
@@ -82,17 +84,19 @@ def check_sampling(sampler: str, steps: int, init: str, init_level: float, consi
     check_init(init, init_level)
     check_consistency(consistency)
     if sampler == "ddim":  # its grid needs 2..n steps, n the start timestep + 1
-        ddim_timesteps(LinearSchedule(), steps, start_timestep(init_level) if init == "bicubic" else None)
+        ddim_timesteps(LinearSchedule(), steps, start_timestep(init_level) if init != "noise" else None)
 
 
-def initial_state(lr: torch.Tensor, size: tuple[int, int], init: str, init_level: float,
+def initial_state(lr: torch.Tensor, cond: torch.Tensor, init: str, init_level: float,
                   generator: Generators) -> tuple[torch.Tensor, int | None]:
-    """(x_T, its timestep): pure noise at T-1, or ``sqrt(ac) bicubic + sqrt(1 - ac) z`` at the
-    timestep whose level is nearest ``init_level``."""
+    """(x_T, its timestep): pure noise at T-1, or ``sqrt(ac) x + sqrt(1 - ac) z`` at the timestep whose
+    level is nearest ``init_level``, x the bicubic upscale of ``lr`` or the condition image ``cond``
+    (an HR estimate for models whose encoder was trained as one, ``IDMConfig.encoder_upsampler``)."""
     check_init(init, init_level)
+    size = tuple(cond.shape[-2:])
     if init == "noise":
         return randn_like(lr.new_empty((lr.shape[0], 3, *size)), generator), None
     t = start_timestep(init_level)
     ac = LinearSchedule().ac(t)
-    up = upscale(lr, size).clamp(-1.0, 1.0)
-    return math.sqrt(ac) * up + math.sqrt(1.0 - ac) * randn_like(up, generator), t
+    start = (upscale(lr, size) if init == "bicubic" else cond).clamp(-1.0, 1.0)
+    return math.sqrt(ac) * start + math.sqrt(1.0 - ac) * randn_like(start, generator), t

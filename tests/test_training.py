@@ -78,7 +78,7 @@ def held_out_loss(trainer: Trainer) -> float:
     p = trainer.model.scale_fraction(scale).expand(16)
     trainer.model.eval()
     with torch.no_grad():
-        return trainer.loss_fn(trainer.model, hr, lr, p, gen).item()
+        return trainer.loss_fn(trainer.model, hr, lr, p, gen)[0].item()
 
 
 def test_loss_goes_down_and_checkpoints_rotate(tmp_path):
@@ -122,11 +122,11 @@ def _interrupt_during_step(trainer: Trainer, step: int, times: int = 1) -> None:
     that step drew its scale, crops and noise: what a Ctrl-C mid-step does."""
     loss_fn = trainer.loss_fn
 
-    def loss_with_signal(*args):
+    def loss_with_signal(*args, **kwargs):
         if trainer.step == step - 1:
             for _ in range(times):
                 os.kill(os.getpid(), signal.SIGINT)
-        return loss_fn(*args)
+        return loss_fn(*args, **kwargs)
 
     trainer.loss_fn = loss_with_signal
 

@@ -166,17 +166,20 @@ def test_missing_default_model_is_explained(monkeypatch, tmp_path):
         idm_rt.Upscaler.from_pretrained()
 
 
-def test_bicubic_start_is_the_diffused_bicubic_upscale():
+def test_bicubic_and_estimate_starts_are_the_diffused_upscale_and_condition_image():
     from idm_rt.diffusion import LinearSchedule, start_timestep
     from idm_rt.pipeline import initial_state
 
     lr = torch.rand(2, 3, 6, 7) * 2 - 1
-    x, t = initial_state(lr, (12, 21), "bicubic", 0.7, torch.Generator().manual_seed(0))
+    cond = torch.rand(2, 3, 12, 21) * 4 - 2  # an estimate, partly outside [-1, 1]
+    x, t = initial_state(lr, cond, "bicubic", 0.7, torch.Generator().manual_seed(0))
     assert t == start_timestep(0.7) and abs(LinearSchedule().noise_level(t) - 0.7) < 1e-3
     ac = LinearSchedule().ac(t)
     up = F.interpolate(lr, size=(12, 21), mode="bicubic", align_corners=False).clamp(-1, 1)
     z = torch.randn(up.shape, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(x, ac**0.5 * up + (1 - ac) ** 0.5 * z, atol=1e-6)
+    x, t = initial_state(lr, cond, "estimate", 0.7, torch.Generator().manual_seed(0))
+    assert torch.allclose(x, ac**0.5 * cond.clamp(-1, 1) + (1 - ac) ** 0.5 * z, atol=1e-6)
 
 
 def test_init_options_are_checked(up):

@@ -33,6 +33,9 @@ class TrainConfig:
     fixed_scale_steps: int = 4000  # the stage switch point
     steps: int = 8000
     max_timestep: int = 2000  # train noise levels t in 1..max_timestep (2000: the paper's full range)
+    snr_gamma: float = 0.0  # > 0: Min-SNR-gamma weighting of the noise loss (training.loss.IDMLoss)
+    aux_weight: float = 0.0  # > 0: L1 regression of the encoder's condition image onto the HR image
+    regression_steps: int = 0  # the first steps train the condition image alone (aux loss, no U-Net call)
     lr: float = 1e-4  # stage 1
     lr_stage2: float = 2e-5
     ema_decay: float = 0.999
@@ -46,7 +49,7 @@ class TrainConfig:
     val_crop: int = 128
     val_sampler: str = "dpmpp_2m"
     val_steps: int = 10
-    val_init: str = "noise"  # noise | bicubic (a diffused bicubic start at val_init_level)
+    val_init: str = "noise"  # noise | bicubic | estimate (a diffused start at val_init_level)
     val_init_level: float = 0.5
     val_consistency: int = 0  # back-projection passes per validation step (idm_rt.consistency)
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
@@ -72,13 +75,16 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("steps", "fixed_scale_steps", "val_every", "val_holdout", "threads", "grad_clip"):
+        for name in ("steps", "fixed_scale_steps", "val_every", "val_holdout", "threads", "grad_clip", "snr_gamma",
+                     "aux_weight", "regression_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {self.precision!r}")
+        if self.regression_steps and not self.aux_weight:
+            raise ValueError("regression_steps train the condition image with the aux loss: set aux_weight > 0")
         if self.crop % 8:
             raise ValueError(f"crop must be a multiple of 8, got {self.crop}")
         if not self.max_scale > 1:

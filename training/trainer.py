@@ -26,7 +26,7 @@ from idm_rt.resize import downscale, upscale
 from .config import TrainConfig
 from .data import PairSampler, center_crop, load_rgb, sample_scale, scan_folder
 from .ema import EMA
-from .loss import NoisePredictionLoss
+from .loss import IDMLoss
 from .metrics import psnr_y
 from .visual import save_grid
 
@@ -74,10 +74,11 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = IDM(preset(cfg.preset, **cfg.network), max_scale=cfg.max_scale).to(self.device)
         self.ema = EMA(self.model, cfg.ema_decay)
-        self.net = DistributedDataParallel(self.model) if self.world > 1 else self.model
+        self.net = (DistributedDataParallel(self.model, find_unused_parameters=cfg.regression_steps > 0) if self.world > 1
+                    else self.model)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.scaler = torch.amp.GradScaler(enabled=cfg.precision == "fp16" and self.device.type == "cuda")
-        self.loss_fn = NoisePredictionLoss(max_t=cfg.max_timestep)
+        self.loss_fn = IDMLoss(max_t=cfg.max_timestep, snr_gamma=cfg.snr_gamma, aux_weight=cfg.aux_weight)
         self.data_gen = torch.Generator().manual_seed(cfg.seed * 1000 + self.rank)
         self.noise_gen = torch.Generator().manual_seed(cfg.seed * 1000 + 500 + self.rank)
         self.step = 0
@@ -163,8 +164,8 @@ class Trainer:
         dtype = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16
         return torch.autocast("cuda", dtype=dtype)
 
-    def train_step(self) -> tuple[float, float]:
-        """One optimizer step; returns (loss, scale)."""
+    def train_step(self) -> tuple[dict[str, float], float]:
+        """One optimizer step; returns (losses: the total and its parts, NaN where a part is off; scale)."""
         cfg = self.cfg
         scale = sample_scale(self.step, cfg.max_scale, cfg.fixed_scale_steps, self.data_gen)
         hr, lr, scale = self.pairs.batch(cfg.batch, scale, self.data_gen)
@@ -174,7 +175,8 @@ class Trainer:
             group["lr"] = self.lr_at(self.step)
         self.net.train()
         with self.autocast():
-            loss = self.loss_fn(self.net, hr, lr, p, self.noise_gen)
+            loss, parts = self.loss_fn(self.net, hr, lr, p, self.noise_gen,
+                                       denoise=self.step >= cfg.regression_steps)
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.opt)
@@ -184,7 +186,7 @@ class Trainer:
         self.scaler.update()
         self.step += 1
         self.ema.update(self.model, self.step)
-        return loss.item(), scale
+        return {"loss": loss.item(), "noise": float("nan"), "aux": float("nan"), **parts}, scale
 
     def fit(self, resume: bool = False) -> None:
         """Train to ``cfg.steps``. Ctrl-C (or SIGTERM) stops after the current step with a checkpoint
@@ -208,12 +210,12 @@ class Trainer:
             with stop_requests() as stop:
                 while self.step < cfg.steps:
                     t0 = time.perf_counter()
-                    loss, scale = self.train_step()
+                    losses, scale = self.train_step()
                     ips = cfg.batch * self.world / (time.perf_counter() - t0)
                     bar.update(1)
-                    bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{ips:.1f}", scale=f"{scale:.2f}")
+                    bar.set_postfix(loss=f"{losses['loss']:.4f}", img_s=f"{ips:.1f}", scale=f"{scale:.2f}")
                     if log and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
-                        log.write(step=self.step, loss=loss, lr=self.lr_at(self.step - 1), scale=scale,
+                        log.write(step=self.step, **losses, lr=self.lr_at(self.step - 1), scale=scale,
                                   images_per_s=ips)
                     saved = self.step % cfg.ckpt_every == 0 or self.step == cfg.steps
                     if saved:

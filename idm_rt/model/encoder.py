@@ -1,10 +1,25 @@
-"""LR encoder: EDSR-baseline body, nearest resize to the output size, 3-channel tail (IDM Sec. 3.2)."""
+"""LR encoder: EDSR-baseline body, then up to the output size (IDM Sec. 3.2).
+
+Two ways to reach the output size (``IDMConfig.encoder_upsampler``):
+
+* ``"nearest"``, the release's: features nearest-resized to (H, W) (``F.interpolate``'s default
+  mode), then a 3x3 tail conv to 3 channels. The result only conditions the U-Net.
+* ``"implicit"``: every HR pixel queries its nearest LR feature together with its relative
+  coordinate to that feature's centre and the cell size (LR pixels per HR pixel), as LIIF does
+  (Chen et al., CVPR 2021): a 1x1 layer and a ReLU, then the 3x3 tail, plus the bicubic upscale
+  of the LR. Trained with a regression loss, the condition image is then an HR estimate that
+  sampling can start from (``init="estimate"``). The ReLU makes the output depend on where a
+  pixel sits inside its LR pixel, which a linear map of nearest features cannot (stair-steps).
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..resize import upscale
+from .implicit import nearest_query
 
 
 class EDSRBlock(nn.Module):
@@ -20,19 +35,22 @@ class EDSRBlock(nn.Module):
 
 
 class EDSREncoder(nn.Module):
-    """``encode(lr, (H, W))``: features at the LR size, nearest-resized to (H, W), then a 3-channel conv.
+    """``encode(lr, (H, W))``: features at the LR size, brought to (H, W), then a 3-channel conv.
 
     The continuous output size enters here: the result is the condition image at the HR size.
     """
 
-    # HR rows of the tail conv computed at once, which bounds memory for large outputs.
+    # HR rows of the tail computed at once, which bounds memory for large outputs.
     ROW_CHUNK = 256
 
-    def __init__(self, blocks: int = 16, feats: int = 64):
+    def __init__(self, blocks: int = 16, feats: int = 64, upsampler: str = "nearest"):
         super().__init__()
+        self.upsampler = upsampler
         self.head = nn.Conv2d(3, feats, 3, padding=1)
         self.blocks = nn.Sequential(*[EDSRBlock(feats) for _ in range(blocks)])
         self.body_conv = nn.Conv2d(feats, feats, 3, padding=1)
+        # implicit: [nearest feature, relative row and column, cell height and width] -> feats
+        self.query = nn.Conv2d(feats + 4, feats, 1) if upsampler == "implicit" else None
         self.tail = nn.Conv2d(feats, 3, 3, padding=1)
 
     def features(self, lr: torch.Tensor) -> torch.Tensor:
@@ -42,20 +60,43 @@ class EDSREncoder(nn.Module):
 
     def forward(self, lr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         feat = self.features(lr)
-        height, width = size
-        if height <= self.ROW_CHUNK:
-            return self.tail(F.interpolate(feat, size=size))
-        # Same numbers as the one-shot form: nearest indices from F.interpolate itself,
-        # tail conv on row bands with a one-row halo.
-        rows = nearest_indices(feat.shape[-2], height, feat.device)
-        cols = nearest_indices(feat.shape[-1], width, feat.device)
-        wide = feat[:, :, :, cols]
+        height, width = int(size[0]), int(size[1])
+        if self.query is None:
+            rows = nearest_indices(feat.shape[-2], height, feat.device)
+            cols = nearest_indices(feat.shape[-1], width, feat.device)
+            return self.upsample(feat, rows, cols)
+        rows, rel_rows = (t.to(feat.device) for t in nearest_query(int(feat.shape[-2]), height))
+        cols, rel_cols = (t.to(feat.device) for t in nearest_query(int(feat.shape[-1]), width))
+        return self.upsample(feat, rows, cols, rel_rows, rel_cols) + upscale(lr, (height, width))
+
+    def upsample(self, feat: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+                 rel_rows: torch.Tensor | None = None, rel_cols: torch.Tensor | None = None) -> torch.Tensor:
+        """Features (B, C, h, w) -> (B, 3, H, W) at the source pixels ``rows`` (H,) and ``cols`` (W,)
+        (and, implicit, the relative coordinates to them), without the bicubic term; row bands of
+        :data:`ROW_CHUNK` with a one-row halo for the tail, the same numbers as one pass."""
+        wide = feat.index_select(3, cols)
+        extra = None
+        if self.query is not None:
+            b, height, width = feat.shape[0], rows.shape[0], cols.shape[0]
+            cell = (feat.shape[-2] / height, feat.shape[-1] / width)
+            grid_r, grid_c = rel_rows.view(-1, 1).expand(height, width), rel_cols.view(1, -1).expand(height, width)
+            extra = torch.stack([grid_r, grid_c, torch.full_like(grid_r, cell[0]), torch.full_like(grid_r, cell[1])])
+            extra = extra.to(feat.dtype)[None].expand(b, -1, -1, -1)
+
+        def hidden(lo: int, hi: int) -> torch.Tensor:
+            h = wide.index_select(2, rows[lo:hi])
+            if self.query is None:
+                return h
+            return F.relu(self.query(torch.cat([h, extra[:, :, lo:hi]], dim=1)))
+
+        height = rows.shape[0]
+        if torch.jit.is_tracing() or height <= self.ROW_CHUNK:
+            return self.tail(hidden(0, height))
         out = []
         for r0 in range(0, height, self.ROW_CHUNK):
             r1 = min(r0 + self.ROW_CHUNK, height)
             lo, hi = max(r0 - 1, 0), min(r1 + 1, height)
-            band = self.tail(wide[:, :, rows[lo:hi]])
-            out.append(band[:, :, r0 - lo : r0 - lo + (r1 - r0)])
+            out.append(self.tail(hidden(lo, hi))[:, :, r0 - lo: r0 - lo + (r1 - r0)])
         return torch.cat(out, dim=2)
 
 

@@ -34,7 +34,7 @@ class IDM(nn.Module):
         self.max_scale = float(max_scale)
         self.provenance: dict = {}
         self.defaults: dict = {}
-        self.encoder = EDSREncoder(config.encoder_blocks, config.encoder_feats)
+        self.encoder = EDSREncoder(config.encoder_blocks, config.encoder_feats, config.encoder_upsampler)
         self.conditioner = LRConditioner(config)
         self.unet = UNet(config)
 
@@ -55,9 +55,14 @@ class IDM(nn.Module):
         """Predict the noise in x_t (B, 3, H, W) at noise level g = sqrt(gamma) (B,)."""
         return self.unet(x_t, conditioning, noise_level.to(x_t.device))
 
-    def forward(self, x_t: torch.Tensor, lr: torch.Tensor, p: torch.Tensor, noise_level: torch.Tensor) -> torch.Tensor:
-        """The whole network in one call (training, DDP): encode, condition, denoise."""
-        return self.denoise(x_t, self.condition(self.encode(lr, tuple(x_t.shape[-2:])), p), noise_level)
+    def forward(self, lr: torch.Tensor, size: tuple[int, int], p: torch.Tensor, x_t: torch.Tensor | None = None,
+                noise_level: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The whole network in one call (training, DDP): ``(cond, eps)``; encode, condition, denoise.
+        Without ``x_t`` only the encoder runs and eps is None (regression-only training steps)."""
+        cond = self.encode(lr, size)
+        if x_t is None:
+            return cond, None
+        return cond, self.denoise(x_t, self.condition(cond, p), noise_level)
 
     def set_implicit_form(self, form: str) -> None:
         """``"fast"`` (default) or ``"literal"`` (the release's per-pixel MLP, kept as the reference)."""
