@@ -39,8 +39,9 @@ def main(argv: list[str] | None = None) -> dict:
         for passes in (int(n) for n in args.consistency.split(",")):
             for sampler in args.samplers.split(","):
                 for steps in (int(s) for s in args.steps.split(",")):
-                    row = evaluate(model, images, [args.scale], sampler, steps, init=init,
-                                   init_level=float(level or 0.5), consistency=passes)[0]
+                    settings = idm_rt.SamplingSettings(sampler=sampler, steps=steps, init=init,
+                                                       init_level=float(level or 0.5), consistency=passes)
+                    row = evaluate(model, images, [args.scale], settings)[0]
                     curve.append({"init": start, "consistency": passes, "sampler": sampler, "steps": steps, **row})
                     print(f"{start:12s} bp{passes} {sampler:9s} {steps:3d} steps: PSNR(Y) {row['psnr']:.2f} "
                           f"(bicubic {row['psnr_bic']:.2f})  SSIM {row['ssim']:.4f}  "

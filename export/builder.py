@@ -13,14 +13,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import re
 import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from idm_rt.backends.engine_dir import MANIFEST_NAME, GraphEntry, Manifest, graph_key, graph_specs, read_manifest
+from idm_rt.backends.engine_dir import (BACKENDS, BUILT_FILE, MANIFEST_NAME, PARTIAL, GraphEntry, Manifest,
+                                       artifact_name, graph_key, graph_specs, inside, read_manifest)
 from idm_rt.buckets import Bucket, tile_side
 from idm_rt.checkpoints import is_project, load_model, model_hash
 from idm_rt.fileio import atomic_write
@@ -31,7 +31,7 @@ from .graphs import OPSET, export_graph
 from .opcheck import check_graph
 
 EXIT_OK, EXIT_NEEDS_GPU = 0, 3  # failures raise BuildError (status 1 in idm_rt.build)
-EXPORT_VERSION = 1  # bump when export_graph changes what a graph contains
+EXPORT_VERSION = 2  # bump when export_graph changes what a graph contains (2: dynamic graphs, implicit encoder)
 
 
 class BuildError(RuntimeError):
@@ -61,9 +61,9 @@ def digest(*parts) -> str:
 
 def reusable(folder: Path, file: str | None, size: int | None, old_key: str | None, key: str, force: bool) -> bool:
     """Whether an artifact recorded with ``old_key`` and ``size`` bytes at ``file`` can stand in for one
-    with ``key`` (size None: a manifest from before sizes were recorded, whose files are trusted)."""
-    return (not force and file is not None and old_key == key and (folder / file).is_file()
-            and size in (None, (folder / file).stat().st_size))
+    with ``key``."""
+    return (not force and file is not None and size is not None and old_key == key and (folder / file).is_file()
+            and (folder / file).stat().st_size == size)
 
 
 def backend_identity(options: BuildOptions) -> tuple[dict, list[str]]:
@@ -79,8 +79,11 @@ def backend_identity(options: BuildOptions) -> tuple[dict, list[str]]:
 def build(options: BuildOptions, log: Callable[[str], None] = print) -> int:
     """Run the build; returns the exit status (0 done, 3 ONNX written but TensorRT unavailable).
 
-    Builds of one folder take turns (a lock file); the manifest is only rewritten when something in
-    it changed, so that a build that reuses everything leaves a folder others read untouched."""
+    The output folder must be new, empty or an engine directory: a build writes, replaces and deletes
+    only the files its manifest lists (the names of :func:`~idm_rt.backends.engine_dir.artifact_name`),
+    never through a symbolic link. Builds of one folder take turns (a lock file); the manifest is only
+    rewritten when something in it changed, so that a build that reuses everything leaves a folder
+    others read untouched."""
     model = load_model(options.model_path, max_scale=options.max_scale)
     if options.max_scale is None and not is_project(options.model_path):
         log(f"note: released checkpoints do not record their largest training scale; assuming M = "
@@ -89,8 +92,53 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> int:
         tile_side(options.buckets, model.config.size_multiple)
     except ValueError as e:
         log(f"warning: {e}; outputs larger than it will fail with these engines")
+    check_folder(options.out)
     with _lock(options.out, log):
         return _build(model, options, log)
+
+
+LOCK_NAME = ".build.lock"
+
+
+def check_folder(folder: Path) -> None:
+    """BuildError unless ``folder`` is absent, empty or an engine directory whose own parts are no
+    symbolic links: a build never writes into, or empties, a folder that holds other things."""
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise BuildError(f"{folder} is a file, not a folder")
+    for name in (MANIFEST_NAME, LOCK_NAME, "onnx", *BACKENDS):
+        try:
+            inside(folder, name)
+        except ValueError as e:
+            raise BuildError(str(e)) from None
+    if (folder / MANIFEST_NAME).exists():
+        owned_files(folder)  # an engine directory this version can read: ours
+    elif any(p.name != LOCK_NAME for p in folder.iterdir()):
+        raise BuildError(f"{folder} is not empty and is not an engine directory (no {MANIFEST_NAME}); build into a "
+                         f"new or empty folder (nothing in {folder} was changed)")
+
+
+def owned_files(folder: Path) -> tuple[Manifest | None, list[str]]:
+    """(the directory's manifest, or None for one written by an earlier version; every file it lists).
+    BuildError when manifest.json is not one of ours."""
+    path = folder / MANIFEST_NAME
+    try:
+        manifest = read_manifest(folder)
+        return manifest, manifest.files()
+    except ValueError as e:
+        try:  # an earlier version's directory: its files are ours to replace, nothing is reused
+            d = json.loads(path.read_text())
+            if isinstance(d, dict) and d.get("format") in LEGACY_FORMATS and isinstance(d.get("graphs"), dict):
+                files = [f for g in d["graphs"].values() if isinstance(g, dict) for f in (g.get("onnx"), g.get("engine"))]
+                return None, [f for f in files if isinstance(f, str) and BUILT_FILE.fullmatch(f)]
+        except (ValueError, OSError):
+            pass
+        raise BuildError(f"{path} is not a manifest this version of idm-rt can read ({e}); build into a new folder "
+                         f"(nothing was changed)") from None
+
+
+LEGACY_FORMATS = ("idm-rt-engines/1",)
 
 
 @contextlib.contextmanager
@@ -103,7 +151,7 @@ def _lock(folder: Path, log: Callable[[str], None]):
     except ImportError:
         yield
         return
-    with open(folder / ".build.lock", "w") as f:
+    with open(inside(folder, LOCK_NAME), "w") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -112,9 +160,47 @@ def _lock(folder: Path, log: Callable[[str], None]):
         yield
 
 
+class _Writer:
+    """Writes the directory's files and its manifest. Every file is listed in the manifest on disk
+    before it is written (as pending, with the temp name it is written under), so that an interrupted
+    build leaves nothing the next one does not know as its own."""
+
+    def __init__(self, folder: Path, manifest: Manifest, old_files: list[str], log: Callable[[str], None]):
+        self.folder, self.manifest, self.log = folder, manifest, log
+        self.owned = set(old_files)
+        manifest.pending = sorted(self.owned)  # old files stay listed until this build settles them
+
+    def save(self) -> None:
+        atomic_write(inside(self.folder, MANIFEST_NAME), lambda tmp: Path(tmp).write_text(self.manifest.to_json()))
+
+    def write(self, rel: str, write: Callable[[str], None]) -> None:
+        """Write ``folder/rel`` through ``write(tmp_path)``: listed first, then atomically renamed into place."""
+        path = inside(self.folder, rel)
+        if path.exists() and rel not in self.owned:
+            raise BuildError(f"{path} exists, but no build of {self.folder} wrote it (its manifest does not list it); "
+                             f"move it away and build again")
+        new = [f for f in (rel, rel + PARTIAL) if f not in self.manifest.pending]
+        if new:
+            self.manifest.pending += new
+            self.save()
+        self.owned |= {rel, rel + PARTIAL}
+        atomic_write(path, write, temp=inside(self.folder, rel + PARTIAL))
+
+    def settle(self) -> None:
+        """Delete the files listed before that no graph uses now (an earlier build's, an interrupted
+        write's temp file) and list only what the graphs use."""
+        keep = set(self.manifest.graph_files())
+        for rel in self.manifest.pending:
+            if rel not in keep:
+                path = inside(self.folder, rel)
+                if path.is_file():
+                    path.unlink()
+        self.manifest.pending = []
+
+
 def _build(model: IDM, options: BuildOptions, log: Callable[[str], None]) -> int:
     folder = options.out
-    old = _previous(folder, log)
+    old, old_files = owned_files(folder) if (folder / MANIFEST_NAME).exists() else (None, [])
     ident, missing = backend_identity(options)
     flags = {"opset": OPSET, "conv": options.conv, "command": options.command}
     if options.backend == "tensorrt":
@@ -122,21 +208,23 @@ def _build(model: IDM, options: BuildOptions, log: Callable[[str], None]) -> int
     manifest = Manifest(model_hash=model_hash(model), model_path=str(Path(options.model_path).resolve()),
                         network=model.config.to_dict(), max_scale=model.max_scale, precision=options.precision,
                         backend=options.backend, opset=OPSET, buckets=options.buckets, graphs={}, identity=ident,
-                        build_flags=flags, defaults=model.defaults)
+                        build_flags=flags,
+                        defaults=model.recommended.to_dict() if model.recommended else {})
+    writer = _Writer(folder, manifest, old_files, log)
     specs = graph_specs(options.buckets)
     for i, (kind, bucket) in enumerate(specs, 1):
         key = graph_key(kind, bucket)
         label = f"[{i}/{len(specs)}] {key}"
-        entry = _onnx_stage(model, manifest.model_hash, kind, bucket, options, old, label, log)
+        entry = _onnx_stage(model, manifest.model_hash, kind, bucket, options, old, label, writer)
         if not missing:
-            _engine_stage(entry, kind, bucket, options, ident, old.graphs.get(key) if old else None, label, log)
+            _engine_stage(entry, kind, bucket, options, ident, old.graphs.get(key) if old else None, label, writer)
         manifest.graphs[key] = entry
         if old is None or old.graphs.get(key) != entry:  # progress kept for an interrupted build
-            _write(folder, manifest)
+            writer.save()
     manifest.complete = not missing
+    writer.settle()
     if old is None or old.to_json() != manifest.to_json():
-        _write(folder, manifest)
-    _remove_stale(folder, manifest)
+        writer.save()
     if missing:
         log(_missing_message(folder, missing, options))
         return EXIT_NEEDS_GPU
@@ -145,10 +233,11 @@ def _build(model: IDM, options: BuildOptions, log: Callable[[str], None]) -> int
 
 
 def _onnx_stage(model: IDM, mhash: str, kind: str, bucket: Bucket | None, options: BuildOptions,
-                old: Manifest | None, label: str, log) -> GraphEntry:
-    precision, conv = (options.precision, options.conv) if kind == "unet" else ("fp32", "direct")
+                old: Manifest | None, label: str, writer: _Writer) -> GraphEntry:
+    precision = options.precision if kind in ("unet", "unet_dynamic") else "fp32"
+    conv = options.conv if kind == "unet" else "direct"  # Winograd transforms need static shapes
     key = graph_key(kind, bucket)
-    rel = f"onnx/{key.replace('/', '_')}.onnx"
+    rel = artifact_name(key)
     winograd_key = [conv, winograd.VERSION] if conv == "winograd" else []  # direct graphs keep their old keys
     onnx_key = digest(mhash, kind, bucket.to_dict() if bucket else None, precision, OPSET, EXPORT_VERSION,
                       *winograd_key)
@@ -156,12 +245,12 @@ def _onnx_stage(model: IDM, mhash: str, kind: str, bucket: Bucket | None, option
     path = options.out / rel
     if reusable(options.out, prev and prev.onnx, prev and prev.onnx_bytes, prev and prev.onnx_key, onnx_key,
                 options.force):
-        log(f"{label}: ONNX {precision} reused")
+        writer.log(f"{label}: ONNX {precision} reused")
     else:
         start = time.perf_counter()
-        export_graph(model, kind, bucket, path, precision, conv)
-        log(f"{label}: ONNX {precision} exported{' with Winograd convolutions' if conv == 'winograd' else ''} "
-            f"in {time.perf_counter() - start:.1f} s")
+        writer.write(rel, lambda tmp: export_graph(model, kind, bucket, Path(tmp), precision, conv))
+        writer.log(f"{label}: ONNX {precision} exported{' with Winograd convolutions' if conv == 'winograd' else ''} "
+                   f"in {time.perf_counter() - start:.1f} s")
     problems = check_graph(path, OPSET)
     if problems:
         raise BuildError(f"{rel} fails the ONNX/TensorRT operator check:\n  " + "\n  ".join(problems))
@@ -169,56 +258,27 @@ def _onnx_stage(model: IDM, mhash: str, kind: str, bucket: Bucket | None, option
 
 
 def _engine_stage(entry: GraphEntry, kind: str, bucket: Bucket | None, options: BuildOptions, ident: dict,
-                  prev: GraphEntry | None, label: str, log) -> None:
-    name = Path(entry.onnx).stem
+                  prev: GraphEntry | None, label: str, writer: _Writer) -> None:
+    key = graph_key(kind, bucket)
     flags = [options.workspace_mb, tensorrt_build.VERSION] if options.backend == "tensorrt" else []
     entry.engine_key = digest(entry.onnx_key, options.backend, ident, flags)
-    suffix = ".plan" if options.backend == "tensorrt" else ".onnx"
-    entry.engine = f"{options.backend}/{name}{suffix}"
+    entry.engine = artifact_name(key, options.backend)
     if reusable(options.out, prev and prev.engine, prev and prev.engine_bytes, prev and prev.engine_key,
                 entry.engine_key, options.force):
         entry.engine_bytes = (options.out / entry.engine).stat().st_size
-        log(f"{label}: {options.backend} artifact reused")
+        writer.log(f"{label}: {options.backend} artifact reused")
         return
     start = time.perf_counter()
-    onnx_path, engine_path = options.out / entry.onnx, options.out / entry.engine
+    onnx_path = options.out / entry.onnx
     if options.backend == "onnxruntime":
-        ort_build.optimise(onnx_path, engine_path)
+        writer.write(entry.engine, lambda tmp: ort_build.optimise(onnx_path, Path(tmp)))
     else:
-        tensorrt_build.build_engine(onnx_path, engine_path, tensorrt_build.profile_shapes(kind, bucket, onnx_path),
-                                    fp16=entry.precision == "fp16", workspace_mb=options.workspace_mb,
-                                    timing_cache=options.out / options.backend / "timing.cache")
-    entry.engine_bytes = engine_path.stat().st_size
-    log(f"{label}: {options.backend} artifact built in {time.perf_counter() - start:.1f} s")
-
-
-def _previous(folder: Path, log) -> Manifest | None:
-    if not (folder / MANIFEST_NAME).exists():
-        return None
-    try:
-        return read_manifest(folder)
-    except ValueError as e:
-        log(f"warning: ignoring the old manifest, everything is rebuilt ({e})")
-        return None
-
-
-def _write(folder: Path, manifest: Manifest) -> None:
-    atomic_write(folder / MANIFEST_NAME, lambda tmp: Path(tmp).write_text(manifest.to_json()))
-
-
-# The graph and engine files a build writes, and the temp files of their atomic writes.
-_BUILT_FILE = re.compile(r"(encoder|conditioner_.+|unet_.+)\.(onnx|plan)|\.(encoder|conditioner_.+|unet_.+)\..+\.tmp")
-
-
-def _remove_stale(folder: Path, new: Manifest) -> None:
-    """Delete the graph and engine files (names a build writes, nothing else) that the new manifest
-    does not list: an older build's, an interrupted build's (its manifest lists only what it had
-    reached) and a killed write's temp files (builds of a folder take turns, so none is in progress)."""
-    keep = {f for g in new.graphs.values() for f in (g.onnx, g.engine) if f}
-    for sub in ("onnx", "onnxruntime", "tensorrt"):
-        for path in (folder / sub).glob("*"):
-            if _BUILT_FILE.fullmatch(path.name) and path.relative_to(folder).as_posix() not in keep:
-                path.unlink()
+        profile = tensorrt_build.profile_shapes(kind, bucket, onnx_path, options.buckets)
+        writer.write(entry.engine, lambda tmp: tensorrt_build.build_engine(
+            onnx_path, Path(tmp), profile, fp16=entry.precision == "fp16", workspace_mb=options.workspace_mb,
+            timing_cache=inside(options.out, f"{options.backend}/timing.cache")))
+    entry.engine_bytes = (options.out / entry.engine).stat().st_size
+    writer.log(f"{label}: {options.backend} artifact built in {time.perf_counter() - start:.1f} s")
 
 
 def _missing_message(folder: Path, missing: list[str], options: BuildOptions) -> str:

@@ -1,16 +1,18 @@
-"""The three exported graphs of IDM and their ONNX export.
+"""The exported graphs of IDM and their ONNX export.
 
-* encoder: ``lr (B,3,h,w), rows (H,), cols (W,) -> cond (B,3,H,W)``; runs once per image at the
-  whole image's size, so its sizes are dynamic; the nearest resize is a gather with the indices
-  F.interpolate uses, computed by the runner.
-* conditioner, per bucket: ``cond (1,3,H,W), p (1,) -> shift_i, a1_i, a2_i`` for levels 1..L-1;
-  batch 1, static (its depthwise blur needs a static channel count, and it runs once per image
-  and tile, so the runner loops over the batch).
-* unet, per bucket: ``x_t, cond, shift_i, a1_i, a2_i, g (B,) -> eps``; the only graph in the loop.
+* encoder: ``lr (1,3,h,w), rows (H,), cols (W,) [, rel_rows (H,), rel_cols (W,)] -> cond (1,3,H,W)``;
+  runs once per image at the whole image's size, so its sizes are dynamic; the resize to the
+  output size is a gather with index tables (and, for the implicit upsampler, relative
+  coordinates) that the runner computes as the torch model does.
+* conditioner: ``cond (1,3,H,W), p (1,) -> shift_i, a1_i, a2_i`` for levels 1..L-1; dynamic sizes,
+  batch 1 (it runs once per image and tile, so the runner loops over the batch).
+* unet, per bucket: ``x_t, cond, shift_i, a1_i, a2_i, g (B,) -> eps``, the bucket's static shape
+  (exact fits: tiles of the bucket's size; the implicit layers' tables are constants).
+* unet_dynamic: the same with dynamic sizes, and the implicit layers' query tables as inputs
+  (``rows_i, rel_rows_i, cols_i, rel_cols_i``): every other size, at its own size, never padded.
 
-Per-bucket graphs have static spatial shapes; the batch axis is dynamic when the bucket's batch
-range is. The encoder and conditioner stay float32 (they run once per image); the U-Net is
-exported in the requested precision.
+The batch axis of the U-Nets is dynamic when the batch range is. The encoder and conditioner stay
+float32 (they run once per image); the U-Nets are exported in the requested precision.
 """
 
 from __future__ import annotations
@@ -24,12 +26,12 @@ import onnx
 import torch
 from torch import nn
 
-from idm_rt.backends.engine_dir import (CONDITIONER_INPUTS, ENCODER_INPUTS, flatten_conditioning, graph_outputs,
-                                        unet_inputs, unflatten_conditioning)
+from idm_rt.backends.engine_dir import graph_inputs, graph_outputs, table_names
 from idm_rt.buckets import Bucket
-from idm_rt.fileio import atomic_write
-from idm_rt.model import IDM
-from idm_rt.model.encoder import nearest_indices
+from idm_rt.model import IDM, Conditioning
+from idm_rt.model.encoder import resize_tables
+from idm_rt.model.unet import query_tables_for
+from idm_rt.resize import upscale
 
 from .precision import keep_in_float32
 from .winograd import use_winograd
@@ -48,15 +50,15 @@ CONV_MODES = ("direct", "winograd")
 
 
 class EncoderGraph(nn.Module):
-    """``encode(lr, (H, W))`` with the nearest resize given as row and column source indices."""
+    """``encode(lr, (H, W))`` with the resize given as row and column tables."""
 
     def __init__(self, model: IDM):
         super().__init__()
         self.encoder = model.encoder
 
-    def forward(self, lr: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-        feat = self.encoder.features(lr)
-        return self.encoder.tail(feat.index_select(2, rows).index_select(3, cols))
+    def forward(self, lr: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, *rel: torch.Tensor) -> torch.Tensor:
+        out = self.encoder.upsample(self.encoder.features(lr), rows, cols, *rel)
+        return out + upscale(lr, (rows.shape[0], cols.shape[0])) if rel else out
 
 
 class ConditionerGraph(nn.Module):
@@ -67,71 +69,94 @@ class ConditionerGraph(nn.Module):
         self.model = model
 
     def forward(self, cond: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(flatten_conditioning(self.model.condition(cond, p)))
+        return tuple(self.model.condition(cond, p).flat())
 
 
 class UNetGraph(nn.Module):
-    """``denoise(x_t, conditioning, g)`` with the Conditioning passed as flat tensors."""
+    """``denoise(x_t, conditioning, g)`` with the Conditioning passed as flat tensors (and, for the
+    dynamic graph, the implicit layers' query tables after g)."""
 
-    def __init__(self, model: IDM):
+    def __init__(self, model: IDM, with_tables: bool = False):
         super().__init__()
         self.model = model
+        self.n_flat = 3 * (model.config.levels - 1)
+        self.with_tables = with_tables
 
     def forward(self, x_t: torch.Tensor, cond: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
-        *flat, g = rest
-        return self.model.denoise(x_t, unflatten_conditioning(cond, list(flat)), g)
+        flat, g, tables = rest[:self.n_flat], rest[self.n_flat], rest[self.n_flat + 1:]
+        grouped = [tuple(tables[k:k + 4]) for k in range(0, len(tables), 4)] if self.with_tables else None
+        return self.model.unet(x_t, Conditioning.from_flat(cond, list(flat)), g, grouped)
 
 
 def sample_inputs(model: IDM, kind: str, bucket: Bucket | None, batch: int = 1, seed: int = 0,
-                  dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
-    """Random inputs of graph ``kind`` for ``bucket`` (the encoder: a 2x upscale of half the first
-    bucket's size); the U-Net's conditioning comes from the model itself, as at run time."""
+                  dtype: torch.dtype = torch.float32, size: tuple[int, int] | None = None) -> tuple[torch.Tensor, ...]:
+    """Random inputs of graph ``kind`` at ``size`` (default: the bucket's; without a bucket 40 x 24,
+    a size no power of two divides); the encoder's LR is a third of it; the U-Net's conditioning
+    comes from the model itself, as at run time."""
     gen = torch.Generator().manual_seed(seed)
-    h, w = (bucket.height, bucket.width) if bucket is not None else (32, 32)
+    h, w = size or ((bucket.height, bucket.width) if bucket is not None else (40, 24))
     cond = torch.randn(batch, 3, h, w, generator=gen)
     p = torch.rand(batch, generator=gen)
     if kind == "encoder":
-        lr = torch.randn(batch, 3, max(h // 2, 1), max(w // 2, 1), generator=gen)
-        return lr, nearest_indices(lr.shape[-2], h, lr.device), nearest_indices(lr.shape[-1], w, lr.device)
+        lr = torch.randn(1, 3, max(h // 3, 1), max(w // 3, 1), generator=gen)
+        return (lr, *resize_tables(model.config.encoder_upsampler, tuple(lr.shape[-2:]), (h, w)))
     if kind == "conditioner":
-        return cond, p
+        return cond[:1], p[:1]
     with torch.no_grad():
-        flat = flatten_conditioning(model.condition(cond, p))
+        flat = model.condition(cond, p).flat()
     x_t, g = torch.randn(batch, 3, h, w, generator=gen), torch.rand(batch, generator=gen)
-    return tuple(t.to(dtype) for t in (x_t, cond, *flat)) + (g.to(dtype),)
+    tensors = tuple(t.to(dtype) for t in (x_t, cond, *flat)) + (g.to(dtype),)
+    if kind == "unet_dynamic":
+        tensors += tuple(t.to(dtype) if t.is_floating_point() else t
+                         for tables in query_tables_for((h, w), model.config.levels) for t in tables)
+    return tensors
 
 
 def graph_module(model: IDM, kind: str) -> nn.Module:
     """The wrapper module of graph ``kind`` in eval mode."""
+    if kind == "unet_dynamic":
+        return UNetGraph(model, with_tables=True).eval()
     return {"encoder": EncoderGraph, "conditioner": ConditionerGraph, "unet": UNetGraph}[kind](model).eval()
 
 
 def io_spec(model: IDM, kind: str, bucket: Bucket | None) -> tuple[list[str], list[str], dict]:
     """Input names, output names and dynamic axes of graph ``kind``."""
     levels = model.config.levels
-    names_out = graph_outputs(kind, levels)
+    names_in, names_out = graph_inputs(kind, model.config), graph_outputs(kind, levels)
     if kind == "encoder":
-        axes = {"lr": {0: "batch", 2: "lr_h", 3: "lr_w"}, "rows": {0: "out_h"}, "cols": {0: "out_w"},
-                "cond": {0: "batch", 2: "out_h", 3: "out_w"}}
-        return list(ENCODER_INPUTS), names_out, axes
-    names_in = list(CONDITIONER_INPUTS) if kind == "conditioner" else unet_inputs(levels)
-    dynamic = kind == "unet" and bucket.dynamic_batch
-    axes = {n: {0: "batch"} for n in names_in + names_out} if dynamic else {}
+        axes = {"lr": {2: "lr_h", 3: "lr_w"}, "rows": {0: "out_h"}, "cols": {0: "out_w"},
+                "rel_rows": {0: "out_h"}, "rel_cols": {0: "out_w"}, "cond": {2: "out_h", 3: "out_w"}}
+        return names_in, names_out, {n: a for n, a in axes.items() if n in names_in + names_out}
+    if kind == "conditioner":
+        axes = {"cond": {2: "h_0", 3: "w_0"}}
+        axes |= {n: {2: f"h_{n.split('_')[1]}", 3: f"w_{n.split('_')[1]}"} for n in names_out if n.startswith("shift")}
+        return names_in, names_out, axes
+    if kind == "unet":
+        dynamic = bucket.dynamic_batch
+        return names_in, names_out, ({n: {0: "batch"} for n in names_in + names_out} if dynamic else {})
+    axes = {n: {0: "batch"} for n in names_in + names_out if n not in table_names(levels)}
+    for n in ("x_t", "cond", "eps"):
+        axes[n] |= {2: "h_0", 3: "w_0"}
+    for i in range(1, levels):
+        axes[f"shift_{i}"] |= {2: f"h_{i}", 3: f"w_{i}"}
+        axes |= {f"rows_{i}": {0: f"h_{i - 1}"}, f"rel_rows_{i}": {0: f"h_{i - 1}"},
+                 f"cols_{i}": {0: f"w_{i - 1}"}, f"rel_cols_{i}": {0: f"w_{i - 1}"}}
     return names_in, names_out, axes
 
 
 def export_graph(model: IDM, kind: str, bucket: Bucket | None, path: Path, precision: str = "fp32",
                  conv: str = "direct") -> Path:
-    """Export graph ``kind`` (encoder / conditioner / unet) of ``model`` for ``bucket`` to ``path``.
+    """Export graph ``kind`` (:data:`~idm_rt.backends.engine_dir.KINDS`) of ``model`` (for ``bucket``:
+    the static U-Net) to ``path`` (written directly: the build writes it under a temp name it records).
 
-    ``precision`` "fp16" applies to the U-Net only: weights and activations in float16, with the
+    ``precision`` "fp16" applies to the U-Nets only: weights and activations in float16, with the
     :data:`FP32_OPS` computed in float32. ``conv`` "winograd" (float32 U-Net only) computes the
     U-Net's wide 3x3 convolutions as Winograd transforms and products, for ONNX Runtime on a CPU
     (:mod:`export.winograd`); the other graphs run once per image and keep direct convolutions.
     """
     if conv not in CONV_MODES:
         raise ValueError(f"conv must be one of {CONV_MODES}, not {conv!r}")
-    half = precision == "fp16" and kind == "unet"
+    half = precision == "fp16" and kind in ("unet", "unet_dynamic")
     if conv == "winograd" and half:
         raise ValueError("Winograd convolutions are float32 only: their transforms lose too much in float16")
     dtype = torch.float16 if half else torch.float32
@@ -145,7 +170,7 @@ def export_graph(model: IDM, kind: str, bucket: Bucket | None, path: Path, preci
     if conv == "winograd" and kind == "unet":
         use_winograd(module, args)
     if half:
-        module, args = module.to(dtype), tuple(t.to(dtype) for t in args)
+        module, args = module.to(dtype), tuple(t.to(dtype) if t.is_floating_point() else t for t in args)
     names_in, names_out, axes = io_spec(model, kind, bucket)
     buf = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
@@ -156,7 +181,8 @@ def export_graph(model: IDM, kind: str, bucket: Bucket | None, path: Path, preci
     inline_constant_identities(proto)
     if half:
         keep_in_float32(proto, FP32_OPS)
-    return atomic_write(path, lambda tmp: onnx.save(proto, tmp))
+    onnx.save(proto, str(path))
+    return path
 
 
 def inline_constant_identities(proto: onnx.ModelProto) -> None:

@@ -5,18 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from idm_rt.fileio import atomic_write
 
 
 def optimise(onnx_path: Path, out_path: Path) -> None:
-    """Write ``onnx_path`` optimised at ORT_ENABLE_BASIC (valid for every execution provider)."""
+    """Write ``onnx_path`` optimised at ORT_ENABLE_BASIC (valid for every execution provider) to ``out_path``."""
     import onnxruntime as ort
 
-    def write(tmp: str) -> None:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        options.optimized_model_filepath = tmp
-        options.log_severity_level = 3
-        ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-
-    atomic_write(out_path, write)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(out_path)
+    options.log_severity_level = 3
+    ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])

@@ -13,12 +13,13 @@ import sys
 import torch
 
 from idm_rt.backends import BACKENDS, EngineRunner, load_runner
-from idm_rt.backends.engine_dir import CONDITIONER_INPUTS, ENCODER_INPUTS, unet_inputs
+from idm_rt.backends.engine_dir import graph_inputs
 from idm_rt.checkpoints import load_model, model_hash
 
 from .graphs import graph_module, sample_inputs
 
 LIMITS = {"fp32": 1e-4, "fp16": 1e-2}
+DYNAMIC_SIZES = ((40, 24), (13, 57))  # (H, W) at which the graphs with dynamic sizes are checked
 
 
 def relative_error(got: list[torch.Tensor], want: list[torch.Tensor]) -> float:
@@ -28,22 +29,25 @@ def relative_error(got: list[torch.Tensor], want: list[torch.Tensor]) -> float:
     return (diff / max(ref, 1e-30)) ** 0.5
 
 
-def graph_errors(runner: EngineRunner, model, seed: int = 0) -> list[tuple[str, str, int, float]]:
-    """(graph, precision, batch, relative error) for every graph and each end of its batch range."""
+def graph_errors(runner: EngineRunner, model, seed: int = 0) -> list[tuple[str, str, str, float]]:
+    """(graph, precision, batch x size, relative error) for every graph: the static U-Nets at each end
+    of their batch range, the graphs with dynamic sizes at a few sizes no power of two divides."""
     rows = []
     for key, entry in runner.manifest.graphs.items():
         kind, _, name = key.partition("/")
         bucket = next((b for b in runner.buckets if b.name == name), None)
-        batches = sorted({bucket.min_batch, bucket.max_batch}) if kind == "unet" else [1]
-        names = {"encoder": ENCODER_INPUTS, "conditioner": CONDITIONER_INPUTS}.get(kind) or unet_inputs(
-            model.config.levels)
-        for batch in batches:
-            args = sample_inputs(model, kind, bucket, batch, seed)
+        if kind == "unet":
+            cases = [(batch, None) for batch in sorted({bucket.min_batch, bucket.max_batch})]
+        else:
+            cases = [(2 if kind == "unet_dynamic" else 1, size) for size in DYNAMIC_SIZES]
+        for batch, size in cases:
+            args = sample_inputs(model, kind, bucket, batch, seed, size=size)
             with torch.no_grad():
                 want = graph_module(model, kind)(*args)
             want = list(want) if isinstance(want, tuple) else [want]
-            got = runner.run_graph(key, dict(zip(names, args)))
-            rows.append((key, entry.precision, batch, relative_error([g.cpu() for g in got], want)))
+            got = runner.run_graph(key, dict(zip(graph_inputs(kind, model.config), args)))
+            shape = "x".join(map(str, args[0].shape[-2:] if kind != "encoder" else (len(args[1]), len(args[2]))))
+            rows.append((key, entry.precision, f"{batch} x {shape}", relative_error([g.cpu() for g in got], want)))
     return rows
 
 
@@ -71,11 +75,11 @@ def main(argv: list[str] | None = None) -> int:
               f"({runner.manifest.model_hash})", file=sys.stderr)
         return 1
     failed = 0
-    print(f"{'graph':<32} {'precision':<9} {'batch':>5} {'rel. error':>11}  limit")
-    for key, precision, batch, err in graph_errors(runner, model, args.seed):
+    print(f"{'graph':<32} {'precision':<9} {'batch x size':>14} {'rel. error':>11}  limit")
+    for key, precision, case, err in graph_errors(runner, model, args.seed):
         ok = err < LIMITS[precision]
         failed += not ok
-        print(f"{key:<32} {precision:<9} {batch:>5} {err:>11.2e}  {LIMITS[precision]:.0e} {'ok' if ok else 'FAIL'}")
+        print(f"{key:<32} {precision:<9} {case:>14} {err:>11.2e}  {LIMITS[precision]:.0e} {'ok' if ok else 'FAIL'}")
     return 1 if failed else 0
 
 

@@ -53,24 +53,47 @@ def identity() -> dict[str, str]:
             "cuda": str(torch.version.cuda)}
 
 
-def profile_shapes(kind: str, bucket: Bucket | None, onnx_path: Path) -> dict[str, tuple]:
-    """(min, opt, max) shape per input: static except the U-Net's batch range and the encoder's sizes
-    (the encoder runs one image at a time, see :meth:`idm_rt.backends.base.EngineRunner.encode`)."""
+def profile_shapes(kind: str, bucket: Bucket | None, onnx_path: Path, buckets: list[Bucket]) -> dict[str, tuple]:
+    """(min, opt, max) shape per input. Static per-bucket U-Nets: the bucket's shape and batch range.
+    The encoder: whole images one at a time, up to :data:`ENCODER_MAX_LR` / :data:`ENCODER_MAX_HR`.
+    The conditioner and the dynamic U-Net: any tile up to the largest bucket extents, 1 x 1 upwards
+    (optimised for the largest bucket); the U-Net's batch up to the largest batch of any bucket."""
     if kind == "encoder":
-        return {"lr": ((1, 3, 1, 1), (1, 3, 64, 64), (1, 3, ENCODER_MAX_LR, ENCODER_MAX_LR)),
-                "rows": ((1,), (256,), (ENCODER_MAX_HR,)), "cols": ((1,), (256,), (ENCODER_MAX_HR,))}
+        lr = ((1, 3, 1, 1), (1, 3, 64, 64), (1, 3, ENCODER_MAX_LR, ENCODER_MAX_LR))
+        table = ((1,), (256,), (ENCODER_MAX_HR,))
+        return {"lr": lr, "rows": table, "cols": table, "rel_rows": table, "rel_cols": table}
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    if kind == "unet":
+        shapes = {}
+        for inp in graph.input:
+            rest = tuple(d.dim_value for d in inp.type.tensor_type.shape.dim[1:])
+            shapes[inp.name] = tuple((b,) + rest for b in (bucket.min_batch, bucket.max_batch, bucket.max_batch))
+        return shapes
+    top = max(buckets, key=lambda b: (b.height * b.width, b.height))
+    extents = ((1, 1), (top.height, top.width), (max(b.height for b in buckets), max(b.width for b in buckets)))
+    batch = (1, 1, 1) if kind == "conditioner" else (1, top.max_batch, max(b.max_batch for b in buckets))
     shapes = {}
-    for inp in onnx.load(str(onnx_path), load_external_data=False).graph.input:
-        rest = tuple(d.dim_value for d in inp.type.tensor_type.shape.dim[1:])
-        batches = (bucket.min_batch, bucket.max_batch, bucket.max_batch) if kind == "unet" else (1, 1, 1)
-        shapes[inp.name] = tuple((b,) + rest for b in batches)
+    for inp in graph.input:  # every size follows from the image's: level i is ceil(n / 2^i)
+        dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
+        shapes[inp.name] = tuple(tuple(_dim(d, b, hw) for d in dims) for b, hw in zip(batch, extents))
     return shapes
+
+
+def _dim(dim: str | int, batch: int, hw: tuple[int, int]) -> int:
+    """One dimension of an input for a batch and an image size: named dims ``batch``, ``h_i``, ``w_i``
+    (level i of the U-Net) follow from them, fixed ones stay."""
+    if isinstance(dim, int) and dim > 0:
+        return dim
+    if dim == "batch":
+        return batch
+    axis, level = dim.split("_")
+    return -(-hw[axis == "w"] // 2 ** int(level))
 
 
 def build_engine(onnx_path: Path, engine_path: Path, profile: dict[str, tuple], fp16: bool, workspace_mb: int,
                  timing_cache: Path) -> None:
-    """Parse ``onnx_path``, build a serialized engine with one optimisation profile, write it
-    atomically; the timing cache is read first and written back after the build."""
+    """Parse ``onnx_path``, build a serialized engine with one optimisation profile, write it to
+    ``engine_path``; the timing cache is read first and written back (atomically) after the build."""
     import tensorrt as trt
 
     logger = trt.Logger(trt.Logger.WARNING)
@@ -94,7 +117,7 @@ def build_engine(onnx_path: Path, engine_path: Path, profile: dict[str, tuple], 
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path.name} (see its log above)")
-    atomic_write(engine_path, lambda tmp: Path(tmp).write_bytes(serialized))
+    engine_path.write_bytes(serialized)
     timings = config.get_timing_cache()
     if timings is not None:
         atomic_write(timing_cache, lambda tmp: Path(tmp).write_bytes(timings.serialize()))

@@ -3,7 +3,8 @@
 from .checkpoints import CheckpointMismatch, load_model, save_model
 from .config import IDMConfig, preset
 from .model import IDM, Conditioning
+from .sampling import SamplingSettings
 from .upscaler import Upscaler
 
-__all__ = ["Upscaler", "IDM", "IDMConfig", "Conditioning", "CheckpointMismatch", "load_model", "save_model", "preset"]
+__all__ = ["Upscaler", "SamplingSettings", "IDM", "IDMConfig", "Conditioning", "CheckpointMismatch", "load_model", "save_model", "preset"]
 __version__ = "0.1.0"

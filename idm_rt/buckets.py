@@ -1,19 +1,20 @@
-"""Engine buckets: the HR tile shapes (plus a batch range) that static-shape engines are built for.
+"""Engine buckets: the HR tile shapes (plus a batch range) that engines are built for.
 
 The U-Net's tensor shapes depend only on the HR tile it denoises and on the batch, not on the
 scale (the scale enters through the small conditioning vectors), so one engine per tile shape
-serves every scale.
+serves every scale. Each bucket gets a U-Net graph of its static shape; one more U-Net graph
+with dynamic sizes (and the conditioner) runs every other size up to the largest bucket, at that
+size: nothing is ever padded, so every engine computes what the torch model computes.
 
-The rule that maps a request (input size h x w, scale s) onto a bucket:
+The rule that maps a request (input size h x w, scale s) onto the graphs:
 
 1. the output is ``H x W = round(h*s) x round(w*s)``, as :meth:`idm_rt.Upscaler.output_size`;
-2. among the buckets with ``height >= H`` and ``width >= W`` the one with the smallest area is
-   used (ties: the smaller height). An exact fit computes what the torch model computes; a
-   larger bucket runs the image edge-padded to the bucket shape and cropped back, which changes
-   the result near the right and bottom borders;
+2. when a bucket covers the output (``height >= H`` and ``width >= W``) it runs untiled: on that
+   bucket's static graph when it is exactly its size, else on the dynamic graph at its own size;
 3. when no bucket covers the output it is denoised in overlapping square tiles blended at every
    step (:mod:`idm_rt.tiling`) whose side is the largest square inside the largest bucket,
-   rounded down to the U-Net's size multiple; every tile then follows rule 2.
+   rounded down to the U-Net's size multiple; each tile then follows rule 2. The torch backend
+   with the same ``tile`` computes the same tiles.
 
 Batches larger than a bucket's maximum run in chunks, smaller than its minimum are padded by
 repeating the last sample (samples are independent, so the results do not change).
@@ -27,6 +28,9 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 
+MAX_SIDE, MAX_BATCH = 8192, 256  # far above what a tile or a batch of one GPU holds
+
+
 @dataclass(frozen=True, order=True)
 class Bucket:
     """An HR tile shape with the batch range its engines accept."""
@@ -37,10 +41,13 @@ class Bucket:
     max_batch: int = 1
 
     def __post_init__(self) -> None:
-        if self.height < 8 or self.width < 8:
-            raise ValueError(f"bucket {self.height}x{self.width} is smaller than 8x8")
-        if not 1 <= self.min_batch <= self.max_batch:
-            raise ValueError(f"batch range {self.min_batch}..{self.max_batch} must satisfy 1 <= min <= max")
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in self.to_dict().values()):
+            raise ValueError(f"bucket sizes and batches must be integers, got {self.to_dict()}")
+        if not 8 <= min(self.height, self.width) <= max(self.height, self.width) <= MAX_SIDE:
+            raise ValueError(f"bucket {self.height}x{self.width} must be between 8x8 and {MAX_SIDE}x{MAX_SIDE}")
+        if not 1 <= self.min_batch <= self.max_batch <= MAX_BATCH:
+            raise ValueError(f"batch range {self.min_batch}..{self.max_batch} must satisfy 1 <= min <= max <= "
+                             f"{MAX_BATCH}")
 
     @property
     def name(self) -> str:
@@ -60,8 +67,10 @@ class Bucket:
         return {"height": self.height, "width": self.width, "min_batch": self.min_batch, "max_batch": self.max_batch}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Bucket":
-        return cls(int(d["height"]), int(d["width"]), int(d["min_batch"]), int(d["max_batch"]))
+    def from_dict(cls, d: object) -> "Bucket":
+        if not isinstance(d, dict) or not {"height", "width", "min_batch", "max_batch"} <= set(d):
+            raise ValueError(f"a bucket needs height, width, min_batch and max_batch, got {d!r}")
+        return cls(d["height"], d["width"], d["min_batch"], d["max_batch"])
 
 
 DEFAULT_TILES = (128,)
@@ -116,8 +125,9 @@ class Route:
     def describe(self) -> str:
         h, w = self.size
         if self.bucket is not None:
-            how = "exact fit" if (self.bucket.height, self.bucket.width) == self.size else "edge-padded"
-            return f"{w}x{h} output -> bucket {self.bucket.name} ({how})"
+            if (self.bucket.height, self.bucket.width) == self.size:
+                return f"{w}x{h} output -> bucket {self.bucket.name} (exact fit, its static graph)"
+            return f"{w}x{h} output -> the dynamic graph at {w}x{h} (inside bucket {self.bucket.name})"
         return f"{w}x{h} output -> tiles of {self.tile}x{self.tile}, each on the smallest bucket covering it"
 
 

@@ -21,6 +21,7 @@ import torch
 from . import upscaler
 from .backends import BACKENDS
 from .buckets import DEFAULT_TILES, parse_batch, parse_list, parse_size, plan_buckets, route, rule_text
+from .config import check_max_scale
 
 EXAMPLES = """examples:
   python -m idm_rt.build --engine fp32 --backend onnxruntime
@@ -91,8 +92,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(str(e))
     if args.workspace < 16:
         ap.error("--workspace is in MiB and must be at least 16")
-    if args.max_scale is not None and not args.max_scale > 1:
-        ap.error(f"--max-scale must be > 1, got {args.max_scale}")
+    if args.max_scale is not None:
+        try:
+            check_max_scale(args.max_scale)
+        except ValueError as e:
+            ap.error(f"--max-scale: {e}")
     args.engine = args.engine or ("fp32" if args.backend == "onnxruntime" else "fp16")
     if args.conv == "winograd" and (args.backend, args.engine) != ("onnxruntime", "fp32"):
         ap.error("--conv winograd is for --backend onnxruntime --engine fp32 (TensorRT chooses its own "

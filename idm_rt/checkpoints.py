@@ -19,10 +19,17 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .backends.engine_dir import MANIFEST_NAME
-from .config import IDMConfig
+from .config import IDMConfig, check_max_scale
 from .fileio import atomic_write
 from .model import IDM
-from .released import CheckpointMismatch, infer_config, is_released, released_name, translate
+from .released import (
+    CheckpointMismatch,
+    infer_config,
+    is_released,
+    released_name,
+    translate,
+)
+from .sampling import SamplingSettings
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -42,6 +49,8 @@ def load_model(path: str | os.PathLike, config: IDMConfig | None = None, max_sca
         CheckpointMismatch: keys or shapes that do not fit the network, all listed.
     """
     path = Path(path)
+    if max_scale is not None:
+        check_max_scale(max_scale)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
     if is_project(path):
@@ -60,8 +69,11 @@ def load_model(path: str | os.PathLike, config: IDMConfig | None = None, max_sca
         state = state["state_dict"]
     if not isinstance(state, dict) or not is_released(state):
         raise CheckpointMismatch(f"{path} is not a released IDM checkpoint (no 'denoise_fn.*' keys)")
-    config = config or infer_config(state)
-    model = IDM(config, max_scale=8.0 if max_scale is None else max_scale)
+    try:
+        config = config or infer_config(state)
+        model = IDM(config, max_scale=8.0 if max_scale is None else max_scale)
+    except ValueError as e:  # keys missing, a shape no network has, or one too large to build
+        raise CheckpointMismatch(f"{path} does not describe a usable IDM network: {e}") from None
     translated, unknown = translate(state, config)
     _load_state(model, translated, str(path), unexpected=unknown, rename=lambda k: released_name(k, config))
     return model.eval()
@@ -85,17 +97,21 @@ def _load_project(path: Path, config: IDMConfig | None, max_scale: float | None)
     try:
         meta = json.loads(meta_path.read_text())
         config = config or IDMConfig.from_dict(meta["network"])
-        max_scale = max_scale if max_scale is not None else float(meta["max_scale"])
+        max_scale = max_scale if max_scale is not None else meta["max_scale"]
+        model = IDM(config, max_scale=max_scale)
     except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
         raise CheckpointMismatch(f"{meta_path} is not an idm-rt model config ({e.__class__.__name__}: {e})") from None
-    model = IDM(config, max_scale=max_scale)
     try:
         state = {k: v.float() for k, v in load_file(weights).items()}
     except Exception as e:  # safetensors raises its own SafetensorError for a damaged file
         raise CheckpointMismatch(f"{weights} cannot be read: {e}") from None
     _load_state(model, state, str(weights))
     model.provenance = meta.get("provenance", {})
-    model.defaults = meta.get("defaults", {})
+    try:
+        defaults = meta.get("defaults") or {}
+        model.recommended = SamplingSettings.from_dict(defaults, "its defaults") if defaults else None
+    except ValueError as e:
+        raise CheckpointMismatch(f"{meta_path}: {e}") from None
     return model.eval()
 
 
@@ -132,7 +148,7 @@ def save_model(model: IDM, folder: str | os.PathLike, dtype: torch.dtype = torch
         "max_scale": model.max_scale,
         "dtype": str(dtype).replace("torch.", ""),
         "provenance": provenance or model.provenance,
-        "defaults": model.defaults,
+        "defaults": model.recommended.to_dict() if model.recommended else {},
     }
     atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(state, p))
     atomic_write(folder / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from .fileio import atomic_write
 from .images import IMAGE_SUFFIXES
-from .pipeline import INITS
+from . import sampling
 
 
 UPSCALE_EXAMPLES = """examples:
@@ -47,20 +47,8 @@ def _pixels(text: str) -> int:
     return int(n)
 
 
-def _passes(text: str) -> int:
-    from .consistency import check_consistency
-
-    try:
-        n = int(text)
-        check_consistency(n)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
-    return n
-
-
 def build_parser() -> argparse.ArgumentParser:
     from .backends import BACKENDS
-    from .diffusion import SAMPLERS
 
     ap = argparse.ArgumentParser(prog="python -m idm_rt", description="IDM continuous-scale super-resolution")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -74,17 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = up.add_mutually_exclusive_group(required=True)
     g.add_argument("--scale", type=float, help="magnification > 1, e.g. 4 or 3.3; the output is round(h*s) x round(w*s)")
     g.add_argument("--size", type=_size, metavar="WxH", help="explicit output size, e.g. 1920x1080")
-    up.add_argument("--steps", type=int, help="sampling steps (default: the model's recommendation; 3 for the "
-                                              "bundled model)")
-    up.add_argument("--sampler", choices=SAMPLERS, help="dpmpp_2m (default, few steps), ddim, or ddpm (2000 calls)")
+    sampling.add_arguments(up)
     up.add_argument("--seed", type=int, help="random seed; the same seed gives the same output")
-    up.add_argument("--init", choices=INITS,
-                    help="start from pure noise (the paper) or from the bicubic upscale diffused to --init-level "
-                         "(default: the model's recommendation)")
-    up.add_argument("--init-level", type=float, metavar="G", help="noise level in (0, 1) of a bicubic start")
-    up.add_argument("--consistency", type=_passes, metavar="N",
-                    help="clip each step's estimate and back-project it onto the input N times, so that the "
-                         "output's downscale is close to the input (0: off, as in the paper; default: the model's)")
     up.add_argument("--tile", type=int, help="HR tile side for large outputs (default 512, engines: their bucket rule; "
                                              "0: off); rounded down to the model's size multiple (8 for the default "
                                              "model, 16 for released)")
@@ -223,6 +202,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         else:
             up = Upscaler.from_pretrained(args.model, device=args.device or "cpu", max_pixels=args.max_pixels,
                                           precision=args.precision or "fp32", max_scale=args.max_scale)
+        up.sampling = sampling.from_arguments(args, up.sampling)  # checked once, before any file
     except (FileNotFoundError, ValueError, ImportError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -242,9 +222,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
             failed += 1
             continue
         try:
-            result = up.upscale(image, scale=args.scale, size=args.size, steps=args.steps, sampler=args.sampler,
-                                seed=args.seed, tile=args.tile, progress=True, init=args.init,
-                                init_level=args.init_level, consistency=args.consistency)
+            result = up.upscale(image, scale=args.scale, size=args.size, seed=args.seed, tile=args.tile, progress=True)
             save_image(result, target)
         except Exception as e:  # one bad file (or a full disk) must not stop the others
             tqdm.write(f"error: {path}: {e.__class__.__name__ + ': ' if not isinstance(e, ValueError) else ''}{e}",

@@ -8,6 +8,14 @@ from typing import Any
 
 
 ENCODER_UPSAMPLERS = ("nearest", "implicit")
+# Bounds on the network's structure, far above every real one (the release: 5 levels, 2 residual
+# blocks, 16 encoder blocks): a crafted config must not build millions of modules. The weights
+# themselves are bounded by :data:`idm_rt.model.idm.MAX_PARAMETERS`.
+MAX_LEVELS, MAX_RES_BLOCKS, MAX_ENCODER_BLOCKS = 8, 16, 128
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -50,10 +58,28 @@ class IDMConfig:
     encoder_upsampler: str = "nearest"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "channel_multiplier", tuple(int(m) for m in self.channel_multiplier))
-        object.__setattr__(self, "attn_levels", tuple(sorted(int(a) for a in self.attn_levels)))
-        if len(self.channel_multiplier) < 2:
-            raise ValueError("channel_multiplier needs at least two levels (one implicit up-layer)")
+        for name in ("inner_channel", "res_blocks", "norm_groups", "encoder_blocks", "encoder_feats",
+                     "implicit_hidden"):
+            low = 0 if name == "encoder_blocks" else 1
+            if not _is_int(getattr(self, name)) or getattr(self, name) < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {getattr(self, name)!r}")
+        for name in ("channel_multiplier", "attn_levels"):
+            values = getattr(self, name)
+            if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__") or not all(map(_is_int, values)):
+                raise ValueError(f"{name} must be a list of integers, got {values!r}")
+            object.__setattr__(self, name, tuple(int(v) for v in values))
+        object.__setattr__(self, "attn_levels", tuple(sorted(self.attn_levels)))
+        for name in ("implicit_relu", "implicit_abs_scale"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        if not 2 <= len(self.channel_multiplier) <= MAX_LEVELS or min(self.channel_multiplier) < 1:
+            raise ValueError(f"channel_multiplier needs 2..{MAX_LEVELS} levels (at least one implicit up-layer) of "
+                             f"positive multipliers, got {list(self.channel_multiplier)}")
+        for name, limit in (("res_blocks", MAX_RES_BLOCKS), ("encoder_blocks", MAX_ENCODER_BLOCKS)):
+            if getattr(self, name) > limit:
+                raise ValueError(f"{name} {getattr(self, name)} is above the limit of {limit}")
         bad = [a for a in self.attn_levels if not 0 <= a < self.levels]
         if bad:
             raise ValueError(f"attn_levels {bad} outside the {self.levels} U-Net levels")
@@ -87,6 +113,14 @@ class IDMConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "IDMConfig":
         return strict_from_dict(cls, d, "IDM config keys")
+
+
+def check_max_scale(value: Any) -> float:
+    """The largest training magnification M as a float; ValueError unless it is a finite number > 1."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 < value < float("inf"):
+        raise ValueError(f"max_scale (the largest training magnification M) must be a finite number > 1, "
+                         f"got {value!r}")
+    return float(value)
 
 
 def strict_from_dict(cls: type, d: dict[str, Any], what: str) -> Any:

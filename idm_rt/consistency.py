@@ -17,10 +17,15 @@ from .diffusion.samplers import EpsFn
 from .resize import downscale, upscale
 
 
+MAX_PASSES = 100  # each pass shrinks the LR mismatch several-fold: a handful is all that helps
+
+
 def check_consistency(iterations: int) -> None:
-    """ValueError unless ``iterations`` (back-projection passes per step; 0 = off) is an int >= 0."""
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
-        raise ValueError(f"consistency must be an integer >= 0 (back-projection passes per step), got {iterations!r}")
+    """ValueError unless ``iterations`` (back-projection passes per step; 0 = off) is an int in
+    0..:data:`MAX_PASSES`."""
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or not 0 <= iterations <= MAX_PASSES:
+        raise ValueError(f"consistency must be an integer in 0..{MAX_PASSES} (back-projection passes per step), "
+                         f"got {iterations!r}")
 
 
 def back_project(x0: torch.Tensor, lr: torch.Tensor, iterations: int) -> torch.Tensor:

@@ -8,7 +8,7 @@ import numbers
 import os
 from collections import defaultdict
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -17,7 +17,8 @@ from .backends.engine_dir import MANIFEST_NAME, read_manifest
 from .checkpoints import load_model
 from .images import ImageLike, from_tensor, resize_alpha, to_tensor
 from .model import IDM
-from .pipeline import check_sampling, super_resolve
+from .pipeline import super_resolve
+from .sampling import SamplingSettings
 
 DEFAULT_MODEL = Path(__file__).parent / "weights" / "default"
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -29,8 +30,9 @@ class Upscaler:
     Args:
         model: a loaded :class:`~idm_rt.IDM`, or an engine runner (see :meth:`from_engines`).
         device: where the network runs ("cpu", "cuda", "cuda:1", ...).
-        sampler, steps, init, init_level, consistency: defaults for :meth:`upscale` (a model folder's
-            ``config.json`` may recommend its own under "defaults"; ``from_pretrained`` uses them).
+        sampling: the default :class:`~idm_rt.SamplingSettings` of :meth:`upscale` (a model folder
+            recommends its own, which ``from_pretrained`` uses); ``**settings`` (``sampler``, ``steps``,
+            ``init``, ``init_level``, ``consistency``, ``eta``) change single ones.
         precision: "fp32", or "fp16"/"bf16" autocast of the U-Net (error measured by
             ``benchmarks/gpu_check.py``).
         cuda_graphs: replay each U-Net call from a CUDA graph (default: on for CUDA devices).
@@ -40,17 +42,18 @@ class Upscaler:
         max_pixels: largest output (H x W) accepted, a guard against typos such as ``scale=400``.
     """
 
-    def __init__(self, model: IDM | EngineRunner, device: str | torch.device = "cpu", sampler: str = "dpmpp_2m",
-                 steps: int = 20, tile: int | None = 512, max_pixels: int = 64_000_000, init: str = "noise",
-                 init_level: float = 0.5, precision: str = "fp32", cuda_graphs: bool | None = None,
-                 compile: bool = False, consistency: int = 0):
+    def __init__(self, model: IDM | EngineRunner, device: str | torch.device = "cpu",
+                 sampling: SamplingSettings | None = None, tile: int | None = 512, max_pixels: int = 64_000_000,
+                 precision: str = "fp32", cuda_graphs: bool | None = None, compile: bool = False, **settings: Any):
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {device!r} asked for, but this torch has no CUDA device")
+        unknown = sorted(set(settings) - set(SamplingSettings().to_dict()))
+        if unknown:
+            raise TypeError(f"Upscaler got unknown options {unknown}")
+        self.sampling = (sampling or SamplingSettings()).replace(**settings)
         self.model = model if isinstance(model, EngineRunner) else model.to(self.device).eval()
-        check_sampling(sampler, steps, init, init_level, consistency)  # also a model folder's stored defaults
-        self.sampler, self.steps, self.tile, self.max_pixels = sampler, steps, tile, max_pixels
-        self.init, self.init_level, self.consistency = init, init_level, consistency
+        self.tile, self.max_pixels = tile, max_pixels
         self.denoise = self._denoiser(precision, cuda_graphs, compile)
 
     def _denoiser(self, precision: str, cuda_graphs: bool | None, compile: bool):
@@ -97,7 +100,7 @@ class Upscaler:
                     "(a released .pth or a folder written by `python -m idm_rt convert`)")
             path = DEFAULT_MODEL
         model = load_model(path, max_scale=max_scale)
-        return cls(model, device=device or "cpu", **{**model.defaults, **kwargs})
+        return cls(model, device=device or "cpu", sampling=model.recommended, **kwargs)
 
     @staticmethod
     def _engine_folder(path: str | os.PathLike | None, backend: str, device, precision: str | None,
@@ -145,7 +148,7 @@ class Upscaler:
         recommended sampling settings, recorded in the manifest, are the defaults.
         """
         runner = load_runner(folder, backend, device, **(runner_options or {}))
-        return cls(runner, device=runner.device, **{"tile": None, **runner.manifest.defaults, **kwargs})
+        return cls(runner, device=runner.device, sampling=runner.manifest.recommended, **{"tile": None, **kwargs})
 
     def output_size(self, height: int, width: int, scale: float | None = None,
                     size: tuple[int, int] | None = None) -> tuple[int, int]:
@@ -172,7 +175,7 @@ class Upscaler:
 
     def upscale(self, image: ImageLike | Sequence[ImageLike], scale: float | None = None,
                 size: tuple[int, int] | None = None, steps: int | None = None, sampler: str | None = None,
-                seed: int | None = None, tile: int | None = None, eta: float = 0.0, progress: bool = True,
+                seed: int | None = None, tile: int | None = None, eta: float | None = None, progress: bool = True,
                 init: str | None = None, init_level: float | None = None, consistency: int | None = None):
         """Upscale one image, or a list of them (same-size images run as one batch).
 
@@ -181,32 +184,22 @@ class Upscaler:
                 tensor (uint8 or float in [0, 1]); grayscale and alpha are kept.
             scale: any real magnification > 1 (beyond the trained range extrapolates).
             size: explicit output size (width, height) instead of scale.
-            steps, sampler: sampling budget; defaults from the constructor.
+            steps, sampler, init, init_level, consistency, eta: change these sampling settings of the
+                Upscaler's (see :class:`~idm_rt.SamplingSettings`) for this call.
             seed: makes the result repeatable.
             tile: HR tile side (multiple of 8); 0 disables tiling; None uses the default (with engines
                 and no default, the bucket rule).
-            init, init_level: ``"noise"`` (the paper: start from pure noise) or ``"bicubic"`` (start
-                from the bicubic upscale diffused to noise level ``init_level`` in (0, 1)).
-            consistency: back-projection passes per step that bring the output's bicubic downscale
-                close to the input (:mod:`idm_rt.consistency`); 0 samples as the paper does.
         Returns:
             The upscaled image(s), of the same kind as the input.
         """
-        sampler = sampler or self.sampler
-        steps = self.steps if steps is None else steps
+        settings = self.sampling.replace(sampler=sampler, steps=steps, init=init, init_level=init_level,
+                                         consistency=consistency, eta=eta)  # checked before any work
         tile = self.tile if tile is None else tile
-        init = init or self.init
-        init_level = self.init_level if init_level is None else init_level
-        consistency = self.consistency if consistency is None else consistency
-        check_sampling(sampler, steps, init, init_level, consistency)  # before any work on the images
-        if not isinstance(eta, numbers.Real) or not 0 <= eta <= 1:
-            raise ValueError(f"eta must be a number in [0, 1], got {eta!r}")
         if tile is not None and (not isinstance(tile, numbers.Integral) or isinstance(tile, bool) or tile < 0):
             raise ValueError(f"tile must be an integer >= 0 (0: no tiling), got {tile!r}")
         if seed is not None and (not isinstance(seed, numbers.Integral) or isinstance(seed, bool)
                                  or not 0 <= seed < 2**63):
             raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
-        steps = int(steps)
         single = not isinstance(image, (list, tuple))
         images = [image] if single else list(image)
         if not images:
@@ -224,9 +217,8 @@ class Upscaler:
             group_tile = tile or None  # 0: untiled
             if tile is None and isinstance(self.model, EngineRunner):
                 group_tile = self.model.auto_tile(out)
-            sr = super_resolve(self.model, lr, out, scale=scale, sampler=sampler, steps=steps, eta=eta,
-                               generator=gen, tile=group_tile, progress=progress, init=init, init_level=init_level,
-                               denoise=self.denoise, consistency=consistency)
+            sr = super_resolve(self.model, lr, out, settings, scale=scale, generator=gen, tile=group_tile,
+                               progress=progress, denoise=self.denoise)
             for k, i in enumerate(idx):
                 _, alpha, kind = prepared[i]
                 alpha = resize_alpha(alpha, out) if alpha is not None else None

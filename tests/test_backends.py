@@ -1,5 +1,5 @@
 """Engine runners on the CPU: Upscaler from an ONNX Runtime engine directory against the torch
-backend (same seed), tiling and padding by the bucket rule, batching, and clear errors."""
+backend (same seed, same tiling) at bucket sizes and at every other size, batching, and clear errors."""
 
 import importlib.util
 import shutil
@@ -27,7 +27,7 @@ def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("backends")
     torch.manual_seed(0)
     model = idm_rt.IDM(TINY, max_scale=4.0).eval()
-    model.defaults = {"sampler": "ddim", "steps": 5, "init": "bicubic", "init_level": 0.7}
+    model.recommended = idm_rt.SamplingSettings(sampler="ddim", steps=5, init="bicubic", init_level=0.7)
     idm_rt.save_model(model, root / "model")
     out = root / "engines"
     assert main(["--engine", "fp32", "--backend", "onnxruntime", "--model", str(root / "model"), "--out", str(out),
@@ -53,7 +53,7 @@ def test_engine_upscaler_matches_torch_backend_for_the_same_seed(built):
 def test_engine_directory_keeps_the_models_sampling_defaults(built):
     model, folder = built
     up = Upscaler.from_engines(folder)
-    assert (up.sampler, up.steps, up.init, up.init_level) == ("ddim", 5, "bicubic", 0.7)
+    assert up.sampling == idm_rt.SamplingSettings(sampler="ddim", steps=5, init="bicubic", init_level=0.7)
     got = up.upscale(_image(16, 16, 5), scale=2, seed=3, progress=False)
     want = Upscaler.from_pretrained(folder.parent / "model", tile=0).upscale(_image(16, 16, 5), scale=2, seed=3,
                                                                               progress=False)
@@ -71,11 +71,19 @@ def test_outputs_larger_than_every_bucket_are_tiled_like_torch(built):
     assert np.abs(got - want).max() < 2e-3
 
 
-def test_smaller_outputs_run_edge_padded_in_the_covering_bucket(built):
-    _, folder = built
-    out = Upscaler.from_engines(folder, backend="onnxruntime", runner_options={"threads": 1}).upscale(
-        _image(12, 12, 4), scale=2, steps=2, seed=0, progress=False)
-    assert out.shape == (24, 24, 3) and np.isfinite(out).all()
+@pytest.mark.parametrize("size, scale", [((12, 12), 2), ((10, 9), 3), ((20, 12), 2), ((13, 21), 3), ((16, 16), 2),
+                                         ((40, 40), 3)])
+def test_engines_give_the_torch_image_at_every_output_size(built, size, scale):
+    """Outputs smaller than the 32x32 bucket (24x24, 30x27: the dynamic graph at their own size), wider
+    than it in one direction (40x24 in 32x24 tiles), tiled in both with remainders (39x63), an exact
+    fit (32x32) and 120x120: 8-bit images within 1/255 of the torch backend with the same tiling."""
+    model, folder = built
+    image = (_image(*size, 11) * 255).round().astype(np.uint8)
+    kw = dict(scale=scale, steps=3, seed=5, progress=False, sampler="dpmpp_2m", init="bicubic", init_level=0.8)
+    got = Upscaler.from_engines(folder, runner_options={"threads": 1}).upscale(image, **kw)
+    want = Upscaler(model).upscale(image, tile=32, **kw)
+    assert got.shape == want.shape == (round(size[0] * scale), round(size[1] * scale), 3)
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
 
 
 def test_from_pretrained_with_an_engine_backend(built, tmp_path):
@@ -93,7 +101,8 @@ def test_from_pretrained_builds_a_models_engines_once_in_the_cache(built, tmp_pa
     monkeypatch.setattr(export.builder, "export_graph", lambda *a: exported.append(a[1]) or export_graph(*a))
     up = Upscaler.from_pretrained(folder.parent / "model", backend="onnxruntime", runner_options={"threads": 1})
     engines = up.model.folder
-    assert engines.parent == tmp_path / "engines" and sorted(exported) == ["conditioner", "encoder", "unet"]
+    assert engines.parent == tmp_path / "engines"
+    assert sorted(exported) == ["conditioner", "encoder", "unet", "unet_dynamic"]
     manifest = read_manifest(engines)
     assert manifest.complete and manifest.precision == "fp32" and manifest.build_flags["conv"] == "winograd"
     assert [b.name for b in manifest.buckets] == ["128x128_b1-1"]  # the default buckets
@@ -101,7 +110,7 @@ def test_from_pretrained_builds_a_models_engines_once_in_the_cache(built, tmp_pa
     got, want = up.upscale(_image(64, 64, 6), **kw), Upscaler(model, tile=0).upscale(_image(64, 64, 6), **kw)
     assert np.abs(got - want).max() < 2e-3
     again = Upscaler.from_pretrained(folder.parent / "model", backend="onnxruntime")
-    assert again.model.folder == engines and len(exported) == 3  # reused, nothing exported again
+    assert again.model.folder == engines and len(exported) == 4  # reused, nothing exported again
 
 
 def test_from_pretrained_with_an_engine_backend_refuses_what_it_cannot_build(built, tmp_path, monkeypatch):
@@ -172,7 +181,7 @@ def test_onnxruntime_cpu_sampling_keeps_torch_at_one_thread_and_restores_it(buil
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        idm_rt.pipeline.super_resolve(runner, torch.zeros(1, 3, 16, 16), (32, 32), steps=2)
+        idm_rt.pipeline.super_resolve(runner, torch.zeros(1, 3, 16, 16), (32, 32), idm_rt.SamplingSettings(steps=2))
         assert seen and set(seen) == {1}
         assert torch.get_num_threads() == 2
     finally:

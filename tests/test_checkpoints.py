@@ -42,59 +42,61 @@ def test_converted_release_gives_the_same_numbers(golden_dir, golden_model, gold
     assert rel_err(eps, c["b.eps"]) < 1e-4
 
 
-def released_layout(golden_dir) -> dict[str, torch.Tensor]:
-    return torch.load(golden_dir / "checkpoint.pth", weights_only=True)
+def test_a_crafted_checkpoint_is_refused_before_the_network_is_built(tmp_path):
+    """3.7 KB of expanded tensors that describe a 155 GB network: the size is computed from the
+    shapes and refused with the number and the limit, nothing is allocated."""
+    from idm_rt.model.idm import MAX_PARAMETERS, parameter_count
+    from idm_rt.released import key_table
+
+    huge = idm_rt.preset("small", inner_channel=65536, norm_groups=32)
+    assert parameter_count(huge) > MAX_PARAMETERS
+    with torch.device("meta"):
+        shapes = {}
+        for part in (idm_rt.model.encoder.EDSREncoder(huge.encoder_blocks, huge.encoder_feats),
+                     idm_rt.model.conditioning.LRConditioner(huge), idm_rt.model.unet.UNet(huge)):
+            prefix = {"EDSREncoder": "encoder", "LRConditioner": "conditioner", "UNet": "unet"}[type(part).__name__]
+            shapes |= {f"{prefix}.{k}": v.shape for k, v in part.state_dict().items()}
+    inverse = {ours: theirs for theirs, ours in key_table(huge).items()}
+    state = {}
+    for key, shape in shapes.items():
+        prefix, _, suffix = key.rpartition(".")
+        if prefix in inverse:
+            state[f"{inverse[prefix]}.{suffix}"] = torch.zeros(1).expand(shape)
+    for scale in ("scale1", "scale2"):  # level 0, which the release computes but never uses
+        state[f"denoise_fn.condition_{scale}.0.weight"] = torch.zeros(1).expand(huge.channels[0], 1)
+    torch.save(state, tmp_path / "crafted.pth")
+    assert (tmp_path / "crafted.pth").stat().st_size < 200_000
+    with pytest.raises(CheckpointMismatch, match=r"crafted\.pth .*parameters, above the limit of 1,073,741,824"):
+        idm_rt.load_model(tmp_path / "crafted.pth")
 
 
-def test_unexpected_and_missing_release_keys_are_listed_together(golden_dir, tmp_path):
-    state = released_layout(golden_dir)
-    state["denoise_fn.extra_head.weight"] = torch.zeros(3)
-    del state["denoise_fn.final_conv.block.3.bias"]
-    state["denoise_fn.ups.3.imnet.0.weight"] = torch.zeros(5, 5)
-    torch.save(state, tmp_path / "bad.pth")
-    with pytest.raises(CheckpointMismatch) as err:
-        idm_rt.load_model(tmp_path / "bad.pth")
-    msg = str(err.value)
-    assert "missing keys ['denoise_fn.final_conv.block.3.bias']" in msg  # the file's own names
-    assert "unexpected keys ['denoise_fn.extra_head.weight']" in msg
-    assert "denoise_fn.ups.3.imnet.0.weight: checkpoint (5, 5)" in msg
-
-
-def test_wrong_shapes_are_named(tiny_model, tmp_path):
+@pytest.mark.parametrize("change, message", [
+    ({"inner_channel": 1048576}, "above the limit"),
+    ({"res_blocks": 10_000_000}, "res_blocks 10000000 is above the limit of 16"),
+    ({"norm_groups": 0}, "norm_groups must be an integer >= 1, got 0"),
+    ({"inner_channel": -8}, "inner_channel must be an integer >= 1"),
+    ({"channel_multiplier": [1, 0]}, "positive multipliers"),
+    ({"channel_multiplier": [1] * 40}, "2..8 levels"),
+    ({"dropout": "x"}, "dropout must be a number"),
+    ({"attn_levels": [7]}, "outside the 3 U-Net levels"),
+    ({"encoder_upsampler": "magic"}, "encoder_upsampler must be one of"),
+])
+def test_a_crafted_config_is_refused_with_the_loaders_error(tiny_model, tmp_path, change, message):
     idm_rt.save_model(tiny_model, tmp_path / "m")
-    wider = idm_rt.IDMConfig.from_dict({**TINY.to_dict(), "implicit_hidden": 24})
-    with pytest.raises(CheckpointMismatch, match="shape mismatches.*fc1.weight"):
-        idm_rt.load_model(tmp_path / "m", config=wider)
+    meta = json.loads((tmp_path / "m" / "config.json").read_text())
+    meta["network"].update(change)
+    (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointMismatch, match=message):
+        idm_rt.load_model(tmp_path / "m")
 
 
-def test_not_a_checkpoint(tmp_path):
-    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointMismatch, match="not a torch checkpoint file"):
-        idm_rt.load_model(tmp_path / "junk.pth")
-    torch.save({"weight": torch.zeros(1)}, tmp_path / "cut.pth")
-    (tmp_path / "cut.pth").write_bytes((tmp_path / "cut.pth").read_bytes()[:40])  # a zip cut short
-    with pytest.raises(CheckpointMismatch, match="not a readable torch checkpoint"):
-        idm_rt.load_model(tmp_path / "cut.pth")
-    torch.save({"weight": torch.zeros(1)}, tmp_path / "other.pth")
-    with pytest.raises(CheckpointMismatch, match="not a released IDM checkpoint"):
-        idm_rt.load_model(tmp_path / "other.pth")
-    with pytest.raises(FileNotFoundError):
-        idm_rt.load_model(tmp_path / "nowhere.pth")
-
-
-def test_max_scale_must_exceed_one(golden_dir, tiny_model):
-    with pytest.raises(ValueError, match="max_scale"):
-        idm_rt.load_model(golden_dir / "checkpoint.pth", max_scale=1)
-    with pytest.raises(ValueError, match="max_scale"):
-        idm_rt.IDM(tiny_model.config, max_scale=0.5)
-
-
-def test_pickled_code_never_runs(tmp_path):
-    class Evil:
-        def __reduce__(self):
-            return (exec, ("open('%s', 'w').write('ran')" % (tmp_path / "pwned"),))
-
-    torch.save({"denoise_fn.x": Evil()}, tmp_path / "evil.pth", _use_new_zipfile_serialization=True)
-    with pytest.raises(CheckpointMismatch):
-        idm_rt.load_model(tmp_path / "evil.pth")
-    assert not (tmp_path / "pwned").exists()
+@pytest.mark.parametrize("value", [1, 0.5, float("nan"), float("inf"), "8", True])
+def test_max_scale_is_checked(tiny_model, tmp_path, value):
+    idm_rt.save_model(tiny_model, tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "config.json").read_text())
+    meta["max_scale"] = value
+    (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointMismatch, match="max_scale"):
+        idm_rt.load_model(tmp_path / "m")
+    with pytest.raises(ValueError, match="max_scale .* must be a finite number > 1"):
+        idm_rt.IDM(TINY, max_scale=value)

@@ -52,7 +52,7 @@ def test_the_corrected_noise_implies_a_consistent_estimate():
 
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "2"])
 def test_bad_pass_counts_are_named(bad):
-    with pytest.raises(ValueError, match="consistency must be an integer >= 0"):
+    with pytest.raises(ValueError, match="consistency must be an integer in 0..100"):
         check_consistency(bad)
 
 
@@ -71,7 +71,7 @@ def test_upscaler_outputs_downscale_to_their_input(tiny_model):
 
 
 def test_model_defaults_carry_the_pass_count_and_an_explicit_zero_wins(tiny_model, tmp_path):
-    tiny_model.defaults = {"sampler": "ddim", "steps": 4, "init": "bicubic", "init_level": 0.9, "consistency": 2}
+    tiny_model.recommended = idm_rt.SamplingSettings(sampler="ddim", steps=4, init="bicubic", init_level=0.9, consistency=2)
     idm_rt.save_model(tiny_model, tmp_path / "m")
     up = idm_rt.Upscaler.from_pretrained(tmp_path / "m")
     image = np.random.default_rng(1).random((8, 8, 3)).astype(np.float32)
@@ -99,4 +99,4 @@ def test_cli_flag_rejects_negative_counts(capsys):
     assert build_parser().parse_args(["upscale", "a.png", "-o", "b.png", "--scale", "2", "--consistency", "3"]).consistency == 3
     with pytest.raises(SystemExit):
         build_parser().parse_args(["upscale", "a.png", "-o", "b.png", "--scale", "2", "--consistency", "-1"])
-    assert "must be an integer >= 0" in capsys.readouterr().err
+    assert "must be an integer in 0..100" in capsys.readouterr().err

@@ -1,5 +1,8 @@
-"""ONNX export of the three graphs: onnx.checker, TensorRT operator list, fp32 islands in fp16,
-and ONNX Runtime (CPU) against the torch float32 model. Small random-weight network."""
+"""ONNX export of the graphs: onnx.checker, TensorRT operator list, fp32 islands in fp16, and ONNX
+Runtime (CPU) against the torch float32 model, the graphs with dynamic sizes at sizes no power of two
+divides. Small random-weight networks."""
+
+import dataclasses
 
 import onnx
 import pytest
@@ -27,8 +30,9 @@ def model():
 @pytest.fixture(scope="module")
 def graphs(model, tmp_path_factory):
     folder = tmp_path_factory.mktemp("onnx")
-    specs = {"encoder": ("encoder", None, "fp32"), "conditioner": ("conditioner", BUCKET, "fp32"),
-             "unet": ("unet", BUCKET, "fp32"), "unet16": ("unet", Bucket(32, 32), "fp16")}
+    specs = {"encoder": ("encoder", None, "fp32"), "conditioner": ("conditioner", None, "fp32"),
+             "unet": ("unet", BUCKET, "fp32"), "unet16": ("unet", Bucket(32, 32), "fp16"),
+             "unet_dynamic": ("unet_dynamic", None, "fp32")}
     return {name: export_graph(model, kind, bucket, folder / f"{name}.onnx", prec)
             for name, (kind, bucket, prec) in specs.items()}
 
@@ -60,17 +64,20 @@ def test_implicit_layer_index_tables_are_constants(graphs):
 
 def test_ort_matches_torch_fp32_per_graph(model, graphs):
     torch.manual_seed(1)
-    lr = torch.randn(2, 3, 13, 17)
+    lr = torch.randn(1, 3, 13, 17)
     rows, cols = torch.tensor([0, 0, 1, 3, 5, 7, 9, 12]), torch.arange(17).repeat_interleave(2)
     got = _ort(graphs["encoder"]).run(None, {"lr": lr.numpy(), "rows": rows.numpy(), "cols": cols.numpy()})[0]
     want = model.encoder.tail(model.encoder.features(lr)[:, :, rows][:, :, :, cols])
     assert relative_error([torch.from_numpy(got)], [want.detach()]) < 1e-5
 
+    for size in ((32, 48), (19, 7)):
+        cond, p = torch.randn(1, 3, *size), torch.tensor([0.3])
+        c = model.condition(cond, p)
+        got = _ort(graphs["conditioner"]).run(None, {"cond": cond.numpy(), "p": p.numpy()})
+        assert relative_error([torch.from_numpy(g) for g in got], [t.detach() for t in c.flat()]) < 1e-5
     cond, p = torch.randn(1, 3, 32, 48), torch.tensor([0.3])
     c = model.condition(cond, p)
-    flat = [*c.shifts[1:], *c.a1[1:], *c.a2[1:]]
-    got = _ort(graphs["conditioner"]).run(None, {"cond": cond.numpy(), "p": p.numpy()})
-    assert relative_error([torch.from_numpy(g) for g in got], [t.detach() for t in flat]) < 1e-5
+    flat = c.flat()
 
     x, g = torch.randn(1, 3, 32, 48), torch.tensor([0.7])
     session = _ort(graphs["unet"])
@@ -82,6 +89,41 @@ def test_ort_matches_torch_fp32_per_graph(model, graphs):
             want = model.denoise(tensors[0], c.__class__(tensors[1], [None, *tensors[2:4]], [None, *tensors[4:6]],
                                                          [None, *tensors[6:8]]), tensors[8])
         assert relative_error([torch.from_numpy(got)], [want]) < 1e-4
+
+
+@pytest.mark.parametrize("size", [(32, 48), (13, 57), (40, 24), (5, 3)])
+def test_dynamic_unet_matches_torch_at_any_size(model, graphs, size):
+    """The graph that runs every size no bucket has exactly, at that size: the torch model's eps."""
+    from idm_rt.model.unet import query_tables_for
+
+    torch.manual_seed(3)
+    cond, p = torch.randn(2, 3, *size), torch.tensor([0.3, 0.9])
+    x, g = torch.randn(2, 3, *size), torch.tensor([0.7, 0.2])
+    with torch.no_grad():
+        c = model.condition(cond, p)
+        want = model.denoise(x, c, g)
+    tables = [t for four in query_tables_for(size, TINY.levels) for t in four]
+    session = _ort(graphs["unet_dynamic"])
+    feeds = [x, cond, *c.flat(), g, *tables]
+    got = session.run(None, {i.name: t.numpy() for i, t in zip(session.get_inputs(), feeds)})[0]
+    assert relative_error([torch.from_numpy(got)], [want]) < 1e-5
+
+
+@pytest.mark.parametrize("size", [(48, 48), (37, 100), (7, 5)])
+def test_implicit_encoder_graph_matches_torch(tmp_path, size):
+    from idm_rt.model.encoder import resize_tables
+
+    torch.manual_seed(4)
+    model = idm_rt.IDM(dataclasses.replace(TINY, encoder_upsampler="implicit"), max_scale=4.0).eval()
+    path = export_graph(model, "encoder", None, tmp_path / "encoder.onnx")
+    assert check_graph(path, OPSET) == []
+    lr = torch.rand(1, 3, max(size[0] // 3, 1), max(size[1] // 3, 1)) * 2 - 1
+    with torch.no_grad():
+        want = model.encode(lr, size)
+    session = _ort(path)
+    feeds = [lr, *resize_tables("implicit", tuple(lr.shape[-2:]), size)]
+    got = session.run(None, {i.name: t.numpy() for i, t in zip(session.get_inputs(), feeds)})[0]
+    assert relative_error([torch.from_numpy(got)], [want]) < 1e-5
 
 
 def test_fp16_unet_keeps_norm_and_softmax_in_fp32_within_1e_2(model, graphs):
@@ -99,7 +141,7 @@ def test_fp16_unet_keeps_norm_and_softmax_in_fp32_within_1e_2(model, graphs):
         c = model.condition(cond, p)
         want = model.denoise(x, c, g)
     session = _ort(graphs["unet16"])
-    feeds = [x, cond, *c.shifts[1:], *c.a1[1:], *c.a2[1:], g]
+    feeds = [x, cond, *c.flat(), g]
     got = session.run(None, {i.name: t.half().numpy() for i, t in zip(session.get_inputs(), feeds)})[0]
     err = relative_error([torch.from_numpy(got).float()], [want])
     assert 0 < err < 1e-2

@@ -4,6 +4,7 @@ exit-3 path without GPU/TensorRT, messages, and ``python -m export.parity``."""
 import json
 import shutil
 import time
+from pathlib import Path
 
 import onnx
 import pytest
@@ -43,7 +44,8 @@ def test_onnxruntime_build_writes_a_complete_manifest(ort_dir, models):
     m = json.loads((ort_dir / "manifest.json").read_text())
     assert m["complete"] and m["backend"] == "onnxruntime" and m["precision"] == "fp32" and m["opset"] == 17
     assert m["model_hash"] == idm_rt.checkpoints.model_hash(idm_rt.load_model(models[0]))
-    assert set(m["graphs"]) == {"encoder", "conditioner/32x32_b1-2", "unet/32x32_b1-2"}
+    assert set(m["graphs"]) == {"encoder", "conditioner", "unet_dynamic", "unet/32x32_b1-2"}
+    assert m["pending"] == []
     assert m["buckets"] == [{"height": 32, "width": 32, "min_batch": 1, "max_batch": 2, "name": "32x32_b1-2"}]
     assert "onnxruntime" in m["identity"] and "workspace_mb" not in m["build_flags"]  # a TensorRT flag
     for g in m["graphs"].values():
@@ -72,7 +74,7 @@ def test_winograd_unet_passes_parity_and_conv_direct_reexports_only_it(models, t
     assert "FAIL" not in capsys.readouterr().out
     assert main([*args, "--conv", "direct"]) == 0
     log = capsys.readouterr().out
-    assert log.count("ONNX fp32 exported") == 1 and log.count("ONNX fp32 reused") == 2
+    assert log.count("ONNX fp32 exported") == 1 and log.count("ONNX fp32 reused") == 3
     m = read_manifest(tmp_path)
     assert m.build_flags["conv"] == "direct"
     assert "DepthToSpace" not in _op_types(tmp_path / m.graphs["unet/44x44_b1-2"].onnx)
@@ -82,7 +84,8 @@ def test_winograd_unet_passes_parity_and_conv_direct_reexports_only_it(models, t
 def test_parity_tool_passes_and_refuses_another_model(ort_dir, models, capsys):
     assert parity.main([str(ort_dir)]) == 0
     out = capsys.readouterr().out
-    assert out.count(" ok") == 4 and "FAIL" not in out  # encoder, conditioner, unet at batch 1 and 2
+    # the static U-Net at batch 1 and 2, the other graphs at two sizes no power of two divides
+    assert out.count(" ok") == 8 and "FAIL" not in out and "2 x 13x57" in out
     assert parity.main([str(ort_dir), "--model", str(models[1])]) == 1
     assert "is not the one" in capsys.readouterr().err
 
@@ -91,10 +94,10 @@ def test_second_run_reuses_and_another_model_rebuilds(ort_dir, models, capsys):
     args = ["--engine", "fp32", "--backend", "onnxruntime", "--out", str(ort_dir), "--tile", "32", "--batch", "1,2"]
     assert main([*args, "--model", str(models[0])]) == 0
     log = capsys.readouterr().out
-    assert log.count("reused") == 6 and "exported" not in log
+    assert log.count("reused") == 8 and "exported" not in log
     assert main([*args, "--model", str(models[1])]) == 0
     log = capsys.readouterr().out
-    assert log.count("ONNX fp32 exported") == 3 and "reused" not in log
+    assert log.count("ONNX fp32 exported") == 4 and "reused" not in log
     assert read_manifest(ort_dir).model_hash == idm_rt.checkpoints.model_hash(idm_rt.load_model(models[1]))
 
 
@@ -129,19 +132,25 @@ def test_tensorrt_engines_are_reused_until_gpu_or_version_changes(models, tmp_pa
     monkeypatch.setattr(builder.tensorrt_build, "build_engine", fake_build)
     args = ["--engine", "fp16", "--model", str(models[0]), "--out", str(tmp_path), "--tile", "32", "--batch", "1,4"]
     assert main(args) == 0
-    assert sorted(n for n, _ in built) == ["conditioner_32x32_b1-4.plan", "encoder.plan", "unet_32x32_b1-4.plan"]
+    assert sorted(n for n, _ in built) == ["conditioner.plan.partial", "encoder.plan.partial",
+                                           "unet_32x32_b1-4.plan.partial", "unet_dynamic.plan.partial"]
     profiles = dict(built)
-    assert profiles["unet_32x32_b1-4.plan"]["x_t"] == ((1, 3, 32, 32), (4, 3, 32, 32), (4, 3, 32, 32))
-    assert profiles["conditioner_32x32_b1-4.plan"]["cond"] == ((1, 3, 32, 32),) * 3
+    assert profiles["unet_32x32_b1-4.plan.partial"]["x_t"] == ((1, 3, 32, 32), (4, 3, 32, 32), (4, 3, 32, 32))
+    # the graphs with dynamic sizes take every tile up to the bucket, 1x1 upwards
+    assert profiles["conditioner.plan.partial"]["cond"] == ((1, 3, 1, 1), (1, 3, 32, 32), (1, 3, 32, 32))
+    assert profiles["unet_dynamic.plan.partial"]["x_t"] == ((1, 3, 1, 1), (4, 3, 32, 32), (4, 3, 32, 32))
+    assert profiles["unet_dynamic.plan.partial"]["rows_1"] == ((1,), (32,), (32,))
+    assert sorted(p.name for p in (tmp_path / "tensorrt").iterdir()) == [
+        "conditioner.plan", "encoder.plan", "unet_32x32_b1-4.plan", "unet_dynamic.plan"]
     assert read_manifest(tmp_path).identity == gpu
     built.clear()
     assert main(args) == 0 and built == []
     gpu["gpu"] = "NVIDIA L4"
     capsys.readouterr()
-    assert main(args) == 0 and len(built) == 3
-    assert capsys.readouterr().out.count("ONNX fp16 reused") == 1  # the U-Net; engines rebuilt, ONNX kept
+    assert main(args) == 0 and len(built) == 4
+    assert capsys.readouterr().out.count("ONNX fp16 reused") == 2  # the U-Nets; engines rebuilt, ONNX kept
     built.clear()
-    assert main([*args, "--force"]) == 0 and len(built) == 3
+    assert main([*args, "--force"]) == 0 and len(built) == 4
 
 
 def test_missing_default_model_and_bad_arguments(monkeypatch, tmp_path, capsys):
@@ -164,7 +173,9 @@ def test_explain_shows_the_bucket_of_each_request(models, capsys):
                  "--explain"]) == 0
     out = capsys.readouterr().out
     assert "32x32_b1-1" in out and "48x48_b1-1" in out
-    assert "16x16 x2: 32x32 output -> bucket 32x32_b1-1 (exact fit)" in out
+    assert "16x16 x2: 32x32 output -> bucket 32x32_b1-1 (exact fit, its static graph)" in out
+    assert idm_rt.buckets.route([idm_rt.buckets.Bucket(32, 32)], (15, 24), 8).describe() == (
+        "24x15 output -> the dynamic graph at 24x15 (inside bucket 32x32_b1-1)")
     assert "rule:" in out
 
 
@@ -173,7 +184,7 @@ def test_a_build_that_reuses_everything_leaves_the_manifest_alone(models, tmp_pa
             "--tile", "32"]
     assert main(args) == 0
     writes = []
-    monkeypatch.setattr(builder, "_write", lambda folder, manifest: writes.append(manifest.complete))
+    monkeypatch.setattr(builder._Writer, "save", lambda self: writes.append(self.manifest.complete))
     assert main(args) == 0 and writes == []  # readers of the folder never see it half-written
     assert main([*args, "--batch", "1,2"]) == 0  # the U-Net graph changes: progress kept, then complete
     assert writes[-1] is True and False in writes
@@ -209,7 +220,8 @@ def test_builds_of_one_folder_take_turns(models, tmp_path):
     assert lines[-1].startswith("done:") and read_manifest(tmp_path).complete
 
 
-def test_a_cut_short_file_is_rebuilt_and_leftovers_are_removed(ort_dir, tmp_path, capsys):
+def test_a_cut_short_file_is_rebuilt_and_an_interrupted_builds_files_are_removed(ort_dir, tmp_path, capsys,
+                                                                                  monkeypatch):
     folder = tmp_path / "copy"
     shutil.copytree(ort_dir, folder)
     m = read_manifest(folder)
@@ -217,28 +229,78 @@ def test_a_cut_short_file_is_rebuilt_and_leftovers_are_removed(ort_dir, tmp_path
     unet.write_bytes(unet.read_bytes()[:1000])  # an interrupted copy
     with pytest.raises(ValueError, match="incomplete copy"):
         load_runner(folder)
-    # what an interrupted build of other buckets, or a killed write, left behind
-    leftovers = [folder / "onnx" / "unet_64x64_b1-1.onnx", folder / "onnxruntime" / ".unet_32x32_b1-2.x.onnx.tmp"]
-    for f in leftovers:
-        f.write_bytes(b"x")
-    theirs = folder / "onnx" / "my_own_model.onnx"  # not a name a build writes: left alone
+    theirs = folder / "onnx" / "my_own_model.onnx"  # not a file any build lists: left alone
     theirs.write_bytes(b"mine")
-    assert main(["--backend", "onnxruntime", "--model", m.model_path, "--out", str(folder), "--tile", "32",
-                 "--batch", "1,2"]) == 0  # --engine: fp32 for ONNX Runtime, as built before
+    args = ["--backend", "onnxruntime", "--model", m.model_path, "--out", str(folder), "--tile", "32"]
+    assert main([*args, "--batch", "1,2"]) == 0  # --engine: fp32 for ONNX Runtime, as built before
     log = capsys.readouterr().out
-    assert "unet/32x32_b1-2: onnxruntime artifact built" in log and log.count("reused") == 5
-    assert not any(f.exists() for f in leftovers)
-    assert sorted(p.name for p in (folder / "onnx").iterdir()) == ["conditioner_32x32_b1-2.onnx", "encoder.onnx",
-                                                                   "my_own_model.onnx", "unet_32x32_b1-2.onnx"]
+    assert "unet/32x32_b1-2: onnxruntime artifact built" in log and log.count("reused") == 7
     load_runner(folder)
-    manifest = json.loads((folder / "manifest.json").read_text())  # as written before sizes were recorded
-    for g in manifest["graphs"].values():
-        del g["onnx_bytes"], g["engine_bytes"]
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-    assert main(["--backend", "onnxruntime", "--model", m.model_path, "--out", str(folder), "--tile", "32",
-                 "--batch", "1,2"]) == 0
-    assert capsys.readouterr().out.count("reused") == 6  # trusted, and their sizes recorded now
-    assert all(g.onnx_bytes and g.engine_bytes for g in read_manifest(folder).graphs.values())
+    # a build of another bucket killed while it writes the U-Net: its files are listed as pending
+    real_export = builder.export_graph
+
+    def killed(model, kind, bucket, path, *rest):
+        if kind == "unet":
+            Path(path).write_bytes(b"half a graph")
+            raise KeyboardInterrupt
+        return real_export(model, kind, bucket, path, *rest)
+
+    monkeypatch.setattr(builder, "export_graph", killed)
+    with pytest.raises(KeyboardInterrupt):
+        main([*args, "--tile", "48"])
+    pending = json.loads((folder / "manifest.json").read_text())["pending"]
+    assert "onnx/unet_48x48_b1-1.onnx.partial" in pending and "onnx/unet_32x32_b1-2.onnx" in pending
+    monkeypatch.setattr(builder, "export_graph", real_export)
+    assert main([*args, "--tile", "48"]) == 0
+    assert sorted(p.name for p in (folder / "onnx").iterdir()) == [
+        "conditioner.onnx", "encoder.onnx", "my_own_model.onnx", "unet_48x48_b1-1.onnx", "unet_dynamic.onnx"]
+    assert read_manifest(folder).pending == [] and theirs.read_bytes() == b"mine"
+
+
+def test_a_build_never_touches_files_it_did_not_write(models, tmp_path, capsys):
+    """A non-empty folder that is not an engine directory is refused and left as it was; links out of a
+    directory are refused; a file at a name a build writes that its manifest does not list is not
+    overwritten."""
+    args = ["--backend", "onnxruntime", "--model", str(models[0]), "--tile", "32"]
+    mine = tmp_path / "P"
+    for rel in ("onnx/unet_mine.onnx", "onnx/encoder.onnx", "onnxruntime/conditioner_v2.onnx"):
+        (mine / rel).parent.mkdir(parents=True, exist_ok=True)
+        (mine / rel).write_text("x")
+    assert main([*args, "--out", str(mine)]) == 1
+    assert "is not empty and is not an engine directory" in capsys.readouterr().err
+    assert sorted(str(p.relative_to(mine)) for p in mine.rglob("*") if p.is_file()) == [
+        "onnx/encoder.onnx", "onnx/unet_mine.onnx", "onnxruntime/conditioner_v2.onnx"]
+    assert all(p.read_text() == "x" for p in mine.rglob("*") if p.is_file())
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "encoder.onnx").write_text("precious")
+    for parent, link in ((tmp_path / "E1", "onnx"), (tmp_path / "E2", "onnxruntime")):
+        parent.mkdir()
+        (parent / link).symlink_to(elsewhere)
+        assert main([*args, "--out", str(parent)]) == 1
+        assert "is a symbolic link" in capsys.readouterr().err
+    assert (elsewhere / "encoder.onnx").read_text() == "precious" and len(list(elsewhere.iterdir())) == 1
+
+    built = tmp_path / "B"
+    assert main([*args, "--out", str(built)]) == 0
+    (built / "onnx" / "encoder.onnx").unlink()
+    (built / "onnx" / "encoder.onnx").symlink_to(elsewhere / "encoder.onnx")
+    assert main([*args, "--out", str(built), "--force"]) == 1
+    assert "is a symbolic link" in capsys.readouterr().err
+    assert (elsewhere / "encoder.onnx").read_text() == "precious"
+    (built / "onnx" / "encoder.onnx").unlink()
+    manifest = json.loads((built / "manifest.json").read_text())
+    manifest["graphs"].pop("encoder")
+    (built / "manifest.json").write_text(json.dumps(manifest))
+    (built / "onnx" / "encoder.onnx").write_text("a user's file at a name builds write")
+    assert main([*args, "--out", str(built)]) == 1
+    assert "no build of" in capsys.readouterr().err
+    assert (built / "onnx" / "encoder.onnx").read_text() == "a user's file at a name builds write"
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([*args, "--out", str(empty)]) == 0  # an empty folder is fine
 
 
 def test_an_unreadable_graph_is_reported_not_raised(ort_dir, tmp_path):
@@ -250,24 +312,82 @@ def test_an_unreadable_graph_is_reported_not_raised(ort_dir, tmp_path):
     assert len(problems) == 1 and "cannot be read as ONNX" in problems[0] and "--force" in problems[0]
 
 
-def test_manifest_errors_name_what_is_wrong(ort_dir, tmp_path):
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.pop("buckets"), "has no buckets"), (lambda d: d.update(buckets=[]), "lists 0 buckets"),
+    (lambda d: d.update(graphs=None), "graphs must be a JSON object"),
+    (lambda d: d["graphs"]["encoder"].pop("onnx_key"), "graph 'encoder' has no onnx_key"),
+    (lambda d: d.update(max_scale=1), "max_scale .* must be a finite number > 1"),
+    (lambda d: d.update(max_scale="8"), "max_scale"), (lambda d: d.update(opset=17.5), "opset must be an integer"),
+    (lambda d: d.update(backend="openvino"), "backend must be one of"),
+    (lambda d: d["network"].update(norm_groups=0), "norm_groups must be an integer >= 1"),
+    (lambda d: d["network"].update(inner_channel=1048576), "divisible|above the limit"),
+    (lambda d: d["buckets"][0].update(height=10**9), "must be between 8x8 and 8192x8192"),
+    (lambda d: d["buckets"][0].update(height="32"), "must be integers"),
+    (lambda d: d["graphs"]["encoder"].update(onnx="/etc/passwd"), "not the ones a build writes"),
+    (lambda d: d["graphs"]["encoder"].update(engine="../../outside.onnx"), "not the ones a build writes"),
+    (lambda d: d["graphs"]["encoder"].update(onnx_bytes=-1), "onnx_bytes -1 is not of the expected type"),
+    (lambda d: d["graphs"].update({"unet/../../x": d["graphs"]["encoder"]}), "a graph 'unet/../../x' that its bucket"),
+    (lambda d: d.update(pending=["../victim.txt"]), "not a file a build writes"),
+    (lambda d: d.update(defaults={"steps": 10**9}), "steps must be an integer in 1..2000"),
+    (lambda d: d.update(defaults={"device": "cuda"}), r"unknown keys \['device'\]"),
+    (lambda d: d.update(format="idm-rt-engines/9"), "not an idm-rt engine manifest of this version"),
+])
+def test_manifest_errors_name_what_is_wrong(ort_dir, tmp_path, change, message):
+    d = json.loads((ort_dir / "manifest.json").read_text())
+    change(d)
+    (tmp_path / "manifest.json").write_text(json.dumps(d))
+    with pytest.raises(ValueError, match=message):
+        read_manifest(tmp_path)
+
+
+def test_manifests_tolerate_new_fields_and_refuse_what_is_not_one(ort_dir, tmp_path):
     good = json.loads((ort_dir / "manifest.json").read_text())
-    cases = [(lambda d: d.pop("buckets"), "has no buckets"), (lambda d: d.update(buckets=[]), "lists no buckets"),
-             (lambda d: d.update(graphs=None), "graphs an object"),
-             (lambda d: d["graphs"]["encoder"].pop("onnx_key"), "graph 'encoder' has no onnx_key")]
-    for change, message in cases:
-        d = json.loads(json.dumps(good))
-        change(d)
-        (tmp_path / "manifest.json").write_text(json.dumps(d))
-        with pytest.raises(ValueError, match=message):
-            read_manifest(tmp_path)
     (tmp_path / "manifest.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="not an idm-rt engine manifest"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_bytes(b"\xff\xfe")
+    with pytest.raises(ValueError, match="unreadable"):
         read_manifest(tmp_path)
     graphs = {k: dict(g, checksum="...") for k, g in good["graphs"].items()}
     newer = dict(good, written_by="a later idm-rt", graphs=graphs)
     (tmp_path / "manifest.json").write_text(json.dumps(newer))
     assert read_manifest(tmp_path).graphs.keys() == good["graphs"].keys()  # fields it does not know are ignored
+
+
+def test_a_manifest_cannot_lead_a_runner_outside_its_directory(ort_dir, tmp_path):
+    folder = tmp_path / "copy"
+    shutil.copytree(ort_dir, folder)
+    outside = tmp_path / "outside.onnx"
+    shutil.copy(folder / "onnxruntime" / "encoder.onnx", outside)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["graphs"]["encoder"]["engine"] = str(outside)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="not the ones a build writes"):
+        idm_rt.Upscaler.from_engines(folder)
+    manifest["graphs"]["encoder"]["engine"] = "onnxruntime/encoder.onnx"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (folder / "onnxruntime" / "encoder.onnx").unlink()
+    (folder / "onnxruntime" / "encoder.onnx").symlink_to(outside)
+    with pytest.raises(ValueError, match="is a symbolic link"):
+        idm_rt.Upscaler.from_engines(folder)
+
+
+def test_a_directory_of_an_earlier_version_is_rebuilt_and_its_files_replaced(models, tmp_path, capsys):
+    folder = tmp_path / "v1"
+    (folder / "onnx").mkdir(parents=True)
+    (folder / "onnxruntime").mkdir()
+    old = {"encoder": ("onnx/encoder.onnx", "onnxruntime/encoder.onnx"),
+           "conditioner/32x32_b1-1": ("onnx/conditioner_32x32_b1-1.onnx", "onnxruntime/conditioner_32x32_b1-1.onnx")}
+    for onnx_file, engine in old.values():
+        (folder / onnx_file).write_text("old")
+        (folder / engine).write_text("old")
+    (folder / "onnx" / "notes.txt").write_text("mine")
+    graphs = {k: {"onnx": a, "engine": b, "onnx_key": "k", "precision": "fp32"} for k, (a, b) in old.items()}
+    (folder / "manifest.json").write_text(json.dumps({"format": "idm-rt-engines/1", "graphs": graphs}))
+    assert main(["--backend", "onnxruntime", "--model", str(models[0]), "--out", str(folder), "--tile", "32"]) == 0
+    assert sorted(p.name for p in (folder / "onnx").iterdir()) == [
+        "conditioner.onnx", "encoder.onnx", "notes.txt", "unet_32x32_b1-1.onnx", "unet_dynamic.onnx"]
+    load_runner(folder)
 
 
 def test_build_options_and_their_errors(models, tmp_path, capsys, monkeypatch):

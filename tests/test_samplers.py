@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from idm_rt.diffusion import LinearSchedule, ddim, ddim_timesteps, ddpm, ddpm_step, dpmpp_2m, dpmpp_levels
+from idm_rt.diffusion import (LinearSchedule, ddim, ddim_timesteps, ddpm, ddpm_step, ddpm_timesteps, dpmpp_2m,
+                              dpmpp_levels)
 
 SCHED = LinearSchedule()
 MU, S = 0.3, 0.5  # data ~ N(MU, S^2) per pixel
@@ -89,6 +90,34 @@ def test_ddpm_reaches_the_data_distribution_and_is_seeded():
     c = ddpm(gaussian_eps, SCHED, x_T, torch.Generator().manual_seed(6))
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert abs(a.mean().item() - MU) < 0.05 and abs(a.std().item() - S) < 0.05
+
+
+def test_ddpm_honours_steps_by_respacing_and_all_steps_are_the_release_loop():
+    assert ddpm_timesteps(SCHED) == list(reversed(range(2000)))
+    assert ddpm_timesteps(SCHED, 2000) == ddpm_timesteps(SCHED)
+    assert ddpm_timesteps(SCHED, 3) == [1999, 1000, 0] and ddpm_timesteps(SCHED, 1, t_start=500) == [500]
+    with pytest.raises(ValueError, match="ddpm steps must be in 1..2000"):
+        ddpm_timesteps(SCHED, 2001)
+    calls = []
+
+    def counting(x, g):
+        calls.append(g[0].item())
+        return gaussian_eps(x, g)
+
+    x_T = torch.randn(1, 1, 64, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    out = ddpm(counting, SCHED, x_T, torch.Generator().manual_seed(5), steps=250)
+    assert len(calls) == 250 and calls == sorted(calls)  # noise levels rise as the noise falls
+    assert abs(out.mean().item() - MU) < 0.05 and abs(out.std().item() - S) < 0.05
+    # a respaced step is the release's step on beta = 1 - ac[t] / ac[t_prev] (Ho et al. Eq. 7, float64)
+    gen = torch.Generator().manual_seed(1)
+    x, eps, z = (torch.randn(1, 3, 4, 4, generator=gen, dtype=torch.float64) for _ in range(3))
+    ac = SCHED.alphas_cumprod.numpy()
+    t, s = 1500, 1100
+    beta = 1 - ac[t] / ac[s]
+    x0 = ((x - math.sqrt(1 - ac[t]) * eps) / math.sqrt(ac[t])).clamp(-1, 1)
+    mean = (math.sqrt(ac[s]) * beta * x0 + math.sqrt(1 - beta) * (1 - ac[s]) * x) / (1 - ac[t])
+    sigma = math.sqrt(beta * (1 - ac[s]) / (1 - ac[t]))
+    assert torch.allclose(ddpm_step(x, t, eps, z, SCHED, t_prev=s), mean + sigma * z, rtol=1e-10, atol=1e-12)
 
 
 def test_ddim_eta_uses_the_generator():

@@ -192,10 +192,10 @@ def test_resume_cli_uses_the_runs_saved_options(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("override,message", [
-    ("val_sampler=bogus", r"val_\*\): unknown sampler 'bogus'"), ("ckpt_every=0", "ckpt_every must be > 0"),
+    ('val_sampling={"sampler":"bogus"}', r"val_sampling: unknown sampler 'bogus'"), ("ckpt_every=0", "ckpt_every must be > 0"),
     ("lr=abc", "lr must be a finite number"), ("network.foo=1", "network options"), ("ema_decay=2", "ema_decay"),
     ("steps=-5", "steps must be >= 0"), ("precision=fp8", "precision must be"), ("crop=20", "multiple of 8"),
-    ("lr=NaN", "lr must be a finite number"), ("val_sampler=ddim val_steps=1", r"ddim steps must be in 2\.\.2000, got 1"),
+    ("lr=NaN", "lr must be a finite number"), ('val_sampling={"sampler":"ddim","steps":1}', r"ddim steps must be in 2\.\.2000, got 1"),
 ])
 def test_bad_options_fail_before_training(override, message):
     with pytest.raises(ValueError, match=message):
@@ -269,7 +269,7 @@ def test_bundle_ships_fp16_ema_with_defaults_and_respects_the_budget(tmp_path, m
     assert bundle.main([str(ckpt), "--out", str(out), "--sampler", "ddim", "--steps", "7", "--init", "bicubic",
                         "--init-level", "0.6"]) == 0
     up = idm_rt.Upscaler.from_pretrained(out)
-    assert (up.sampler, up.steps, up.init, up.init_level) == ("ddim", 7, "bicubic", 0.6)
+    assert up.sampling == idm_rt.SamplingSettings(sampler="ddim", steps=7, init="bicubic", init_level=0.6)
     assert up.model.provenance["step"] == 3 and up.model.provenance["weights"] == "EMA"
     from safetensors.torch import load_file
     assert all(t.dtype == torch.float16 for t in load_file(out / "model.safetensors").values())
@@ -298,7 +298,7 @@ def test_evaluate_cli_writes_a_table_and_json(tmp_path, tiny_model, capsys):
     assert (tmp_path / "grids" / "x2" / "img0_grid.png").exists()
     base = ["--model", str(tmp_path / "m"), "--data", str(tmp_path / "data")]
     for bad, message in ((["--scales", "1"], "scales must be"), (["--scales", "nan"], "scales must be"),
-                         (["--steps", "-1"], "steps must be a positive integer"),
+                         (["--steps", "-1"], "steps must be an integer in 1..2000"),
                          (["--init", "bicubic", "--init-level", "2"], "init_level"), (["--tile", "5"], "--tile must be"),
                          (["--scales", "8", "--crop", "16"], "no image is large enough")):
         assert evaluate.main([*base, *bad]) == 2

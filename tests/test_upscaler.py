@@ -122,7 +122,7 @@ def test_tiled_prediction_equals_untiled_for_a_local_network():
     (dict(scale=2, size=(20, 20)), "exactly one of scale or size"),
     (dict(size=(5, 20)), "must be larger than the input"),
     (dict(scale=2, sampler="euler"), "unknown sampler"),
-    (dict(scale=2, steps=0), "steps must be a positive integer"),
+    (dict(scale=2, steps=0), "steps must be an integer in 1..2000"),
     (dict(scale=2, tile=6), "tile must be at least"),
     (dict(scale=2, eta=1.5), r"eta must be a number in \[0, 1\]"),
     (dict(scale=2, eta="0.5"), r"eta must be a number in \[0, 1\]"),
@@ -132,7 +132,10 @@ def test_tiled_prediction_equals_untiled_for_a_local_network():
     (dict(scale=2, init="bicubic", init_level="0.5"), r"init_level must be a number in \(0, 1\)"),
     (dict(scale=2, tile="16"), "tile must be an integer"),
     (dict(size={20, 21}), r"size must be \(width, height\)"),
-    (dict(scale=2, steps=True), "steps must be a positive integer"),
+    (dict(scale=2, steps=True), "steps must be an integer in 1..2000"),
+    (dict(scale=2, steps=10**9), "steps must be an integer in 1..2000"),
+    (dict(scale=2, consistency=10**9), "consistency must be an integer in 0..100"),
+    (dict(scale=2, sampler="ddpm", steps=1500, init="bicubic", init_level=0.9), r"ddpm steps must be in 1\.\.\d+"),
     (dict(scale=1.01), "too small to change the size"),
 ])
 def test_bad_arguments_raise_value_error(up, kwargs, match):
@@ -172,13 +175,15 @@ def test_bicubic_and_estimate_starts_are_the_diffused_upscale_and_condition_imag
 
     lr = torch.rand(2, 3, 6, 7) * 2 - 1
     cond = torch.rand(2, 3, 12, 21) * 4 - 2  # an estimate, partly outside [-1, 1]
-    x, t = initial_state(lr, cond, "bicubic", 0.7, torch.Generator().manual_seed(0))
+    settings = idm_rt.SamplingSettings(init="bicubic", init_level=0.7)
+    x = initial_state(lr, cond, settings, torch.Generator().manual_seed(0))
+    t = settings.start_timestep
     assert t == start_timestep(0.7) and abs(LinearSchedule().noise_level(t) - 0.7) < 1e-3
     ac = LinearSchedule().ac(t)
     up = F.interpolate(lr, size=(12, 21), mode="bicubic", align_corners=False).clamp(-1, 1)
     z = torch.randn(up.shape, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(x, ac**0.5 * up + (1 - ac) ** 0.5 * z, atol=1e-6)
-    x, t = initial_state(lr, cond, "estimate", 0.7, torch.Generator().manual_seed(0))
+    x = initial_state(lr, cond, settings.replace(init="estimate"), torch.Generator().manual_seed(0))
     assert torch.allclose(x, ac**0.5 * cond.clamp(-1, 1) + (1 - ac) ** 0.5 * z, atol=1e-6)
 
 
@@ -192,11 +197,13 @@ def test_init_options_are_checked(up):
 
 
 def test_model_folder_defaults_are_used(tiny_model, tmp_path):
-    tiny_model.defaults = {"sampler": "ddim", "steps": 7, "init": "bicubic", "init_level": 0.6}
+    tiny_model.recommended = idm_rt.SamplingSettings(sampler="ddim", steps=7, init="bicubic", init_level=0.6)
     idm_rt.save_model(tiny_model, tmp_path / "m")
     loaded = idm_rt.Upscaler.from_pretrained(tmp_path / "m")
-    assert (loaded.sampler, loaded.steps, loaded.init, loaded.init_level) == ("ddim", 7, "bicubic", 0.6)
-    assert idm_rt.Upscaler.from_pretrained(tmp_path / "m", steps=3).steps == 3
+    assert loaded.sampling == idm_rt.SamplingSettings(sampler="ddim", steps=7, init="bicubic", init_level=0.6)
+    assert idm_rt.Upscaler.from_pretrained(tmp_path / "m", steps=3).sampling.steps == 3
+    with pytest.raises(TypeError, match=r"unknown options \['stepz'\]"):
+        idm_rt.Upscaler.from_pretrained(tmp_path / "m", stepz=3)
 
 
 def test_bf16_autocast_path_stays_close_to_fp32(tiny_model):
@@ -232,8 +239,18 @@ def test_numpy_integers_are_accepted_for_steps_and_seed(up):
     assert np.array_equal(a, b)
 
 
-def test_bad_stored_defaults_are_refused_when_loading(tiny_model, tmp_path):
-    tiny_model.defaults = {"sampler": "euler", "steps": 3}
+@pytest.mark.parametrize("defaults, message", [
+    ({"sampler": "euler", "steps": 3}, "unknown sampler 'euler'"),
+    ({"steps": 10**9}, "steps must be an integer in 1..2000"),
+    ({"device": "cuda", "max_pixels": 10**12}, r"unknown keys \['device', 'max_pixels'\]"),  # not Upscaler options
+    (["dpmpp_2m"], "must be a JSON object"),
+])
+def test_bad_stored_defaults_are_refused_when_loading(tiny_model, tmp_path, defaults, message):
+    import json
+
     idm_rt.save_model(tiny_model, tmp_path / "m")
-    with pytest.raises(ValueError, match="unknown sampler 'euler'"):
+    meta = json.loads((tmp_path / "m" / "config.json").read_text())
+    meta["defaults"] = defaults
+    (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=message):
         idm_rt.Upscaler.from_pretrained(tmp_path / "m")

@@ -17,8 +17,7 @@ from pathlib import Path
 import torch
 
 import idm_rt
-from idm_rt.diffusion import SAMPLERS
-from idm_rt.pipeline import INITS, check_sampling
+from idm_rt import sampling
 from idm_rt.upscaler import DEFAULT_MODEL
 
 MAX_BYTES = 25 * 1024 * 1024
@@ -44,15 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("checkpoint", type=Path, help="a run's checkpoints/step_N folder")
     ap.add_argument("--out", type=Path, default=DEFAULT_MODEL)
     ap.add_argument("--note", default="", help="free text added to the provenance (machine, data, ...)")
-    ap.add_argument("--sampler", default="dpmpp_2m", choices=SAMPLERS,
-                    help="recommended sampler, stored as the model's default")
-    ap.add_argument("--steps", type=int, default=20, help="recommended steps")
-    ap.add_argument("--init", default="noise", choices=INITS, help="recommended start (noise or bicubic)")
-    ap.add_argument("--init-level", type=float, default=0.5, help="noise level of a bicubic start")
-    ap.add_argument("--consistency", type=int, default=0, help="recommended back-projection passes per step")
+    sampling.add_arguments(ap, default="idm_rt.SamplingSettings' (the recommendation stored with the model)")
     args = ap.parse_args(argv)
     try:
-        check_sampling(args.sampler, args.steps, args.init, args.init_level, args.consistency)
+        recommended = sampling.from_arguments(args, None)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -62,8 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     model = idm_rt.load_model(ema)
     prov = dict(model.provenance)
-    model.defaults = {"sampler": args.sampler, "steps": args.steps, "init": args.init, "init_level": args.init_level,
-                      "consistency": args.consistency}
+    model.recommended = recommended
     run = args.checkpoint.parent.parent
     batch = int(prov.get("recipe", {}).get("batch", 1))
     seconds = training_time(run, batch)

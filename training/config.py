@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from idm_rt.config import preset, strict_from_dict
-from idm_rt.pipeline import check_sampling
+from idm_rt.config import check_max_scale, preset, strict_from_dict
+from idm_rt.sampling import SamplingSettings
 from idm_rt.upscaler import PRECISIONS
 
 
@@ -47,16 +47,18 @@ class TrainConfig:
     keep_last: int = 3
     val_every: int = 500
     val_crop: int = 128
-    val_sampler: str = "dpmpp_2m"
-    val_steps: int = 10
-    val_init: str = "noise"  # noise | bicubic | estimate (a diffused start at val_init_level)
-    val_init_level: float = 0.5
-    val_consistency: int = 0  # back-projection passes per validation step (idm_rt.consistency)
+    val_sampling: dict[str, Any] = field(default_factory=lambda: {"steps": 10})  # idm_rt.SamplingSettings fields
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        """The options, checked (:meth:`check`): a bad value fails here, not steps into a run."""
+        """The options, checked (:meth:`check`): a bad value fails here, not steps into a run. Runs saved
+        before ``val_sampling`` gave its fields as ``val_sampler``, ``val_steps``, ... (read as such)."""
+        d = dict(d)
+        legacy = {k: d.pop(f"val_{k}") for k in ("sampler", "steps", "init", "init_level", "consistency")
+                  if f"val_{k}" in d}
+        if legacy:
+            d["val_sampling"] = {**d.get("val_sampling", {}), **legacy}
         cfg = strict_from_dict(cls, d, "training options")
         cfg.check()
         return cfg
@@ -87,16 +89,16 @@ class TrainConfig:
             raise ValueError("regression_steps train the condition image with the aux loss: set aux_weight > 0")
         if self.crop % 8:
             raise ValueError(f"crop must be a multiple of 8, got {self.crop}")
-        if not self.max_scale > 1:
-            raise ValueError(f"max_scale must be > 1, got {self.max_scale!r}")
-        try:
-            check_sampling(self.val_sampler, self.val_steps, self.val_init, self.val_init_level, self.val_consistency)
-        except ValueError as e:
-            raise ValueError(f"validation sampling (val_*): {e}") from None
+        check_max_scale(self.max_scale)
+        self.sampling()
         try:
             preset(self.preset, **self.network)
         except TypeError as e:  # an unknown network field
             raise ValueError(f"network options: {e}") from None
+
+    def sampling(self) -> SamplingSettings:
+        """How validation samples (``val_sampling``), checked."""
+        return SamplingSettings.from_dict(self.val_sampling, "val_sampling")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

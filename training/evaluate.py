@@ -19,9 +19,10 @@ import torch
 from tqdm.auto import tqdm
 
 import idm_rt
-from idm_rt.diffusion import SAMPLERS
+from idm_rt import sampling
 from idm_rt.fileio import atomic_write
-from idm_rt.pipeline import INITS, check_sampling, super_resolve
+from idm_rt.pipeline import super_resolve
+from idm_rt.sampling import SamplingSettings
 from idm_rt.resize import downscale, upscale
 
 from .data import center_crop, load_rgb, scan_folder
@@ -74,10 +75,9 @@ def large_enough(images: list[tuple[str, torch.Tensor]], scales: list[float]) ->
     return kept
 
 
-def evaluate(model: idm_rt.IDM, images: list[tuple[str, torch.Tensor]], scales: list[float], sampler: str,
-             steps: int, seed: int = 0, save_dir: Path | None = None, device: str = "cpu",
-             tile: int | None = None, init: str = "noise", init_level: float = 0.5,
-             consistency: int = 0) -> list[dict]:
+def evaluate(model: idm_rt.IDM, images: list[tuple[str, torch.Tensor]], scales: list[float],
+             settings: SamplingSettings, seed: int = 0, save_dir: Path | None = None, device: str = "cpu",
+             tile: int | None = None) -> list[dict]:
     """Per scale: mean PSNR(Y), SSIM(Y) and Consistency (x1e-5) of ours and of bicubic."""
     rows = []
     total = len(scales) * len(images)
@@ -90,8 +90,7 @@ def evaluate(model: idm_rt.IDM, images: list[tuple[str, torch.Tensor]], scales: 
             size = tuple(hr.shape[-2:])
             lr = downscale(hr, (max(1, round(size[0] / s)), max(1, round(size[1] / s))))
             gen = torch.Generator().manual_seed(seed)
-            sr = super_resolve(model, lr, size, scale=s, sampler=sampler, steps=steps, generator=gen, tile=tile,
-                               init=init, init_level=init_level, consistency=consistency)
+            sr = super_resolve(model, lr, size, settings, scale=s, generator=gen, tile=tile)
             bic = upscale(lr, size).clamp(-1, 1)
             to01 = lambda t: (((t[0].double() + 1) / 2).clamp(0, 1) * 255).round().cpu() / 255  # noqa: E731 (8-bit)
             border = math.ceil(s)
@@ -124,11 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", help="checkpoint (project folder or released .pth); default: the bundled model")
     ap.add_argument("--data", required=True, help="folder of HR images, or 'skimage' for scikit-image's photos")
     ap.add_argument("--scales", default="2,3,4,6,8", help="comma-separated magnifications (default 2,3,4,6,8)")
-    ap.add_argument("--sampler", choices=SAMPLERS, help="default: the model's recommendation")
-    ap.add_argument("--steps", type=int, help="default: the model's recommendation")
-    ap.add_argument("--init", choices=INITS, help="noise or bicubic start (default: the model's recommendation)")
-    ap.add_argument("--init-level", type=float, help="noise level of a bicubic start")
-    ap.add_argument("--consistency", type=int, help="back-projection passes per step (default: the model's)")
+    sampling.add_arguments(ap)
     ap.add_argument("--crop", type=int, help="evaluate on a central crop of this side (faster on a CPU)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
@@ -141,12 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         if not all(math.isfinite(s) and s > 1 for s in scales):
             raise ValueError(f"scales must be finite numbers > 1, got {args.scales}")
         up = idm_rt.Upscaler.from_pretrained(args.model, device=args.device)
-        sampler = args.sampler or up.sampler
-        steps = up.steps if args.steps is None else args.steps
-        init = args.init or up.init
-        init_level = up.init_level if args.init_level is None else args.init_level
-        consistency = up.consistency if args.consistency is None else args.consistency
-        check_sampling(sampler, steps, init, init_level, consistency)
+        settings = sampling.from_arguments(args, up.sampling)
         multiple = up.model.config.size_multiple
         if args.tile is not None and args.tile != 0 and args.tile < 2 * multiple:
             raise ValueError(f"--tile must be 0 (off) or at least {2 * multiple} for this model, got {args.tile}")
@@ -154,15 +144,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:  # CheckpointMismatch is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
-    rows = evaluate(up.model, images, scales, sampler, steps, args.seed, args.save_dir, args.device, args.tile, init,
-                    init_level, consistency)
-    start = f"bicubic start at {init_level:g}" if init == "bicubic" else "noise start"
-    title = f"{args.data}, {len(images)} images{f', {args.crop}px crops' if args.crop else ''}, {sampler} " \
-            f"{steps} steps, {start}, consistency {consistency}, seed {args.seed}"
+    rows = evaluate(up.model, images, scales, settings, args.seed, args.save_dir, args.device, args.tile)
+    start = f"{settings.init} start at {settings.init_level:g}" if settings.init != "noise" else "noise start"
+    title = f"{args.data}, {len(images)} images{f', {args.crop}px crops' if args.crop else ''}, {settings.sampler} " \
+            f"{settings.steps} steps, {start}, consistency {settings.consistency}, seed {args.seed}"
     print(markdown(rows, title))
     if args.json:
-        result = {"model": args.model or "default", "data": args.data, "crop": args.crop, "sampler": sampler,
-                  "steps": steps, "init": init, "init_level": init_level, "consistency": consistency,
+        result = {"model": args.model or "default", "data": args.data, "crop": args.crop, **settings.to_dict(),
                   "seed": args.seed, "rows": rows}
         atomic_write(args.json, lambda p: Path(p).write_text(json.dumps(result, indent=2) + "\n"))
     return 0

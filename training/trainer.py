@@ -260,9 +260,7 @@ class Trainer:
             s = max(1, round(hr.shape[-1] / cfg.max_scale))
             lr = downscale(hr, (s, s))
             size = tuple(hr.shape[-2:])
-            sr = super_resolve(model, lr, size, scale=cfg.max_scale, sampler=cfg.val_sampler, steps=cfg.val_steps,
-                               generator=gen, init=cfg.val_init, init_level=cfg.val_init_level,
-                               consistency=cfg.val_consistency)
+            sr = super_resolve(model, lr, size, cfg.sampling(), scale=cfg.max_scale, generator=gen)
             up = upscale(lr, size).clamp(-1, 1)
             to01 = lambda t: ((t[0] + 1) / 2).cpu()  # noqa: E731
             ours.append(psnr_y(to01(sr), to01(hr), border=int(cfg.max_scale)))

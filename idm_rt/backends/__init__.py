@@ -7,9 +7,8 @@ import os
 import torch
 
 from .base import EngineRunner
-from .engine_dir import Manifest, read_manifest
+from .engine_dir import BACKENDS, Manifest, read_manifest
 
-BACKENDS = ("onnxruntime", "tensorrt")
 DEFAULT_DEVICES = {"onnxruntime": "cpu", "tensorrt": "cuda"}  # where each backend runs unless told
 
 

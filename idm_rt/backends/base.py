@@ -1,7 +1,10 @@
 """What every engine runner shares: the small model interface the pipeline calls (``encode``,
-``condition``, ``denoise``, ``scale_fraction``, ``config``), mapped onto per-bucket graphs.
+``condition``, ``denoise``, ``scale_fraction``, ``config``), mapped onto the directory's graphs.
 
-Subclasses only implement :meth:`EngineRunner.run_graph`, one graph call on named torch tensors.
+Every call runs at its input's own size, never padded, so an engine computes what the torch model
+computes: the U-Net on a bucket's static graph when the tile is exactly the bucket's size, on the
+dynamic graph otherwise. Subclasses only implement :meth:`EngineRunner.run_graph`, one graph call
+on named torch tensors.
 """
 
 from __future__ import annotations
@@ -12,13 +15,12 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
-from ..buckets import route, select_bucket
+from ..buckets import Bucket, route, select_bucket
 from ..model import IDM, Conditioning
-from ..model.encoder import nearest_indices
-from .engine_dir import (CONDITIONER_INPUTS, ENCODER_INPUTS, Manifest, flatten_conditioning, graph_key, graph_specs,
-                         read_manifest, unet_inputs, unflatten_conditioning)
+from ..model.encoder import resize_tables
+from ..model.unet import query_tables_for
+from .engine_dir import Manifest, graph_inputs, graph_key, graph_specs, read_manifest, table_names
 
 
 class EngineRunner:
@@ -53,37 +55,44 @@ class EngineRunner:
         """The tile side the bucket rule picks for an HR output ``size`` (None: no tiling)."""
         return route(self.buckets, size, self.config.size_multiple).tile
 
+    def _inputs(self, kind: str, tensors) -> dict[str, torch.Tensor]:
+        return dict(zip(graph_inputs(kind, self.config), tensors))
+
     def encode(self, lr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """LR (B, 3, h, w) -> condition image (B, 3, H, W); nearest indices exactly as F.interpolate's.
-        One image at a time: the encoder runs on whole images, so a TensorRT engine reserves memory
-        for the largest size it accepts, and a batch of them would multiply that."""
-        rows = nearest_indices(lr.shape[-2], size[0], lr.device)
-        cols = nearest_indices(lr.shape[-1], size[1], lr.device)
-        return torch.cat([self.run_graph("encoder", dict(zip(ENCODER_INPUTS, (image[None], rows, cols))))[0]
+        """LR (B, 3, h, w) -> condition image (B, 3, H, W); the resize tables computed as the torch
+        encoder computes them. One image at a time: the encoder runs on whole images, so a TensorRT
+        engine reserves memory for the largest size it accepts, and a batch of them would multiply that."""
+        tables = resize_tables(self.config.encoder_upsampler, tuple(lr.shape[-2:]), size, lr.device)
+        return torch.cat([self.run_graph("encoder", self._inputs("encoder", (image[None], *tables)))[0]
                           for image in lr])
 
     def condition(self, cond: torch.Tensor, p: torch.Tensor) -> Conditioning:
-        """Conditioning at the bucket shape covering ``cond`` (edge-padded to it if smaller), one sample at a time."""
-        bucket = self._bucket(tuple(cond.shape[-2:]))
-        padded = _pad_to(cond, (bucket.height, bucket.width))
+        """The conditioning at ``cond``'s own size, one sample at a time."""
+        self._covering_bucket(tuple(cond.shape[-2:]))
         p = p.to(cond.device, torch.float32).view(-1).expand(cond.shape[0])
-        key = graph_key("conditioner", bucket)
-        out = run_batched(lambda part: self.run_graph(key, part), dict(zip(CONDITIONER_INPUTS, (padded, p))), 1, 1)
-        return unflatten_conditioning(padded, out)
+        out = run_batched(lambda part: self.run_graph("conditioner", part), self._inputs("conditioner", (cond, p)),
+                          1, 1)
+        return Conditioning.from_flat(cond, out)
 
     def denoise(self, x_t: torch.Tensor, conditioning: Conditioning, noise_level: torch.Tensor) -> torch.Tensor:
-        """eps for x_t (B, 3, h, w); runs at the conditioning's bucket shape and crops back to (h, w)."""
-        bucket = self._bucket(tuple(conditioning.cond.shape[-2:]))
-        h, w = x_t.shape[-2:]
+        """eps for x_t (B, 3, h, w): on the static graph of the bucket of exactly that size, else on
+        the dynamic graph with the implicit layers' tables for (h, w)."""
+        size = tuple(x_t.shape[-2:])
+        self._covering_bucket(size)
         g = noise_level.to(x_t.device, torch.float32).view(-1).expand(x_t.shape[0])
-        tensors = [_pad_to(x_t, (bucket.height, bucket.width)), conditioning.cond,
-                   *flatten_conditioning(conditioning), g]
-        key = graph_key("unet", bucket)
-        out = run_batched(lambda part: self.run_graph(key, part), dict(zip(unet_inputs(self.config.levels), tensors)),
-                          bucket.max_batch, bucket.min_batch)
-        return out[0][:, :, :h, :w]
+        per_sample = self._inputs("unet", [x_t, conditioning.cond, *conditioning.flat(), g])
+        exact = next((b for b in self.buckets if (b.height, b.width) == size), None)
+        if exact is not None:
+            key = graph_key("unet", exact)
+            return run_batched(lambda part: self.run_graph(key, part), per_sample, exact.max_batch,
+                               exact.min_batch)[0]
+        tables = [t for four in query_tables_for(size, self.config.levels, x_t.device) for t in four]
+        shared = dict(zip(table_names(self.config.levels), tables))  # per size, not per sample
+        return run_batched(lambda part: self.run_graph("unet_dynamic", {**part, **shared}), per_sample,
+                           max(b.max_batch for b in self.buckets), 1)[0]
 
-    def _bucket(self, size: tuple[int, int]):
+    def _covering_bucket(self, size: tuple[int, int]) -> Bucket:
+        """The bucket rule's bucket for an HR tile of ``size``; a clear error when none covers it."""
         bucket = select_bucket(self.buckets, size)
         if bucket is None:
             built = ", ".join(b.name for b in self.buckets)
@@ -106,8 +115,3 @@ def run_batched(run: Callable[[dict[str, torch.Tensor]], list[torch.Tensor]], in
         chunks.append([o[:m] for o in run(part)])
     return [torch.cat(outs) for outs in zip(*chunks)]
 
-
-def _pad_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Edge-pad (B, C, h, w) on the bottom and right to ``size``; unchanged when it already fits."""
-    dh, dw = size[0] - x.shape[-2], size[1] - x.shape[-1]
-    return x if dh == dw == 0 else F.pad(x, (0, dw, 0, dh), mode="replicate")

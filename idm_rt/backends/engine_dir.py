@@ -14,22 +14,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from ..buckets import Bucket
-from ..config import IDMConfig
-from ..model import Conditioning
+from ..config import IDMConfig, check_max_scale
+from ..model.idm import check_size
+from ..sampling import SamplingSettings
 
 MANIFEST_NAME = "manifest.json"
-FORMAT = "idm-rt-engines/1"
+FORMAT = "idm-rt-engines/2"  # 2: one conditioner and one dynamic U-Net graph for every size, no padding
 
-# Graph inputs and outputs, shared by the exporter and the runners.
-ENCODER_INPUTS = ("lr", "rows", "cols")
-CONDITIONER_INPUTS = ("cond", "p")
+# The graphs of a directory: the encoder and the conditioner once each (dynamic sizes, whole images
+# or tiles at their own size), the U-Net once with dynamic sizes and once per bucket with the
+# bucket's static shape (the exact fits; ONNX Runtime's CPU graphs may use Winograd convolutions).
+KINDS = ("encoder", "conditioner", "unet_dynamic", "unet")
+BACKENDS = ("onnxruntime", "tensorrt")
 
 
 def conditioning_names(levels: int) -> list[str]:
@@ -37,35 +40,37 @@ def conditioning_names(levels: int) -> list[str]:
     return [f"{kind}_{i}" for kind in ("shift", "a1", "a2") for i in range(1, levels)]
 
 
-def unet_inputs(levels: int) -> list[str]:
-    return ["x_t", "cond", *conditioning_names(levels), "g"]
+def table_names(levels: int) -> list[str]:
+    """Names of the implicit layers' query tables (:func:`idm_rt.model.unet.query_tables_for`),
+    deepest layer first: the one from level i to level i - 1 reads rows_i, rel_rows_i, cols_i, rel_cols_i."""
+    return [f"{name}_{i}" for i in range(levels - 1, 0, -1) for name in ("rows", "rel_rows", "cols", "rel_cols")]
+
+
+def graph_inputs(kind: str, config: IDMConfig) -> list[str]:
+    """Input names of graph ``kind``, in the exported graph's order."""
+    if kind == "encoder":
+        return ["lr", "rows", "cols"] + (["rel_rows", "rel_cols"] if config.encoder_upsampler == "implicit" else [])
+    if kind == "conditioner":
+        return ["cond", "p"]
+    names = ["x_t", "cond", *conditioning_names(config.levels), "g"]
+    return names + table_names(config.levels) if kind == "unet_dynamic" else names
 
 
 def graph_outputs(kind: str, levels: int) -> list[str]:
-    """Output names of graph ``kind`` (encoder / conditioner / unet), in the exported graph's order."""
-    return {"encoder": ["cond"], "conditioner": conditioning_names(levels), "unet": ["eps"]}[kind]
-
-
-def flatten_conditioning(c: Conditioning) -> list[torch.Tensor]:
-    """Conditioning -> tensors in :func:`conditioning_names` order."""
-    return [*c.shifts[1:], *c.a1[1:], *c.a2[1:]]
-
-
-def unflatten_conditioning(cond: torch.Tensor, tensors: list[torch.Tensor]) -> Conditioning:
-    """Inverse of :func:`flatten_conditioning`."""
-    n = len(tensors) // 3
-    return Conditioning(cond, [None, *tensors[:n]], [None, *tensors[n:2 * n]], [None, *tensors[2 * n:]])
+    """Output names of graph ``kind``, in the exported graph's order."""
+    return {"encoder": ["cond"], "conditioner": conditioning_names(levels), "unet": ["eps"],
+            "unet_dynamic": ["eps"]}[kind]
 
 
 def graph_key(kind: str, bucket: Bucket | None = None) -> str:
-    """``"encoder"``, ``"conditioner/<bucket>"`` or ``"unet/<bucket>"``: the manifest's graph ids."""
+    """``"encoder"``, ``"conditioner"``, ``"unet_dynamic"`` or ``"unet/<bucket>"``: the manifest's graph ids."""
     return kind if bucket is None else f"{kind}/{bucket.name}"
 
 
 def graph_specs(buckets: list[Bucket]) -> list[tuple[str, Bucket | None]]:
-    """(kind, bucket) of every graph of an engine directory: the encoder once, then the conditioner
-    and the U-Net per bucket."""
-    return [("encoder", None)] + [(kind, b) for b in buckets for kind in ("conditioner", "unet")]
+    """(kind, bucket) of every graph of an engine directory: the encoder, the conditioner and the
+    dynamic U-Net once, then the U-Net per bucket."""
+    return [("encoder", None), ("conditioner", None), ("unet_dynamic", None)] + [("unet", b) for b in buckets]
 
 
 @dataclass
@@ -84,7 +89,8 @@ class GraphEntry:
 
 @dataclass
 class Manifest:
-    """What ``manifest.json`` holds; paths are relative to the directory."""
+    """What ``manifest.json`` holds; paths are relative to the directory, and each is the one name a
+    build writes for its graph (:func:`artifact_name`), so that none leads outside the directory."""
 
     model_hash: str
     model_path: str
@@ -99,10 +105,24 @@ class Manifest:
     build_flags: dict[str, Any] = field(default_factory=dict)
     complete: bool = False
     defaults: dict[str, Any] = field(default_factory=dict)  # the model's recommended sampling settings
+    pending: list[str] = field(default_factory=list)  # files a build is writing (removed by the next one)
 
     @property
     def config(self) -> IDMConfig:
         return IDMConfig.from_dict(self.network)
+
+    @property
+    def recommended(self) -> SamplingSettings | None:
+        """The model's recommended sampling settings, or None."""
+        return SamplingSettings.from_dict(self.defaults, "defaults") if self.defaults else None
+
+    def graph_files(self) -> list[str]:
+        """The graph and artifact files of the directory's graphs."""
+        return [f for g in self.graphs.values() for f in (g.onnx, g.engine) if f]
+
+    def files(self) -> list[str]:
+        """Every file of the directory this manifest lists: its graphs' and the pending writes."""
+        return self.graph_files() + list(self.pending)
 
     def to_json(self) -> str:
         d = {"format": FORMAT, **self.__dict__}
@@ -112,18 +132,75 @@ class Manifest:
 
     @classmethod
     def from_json(cls, text: str) -> "Manifest":
-        """Parse manifest.json; fields this version does not know are ignored, missing ones named."""
+        """Parse and check manifest.json: every field of the right type and range, every graph one this
+        directory's buckets have, every file the name a build gives it. Fields this version does not
+        know are ignored, missing ones named."""
         d = json.loads(text)
         if not isinstance(d, dict) or d.pop("format", None) != FORMAT:
-            raise ValueError(f"not an idm-rt engine manifest (format {FORMAT!r} expected)")
+            raise ValueError(f"not an idm-rt engine manifest of this version (format {FORMAT!r} expected)")
         d = _known_fields(cls, d, "the manifest")
-        if not isinstance(d["buckets"], list) or not isinstance(d["graphs"], dict):
-            raise ValueError("its buckets must be a list and its graphs an object")
-        if not d["buckets"]:
-            raise ValueError("it lists no buckets")
+        for name, kind in (("model_hash", str), ("model_path", str), ("network", dict), ("backend", str),
+                           ("precision", str), ("buckets", list), ("graphs", dict), ("identity", dict),
+                           ("build_flags", dict), ("complete", bool), ("defaults", dict), ("pending", list)):
+            if name in d and not isinstance(d[name], kind):
+                raise ValueError(f"its {name} must be a JSON {_JSON_NAMES[kind]}, got {d[name]!r}")
+        if not isinstance(d["opset"], int) or isinstance(d["opset"], bool):
+            raise ValueError(f"its opset must be an integer, got {d['opset']!r}")
+        if d["backend"] not in BACKENDS or d["precision"] not in PRECISIONS:
+            raise ValueError(f"its backend must be one of {BACKENDS} and its precision one of {PRECISIONS}, got "
+                             f"{d['backend']!r} and {d['precision']!r}")
+        d["max_scale"] = check_max_scale(d["max_scale"])
+        check_size(IDMConfig.from_dict(d["network"]))
+        if not 1 <= len(d["buckets"]) <= MAX_BUCKETS:
+            raise ValueError(f"it lists {len(d['buckets'])} buckets; 1..{MAX_BUCKETS} expected")
         d["buckets"] = [Bucket.from_dict(b) for b in d["buckets"]]
-        d["graphs"] = {k: GraphEntry(**_known_fields(GraphEntry, g, f"graph {k!r}")) for k, g in d["graphs"].items()}
-        return cls(**d)
+        d["graphs"] = {k: _graph_entry(k, g, d["buckets"], d["backend"]) for k, g in d["graphs"].items()}
+        for f in d.get("pending", []):
+            if not isinstance(f, str) or not BUILT_FILE.fullmatch(f):
+                raise ValueError(f"its pending file {f!r} is not a file a build writes")
+        manifest = cls(**d)
+        manifest.recommended  # checked here, not when an image is sampled
+        return manifest
+
+
+_JSON_NAMES = {str: "string", dict: "object", list: "array", bool: "true or false"}
+PRECISIONS = ("fp32", "fp16")
+MAX_BUCKETS = 64
+PARTIAL = ".partial"  # suffix of a file being written, renamed into place when complete
+
+
+def artifact_name(key: str, backend: str | None = None) -> str:
+    """The file a build writes for graph ``key``: its ONNX graph (``backend`` None) or the backend's
+    artifact (optimised ONNX for onnxruntime, a serialized engine for tensorrt)."""
+    name = key.replace("/", "_")
+    if backend is None:
+        return f"onnx/{name}.onnx"
+    return f"{backend}/{name}{'.plan' if backend == 'tensorrt' else '.onnx'}"
+
+
+# Every name :func:`artifact_name` gives (for any bucket; with the conditioner per bucket of format 1),
+# and the temp name of each while it is written.
+_NAME = r"(encoder|conditioner(_\d+x\d+_b\d+-\d+)?|unet_dynamic|unet_\d+x\d+_b\d+-\d+)"
+BUILT_FILE = re.compile(rf"((onnx|onnxruntime)/{_NAME}\.onnx|tensorrt/{_NAME}\.plan)({re.escape(PARTIAL)})?")
+
+
+def _graph_entry(key: object, d: object, buckets: list[Bucket], backend: str) -> GraphEntry:
+    """A graph of the manifest, checked: a key of these buckets, typed fields, the files a build names."""
+    if key not in {graph_key(*spec) for spec in graph_specs(buckets)}:
+        raise ValueError(f"it lists a graph {key!r} that its buckets do not have")
+    entry = GraphEntry(**_known_fields(GraphEntry, d, f"graph {key!r}"))
+    for name, kinds in (("onnx", (str,)), ("precision", (str,)), ("onnx_key", (str,)), ("engine", (str, type(None))),
+                        ("engine_key", (str, type(None))), ("onnx_bytes", (int, type(None))),
+                        ("engine_bytes", (int, type(None)))):
+        value = getattr(entry, name)
+        if not isinstance(value, kinds) or isinstance(value, bool) or (isinstance(value, int) and value < 0):
+            raise ValueError(f"graph {key!r}: {name} {value!r} is not of the expected type")
+    if entry.precision not in PRECISIONS:
+        raise ValueError(f"graph {key!r}: precision {entry.precision!r} is not one of {PRECISIONS}")
+    if entry.onnx != artifact_name(key) or entry.engine not in (None, artifact_name(key, backend)):
+        raise ValueError(f"graph {key!r}: its files {entry.onnx!r}, {entry.engine!r} are not the ones a build writes "
+                         f"({artifact_name(key)!r}, {artifact_name(key, backend)!r})")
+    return entry
 
 
 def _known_fields(cls, d: object, what: str) -> dict:
@@ -139,10 +216,29 @@ def _known_fields(cls, d: object, what: str) -> dict:
     return {k: v for k, v in d.items() if k in fields}
 
 
+def inside(folder: str | os.PathLike, file: str) -> Path:
+    """``folder/file`` after checking that it stays inside ``folder``: a relative path without ``..``
+    whose parts below ``folder`` are no symbolic links (a link would lead reads, writes and deletes
+    elsewhere). ValueError naming the path otherwise."""
+    base = Path(folder)
+    rel = Path(file)
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+        raise ValueError(f"{file!r} is not a path inside the engine directory {folder}")
+    path = base
+    for part in rel.parts:
+        path = path / part
+        if path.is_symlink():
+            raise ValueError(f"{path} is a symbolic link; an engine directory holds its own files only (copy the "
+                             f"target in, or build into another folder)")
+    if not path.resolve().is_relative_to(base.resolve()):
+        raise ValueError(f"{path} resolves outside the engine directory {folder}")
+    return path
+
+
 def artifact(folder: str | os.PathLike, file: str, size: int | None) -> Path:
-    """``folder/file``, checked to exist and to have the size the manifest recorded (a partial copy
-    otherwise fails later inside the backend with a parser error)."""
-    path = Path(folder) / file
+    """``folder/file``, checked to stay inside the folder (:func:`inside`), to exist and to have the size
+    the manifest recorded (a partial copy otherwise fails later inside the backend with a parser error)."""
+    path = inside(folder, file)
     if not path.is_file():
         raise FileNotFoundError(f"{path}, listed in {Path(folder) / MANIFEST_NAME}, is missing; copy the whole "
                                 f"directory again or rebuild it with python -m idm_rt.build")
@@ -159,6 +255,7 @@ def read_manifest(folder: str | os.PathLike) -> Manifest:
         raise FileNotFoundError(f"{folder} is not an engine directory (no {MANIFEST_NAME}); build one with "
                                 f"`python -m idm_rt.build --out {folder}`")
     try:
+        path = inside(folder, MANIFEST_NAME)
         return Manifest.from_json(path.read_text())
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is unreadable: {e}") from e

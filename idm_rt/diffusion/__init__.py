@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from ..model import IDM, Conditioning
-from .samplers import EpsFn, Generators, ddim, ddim_timesteps, ddpm, ddpm_step, dpmpp_2m, dpmpp_levels, randn_like
+from .samplers import (EpsFn, Generators, ddim, ddim_timesteps, ddpm, ddpm_step, ddpm_timesteps, dpmpp_2m, dpmpp_levels,
+                       randn_like)
 from .schedule import LinearSchedule
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
@@ -14,7 +15,7 @@ SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
 def calls_for(sampler: str, steps: int, sched: LinearSchedule = LinearSchedule(), t_start: int | None = None) -> int:
     """Network calls a sampler makes for ``steps``."""
     if sampler == "ddpm":
-        return (sched.timesteps - 1 if t_start is None else t_start) + 1
+        return len(ddpm_timesteps(sched, steps, t_start))
     if sampler == "ddim":
         return len(ddim_timesteps(sched, steps, t_start)) - 1
     return steps
@@ -35,7 +36,7 @@ def run_sampler(eps_fn: EpsFn, x_T: torch.Tensor, sampler: str = "ddim", steps: 
     with any noise predictor ``eps_fn(x, g)``."""
     sched = schedule or LinearSchedule()
     if sampler == "ddpm":
-        return ddpm(eps_fn, sched, x_T, generator, progress, t_start)
+        return ddpm(eps_fn, sched, x_T, generator, progress, t_start, steps)
     if sampler == "ddim":
         return ddim(eps_fn, sched, x_T, steps, eta, generator, progress, t_start)
     if sampler == "dpmpp_2m":
@@ -60,4 +61,4 @@ def sample(model: IDM, conditioning: Conditioning, sampler: str = "ddim", steps:
 
 
 __all__ = ["LinearSchedule", "SAMPLERS", "sample", "run_sampler", "calls_for", "start_timestep", "ddpm", "ddim", "dpmpp_2m",
-           "ddpm_step", "ddim_timesteps", "dpmpp_levels"]
+           "ddpm_step", "ddpm_timesteps", "ddim_timesteps", "dpmpp_levels"]

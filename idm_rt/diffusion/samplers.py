@@ -38,9 +38,18 @@ def _progress(it: Iterable, total: int, progress: bool, desc: str) -> Iterable:
     return tqdm(it, total=total, desc=desc, leave=False) if progress else it
 
 
-def ddpm_step(x_t: torch.Tensor, t: int, eps: torch.Tensor, z: torch.Tensor, sched: LinearSchedule) -> torch.Tensor:
-    """One ancestral step of the release (Ho et al. 2020, Eq. 7 with the clipped x0 prediction)."""
-    ac, ac_prev, beta = sched.ac(t), float(sched.alphas_cumprod_prev[t]), float(sched.betas[t])
+def ddpm_step(x_t: torch.Tensor, t: int, eps: torch.Tensor, z: torch.Tensor, sched: LinearSchedule,
+              t_prev: int | None = None) -> torch.Tensor:
+    """One ancestral step of the release (Ho et al. 2020, Eq. 7 with the clipped x0 prediction) from
+    timestep t to ``t_prev`` (default t - 1, the release's; -1: to the data, ac = 1). A longer jump is
+    the same step on the respaced schedule ``beta = 1 - ac[t] / ac[t_prev]`` (Nichol & Dhariwal 2021)."""
+    t_prev = t - 1 if t_prev is None else t_prev
+    ac = sched.ac(t)
+    if t_prev == t - 1:  # the release's own tables
+        ac_prev, beta = float(sched.alphas_cumprod_prev[t]), float(sched.betas[t])
+    else:
+        ac_prev = 1.0 if t_prev < 0 else sched.ac(t_prev)
+        beta = 1.0 - ac / ac_prev
     x0 = math.sqrt(1.0 / ac) * x_t - math.sqrt(1.0 / ac - 1.0) * eps
     x0 = x0.clamp(-1.0, 1.0)
     coef1 = beta * math.sqrt(ac_prev) / (1.0 - ac)  # posterior mean coefficients
@@ -48,7 +57,7 @@ def ddpm_step(x_t: torch.Tensor, t: int, eps: torch.Tensor, z: torch.Tensor, sch
     var = beta * (1.0 - ac_prev) / (1.0 - ac)
     log_var = math.log(max(var, 1e-20))
     mean = coef1 * x0 + coef2 * x_t
-    if t == 0:
+    if t_prev < 0:
         return mean
     return mean + z * math.exp(0.5 * log_var)
 
@@ -61,14 +70,29 @@ def _start(sched: LinearSchedule, t_start: int | None) -> int:
     return t
 
 
+def ddpm_timesteps(sched: LinearSchedule, steps: int | None = None, t_start: int | None = None) -> list[int]:
+    """``steps`` timesteps from t0 = T-1 (or t_start) down to 0, evenly spaced: every one of them, the
+    release's loop, for ``steps`` = t0 + 1 (the default)."""
+    t0 = _start(sched, t_start)
+    steps = t0 + 1 if steps is None else steps
+    if not 1 <= steps <= t0 + 1:
+        raise ValueError(f"ddpm steps must be in 1..{t0 + 1}, got {steps}")
+    if steps == 1:
+        return [t0]
+    return [round(t0 - k * t0 / (steps - 1)) for k in range(steps)]
+
+
 def ddpm(eps_fn: EpsFn, sched: LinearSchedule, x_T: torch.Tensor, generator: Generators = None,
-         progress: bool = False, t_start: int | None = None) -> torch.Tensor:
-    """The release's default sampler: one network call per timestep, t = T-1 (or t_start) .. 0."""
-    x, t0 = x_T, _start(sched, t_start)
-    for t in _progress(reversed(range(t0 + 1)), t0 + 1, progress, "ddpm"):
+         progress: bool = False, t_start: int | None = None, steps: int | None = None) -> torch.Tensor:
+    """Ancestral sampling, one network call per timestep of :func:`ddpm_timesteps`: by default every
+    timestep t = T-1 (or t_start) .. 0, the release's default sampler; fewer steps respace it."""
+    seq = ddpm_timesteps(sched, steps, t_start)
+    x = x_T
+    for k in _progress(range(len(seq)), len(seq), progress, "ddpm"):
+        t, t_prev = seq[k], seq[k + 1] if k + 1 < len(seq) else -1
         eps = eps_fn(x, _levels(x, sched.noise_level(t)))
-        z = randn_like(x, generator) if t > 0 else torch.zeros_like(x)
-        x = ddpm_step(x, t, eps, z, sched)
+        z = randn_like(x, generator) if t_prev >= 0 else torch.zeros_like(x)
+        x = ddpm_step(x, t, eps, z, sched, t_prev)
     return x
 
 

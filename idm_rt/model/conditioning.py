@@ -30,6 +30,20 @@ class Conditioning:
     a1: list[torch.Tensor | None]
     a2: list[torch.Tensor | None]
 
+    def flat(self) -> list[torch.Tensor]:
+        """The per-level tensors (levels 1..L-1): all shifts, then all a1, then all a2."""
+        return [*self.shifts[1:], *self.a1[1:], *self.a2[1:]]
+
+    @classmethod
+    def from_flat(cls, cond: torch.Tensor, tensors: list[torch.Tensor]) -> "Conditioning":
+        """Inverse of :meth:`flat`, with the condition image ``cond``."""
+        n = len(tensors) // 3
+        return cls(cond, [None, *tensors[:n]], [None, *tensors[n:2 * n]], [None, *tensors[2 * n:]])
+
+    def nbytes(self) -> int:
+        """Memory the tensors take (the condition image included)."""
+        return sum(t.numel() * t.element_size() for t in [self.cond, *self.flat()])
+
 
 class ConvAct(nn.Module):
     """Equalized conv without bias, then FusedLeakyReLU with its own bias (optionally blurred first)."""

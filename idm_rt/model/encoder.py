@@ -59,15 +59,9 @@ class EDSREncoder(nn.Module):
         return self.body_conv(self.blocks(x)) + x
 
     def forward(self, lr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        feat = self.features(lr)
-        height, width = int(size[0]), int(size[1])
-        if self.query is None:
-            rows = nearest_indices(feat.shape[-2], height, feat.device)
-            cols = nearest_indices(feat.shape[-1], width, feat.device)
-            return self.upsample(feat, rows, cols)
-        rows, rel_rows = (t.to(feat.device) for t in nearest_query(int(feat.shape[-2]), height))
-        cols, rel_cols = (t.to(feat.device) for t in nearest_query(int(feat.shape[-1]), width))
-        return self.upsample(feat, rows, cols, rel_rows, rel_cols) + upscale(lr, (height, width))
+        size = (int(size[0]), int(size[1]))
+        out = self.upsample(self.features(lr), *resize_tables(self.upsampler, tuple(lr.shape[-2:]), size, lr.device))
+        return out + upscale(lr, size) if self.query is not None else out
 
     def upsample(self, feat: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
                  rel_rows: torch.Tensor | None = None, rel_cols: torch.Tensor | None = None) -> torch.Tensor:
@@ -100,7 +94,18 @@ class EDSREncoder(nn.Module):
         return torch.cat(out, dim=2)
 
 
-def nearest_indices(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
+def resize_tables(upsampler: str, lr_size: tuple[int, int], size: tuple[int, int],
+                  device: torch.device | None = None) -> tuple[torch.Tensor, ...]:
+    """What :meth:`EDSREncoder.upsample` takes to go from ``lr_size`` to ``size`` (H, W): the source rows
+    and columns as ``F.interpolate`` picks them (``"nearest"``), or as the implicit query picks them
+    followed by the relative coordinates (``"implicit"``). Engine runners pass them to the graph."""
+    if upsampler == "nearest":
+        return nearest_indices(int(lr_size[0]), size[0], device), nearest_indices(int(lr_size[1]), size[1], device)
+    (rows, rel_rows), (cols, rel_cols) = nearest_query(int(lr_size[0]), size[0]), nearest_query(int(lr_size[1]), size[1])
+    return rows.to(device), cols.to(device), rel_rows.to(device), rel_cols.to(device)
+
+
+def nearest_indices(n_in: int, n_out: int, device: torch.device | None = None) -> torch.Tensor:
     """Source index of each output position under ``F.interpolate(mode='nearest')``."""
     src = torch.arange(n_in, dtype=torch.float32, device=device).view(1, 1, n_in)
     return F.interpolate(src, size=n_out).view(n_out).long()

@@ -2,14 +2,42 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
-from ..config import IDMConfig
+from ..config import IDMConfig, check_max_scale
 from .conditioning import Conditioning, LRConditioner
 from .encoder import EDSREncoder
 from .implicit import KERNEL_MODES, ImplicitUp
 from .unet import UNet
+
+if TYPE_CHECKING:
+    from ..sampling import SamplingSettings
+
+
+# Largest network built: 4 GiB of float32 weights (the released network has 118 M parameters). The
+# count comes from the config, so that a crafted one is refused before anything is allocated.
+MAX_PARAMETERS = 2**30
+
+
+def parameter_count(config: IDMConfig) -> int:
+    """Parameters of the network ``config`` describes, counted on the meta device (nothing allocated)."""
+    with torch.device("meta"):
+        parts = (EDSREncoder(config.encoder_blocks, config.encoder_feats, config.encoder_upsampler),
+                 LRConditioner(config), UNet(config))
+    return sum(p.numel() for part in parts for p in part.parameters())
+
+
+def check_size(config: IDMConfig) -> None:
+    """ValueError naming the count and the limit when ``config`` describes more than
+    :data:`MAX_PARAMETERS` parameters."""
+    count = parameter_count(config)
+    if count > MAX_PARAMETERS:
+        raise ValueError(f"the network this config describes has {count:,} parameters, above the limit of "
+                         f"{MAX_PARAMETERS:,} (inner_channel {config.inner_channel}, channel_multiplier "
+                         f"{list(config.channel_multiplier)}, encoder_feats {config.encoder_feats})")
 
 
 class IDM(nn.Module):
@@ -22,18 +50,18 @@ class IDM(nn.Module):
         config: the network shape.
         max_scale: the largest magnification M seen in training; ``p = (s-1)/(M-1)``.
         provenance: where the weights came from (saved with the project format).
-        defaults: the sampling settings recommended for these weights (``sampler``, ``steps``,
-            ``init``, ``init_level``, ``consistency``), used by ``Upscaler.from_pretrained``.
+        recommended: the :class:`~idm_rt.SamplingSettings` recommended for these weights (stored with
+            them, used by ``Upscaler.from_pretrained``), or None.
     """
 
     def __init__(self, config: IDMConfig, max_scale: float = 4.0):
         super().__init__()
-        if not max_scale > 1:
-            raise ValueError(f"max_scale (the largest training magnification M) must be > 1, got {max_scale}")
+        max_scale = check_max_scale(max_scale)
+        check_size(config)
         self.config = config
         self.max_scale = float(max_scale)
         self.provenance: dict = {}
-        self.defaults: dict = {}
+        self.recommended: SamplingSettings | None = None
         self.encoder = EDSREncoder(config.encoder_blocks, config.encoder_feats, config.encoder_upsampler)
         self.conditioner = LRConditioner(config)
         self.unet = UNet(config)

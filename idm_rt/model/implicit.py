@@ -40,15 +40,27 @@ def nearest_query(n_src: int, n_dst: int) -> tuple[torch.Tensor, torch.Tensor]:
     return idx, rel
 
 
-def gather_nearest(y: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+Tables = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # rows, rel_rows, cols, rel_cols
+
+
+def query_tables(src: tuple[int, int], dst: tuple[int, int], device: torch.device | None = None) -> Tables:
+    """:func:`nearest_query` along both axes from a ``src`` (h, w) grid to ``dst`` (H, W): the source
+    rows and columns of the target pixels and their relative coordinates."""
+    (ri, rr), (ci, cr) = nearest_query(int(src[0]), int(dst[0])), nearest_query(int(src[1]), int(dst[1]))
+    return ri.to(device), rr.to(device), ci.to(device), cr.to(device)
+
+
+def gather_nearest(y: torch.Tensor, size: tuple[int, int], tables: Tables | None = None) -> torch.Tensor:
     """``y`` (B, C, hs, ws) sampled at the :func:`nearest_query` source pixel of each target pixel.
     At exactly twice the size that pixel is ``k // 2``, a nearest 2x upsampling: ONNX Runtime's
-    Resize does it ~15x faster than its Gather along the last axis (the same values)."""
+    Resize does it ~15x faster than its Gather along the last axis (the same values). Given
+    ``tables`` (graph inputs of a graph with dynamic sizes), their indices are used."""
+    if tables is not None:
+        return y.index_select(2, tables[0]).index_select(3, tables[2])
     hs, ws = int(y.shape[-2]), int(y.shape[-1])
     if (int(size[0]), int(size[1])) == (2 * hs, 2 * ws):
         return F.interpolate(y, size=(2 * hs, 2 * ws), mode="nearest")
-    ri = nearest_query(hs, int(size[0]))[0].to(y.device)
-    ci = nearest_query(ws, int(size[1]))[0].to(y.device)
+    ri, _, ci, _ = query_tables((hs, ws), size, y.device)
     return y[:, :, ri][:, :, :, ci]
 
 
@@ -76,21 +88,27 @@ def query_literal(h: torch.Tensor, fc1: nn.Linear, fc2: nn.Linear, size: tuple[i
     return fc2(hidden).permute(0, 2, 1).reshape(b, c, size[0], size[1])
 
 
-def query_fast(h: torch.Tensor, fc1: nn.Linear, fc2: nn.Linear, size: tuple[int, int], relu: bool) -> torch.Tensor:
-    """Same function as :func:`query_literal`; the linear algebra is moved to the source resolution."""
+def query_fast(h: torch.Tensor, fc1: nn.Linear, fc2: nn.Linear, size: tuple[int, int], relu: bool,
+               tables: Tables | None = None) -> torch.Tensor:
+    """Same function as :func:`query_literal`; the linear algebra is moved to the source resolution.
+    ``tables`` (:func:`query_tables`) are computed here unless given: a graph exported with static
+    sizes holds them as constants, one with dynamic sizes takes them as inputs."""
     b, c, hs, ws = h.shape
-    # int(): under ONNX export sizes arrive as traced tensors; the index tables must be constants.
-    rr = nearest_query(int(hs), int(size[0]))[1].to(h.device, h.dtype)
-    cr = nearest_query(int(ws), int(size[1]))[1].to(h.device, h.dtype)
+    if tables is None:
+        # int(): under ONNX export sizes arrive as traced tensors; the index tables must be constants.
+        tables = query_tables((int(hs), int(ws)), (int(size[0]), int(size[1])), h.device)
+        gather = lambda y: gather_nearest(y, size)  # noqa: E731
+    else:
+        gather = lambda y: gather_nearest(y, size, tables)  # noqa: E731
+    rr, cr = tables[1].to(h.dtype), tables[3].to(h.dtype)
     w1, w_row, w_col = fc1.weight[:, :c], fc1.weight[:, c], fc1.weight[:, c + 1]
     if not relu:
         # out = (W2 W1f) h_src + rel_r (W2 w_r) + rel_c (W2 w_c) + (W2 b1 + b2)
         w2 = fc2.weight
-        y = F.conv2d(h, (w2 @ w1)[:, :, None, None], w2 @ fc1.bias + fc2.bias)
-        y = gather_nearest(y, size)
+        y = gather(F.conv2d(h, (w2 @ w1)[:, :, None, None], w2 @ fc1.bias + fc2.bias))
         return y + (w2 @ w_row)[:, None, None] * rr[:, None] + (w2 @ w_col)[:, None, None] * cr[None, :]
     # hidden = relu(W1f h_src + rel_r w_r + rel_c w_c + b1), out = W2 hidden + b2
-    pre = gather_nearest(F.conv2d(h, w1[:, :, None, None], fc1.bias), size)
+    pre = gather(F.conv2d(h, w1[:, :, None, None], fc1.bias))
     hidden = F.relu(pre + w_row[:, None, None] * rr[:, None] + w_col[:, None, None] * cr[None, :])
     return F.conv2d(hidden, fc2.weight[:, :, None, None], fc2.bias)
 
@@ -129,7 +147,10 @@ class ImplicitUp(nn.Module):
         self.literal = False
         self.kernels = "auto"
 
-    def forward(self, x, shift, a1, a2, size: tuple[int, int]) -> torch.Tensor:
+    def forward(self, x, shift, a1, a2, size: tuple[int, int], tables: Tables | None = None) -> torch.Tensor:
+        """``tables``: the :func:`query_tables` of this step, given by a graph with dynamic sizes."""
+        if tables is not None:
+            return query_fast(modulate(x, shift, a1, a2, self.bias), self.fc1, self.fc2, size, self.relu, tables)
         # The Triton kernels have no backward: training (grad enabled) stays on the torch forms.
         fused = None if self.literal or torch.is_grad_enabled() else fused_kernels(self.kernels, x.device)
         if fused is not None:

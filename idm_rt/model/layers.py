@@ -53,7 +53,7 @@ class Blur(nn.Module):
         self.register_buffer("kernel", (k[:, None] * k[None, :] / 25.0).view(1, 1, 3, 3), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = x.shape[1]
+        c = int(x.shape[1])  # a constant in exported graphs, whose spatial sizes may be dynamic
         return F.conv2d(x, self.kernel.to(x.dtype).expand(c, 1, 3, 3), padding=1, groups=c)
 
 

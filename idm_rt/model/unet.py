@@ -10,7 +10,7 @@ from torch import nn
 
 from ..config import IDMConfig
 from .conditioning import Conditioning
-from .implicit import ImplicitUp
+from .implicit import ImplicitUp, Tables, query_tables
 from .layers import NormActConv, ResAttnBlock
 
 
@@ -20,6 +20,21 @@ def noise_level_encoding(g: torch.Tensor, dim: int) -> torch.Tensor:
     step = torch.arange(count, dtype=g.dtype, device=g.device) / count
     e = g.view(-1, 1) * torch.exp(-math.log(1e4) * step.view(1, -1))
     return torch.cat([torch.sin(e), torch.cos(e)], dim=-1)
+
+
+def level_sizes(size: tuple[int, int], levels: int) -> list[tuple[int, int]]:
+    """(H, W) of each U-Net level: every stride-2 step gives ceil(n / 2)."""
+    sizes = [(int(size[0]), int(size[1]))]
+    for _ in range(levels - 1):
+        sizes.append(tuple(-(-n // 2) for n in sizes[-1]))
+    return sizes
+
+
+def query_tables_for(size: tuple[int, int], levels: int, device: torch.device | None = None) -> list[Tables]:
+    """The implicit layers' :func:`~idm_rt.model.implicit.query_tables` for an image of ``size``,
+    deepest layer first (the order the U-Net runs them): level i to level i - 1 for i = L-1 .. 1."""
+    sizes = level_sizes(size, levels)
+    return [query_tables(sizes[i], sizes[i - 1], device) for i in range(levels - 1, 0, -1)]
 
 
 class NoiseMLP(nn.Module):
@@ -91,7 +106,10 @@ class UNet(nn.Module):
             self.up.append(UpLevel(blocks, up))
         self.final = NormActConv(prev, 3, groups)
 
-    def forward(self, x_t: torch.Tensor, c: Conditioning, g: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_t: torch.Tensor, c: Conditioning, g: torch.Tensor,
+                tables: list[Tables] | None = None) -> torch.Tensor:
+        """``tables``: the implicit layers' :func:`~idm_rt.model.implicit.query_tables`, deepest first,
+        for a graph exported with dynamic sizes (computed in the layers otherwise)."""
         emb = self.noise_mlp(g.to(x_t.dtype).view(-1))
         x = self.input_conv(torch.cat([c.cond, x_t], dim=1))
         skips = [x]
@@ -110,5 +128,6 @@ class UNet(nn.Module):
                 x = blk(torch.cat([x, skips.pop()], dim=1), emb)
             if level.upsample is not None:
                 i = n - 1 - k  # U-Net level of x
-                x = level.upsample(x, c.shifts[i], c.a1[i], c.a2[i], tuple(skips[-1].shape[-2:]))
+                x = level.upsample(x, c.shifts[i], c.a1[i], c.a2[i], tuple(skips[-1].shape[-2:]),
+                                   tables[k] if tables is not None else None)
         return self.final(x)

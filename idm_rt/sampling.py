@@ -1,0 +1,136 @@
+"""How an image is sampled: one frozen, self-validating settings object.
+
+A model folder stores the settings recommended for its weights (``config.json``, "defaults"), an
+engine directory copies them into its manifest, and the Upscaler, the trainer's validation,
+``training.evaluate`` and ``training.bundle`` all take a :class:`SamplingSettings`, so that every
+rule about them (which sampler, how many steps, where sampling starts) lives here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any
+
+from .consistency import MAX_PASSES, check_consistency
+from .diffusion import SAMPLERS, LinearSchedule, start_timestep
+from .diffusion.samplers import ddim_timesteps, ddpm_timesteps
+
+INITS = ("noise", "bicubic", "estimate")
+MAX_STEPS = 2000  # the release's own longest loop (DDPM over every timestep)
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """Sampling settings, checked when made (ValueError naming the first bad one).
+
+    Attributes:
+        sampler: ``"dpmpp_2m"`` (few steps), ``"ddim"`` (the release's grid) or ``"ddpm"``
+            (ancestral; 2000 steps from noise is the release's loop, fewer respace it).
+        steps: U-Net calls, 1..:data:`MAX_STEPS` (ddpm and ddim: at most the timesteps from the
+            start down to 0; ddim at least 2).
+        init: ``"noise"`` starts from pure noise (the paper); ``"bicubic"`` from the bicubic upscale
+            diffused to noise level ``init_level`` (Come-Closer-Diffuse-Faster, Chung et al. 2022);
+            ``"estimate"`` from the encoder's condition image diffused the same way, for models whose
+            encoder was trained as an HR estimate (``IDMConfig.encoder_upsampler="implicit"``).
+        init_level: the noise level g = sqrt(gamma) in (0, 1) of a diffused start.
+        consistency: back-projection passes per step onto the LR input (:mod:`idm_rt.consistency`),
+            0..:data:`~idm_rt.consistency.MAX_PASSES`; 0 samples as the paper does.
+        eta: DDIM's stochasticity in [0, 1] (0: deterministic).
+    """
+
+    sampler: str = "dpmpp_2m"
+    steps: int = 20
+    init: str = "noise"
+    init_level: float = 0.5
+    consistency: int = 0
+    eta: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}; choose from {SAMPLERS}")
+        if not isinstance(self.steps, numbers.Integral) or isinstance(self.steps, bool) \
+                or not 1 <= self.steps <= MAX_STEPS:
+            raise ValueError(f"steps must be an integer in 1..{MAX_STEPS}, got {self.steps!r}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        if not _real(self.init_level) or not 0 < self.init_level < 1:
+            raise ValueError(f"init_level must be a number in (0, 1), got {self.init_level!r}")
+        check_consistency(self.consistency)
+        if not _real(self.eta) or not 0 <= self.eta <= 1:
+            raise ValueError(f"eta must be a number in [0, 1], got {self.eta!r}")
+        object.__setattr__(self, "steps", int(self.steps))
+        object.__setattr__(self, "init_level", float(self.init_level))
+        object.__setattr__(self, "eta", float(self.eta))
+        if self.sampler == "ddim":  # its grid needs 2..n steps, n the start timestep + 1
+            ddim_timesteps(LinearSchedule(), self.steps, self.start_timestep)
+        if self.sampler == "ddpm":
+            ddpm_timesteps(LinearSchedule(), self.steps, self.start_timestep)
+
+    @property
+    def start_timestep(self) -> int | None:
+        """The timestep sampling starts from: None for pure noise (T-1), else the one whose noise
+        level is nearest ``init_level``."""
+        return None if self.init == "noise" else start_timestep(self.init_level)
+
+    def replace(self, **changes: Any) -> "SamplingSettings":
+        """These settings with ``changes`` applied, ignoring the ones given as None."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any, what: str = "sampling settings") -> "SamplingSettings":
+        """Settings from a stored dict (a model's or a manifest's "defaults"); the ones it does not give
+        keep their defaults. ValueError naming ``what`` for a non-object, an unknown key or a bad value."""
+        if not isinstance(d, dict):
+            raise ValueError(f"{what} must be a JSON object, got {d!r}")
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"{what}: unknown keys {unknown}")
+        try:
+            return cls(**d)
+        except ValueError as e:
+            raise ValueError(f"{what}: {e}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser, default: str = "the model's recommendation") -> None:
+    """The command-line options of the settings (``--sampler``, ``--steps``, ``--init``, ``--init-level``,
+    ``--consistency``), for every command that samples; :func:`from_arguments` reads them back."""
+    parser.add_argument("--sampler", choices=SAMPLERS,
+                        help=f"dpmpp_2m (few steps), ddim, or ddpm (ancestral; --steps 2000 from noise is the "
+                             f"release's loop); default: {default}")
+    parser.add_argument("--steps", type=int, help=f"U-Net calls, 1..{MAX_STEPS} (default: {default})")
+    parser.add_argument("--init", choices=INITS,
+                        help="start from pure noise (the paper), or from the bicubic upscale or the model's own HR "
+                             f"estimate diffused to --init-level; default: {default}")
+    parser.add_argument("--init-level", type=float, metavar="G", help="noise level in (0, 1) of a diffused start")
+    parser.add_argument("--consistency", type=_passes, metavar="N",
+                        help="clip each step's estimate and back-project it onto the input N times, so that the "
+                             f"output's downscale is close to the input (0: off, as in the paper); default: {default}")
+
+
+def _passes(text: str) -> int:
+    try:
+        n = int(text)
+        check_consistency(n)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer in 0..{MAX_PASSES}, got {text!r}") from None
+    return n
+
+
+def from_arguments(args: argparse.Namespace, base: SamplingSettings | None) -> SamplingSettings:
+    """``base`` (or the defaults) with the options of :func:`add_arguments` that were given."""
+    return (base or SamplingSettings()).replace(sampler=args.sampler, steps=args.steps, init=args.init,
+                                                init_level=args.init_level, consistency=args.consistency)
+
+
+def _real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+__all__ = ["SamplingSettings", "INITS", "MAX_STEPS"]
