@@ -9,13 +9,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageMode
 from tqdm.auto import tqdm
 
 from .fileio import atomic_write
-from .images import IMAGE_SUFFIXES
+from .images import HIGH_BIT_MODES, IMAGE_SUFFIXES, upright
 from .pipeline import INITS
-
 
 UPSCALE_EXAMPLES = """examples:
   python -m idm_rt upscale photo.png -o photo_x4.png --scale 4
@@ -147,15 +146,31 @@ def image_format(path: Path) -> str:
                                                                                    path.suffix[1:].upper())
 
 
-# Modes a format cannot store, and what to save instead: JPEG has no alpha and no 16-bit, WebP only
-# 8-bit RGB(A), BMP no 16-bit or gray alpha, PNG no float (16-bit keeps its precision); TIFF has all.
-_HIGH_BIT = ("I;16", "I", "F")
-SAVE_MODES = {"JPEG": {"RGBA": "RGB", "LA": "L", **dict.fromkeys(_HIGH_BIT, "L")},
-              "WEBP": {"L": "RGB", "LA": "RGBA", **dict.fromkeys(_HIGH_BIT, "RGB")},
-              "BMP": {"LA": "RGBA", **dict.fromkeys(_HIGH_BIT, "L")},
-              "PNG": {"I": "I;16", "F": "I;16"}}
+# The modes each output format is saved in (all Pillow's writers hold); an image in another mode is
+# saved in the nearest of them (save_mode): JPEG has no alpha and no 16-bit, WebP only 8-bit RGB(A),
+# BMP no 16-bit or gray alpha, PNG no float or colour spaces other than RGB; TIFF holds most.
+FORMAT_MODES = {"PNG": ("L", "LA", "RGB", "RGBA", "I;16", "I;16B"),
+                "JPEG": ("L", "RGB", "RGBX", "CMYK", "YCbCr"),
+                "WEBP": ("RGB", "RGBA"),
+                "BMP": ("L", "RGB", "RGBA"),
+                "TIFF": ("L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "I", "I;16", "I;16L", "I;16B", "F")}
 
 
+def save_mode(mode: str, fmt: str) -> str:
+    """``mode`` when ``fmt`` holds it, else the nearest mode it does: high-bit gray as 16-bit, else
+    8-bit gray, else RGB; gray stays gray and alpha stays where the format allows."""
+    allowed = FORMAT_MODES[fmt]
+    if mode in allowed:
+        return mode
+    bands = ImageMode.getmode(mode).bands
+    alpha = len(bands) in (2, 4) and bands[-1] in ("A", "a")
+    if mode in HIGH_BIT_MODES:
+        nearest = ("I;16", "L", "RGB")
+    elif bands[0] == "L" and len(bands) <= 2:
+        nearest = ("LA", "RGBA", "L", "RGB") if alpha else ("L", "RGB")
+    else:
+        nearest = ("RGBA", "RGB") if alpha else ("RGB",)
+    return next(m for m in nearest if m in allowed)
 def output_targets(files: list[Path], out: Path, to_folder: bool) -> list[Path]:
     """Where each input goes: ``OUT/<stem>.png`` in folder mode (``<name>.png`` for inputs sharing a
     stem, then ``-2``, ``-3``... for same-named files from different folders), so none overwrites another."""
@@ -175,7 +190,9 @@ def output_targets(files: list[Path], out: Path, to_folder: bool) -> list[Path]:
 
 def convert_mode(image: Image.Image, mode: str) -> Image.Image:
     """``image`` in ``mode``, scaling 16-bit and float ([0, 1]) gray to the target's bit depth."""
-    if image.mode in _HIGH_BIT:
+    if image.mode == "La":  # Pillow converts premultiplied gray only to LA
+        image = image.convert("LA")
+    if image.mode in HIGH_BIT_MODES:
         arr = np.asarray(image, dtype=np.float64) * (65535.0 if image.mode == "F" else 1.0)  # 16-bit range
         if mode == "I;16":
             return Image.fromarray(np.clip(arr + 0.5, 0, 65535).astype(np.uint16))
@@ -186,8 +203,8 @@ def convert_mode(image: Image.Image, mode: str) -> Image.Image:
 def save_image(image: Image.Image, target: Path) -> None:
     """Atomic save in the format the suffix names, converting modes that format cannot hold."""
     fmt = image_format(target)
-    mode = SAVE_MODES.get(fmt, {}).get(image.mode)
-    if mode:
+    mode = save_mode(image.mode, fmt)
+    if mode != image.mode:
         tqdm.write(f"note: {fmt} cannot store mode {image.mode}; saving {target.name} as {mode}")
         image = convert_mode(image, mode)
     atomic_write(target, lambda tmp: image.save(tmp, format=fmt))
@@ -236,7 +253,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         try:
             with Image.open(path) as im:
                 im.load()
-                image = ImageOps.exif_transpose(im)  # upright, as viewers show it
+                image = upright(im)  # as viewers show it, and as the API reads it
         except Exception as e:  # PIL raises several types for unreadable files
             tqdm.write(f"error: cannot read {path}: {e}", file=sys.stderr)
             failed += 1

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from idm_rt.images import IMAGE_SUFFIXES, to_tensor
 from idm_rt.resize import downscale
-
 
 
 @dataclass
@@ -64,9 +63,8 @@ def load_rgb(path: Path) -> torch.Tensor:
     """(3, H, W) uint8 tensor, upright (EXIF orientation applied); 16-bit and float images are scaled
     to 8 bits as the upscaler reads them (a plain ``convert("RGB")`` clips them to flat colour)."""
     with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
         if im.mode == "F" and np.asarray(im).max() > 1:  # float in PIL's own 0..255 convention
-            im = Image.fromarray(np.asarray(im, dtype=np.float32) / 255, mode="F")
+            im = im.point(lambda v: v * (1 / 255))  # (keeps the EXIF orientation, which to_tensor applies)
         try:
             rgb, _, _ = to_tensor(im)
         except ValueError as e:
