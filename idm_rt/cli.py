@@ -89,9 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                                              "model, 16 for released)")
     up.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cpu; cuda for TensorRT --engines)")
     up.add_argument("--precision", choices=("fp32", "fp16", "bf16"),
-                    help="U-Net precision: fp32 (default) or fp16/bf16 autocast (GPUs); with --backend, the "
-                         "precision its engines are built in (fp32 or fp16; default fp32 for onnxruntime, fp16 for "
-                         "tensorrt); --engines keep their build's")
+                    help="U-Net precision: fp32 (default) or fp16/bf16 autocast (GPUs only: many times slower on "
+                         "a CPU, so refused there); with --backend, the precision its engines are built in (fp32 or "
+                         "fp16; default fp32 for onnxruntime, fp16 for tensorrt); --engines keep their build's")
     src = up.add_mutually_exclusive_group()
     src.add_argument("--model", help="checkpoint: released .pth or project folder (default: the bundled model)")
     src.add_argument("--engines", metavar="DIR",

@@ -31,8 +31,8 @@ class Upscaler:
         device: where the network runs ("cpu", "cuda", "cuda:1", ...).
         sampler, steps, init, init_level, consistency: defaults for :meth:`upscale` (a model folder's
             ``config.json`` may recommend its own under "defaults"; ``from_pretrained`` uses them).
-        precision: "fp32", or "fp16"/"bf16" autocast of the U-Net (error measured by
-            ``benchmarks/gpu_check.py``).
+        precision: "fp32", or "fp16"/"bf16" autocast of the U-Net on a GPU (error measured by
+            ``benchmarks/gpu_check.py``); refused on a CPU, where it is many times slower.
         cuda_graphs: replay each U-Net call from a CUDA graph (default: on for CUDA devices).
         compile: ``torch.compile`` the U-Net (slow first call).
         tile: default HR tile side; outputs larger than this are denoised in overlapping tiles
@@ -65,6 +65,9 @@ class Upscaler:
                                  f"{self.model.manifest.precision}); TensorRT's CUDA graphs are "
                                  "runner_options={'cuda_graph': True}")
             return None
+        if PRECISIONS[precision] is not None and self.device.type == "cpu":
+            raise ValueError(f"precision={precision!r} is autocast for GPUs: on a CPU, without fast half-precision "
+                             "kernels, it runs many times slower than fp32 (15-30x measured); use 'fp32' on a CPU")
         graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
         if not (graphs or compile or PRECISIONS[precision] is not None):
             return None

@@ -259,3 +259,13 @@ def test_the_cli_and_the_api_give_the_same_output_for_a_rotated_photo(setup):
                                                                   seed=3, progress=False)
     assert api.size == (12, 20)
     assert np.array_equal(np.asarray(Image.open(tmp / "p.png")), np.asarray(api))
+
+
+def test_half_precision_on_a_cpu_is_refused_before_any_work(setup, capsys):
+    from idm_rt.cli import main
+
+    tmp, src = setup
+    assert main(["upscale", str(src / "a.png"), "-o", str(tmp / "h.png"), "--scale", "2", "--precision", "fp16",
+                 "--model", str(tmp / "model")]) == 1
+    assert "error: precision='fp16' is autocast for GPUs" in capsys.readouterr().err
+    assert not (tmp / "h.png").exists()

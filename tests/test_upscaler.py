@@ -200,16 +200,25 @@ def test_model_folder_defaults_are_used(tiny_model, tmp_path):
 
 
 def test_bf16_autocast_path_stays_close_to_fp32(tiny_model):
-    """The static-buffer denoiser of idm_rt.cuda_graph, run eagerly on the CPU with bf16 autocast."""
-    image = rgb(8, 8).astype(np.float32) / 255
-    kw = dict(scale=2, seed=0, progress=False, init="bicubic", init_level=0.9)  # no 1/g amplification
-    ref = idm_rt.Upscaler(tiny_model, steps=3).upscale(image, **kw)
-    fast = idm_rt.Upscaler(tiny_model, steps=3, precision="bf16")
-    assert fast.denoise is not None
-    out = fast.upscale(image, **kw)
-    assert 0 < np.abs(out - ref).max() < 0.02  # bf16 keeps ~3 significant digits
+    """The static-buffer denoiser of idm_rt.cuda_graph, run eagerly on the CPU with bf16 autocast (the
+    Upscaler's U-Net call on a GPU; it refuses autocast on a CPU)."""
+    from idm_rt.cuda_graph import GraphedDenoiser
+    from idm_rt.pipeline import super_resolve
+
+    lr = torch.from_numpy(rgb(8, 8)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    kw = {"scale": 2.0, "steps": 3, "init": "bicubic", "init_level": 0.9}  # no 1/g amplification
+    ref = super_resolve(tiny_model, lr, (16, 16), generator=torch.Generator().manual_seed(0), **kw)
+    out = super_resolve(tiny_model, lr, (16, 16), generator=torch.Generator().manual_seed(0),
+                        denoise=GraphedDenoiser(tiny_model, torch.bfloat16, graphs=False), **kw)
+    assert 0 < (out - ref).abs().max() < 0.04  # bf16 keeps ~3 significant digits (0.04 of [-1, 1])
     with pytest.raises(ValueError, match="precision must be one of"):
         idm_rt.Upscaler(tiny_model, precision="int8")
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_half_precision_autocast_is_refused_on_a_cpu(tiny_model, precision):
+    with pytest.raises(ValueError, match=f"precision='{precision}' is autocast for GPUs: on a CPU.*use 'fp32'"):
+        idm_rt.Upscaler(tiny_model, precision=precision)
 
 
 def test_tiled_output_follows_the_untiled_one_without_jumps_at_tile_edges(tiny_model):
