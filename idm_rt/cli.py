@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Upscale image files by any real factor (or to a given size).")
     up.add_argument("inputs", nargs="+", metavar="IN", help="image files, folders (all images inside) or globs")
     up.add_argument("-o", "--output", required=True, metavar="OUT",
-                    help="output file (one input) or folder (written as OUT/<name>.png)")
+                    help="output file (one input) or folder (written as OUT/<name>.png; several inputs need one)")
     g = up.add_mutually_exclusive_group(required=True)
     g.add_argument("--scale", type=float, help="magnification > 1, e.g. 4 or 3.3; the output is round(h*s) x round(w*s)")
     g.add_argument("--size", type=_size, metavar="WxH", help="explicit output size, e.g. 1920x1080")
@@ -219,8 +219,13 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     if not files:
         return 1
     out = Path(args.output)
+    named_image = out.suffix.lower() in IMAGE_SUFFIXES and not out.is_dir()
+    if len(files) > 1 and named_image:
+        print(f"error: {len(files)} input images need an output folder, not the file name {out} (-o FOLDER writes "
+              "FOLDER/<name>.png)", file=sys.stderr)
+        return 1
     to_folder = len(files) > 1 or out.is_dir() or not out.suffix
-    if not to_folder and out.suffix.lower() not in IMAGE_SUFFIXES:
+    if not to_folder and not named_image:
         print(f"error: unknown output image type {out.suffix!r} (use one of {sorted(IMAGE_SUFFIXES)})",
               file=sys.stderr)
         return 1

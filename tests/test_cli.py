@@ -269,3 +269,13 @@ def test_half_precision_on_a_cpu_is_refused_before_any_work(setup, capsys):
                  "--model", str(tmp / "model")]) == 1
     assert "error: precision='fp16' is autocast for GPUs" in capsys.readouterr().err
     assert not (tmp / "h.png").exists()
+
+
+def test_several_inputs_and_an_output_file_name_are_refused(setup, capsys):
+    from idm_rt.cli import main
+
+    tmp, src = setup
+    assert main(["upscale", str(src / "a.png"), str(src / "sub" / "c.png"), "-o", str(tmp / "single.png"), "--scale",
+                 "2", "--model", str(tmp / "model")]) == 1
+    assert "2 input images need an output folder, not the file name" in capsys.readouterr().err
+    assert not (tmp / "single.png").exists()
