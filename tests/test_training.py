@@ -319,3 +319,17 @@ def test_evaluate_skips_images_an_integer_scale_crops_below_the_ssim_window(tmp_
     images = [("a", torch.zeros(3, 19, 19, dtype=torch.uint8)), ("b", torch.zeros(3, 20, 20, dtype=torch.uint8))]
     assert [n for n, _ in large_enough(images, [4])] == ["b"]  # 19 -> 16 - 2 x 4 = 8 < 11; 20 -> 12
     assert "skipped a: 19x19 is too small to evaluate at 4x" in capsys.readouterr().err
+
+
+def test_resuming_nothing_is_an_error_naming_the_folder(tmp_path, capsys):
+    from training.train import main
+
+    assert main(["--resume", "--out", str(tmp_path / "TYPO")]) == 2
+    assert f"nothing to resume: {tmp_path / 'TYPO'} holds no run" in capsys.readouterr().err
+    assert not (tmp_path / "TYPO").exists()
+    make_folder(tmp_path / "data")
+    trainer = Trainer(config(tmp_path))
+    (tmp_path / "run").mkdir()  # a run stopped before its first checkpoint
+    with pytest.raises(FileNotFoundError, match=f"nothing to resume: {tmp_path / 'run' / 'checkpoints'} holds no"):
+        trainer.fit(resume=True)
+    assert trainer.step == 0 and not (tmp_path / "run" / "log.csv").exists()

@@ -193,8 +193,10 @@ class Trainer:
         there, so that ``--resume`` continues exactly; a second Ctrl-C stops at once, without one."""
         cfg = self.cfg
         if resume:
-            tqdm.write(f"resumed at step {self.step}" if self.resume()
-                       else f"nothing to resume in {self.ckpt_dir}: starting a new run")
+            if not self.resume():
+                raise FileNotFoundError(f"nothing to resume: {self.ckpt_dir} holds no checkpoint; drop --resume to "
+                                        "start the run again")
+            tqdm.write(f"resumed at step {self.step}")
         log = CsvLog(self.out / "log.csv") if self.rank == 0 else None
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
