@@ -333,3 +333,15 @@ def test_resuming_nothing_is_an_error_naming_the_folder(tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match=f"nothing to resume: {tmp_path / 'run' / 'checkpoints'} holds no"):
         trainer.fit(resume=True)
     assert trainer.step == 0 and not (tmp_path / "run" / "log.csv").exists()
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_a_truncated_jpeg_is_skipped_by_the_folder_scan(tmp_path, progressive):
+    make_folder(tmp_path / "data", n=2)
+    photo = Image.fromarray((np.random.default_rng(0).random((6, 8, 3)) * 255).astype(np.uint8))
+    photo.resize((160, 120), Image.BICUBIC).save(tmp_path / "whole.jpg", quality=90, progressive=progressive)
+    data = (tmp_path / "whole.jpg").read_bytes()
+    (tmp_path / "data" / "cut.jpg").write_bytes(data[: len(data) // 2])  # headers whole, pixel data cut
+    scan = scan_folder(tmp_path / "data", min_size=16)
+    reasons = {p.name: why for p, why in scan.skipped}
+    assert "cut.jpg" not in [p.name for p in scan.images] and "truncated" in reasons["cut.jpg"]

@@ -28,7 +28,7 @@ class FolderScan:
 
 
 def scan_folder(folder: str | Path, min_size: int) -> FolderScan:
-    """All images under ``folder`` (recursive), opened once to check they decode and are large enough.
+    """All images under ``folder`` (recursive), each decoded once to check it is whole and large enough.
 
     Raises:
         FileNotFoundError: the folder does not exist.
@@ -41,10 +41,10 @@ def scan_folder(folder: str | Path, min_size: int) -> FolderScan:
     for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
         try:
             with Image.open(path) as im:
-                im.verify()
-            with Image.open(path) as im:
                 w, h = im.size
                 high_bit = im.mode in ("F", "I")
+                im.draft(im.mode, (max(1, w // 8), max(1, h // 8)))  # a JPEG at 1/8 scale: every byte still read
+                im.load()  # a truncated file fails only here (verify() decodes no pixel data)
             if high_bit:  # the modes whose values can be unusable (NaN, out of range): decode them now
                 load_rgb(path)
         except Exception as e:  # PIL raises many types for broken files
