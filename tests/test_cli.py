@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -279,3 +281,34 @@ def test_several_inputs_and_an_output_file_name_are_refused(setup, capsys):
                  "2", "--model", str(tmp / "model")]) == 1
     assert "2 input images need an output folder, not the file name" in capsys.readouterr().err
     assert not (tmp / "single.png").exists()
+
+
+def _no_space(state, path, *args, **kwargs):
+    Path(path).write_bytes(b"partly written")
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def safetensors_no_space(state, path, *args, **kwargs):
+    from safetensors import SafetensorError
+
+    Path(path).write_bytes(b"partly written")
+    raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+
+@pytest.mark.parametrize("writer", [_no_space, safetensors_no_space])
+def test_convert_on_a_full_disk_is_one_line_and_leaves_nothing_behind(setup, monkeypatch, capsys, tiny_model, writer):
+    from idm_rt import checkpoints
+    from idm_rt.cli import main
+
+    tmp, src = setup
+    monkeypatch.setattr(checkpoints, "load_model", lambda *a, **k: tiny_model)  # any readable checkpoint
+    monkeypatch.setattr(checkpoints, "save_file", writer)
+    target = tmp / "new" / "face8x"
+    assert main(["convert", str(src / "a.png"), str(target), "--max-scale", "4"]) == 1
+    assert capsys.readouterr().err.strip() == (f"error: cannot write {target}: [Errno 28] No space left on device"
+                                               if writer is _no_space else f"error: cannot write {target}: Error "
+                                               "while serializing: I/O error: No space left on device (os error 28)")
+    assert not (tmp / "new").exists()  # the folders it made are gone again
+    before = {p.name: p.read_bytes() for p in (tmp / "model").iterdir()}
+    assert main(["convert", str(src / "a.png"), str(tmp / "model"), "--max-scale", "4", "--overwrite"]) == 1
+    assert {p.name: p.read_bytes() for p in (tmp / "model").iterdir()} == before  # the old model, whole

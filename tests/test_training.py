@@ -22,6 +22,7 @@ from training.data import scan_folder
 from training.trainer import Trainer
 
 from .conftest import ROOT, TINY
+from .test_cli import safetensors_no_space
 
 NETWORK = {k: v for k, v in TINY.to_dict().items()}
 
@@ -345,3 +346,21 @@ def test_a_truncated_jpeg_is_skipped_by_the_folder_scan(tmp_path, progressive):
     scan = scan_folder(tmp_path / "data", min_size=16)
     reasons = {p.name: why for p, why in scan.skipped}
     assert "cut.jpg" not in [p.name for p in scan.images] and "truncated" in reasons["cut.jpg"]
+
+
+def test_bundle_on_a_full_disk_leaves_the_shipped_model_as_it_was(tmp_path, monkeypatch, capsys):
+    from idm_rt import checkpoints
+    from training import bundle
+
+    make_folder(tmp_path / "data")
+    Trainer(config(tmp_path, steps=3, ckpt_every=3)).fit()
+    ckpt = tmp_path / "run" / "checkpoints" / "step_00000003"
+    out = tmp_path / "default"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"shipped")
+    monkeypatch.setattr(checkpoints, "save_file", safetensors_no_space)
+    assert bundle.main([str(ckpt), "--out", str(out)]) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir() if "default" in p.name] == ["default"]  # no staging folder left
+    assert [p.name for p in out.iterdir()] == ["model.safetensors"]
+    assert (out / "model.safetensors").read_bytes() == b"shipped"
