@@ -3,7 +3,9 @@
 from .checkpoints import CheckpointMismatch, load_model, save_model
 from .config import IDMConfig, preset
 from .model import IDM, Conditioning
+from .threads import configure_threads
 from .upscaler import Upscaler
 
-__all__ = ["Upscaler", "IDM", "IDMConfig", "Conditioning", "CheckpointMismatch", "load_model", "save_model", "preset"]
+__all__ = ["Upscaler", "IDM", "IDMConfig", "Conditioning", "CheckpointMismatch", "load_model", "save_model", "preset",
+           "configure_threads"]
 __version__ = "0.1.0"

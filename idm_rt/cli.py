@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from .fileio import atomic_write
 from .images import HIGH_BIT_MODES, IMAGE_SUFFIXES, upright
 from .pipeline import INITS
+from .threads import add_threads_argument, configure_threads
 
 UPSCALE_EXAMPLES = """examples:
   python -m idm_rt upscale photo.png -o photo_x4.png --scale 4
@@ -105,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="largest training scale of a released .pth (8 for the face model, 4 for DIV2K; default 8)")
     up.add_argument("--overwrite", action="store_true", help="replace existing output files")
     up.add_argument("--max-pixels", type=_pixels, default=64_000_000, help="largest output accepted (default 64e6)")
+    add_threads_argument(up)
 
     cv = sub.add_parser("convert", help="convert a released .pth checkpoint to the project format",
                         description="Convert a released IDM .pth into a folder with model.safetensors and "
@@ -213,6 +215,7 @@ def save_image(image: Image.Image, target: Path) -> None:
 def cmd_upscale(args: argparse.Namespace) -> int:
     from .upscaler import Upscaler
 
+    configure_threads(args.threads)
     files, problems = expand_inputs(args.inputs)
     for msg in problems:
         print(f"error: {msg}", file=sys.stderr)

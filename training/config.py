@@ -52,7 +52,7 @@ class TrainConfig:
     val_init: str = "noise"  # noise | bicubic | estimate (a diffused start at val_init_level)
     val_init_level: float = 0.5
     val_consistency: int = 0  # back-projection passes per validation step (idm_rt.consistency)
-    threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    threads: int = 0  # torch CPU threads; 0: the CPUs this process may use (idm_rt.configure_threads)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":

@@ -15,6 +15,8 @@ import json
 import sys
 from pathlib import Path
 
+from idm_rt.threads import add_threads_argument
+
 from .config import PRESETS, TrainConfig, resolve
 from .trainer import Trainer
 
@@ -35,13 +37,15 @@ def main(argv: list[str] | None = None) -> int:
                          "(OUT/train_config.json) and the changes given here (--steps, --set, --data), or "
                          "with --preset/--config in full; changed options are printed; an error when --out holds no "
                          "checkpoint")
+    add_threads_argument(ap)  # the threads option
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="override any option, e.g. batch=16 network.dropout=0.1")
     args = ap.parse_args(argv)
     overrides = list(args.set)
-    for key, value in (("data", args.data), ("val_data", args.val_data), ("out", args.out), ("steps", args.steps)):
+    for key, value in (("data", args.data), ("val_data", args.val_data), ("out", args.out), ("steps", args.steps),
+                       ("threads", args.threads)):
         if value is not None:
-            overrides.append(f"{key}={value}" if key == "steps" else f'{key}="{value}"')
+            overrides.append(f"{key}={value}" if isinstance(value, int) else f'{key}="{value}"')
     try:
         cfg = resolved(args, overrides)
         trainer = Trainer(cfg)

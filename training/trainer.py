@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from idm_rt import IDM, load_model, preset, save_model
 from idm_rt.pipeline import super_resolve
 from idm_rt.resize import downscale, upscale
+from idm_rt.threads import configure_threads
 
 from .config import TrainConfig
 from .data import PairSampler, center_crop, load_rgb, sample_scale, scan_folder
@@ -67,8 +68,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, device: str | None = None):
         self.cfg = cfg
         self.rank, self.world = init_distributed()
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        configure_threads(cfg.threads or None)
         if device is None:
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
