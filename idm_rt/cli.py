@@ -173,6 +173,8 @@ def save_mode(mode: str, fmt: str) -> str:
     else:
         nearest = ("RGBA", "RGB") if alpha else ("RGB",)
     return next(m for m in nearest if m in allowed)
+
+
 def output_targets(files: list[Path], out: Path, to_folder: bool) -> list[Path]:
     """Where each input goes: ``OUT/<stem>.png`` in folder mode (``<name>.png`` for inputs sharing a
     stem, then ``-2``, ``-3``... for same-named files from different folders), so none overwrites another."""
