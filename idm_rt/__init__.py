@@ -4,7 +4,9 @@ from .checkpoints import CheckpointMismatch, load_model, save_model
 from .config import IDMConfig, preset
 from .model import IDM, Conditioning
 from .sampling import SamplingSettings
+from .threads import configure_threads
 from .upscaler import Upscaler
 
-__all__ = ["Upscaler", "SamplingSettings", "IDM", "IDMConfig", "Conditioning", "CheckpointMismatch", "load_model", "save_model", "preset"]
+__all__ = ["Upscaler", "SamplingSettings", "IDM", "IDMConfig", "Conditioning", "CheckpointMismatch", "load_model",
+           "save_model", "preset", "configure_threads"]
 __version__ = "0.1.0"

@@ -22,6 +22,7 @@ from . import upscaler
 from .backends import BACKENDS
 from .buckets import DEFAULT_TILES, parse_batch, parse_list, parse_size, plan_buckets, route, rule_text
 from .config import check_max_scale
+from .threads import add_threads_argument, configure_threads
 
 EXAMPLES = """examples:
   python -m idm_rt.build --engine fp32 --backend onnxruntime
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "(fewer multiplications: faster with ONNX Runtime on a CPU, slower than cuDNN on a GPU); "
                          "auto (default): winograd for --backend onnxruntime --engine fp32, else direct")
     ap.add_argument("--force", action="store_true", help="rebuild everything, even what the manifest says matches")
+    add_threads_argument(ap)
     ap.add_argument("--explain", action="store_true",
                     help="print the buckets and which bucket each --scales request uses, then stop")
     return ap
@@ -86,6 +88,7 @@ def explain(buckets, scales, size, multiple: int | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
+    configure_threads(args.threads)
     try:
         scales, size, buckets = _plan(args)
     except ValueError as e:

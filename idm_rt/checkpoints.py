@@ -12,10 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .backends.engine_dir import MANIFEST_NAME
@@ -138,9 +140,13 @@ def _load_state(model: IDM, state: dict[str, torch.Tensor], source: str, unexpec
 
 def save_model(model: IDM, folder: str | os.PathLike, dtype: torch.dtype = torch.float32,
                provenance: dict[str, Any] | None = None) -> Path:
-    """Write ``folder/model.safetensors`` and ``folder/config.json`` (atomically, each via a temp file)."""
+    """Write ``folder/model.safetensors`` and ``folder/config.json``, each via a temp file.
+
+    Raises:
+        OSError: they cannot be written (a full disk, ...). Nothing is left behind: a model already
+            in ``folder`` is kept whole, and folders this call created are removed again.
+    """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
     meta = {
         "format": FORMAT,
@@ -150,8 +156,23 @@ def save_model(model: IDM, folder: str | os.PathLike, dtype: torch.dtype = torch
         "provenance": provenance or model.provenance,
         "defaults": model.recommended.to_dict() if model.recommended else {},
     }
-    atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(state, p))
-    atomic_write(folder / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
+
+    def write(weights_tmp: str) -> None:
+        """The weights into their temp file, then the config into place; the weights are renamed in
+        last, so that a failure on the way leaves a model already in ``folder`` as it was."""
+        try:
+            save_file(state, weights_tmp)
+        except SafetensorError as e:  # safetensors' own type, also for a full disk
+            raise OSError(str(e)) from None
+        atomic_write(folder / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
+
+    created = next((p for p in reversed([folder, *folder.parents]) if not p.exists()), None)
+    try:
+        atomic_write(folder / WEIGHTS_NAME, write)
+    except BaseException:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
     return folder
 
 

@@ -9,13 +9,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageMode
 from tqdm.auto import tqdm
 
 from .fileio import atomic_write
-from .images import IMAGE_SUFFIXES
 from . import sampling
-
+from .images import HIGH_BIT_MODES, IMAGE_SUFFIXES, upright
+from .threads import add_threads_argument, configure_threads
 
 UPSCALE_EXAMPLES = """examples:
   python -m idm_rt upscale photo.png -o photo_x4.png --scale 4
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Upscale image files by any real factor (or to a given size).")
     up.add_argument("inputs", nargs="+", metavar="IN", help="image files, folders (all images inside) or globs")
     up.add_argument("-o", "--output", required=True, metavar="OUT",
-                    help="output file (one input) or folder (written as OUT/<name>.png)")
+                    help="output file (one input) or folder (written as OUT/<name>.png; several inputs need one)")
     g = up.add_mutually_exclusive_group(required=True)
     g.add_argument("--scale", type=float, help="magnification > 1, e.g. 4 or 3.3; the output is round(h*s) x round(w*s)")
     g.add_argument("--size", type=_size, metavar="WxH", help="explicit output size, e.g. 1920x1080")
@@ -69,9 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                                              "model, 16 for released)")
     up.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cpu; cuda for TensorRT --engines)")
     up.add_argument("--precision", choices=("fp32", "fp16", "bf16"),
-                    help="U-Net precision: fp32 (default) or fp16/bf16 autocast (GPUs); with --backend, the "
-                         "precision its engines are built in (fp32 or fp16; default fp32 for onnxruntime, fp16 for "
-                         "tensorrt); --engines keep their build's")
+                    help="U-Net precision: fp32 (default) or fp16/bf16 autocast (GPUs only: many times slower on "
+                         "a CPU, so refused there); with --backend, the precision its engines are built in (fp32 or "
+                         "fp16; default fp32 for onnxruntime, fp16 for tensorrt); --engines keep their build's")
     src = up.add_mutually_exclusive_group()
     src.add_argument("--model", help="checkpoint: released .pth or project folder (default: the bundled model)")
     src.add_argument("--engines", metavar="DIR",
@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="largest training scale of a released .pth (8 for the face model, 4 for DIV2K; default 8)")
     up.add_argument("--overwrite", action="store_true", help="replace existing output files")
     up.add_argument("--max-pixels", type=_pixels, default=64_000_000, help="largest output accepted (default 64e6)")
+    add_threads_argument(up)
 
     cv = sub.add_parser("convert", help="convert a released .pth checkpoint to the project format",
                         description="Convert a released IDM .pth into a folder with model.safetensors and "
@@ -126,13 +127,31 @@ def image_format(path: Path) -> str:
                                                                                    path.suffix[1:].upper())
 
 
-# Modes a format cannot store, and what to save instead: JPEG has no alpha and no 16-bit, WebP only
-# 8-bit RGB(A), BMP no 16-bit or gray alpha, PNG no float (16-bit keeps its precision); TIFF has all.
-_HIGH_BIT = ("I;16", "I", "F")
-SAVE_MODES = {"JPEG": {"RGBA": "RGB", "LA": "L", **dict.fromkeys(_HIGH_BIT, "L")},
-              "WEBP": {"L": "RGB", "LA": "RGBA", **dict.fromkeys(_HIGH_BIT, "RGB")},
-              "BMP": {"LA": "RGBA", **dict.fromkeys(_HIGH_BIT, "L")},
-              "PNG": {"I": "I;16", "F": "I;16"}}
+# The modes each output format is saved in (all Pillow's writers hold); an image in another mode is
+# saved in the nearest of them (save_mode): JPEG has no alpha and no 16-bit, WebP only 8-bit RGB(A),
+# BMP no 16-bit or gray alpha, PNG no float or colour spaces other than RGB; TIFF holds most.
+FORMAT_MODES = {"PNG": ("L", "LA", "RGB", "RGBA", "I;16", "I;16B"),
+                "JPEG": ("L", "RGB", "RGBX", "CMYK", "YCbCr"),
+                "WEBP": ("RGB", "RGBA"),
+                "BMP": ("L", "RGB", "RGBA"),
+                "TIFF": ("L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "I", "I;16", "I;16L", "I;16B", "F")}
+
+
+def save_mode(mode: str, fmt: str) -> str:
+    """``mode`` when ``fmt`` holds it, else the nearest mode it does: high-bit gray as 16-bit, else
+    8-bit gray, else RGB; gray stays gray and alpha stays where the format allows."""
+    allowed = FORMAT_MODES[fmt]
+    if mode in allowed:
+        return mode
+    bands = ImageMode.getmode(mode).bands
+    alpha = len(bands) in (2, 4) and bands[-1] in ("A", "a")
+    if mode in HIGH_BIT_MODES:
+        nearest = ("I;16", "L", "RGB")
+    elif bands[0] == "L" and len(bands) <= 2:
+        nearest = ("LA", "RGBA", "L", "RGB") if alpha else ("L", "RGB")
+    else:
+        nearest = ("RGBA", "RGB") if alpha else ("RGB",)
+    return next(m for m in nearest if m in allowed)
 
 
 def output_targets(files: list[Path], out: Path, to_folder: bool) -> list[Path]:
@@ -154,7 +173,9 @@ def output_targets(files: list[Path], out: Path, to_folder: bool) -> list[Path]:
 
 def convert_mode(image: Image.Image, mode: str) -> Image.Image:
     """``image`` in ``mode``, scaling 16-bit and float ([0, 1]) gray to the target's bit depth."""
-    if image.mode in _HIGH_BIT:
+    if image.mode == "La":  # Pillow converts premultiplied gray only to LA
+        image = image.convert("LA")
+    if image.mode in HIGH_BIT_MODES:
         arr = np.asarray(image, dtype=np.float64) * (65535.0 if image.mode == "F" else 1.0)  # 16-bit range
         if mode == "I;16":
             return Image.fromarray(np.clip(arr + 0.5, 0, 65535).astype(np.uint16))
@@ -165,8 +186,8 @@ def convert_mode(image: Image.Image, mode: str) -> Image.Image:
 def save_image(image: Image.Image, target: Path) -> None:
     """Atomic save in the format the suffix names, converting modes that format cannot hold."""
     fmt = image_format(target)
-    mode = SAVE_MODES.get(fmt, {}).get(image.mode)
-    if mode:
+    mode = save_mode(image.mode, fmt)
+    if mode != image.mode:
         tqdm.write(f"note: {fmt} cannot store mode {image.mode}; saving {target.name} as {mode}")
         image = convert_mode(image, mode)
     atomic_write(target, lambda tmp: image.save(tmp, format=fmt))
@@ -175,14 +196,20 @@ def save_image(image: Image.Image, target: Path) -> None:
 def cmd_upscale(args: argparse.Namespace) -> int:
     from .upscaler import Upscaler
 
+    configure_threads(args.threads)
     files, problems = expand_inputs(args.inputs)
     for msg in problems:
         print(f"error: {msg}", file=sys.stderr)
     if not files:
         return 1
     out = Path(args.output)
+    named_image = out.suffix.lower() in IMAGE_SUFFIXES and not out.is_dir()
+    if len(files) > 1 and named_image:
+        print(f"error: {len(files)} input images need an output folder, not the file name {out} (-o FOLDER writes "
+              "FOLDER/<name>.png)", file=sys.stderr)
+        return 1
     to_folder = len(files) > 1 or out.is_dir() or not out.suffix
-    if not to_folder and out.suffix.lower() not in IMAGE_SUFFIXES:
+    if not to_folder and not named_image:
         print(f"error: unknown output image type {out.suffix!r} (use one of {sorted(IMAGE_SUFFIXES)})",
               file=sys.stderr)
         return 1
@@ -216,7 +243,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         try:
             with Image.open(path) as im:
                 im.load()
-                image = ImageOps.exif_transpose(im)  # upright, as viewers show it
+                image = upright(im)  # as viewers show it, and as the API reads it
         except Exception as e:  # PIL raises several types for unreadable files
             tqdm.write(f"error: cannot read {path}: {e}", file=sys.stderr)
             failed += 1

@@ -15,7 +15,7 @@ import torch
 from .backends import BACKENDS, DEFAULT_DEVICES, EngineRunner, load_runner
 from .backends.engine_dir import MANIFEST_NAME, read_manifest
 from .checkpoints import load_model
-from .images import ImageLike, from_tensor, resize_alpha, to_tensor
+from .images import ImageLike, from_tensor, resize_alpha, split_inputs, to_tensor
 from .model import IDM
 from .pipeline import super_resolve
 from .sampling import SamplingSettings
@@ -33,8 +33,8 @@ class Upscaler:
         sampling: the default :class:`~idm_rt.SamplingSettings` of :meth:`upscale` (a model folder
             recommends its own, which ``from_pretrained`` uses); ``**settings`` (``sampler``, ``steps``,
             ``init``, ``init_level``, ``consistency``, ``eta``) change single ones.
-        precision: "fp32", or "fp16"/"bf16" autocast of the U-Net (error measured by
-            ``benchmarks/gpu_check.py``).
+        precision: "fp32", or "fp16"/"bf16" autocast of the U-Net on a GPU (error measured by
+            ``benchmarks/gpu_check.py``); refused on a CPU, where it is many times slower.
         cuda_graphs: replay each U-Net call from a CUDA graph (default: on for CUDA devices).
         compile: ``torch.compile`` the U-Net (slow first call).
         tile: default HR tile side; outputs larger than this are denoised in overlapping tiles
@@ -68,6 +68,9 @@ class Upscaler:
                                  f"{self.model.manifest.precision}); TensorRT's CUDA graphs are "
                                  "runner_options={'cuda_graph': True}")
             return None
+        if PRECISIONS[precision] is not None and self.device.type == "cpu":
+            raise ValueError(f"precision={precision!r} is autocast for GPUs: on a CPU, without fast half-precision "
+                             "kernels, it runs many times slower than fp32 (15-30x measured); use 'fp32' on a CPU")
         graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
         if not (graphs or compile or PRECISIONS[precision] is not None):
             return None
@@ -177,20 +180,34 @@ class Upscaler:
                 size: tuple[int, int] | None = None, steps: int | None = None, sampler: str | None = None,
                 seed: int | None = None, tile: int | None = None, eta: float | None = None, progress: bool = True,
                 init: str | None = None, init_level: float | None = None, consistency: int | None = None):
-        """Upscale one image, or a list of them (same-size images run as one batch).
+        """Upscale one image, a list of them, or a batch tensor (same-size images run as one network batch).
 
         Args:
-            image: PIL image, HxW[xC] numpy array (uint8, uint16 or float in [0, 1]) or [C]xHxW torch
-                tensor (uint8 or float in [0, 1]); grayscale and alpha are kept.
+            image: a PIL image, an HxW[xC] numpy array (uint8, uint16 or float in [0, 1]; any byte order
+                and strides), a [C]xHxW torch tensor (channels first; uint8, uint16 or float in [0, 1]),
+                a list of these, or an N x C x H x W tensor (a batch). C is 1 (gray), 2 (gray, alpha),
+                3 (RGB) or 4 (RGBA). A PIL image is first turned upright by its EXIF orientation, as
+                the command line reads files (:func:`idm_rt.images.upright`).
             scale: any real magnification > 1 (beyond the trained range extrapolates).
             size: explicit output size (width, height) instead of scale.
             steps, sampler, init, init_level, consistency, eta: change these sampling settings of the
                 Upscaler's (see :class:`~idm_rt.SamplingSettings`) for this call.
-            seed: makes the result repeatable.
+            seed: makes the result repeatable; each image of a list or batch gets the result it gets
+                alone (to float rounding).
             tile: HR tile side (multiple of 8); 0 disables tiling; None uses the default (with engines
                 and no default, the bucket rule).
         Returns:
-            The upscaled image(s), of the same kind as the input.
+            The upscaled image(s) as the input came: a list for a list, an N x C x H' x W' tensor for a
+            batch tensor; arrays and tensors keep their dtype, channels, layout and device. PIL images
+            come back in their own mode (:data:`idm_rt.images.PIL_MODES`), except "1", which comes back
+            "L" (one bit cannot hold the upscaled edges), and "P"/"PA", which come back "RGB", or "RGBA"
+            when they have transparency (a new palette would change the colours). "La", "RGBa",
+            "RGBX", "CMYK" (K comes back 0), "YCbCr", "LAB" and "HSV" are upscaled as RGB(A) and
+            converted back by Pillow; "I", "I;16*" (0..65535) and "F" ([0, 1]) keep their depth.
+        Raises:
+            ValueError: a bad argument or image (unsupported dtype, mode or layout, NaN, out-of-range
+                values, an empty image, an output above ``max_pixels``), named in the message.
+            TypeError: a masked numpy array (its mask would be ignored).
         """
         settings = self.sampling.replace(sampler=sampler, steps=steps, init=init, init_level=init_level,
                                          consistency=consistency, eta=eta)  # checked before any work
@@ -200,8 +217,7 @@ class Upscaler:
         if seed is not None and (not isinstance(seed, numbers.Integral) or isinstance(seed, bool)
                                  or not 0 <= seed < 2**63):
             raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
-        single = not isinstance(image, (list, tuple))
-        images = [image] if single else list(image)
+        images, pack = split_inputs(image)
         if not images:
             raise ValueError("no image given")
         prepared = [to_tensor(im) for im in images]
@@ -223,4 +239,4 @@ class Upscaler:
                 _, alpha, kind = prepared[i]
                 alpha = resize_alpha(alpha, out) if alpha is not None else None
                 results[i] = from_tensor(sr[k:k + 1], alpha, kind)
-        return results[0] if single else results
+        return pack(results)

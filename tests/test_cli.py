@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -193,3 +195,120 @@ def test_a_bad_max_scale_is_not_blamed_on_the_config(setup):
     with pytest.raises(ValueError, match="max_scale") as e:
         idm_rt.load_model(tmp / "model", max_scale=0.5)
     assert "config" not in str(e.value)
+
+
+API_MODES = ["L", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "I", "I;16", "I;16L",
+             "I;16B", "I;16N", "F"]  # every mode Upscaler.upscale gives PIL images back in
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".webp", ".bmp", ".tif"])
+@pytest.mark.parametrize("mode", API_MODES)
+def test_every_mode_the_api_returns_is_saved_in_every_format(tmp_path, mode, suffix, capsys):
+    from idm_rt.cli import save_image
+
+    from .test_upscaler import pil_image
+
+    image = pil_image(mode)
+    save_image(image, tmp_path / f"x{suffix}")
+    with Image.open(tmp_path / f"x{suffix}") as saved:
+        assert saved.size == image.size
+        assert np.asarray(saved, dtype=np.float64).std() > 0  # the picture, not a flat fill
+    note = capsys.readouterr().out
+    assert ("cannot store mode" in note) == (mode not in CAN_STORE[suffix]), note
+
+
+CAN_STORE = {".png": ["L", "LA", "RGB", "RGBA", "I;16", "I;16B"], ".jpg": ["L", "RGB", "RGBX", "CMYK", "YCbCr"],
+             ".webp": ["RGB", "RGBA"], ".bmp": ["L", "RGB", "RGBA"],
+             ".tif": ["L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "I", "I;16", "I;16L", "I;16B", "F"]}
+
+
+@pytest.mark.parametrize("mode,fmt,want", [
+    ("La", "PNG", "LA"), ("La", "BMP", "RGBA"), ("La", "JPEG", "L"), ("LA", "WEBP", "RGBA"), ("L", "WEBP", "RGB"),
+    ("RGBa", "PNG", "RGBA"), ("RGBa", "JPEG", "RGB"), ("RGBX", "PNG", "RGB"), ("CMYK", "JPEG", "CMYK"),
+    ("CMYK", "PNG", "RGB"), ("YCbCr", "JPEG", "YCbCr"), ("LAB", "TIFF", "LAB"), ("LAB", "PNG", "RGB"),
+    ("HSV", "TIFF", "RGB"), ("I;16N", "PNG", "I;16"), ("I;16B", "PNG", "I;16B"), ("I;16L", "TIFF", "I;16L"),
+    ("F", "PNG", "I;16"), ("I", "JPEG", "L"), ("F", "WEBP", "RGB"), ("I;16", "BMP", "L"),
+])
+def test_modes_a_format_cannot_store_are_saved_in_the_nearest_one(mode, fmt, want):
+    from idm_rt.cli import save_mode
+
+    assert save_mode(mode, fmt) == want
+
+
+def test_a_cmyk_jpeg_is_upscaled_to_png_and_to_jpeg(setup):
+    from idm_rt.cli import main
+
+    tmp, src = setup
+    Image.open(src / "a.png").convert("CMYK").save(src / "print.jpg")
+    base = ["--scale", "2", "--steps", "1", "--model", str(tmp / "model"), "-o"]
+    assert main(["upscale", str(src / "print.jpg"), *base, str(tmp / "print.png")]) == 0
+    assert Image.open(tmp / "print.png").mode == "RGB"
+    assert main(["upscale", str(src / "print.jpg"), *base, str(tmp / "print_x2.jpg")]) == 0
+    assert Image.open(tmp / "print_x2.jpg").mode == "CMYK"
+
+
+def test_the_cli_and_the_api_give_the_same_output_for_a_rotated_photo(setup):
+    from idm_rt.cli import main
+
+    tmp, src = setup
+    im = Image.fromarray((np.random.default_rng(1).random((6, 10, 3)) * 255).astype(np.uint8))
+    exif = im.getexif()
+    exif[0x0112] = 8  # shown rotated by 90 degrees
+    im.save(src / "phone.png", exif=exif)
+    assert main(["upscale", str(src / "phone.png"), "-o", str(tmp / "p.png"), "--scale", "2", "--steps", "1",
+                 "--seed", "3", "--model", str(tmp / "model")]) == 0
+    api = idm_rt.Upscaler.from_pretrained(tmp / "model").upscale(Image.open(src / "phone.png"), scale=2, steps=1,
+                                                                  seed=3, progress=False)
+    assert api.size == (12, 20)
+    assert np.array_equal(np.asarray(Image.open(tmp / "p.png")), np.asarray(api))
+
+
+def test_half_precision_on_a_cpu_is_refused_before_any_work(setup, capsys):
+    from idm_rt.cli import main
+
+    tmp, src = setup
+    assert main(["upscale", str(src / "a.png"), "-o", str(tmp / "h.png"), "--scale", "2", "--precision", "fp16",
+                 "--model", str(tmp / "model")]) == 1
+    assert "error: precision='fp16' is autocast for GPUs" in capsys.readouterr().err
+    assert not (tmp / "h.png").exists()
+
+
+def test_several_inputs_and_an_output_file_name_are_refused(setup, capsys):
+    from idm_rt.cli import main
+
+    tmp, src = setup
+    assert main(["upscale", str(src / "a.png"), str(src / "sub" / "c.png"), "-o", str(tmp / "single.png"), "--scale",
+                 "2", "--model", str(tmp / "model")]) == 1
+    assert "2 input images need an output folder, not the file name" in capsys.readouterr().err
+    assert not (tmp / "single.png").exists()
+
+
+def _no_space(state, path, *args, **kwargs):
+    Path(path).write_bytes(b"partly written")
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def safetensors_no_space(state, path, *args, **kwargs):
+    from safetensors import SafetensorError
+
+    Path(path).write_bytes(b"partly written")
+    raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+
+@pytest.mark.parametrize("writer", [_no_space, safetensors_no_space])
+def test_convert_on_a_full_disk_is_one_line_and_leaves_nothing_behind(setup, monkeypatch, capsys, tiny_model, writer):
+    from idm_rt import checkpoints
+    from idm_rt.cli import main
+
+    tmp, src = setup
+    monkeypatch.setattr(checkpoints, "load_model", lambda *a, **k: tiny_model)  # any readable checkpoint
+    monkeypatch.setattr(checkpoints, "save_file", writer)
+    target = tmp / "new" / "face8x"
+    assert main(["convert", str(src / "a.png"), str(target), "--max-scale", "4"]) == 1
+    assert capsys.readouterr().err.strip() == (f"error: cannot write {target}: [Errno 28] No space left on device"
+                                               if writer is _no_space else f"error: cannot write {target}: Error "
+                                               "while serializing: I/O error: No space left on device (os error 28)")
+    assert not (tmp / "new").exists()  # the folders it made are gone again
+    before = {p.name: p.read_bytes() for p in (tmp / "model").iterdir()}
+    assert main(["convert", str(src / "a.png"), str(tmp / "model"), "--max-scale", "4", "--overwrite"]) == 1
+    assert {p.name: p.read_bytes() for p in (tmp / "model").iterdir()} == before  # the old model, whole

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ from training.data import scan_folder
 from training.trainer import Trainer
 
 from .conftest import ROOT, TINY
+from .test_cli import safetensors_no_space
 
 NETWORK = {k: v for k, v in TINY.to_dict().items()}
 
@@ -319,3 +321,145 @@ def test_evaluate_skips_images_an_integer_scale_crops_below_the_ssim_window(tmp_
     images = [("a", torch.zeros(3, 19, 19, dtype=torch.uint8)), ("b", torch.zeros(3, 20, 20, dtype=torch.uint8))]
     assert [n for n, _ in large_enough(images, [4])] == ["b"]  # 19 -> 16 - 2 x 4 = 8 < 11; 20 -> 12
     assert "skipped a: 19x19 is too small to evaluate at 4x" in capsys.readouterr().err
+
+
+def test_resuming_nothing_is_an_error_naming_the_folder(tmp_path, capsys):
+    from training.train import main
+
+    assert main(["--resume", "--out", str(tmp_path / "TYPO")]) == 2
+    assert f"nothing to resume: {tmp_path / 'TYPO'} holds no run" in capsys.readouterr().err
+    assert not (tmp_path / "TYPO").exists()
+    make_folder(tmp_path / "data")
+    trainer = Trainer(config(tmp_path))
+    (tmp_path / "run").mkdir()  # a run stopped before its first checkpoint
+    with pytest.raises(FileNotFoundError, match=f"nothing to resume: {tmp_path / 'run' / 'checkpoints'} holds no"):
+        trainer.fit(resume=True)
+    assert trainer.step == 0 and not (tmp_path / "run" / "log.csv").exists()
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_a_truncated_jpeg_is_skipped_by_the_folder_scan(tmp_path, progressive):
+    make_folder(tmp_path / "data", n=2)
+    photo = Image.fromarray((np.random.default_rng(0).random((6, 8, 3)) * 255).astype(np.uint8))
+    photo.resize((160, 120), Image.BICUBIC).save(tmp_path / "whole.jpg", quality=90, progressive=progressive)
+    data = (tmp_path / "whole.jpg").read_bytes()
+    (tmp_path / "data" / "cut.jpg").write_bytes(data[: len(data) // 2])  # headers whole, pixel data cut
+    scan = scan_folder(tmp_path / "data", min_size=16)
+    reasons = {p.name: why for p, why in scan.skipped}
+    assert "cut.jpg" not in [p.name for p in scan.images] and "truncated" in reasons["cut.jpg"]
+
+
+class _Mkdir:
+    """Unpickles by creating a folder: a stand-in for a malicious pickle (loading must not run it)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return os.mkdir, (self.path,)
+
+
+def _damage(kind: str, state, tmp_path):
+    if kind == "truncated":
+        state.write_bytes(state.read_bytes()[:200])
+    elif kind == "empty":
+        state.write_bytes(b"")
+    elif kind == "random":
+        state.write_bytes(np.random.default_rng(0).bytes(4000))
+    elif kind == "a list":
+        torch.save([1, 2, 3], state)
+    elif kind == "missing keys":
+        torch.save({"step": 2}, state)
+    elif kind == "a bad step":
+        saved = torch.load(state, weights_only=True)
+        torch.save({**saved, "step": "two"}, state)
+    elif kind == "a malicious pickle":
+        torch.save({"step": _Mkdir(tmp_path / "PWNED")}, state)
+
+
+@pytest.mark.parametrize("kind", ["truncated", "empty", "random", "a list", "missing keys", "a bad step",
+                                  "a malicious pickle"])
+def test_a_damaged_trainer_state_is_one_line_naming_the_file(tmp_path, capsys, kind):
+    from training.train import main
+
+    make_folder(tmp_path / "data")
+    out = tmp_path / "run"
+    assert main(["--data", str(tmp_path / "data"), "--out", str(out), "--steps", "2", "--set", *TINY_SET]) == 0
+    state = out / "checkpoints" / "step_00000002" / "trainer_state.pt"
+    _damage(kind, state, tmp_path)
+    capsys.readouterr()
+    assert main(["--resume", "--out", str(out), "--steps", "4"]) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith(f"error: {state} cannot be resumed from (") and "Traceback" not in err
+    assert not (tmp_path / "PWNED").exists()  # no pickled code ran
+
+
+def test_rotation_and_resume_leave_what_is_not_a_checkpoint_alone(tmp_path):
+    make_folder(tmp_path / "data")
+    ckpts = tmp_path / "run" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    (ckpts / "step_00000000_notes.txt").write_text("mine")
+    (ckpts / "step_00000001").mkdir()  # named like a checkpoint, but not one
+    (ckpts / "step_00000001" / "keep.txt").write_text("mine too")
+    (ckpts / "step_99999999").mkdir()
+    trainer = Trainer(config(tmp_path, steps=6, ckpt_every=2, keep_last=1))
+    trainer.fit()
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step_00000000_notes.txt", "step_00000001", "step_00000006",
+                                                       "step_99999999"]
+    assert (ckpts / "step_00000001" / "keep.txt").read_text() == "mine too"
+    resumed = Trainer(config(tmp_path, steps=6, ckpt_every=2, keep_last=1))
+    assert resumed.resume() and resumed.step == 6
+
+
+def test_a_folder_in_the_way_of_a_checkpoint_is_not_replaced(tmp_path, capsys):
+    from training.train import main
+
+    make_folder(tmp_path / "data")
+    out = tmp_path / "run"
+    (out / "checkpoints" / "step_00000002").mkdir(parents=True)
+    (out / "checkpoints" / "step_00000002" / "mine.txt").write_text("mine")
+    assert main(["--data", str(tmp_path / "data"), "--out", str(out), "--steps", "2", "--set", *TINY_SET]) == 1
+    assert "step_00000002 exists and is not a checkpoint" in capsys.readouterr().err
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_00000002"]
+    assert (out / "checkpoints" / "step_00000002" / "mine.txt").read_text() == "mine"
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("where", ["weights", "trainer state"])
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_leaves_nothing_behind(tmp_path, capsys, monkeypatch, where):
+    from idm_rt import checkpoints
+    from training.train import main
+
+    make_folder(tmp_path / "data")
+    if where == "weights":
+        monkeypatch.setattr(checkpoints, "save_file", safetensors_no_space)
+    else:
+        monkeypatch.setattr(torch, "save", lambda obj, f, *a, **k: f.write(b"partly") and _no_space())
+    out = tmp_path / "run"
+    assert main(["--data", str(tmp_path / "data"), "--out", str(out), "--steps", "2", "--set", *TINY_SET]) == 1
+    err = capsys.readouterr().err
+    last = err.splitlines()[-1]  # (after the progress bar)
+    assert last.startswith(f"error: cannot write checkpoint {out / 'checkpoints' / 'step_00000002'}: ")
+    assert "No space left on device" in last and "Traceback" not in err
+    assert not list((out / "checkpoints").glob("*"))  # (the folder itself may have gone with what the save made)
+
+
+def test_bundle_on_a_full_disk_leaves_the_shipped_model_as_it_was(tmp_path, monkeypatch, capsys):
+    from idm_rt import checkpoints
+    from training import bundle
+
+    make_folder(tmp_path / "data")
+    Trainer(config(tmp_path, steps=3, ckpt_every=3)).fit()
+    ckpt = tmp_path / "run" / "checkpoints" / "step_00000003"
+    out = tmp_path / "default"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"shipped")
+    monkeypatch.setattr(checkpoints, "save_file", safetensors_no_space)
+    assert bundle.main([str(ckpt), "--out", str(out)]) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir() if "default" in p.name] == ["default"]  # no staging folder left
+    assert [p.name for p in out.iterdir()] == ["model.safetensors"]
+    assert (out / "model.safetensors").read_bytes() == b"shipped"

@@ -207,16 +207,25 @@ def test_model_folder_defaults_are_used(tiny_model, tmp_path):
 
 
 def test_bf16_autocast_path_stays_close_to_fp32(tiny_model):
-    """The static-buffer denoiser of idm_rt.cuda_graph, run eagerly on the CPU with bf16 autocast."""
-    image = rgb(8, 8).astype(np.float32) / 255
-    kw = dict(scale=2, seed=0, progress=False, init="bicubic", init_level=0.9)  # no 1/g amplification
-    ref = idm_rt.Upscaler(tiny_model, steps=3).upscale(image, **kw)
-    fast = idm_rt.Upscaler(tiny_model, steps=3, precision="bf16")
-    assert fast.denoise is not None
-    out = fast.upscale(image, **kw)
-    assert 0 < np.abs(out - ref).max() < 0.02  # bf16 keeps ~3 significant digits
+    """The static-buffer denoiser of idm_rt.cuda_graph, run eagerly on the CPU with bf16 autocast (the
+    Upscaler's U-Net call on a GPU; it refuses autocast on a CPU)."""
+    from idm_rt.cuda_graph import GraphedDenoiser
+    from idm_rt.pipeline import super_resolve
+
+    lr = torch.from_numpy(rgb(8, 8)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    settings = idm_rt.SamplingSettings(steps=3, init="bicubic", init_level=0.9)  # no 1/g amplification
+    ref = super_resolve(tiny_model, lr, (16, 16), settings, scale=2.0, generator=torch.Generator().manual_seed(0))
+    out = super_resolve(tiny_model, lr, (16, 16), settings, scale=2.0, generator=torch.Generator().manual_seed(0),
+                        denoise=GraphedDenoiser(tiny_model, torch.bfloat16, graphs=False))
+    assert 0 < (out - ref).abs().max() < 0.04  # bf16 keeps ~3 significant digits (0.04 of [-1, 1])
     with pytest.raises(ValueError, match="precision must be one of"):
         idm_rt.Upscaler(tiny_model, precision="int8")
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_half_precision_autocast_is_refused_on_a_cpu(tiny_model, precision):
+    with pytest.raises(ValueError, match=f"precision='{precision}' is autocast for GPUs: on a CPU.*use 'fp32'"):
+        idm_rt.Upscaler(tiny_model, precision=precision)
 
 
 def test_tiled_output_follows_the_untiled_one_without_jumps_at_tile_edges(tiny_model):
@@ -254,3 +263,174 @@ def test_bad_stored_defaults_are_refused_when_loading(tiny_model, tmp_path, defa
     (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=message):
         idm_rt.Upscaler.from_pretrained(tmp_path / "m")
+
+
+def smooth_rgba(h=8, w=10, seed=0) -> np.ndarray:
+    """A smooth RGBA image with alpha in [128, 255] (premultiplying it back and forth loses little)."""
+    small = (np.random.default_rng(seed).random((3, 4, 4)) * 255).astype(np.uint8)
+    out = np.asarray(Image.fromarray(small).resize((w, h), Image.BICUBIC)).copy()
+    out[..., 3] = 128 + out[..., 3] // 2
+    return out
+
+
+# The documented policy: PIL mode -> (what it is upscaled as, the mode it comes back in).
+PIL_POLICY = {"1": ("L", "L"), "L": ("L", "L"), "LA": ("LA", "LA"), "La": ("LA", "La"), "P": ("RGB", "RGB"),
+              "P+transparency": ("RGBA", "RGBA"), "PA": ("RGBA", "RGBA"), "RGB": ("RGB", "RGB"),
+              "RGBA": ("RGBA", "RGBA"), "RGBa": ("RGBA", "RGBa"), "RGBX": ("RGB", "RGBX"), "CMYK": ("RGB", "CMYK"),
+              "YCbCr": ("RGB", "YCbCr"), "LAB": ("RGB", "LAB"), "HSV": ("RGB", "HSV")}
+HIGH_BIT = {"I": "<i4", "I;16": "<u2", "I;16L": "<u2", "I;16B": ">u2", "I;16N": "=u2", "F": "<f4"}
+
+
+def pil_image(mode: str) -> Image.Image:
+    base = Image.fromarray(smooth_rgba())
+    if mode in HIGH_BIT:
+        u16 = np.asarray(base.convert("L")).astype(np.uint16) * 257
+        values = u16 / 65535 if mode == "F" else u16
+        return Image.frombytes(mode, base.size, values.astype(HIGH_BIT[mode]).tobytes())
+    if mode.startswith("P"):
+        im = base.convert("RGB").quantize(16) if mode != "PA" else base.convert("PA")
+        if mode == "P+transparency":
+            im.info["transparency"] = 0
+        return im
+    return base.convert(mode) if "a" in mode.lower() else base.convert("RGB").convert(mode)
+
+
+@pytest.mark.parametrize("mode", list(PIL_POLICY))
+def test_every_pil_mode_comes_back_in_its_mode_or_the_documented_one(up, mode):
+    im = pil_image(mode)
+    assert im.mode == mode.split("+")[0]
+    read_as, back_as = PIL_POLICY[mode]
+    kw = {"scale": 2, "seed": 0, "progress": False}
+    out = up.upscale(im, **kw)
+    assert out.mode == back_as and out.size == (20, 16)
+    # what it must be: the upscale of the image read as read_as, converted to back_as by Pillow
+    want = Image.fromarray(up.upscale(np.asarray(im.convert(read_as)), **kw)).convert(back_as)
+    assert np.abs(np.asarray(out).astype(int) - np.asarray(want).astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("mode", list(HIGH_BIT))
+def test_high_bit_pil_modes_keep_their_mode_and_depth(up, mode):
+    im = pil_image(mode)
+    assert im.mode == mode
+    kw = {"scale": 2, "seed": 0, "progress": False}
+    out = up.upscale(im, **kw)
+    assert out.mode == mode and out.size == (20, 16)
+    values = np.asarray(im)
+    want = up.upscale(values.astype(np.uint16) if mode == "I" else values, **kw)  # as a 16-bit or float array
+    assert np.array_equal(np.asarray(out), want)
+    if mode != "F":
+        assert np.asarray(out).max() > 255  # still 16-bit, not squeezed to 8
+
+
+def test_mode_i_outside_the_16_bit_range_is_refused(up):
+    with pytest.raises(ValueError, match=r"mode I images must hold values in 0\.\.65535.*\[-5, 70000\]"):
+        up.upscale(Image.fromarray(np.array([[-5, 70000], [0, 1]], np.int32)), scale=2, progress=False)
+
+
+def test_exif_orientation_is_applied_to_pil_inputs(up):
+    im = Image.fromarray(rgb(6, 10))
+    exif = im.getexif()
+    exif[0x0112] = 6  # stored 10x6, shown rotated: 6 wide and 10 high
+    im.info["exif"] = exif.tobytes()
+    out = up.upscale(im, scale=2, seed=0, progress=False)
+    assert out.size == (12, 20)
+    shown = Image.fromarray(rgb(6, 10)).transpose(Image.Transpose.ROTATE_270)
+    assert np.array_equal(np.asarray(out), np.asarray(up.upscale(shown, scale=2, seed=0, progress=False)))
+
+
+@pytest.mark.parametrize("channels", [2, 4])
+def test_tensors_that_require_grad_are_detached(up, channels):
+    image = torch.rand(channels, 8, 8, requires_grad=True)
+    out = up.upscale(image, scale=2, seed=0, progress=False)
+    assert out.shape == (channels, 16, 16) and not out.requires_grad
+    assert torch.equal(out, up.upscale(image.detach(), scale=2, seed=0, progress=False))
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: torch.empty(3, 8, 8, device="meta"), "meta tensor has no values"),
+    (lambda: torch.rand(3, 8, 8).to_sparse(), "must be dense, got a torch.sparse_coo tensor"),
+    (lambda: torch.rand(8, 8).to_sparse_csr(), "must be dense, got a torch.sparse_csr tensor"),
+    (lambda: torch.nested.nested_tensor([torch.rand(3, 8, 8)]), "must be dense, got a nested tensor"),
+    (lambda: torch.quantize_per_tensor(torch.rand(3, 8, 8), 0.1, 0, torch.quint8), "quantized image tensors"),
+    (lambda: torch.rand(3, 8, 8, dtype=torch.complex64), "unsupported image dtype torch.complex64"),
+    (lambda: torch.ones(3, 8, 8, dtype=torch.bool), "unsupported image dtype torch.bool"),
+    (lambda: torch.ones(3, 8, 8, dtype=torch.int32), "unsupported image dtype torch.int32"),
+    (lambda: torch.rand(8, 8, 3), r"channels first.*got shape \(8, 8, 3\)"),
+    (lambda: torch.rand(1, 1, 3, 8, 8), r"got shape \(1, 1, 3, 8, 8\)"),
+    (lambda: torch.rand(2, 5, 8, 8), r"got shape \(5, 8, 8\)"),
+    (lambda: torch.empty(0, 3, 8, 8), "no image given"),
+])
+@pytest.mark.filterwarnings("ignore::UserWarning")  # torch's notes on prototype and deprecated layouts
+def test_tensors_without_plain_pixel_values_are_refused(up, make, match):
+    with pytest.raises(ValueError, match=match):
+        up.upscale(make(), scale=2, progress=False)
+
+
+def test_uint16_and_bfloat16_tensors_keep_their_dtype(up):
+    image = torch.from_numpy(rgb(8, 8).astype(np.int32) * 257).permute(2, 0, 1).to(torch.uint16)
+    out = up.upscale(image, scale=2, seed=0, progress=False)
+    assert out.dtype == torch.uint16 and out.shape == (3, 16, 16)
+    want = up.upscale(rgb(8, 8).astype(np.uint16) * 257, scale=2, seed=0, progress=False)
+    assert np.array_equal(out.permute(1, 2, 0).to(torch.int32).numpy(), want.astype(np.int32))
+    assert up.upscale(torch.rand(3, 8, 8).bfloat16(), scale=2, progress=False).dtype == torch.bfloat16
+
+
+def test_a_batch_tensor_is_upscaled_as_a_batch(up):
+    batch = torch.rand(3, 4, 8, 10)
+    out = up.upscale(batch, scale=2, seed=1, progress=False)
+    assert out.shape == (3, 4, 16, 20) and out.dtype == torch.float32
+    for image, result in zip(batch, out):  # each as alone, to float rounding (one network batch)
+        assert torch.allclose(result, up.upscale(image, scale=2, seed=1, progress=False), atol=1e-5)
+    as_bytes = (batch * 255).to(torch.uint8)
+    out8 = up.upscale(as_bytes, scale=2, seed=1, progress=False)
+    assert out8.dtype == torch.uint8 and out8.shape == (3, 4, 16, 20)
+    last = up.upscale(batch.to(memory_format=torch.channels_last), scale=2, seed=1, progress=False)
+    assert last.is_contiguous(memory_format=torch.channels_last) and torch.equal(last, out)
+
+
+@pytest.mark.parametrize("dtype", [">u2", ">f4", ">f8", "<f2"])
+def test_any_byte_order_is_accepted_and_kept(up, dtype):
+    native = np.dtype(dtype).newbyteorder("=")
+    values = rgb(8, 8).astype(np.uint16) * 257 if native.kind == "u" else rgb(8, 8) / 255
+    kw = {"scale": 2, "seed": 0, "progress": False}
+    out = up.upscale(values.astype(dtype), **kw)
+    assert out.dtype == np.dtype(dtype)
+    assert np.array_equal(out.astype(native), up.upscale(values.astype(native), **kw))
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # np.matrix
+def test_strided_read_only_and_subclassed_arrays_are_read_as_their_values(up):
+    kw = {"scale": 2, "seed": 0, "progress": False}
+    image = rgb(8, 12)
+    read_only = image.copy()
+    read_only.setflags(write=False)
+    for view in (image[::-1, ::-1], image[:, ::2], np.asfortranarray(image), read_only):
+        assert np.array_equal(up.upscale(view, **kw), up.upscale(np.ascontiguousarray(view), **kw))
+    matrix = up.upscale(np.matrix(image[..., 0]), **kw)
+    assert type(matrix) is np.ndarray and np.array_equal(matrix, up.upscale(image[..., 0].copy(), **kw))
+
+
+@pytest.mark.parametrize("h,w", [(1, 10), (10, 1), (1, 2), (2, 300)])
+def test_thin_images_upscale(up, h, w):
+    out = up.upscale(rgb(h, w), scale=2, progress=False)
+    assert out.shape == (2 * h, 2 * w, 3)
+
+
+@pytest.mark.parametrize("image,match", [
+    (np.array(3, np.uint8), r"HxW or HxWxC with C in 1\.\.4, got shape \(\)"),
+    (np.zeros((1, 1, 4, 4, 3), np.uint8), r"got shape \(1, 1, 4, 4, 3\)"),
+    (np.zeros((4, 4, 3), bool), "unsupported image dtype bool"),
+    (np.zeros((4, 4, 3), np.int64), "unsupported image dtype int64"),
+    (np.zeros((4, 4, 3), object), "unsupported image dtype object"),
+    (np.zeros((4, 4, 3), np.complex64), "unsupported image dtype complex64"),
+        (np.full((4, 4), 1e300), "float images must be in"),
+    (Image.new("F", (4, 4), 255.0), r"float images must be in \[0, 1\]"),
+])
+def test_odd_arrays_are_refused_by_name(up, image, match):
+    with pytest.raises(ValueError, match=match):
+        up.upscale(image, scale=2, progress=False)
+
+
+def test_masked_arrays_are_refused_rather_than_read_without_their_mask(up):
+    with pytest.raises(TypeError, match="masked arrays are not supported"):
+        up.upscale(np.ma.masked_array(np.zeros((4, 4, 3), np.uint8)), scale=2, progress=False)

@@ -64,7 +64,11 @@ def main(argv: list[str] | None = None) -> int:
                  "training_seconds_estimate": seconds, "images_seen_per_process": batch * prov.get("step", 0)})
     staging = args.out.with_name(f".{args.out.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
-    idm_rt.save_model(model, staging, dtype=torch.float16, provenance=prov)
+    try:
+        idm_rt.save_model(model, staging, dtype=torch.float16, provenance=prov)  # (removed again if it fails)
+    except OSError as e:
+        print(f"error: cannot write {args.out}: {e}; it was left as it was", file=sys.stderr)
+        return 1
     size = (staging / "model.safetensors").stat().st_size
     if size > MAX_BYTES:
         shutil.rmtree(staging)

@@ -48,7 +48,7 @@ class TrainConfig:
     val_every: int = 500
     val_crop: int = 128
     val_sampling: dict[str, Any] = field(default_factory=lambda: {"steps": 10})  # idm_rt.SamplingSettings fields
-    threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    threads: int = 0  # torch CPU threads; 0: the CPUs this process may use (idm_rt.configure_threads)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from idm_rt.images import IMAGE_SUFFIXES, to_tensor
 from idm_rt.resize import downscale
-
 
 
 @dataclass
@@ -29,7 +28,7 @@ class FolderScan:
 
 
 def scan_folder(folder: str | Path, min_size: int) -> FolderScan:
-    """All images under ``folder`` (recursive), opened once to check they decode and are large enough.
+    """All images under ``folder`` (recursive), each decoded once to check it is whole and large enough.
 
     Raises:
         FileNotFoundError: the folder does not exist.
@@ -42,10 +41,10 @@ def scan_folder(folder: str | Path, min_size: int) -> FolderScan:
     for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
         try:
             with Image.open(path) as im:
-                im.verify()
-            with Image.open(path) as im:
                 w, h = im.size
                 high_bit = im.mode in ("F", "I")
+                im.draft(im.mode, (max(1, w // 8), max(1, h // 8)))  # a JPEG at 1/8 scale: every byte still read
+                im.load()  # a truncated file fails only here (verify() decodes no pixel data)
             if high_bit:  # the modes whose values can be unusable (NaN, out of range): decode them now
                 load_rgb(path)
         except Exception as e:  # PIL raises many types for broken files
@@ -64,9 +63,8 @@ def load_rgb(path: Path) -> torch.Tensor:
     """(3, H, W) uint8 tensor, upright (EXIF orientation applied); 16-bit and float images are scaled
     to 8 bits as the upscaler reads them (a plain ``convert("RGB")`` clips them to flat colour)."""
     with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
         if im.mode == "F" and np.asarray(im).max() > 1:  # float in PIL's own 0..255 convention
-            im = Image.fromarray(np.asarray(im, dtype=np.float32) / 255, mode="F")
+            im = im.point(lambda v: v * (1 / 255))  # (keeps the EXIF orientation, which to_tensor applies)
         try:
             rgb, _, _ = to_tensor(im)
         except ValueError as e:

@@ -24,6 +24,7 @@ from idm_rt.fileio import atomic_write
 from idm_rt.pipeline import super_resolve
 from idm_rt.sampling import SamplingSettings
 from idm_rt.resize import downscale, upscale
+from idm_rt.threads import add_threads_argument, configure_threads
 
 from .data import center_crop, load_rgb, scan_folder
 from . import metrics
@@ -130,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tile", type=int, help="HR tile side for large images")
     ap.add_argument("--save-dir", type=Path, help="write comparison grids (bicubic | ours | HR) here")
     ap.add_argument("--json", type=Path, help="write the results as JSON here")
+    add_threads_argument(ap)
     args = ap.parse_args(argv)
+    configure_threads(args.threads)
     try:
         scales = [float(s) for s in args.scales.split(",")]
         if not all(math.isfinite(s) and s > 1 for s in scales):

@@ -15,6 +15,8 @@ import json
 import sys
 from pathlib import Path
 
+from idm_rt.threads import add_threads_argument
+
 from .config import PRESETS, TrainConfig, resolve
 from .trainer import Trainer
 
@@ -33,14 +35,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resume", action="store_true",
                     help="continue from the newest checkpoint in --out, with the run's saved options "
                          "(OUT/train_config.json) and the changes given here (--steps, --set, --data), or "
-                         "with --preset/--config in full; changed options are printed")
+                         "with --preset/--config in full; changed options are printed; an error when --out holds no "
+                         "checkpoint")
+    add_threads_argument(ap)  # the threads option
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="override any option, e.g. batch=16 network.dropout=0.1")
     args = ap.parse_args(argv)
     overrides = list(args.set)
-    for key, value in (("data", args.data), ("val_data", args.val_data), ("out", args.out), ("steps", args.steps)):
+    for key, value in (("data", args.data), ("val_data", args.val_data), ("out", args.out), ("steps", args.steps),
+                       ("threads", args.threads)):
         if value is not None:
-            overrides.append(f"{key}={value}" if key == "steps" else f'{key}="{value}"')
+            overrides.append(f"{key}={value}" if isinstance(value, int) else f'{key}="{value}"')
     try:
         cfg = resolved(args, overrides)
         trainer = Trainer(cfg)
@@ -48,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a damaged checkpoint (CheckpointError), a full disk
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return 0
@@ -59,8 +67,11 @@ def resolved(args: argparse.Namespace, overrides: list[str]) -> TrainConfig:
     given = resolve(args.preset or "small", args.config, overrides) if args.preset or args.config else None
     fresh = given or resolve("small", None, overrides)
     saved = Path(fresh.out) / SAVED_CONFIG  # --out, or out= in --set, --config or the preset
-    if not args.resume or not saved.exists():
+    if not args.resume:
         return fresh
+    if not saved.exists():
+        raise FileNotFoundError(f"nothing to resume: {fresh.out} holds no run (no {SAVED_CONFIG}); check --out, or "
+                                "drop --resume to start a new run")
     try:  # the saved options are checked with the changes applied: a change can mend an old value
         before = json.loads(saved.read_text())
         cfg = given or resolve(overrides=overrides, base=before)

@@ -8,6 +8,8 @@ import csv
 import dataclasses
 import json
 import os
+import pickle
+import re
 import shutil
 import signal
 import threading
@@ -22,6 +24,7 @@ from tqdm.auto import tqdm
 from idm_rt import IDM, load_model, preset, save_model
 from idm_rt.pipeline import super_resolve
 from idm_rt.resize import downscale, upscale
+from idm_rt.threads import configure_threads
 
 from .config import TrainConfig
 from .data import PairSampler, center_crop, load_rgb, sample_scale, scan_folder
@@ -31,6 +34,18 @@ from .metrics import psnr_y
 from .visual import save_grid
 
 STATE_NAME = "trainer_state.pt"
+CHECKPOINT_NAME = re.compile(r"step_\d{8}")
+
+
+class CheckpointError(OSError):
+    """A checkpoint that cannot be resumed from or written; the message is one line naming it."""
+
+
+def is_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a checkpoint folder as :meth:`Trainer.save_checkpoint` writes them:
+    named ``step_NNNNNNNN`` and holding ``ema/``, ``raw/`` and the trainer state."""
+    return (CHECKPOINT_NAME.fullmatch(path.name) is not None and (path / "ema").is_dir()
+            and (path / "raw").is_dir() and (path / STATE_NAME).is_file())
 
 
 def init_distributed() -> tuple[int, int]:
@@ -53,8 +68,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, device: str | None = None):
         self.cfg = cfg
         self.rank, self.world = init_distributed()
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        configure_threads(cfg.threads or None)
         if device is None:
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -90,11 +104,18 @@ class Trainer:
         return self.out / "checkpoints"
 
     def checkpoints(self) -> list[Path]:
-        return sorted(self.ckpt_dir.glob("step_*")) if self.ckpt_dir.exists() else []
+        """The run's checkpoints (:func:`is_checkpoint`), oldest first; anything else in the folder is
+        neither resumed from nor deleted."""
+        return sorted(p for p in self.ckpt_dir.iterdir() if is_checkpoint(p)) if self.ckpt_dir.exists() else []
 
     def save_checkpoint(self) -> Path | None:
         """``checkpoints/step_N/{ema,raw}`` in the project format plus the optimizer/RNG state;
-        written to a temp folder and renamed, then only the last ``keep_last`` are kept."""
+        written to a temp folder and renamed, then only the last ``keep_last`` are kept.
+
+        Raises:
+            CheckpointError: it cannot be written (a full disk: nothing is left behind), or
+                ``step_N`` exists and is not a checkpoint (it is left alone).
+        """
         rng = [self.rng_state()]
         if self.world > 1:  # every rank's generators, so that each rank resumes its own streams
             rng = [None] * self.world
@@ -102,17 +123,20 @@ class Trainer:
         if self.rank != 0:
             return None
         final = self.ckpt_dir / f"step_{self.step:08d}"
-        tmp = self.ckpt_dir / f".tmp_step_{self.step:08d}"
+        if final.exists() and not is_checkpoint(final):
+            raise CheckpointError(f"{final} exists and is not a checkpoint: move it away (it was left alone)")
+        tmp = self.ckpt_dir / f".tmp_step_{self.step:08d}"  # (a leftover of an interrupted save is replaced)
         shutil.rmtree(tmp, ignore_errors=True)
         prov = {"recipe": self.cfg.to_dict(), "step": self.step}
-        save_model(self.ema.model, tmp / "ema", provenance=prov)
-        save_model(self.model, tmp / "raw", provenance=prov)
-        torch.save({
-            "step": self.step,
-            "optimizer": self.opt.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng": rng,
-        }, tmp / STATE_NAME)
+        state = {"step": self.step, "optimizer": self.opt.state_dict(), "scaler": self.scaler.state_dict(), "rng": rng}
+        try:
+            save_model(self.ema.model, tmp / "ema", provenance=prov)
+            save_model(self.model, tmp / "raw", provenance=prov)
+            with open(tmp / STATE_NAME, "wb") as f:  # a file object: a full disk is an OSError, not a RuntimeError
+                torch.save(state, f)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise CheckpointError(f"cannot write checkpoint {final}: {e}") from None
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         for old in self.checkpoints()[:-self.cfg.keep_last]:
@@ -128,7 +152,12 @@ class Trainer:
         return state
 
     def resume(self, path: Path | None = None) -> bool:
-        """Continue from ``path`` or the newest checkpoint of the run; False when there is none."""
+        """Continue from ``path`` or the newest checkpoint of the run; False when there is none.
+
+        Raises:
+            CheckpointError: the trainer state is damaged (truncated, empty, not a trainer state, or
+                holding objects that safe loading refuses); the trainer is then not usable.
+        """
         path = path or (self.checkpoints()[-1] if self.checkpoints() else None)
         if path is None:
             return False
@@ -142,7 +171,17 @@ class Trainer:
                              f"resumed run keeps its network's shape")
         self.model.load_state_dict(raw.state_dict())
         self.ema.model.load_state_dict(ema.state_dict())
-        state = torch.load(path / STATE_NAME, map_location=self.device, weights_only=True)
+        try:
+            self._restore_state(path / STATE_NAME)
+        except Exception as e:  # noqa: BLE001 (torch.load and the load_state_dicts raise many types)
+            raise CheckpointError(f"{path / STATE_NAME} cannot be resumed from ({_why(e)}); it is damaged or not a "
+                                  "trainer state") from None
+        return True
+
+    def _restore_state(self, file: Path) -> None:
+        """Optimizer, grad scaler, random streams and step from a trainer state file (tensors only:
+        ``weights_only`` loading runs no pickled code)."""
+        state = torch.load(file, map_location=self.device, weights_only=True)
         self.opt.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         rng = state["rng"][self.rank] if "rng" in state else state  # (first runs kept rank 0's at the top)
@@ -151,8 +190,9 @@ class Trainer:
         torch.set_rng_state(rng["torch_rng"])
         if "cuda_rng" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda_rng"])
+        if not isinstance(state["step"], int) or state["step"] < 0:
+            raise ValueError(f"step {state['step']!r} is not a step number")
         self.step = state["step"]
-        return True
 
     # ----------------------------------------------------------------- training
     def lr_at(self, step: int) -> float:
@@ -193,8 +233,10 @@ class Trainer:
         there, so that ``--resume`` continues exactly; a second Ctrl-C stops at once, without one."""
         cfg = self.cfg
         if resume:
-            tqdm.write(f"resumed at step {self.step}" if self.resume()
-                       else f"nothing to resume in {self.ckpt_dir}: starting a new run")
+            if not self.resume():
+                raise FileNotFoundError(f"nothing to resume: {self.ckpt_dir} holds no checkpoint; drop --resume to "
+                                        "start the run again")
+            tqdm.write(f"resumed at step {self.step}")
         log = CsvLog(self.out / "log.csv") if self.rank == 0 else None
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -274,6 +316,14 @@ class Trainer:
         self.val_log.write(**result)
         tqdm.write(f"val step {self.step}: PSNR(Y) {result['psnr_y']:.2f} dB (bicubic {result['psnr_y_bicubic']:.2f})")
         return result
+
+
+def _why(e: Exception) -> str:
+    """One line on why a trainer state did not load."""
+    if isinstance(e, pickle.UnpicklingError):  # torch's message is a page of advice, partly unsafe
+        return "safe loading (weights_only=True) refused its contents"
+    first = str(e).strip().split("\n")[0].split(". ")[0]
+    return f"{e.__class__.__name__}: {first}" if first else e.__class__.__name__
 
 
 @contextlib.contextmanager

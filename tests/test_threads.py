@@ -1,0 +1,145 @@
+"""CPU threads: the default follows the CPU affinity and the cgroup quota; every command line has --threads."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import idm_rt
+from idm_rt import threads
+
+from .conftest import ROOT
+from .test_training import TINY_SET, make_folder
+
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def machine(tmp_path, monkeypatch):
+    """A fake 64-CPU machine whose cgroup files live under tmp_path; returns a writer for them."""
+    monkeypatch.setattr(threads, "CGROUP", tmp_path / "cgroup")
+    monkeypatch.setattr(threads, "PROC_SELF_CGROUP", tmp_path / "proc_self_cgroup")
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    (tmp_path / "proc_self_cgroup").write_text("0::/\n")
+
+    def write(path: str, text: str) -> None:
+        (tmp_path / "cgroup" / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "cgroup" / path).write_text(text)
+
+    return write
+
+
+@pytest.mark.parametrize("files,proc,cpus", [
+    ({}, "0::/\n", 64),  # no cgroup files: the affinity mask
+    ({"cpu.max": "max 100000\n"}, "0::/\n", 64),  # v2, unlimited
+    ({"cpu.max": "200000 100000\n"}, "0::/\n", 2),  # v2: 2 CPUs' worth
+    ({"cpu.max": "150000 100000\n"}, "0::/\n", 2),  # 1.5 CPUs: rounded up
+    ({"cpu.max": "20000 100000\n"}, "0::/\n", 1),  # a fifth of a CPU: still one thread
+    ({"job.slice/cpu.max": "300000 100000\n", "job.slice/run/cpu.max": "max 100000\n"}, "0::/job.slice/run\n", 3),
+    ({"cpu.max": "800000 100000\n", "job/cpu.max": "400000 100000\n"}, "0::/job\n", 4),  # the tightest
+    ({"cpu/cpu.cfs_quota_us": "400000\n", "cpu/cpu.cfs_period_us": "100000\n"}, "3:cpu:/\n", 4),  # v1
+    ({"cpu,cpuacct/cpu.cfs_quota_us": "50000\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"},
+     "4:cpu,cpuacct:/docker/abc\n", 1),  # v1 in a container: its cgroup at the mount's root
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, "3:cpu:/\n", 64),  # v1, unlimited
+    ({"cpu.max": "lots of CPUs\n"}, "0::/\n", 64),  # unreadable: ignored
+    ({"cpu.max": "0 100000\n"}, "garbage\n", 64),
+])
+def test_available_cpus_follow_the_cgroup_quota(machine, tmp_path, files, proc, cpus):
+    (tmp_path / "proc_self_cgroup").write_text(proc)
+    for path, text in files.items():
+        machine(path, text)
+    assert threads.available_cpus() == cpus
+
+
+def test_available_cpus_follow_the_affinity_mask(machine, monkeypatch):
+    machine("cpu.max", "800000 100000\n")
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {3, 5}, raising=False)
+    assert threads.available_cpus() == 2
+
+
+def test_configure_threads(machine, monkeypatch):
+    machine("cpu.max", "300000 100000\n")
+    assert threads.configure_threads() == 3 and torch.get_num_threads() == 3
+    assert idm_rt.configure_threads(1) == 1 and torch.get_num_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # an explicit choice (torchrun sets it per process) is kept
+    assert threads.configure_threads() == 2 and torch.get_num_threads() == 2
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="threads must be a positive integer"):
+            threads.configure_threads(bad)
+
+
+def test_importing_idm_rt_leaves_torch_threads_alone():
+    code = ("import torch; n = torch.get_num_threads(); import idm_rt, training.train, training.evaluate; "
+            "assert torch.get_num_threads() == n, (n, torch.get_num_threads())")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.fixture
+def model(tiny_model, tmp_path):
+    idm_rt.save_model(tiny_model, tmp_path / "model")
+    Image.fromarray((np.random.default_rng(0).random((8, 10, 3)) * 255).astype(np.uint8)).save(tmp_path / "a.png")
+    return tmp_path / "model"
+
+
+def test_upscale_threads_flag_and_default(machine, model, tmp_path):
+    from idm_rt.cli import main
+
+    args = ["upscale", str(tmp_path / "a.png"), "--scale", "2", "--steps", "1", "--model", str(model), "-o"]
+    assert main([*args, str(tmp_path / "b.png"), "--threads", "1"]) == 0
+    assert torch.get_num_threads() == 1
+    machine("cpu.max", "200000 100000\n")
+    assert main([*args, str(tmp_path / "c.png")]) == 0
+    assert torch.get_num_threads() == 2  # the container's quota, not the 64 CPUs
+    with pytest.raises(SystemExit):
+        main([*args, str(tmp_path / "d.png"), "--threads", "0"])
+
+
+def test_build_threads_flag(machine, model, capsys):
+    from idm_rt.build import main
+
+    assert main(["--model", str(model), "--explain", "--threads", "1"]) == 0
+    assert torch.get_num_threads() == 1
+    machine("cpu.max", "300000 100000\n")
+    assert main(["--model", str(model), "--explain"]) == 0
+    assert torch.get_num_threads() == 3
+
+
+def test_train_threads_flag_is_the_threads_option(machine, tmp_path):
+    from training.train import main
+
+    make_folder(tmp_path / "data")
+    out = tmp_path / "run"
+    set_ = [s for s in TINY_SET if not s.startswith("threads=")]
+    assert main(["--data", str(tmp_path / "data"), "--out", str(out), "--steps", "1", "--threads", "1",
+                 "--set", *set_]) == 0
+    assert torch.get_num_threads() == 1 and json.loads((out / "train_config.json").read_text())["threads"] == 1
+    machine("cpu.max", "200000 100000\n")
+    assert main(["--resume", "--out", str(out), "--steps", "2", "--set", "threads=0"]) == 0
+    assert torch.get_num_threads() == 2  # 0: the CPUs available
+
+
+def test_evaluate_threads_flag(machine, model, tmp_path):
+    from training import evaluate
+
+    make_folder(tmp_path / "data", n=1)
+    args = ["--model", str(model), "--data", str(tmp_path / "data"), "--scales", "2", "--steps", "1", "--crop", "24"]
+    assert evaluate.main([*args, "--threads", "1"]) == 0
+    assert torch.get_num_threads() == 1
+    machine("cpu.max", "200000 100000\n")
+    assert evaluate.main(args) == 0
+    assert torch.get_num_threads() == 2
