@@ -172,7 +172,7 @@ class Upscaler:
 
     def upscale(self, image: ImageLike | Sequence[ImageLike], scale: float | None = None,
                 size: tuple[int, int] | None = None, steps: int | None = None, sampler: str | None = None,
-                seed: int | None = None, tile: int | None = None, eta: float = 0.0, progress: bool = True,
+                seed: int | Sequence[int] | None = None, tile: int | None = None, eta: float = 0.0, progress: bool = True,
                 init: str | None = None, init_level: float | None = None, consistency: int | None = None):
         """Upscale one image, or a list of them (same-size images run as one batch).
 
@@ -182,7 +182,8 @@ class Upscaler:
             scale: any real magnification > 1 (beyond the trained range extrapolates).
             size: explicit output size (width, height) instead of scale.
             steps, sampler: sampling budget; defaults from the constructor.
-            seed: makes the result repeatable.
+            seed: makes the result repeatable; for a list of images, one int for all or a list of one int
+                per image (a batch of requests with their own seeds gives each the result it gets alone).
             tile: HR tile side (multiple of 8); 0 disables tiling; None uses the default (with engines
                 and no default, the bucket rule).
             init, init_level: ``"noise"`` (the paper: start from pure noise) or ``"bicubic"`` (start
@@ -203,14 +204,12 @@ class Upscaler:
             raise ValueError(f"eta must be a number in [0, 1], got {eta!r}")
         if tile is not None and (not isinstance(tile, numbers.Integral) or isinstance(tile, bool) or tile < 0):
             raise ValueError(f"tile must be an integer >= 0 (0: no tiling), got {tile!r}")
-        if seed is not None and (not isinstance(seed, numbers.Integral) or isinstance(seed, bool)
-                                 or not 0 <= seed < 2**63):
-            raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
         steps = int(steps)
         single = not isinstance(image, (list, tuple))
         images = [image] if single else list(image)
         if not images:
             raise ValueError("no image given")
+        seeds = _seeds(seed, len(images))
         prepared = [to_tensor(im) for im in images]
         sizes = [self.output_size(rgb.shape[-2], rgb.shape[-1], scale, size) for rgb, _, _ in prepared]
         groups: dict[tuple, list[int]] = defaultdict(list)
@@ -220,7 +219,7 @@ class Upscaler:
         for (_, out), idx in groups.items():
             lr = torch.cat([prepared[i][0] for i in idx]).to(self.device)
             # one generator per image, all seeded alike: an image's result does not depend on its batch
-            gen = [torch.Generator().manual_seed(int(seed)) for _ in idx] if seed is not None else None
+            gen = [torch.Generator().manual_seed(seeds[i]) for i in idx] if seeds is not None else None
             group_tile = tile or None  # 0: untiled
             if tile is None and isinstance(self.model, EngineRunner):
                 group_tile = self.model.auto_tile(out)
@@ -232,3 +231,16 @@ class Upscaler:
                 alpha = resize_alpha(alpha, out) if alpha is not None else None
                 results[i] = from_tensor(sr[k:k + 1], alpha, kind)
         return results[0] if single else results
+
+
+def _seeds(seed: int | Sequence[int] | None, n: int) -> list[int] | None:
+    """``seed`` as one int per image (None: unseeded), each checked."""
+    if seed is None:
+        return None
+    many = isinstance(seed, (list, tuple))
+    if many and len(seed) != n:
+        raise ValueError(f"seed lists need one seed per image: got {len(seed)} seeds for {n} image(s)")
+    for s in seed if many else [seed]:
+        if not isinstance(s, numbers.Integral) or isinstance(s, bool) or not 0 <= s < 2**63:
+            raise ValueError(f"seed must be an integer in [0, 2**63), got {s!r}")
+    return [int(s) for s in seed] if many else [int(seed)] * n
