@@ -172,8 +172,9 @@ class Upscaler:
 
     def upscale(self, image: ImageLike | Sequence[ImageLike], scale: float | None = None,
                 size: tuple[int, int] | None = None, steps: int | None = None, sampler: str | None = None,
-                seed: int | Sequence[int] | None = None, tile: int | None = None, eta: float = 0.0, progress: bool = True,
-                init: str | None = None, init_level: float | None = None, consistency: int | None = None):
+                seed: int | Sequence[int] | None = None, tile: int | None = None, eta: float = 0.0,
+                progress: bool = True, init: str | None = None, init_level: float | None = None,
+                consistency: int | None = None):
         """Upscale one image, or a list of them (same-size images run as one batch).
 
         Args:
@@ -209,7 +210,7 @@ class Upscaler:
         images = [image] if single else list(image)
         if not images:
             raise ValueError("no image given")
-        seeds = _seeds(seed, len(images))
+        seeds = seed_list(seed, len(images))
         prepared = [to_tensor(im) for im in images]
         sizes = [self.output_size(rgb.shape[-2], rgb.shape[-1], scale, size) for rgb, _, _ in prepared]
         groups: dict[tuple, list[int]] = defaultdict(list)
@@ -233,7 +234,7 @@ class Upscaler:
         return results[0] if single else results
 
 
-def _seeds(seed: int | Sequence[int] | None, n: int) -> list[int] | None:
+def seed_list(seed: int | Sequence[int] | None, n: int) -> list[int] | None:
     """``seed`` as one int per image (None: unseeded), each checked."""
     if seed is None:
         return None
