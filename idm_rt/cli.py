@@ -7,6 +7,7 @@ import glob
 import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -14,6 +15,9 @@ from tqdm.auto import tqdm
 
 from .fileio import atomic_write
 from .images import IMAGE_SUFFIXES
+
+if TYPE_CHECKING:
+    from .upscaler import Upscaler
 
 
 UPSCALE_EXAMPLES = """examples:
@@ -182,72 +186,102 @@ def convert_mode(image: Image.Image, mode: str) -> Image.Image:
     return image if image.mode == mode else image.convert(mode)
 
 
+def storable(image: Image.Image, fmt: str) -> Image.Image:
+    """``image`` in a mode that format ``fmt`` (e.g. "PNG", "JPEG") can hold, converted if needed (SAVE_MODES)."""
+    mode = SAVE_MODES.get(fmt, {}).get(image.mode)
+    return convert_mode(image, mode) if mode else image
+
+
 def save_image(image: Image.Image, target: Path) -> None:
     """Atomic save in the format the suffix names, converting modes that format cannot hold."""
     fmt = image_format(target)
-    mode = SAVE_MODES.get(fmt, {}).get(image.mode)
-    if mode:
-        tqdm.write(f"note: {fmt} cannot store mode {image.mode}; saving {target.name} as {mode}")
-        image = convert_mode(image, mode)
-    atomic_write(target, lambda tmp: image.save(tmp, format=fmt))
+    stored = storable(image, fmt)
+    if stored.mode != image.mode:
+        tqdm.write(f"note: {fmt} cannot store mode {image.mode}; saving {target.name} as {stored.mode}")
+    atomic_write(target, lambda tmp: stored.save(tmp, format=fmt))
+
+
+def read_image(source: str | Path | BinaryIO, max_pixels: int | None = None) -> Image.Image:
+    """An image file (path or binary file object) decoded and turned upright as viewers show it (EXIF
+    orientation); ``max_pixels`` refuses larger images before decoding them. Raises what PIL raises for
+    unreadable data (several types), ValueError for too many pixels."""
+    with Image.open(source) as im:
+        if max_pixels is not None and im.width * im.height > max_pixels:
+            raise ValueError(f"image {im.width}x{im.height} has more than {max_pixels} pixels")
+        im.load()
+        return ImageOps.exif_transpose(im)
+
+
+def describe(error: Exception) -> str:
+    """An error as the user sees it: a ValueError's message is the whole story, other types are named."""
+    return str(error) if isinstance(error, ValueError) else f"{error.__class__.__name__}: {error}"
+
+
+def plan_outputs(files: list[Path], out: Path, out_is_dir: bool) -> list[Path]:
+    """Each input's output (:func:`output_targets`): OUT itself for one input and an OUT with an image suffix,
+    else files in the folder OUT. ValueError for an output file of a type no format is known for."""
+    to_folder = len(files) > 1 or out_is_dir or not out.suffix
+    if not to_folder and out.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f"unknown output image type {out.suffix!r} (use one of {sorted(IMAGE_SUFFIXES)})")
+    return output_targets(files, out, to_folder)
+
+
+def load_upscaler(args: argparse.Namespace) -> Upscaler:
+    """The Upscaler the ``upscale`` options ask for (model or engines, backend, device, precision)."""
+    from .upscaler import Upscaler
+
+    if args.engines:
+        if args.precision or args.max_scale:
+            raise ValueError("--precision and --max-scale are fixed when engines are built; drop them with "
+                             "--engines")
+        if args.backend == "torch":
+            raise ValueError("--engines runs engines; --backend torch is for --model")
+        return Upscaler.from_engines(args.engines, device=args.device, backend=args.backend,
+                                     max_pixels=args.max_pixels)
+    if args.backend not in (None, "torch"):
+        return Upscaler.from_pretrained(args.model, device=args.device, backend=args.backend,
+                                        max_pixels=args.max_pixels, precision=args.precision,
+                                        max_scale=args.max_scale)
+    return Upscaler.from_pretrained(args.model, device=args.device or "cpu", max_pixels=args.max_pixels,
+                                    precision=args.precision or "fp32", max_scale=args.max_scale)
+
+
+def upscale_options(args: argparse.Namespace) -> dict:
+    """The ``Upscaler.upscale`` keywords the ``upscale`` options set."""
+    return {"scale": args.scale, "size": args.size, "steps": args.steps, "sampler": args.sampler, "seed": args.seed,
+            "tile": args.tile, "init": args.init, "init_level": args.init_level, "consistency": args.consistency}
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
-    from .upscaler import Upscaler
-
     files, problems = expand_inputs(args.inputs)
     for msg in problems:
         print(f"error: {msg}", file=sys.stderr)
     if not files:
         return 1
     out = Path(args.output)
-    to_folder = len(files) > 1 or out.is_dir() or not out.suffix
-    if not to_folder and out.suffix.lower() not in IMAGE_SUFFIXES:
-        print(f"error: unknown output image type {out.suffix!r} (use one of {sorted(IMAGE_SUFFIXES)})",
-              file=sys.stderr)
-        return 1
     try:
-        if args.engines:
-            if args.precision or args.max_scale:
-                raise ValueError("--precision and --max-scale are fixed when engines are built; drop them with "
-                                 "--engines")
-            if args.backend == "torch":
-                raise ValueError("--engines runs engines; --backend torch is for --model")
-            up = Upscaler.from_engines(args.engines, device=args.device, backend=args.backend,
-                                       max_pixels=args.max_pixels)
-        elif args.backend not in (None, "torch"):
-            up = Upscaler.from_pretrained(args.model, device=args.device, backend=args.backend,
-                                          max_pixels=args.max_pixels, precision=args.precision,
-                                          max_scale=args.max_scale)
-        else:
-            up = Upscaler.from_pretrained(args.model, device=args.device or "cpu", max_pixels=args.max_pixels,
-                                          precision=args.precision or "fp32", max_scale=args.max_scale)
+        targets = plan_outputs(files, out, out.is_dir())
+        up = load_upscaler(args)
     except (FileNotFoundError, ValueError, ImportError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     failed = len(problems)
-    for path, target in zip(tqdm(files, desc="images", unit="img", disable=len(files) == 1),
-                            output_targets(files, out, to_folder)):
+    for path, target in zip(tqdm(files, desc="images", unit="img", disable=len(files) == 1), targets):
         if target.exists() and not args.overwrite:
             tqdm.write(f"error: {target} exists (use --overwrite to replace it); skipped {path}", file=sys.stderr)
             failed += 1
             continue
         try:
-            with Image.open(path) as im:
-                im.load()
-                image = ImageOps.exif_transpose(im)  # upright, as viewers show it
+            image = read_image(path)
         except Exception as e:  # PIL raises several types for unreadable files
             tqdm.write(f"error: cannot read {path}: {e}", file=sys.stderr)
             failed += 1
             continue
         try:
-            result = up.upscale(image, scale=args.scale, size=args.size, steps=args.steps, sampler=args.sampler,
-                                seed=args.seed, tile=args.tile, progress=True, init=args.init,
-                                init_level=args.init_level, consistency=args.consistency)
+            result = up.upscale(image, progress=True, **upscale_options(args))
             save_image(result, target)
         except Exception as e:  # one bad file (or a full disk) must not stop the others
-            tqdm.write(f"error: {path}: {e.__class__.__name__ + ': ' if not isinstance(e, ValueError) else ''}{e}",
-                       file=sys.stderr)
+            tqdm.write(f"error: {path}: {describe(e)}", file=sys.stderr)
             failed += 1
             continue
         tqdm.write(f"{path} -> {target} ({result.size[0]}x{result.size[1]})")
