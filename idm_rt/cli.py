@@ -1,4 +1,4 @@
-"""Command line: ``python -m idm_rt upscale ...`` and ``python -m idm_rt convert ...``."""
+"""Command line: ``python -m idm_rt upscale ...``, ``... serve ...`` and ``... convert ...``."""
 
 from __future__ import annotations
 
@@ -27,6 +27,15 @@ UPSCALE_EXAMPLES = """examples:
   python -m idm_rt upscale face.png -o face_x8.png --scale 8 --model idm_face_8x.pth
   python -m idm_rt upscale photo.png -o photo_x4.png --scale 4 --engines engines/default-onnxruntime-fp32
   python -m idm_rt upscale photo.png -o photo_x4.png --scale 4 --backend onnxruntime
+  python -m idm_rt upscale photos/ -o out/ --scale 4 --ray                      # Ray Data, one worker per CPU
+  python -m idm_rt upscale s3://bucket/photos/ -o s3://bucket/x4/ --scale 4 --ray --address auto --device cuda
+"""
+
+SERVE_EXAMPLES = """examples:
+  python -m idm_rt serve                                   # bundled model on http://127.0.0.1:8000
+  python -m idm_rt serve --model models/face8x --replicas 2 --max-batch 8 --batch-wait-ms 20
+  python -m idm_rt serve --device cuda --replica-gpus 0.5 --replicas 4 --host 0.0.0.0 --address auto
+  curl --data-binary @photo.png 'http://127.0.0.1:8000/v1/upscale?scale=4&seed=0' -o photo_x4.png
 """
 
 
@@ -48,6 +57,22 @@ def _pixels(text: str) -> int:
     if not (math.isfinite(n) and n >= 1 and n == int(n)):
         raise argparse.ArgumentTypeError(f"must be a positive whole number of pixels, e.g. 64e6, got {text!r}")
     return int(n)
+
+
+def _bounded(kind: type, low: float, high: float):
+    """An argparse type: a number of ``kind`` in [low, high]."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be a{'n integer' if kind is int else ' number'} in "
+                                             f"[{low:g}, {high:g}], got {text!r}")
+        return value
+
+    return parse
 
 
 def _passes(text: str) -> int:
@@ -109,6 +134,47 @@ def build_parser() -> argparse.ArgumentParser:
                     help="largest training scale of a released .pth (8 for the face model, 4 for DIV2K; default 8)")
     up.add_argument("--overwrite", action="store_true", help="replace existing output files")
     up.add_argument("--max-pixels", type=_pixels, default=64_000_000, help="largest output accepted (default 64e6)")
+    ray = up.add_argument_group("Ray Data (the serve extra: pip install 'idm-rt[serve]')")
+    ray.add_argument("--ray", action="store_true",
+                     help="run on Ray Data with a pool of Upscaler workers; inputs and OUT may also be URIs that "
+                          "pyarrow reads (s3://, gs://, ...); existing outputs are skipped (a rerun continues an "
+                          "interrupted job) unless --overwrite")
+    ray.add_argument("--address", help="the Ray cluster: auto (the one `ray start` runs here), HOST:PORT or "
+                                       "ray://HOST:PORT (default: $RAY_ADDRESS, else a local Ray instance)")
+    ray.add_argument("--workers", type=_bounded(int, 1, 100_000),
+                     help="Upscaler workers (default: one per CPU of the cluster, or per GPU with a cuda device, "
+                          "for the resources below)")
+    ray.add_argument("--worker-cpus", type=_bounded(float, 0.01, 1024),
+                     help="CPUs per worker, its torch threads (default 1)")
+    ray.add_argument("--worker-gpus", type=_bounded(float, 0, 64),
+                     help="GPUs per worker, fractions too (default 1 with a cuda device, else 0)")
+
+    sv = sub.add_parser("serve", help="serve upscaling over HTTP with Ray Serve", epilog=SERVE_EXAMPLES,
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description="Serve POST /v1/upscale?scale=S (or size=WxH; steps, sampler, seed, "
+                                    "format=png|webp|jpeg) with the image file as the body, GET /v1/model and "
+                                    "GET /healthz, with Ray Serve: replicas, requests batched across clients. Needs "
+                                    "the serve extra: pip install 'idm-rt[serve]'.")
+    sv.add_argument("--model", help="checkpoint, model folder, or engine directory with --backend (default: the "
+                                    "bundled model)")
+    sv.add_argument("--backend", choices=("torch", *BACKENDS), default="torch",
+                    help="torch (default); onnxruntime or tensorrt run engines, built for --model on first use")
+    sv.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cpu; cuda for tensorrt)")
+    sv.add_argument("--replicas", type=int, default=1, help="replicas, each with its own model (default 1)")
+    sv.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs per replica, its threads (default 1)")
+    sv.add_argument("--replica-gpus", type=float, help="GPUs per replica, fractions too (default 1 on cuda, else 0)")
+    sv.add_argument("--max-batch", type=int, default=8, help="most requests batched together (default 8; 1: off)")
+    sv.add_argument("--batch-wait-ms", type=float, default=10.0,
+                    help="longest wait for more requests to batch (default 10)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
+    sv.add_argument("--port", type=_bounded(int, 1, 65535), default=8000, help="port (default 8000)")
+    sv.add_argument("--address", help="the Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: $RAY_ADDRESS, "
+                                      "else a local Ray instance, stopped with the service)")
+    sv.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body in MiB (default 32)")
+    sv.add_argument("--max-pixels", type=_pixels, default=64_000_000, help="largest output (default 64e6)")
+    sv.add_argument("--max-steps", type=int, default=2000, help="most sampling steps a request may ask (default 2000)")
+    sv.add_argument("--timeout-s", type=float, default=300.0,
+                    help="per-request time limit in seconds; a 504 after it and the work stops (default 300)")
 
     cv = sub.add_parser("convert", help="convert a released .pth checkpoint to the project format",
                         description="Convert a released IDM .pth into a folder with model.safetensors and "
@@ -253,6 +319,13 @@ def upscale_options(args: argparse.Namespace) -> dict:
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
+    if args.ray:
+        from .batch_job import run_batch_job
+
+        return run_batch_job(args)
+    if args.address or args.workers or args.worker_cpus or args.worker_gpus is not None:
+        print("error: --address, --workers, --worker-cpus and --worker-gpus are for --ray", file=sys.stderr)
+        return 1
     files, problems = expand_inputs(args.inputs)
     for msg in problems:
         print(f"error: {msg}", file=sys.stderr)
@@ -290,6 +363,27 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from pydantic import ValidationError
+
+        from .serve import ServeSettings, run_service
+    except ImportError:
+        print("error: serving needs Ray Serve: pip install 'idm-rt[serve]'", file=sys.stderr)
+        return 1
+    if args.model and not Path(args.model).exists():  # said now rather than by each replica
+        print(f"error: no checkpoint at {args.model}", file=sys.stderr)
+        return 1
+    fields = {k: v for k, v in vars(args).items() if k in ServeSettings.model_fields}
+    try:
+        settings = ServeSettings(**fields)
+    except ValidationError as e:
+        for err in e.errors():
+            print(f"error: --{str(err['loc'][0]).replace('_', '-')}: {err['msg']}", file=sys.stderr)
+        return 1
+    return run_service(settings, host=args.host, port=args.port, address=args.address)
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     import torch
 
@@ -317,7 +411,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"upscale": cmd_upscale, "convert": cmd_convert}[args.command](args)
+        return {"upscale": cmd_upscale, "serve": cmd_serve, "convert": cmd_convert}[args.command](args)
     except KeyboardInterrupt:  # outputs are written atomically: nothing half-written is left
         print("interrupted", file=sys.stderr)
         return 130
