@@ -225,7 +225,8 @@ def asgi_request(chunks: list[bytes], query: str, declare_length: bool = True):
 
 
 def test_an_internal_failure_is_a_500_without_details_and_the_api_keeps_serving(model_dir, monkeypatch):
-    """The API without Ray: a failure inside the Upscaler, and a body that streams past the limit undeclared."""
+    """The API without Ray: a failure inside the Upscaler, a body that streams past the limit undeclared, an
+    input above the pixel limit."""
     from idm_rt.http_api import INTERNAL_ERROR, UpscaleApp
 
     up = idm_rt.Upscaler.from_pretrained(model_dir)
@@ -238,16 +239,20 @@ def test_an_internal_failure_is_a_500_without_details_and_the_api_keeps_serving(
         monkeypatch.setattr(up, "upscale", broken)
         failed = await app(asgi_request([GOOD], "scale=2"))
         monkeypatch.undo()
-        return failed, await app(asgi_request([GOOD], "scale=2&seed=1")), await app(
-            asgi_request([b"x" * 6000, b"x" * 6000], "scale=2", declare_length=False))
+        ok = await app(asgi_request([GOOD], "scale=2&seed=1"))
+        streamed = await app(asgi_request([b"x" * 6000, b"x" * 6000], "scale=2", declare_length=False))
+        up.max_pixels = 300  # the 20x16 input has 320
+        return failed, ok, streamed, await app(asgi_request([GOOD], "scale=2"))
 
-    failed, ok, streamed = asyncio.run(scenario())
+    failed, ok, streamed, large = asyncio.run(scenario())
+    up.max_pixels = 64_000_000
     assert failed.status_code == 500 and json.loads(failed.body) == {"error": INTERNAL_ERROR}
     assert b"secret" not in failed.body and b"Traceback" not in failed.body
     assert ok.status_code == 200 and ok.headers["x-seed"] == "1" and ok.headers["x-batch-size"] == "1"
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(ok.body))),
                           np.asarray(up.upscale(Image.open(io.BytesIO(GOOD)), scale=2, seed=1, progress=False)))
     assert streamed.status_code == 413 and b"longer than the limit of 10000 bytes" in streamed.body
+    assert large.status_code == 400 and b"image 20x16 has more than 300 pixels" in large.body  # refused undecoded
 
 
 def test_serve_options_are_checked_before_anything_starts(capsys):
