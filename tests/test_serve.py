@@ -210,6 +210,26 @@ def test_a_request_past_its_time_limit_gets_504_and_its_work_stops(service):
     assert stats["timed_out"] >= 1 and stats["stopped_batches"] >= 1
 
 
+def test_onnxruntime_engines_run_in_a_replica_under_a_route_prefix(service, model_dir, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from idm_rt.build import main as build
+    from idm_rt.serve import build_app
+
+    engines = tmp_path / "engines"
+    assert build(["--engine", "fp32", "--backend", "onnxruntime", "--model", str(model_dir), "--out", str(engines)]) == 0
+    serve.run(build_app({"model": str(engines), "backend": "onnxruntime"}), name="idm_rt_ort", route_prefix="/ort",
+              blocking=False)
+    try:
+        code, _, body = post(f"{service}/ort/v1/upscale?scale=2&seed=4", GOOD)
+        described = json.loads(get(f"{service}/ort/v1/model")[1])
+    finally:
+        serve.delete("idm_rt_ort")
+    want = idm_rt.Upscaler.from_pretrained(engines, backend="onnxruntime").upscale(
+        Image.open(io.BytesIO(GOOD)), scale=2, seed=4, progress=False)
+    assert code == 200 and np.array_equal(np.asarray(Image.open(io.BytesIO(body))), np.asarray(want))
+    assert described["backend"] == "onnxruntime" and described["buckets"] and described["model"] == str(engines)
+
+
 def asgi_request(chunks: list[bytes], query: str, declare_length: bool = True):
     """A Starlette request for POST /v1/upscale whose body arrives in ``chunks``."""
     from starlette.requests import Request
