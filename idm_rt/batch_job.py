@@ -140,8 +140,9 @@ class UpscaleWorker:
 
     def __init__(self, args: argparse.Namespace, filesystems: list[tuple[Any, str]]):
         self.options, self.overwrite, self.filesystems = upscale_options(args), args.overwrite, filesystems
+        threads = {"threads": max(1, round(args.worker_cpus or 1))}  # ONNX Runtime would take every core
         try:
-            self.up, self.error = load_upscaler(args), ""
+            self.up, self.error = load_upscaler(args, threads if args.backend == "onnxruntime" else None), ""
         except Exception as e:  # noqa: BLE001 (said by the driver, once, instead of a traceback per retry)
             self.up, self.error = None, describe(e)
 

@@ -292,8 +292,9 @@ def plan_outputs(files: list[Path], out: Path, out_is_dir: bool) -> list[Path]:
     return output_targets(files, out, to_folder)
 
 
-def load_upscaler(args: argparse.Namespace) -> Upscaler:
-    """The Upscaler the ``upscale`` options ask for (model or engines, backend, device, precision)."""
+def load_upscaler(args: argparse.Namespace, runner_options: dict | None = None) -> Upscaler:
+    """The Upscaler the ``upscale`` options ask for (model or engines, backend, device, precision);
+    ``runner_options`` go to an engine runner (:meth:`~idm_rt.Upscaler.from_engines`)."""
     from .upscaler import Upscaler
 
     if args.engines:
@@ -303,11 +304,11 @@ def load_upscaler(args: argparse.Namespace) -> Upscaler:
         if args.backend == "torch":
             raise ValueError("--engines runs engines; --backend torch is for --model")
         return Upscaler.from_engines(args.engines, device=args.device, backend=args.backend,
-                                     max_pixels=args.max_pixels)
+                                     max_pixels=args.max_pixels, runner_options=runner_options)
     if args.backend not in (None, "torch"):
         return Upscaler.from_pretrained(args.model, device=args.device, backend=args.backend,
                                         max_pixels=args.max_pixels, precision=args.precision,
-                                        max_scale=args.max_scale)
+                                        max_scale=args.max_scale, runner_options=runner_options)
     return Upscaler.from_pretrained(args.model, device=args.device or "cpu", max_pixels=args.max_pixels,
                                     precision=args.precision or "fp32", max_scale=args.max_scale)
 

@@ -147,6 +147,8 @@ class UpscaleApp:
     """The API on one :class:`~idm_rt.Upscaler`; ``run_batched`` is where batching plugs in.
 
     Args:
+        upscaler: the model; its U-Net call (``denoise``) is wrapped so that a batch whose requests are all
+            past their time limit stops at the next call.
         model: what to call the model in ``GET /v1/model``.
         max_body_bytes, timeout_s, max_steps: the per-request limits (the output limit is the
             Upscaler's ``max_pixels``).

@@ -52,6 +52,7 @@ class ServeSettings(BaseModel):
 
     @property
     def gpus(self) -> float:
+        """GPUs per replica: ``replica_gpus``, else one for a CUDA device or TensorRT."""
         if self.replica_gpus is not None:
             return self.replica_gpus
         return 1.0 if self.backend == "tensorrt" or (self.device or "").startswith("cuda") else 0.0
@@ -62,8 +63,10 @@ class UpscaleService(UpscaleApp):
     """One replica: its own Upscaler, requests batched by Ray Serve."""
 
     def __init__(self, settings: ServeSettings):
+        threads = {"runner_options": {"threads": max(1, round(settings.replica_cpus))}}  # not every core
         up = Upscaler.from_pretrained(settings.model, device=settings.device, backend=settings.backend,
-                                      max_pixels=settings.max_pixels)
+                                      max_pixels=settings.max_pixels,
+                                      **(threads if settings.backend == "onnxruntime" else {}))
         batching = {"max_batch": settings.max_batch, "batch_wait_ms": settings.batch_wait_ms,
                     "replicas": settings.replicas, "replica": serve.get_replica_context().replica_tag}
         super().__init__(up, model=settings.model or f"bundled default ({DEFAULT_MODEL.name})",
