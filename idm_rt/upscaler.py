@@ -219,7 +219,7 @@ class Upscaler:
         results: list[ImageLike] = [None] * len(images)
         for (_, out), idx in groups.items():
             lr = torch.cat([prepared[i][0] for i in idx]).to(self.device)
-            # one generator per image, all seeded alike: an image's result does not depend on its batch
+            # one generator per image, with its seed: an image's result does not depend on its batch
             gen = [torch.Generator().manual_seed(seeds[i]) for i in idx] if seeds is not None else None
             group_tile = tile or None  # 0: untiled
             if tile is None and isinstance(self.model, EngineRunner):
