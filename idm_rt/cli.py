@@ -1,4 +1,4 @@
-"""Command line: ``python -m idm_rt upscale ...`` and ``python -m idm_rt convert ...``."""
+"""Command line: ``python -m idm_rt upscale ...``, ``... serve ...`` and ``... convert ...``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import glob
 import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 from PIL import Image, ImageMode
@@ -17,6 +18,10 @@ from . import sampling
 from .images import HIGH_BIT_MODES, IMAGE_SUFFIXES, upright
 from .threads import add_threads_argument, configure_threads
 
+if TYPE_CHECKING:
+    from .upscaler import Upscaler
+
+
 UPSCALE_EXAMPLES = """examples:
   python -m idm_rt upscale photo.png -o photo_x4.png --scale 4
   python -m idm_rt upscale shots/ 'more/*.jpg' -o out/ --scale 3.3 --steps 20 --seed 0
@@ -24,6 +29,15 @@ UPSCALE_EXAMPLES = """examples:
   python -m idm_rt upscale face.png -o face_x8.png --scale 8 --model idm_face_8x.pth
   python -m idm_rt upscale photo.png -o photo_x4.png --scale 4 --engines engines/default-onnxruntime-fp32
   python -m idm_rt upscale photo.png -o photo_x4.png --scale 4 --backend onnxruntime
+  python -m idm_rt upscale photos/ -o out/ --scale 4 --ray                      # Ray Data, one worker per CPU
+  python -m idm_rt upscale s3://bucket/photos/ -o s3://bucket/x4/ --scale 4 --ray --address auto --device cuda
+"""
+
+SERVE_EXAMPLES = """examples:
+  python -m idm_rt serve                                   # bundled model on http://127.0.0.1:8000
+  python -m idm_rt serve --model models/face8x --replicas 2 --max-batch 8 --batch-wait-ms 20
+  python -m idm_rt serve --device cuda --replica-gpus 0.5 --replicas 4 --host 0.0.0.0 --address auto
+  curl --data-binary @photo.png 'http://127.0.0.1:8000/v1/upscale?scale=4&seed=0' -o photo_x4.png
 """
 
 
@@ -45,6 +59,22 @@ def _pixels(text: str) -> int:
     if not (math.isfinite(n) and n >= 1 and n == int(n)):
         raise argparse.ArgumentTypeError(f"must be a positive whole number of pixels, e.g. 64e6, got {text!r}")
     return int(n)
+
+
+def _bounded(kind: type, low: float, high: float):
+    """An argparse type: a number of ``kind`` in [low, high]."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be a{'n integer' if kind is int else ' number'} in "
+                                             f"[{low:g}, {high:g}], got {text!r}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +116,47 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--overwrite", action="store_true", help="replace existing output files")
     up.add_argument("--max-pixels", type=_pixels, default=64_000_000, help="largest output accepted (default 64e6)")
     add_threads_argument(up)
+    ray = up.add_argument_group("Ray Data (the serve extra: pip install 'idm-rt[serve]')")
+    ray.add_argument("--ray", action="store_true",
+                     help="run on Ray Data with a pool of Upscaler workers; inputs and OUT may also be URIs that "
+                          "pyarrow reads (s3://, gs://, ...); existing outputs are skipped (a rerun continues an "
+                          "interrupted job) unless --overwrite")
+    ray.add_argument("--address", help="the Ray cluster: auto (the one `ray start` runs here), HOST:PORT or "
+                                       "ray://HOST:PORT (default: $RAY_ADDRESS, else a local Ray instance)")
+    ray.add_argument("--workers", type=_bounded(int, 1, 100_000),
+                     help="Upscaler workers (default: one per CPU of the cluster, or per GPU with a cuda device, "
+                          "for the resources below)")
+    ray.add_argument("--worker-cpus", type=_bounded(float, 0.01, 1024),
+                     help="CPUs per worker, its torch threads (default 1)")
+    ray.add_argument("--worker-gpus", type=_bounded(float, 0, 64),
+                     help="GPUs per worker, fractions too (default 1 with a cuda device, else 0)")
+
+    sv = sub.add_parser("serve", help="serve upscaling over HTTP with Ray Serve", epilog=SERVE_EXAMPLES,
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description="Serve POST /v1/upscale?scale=S (or size=WxH; steps, sampler, seed, "
+                                    "format=png|webp|jpeg) with the image file as the body, GET /v1/model and "
+                                    "GET /healthz, with Ray Serve: replicas, requests batched across clients. Needs "
+                                    "the serve extra: pip install 'idm-rt[serve]'.")
+    sv.add_argument("--model", help="checkpoint, model folder, or engine directory with --backend (default: the "
+                                    "bundled model)")
+    sv.add_argument("--backend", choices=("torch", *BACKENDS), default="torch",
+                    help="torch (default); onnxruntime or tensorrt run engines, built for --model on first use")
+    sv.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cpu; cuda for tensorrt)")
+    sv.add_argument("--replicas", type=int, default=1, help="replicas, each with its own model (default 1)")
+    sv.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs per replica, its threads (default 1)")
+    sv.add_argument("--replica-gpus", type=float, help="GPUs per replica, fractions too (default 1 on cuda, else 0)")
+    sv.add_argument("--max-batch", type=int, default=8, help="most requests batched together (default 8; 1: off)")
+    sv.add_argument("--batch-wait-ms", type=float, default=10.0,
+                    help="longest wait for more requests to batch (default 10)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
+    sv.add_argument("--port", type=_bounded(int, 1, 65535), default=8000, help="port (default 8000)")
+    sv.add_argument("--address", help="the Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: $RAY_ADDRESS, "
+                                      "else a local Ray instance, stopped with the service)")
+    sv.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body in MiB (default 32)")
+    sv.add_argument("--max-pixels", type=_pixels, default=64_000_000, help="largest output (default 64e6)")
+    sv.add_argument("--max-steps", type=int, default=2000, help="most sampling steps a request may ask (default 2000)")
+    sv.add_argument("--timeout-s", type=float, default=300.0,
+                    help="per-request time limit in seconds; a 504 after it and the work stops (default 300)")
 
     cv = sub.add_parser("convert", help="convert a released .pth checkpoint to the project format",
                         description="Convert a released IDM .pth into a folder with model.safetensors and "
@@ -183,19 +254,92 @@ def convert_mode(image: Image.Image, mode: str) -> Image.Image:
     return image if image.mode == mode else image.convert(mode)
 
 
+def storable(image: Image.Image, fmt: str) -> Image.Image:
+    """``image`` in a mode that format ``fmt`` (e.g. "PNG", "JPEG") can hold, converted if needed (:func:`save_mode`)."""
+    mode = save_mode(image.mode, fmt)
+    return convert_mode(image, mode) if mode != image.mode else image
+
+
 def save_image(image: Image.Image, target: Path) -> None:
     """Atomic save in the format the suffix names, converting modes that format cannot hold."""
     fmt = image_format(target)
-    mode = save_mode(image.mode, fmt)
-    if mode != image.mode:
-        tqdm.write(f"note: {fmt} cannot store mode {image.mode}; saving {target.name} as {mode}")
-        image = convert_mode(image, mode)
-    atomic_write(target, lambda tmp: image.save(tmp, format=fmt))
+    stored = storable(image, fmt)
+    if stored.mode != image.mode:
+        tqdm.write(f"note: {fmt} cannot store mode {image.mode}; saving {target.name} as {stored.mode}")
+    atomic_write(target, lambda tmp: stored.save(tmp, format=fmt))
+
+
+def read_image(source: str | Path | BinaryIO, max_pixels: int | None = None) -> Image.Image:
+    """An image file (path or binary file object) decoded and turned upright as viewers show it (EXIF
+    orientation); ``max_pixels`` refuses larger images before decoding them. Raises what PIL raises for
+    unreadable data (several types), ValueError for too many pixels."""
+    with Image.open(source) as im:
+        if max_pixels is not None and im.width * im.height > max_pixels:
+            raise ValueError(f"image {im.width}x{im.height} has more than {max_pixels} pixels")
+        im.load()
+        return upright(im)  # as viewers show it, and as the API reads it
+
+
+def describe(error: Exception) -> str:
+    """An error as the user sees it: a ValueError's message is the whole story, other types are named."""
+    return str(error) if isinstance(error, ValueError) else f"{error.__class__.__name__}: {error}"
+
+
+def plan_outputs(files: list[Path], out: Path, out_is_dir: bool) -> list[Path]:
+    """Each input's output (:func:`output_targets`): OUT itself for one input and an OUT with an image suffix,
+    else files in the folder OUT. ValueError for several inputs and an image file name, or an output file of
+    a type no format is known for."""
+    named_image = out.suffix.lower() in IMAGE_SUFFIXES and not out_is_dir
+    if len(files) > 1 and named_image:
+        raise ValueError(f"{len(files)} input images need an output folder, not the file name {out} (-o FOLDER "
+                         "writes FOLDER/<name>.png)")
+    to_folder = len(files) > 1 or out_is_dir or not out.suffix
+    if not to_folder and not named_image:
+        raise ValueError(f"unknown output image type {out.suffix!r} (use one of {sorted(IMAGE_SUFFIXES)})")
+    return output_targets(files, out, to_folder)
+
+
+def load_upscaler(args: argparse.Namespace, runner_options: dict | None = None) -> Upscaler:
+    """The Upscaler the ``upscale`` options ask for (model or engines, backend, device, precision, sampling
+    settings); ``runner_options`` go to an engine runner (:meth:`~idm_rt.Upscaler.from_engines`)."""
+    up = _load_upscaler(args, runner_options)
+    up.sampling = sampling.from_arguments(args, up.sampling)  # checked once, before any image
+    return up
+
+
+def _load_upscaler(args: argparse.Namespace, runner_options: dict | None) -> Upscaler:
+    from .upscaler import Upscaler
+
+    if args.engines:
+        if args.precision or args.max_scale:
+            raise ValueError("--precision and --max-scale are fixed when engines are built; drop them with "
+                             "--engines")
+        if args.backend == "torch":
+            raise ValueError("--engines runs engines; --backend torch is for --model")
+        return Upscaler.from_engines(args.engines, device=args.device, backend=args.backend,
+                                     max_pixels=args.max_pixels, runner_options=runner_options)
+    if args.backend not in (None, "torch"):
+        return Upscaler.from_pretrained(args.model, device=args.device, backend=args.backend,
+                                        max_pixels=args.max_pixels, precision=args.precision,
+                                        max_scale=args.max_scale, runner_options=runner_options)
+    return Upscaler.from_pretrained(args.model, device=args.device or "cpu", max_pixels=args.max_pixels,
+                                    precision=args.precision or "fp32", max_scale=args.max_scale)
+
+
+def upscale_options(args: argparse.Namespace) -> dict:
+    """The ``Upscaler.upscale`` keywords the ``upscale`` options set (the sampling settings are the
+    Upscaler's own, :func:`load_upscaler`)."""
+    return {"scale": args.scale, "size": args.size, "seed": args.seed, "tile": args.tile}
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
-    from .upscaler import Upscaler
+    if args.ray:
+        from .batch_job import run_batch_job
 
+        return run_batch_job(args)
+    if args.address or args.workers or args.worker_cpus or args.worker_gpus is not None:
+        print("error: --address, --workers, --worker-cpus and --worker-gpus are for --ray", file=sys.stderr)
+        return 1
     configure_threads(args.threads)
     files, problems = expand_inputs(args.inputs)
     for msg in problems:
@@ -203,63 +347,56 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     if not files:
         return 1
     out = Path(args.output)
-    named_image = out.suffix.lower() in IMAGE_SUFFIXES and not out.is_dir()
-    if len(files) > 1 and named_image:
-        print(f"error: {len(files)} input images need an output folder, not the file name {out} (-o FOLDER writes "
-              "FOLDER/<name>.png)", file=sys.stderr)
-        return 1
-    to_folder = len(files) > 1 or out.is_dir() or not out.suffix
-    if not to_folder and not named_image:
-        print(f"error: unknown output image type {out.suffix!r} (use one of {sorted(IMAGE_SUFFIXES)})",
-              file=sys.stderr)
-        return 1
     try:
-        if args.engines:
-            if args.precision or args.max_scale:
-                raise ValueError("--precision and --max-scale are fixed when engines are built; drop them with "
-                                 "--engines")
-            if args.backend == "torch":
-                raise ValueError("--engines runs engines; --backend torch is for --model")
-            up = Upscaler.from_engines(args.engines, device=args.device, backend=args.backend,
-                                       max_pixels=args.max_pixels)
-        elif args.backend not in (None, "torch"):
-            up = Upscaler.from_pretrained(args.model, device=args.device, backend=args.backend,
-                                          max_pixels=args.max_pixels, precision=args.precision,
-                                          max_scale=args.max_scale)
-        else:
-            up = Upscaler.from_pretrained(args.model, device=args.device or "cpu", max_pixels=args.max_pixels,
-                                          precision=args.precision or "fp32", max_scale=args.max_scale)
-        up.sampling = sampling.from_arguments(args, up.sampling)  # checked once, before any file
+        targets = plan_outputs(files, out, out.is_dir())
+        up = load_upscaler(args)
     except (FileNotFoundError, ValueError, ImportError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     failed = len(problems)
-    for path, target in zip(tqdm(files, desc="images", unit="img", disable=len(files) == 1),
-                            output_targets(files, out, to_folder)):
+    for path, target in zip(tqdm(files, desc="images", unit="img", disable=len(files) == 1), targets):
         if target.exists() and not args.overwrite:
             tqdm.write(f"error: {target} exists (use --overwrite to replace it); skipped {path}", file=sys.stderr)
             failed += 1
             continue
         try:
-            with Image.open(path) as im:
-                im.load()
-                image = upright(im)  # as viewers show it, and as the API reads it
+            image = read_image(path)
         except Exception as e:  # PIL raises several types for unreadable files
             tqdm.write(f"error: cannot read {path}: {e}", file=sys.stderr)
             failed += 1
             continue
         try:
-            result = up.upscale(image, scale=args.scale, size=args.size, seed=args.seed, tile=args.tile, progress=True)
+            result = up.upscale(image, progress=True, **upscale_options(args))
             save_image(result, target)
         except Exception as e:  # one bad file (or a full disk) must not stop the others
-            tqdm.write(f"error: {path}: {e.__class__.__name__ + ': ' if not isinstance(e, ValueError) else ''}{e}",
-                       file=sys.stderr)
+            tqdm.write(f"error: {path}: {describe(e)}", file=sys.stderr)
             failed += 1
             continue
         tqdm.write(f"{path} -> {target} ({result.size[0]}x{result.size[1]})")
     if failed:
         print(f"{failed} input(s) failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from pydantic import ValidationError
+
+        from .serve import ServeSettings, run_service
+    except ImportError:
+        print("error: serving needs Ray Serve: pip install 'idm-rt[serve]'", file=sys.stderr)
+        return 1
+    if args.model and not Path(args.model).exists():  # said now rather than by each replica
+        print(f"error: no checkpoint at {args.model}", file=sys.stderr)
+        return 1
+    fields = {k: v for k, v in vars(args).items() if k in ServeSettings.model_fields}
+    try:
+        settings = ServeSettings(**fields)
+    except ValidationError as e:
+        for err in e.errors():
+            print(f"error: --{str(err['loc'][0]).replace('_', '-')}: {err['msg']}", file=sys.stderr)
+        return 1
+    return run_service(settings, host=args.host, port=args.port, address=args.address)
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -289,7 +426,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"upscale": cmd_upscale, "convert": cmd_convert}[args.command](args)
+        return {"upscale": cmd_upscale, "serve": cmd_serve, "convert": cmd_convert}[args.command](args)
     except KeyboardInterrupt:  # outputs are written atomically: nothing half-written is left
         print("interrupted", file=sys.stderr)
         return 130

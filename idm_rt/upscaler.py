@@ -178,8 +178,9 @@ class Upscaler:
 
     def upscale(self, image: ImageLike | Sequence[ImageLike], scale: float | None = None,
                 size: tuple[int, int] | None = None, steps: int | None = None, sampler: str | None = None,
-                seed: int | None = None, tile: int | None = None, eta: float | None = None, progress: bool = True,
-                init: str | None = None, init_level: float | None = None, consistency: int | None = None):
+                seed: int | Sequence[int] | None = None, tile: int | None = None, eta: float | None = None,
+                progress: bool = True, init: str | None = None, init_level: float | None = None,
+                consistency: int | None = None):
         """Upscale one image, a list of them, or a batch tensor (same-size images run as one network batch).
 
         Args:
@@ -192,8 +193,8 @@ class Upscaler:
             size: explicit output size (width, height) instead of scale.
             steps, sampler, init, init_level, consistency, eta: change these sampling settings of the
                 Upscaler's (see :class:`~idm_rt.SamplingSettings`) for this call.
-            seed: makes the result repeatable; each image of a list or batch gets the result it gets
-                alone (to float rounding).
+            seed: makes the result repeatable: one int for all images, or a list of one int per image;
+                each image of a list or batch gets the result it gets alone (to float rounding).
             tile: HR tile side (multiple of 8); 0 disables tiling; None uses the default (with engines
                 and no default, the bucket rule).
         Returns:
@@ -214,12 +215,10 @@ class Upscaler:
         tile = self.tile if tile is None else tile
         if tile is not None and (not isinstance(tile, numbers.Integral) or isinstance(tile, bool) or tile < 0):
             raise ValueError(f"tile must be an integer >= 0 (0: no tiling), got {tile!r}")
-        if seed is not None and (not isinstance(seed, numbers.Integral) or isinstance(seed, bool)
-                                 or not 0 <= seed < 2**63):
-            raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
         images, pack = split_inputs(image)
         if not images:
             raise ValueError("no image given")
+        seeds = seed_list(seed, len(images))
         prepared = [to_tensor(im) for im in images]
         sizes = [self.output_size(rgb.shape[-2], rgb.shape[-1], scale, size) for rgb, _, _ in prepared]
         groups: dict[tuple, list[int]] = defaultdict(list)
@@ -228,8 +227,8 @@ class Upscaler:
         results: list[ImageLike] = [None] * len(images)
         for (_, out), idx in groups.items():
             lr = torch.cat([prepared[i][0] for i in idx]).to(self.device)
-            # one generator per image, all seeded alike: an image's result does not depend on its batch
-            gen = [torch.Generator().manual_seed(int(seed)) for _ in idx] if seed is not None else None
+            # one generator per image, with its seed: an image's result does not depend on its batch
+            gen = [torch.Generator().manual_seed(seeds[i]) for i in idx] if seeds is not None else None
             group_tile = tile or None  # 0: untiled
             if tile is None and isinstance(self.model, EngineRunner):
                 group_tile = self.model.auto_tile(out)
@@ -240,3 +239,16 @@ class Upscaler:
                 alpha = resize_alpha(alpha, out) if alpha is not None else None
                 results[i] = from_tensor(sr[k:k + 1], alpha, kind)
         return pack(results)
+
+
+def seed_list(seed: int | Sequence[int] | None, n: int) -> list[int] | None:
+    """``seed`` as one int per image (None: unseeded), each checked."""
+    if seed is None:
+        return None
+    many = isinstance(seed, (list, tuple))
+    if many and len(seed) != n:
+        raise ValueError(f"seed lists need one seed per image: got {len(seed)} seeds for {n} image(s)")
+    for s in seed if many else [seed]:
+        if not isinstance(s, numbers.Integral) or isinstance(s, bool) or not 0 <= s < 2**63:
+            raise ValueError(f"seed must be an integer in [0, 2**63), got {s!r}")
+    return [int(s) for s in seed] if many else [int(seed)] * n

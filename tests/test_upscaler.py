@@ -73,6 +73,20 @@ def test_list_is_a_batch_and_keeps_order(up):
         assert np.array_equal(out, up.upscale(im, scale=2, progress=False, seed=0))
 
 
+def test_a_list_of_seeds_gives_each_image_its_own_result(up):
+    ims = [rgb(8, 8, 1), rgb(8, 8, 2), rgb(6, 10, 3), rgb(8, 8, 1)]
+    seeds = [5, 6, 7, 8]  # the first and last image are equal, their seeds are not
+    outs = up.upscale(ims, scale=2, progress=False, seed=seeds)
+    for im, s, out in zip(ims, seeds, outs):
+        assert np.array_equal(out, up.upscale(im, scale=2, progress=False, seed=s))
+    assert not np.array_equal(outs[0], outs[3])
+    assert np.array_equal(up.upscale(ims[0], scale=2, progress=False, seed=[5]), outs[0])
+    with pytest.raises(ValueError, match="one seed per image: got 2 seeds for 4 image"):
+        up.upscale(ims, scale=2, progress=False, seed=[1, 2])
+    with pytest.raises(ValueError, match="seed must be an integer in"):
+        up.upscale(ims[:2], scale=2, progress=False, seed=[1, -1])
+
+
 def test_one_tile_changes_nothing(up):
     a = up.upscale(rgb(12, 10), scale=2, seed=0, tile=0, progress=False)
     b = up.upscale(rgb(12, 10), scale=2, seed=0, tile=64, progress=False)

@@ -1,0 +1,383 @@
+"""Scale-out on Ray: the HTTP service (real requests to Ray Serve on 127.0.0.1) and batch jobs (Ray Data),
+checked against the in-process Upscaler. Skipped without Ray (the serve extra)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import idm_rt
+from idm_rt.cli import main, storable
+
+from .conftest import ROOT, TINY, perturbed
+
+ray = pytest.importorskip("ray")
+serve = pytest.importorskip("ray.serve")
+pytest.importorskip("ray.data")
+
+TIMEOUT_S = 5  # the test service's per-request limit
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def picture(h: int, w: int, seed: int, mode: str = "RGB") -> Image.Image:
+    channels = {"L": 1, "RGB": 3, "RGBA": 4}[mode]
+    arr = (np.random.default_rng(seed).random((h, w, channels)) * 255).astype(np.uint8)
+    return Image.fromarray(arr[..., 0] if mode == "L" else arr)
+
+
+def post(url: str, body: bytes, timeout: float = 60):
+    """(status, headers, body) of a POST; 4xx and 5xx included."""
+    req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/octet-stream"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
+
+
+def get(url: str, timeout: float = 30):
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """The tiny random model, sampling with dpmpp_2m in 2 steps by default."""
+    torch.manual_seed(0)
+    model = perturbed(idm_rt.IDM(TINY, max_scale=4.0))
+    model.recommended = idm_rt.SamplingSettings(sampler="dpmpp_2m", steps=2)
+    path = tmp_path_factory.mktemp("serve") / "model"
+    idm_rt.save_model(model, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Local Ray on 127.0.0.1 for this module (its workers import this checkout); yields its address."""
+    ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", object_store_memory=150 * 2**20,
+             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def service(cluster, model_dir):
+    """The application on one replica, batches of up to 8 gathered for up to 200 ms; yields its URL."""
+    from idm_rt.serve import build_app
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        serve.run(build_app({"model": str(model_dir), "max_batch": 8, "batch_wait_ms": 200, "timeout_s": TIMEOUT_S,
+                             "max_body_mb": 0.1}), name="idm_rt_test", route_prefix="/", blocking=False)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+
+
+def test_concurrent_requests_are_batched_and_equal_the_in_process_results(service, model_dir):
+    cases = [(picture(16, 20, i), f"scale=2&seed={i}", {"scale": 2, "seed": i}) for i in range(8)]
+    cases += [(picture(16, 20, 8, "L"), "scale=2&seed=80", {"scale": 2, "seed": 80}),  # joins the batch above
+              (picture(12, 12, 9, "RGBA"), "size=30x30&seed=90", {"size": (30, 30), "seed": 90}),
+              (picture(16, 20, 10), "scale=2.5&steps=3&sampler=ddim&seed=100&format=jpeg",
+               {"scale": 2.5, "steps": 3, "sampler": "ddim", "seed": 100}),
+              (picture(10, 14, 11), "scale=3&seed=110&format=webp", {"scale": 3, "seed": 110})]
+    start = threading.Barrier(len(cases))
+
+    def send(case):
+        start.wait(timeout=60)
+        return post(f"{service}/v1/upscale?{case[1]}", png(case[0]))
+
+    with ThreadPoolExecutor(len(cases)) as pool:
+        responses = list(pool.map(send, cases))
+    up = idm_rt.Upscaler.from_pretrained(model_dir)
+    for (image, query, kwargs), (status, headers, body) in zip(cases, responses):
+        assert status == 200, (query, body)
+        assert headers["X-Seed"] == str(kwargs["seed"])
+        want = up.upscale(image, progress=False, **kwargs)
+        fmt = {"jpeg": "JPEG", "webp": "WEBP"}.get(query.rsplit("format=", 1)[-1], "PNG")
+        if fmt == "PNG":
+            got = Image.open(io.BytesIO(body))
+            assert got.mode == want.mode and np.array_equal(np.asarray(got), np.asarray(want)), query
+        else:  # the bytes the same encoder makes of the in-process result
+            buffer = io.BytesIO()
+            storable(want, fmt).save(buffer, format=fmt)
+            assert body == buffer.getvalue(), query
+    batches = [int(headers["X-Batch-Size"]) for _, headers, _ in responses]
+    assert max(batches) > 1, batches
+    status, described = get(f"{service}/v1/model")
+    stats = json.loads(described)["batching"]
+    assert stats["largest_batch"] >= max(batches) and stats["images"] >= len(cases)
+    assert stats["batches"] < stats["images"]
+
+
+def test_model_health_and_unknown_routes(service, model_dir):
+    status, body = get(f"{service}/healthz")
+    assert status == 200 and body == b"ok"
+    status, body = get(f"{service}/v1/model")
+    described = json.loads(body)
+    assert status == 200 and described["model"] == str(model_dir) and described["backend"] == "torch"
+    assert described["defaults"]["sampler"] == "dpmpp_2m" and described["defaults"]["steps"] == 2
+    assert described["max_scale"] == 4.0 and described["buckets"] is None
+    assert described["limits"]["timeout_s"] == TIMEOUT_S and described["limits"]["max_body_bytes"] == int(0.1 * 2**20)
+    assert described["batching"]["max_batch"] == 8 and described["batching"]["batch_wait_ms"] == 200
+    status, body = get(f"{service}/v1/upscale")
+    assert status == 405 and b"takes POST" in body
+    status, body = get(f"{service}/v2/upscale")
+    assert status == 404 and b"/v1/upscale" in body
+
+
+GOOD = png(picture(16, 20, 0))
+
+
+BAD_REQUESTS = [
+    (b"not an image", "scale=2", 400, "cannot read the body as an image: not a format PIL knows"),
+    (GOOD[:60], "scale=2", 400, "cannot read the body as an image"),
+    (b"", "scale=2", 400, "the body is empty"),
+    (b"x" * 200_000, "scale=2", 413, "above the limit of 104857"),
+    (GOOD, "size=100000x100000", 400, "has 10000000000 pixels, above the limit of 64000000"),
+    (GOOD, "scale=1", 400, "scale must be a finite number > 1, got 1.0"),
+    (GOOD, "scale=0.5", 400, "scale must be a finite number > 1, got 0.5"),
+    (GOOD, "scale=two", 400, "scale must be a finite number > 1, got 'two'"),
+    (GOOD, "scale=2&size=40x40", 400, "give exactly one of scale or size"),
+    (GOOD, "", 400, "give exactly one of scale or size"),
+    (GOOD, "size=40", 400, "size must look like WIDTHxHEIGHT"),
+    (GOOD, "size=10x10", 400, "must be larger than the input 20x16"),
+    (GOOD, "scale=2&sampler=euler", 400, "unknown sampler 'euler'"),
+    (GOOD, "scale=2&steps=0", 400, "steps must be an integer in 1..2000, got 0"),
+    (GOOD, "scale=2&steps=5000", 400, "steps must be at most 2000"),
+    (GOOD, "scale=2&seed=-1", 400, "seed must be an integer in [0, 2**63), got -1"),
+    (GOOD, "scale=2&format=gif", 400, "format must be one of png, webp, jpeg, got 'gif'"),
+    (GOOD, "scale=2&colour=red", 400, "unknown parameter(s) colour"),
+    (GOOD, "scale=2&scale=3", 400, "given more than once: scale"),
+    (GOOD, "size=17000x20&format=webp", 400, "WEBP images are at most 16383 pixels"),
+]
+
+
+@pytest.mark.parametrize("body,query,status,message", BAD_REQUESTS, ids=[m[:40] for *_, m in BAD_REQUESTS])
+def test_bad_requests_get_4xx_naming_the_problem_and_the_next_one_succeeds(service, body, query, status, message):
+    code, _, answer = post(f"{service}/v1/upscale?{query}", body)
+    assert code == status and json.loads(answer)["error"].find(message) >= 0, answer
+    assert b"Traceback" not in answer
+    code, _, answer = post(f"{service}/v1/upscale?scale=2&seed=5", GOOD)
+    assert code == 200 and Image.open(io.BytesIO(answer)).size == (40, 32)
+
+
+def test_a_request_past_its_time_limit_gets_504_and_its_work_stops(service):
+    slow = {}
+    thread = threading.Thread(target=lambda: slow.update(r=post(f"{service}/v1/upscale?size=320x256&steps=2000", GOOD)))
+    thread.start()
+    try:
+        assert get(f"{service}/healthz", timeout=TIMEOUT_S)[0] == 200  # the replica answers while it computes
+    finally:
+        thread.join(timeout=120)
+    code, _, answer = slow["r"]
+    assert code == 504 and b"longer than this service's limit of 5 s" in answer
+    # batches run one after the other: this one runs once the slow one has stopped, long before its 2000 steps
+    code, _, answer = post(f"{service}/v1/upscale?scale=2&seed=1", GOOD)
+    assert code == 200, answer
+    stats = json.loads(get(f"{service}/v1/model")[1])["batching"]
+    assert stats["timed_out"] >= 1 and stats["stopped_batches"] >= 1
+
+
+def test_onnxruntime_engines_run_in_a_replica_under_a_route_prefix(service, model_dir, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from idm_rt.build import main as build
+    from idm_rt.serve import build_app
+
+    engines = tmp_path / "engines"
+    assert build(["--engine", "fp32", "--backend", "onnxruntime", "--model", str(model_dir), "--out", str(engines)]) == 0
+    serve.run(build_app({"model": str(engines), "backend": "onnxruntime"}), name="idm_rt_ort", route_prefix="/ort",
+              blocking=False)
+    try:
+        code, _, body = post(f"{service}/ort/v1/upscale?scale=2&seed=4", GOOD)
+        described = json.loads(get(f"{service}/ort/v1/model")[1])
+    finally:
+        serve.delete("idm_rt_ort")
+    want = idm_rt.Upscaler.from_pretrained(engines, backend="onnxruntime").upscale(
+        Image.open(io.BytesIO(GOOD)), scale=2, seed=4, progress=False)
+    assert code == 200 and np.array_equal(np.asarray(Image.open(io.BytesIO(body))), np.asarray(want))
+    assert described["backend"] == "onnxruntime" and described["buckets"] and described["model"] == str(engines)
+
+
+def asgi_request(chunks: list[bytes], query: str, declare_length: bool = True):
+    """A Starlette request for POST /v1/upscale whose body arrives in ``chunks``."""
+    from starlette.requests import Request
+
+    messages = [{"type": "http.request", "body": c, "more_body": i + 1 < len(chunks)} for i, c in enumerate(chunks)]
+
+    async def receive():
+        return messages.pop(0)
+
+    headers = [(b"content-length", str(sum(map(len, chunks))).encode())] if declare_length else []
+    return Request({"type": "http", "method": "POST", "path": "/v1/upscale", "root_path": "",
+                    "query_string": query.encode(), "headers": headers}, receive)
+
+
+def test_an_internal_failure_is_a_500_without_details_and_the_api_keeps_serving(model_dir, monkeypatch):
+    """The API without Ray: a failure inside the Upscaler, a body that streams past the limit undeclared, an
+    input above the pixel limit."""
+    from idm_rt.http_api import INTERNAL_ERROR, UpscaleApp
+
+    up = idm_rt.Upscaler.from_pretrained(model_dir)
+    app = UpscaleApp(up, model="tiny", backend="torch", max_body_bytes=10_000, timeout_s=60, max_steps=100)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("secret internals")
+
+    async def scenario():
+        monkeypatch.setattr(up, "upscale", broken)
+        failed = await app(asgi_request([GOOD], "scale=2"))
+        monkeypatch.undo()
+        ok = await app(asgi_request([GOOD], "scale=2&seed=1"))
+        streamed = await app(asgi_request([b"x" * 6000, b"x" * 6000], "scale=2", declare_length=False))
+        up.max_pixels = 300  # the 20x16 input has 320
+        return failed, ok, streamed, await app(asgi_request([GOOD], "scale=2"))
+
+    failed, ok, streamed, large = asyncio.run(scenario())
+    up.max_pixels = 64_000_000
+    assert failed.status_code == 500 and json.loads(failed.body) == {"error": INTERNAL_ERROR}
+    assert b"secret" not in failed.body and b"Traceback" not in failed.body
+    assert ok.status_code == 200 and ok.headers["x-seed"] == "1" and ok.headers["x-batch-size"] == "1"
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(ok.body))),
+                          np.asarray(up.upscale(Image.open(io.BytesIO(GOOD)), scale=2, seed=1, progress=False)))
+    assert streamed.status_code == 413 and b"longer than the limit of 10000 bytes" in streamed.body
+    assert large.status_code == 400 and b"image 20x16 has more than 300 pixels" in large.body  # refused undecoded
+
+
+def test_serve_options_are_checked_before_anything_starts(capsys):
+    assert main(["serve", "--max-batch", "0", "--replicas", "2000"]) == 1
+    err = capsys.readouterr().err
+    assert "--max-batch: Input should be greater than or equal to 1" in err and "--replicas:" in err
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    out = capsys.readouterr().out
+    for option in ("--model", "--backend", "--device", "--replicas", "--max-batch", "--batch-wait-ms", "--host",
+                   "--port", "--timeout-s", "--max-body-mb", "examples:"):
+        assert option in out
+
+
+@pytest.fixture
+def folder(tmp_path):
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    picture(8, 10, 0).save(src / "a.png")
+    picture(6, 6, 1, "L").save(src / "b.jpg")
+    picture(7, 5, 2, "RGBA").save(src / "c.webp")
+    picture(8, 10, 3).save(src / "c.png")  # same stem as c.webp: named c.png.png and c.webp.png
+    picture(5, 7, 4).save(src / "sub" / "d.png")
+    (src / "broken.png").write_bytes(b"\x89PNG but not really")
+    return src
+
+
+def test_a_batch_job_writes_what_the_cli_writes(cluster, model_dir, folder, tmp_path, capsys):
+    """A folder and a glob, as paths and as URIs (pyarrow's local filesystem stands in for object stores)."""
+    common = ["--scale", "2.5", "--steps", "2", "--seed", "3", "--model", str(model_dir)]
+    inputs = [str(folder), str(folder / "sub" / "*.png")]
+    assert main(["upscale", *inputs, "-o", str(tmp_path / "cli"), *common]) == 1
+    capsys.readouterr()
+    assert main(["upscale", *inputs, "-o", str(tmp_path / "ray"), *common, "--ray", "--workers", "2"]) == 1
+    captured = capsys.readouterr()
+    assert "cannot read" in captured.err and "broken.png" in captured.err and "1 input(s) failed" in captured.err
+    uris = [f"file://{item}" for item in inputs]
+    assert main(["upscale", *uris, "-o", f"file://{tmp_path / 'uri'}", *common, "--ray", "--workers", "1"]) == 1
+    assert "cannot read file://" in capsys.readouterr().err
+    names = sorted(p.name for p in (tmp_path / "cli").iterdir())
+    assert names == ["a.png", "b.png", "c.png.png", "c.webp.png", "d.png"]
+    for job in ("ray", "uri"):
+        assert sorted(p.name for p in (tmp_path / job).iterdir()) == names, job  # no temporary file left either
+        for name in names:
+            assert (tmp_path / job / name).read_bytes() == (tmp_path / "cli" / name).read_bytes(), (job, name)
+
+
+def test_a_batch_job_killed_halfway_finishes_only_the_rest_when_rerun(cluster, model_dir, tmp_path, capsys):
+    src, out, n = tmp_path / "in", tmp_path / "out", 6
+    src.mkdir()
+    for i in range(n):
+        picture(40, 40, i).save(src / f"im{i}.png")
+    args = ["upscale", str(src), "-o", str(out), "--scale", "2", "--steps", "16", "--seed", "0", "--model",
+            str(model_dir), "--ray", "--workers", "1"]
+    cpus = ray.available_resources().get("CPU", 0)
+    env = {**os.environ, "RAY_ADDRESS": cluster, "PYTHONPATH": str(ROOT)}  # joins this module's cluster
+    with open(tmp_path / "job.log", "w") as log:
+        job = subprocess.Popen([sys.executable, "-m", "idm_rt", *args], env=env, stdout=log, stderr=subprocess.STDOUT,
+                               cwd=ROOT)
+        try:
+            deadline = time.monotonic() + 180
+            while not list(out.glob("*.png")) and job.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            job.kill()
+            job.wait(timeout=60)
+    assert job.returncode == -signal.SIGKILL, (tmp_path / "job.log").read_text()[-3000:]
+    deadline = time.monotonic() + 60  # its worker dies with it: wait until its CPU is free again
+    while ray.available_resources().get("CPU", 0) < cpus and time.monotonic() < deadline:
+        time.sleep(0.2)
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
+    assert 0 < len(before) < n, before
+    assert main(args) == 0
+    assert f"skipped {len(before)} input(s) whose output exists" in capsys.readouterr().out
+    after = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
+    assert sorted(after) == [f"im{i}.png" for i in range(n)]
+    assert all(after[name] == mtime for name, mtime in before.items())  # the first run's outputs untouched
+    assert Image.open(out / "im0.png").size == (80, 80)
+
+
+def test_the_serve_command_says_where_it_listens_and_stops_on_sigterm(model_dir, tmp_path):
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # Ray on 127.0.0.1
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, "-m", "idm_rt", "serve", "--model", str(model_dir), "--port", str(port), "--address",
+           "local", "--replica-cpus", "0.5"]
+    with open(tmp_path / "serve.log", "w") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            deadline = time.monotonic() + 240
+            while proc.poll() is None and time.monotonic() < deadline:
+                try:
+                    if get(f"http://127.0.0.1:{port}/healthz", timeout=5)[0] == 200:
+                        break
+                except OSError:  # not listening yet
+                    pass
+                time.sleep(0.5)
+            code = post(f"http://127.0.0.1:{port}/v1/upscale?scale=2&seed=0", GOOD)[0]
+            proc.send_signal(signal.SIGTERM)
+            returncode = proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    text = (tmp_path / "serve.log").read_text()
+    assert code == 200, text[-3000:]
+    assert returncode == 0, text[-3000:]
+    assert f"serving {model_dir} on http://127.0.0.1:{port}" in text and "idm-rt: stopping" in text
