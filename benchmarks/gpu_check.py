@@ -269,7 +269,7 @@ def check_engines(results: dict, model: idm_rt.IDM, size: int, reps: int) -> Non
     from export.graphs import graph_module, sample_inputs
     from export.parity import LIMITS, graph_errors
     from idm_rt.backends import load_runner
-    from idm_rt.backends.engine_dir import graph_key, unet_inputs
+    from idm_rt.backends.engine_dir import graph_inputs, graph_key
     from idm_rt.buckets import Bucket
     from idm_rt.build import main as build
 
@@ -281,7 +281,7 @@ def check_engines(results: dict, model: idm_rt.IDM, size: int, reps: int) -> Non
     release_style(model, False)
     cpu_model, bucket = copy.deepcopy(model).cpu(), Bucket(size, size)
     args = tuple(t.to(DEVICE) for t in sample_inputs(cpu_model, "unet", bucket))
-    feeds, key = dict(zip(unet_inputs(model.config.levels), args)), graph_key("unet", bucket)
+    feeds, key = dict(zip(graph_inputs("unet", model.config), args)), graph_key("unet", bucket)
     net = graph_module(model, "unet")
     image = np.random.default_rng(0).random((size // 2, size // 2, 3), dtype=np.float32)
     kw = dict(scale=2, steps=4, seed=0, progress=False, sampler="dpmpp_2m", init="noise")
@@ -306,8 +306,8 @@ def check_engines(results: dict, model: idm_rt.IDM, size: int, reps: int) -> Non
                 check(results, f"{name}: build (exit status {status[backend, precision]})", math.nan, 1)
                 continue
             runner = load_runner(out, backend, DEVICE, **options)
-            for graph, graph_precision, batch, err in graph_errors(runner, cpu_model):
-                check(results, f"{name}: {graph} batch {batch} (export.parity)", err, LIMITS[graph_precision])
+            for graph, graph_precision, case, err in graph_errors(runner, cpu_model):
+                check(results, f"{name}: {graph} {case} (export.parity)", err, LIMITS[graph_precision])
             got = idm_rt.Upscaler.from_engines(out, backend=backend, device=DEVICE,
                                                runner_options=options).upscale(image, **kw)
             check(results, f"{name}: {size // 2}px x2 image vs torch backend (max abs)",

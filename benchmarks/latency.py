@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
         conditioning = model.condition(cond, p)
 
         release = ReleaseStyle(model)
+        settings = idm_rt.SamplingSettings(sampler="ddim", steps=args.steps)
 
         def release_image():
             c = model.encode(lr, size)
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
                                args.steps)
 
         def our_image():
-            return super_resolve(model, lr, size, scale=args.scale, sampler="ddim", steps=args.steps)
+            return super_resolve(model, lr, size, settings, scale=args.scale)
 
         calls = {"release_style": lambda: release.denoise(x, cond, p, g),
                  "ours": lambda: model.denoise(x, conditioning, g)}
@@ -100,8 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
             ort_conditioning = runner.condition(cond, p)
             calls["onnxruntime"] = lambda: runner.denoise(x, ort_conditioning, g)
             for name, r in runners.items():
-                images[name] = lambda r=r: super_resolve(r, lr, size, scale=args.scale, sampler="ddim",
-                                                         steps=args.steps)
+                images[name] = lambda r=r: super_resolve(r, lr, size, settings, scale=args.scale)
         settle = ORT_SETTLE_S if runner is not None else 0.0
         call = interleaved(calls, args.repeats, settle_s=settle)
         image = interleaved(images, max(2, args.repeats // 2), settle_s=settle)

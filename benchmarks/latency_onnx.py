@@ -33,7 +33,7 @@ import torch
 
 from export.graphs import export_graph, sample_inputs
 from idm_rt import IDM, preset
-from idm_rt.backends.engine_dir import unet_inputs
+from idm_rt.backends.engine_dir import graph_inputs
 from idm_rt.buckets import Bucket
 from idm_rt.fileio import atomic_write
 
@@ -64,7 +64,7 @@ def _session(onnx_path: Path, threads: int, profile_dir: str | None = None):
 
 def ort_feeds(model: IDM, args_t: tuple) -> dict:
     """The U-Net's inputs as ORT feeds, by name."""
-    return {n: t.numpy() for n, t in zip(unet_inputs(model.config.levels), args_t)}
+    return {n: t.numpy() for n, t in zip(graph_inputs("unet", model.config), args_t)}
 
 
 def cpu_section(model: IDM, graphs: dict[str, Path], args_t: tuple, repeats: int, threads: int) -> dict:
@@ -151,7 +151,7 @@ def gpu_section(model: IDM, onnx_path: Path, args_t: tuple, repeats: int) -> dic
     if "CUDAExecutionProvider" in ort.get_available_providers():
         session = ort.InferenceSession(str(onnx_path), providers=["CUDAExecutionProvider"])
         binding = session.io_binding()
-        for name, t in zip(unet_inputs(model.config.levels), gpu_args):
+        for name, t in zip(graph_inputs("unet", model.config), gpu_args):
             binding.bind_input(name, "cuda", 0, t.numpy(force=True).dtype, tuple(t.shape), t.data_ptr())
         binding.bind_output("eps", "cuda")
         fns["ort_cuda"] = lambda: session.run_with_iobinding(binding)

@@ -25,7 +25,8 @@ def test_engine_section_builds_checks_and_times_each_variant(monkeypatch):
     gpu_check.check_engines(results, model, 32, 1)
     names = [c["name"] for c in results["checks"]]
     assert all(c["ok"] for c in results["checks"]), results["checks"]
-    assert sum("(export.parity)" in n for n in names) == 3 and any("image vs torch backend" in n for n in names)
+    # encoder, conditioner and dynamic U-Net at two sizes each, the bucket's U-Net at batch 1
+    assert sum("(export.parity)" in n for n in names) == 7 and any("image vs torch backend" in n for n in names)
     assert [r["variant"] for r in results["engines"]] == ["onnxruntime fp32"] and results["engines"][0]["ms"] > 0
     assert "| 32 | onnxruntime fp32 |" in gpu_check.markdown({**results, "device": "cpu", "torch": "", "triton": "",
                                                                "preset": "tiny", "levels": [], "unet": [], "image": []})
