@@ -16,7 +16,7 @@ Writes ``gpu_check_<card>.json`` and ``.md`` into the folder given (after every 
 cut-off run keeps what it measured) and exits 1 if a correctness check failed. Random weights of
 the preset, no checkpoint needed. Usage::
 
-    python benchmarks/gpu_check.py benchmarks/results [--preset official] [--quick] [--compile]
+    python -m benchmarks.gpu_check benchmarks/results [--preset official] [--quick] [--compile]
 """
 
 from __future__ import annotations
@@ -34,15 +34,12 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import idm_rt  # noqa: E402
-import kernels  # noqa: E402
-from idm_rt.cuda_graph import GraphedDDIM, GraphedDenoiser  # noqa: E402
-from idm_rt.diffusion import LinearSchedule, ddim  # noqa: E402
-from idm_rt.model.implicit import ImplicitUp, modulate, query_literal  # noqa: E402
-from kernels import reference  # noqa: E402
+import idm_rt
+from idm_rt import kernels
+from idm_rt.cuda_graph import GraphedDDIM, GraphedDenoiser
+from idm_rt.diffusion import LinearSchedule, ddim
+from idm_rt.kernels import reference
+from idm_rt.model.implicit import ImplicitUp, modulate, query_literal
 
 DEVICE = "cuda"  # a module constant, so the logic can be dry-run elsewhere
 TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 3e-2}
@@ -266,8 +263,8 @@ def check_engines(results: dict, model: idm_rt.IDM, size: int, reps: int) -> Non
 
     import numpy as np
 
-    from export.graphs import graph_module, sample_inputs
-    from export.parity import LIMITS, graph_errors
+    from idm_rt.export.graphs import graph_module, sample_inputs
+    from idm_rt.export.parity import LIMITS, graph_errors
     from idm_rt.backends import load_runner
     from idm_rt.backends.engine_dir import graph_inputs, graph_key
     from idm_rt.buckets import Bucket

@@ -39,7 +39,8 @@ def onnxruntime_runners(model: idm_rt.IDM, side: int, stack: contextlib.ExitStac
     """Runners of an fp32 ONNX Runtime engine of ``model`` for one side x side bucket, built in a
     temp folder: as shipped, and (on the CPU) without torch's threads pinned while sampling."""
     from idm_rt.backends import load_runner
-    from idm_rt.build import auto_conv, main as build
+    from idm_rt.build import main as build
+    from idm_rt.export.engines import auto_conv
 
     tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
     idm_rt.save_model(model, tmp / "model")

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from export.graphs import export_graph, sample_inputs
+from idm_rt.export.graphs import export_graph, sample_inputs
 from idm_rt import IDM, preset
 from idm_rt.backends.engine_dir import graph_inputs
 from idm_rt.buckets import Bucket
@@ -72,7 +72,7 @@ def cpu_section(model: IDM, graphs: dict[str, Path], args_t: tuple, repeats: int
     pause before each call (:data:`ORT_SETTLE_S`)."""
     feeds = ort_feeds(model, args_t)
     torch.set_num_threads(threads)
-    from export.graphs import UNetGraph
+    from idm_rt.export.graphs import UNetGraph
 
     net = UNetGraph(model).eval()
 
@@ -112,7 +112,7 @@ def profile_section(model: IDM, graphs: dict[str, Path], args_t: tuple, threads:
     and the GFLOP/s its Conv kernels reach, against a 2048^3 matmul on the same threads."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from export.graphs import UNetGraph
+    from idm_rt.export.graphs import UNetGraph
 
     feeds = ort_feeds(model, args_t)
     out = {f"{name}_ms_per_op_type": ort_ms_per_op_type(path, feeds, threads) for name, path in graphs.items()}
@@ -131,7 +131,7 @@ def profile_section(model: IDM, graphs: dict[str, Path], args_t: tuple, threads:
 
 def winograd_error(model: IDM, onnx_path: Path, args_t: tuple) -> float:
     """Max abs difference of the Winograd graph's eps from torch eager float32 (|eps| is ~1)."""
-    from export.graphs import UNetGraph
+    from idm_rt.export.graphs import UNetGraph
 
     got = _session(onnx_path, 1).run(None, ort_feeds(model, args_t))
     with torch.no_grad():
@@ -143,7 +143,7 @@ def gpu_section(model: IDM, onnx_path: Path, args_t: tuple, repeats: int) -> dic
     """torch eager and ORT CUDA (IO binding through the runner's code path) on the GPU."""
     import onnxruntime as ort
 
-    from export.graphs import UNetGraph
+    from idm_rt.export.graphs import UNetGraph
 
     net = UNetGraph(model).cuda().eval()
     gpu_args = tuple(t.cuda() for t in args_t)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 import idm_rt
-from training.evaluate import SKIMAGE_PHOTOS, evaluate, load_images
+from idm_rt.training.evaluate import SKIMAGE_PHOTOS, evaluate, load_images
 
 from .common import write
 

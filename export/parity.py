@@ -1,4 +1,4 @@
-"""``python -m export.parity DIR``: every graph of a built engine directory against the torch float32
+"""``python -m idm_rt.export.parity DIR``: every graph of a built engine directory against the torch float32
 model it was built from, on random inputs; prints the relative error per graph.
 
 Relative error = ||engine - torch|| / ||torch|| (L2 over all outputs of the graph). Limits: 1e-4 for
@@ -52,7 +52,7 @@ def graph_errors(runner: EngineRunner, model, seed: int = 0) -> list[tuple[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m export.parity", description=__doc__.split("\n\n")[0].replace("``", ""))
+    ap = argparse.ArgumentParser(prog="python -m idm_rt.export.parity", description=__doc__.split("\n\n")[0].replace("``", ""))
     ap.add_argument("folder", metavar="DIR", help="engine directory written by python -m idm_rt.build")
     ap.add_argument("--model", help="the torch model (default: the path recorded in the manifest)")
     ap.add_argument("--backend", choices=BACKENDS, help="default: the directory's backend")

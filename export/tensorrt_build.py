@@ -13,7 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import onnx
+import torch
 
+from idm_rt.backends.tensorrt import import_tensorrt
 from idm_rt.buckets import Bucket
 from idm_rt.fileio import atomic_write
 
@@ -26,28 +28,18 @@ VERSION = 2  # bump when the builder's settings change (2: TF32 off for fp16 bui
 def missing_requirements() -> list[str]:
     """What this machine lacks to build TensorRT engines (empty: nothing)."""
     missing = []
+    if not torch.cuda.is_available():
+        missing.append("an NVIDIA GPU visible to torch (torch.cuda.is_available() is False)")
     try:
-        import torch
-
-        if not torch.cuda.is_available():
-            missing.append("an NVIDIA GPU visible to torch (torch.cuda.is_available() is False)")
-    except ImportError:
-        missing.append("torch")
-    try:
-        import tensorrt as trt
-
-        if int(trt.__version__.split(".")[0]) < 10:
-            missing.append(f"TensorRT 10.x (found {trt.__version__})")
-    except ImportError:
-        missing.append("the tensorrt Python package, 10.x (pip install tensorrt)")
+        import_tensorrt()  # the runner's version rule
+    except ImportError as e:
+        missing.append(str(e))
     return missing
 
 
 def identity() -> dict[str, str]:
     """TensorRT version and GPU of this machine: engines are only valid for both."""
-    import tensorrt as trt
-    import torch
-
+    trt = import_tensorrt()
     major, minor = torch.cuda.get_device_capability()
     return {"tensorrt": trt.__version__, "gpu": torch.cuda.get_device_name(), "compute_capability": f"{major}.{minor}",
             "cuda": str(torch.version.cuda)}
@@ -94,8 +86,7 @@ def build_engine(onnx_path: Path, engine_path: Path, profile: dict[str, tuple], 
                  timing_cache: Path) -> None:
     """Parse ``onnx_path``, build a serialized engine with one optimisation profile, write it to
     ``engine_path``; the timing cache is read first and written back (atomically) after the build."""
-    import tensorrt as trt
-
+    trt = import_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if fp16 else 0

@@ -20,7 +20,6 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .backends.engine_dir import MANIFEST_NAME
 from .config import IDMConfig, check_max_scale
 from .fileio import atomic_write
 from .model import IDM
@@ -92,10 +91,9 @@ def _load_project(path: Path, config: IDMConfig | None, max_scale: float | None)
     weights = path / WEIGHTS_NAME if path.is_dir() else path
     meta_path = folder / CONFIG_NAME
     if not weights.exists() or not meta_path.exists():
-        if (folder / MANIFEST_NAME).exists():
-            raise FileNotFoundError(f"{folder} is an engine directory, not a model: run it with "
-                                    f"Upscaler.from_engines({str(folder)!r}) or `python -m idm_rt upscale --engines`")
-        raise FileNotFoundError(f"{folder} needs both {WEIGHTS_NAME} and {CONFIG_NAME}")
+        held = sorted(p.name for p in folder.iterdir())[:8] if folder.is_dir() else []
+        raise FileNotFoundError(f"{folder} needs both {WEIGHTS_NAME} and {CONFIG_NAME} (it holds: "
+                                f"{', '.join(held) or 'nothing'})")
     try:
         meta = json.loads(meta_path.read_text())
         config = config or IDMConfig.from_dict(meta["network"])

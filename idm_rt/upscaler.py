@@ -13,7 +13,8 @@ from typing import Any, Sequence
 import torch
 
 from .backends import BACKENDS, DEFAULT_DEVICES, EngineRunner, load_runner
-from .backends.engine_dir import MANIFEST_NAME, read_manifest
+from .backends.engine_dir import MANIFEST_NAME, default_precision, read_manifest
+from .backends.engine_dir import PRECISIONS as ENGINE_PRECISIONS
 from .checkpoints import load_model
 from .images import ImageLike, from_tensor, resize_alpha, split_inputs, to_tensor
 from .model import IDM
@@ -87,7 +88,7 @@ class Upscaler:
         ``path`` is an engine directory written by ``python -m idm_rt.build``, or a model, whose
         engines are then built on the first call (default buckets, ``precision`` "fp32" for ONNX
         Runtime and "fp16" for TensorRT unless given) into a cache folder and reused after
-        (:func:`idm_rt.build.build_engines`). ``max_scale`` overrides the largest training scale M
+        (:func:`idm_rt.export.engines.build_engines`). ``max_scale`` overrides the largest training scale M
         (released ``.pth`` files do not store it; default 8). ``device`` defaults to "cpu", "cuda" for
         TensorRT.
         """
@@ -102,6 +103,9 @@ class Upscaler:
                     "this build of idm-rt has no bundled default model yet; pass a checkpoint path "
                     "(a released .pth or a folder written by `python -m idm_rt convert`)")
             path = DEFAULT_MODEL
+        if (Path(path) / MANIFEST_NAME).exists():
+            raise FileNotFoundError(f"{path} is an engine directory, not a model: run it with "
+                                    f"Upscaler.from_engines({str(path)!r}) or `python -m idm_rt upscale --engines`")
         model = load_model(path, max_scale=max_scale)
         return cls(model, device=device or "cpu", sampling=model.recommended, **kwargs)
 
@@ -119,9 +123,9 @@ class Upscaler:
             if precision not in (None, built):
                 raise ValueError(f"{path} holds {built} engines, not {precision}")
             return Path(path)
-        precision = precision or ("fp16" if backend == "tensorrt" else "fp32")
-        if precision not in ("fp32", "fp16"):
-            raise ValueError(f"engines are built in 'fp32' or 'fp16', not {precision!r}")
+        precision = precision or default_precision(backend)
+        if precision not in ENGINE_PRECISIONS:
+            raise ValueError(f"engines are built in {' or '.join(map(repr, ENGINE_PRECISIONS))}, not {precision!r}")
         if path is not None and not Path(path).exists():
             raise FileNotFoundError(f"no model or engine directory at {path}")
         device = torch.device(device or DEFAULT_DEVICES[backend])
@@ -131,7 +135,7 @@ class Upscaler:
             from .backends.onnxruntime import execution_providers
 
             execution_providers(device)  # can it run there? Said before a build, not after it
-        from .build import build_engines
+        from .export.engines import build_engines  # the one call from the runtime into the export package
 
         return build_engines(path, backend, precision, device)
 

@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-import export.builder
-import export.tensorrt_build
+from idm_rt.export import builder, tensorrt_build
 import idm_rt
-from export.graphs import export_graph
+from idm_rt.export.graphs import export_graph
 from idm_rt import Upscaler
 from idm_rt.backends.engine_dir import read_manifest
 from idm_rt.backends import load_runner
@@ -98,7 +97,7 @@ def test_from_pretrained_builds_a_models_engines_once_in_the_cache(built, tmp_pa
     model, folder = built
     monkeypatch.setenv("IDM_RT_CACHE", str(tmp_path))
     exported = []
-    monkeypatch.setattr(export.builder, "export_graph", lambda *a: exported.append(a[1]) or export_graph(*a))
+    monkeypatch.setattr(builder, "export_graph", lambda *a: exported.append(a[1]) or export_graph(*a))
     up = Upscaler.from_pretrained(folder.parent / "model", backend="onnxruntime", runner_options={"threads": 1})
     engines = up.model.folder
     assert engines.parent == tmp_path / "engines"
@@ -116,7 +115,7 @@ def test_from_pretrained_builds_a_models_engines_once_in_the_cache(built, tmp_pa
 def test_from_pretrained_with_an_engine_backend_refuses_what_it_cannot_build(built, tmp_path, monkeypatch):
     _, folder = built
     monkeypatch.setenv("IDM_RT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(export.tensorrt_build, "missing_requirements", lambda: ["an NVIDIA GPU visible to torch"])
+    monkeypatch.setattr(tensorrt_build, "missing_requirements", lambda: ["an NVIDIA GPU visible to torch"])
     with pytest.raises(RuntimeError, match="lacks an NVIDIA GPU visible to torch.*backend='onnxruntime'"):
         Upscaler.from_pretrained(folder.parent / "model", backend="tensorrt")
     assert not (tmp_path / "cache").exists()  # refused before exporting anything
@@ -132,7 +131,7 @@ def test_from_pretrained_with_an_engine_backend_refuses_what_it_cannot_build(bui
         Upscaler.from_pretrained(folder, backend="onnxruntime", precision="fp16")
     with pytest.raises(ValueError, match="engines record it when built"):
         Upscaler.from_pretrained(folder, backend="onnxruntime", max_scale=8)
-    monkeypatch.setattr(export.tensorrt_build, "missing_requirements", lambda: [])
+    monkeypatch.setattr(tensorrt_build, "missing_requirements", lambda: [])
     with pytest.raises(ValueError, match="runs on a CUDA device, not cpu"):
         Upscaler.from_pretrained(folder.parent / "model", backend="tensorrt", device="cpu")
     assert not (tmp_path / "cache").exists()
@@ -269,4 +268,6 @@ def test_missing_or_damaged_engine_files_are_named(built, tmp_path):
     with pytest.raises(FileNotFoundError, match="encoder.onnx, listed in .*manifest.json, is missing"):
         Upscaler.from_engines(copy)
     with pytest.raises(FileNotFoundError, match="is an engine directory, not a model"):
+        Upscaler.from_pretrained(folder)
+    with pytest.raises(FileNotFoundError, match="needs both model.safetensors and config.json .it holds: .*manifest.json"):
         idm_rt.load_model(folder)

@@ -11,7 +11,7 @@ import torch
 
 import idm_rt
 from idm_rt.resize import downscale, upscale
-from training.metrics import consistency, psnr_y
+from idm_rt.training.metrics import consistency, psnr_y
 
 skdata = pytest.importorskip("skimage.data")
 

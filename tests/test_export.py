@@ -10,10 +10,10 @@ import torch
 from onnx import TensorProto, helper
 
 import idm_rt
-from export.graphs import FP32_OPS, OPSET, export_graph
-from export.opcheck import check_graph
-from export.parity import relative_error
-from export.precision import keep_in_float32
+from idm_rt.export.graphs import FP32_OPS, OPSET, export_graph
+from idm_rt.export.opcheck import check_graph
+from idm_rt.export.parity import relative_error
+from idm_rt.export.precision import keep_in_float32
 from idm_rt.buckets import Bucket
 
 TINY = idm_rt.IDMConfig(inner_channel=32, channel_multiplier=(1, 2, 4), res_blocks=1, attn_levels=(2,),
@@ -188,7 +188,7 @@ def test_keep_in_float32_wraps_only_the_listed_operators():
 def test_inline_constant_identities_resolves_chains_and_spares_outputs_and_subgraphs():
     from onnx import numpy_helper
 
-    from export.graphs import inline_constant_identities
+    from idm_rt.export.graphs import inline_constant_identities
 
     w = numpy_helper.from_array(torch.ones(2).numpy(), "w")
     sub = helper.make_graph([helper.make_node("Add", ["x", "id_sub"], ["s"])], "then", [],

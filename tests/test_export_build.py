@@ -1,5 +1,5 @@
 """``python -m idm_rt.build`` on a CPU: ONNX Runtime builds, manifest reuse and invalidation, the
-exit-3 path without GPU/TensorRT, messages, and ``python -m export.parity``."""
+exit-3 path without GPU/TensorRT, messages, and ``python -m idm_rt.export.parity``."""
 
 import json
 import shutil
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import idm_rt
-from export import builder, parity, winograd
+from idm_rt.export import builder, parity, winograd
 from idm_rt.backends import load_runner
 from idm_rt.backends.engine_dir import read_manifest
 from idm_rt.build import main
@@ -304,7 +304,7 @@ def test_a_build_never_touches_files_it_did_not_write(models, tmp_path, capsys):
 
 
 def test_an_unreadable_graph_is_reported_not_raised(ort_dir, tmp_path):
-    from export.opcheck import check_graph
+    from idm_rt.export.opcheck import check_graph
 
     bad = tmp_path / "cut.onnx"
     bad.write_bytes((ort_dir / "onnx" / "encoder.onnx").read_bytes()[:300])

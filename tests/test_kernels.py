@@ -16,8 +16,8 @@ import torch.nn.functional as F
 
 os.environ["TRITON_INTERPRET"] = "1"
 
-import kernels  # noqa: E402
-from kernels import reference  # noqa: E402
+from idm_rt import kernels  # noqa: E402
+from idm_rt.kernels import reference  # noqa: E402
 from idm_rt.model.implicit import ImplicitUp, modulate, query_literal  # noqa: E402
 
 from .conftest import TINY, perturbed  # noqa: E402
@@ -75,7 +75,7 @@ def rel_max_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 @pytest.fixture
 def poisoned(monkeypatch):
     """Every buffer the Triton launchers allocate starts as NaN, so an unwritten element shows."""
-    from kernels import triton_implicit
+    from idm_rt.kernels import triton_implicit
 
     def nan_empty(shape, like):
         return torch.full(shape, float("nan"), device=like.device, dtype=like.dtype)
@@ -166,7 +166,7 @@ def test_triton_bfloat16():
 def test_auto_dispatch_runs_triton_under_interpreter(poisoned, monkeypatch):
     """backend="auto" on CPU tensors takes the interpreted kernels (NaN buffers would show otherwise
     only if the torch path were taken: so check the launcher was called)."""
-    from kernels import triton_implicit
+    from idm_rt.kernels import triton_implicit
 
     calls = []
     monkeypatch.setattr(triton_implicit, "folded_upsample",

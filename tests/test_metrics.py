@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from idm_rt.resize import downscale
-from training.metrics import consistency, psnr_y, ssim_y
+from idm_rt.training.metrics import consistency, psnr_y, ssim_y
 
 skimage = pytest.importorskip("skimage")
 from skimage.color import rgb2ycbcr  # noqa: E402

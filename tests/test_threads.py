@@ -82,7 +82,7 @@ def test_configure_threads(machine, monkeypatch):
 
 
 def test_importing_idm_rt_leaves_torch_threads_alone():
-    code = ("import torch; n = torch.get_num_threads(); import idm_rt, training.train, training.evaluate; "
+    code = ("import torch; n = torch.get_num_threads(); import idm_rt, idm_rt.training.train, idm_rt.training.evaluate; "
             "assert torch.get_num_threads() == n, (n, torch.get_num_threads())")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
                        env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False)
@@ -120,7 +120,7 @@ def test_build_threads_flag(machine, model, capsys):
 
 
 def test_train_threads_flag_is_the_threads_option(machine, tmp_path):
-    from training.train import main
+    from idm_rt.training.train import main
 
     make_folder(tmp_path / "data")
     out = tmp_path / "run"
@@ -134,7 +134,7 @@ def test_train_threads_flag_is_the_threads_option(machine, tmp_path):
 
 
 def test_evaluate_threads_flag(machine, model, tmp_path):
-    from training import evaluate
+    from idm_rt.training import evaluate
 
     make_folder(tmp_path / "data", n=1)
     args = ["--model", str(model), "--data", str(tmp_path / "data"), "--scales", "2", "--steps", "1", "--crop", "24"]

@@ -18,9 +18,9 @@ import torch
 from PIL import Image
 
 import idm_rt
-from training.config import resolve
-from training.data import scan_folder
-from training.trainer import Trainer
+from idm_rt.training.config import resolve
+from idm_rt.training.data import scan_folder
+from idm_rt.training.trainer import Trainer
 
 from .conftest import ROOT, TINY
 from .test_cli import safetensors_no_space
@@ -68,7 +68,7 @@ def test_folder_validation(tmp_path):
 
 def test_cli_reports_bad_data_folder(tmp_path):
     (tmp_path / "empty").mkdir()
-    r = subprocess.run([sys.executable, "-m", "training.train", "--data", str(tmp_path / "empty"), "--out",
+    r = subprocess.run([sys.executable, "-m", "idm_rt.training.train", "--data", str(tmp_path / "empty"), "--out",
                         str(tmp_path / "run")], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 2 and "no usable training image" in r.stderr
 
@@ -168,7 +168,7 @@ TINY_SET = ["crop=16", "batch=2", "threads=1", "val_holdout=1", "val_every=0", "
 
 
 def test_resume_cli_uses_the_runs_saved_options(tmp_path, capsys):
-    from training.train import main
+    from idm_rt.training.train import main
 
     make_folder(tmp_path / "data")
     out = tmp_path / "run"
@@ -205,7 +205,7 @@ def test_bad_options_fail_before_training(override, message):
 
 
 def test_16_bit_and_rotated_images_load_as_the_upscaler_reads_them(tmp_path):
-    from training.data import load_rgb
+    from idm_rt.training.data import load_rgb
 
     ramp = np.linspace(0, 65535, 30 * 40).reshape(30, 40).astype(np.uint16)
     Image.fromarray(ramp).save(tmp_path / "g16.png")
@@ -233,7 +233,7 @@ DDP_SCRIPT = """
 import sys, torch
 sys.path.insert(0, {root!r})
 from tests.test_training import config
-from training.trainer import Trainer
+from idm_rt.training.trainer import Trainer
 from pathlib import Path
 tmp = Path({tmp!r})
 t = Trainer(config(tmp, steps=2, ckpt_every=100))
@@ -262,7 +262,7 @@ def test_two_process_gloo_ranks_stay_identical(tmp_path):
 
 
 def test_bundle_ships_fp16_ema_with_defaults_and_respects_the_budget(tmp_path, monkeypatch):
-    from training import bundle
+    from idm_rt.training import bundle
 
     make_folder(tmp_path / "data")
     Trainer(config(tmp_path, steps=3, ckpt_every=3)).fit()
@@ -284,7 +284,7 @@ def test_bundle_ships_fp16_ema_with_defaults_and_respects_the_budget(tmp_path, m
 def test_evaluate_cli_writes_a_table_and_json(tmp_path, tiny_model, capsys):
     import json
 
-    from training import evaluate
+    from idm_rt.training import evaluate
 
     idm_rt.save_model(tiny_model, tmp_path / "m")
     make_folder(tmp_path / "data", n=2)
@@ -316,7 +316,7 @@ def test_a_stop_asked_in_the_last_step_ends_the_run_normally(tmp_path):
 
 
 def test_evaluate_skips_images_an_integer_scale_crops_below_the_ssim_window(tmp_path, capsys):
-    from training.evaluate import large_enough
+    from idm_rt.training.evaluate import large_enough
 
     images = [("a", torch.zeros(3, 19, 19, dtype=torch.uint8)), ("b", torch.zeros(3, 20, 20, dtype=torch.uint8))]
     assert [n for n, _ in large_enough(images, [4])] == ["b"]  # 19 -> 16 - 2 x 4 = 8 < 11; 20 -> 12
@@ -324,7 +324,7 @@ def test_evaluate_skips_images_an_integer_scale_crops_below_the_ssim_window(tmp_
 
 
 def test_resuming_nothing_is_an_error_naming_the_folder(tmp_path, capsys):
-    from training.train import main
+    from idm_rt.training.train import main
 
     assert main(["--resume", "--out", str(tmp_path / "TYPO")]) == 2
     assert f"nothing to resume: {tmp_path / 'TYPO'} holds no run" in capsys.readouterr().err
@@ -380,7 +380,7 @@ def _damage(kind: str, state, tmp_path):
 @pytest.mark.parametrize("kind", ["truncated", "empty", "random", "a list", "missing keys", "a bad step",
                                   "a malicious pickle"])
 def test_a_damaged_trainer_state_is_one_line_naming_the_file(tmp_path, capsys, kind):
-    from training.train import main
+    from idm_rt.training.train import main
 
     make_folder(tmp_path / "data")
     out = tmp_path / "run"
@@ -412,7 +412,7 @@ def test_rotation_and_resume_leave_what_is_not_a_checkpoint_alone(tmp_path):
 
 
 def test_a_folder_in_the_way_of_a_checkpoint_is_not_replaced(tmp_path, capsys):
-    from training.train import main
+    from idm_rt.training.train import main
 
     make_folder(tmp_path / "data")
     out = tmp_path / "run"
@@ -431,7 +431,7 @@ def _no_space(*args, **kwargs):
 @pytest.mark.parametrize("where", ["weights", "trainer state"])
 def test_a_full_disk_at_a_checkpoint_is_one_line_and_leaves_nothing_behind(tmp_path, capsys, monkeypatch, where):
     from idm_rt import checkpoints
-    from training.train import main
+    from idm_rt.training.train import main
 
     make_folder(tmp_path / "data")
     if where == "weights":
@@ -449,7 +449,7 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_leaves_nothing_behind(tmp_p
 
 def test_bundle_on_a_full_disk_leaves_the_shipped_model_as_it_was(tmp_path, monkeypatch, capsys):
     from idm_rt import checkpoints
-    from training import bundle
+    from idm_rt.training import bundle
 
     make_folder(tmp_path / "data")
     Trainer(config(tmp_path, steps=3, ckpt_every=3)).fit()

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from export import winograd
-from export.winograd import WinogradConv2d, matrices, tile_size, use_winograd
+from idm_rt.export import winograd
+from idm_rt.export.winograd import WinogradConv2d, matrices, tile_size, use_winograd
 
 pytestmark = pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 

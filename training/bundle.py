@@ -1,4 +1,4 @@
-"""``python -m training.bundle CHECKPOINT``: ship a trained model as the package's default.
+"""``python -m idm_rt.training.bundle CHECKPOINT``: ship a trained model as the package's default.
 
 Writes the EMA weights of a training checkpoint as float16 safetensors plus config (with the
 recipe, step and training time as provenance) to ``idm_rt/weights/default``, where
@@ -39,7 +39,7 @@ def training_time(run: Path, batch: int) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m training.bundle", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m idm_rt.training.bundle", description=__doc__)
     ap.add_argument("checkpoint", type=Path, help="a run's checkpoints/step_N folder")
     ap.add_argument("--out", type=Path, default=DEFAULT_MODEL)
     ap.add_argument("--note", default="", help="free text added to the provenance (machine, data, ...)")

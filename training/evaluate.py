@@ -1,9 +1,9 @@
-"""``python -m training.evaluate``: PSNR/SSIM (Y, border cropped) and Consistency of a model against
+"""``python -m idm_rt.training.evaluate``: PSNR/SSIM (Y, border cropped) and Consistency of a model against
 bicubic, per scale, as a Markdown table and JSON.
 
 Examples:
-  python -m training.evaluate --data skimage --scales 2,3,4,6,8 --crop 192
-  python -m training.evaluate --model runs/small/checkpoints/step_00040000/ema --data val/ --save-dir eval_out
+  python -m idm_rt.training.evaluate --data skimage --scales 2,3,4,6,8 --crop 192
+  python -m idm_rt.training.evaluate --model runs/small/checkpoints/step_00040000/ema --data val/ --save-dir eval_out
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def markdown(rows: list[dict], title: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m idm_rt.training.evaluate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="checkpoint (project folder or released .pth); default: the bundled model")
     ap.add_argument("--data", required=True, help="folder of HR images, or 'skimage' for scikit-image's photos")

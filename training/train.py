@@ -1,10 +1,10 @@
-"""``python -m training.train``: train an IDM model.
+"""``python -m idm_rt.training.train``: train an IDM model.
 
 Examples:
-  python -m training.train --preset small --data ../shared/datasets/train --out runs/small
-  python -m training.train --resume --out runs/small          # continue exactly where it stopped
-  python -m training.train --resume --out runs/small --steps 20000   # ... and train longer
-  python -m training.train --config my.json --set steps=20000 network.dropout=0.1
+  python -m idm_rt.training.train --preset small --data ../shared/datasets/train --out runs/small
+  python -m idm_rt.training.train --resume --out runs/small          # continue exactly where it stopped
+  python -m idm_rt.training.train --resume --out runs/small --steps 20000   # ... and train longer
+  python -m idm_rt.training.train --config my.json --set steps=20000 network.dropout=0.1
   torchrun --nproc_per_node 4 -m training.train --preset official-scenes-4x --data DIV2K/HR
 """
 
@@ -24,7 +24,7 @@ SAVED_CONFIG = "train_config.json"
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m training.train", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m idm_rt.training.train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), help="training recipe (default: small)")
     ap.add_argument("--config", help="JSON file of training options, applied over the preset")

@@ -33,6 +33,13 @@ FORMAT = "idm-rt-engines/2"  # 2: one conditioner and one dynamic U-Net graph fo
 # bucket's static shape (the exact fits; ONNX Runtime's CPU graphs may use Winograd convolutions).
 KINDS = ("encoder", "conditioner", "unet_dynamic", "unet")
 BACKENDS = ("onnxruntime", "tensorrt")
+PRECISIONS = ("fp32", "fp16")  # the U-Nets' (the encoder and the conditioner stay float32)
+
+
+def default_precision(backend: str) -> str:
+    """The precision engines of ``backend`` are built in unless asked otherwise: fp16 for TensorRT (GPUs),
+    fp32 for ONNX Runtime (CPUs, where float16 is slower)."""
+    return "fp16" if backend == "tensorrt" else "fp32"
 
 
 def conditioning_names(levels: int) -> list[str]:
@@ -164,7 +171,6 @@ class Manifest:
 
 
 _JSON_NAMES = {str: "string", dict: "object", list: "array", bool: "true or false"}
-PRECISIONS = ("fp32", "fp16")
 MAX_BUCKETS = 64
 PARTIAL = ".partial"  # suffix of a file being written, renamed into place when complete
 

@@ -122,7 +122,7 @@ def fused_kernels(mode: str, device: torch.device):
     if mode == "torch" or (mode == "auto" and device.type != "cuda"):
         return None
     try:
-        import kernels
+        from .. import kernels
     except ImportError:
         if mode == "triton":
             raise
