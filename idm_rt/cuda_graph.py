@@ -29,17 +29,9 @@ from .diffusion.schedule import LinearSchedule
 from .model import IDM, Conditioning
 
 
-def _flatten(c: Conditioning) -> list[torch.Tensor]:
-    """The conditioning's tensors in a fixed order (levels without a tensor are skipped)."""
-    return [c.cond] + [t for ts in (c.shifts, c.a1, c.a2) for t in ts if t is not None]
-
-
 def _static_copy(c: Conditioning) -> Conditioning:
     """A conditioning with fresh buffers of the same shapes, for the graph to read from."""
-    def clone(ts: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
-        return [None if t is None else t.clone() for t in ts]
-
-    return Conditioning(c.cond.clone(), clone(c.shifts), clone(c.a1), clone(c.a2))
+    return Conditioning.from_flat(c.cond.clone(), [t.clone() for t in c.flat()])
 
 
 class _Replay:
@@ -117,7 +109,7 @@ class GraphedDenoiser:
     MAX_GRAPHS = 4
 
     def __call__(self, x: torch.Tensor, conditioning: Conditioning, g: torch.Tensor) -> torch.Tensor:
-        key = (tuple(x.shape), x.dtype, x.device, tuple(t.shape for t in _flatten(conditioning)))
+        key = (tuple(x.shape), x.dtype, x.device, tuple(t.shape for t in conditioning.tensors()))
         if key not in self._entries:
             while len(self._entries) >= self.MAX_GRAPHS:
                 old, _ = self._entries.popitem(last=False)
@@ -128,7 +120,7 @@ class GraphedDenoiser:
         static[0].copy_(x)
         static[1].copy_(g.to(static[1].device).view(-1).expand(x.shape[0]))
         if self._loaded.get(key) is not conditioning:
-            for dst, src in zip(static[2:], _flatten(conditioning)):
+            for dst, src in zip(static[2:], conditioning.tensors()):
                 dst.copy_(src)
             self._loaded[key] = conditioning
         return replay().clone()
@@ -138,7 +130,7 @@ class GraphedDenoiser:
         x_s, g_s = x.clone(), torch.zeros(x.shape[0], dtype=torch.float32, device=x.device)
         c_s = _static_copy(conditioning)
         replay = _Replay(lambda: self.net.eps(x_s, c_s, g_s), _use_graphs(self.graphs, x.device))
-        return [x_s, g_s] + _flatten(c_s), replay
+        return [x_s, g_s] + c_s.tensors(), replay
 
 
 def ddim_coefficients(sched: LinearSchedule, steps: int) -> tuple[list[float], list[float], list[float]]:
@@ -173,13 +165,13 @@ class GraphedDDIM:
     @torch.no_grad()
     def __call__(self, conditioning: Conditioning, x_T: torch.Tensor, steps: int = 200) -> torch.Tensor:
         """x_0 from x_T, the same function as ``ddim(..., eta=0)`` on ``model.denoise``."""
-        key = (tuple(x_T.shape), x_T.dtype, x_T.device, tuple(t.shape for t in _flatten(conditioning)))
+        key = (tuple(x_T.shape), x_T.dtype, x_T.device, tuple(t.shape for t in conditioning.tensors()))
         if key not in self._entries:
             self._entries[key] = self._build(x_T, conditioning)
         s, c_s, replay = self._entries[key]
         tables = self._tables(steps, x_T.device)
         s["tables"][:, : tables.shape[1]].copy_(tables)
-        for dst, src in zip(_flatten(c_s), _flatten(conditioning)):
+        for dst, src in zip(c_s.tensors(), conditioning.tensors()):
             dst.copy_(src)
         s["x"].copy_(x_T)
         s["k"].zero_()

@@ -24,7 +24,6 @@ from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from .backends import EngineRunner
 from .buckets import parse_size
 from .cli import read_image, storable
 from .upscaler import Upscaler, seed_list
@@ -197,7 +196,7 @@ class UpscaleApp:
                 "device": str(up.device),
                 "defaults": up.sampling.to_dict(),
                 "tile": up.tile,
-                "buckets": [b.name for b in up.model.buckets] if isinstance(up.model, EngineRunner) else None,
+                "buckets": [b.name for b in up.model.buckets] if up.model.backend != "torch" else None,
                 "limits": {"max_body_bytes": self.max_body_bytes, "max_pixels": up.max_pixels,
                            "max_steps": self.max_steps, "timeout_s": self.timeout_s},
                 "formats": list(FORMATS), "batching": {**self.batching, **stats}}

@@ -6,7 +6,6 @@ validation calls it directly.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable
 
@@ -15,14 +14,14 @@ import torch
 from .consistency import consistent
 from .diffusion import LinearSchedule, randn_like, run_sampler
 from .diffusion.samplers import Generators
-from .model import IDM
+from .model.protocol import SamplingModel
 from .resize import upscale
 from .sampling import SamplingSettings
 from .tiling import TilePlan, tiled_eps
 
 
 @torch.no_grad()
-def super_resolve(model: IDM, lr: torch.Tensor, size: tuple[int, int], settings: SamplingSettings,
+def super_resolve(model: SamplingModel, lr: torch.Tensor, size: tuple[int, int], settings: SamplingSettings,
                   scale: float | None = None, generator: Generators = None, tile: int | None = None,
                   progress: bool = False, denoise: Callable | None = None) -> torch.Tensor:
     """LR batch (B, 3, h, w) in [-1, 1] -> HR batch (B, 3, H, W) in [-1, 1], sampled as ``settings`` say.
@@ -38,7 +37,7 @@ def super_resolve(model: IDM, lr: torch.Tensor, size: tuple[int, int], settings:
     b, _, h, w = lr.shape
     if scale is None:
         scale = (size[0] / h * size[1] / w) ** 0.5
-    with getattr(model, "sampling", contextlib.nullcontext)():  # an engine runner's setup (backends.base)
+    with model.sampling():
         cond = model.encode(lr, size)
         p = model.scale_fraction(scale).expand(b).to(lr.device)
         plan = TilePlan.for_image(size, tile, model.config.size_multiple) if tile is not None else None

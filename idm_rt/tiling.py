@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from .diffusion.samplers import EpsFn
-from .model import IDM
+from .model.protocol import SamplingModel
 
 
 def _starts(length: int, tile: int, stride: int) -> list[int]:
@@ -66,7 +66,7 @@ class TilePlan:
         return axis(top, h, self.size[0])[:, None] * axis(left, w, self.size[1])[None, :]
 
 
-def tiled_eps(model: IDM, cond: torch.Tensor, p: torch.Tensor, plan: TilePlan,
+def tiled_eps(model: SamplingModel, cond: torch.Tensor, p: torch.Tensor, plan: TilePlan,
               denoise: Callable | None = None, cache_bytes: int = 2**31) -> EpsFn:
     """A noise predictor over the whole image that runs the U-Net (``denoise``, by default
     ``model.denoise``) tile by tile.
@@ -87,7 +87,7 @@ def tiled_eps(model: IDM, cond: torch.Tensor, p: torch.Tensor, plan: TilePlan,
     cached, used = {}, 0
     for i in range(len(plan.tiles)):
         c = tile_condition(i)
-        size = sum(x.numel() * x.element_size() for x in [c.cond, *c.shifts, *c.a1, *c.a2] if x is not None)
+        size = c.nbytes()
         if used + size > cache_bytes:
             break
         cached[i], used = c, used + size

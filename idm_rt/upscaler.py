@@ -12,12 +12,12 @@ from typing import Any, Sequence
 
 import torch
 
-from .backends import BACKENDS, DEFAULT_DEVICES, EngineRunner, load_runner
+from .backends import BACKENDS, DEFAULT_DEVICES, load_runner
 from .backends.engine_dir import MANIFEST_NAME, default_precision, read_manifest
 from .backends.engine_dir import PRECISIONS as ENGINE_PRECISIONS
 from .checkpoints import load_model
 from .images import ImageLike, from_tensor, resize_alpha, split_inputs, to_tensor
-from .model import IDM
+from .model.protocol import SamplingModel
 from .pipeline import super_resolve
 from .sampling import SamplingSettings
 
@@ -29,7 +29,8 @@ class Upscaler:
     """Continuous-scale super-resolution with an IDM model.
 
     Args:
-        model: a loaded :class:`~idm_rt.IDM`, or an engine runner (see :meth:`from_engines`).
+        model: a loaded :class:`~idm_rt.IDM`, or an engine runner (see :meth:`from_engines`): any
+            :class:`~idm_rt.model.protocol.SamplingModel`.
         device: where the network runs ("cpu", "cuda", "cuda:1", ...).
         sampling: the default :class:`~idm_rt.SamplingSettings` of :meth:`upscale` (a model folder
             recommends its own, which ``from_pretrained`` uses); ``**settings`` (``sampler``, ``steps``,
@@ -43,7 +44,7 @@ class Upscaler:
         max_pixels: largest output (H x W) accepted, a guard against typos such as ``scale=400``.
     """
 
-    def __init__(self, model: IDM | EngineRunner, device: str | torch.device = "cpu",
+    def __init__(self, model: SamplingModel, device: str | torch.device = "cpu",
                  sampling: SamplingSettings | None = None, tile: int | None = 512, max_pixels: int = 64_000_000,
                  precision: str = "fp32", cuda_graphs: bool | None = None, compile: bool = False, **settings: Any):
         self.device = torch.device(device)
@@ -53,7 +54,7 @@ class Upscaler:
         if unknown:
             raise TypeError(f"Upscaler got unknown options {unknown}")
         self.sampling = (sampling or SamplingSettings()).replace(**settings)
-        self.model = model if isinstance(model, EngineRunner) else model.to(self.device).eval()
+        self.model = model.prepare(self.device)
         self.tile, self.max_pixels = tile, max_pixels
         self.denoise = self._denoiser(precision, cuda_graphs, compile)
 
@@ -62,7 +63,7 @@ class Upscaler:
         :mod:`idm_rt.cuda_graph` when graphs, autocast or compile are asked for (graphs by default on CUDA)."""
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
-        if isinstance(self.model, EngineRunner):
+        if self.model.backend != "torch":
             if precision != "fp32" or compile or cuda_graphs:
                 raise ValueError(f"precision, compile and cuda_graphs are for the torch backend: an engine "
                                  f"directory's precision is fixed when it is built (this one: "
@@ -233,9 +234,7 @@ class Upscaler:
             lr = torch.cat([prepared[i][0] for i in idx]).to(self.device)
             # one generator per image, with its seed: an image's result does not depend on its batch
             gen = [torch.Generator().manual_seed(seeds[i]) for i in idx] if seeds is not None else None
-            group_tile = tile or None  # 0: untiled
-            if tile is None and isinstance(self.model, EngineRunner):
-                group_tile = self.model.auto_tile(out)
+            group_tile = self.model.auto_tile(out) if tile is None else tile or None  # 0: untiled
             sr = super_resolve(self.model, lr, out, settings, scale=scale, generator=gen, tile=group_tile,
                                progress=progress, denoise=self.denoise)
             for k, i in enumerate(idx):

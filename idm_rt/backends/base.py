@@ -17,7 +17,8 @@ from typing import Callable
 import torch
 
 from ..buckets import Bucket, route, select_bucket
-from ..model import IDM, Conditioning
+from ..model import Conditioning
+from ..model.conditioning import scale_fraction
 from ..model.encoder import resize_tables
 from ..model.unet import query_tables_for
 from .engine_dir import Manifest, graph_inputs, graph_key, graph_specs, read_manifest, table_names
@@ -27,8 +28,7 @@ class EngineRunner:
     """Runs a built engine directory behind the interface of :class:`~idm_rt.IDM` that
     :func:`idm_rt.pipeline.super_resolve` and tiling use; tensors in and out are torch tensors."""
 
-    # p = (s - 1) / (M - 1): the same function as the torch model's, reading self.max_scale.
-    scale_fraction = IDM.scale_fraction
+    backend: str  # each runner's own; the SamplingModel protocol (idm_rt.model.protocol)
 
     def __init__(self, folder: str | os.PathLike, device: str | torch.device):
         self.folder = Path(folder)
@@ -46,6 +46,16 @@ class EngineRunner:
     def run_graph(self, key: str, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """Run graph ``key`` (see :func:`~idm_rt.backends.engine_dir.graph_key`) on named inputs."""
         raise NotImplementedError
+
+    def prepare(self, device: torch.device) -> EngineRunner:
+        """Itself: a runner runs on the device it was loaded for, and no other."""
+        if torch.device(device) != self.device:
+            raise ValueError(f"these engines were loaded for {self.device}, not {device}; load them for it")
+        return self
+
+    def scale_fraction(self, scale: torch.Tensor | float) -> torch.Tensor:
+        """p = (s - 1) / (M - 1), M recorded in the manifest."""
+        return scale_fraction(scale, self.max_scale)
 
     def sampling(self) -> contextlib.AbstractContextManager:
         """The context :func:`~idm_rt.pipeline.super_resolve` samples in (nothing by default)."""

@@ -29,6 +29,8 @@ class OnnxRuntimeRunner(EngineRunner):
             :meth:`sampling`; process-wide for that time); None leaves torch alone.
     """
 
+    backend = "onnxruntime"
+
     def __init__(self, folder: str | os.PathLike, device: str | torch.device = "cpu", threads: int | None = None,
                  sampling_torch_threads: int | None = 1):
         super().__init__(folder, device)

@@ -48,6 +48,8 @@ class TensorRTRunner(EngineRunner):
             different shapes, so each batch size seen costs one more context's activation memory.
     """
 
+    backend = "tensorrt"
+
     def __init__(self, folder: str | os.PathLike, device: str | torch.device = "cuda", cuda_graph: bool = False):
         super().__init__(folder, device)
         trt = import_tensorrt()

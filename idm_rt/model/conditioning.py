@@ -30,6 +30,10 @@ class Conditioning:
     a1: list[torch.Tensor | None]
     a2: list[torch.Tensor | None]
 
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor: the condition image, then :meth:`flat`."""
+        return [self.cond, *self.flat()]
+
     def flat(self) -> list[torch.Tensor]:
         """The per-level tensors (levels 1..L-1): all shifts, then all a1, then all a2."""
         return [*self.shifts[1:], *self.a1[1:], *self.a2[1:]]
@@ -42,7 +46,14 @@ class Conditioning:
 
     def nbytes(self) -> int:
         """Memory the tensors take (the condition image included)."""
-        return sum(t.numel() * t.element_size() for t in [self.cond, *self.flat()])
+        return sum(t.numel() * t.element_size() for t in self.tensors())
+
+
+def scale_fraction(scale: torch.Tensor | float, max_scale: float) -> torch.Tensor:
+    """``p = (s - 1) / (M - 1)`` per sample, the scale input of the conditioning; p > 1 extrapolates beyond
+    the largest training magnification M."""
+    s = torch.as_tensor(scale, dtype=torch.float32).view(-1)
+    return (s - 1.0) / (max_scale - 1.0)
 
 
 class ConvAct(nn.Module):

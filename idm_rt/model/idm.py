@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ..config import IDMConfig, check_max_scale
-from .conditioning import Conditioning, LRConditioner
+from .conditioning import Conditioning, LRConditioner, scale_fraction
 from .encoder import EDSREncoder
 from .implicit import KERNEL_MODES, ImplicitUp
 from .unet import UNet
@@ -66,10 +67,23 @@ class IDM(nn.Module):
         self.conditioner = LRConditioner(config)
         self.unet = UNet(config)
 
+    backend = "torch"  # the SamplingModel protocol (idm_rt.model.protocol), which the loop calls
+
+    def prepare(self, device: torch.device) -> IDM:
+        """On ``device``, in eval mode (dropout off)."""
+        return self.to(device).eval()
+
     def scale_fraction(self, scale: torch.Tensor | float) -> torch.Tensor:
         """``p = (s - 1) / (M - 1)`` per sample; p > 1 extrapolates beyond the trained range."""
-        s = torch.as_tensor(scale, dtype=torch.float32).view(-1)
-        return (s - 1.0) / (self.max_scale - 1.0)
+        return scale_fraction(scale, self.max_scale)
+
+    def sampling(self) -> contextlib.AbstractContextManager:
+        """Nothing to set up around the loop of the torch model."""
+        return contextlib.nullcontext()
+
+    def auto_tile(self, size: tuple[int, int]) -> int | None:
+        """The torch model runs any output untiled unless the Upscaler's tile says otherwise."""
+        return None
 
     def encode(self, lr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """LR (B, 3, h, w) -> condition image (B, 3, H, W) at the output size."""
