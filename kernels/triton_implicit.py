@@ -11,16 +11,15 @@ Loads may be float32, float16 or bfloat16; products accumulate in float32.
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
 import triton
 import triton.language as tl
 
-from .reference import SQRT2, axis_table, fold_linear
-
 INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
-_SQRT2 = tl.constexpr(SQRT2)  # kernels may read module globals only as constexpr
+_SQRT2 = tl.constexpr(math.sqrt(2.0))  # FusedLeakyReLU's gain; kernels read module globals only as constexpr
 
 
 def _keep_first_when_interpreting(configs, named_args, **kwargs):
@@ -168,36 +167,33 @@ def _empty(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
     return torch.empty(shape, device=like.device, dtype=like.dtype)
 
 
-def _tables(hs: int, ws: int, out_size: tuple[int, int], device: torch.device):
-    return (*axis_table(hs, out_size[0], device), *axis_table(ws, out_size[1], device))
-
-
 def mlp_upsample(x: torch.Tensor, shift: torch.Tensor, a1: torch.Tensor, a2: torch.Tensor, bias: torch.Tensor,
                  w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
-                 out_size: tuple[int, int], relu: bool) -> torch.Tensor:
+                 tables: tuple[torch.Tensor, ...], relu: bool) -> torch.Tensor:
     """Fused per-target MLP; all tensors contiguous, x/shift/w1/w2 of one dtype (the caller's job)."""
     b, c, hs, ws = x.shape
     hidden = w1.shape[0]
+    out_size = (tables[0].shape[0], tables[2].shape[0])
     out = _empty((b, c, *out_size), x)
     hw = out_size[0] * out_size[1]
     grid = lambda meta: (triton.cdiv(hw, meta["BLOCK_P"]), b)  # noqa: E731
-    _mlp_kernel[grid](x, shift, a1, a2, bias, w1, b1, w2, b2, *_tables(hs, ws, out_size, x.device), out,
+    _mlp_kernel[grid](x, shift, a1, a2, bias, w1, b1, w2, b2, *tables, out,
                       c, hs * ws, ws, out_size[1], hw, hidden, RELU=relu,
                       HIDDEN_P=max(16, triton.next_power_of_2(hidden)), PRECISION=_precision(x.dtype))
     return out
 
 
 def folded_upsample(x: torch.Tensor, shift: torch.Tensor, a1: torch.Tensor, a2: torch.Tensor, bias: torch.Tensor,
-                    w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
-                    out_size: tuple[int, int]) -> torch.Tensor:
+                    m: torch.Tensor, u: torch.Tensor, v: torch.Tensor, d: torch.Tensor,
+                    tables: tuple[torch.Tensor, ...]) -> torch.Tensor:
     """Fused refactored form for linear weights: modulate + C x C map, then gather + coordinate terms."""
     b, c, hs, ws = x.shape
-    m, u, v, d = fold_linear(w1, b1, w2, b2)
+    out_size = (tables[0].shape[0], tables[2].shape[0])
     y = _empty(tuple(x.shape), x)
     grid = lambda meta: (triton.cdiv(hs * ws, meta["BLOCK_S"]), triton.cdiv(c, meta["BLOCK_O"]), b)  # noqa: E731
     _map_kernel[grid](x, shift, a1, a2, bias, m.to(x.dtype), d, y, c, hs * ws, PRECISION=_precision(x.dtype))
     out = _empty((b, c, *out_size), x)
     hw = out_size[0] * out_size[1]
     grid = lambda meta: (triton.cdiv(hw, meta["BLOCK"]), c, b)  # noqa: E731
-    _gather_kernel[grid](y, u, v, *_tables(hs, ws, out_size, x.device), out, c, hs * ws, ws, out_size[1], hw)
+    _gather_kernel[grid](y, u, v, *tables, out, c, hs * ws, ws, out_size[1], hw)
     return out

@@ -1,5 +1,5 @@
-"""The Triton implicit up-layer kernels, run on the CPU by Triton's interpreter, against a float64
-reference; the kernels' reference against idm_rt's release form; the dispatch rules.
+"""The Triton implicit up-layer kernels, run on the CPU by Triton's interpreter, against the release's
+literal form (idm_rt's query_literal, grid_sample and a per-pixel MLP) in float64; the dispatch rules.
 
 TRITON_INTERPRET=1 is set for this test process before the kernels are first imported (Triton
 decides at decoration time whether a kernel is interpreted).
@@ -12,13 +12,11 @@ import random
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 os.environ["TRITON_INTERPRET"] = "1"
 
 from idm_rt import kernels  # noqa: E402
-from idm_rt.kernels import reference  # noqa: E402
-from idm_rt.model.implicit import ImplicitUp, modulate, query_literal  # noqa: E402
+from idm_rt.model.implicit import ImplicitUp, fold, modulate, query_literal, query_tables  # noqa: E402
 
 from .conftest import TINY, perturbed  # noqa: E402
 
@@ -67,6 +65,32 @@ def layer_inputs(b: int, c: int, hs: int, ws: int, hidden: int = 256, seed: int 
             randn(c, scale=0.1)]
 
 
+def literal(inputs: list[torch.Tensor], size: tuple[int, int], act: str | None) -> torch.Tensor:
+    """The oracle: the release's form of the layer (query_literal) on ``layer_inputs``, in float32 as the
+    release computes it (its grid_sample ties at exact pixel borders are float32's), returned as float64."""
+    x, shift, a1, a2, bias, w1, b1, w2, b2 = (t.float() for t in inputs)
+    fc1, fc2 = (torch.nn.Linear(w.shape[1], w.shape[0]) for w in (w1, w2))
+    with torch.no_grad():
+        for fc, w, b in ((fc1, w1, b1), (fc2, w2, b2)):
+            fc.weight.copy_(w)
+            fc.bias.copy_(b)
+        return query_literal(modulate(x, shift, a1, a2, bias), fc1, fc2, size, act == "relu").double()
+
+
+def fused(form: str, inputs: list[torch.Tensor], size: tuple[int, int], act: str | None) -> torch.Tensor:
+    """The kernels' ``form`` on ``layer_inputs``; the folded weights from idm_rt's :func:`fold`."""
+    x, shift, a1, a2, bias, w1, b1, w2, b2 = inputs
+    tables = query_tables(tuple(x.shape[-2:]), size)
+    if form == "mlp":
+        return kernels.mlp_upsample(x, shift, a1, a2, bias, w1, b1, w2, b2, tables, act == "relu")
+    fc1, fc2 = (torch.nn.Linear(w.shape[1], w.shape[0]) for w in (w1, w2))
+    with torch.no_grad():
+        for fc, w, b in ((fc1, w1, b1), (fc2, w2, b2)):
+            fc.weight.copy_(w.float())
+            fc.bias.copy_(b.float())
+    return kernels.folded_upsample(x, shift, a1, a2, bias, *fold(fc1, fc2), tables)
+
+
 def rel_max_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     """max |out - ref| / max |ref| (NaN anywhere in out gives NaN, which fails every comparison)."""
     return ((out.double() - ref).abs().max() / ref.abs().max()).item()
@@ -83,63 +107,13 @@ def poisoned(monkeypatch):
     monkeypatch.setattr(triton_implicit, "_empty", nan_empty)
 
 
-def test_centres_are_pixel_centres():
-    for n in (1, 2, 3, 7, 14, 255):
-        want = -1.0 + (2 * torch.arange(n, dtype=torch.float64) + 1) / n
-        assert torch.allclose(reference.centres(n).double(), want, atol=1e-6)
-
-
-def test_axis_table_is_grid_sample_nearest():
-    """For every (source, target) size up to 40 x 80 (exact ties included, e.g. 4 -> 14), the index
-    is grid_sample's nearest pick at the clamped centres and rel is (target - source centre) n_src."""
-    for n_src in range(1, 41):
-        img = torch.arange(n_src, dtype=torch.float32).view(1, 1, 1, n_src)
-        src_centres = -1.0 + (2 * torch.arange(n_src, dtype=torch.float64) + 1) / n_src
-        for n_dst in range(1, 81):
-            q = reference.centres(n_dst)
-            grid = torch.zeros(1, 1, n_dst, 2)
-            grid[0, 0, :, 0] = q.clamp(-1 + 1e-6, 1 - 1e-6)
-            want = F.grid_sample(img, grid, mode="nearest", align_corners=False).view(-1).long()
-            idx, rel = reference.axis_table(n_src, n_dst)
-            assert torch.equal(idx.long(), want), (n_src, n_dst)
-            assert torch.allclose(rel.double(), (q.double() - src_centres[want]) * n_src, atol=1e-5), (n_src, n_dst)
-
-
-@pytest.mark.parametrize("case", CASES[:5] + CASES[7:9])
-def test_reference_equals_idm_rt_release_form(case):
-    """The kernels' plain-torch reference and idm_rt's query_literal (grid_sample, the release's way)
-    are independent implementations of one function."""
-    b, c, hs, ws, hh, ww, act, _ = case
-    torch.manual_seed(hs * 100 + ww)
-    layer = ImplicitUp(c, 256, relu=act == "relu")
-    x, shift, a1, a2, bias = (t.float() for t in layer_inputs(b, c, hs, ws, seed=c)[:5])
-    with torch.no_grad():
-        layer.bias.copy_(bias)
-        want = query_literal(modulate(x, shift, a1, a2, layer.bias), layer.fc1, layer.fc2, (hh, ww), act == "relu")
-        got = reference.per_target_mlp(x, shift, a1, a2, layer.bias, layer.fc1.weight, layer.fc1.bias,
-                                       layer.fc2.weight, layer.fc2.bias, (hh, ww), act)
-    assert rel_max_err(got, want.double()) < 1e-5
-
-
-@pytest.mark.parametrize("form", ["mlp", "folded"])
-def test_torch_backend_matches_float64_reference(form):
-    for i, (b, c, hs, ws, hh, ww, act, _) in enumerate(CASES[:7]):
-        if form == "folded" and act is not None:
-            continue
-        inputs = layer_inputs(b, c, hs, ws, seed=i)
-        ref = reference.per_target_mlp(*inputs, (hh, ww), act)
-        out = kernels.implicit_upsample(*(t.float() for t in inputs), (hh, ww), act, backend="torch", form=form)
-        assert out.dtype == torch.float32 and out.shape == (b, c, hh, ww)
-        assert rel_max_err(out, ref) < 1e-5, (form, i)
-
-
 @needs_triton
 @pytest.mark.parametrize("case", CASES + random_cases(6, seed=5), ids=str)
-def test_triton_float32_matches_reference(case, poisoned):
+def test_triton_float32_matches_the_release_form(case, poisoned):
     b, c, hs, ws, hh, ww, act, form = case
     inputs = layer_inputs(b, c, hs, ws, seed=hash(case) % 2**31)
-    ref = reference.per_target_mlp(*inputs, (hh, ww), act)
-    out = kernels.implicit_upsample(*(t.float() for t in inputs), (hh, ww), act, backend="triton", form=form)
+    ref = literal(inputs, (hh, ww), act)
+    out = fused(form, [t.float() for t in inputs], (hh, ww), act)
     assert out.dtype == torch.float32 and out.shape == (b, c, hh, ww)
     assert rel_max_err(out, ref) < 1e-5
 
@@ -149,46 +123,38 @@ def test_triton_float32_matches_reference(case, poisoned):
 def test_triton_float16_accumulates_in_float32(form, act, poisoned):
     b, c, hs, ws, hh, ww = 2, 64, 5, 6, 9, 13
     inputs = layer_inputs(b, c, hs, ws, seed=7)
-    ref = reference.per_target_mlp(*inputs, (hh, ww), act)
-    half = [t.half() for t in inputs]
-    out = kernels.implicit_upsample(*half, (hh, ww), act, backend="triton", form=form)
+    ref = literal(inputs, (hh, ww), act)
+    out = fused(form, [t.half() for t in inputs], (hh, ww), act)
     assert out.dtype == torch.float16
     assert rel_max_err(out, ref) < 1e-2
 
 
-@pytest.mark.skip(reason="Triton's interpreter multiplies bfloat16 tl.dot operands as raw uint16; "
-                         "bfloat16 is checked on the GPU by benchmarks/gpu_check.py")
-def test_triton_bfloat16():
-    """Placeholder naming the gap, kept so the skip shows in every run."""
-
-
 @needs_triton
-def test_auto_dispatch_runs_triton_under_interpreter(poisoned, monkeypatch):
-    """backend="auto" on CPU tensors takes the interpreted kernels (NaN buffers would show otherwise
-    only if the torch path were taken: so check the launcher was called)."""
-    from idm_rt.kernels import triton_implicit
-
+@pytest.mark.parametrize("relu", [False, True])
+def test_the_layer_sends_linear_weights_to_the_folded_kernel_and_relu_to_the_mlp(relu, monkeypatch):
+    """Off CUDA the first form is taken without timing: folded for linear weights, which the per-pixel
+    MLP computes too; with the paper's ReLU only the MLP can."""
     calls = []
-    monkeypatch.setattr(triton_implicit, "folded_upsample",
-                        lambda *a, **k: calls.append(1) or reference.folded_linear(*a, **k))
-    inputs = [t.float() for t in layer_inputs(1, 32, 3, 3, seed=3)]
-    kernels.implicit_upsample(*inputs, (6, 6))
-    assert calls == [1]
+    for name in ("mlp_upsample", "folded_upsample"):
+        real = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name, lambda *a, real=real, name=name, **k: calls.append(name) or real(*a, **k))
+    torch.manual_seed(1)
+    layer = ImplicitUp(32, 64, relu=relu)
+    x, shift, a1, a2 = (t.float() for t in layer_inputs(1, 32, 3, 4, seed=2)[:4])
+    with torch.no_grad():
+        layer.kernels = "torch"
+        want = layer(x, shift, a1, a2, (7, 9))
+        layer.kernels = "triton"
+        got = layer(x, shift, a1, a2, (7, 9))
+    assert calls == ["mlp_upsample" if relu else "folded_upsample"]
+    assert rel_max_err(got, want.double()) < 1e-5
 
 
 def test_triton_refused_on_cpu_without_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     inputs = [t.float() for t in layer_inputs(1, 32, 3, 3)]
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
-        kernels.implicit_upsample(*inputs, (6, 6), backend="triton")
-
-
-@pytest.mark.parametrize("kwargs", [dict(hidden_act="gelu"), dict(backend="cuda"), dict(form="fast"),
-                                    dict(hidden_act="relu", form="folded")])
-def test_bad_arguments_are_refused(kwargs):
-    inputs = [t.float() for t in layer_inputs(1, 32, 3, 3)]
-    with pytest.raises(ValueError):
-        kernels.implicit_upsample(*inputs, (6, 6), **kwargs)
+        fused("mlp", inputs, (6, 6), None)
 
 
 @needs_triton

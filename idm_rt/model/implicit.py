@@ -45,8 +45,14 @@ Tables = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # rows, 
 
 def query_tables(src: tuple[int, int], dst: tuple[int, int], device: torch.device | None = None) -> Tables:
     """:func:`nearest_query` along both axes from a ``src`` (h, w) grid to ``dst`` (H, W): the source
-    rows and columns of the target pixels and their relative coordinates."""
-    (ri, rr), (ci, cr) = nearest_query(int(src[0]), int(dst[0])), nearest_query(int(src[1]), int(dst[1]))
+    rows and columns of the target pixels and their relative coordinates, kept on ``device`` (so that a
+    CUDA graph's capture finds them there, computed by its warm-up)."""
+    return _tables((int(src[0]), int(src[1])), (int(dst[0]), int(dst[1])), torch.device(device or "cpu"))
+
+
+@lru_cache(maxsize=256)
+def _tables(src: tuple[int, int], dst: tuple[int, int], device: torch.device) -> Tables:
+    (ri, rr), (ci, cr) = nearest_query(src[0], dst[0]), nearest_query(src[1], dst[1])
     return ri.to(device), rr.to(device), ci.to(device), cr.to(device)
 
 
@@ -88,6 +94,18 @@ def query_literal(h: torch.Tensor, fc1: nn.Linear, fc2: nn.Linear, size: tuple[i
     return fc2(hidden).permute(0, 2, 1).reshape(b, c, size[0], size[1])
 
 
+def fold(fc1: nn.Linear, fc2: nn.Linear) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The two Linear layers with no activation between them folded into ``(M, u, v, d)`` (float32, autocast
+    off): ``out = M h + rel_row u + rel_col v + d`` with M = W2 W1[:, :C] (C x C), u = W2 W1[:, C],
+    v = W2 W1[:, C+1] and d = W2 b1 + b2, so that the C x C map runs at the source resolution."""
+    c = fc2.weight.shape[0]
+    with torch.autocast(fc1.weight.device.type, enabled=False):
+        w2 = fc2.weight.float()
+        full = w2 @ fc1.weight.float()
+        d = w2 @ fc1.bias.float() + fc2.bias.float()
+    return full[:, :c], full[:, c], full[:, c + 1], d
+
+
 def query_fast(h: torch.Tensor, fc1: nn.Linear, fc2: nn.Linear, size: tuple[int, int], relu: bool,
                tables: Tables | None = None) -> torch.Tensor:
     """Same function as :func:`query_literal`; the linear algebra is moved to the source resolution.
@@ -101,13 +119,12 @@ def query_fast(h: torch.Tensor, fc1: nn.Linear, fc2: nn.Linear, size: tuple[int,
     else:
         gather = lambda y: gather_nearest(y, size, tables)  # noqa: E731
     rr, cr = tables[1].to(h.dtype), tables[3].to(h.dtype)
-    w1, w_row, w_col = fc1.weight[:, :c], fc1.weight[:, c], fc1.weight[:, c + 1]
     if not relu:
-        # out = (W2 W1f) h_src + rel_r (W2 w_r) + rel_c (W2 w_c) + (W2 b1 + b2)
-        w2 = fc2.weight
-        y = gather(F.conv2d(h, (w2 @ w1)[:, :, None, None], w2 @ fc1.bias + fc2.bias))
-        return y + (w2 @ w_row)[:, None, None] * rr[:, None] + (w2 @ w_col)[:, None, None] * cr[None, :]
+        m, u, v, d = (t.to(h.dtype) for t in fold(fc1, fc2))
+        y = gather(F.conv2d(h, m[:, :, None, None], d))
+        return y + u[:, None, None] * rr[:, None] + v[:, None, None] * cr[None, :]
     # hidden = relu(W1f h_src + rel_r w_r + rel_c w_c + b1), out = W2 hidden + b2
+    w1, w_row, w_col = fc1.weight[:, :c], fc1.weight[:, c], fc1.weight[:, c + 1]
     pre = gather(F.conv2d(h, w1[:, :, None, None], fc1.bias))
     hidden = F.relu(pre + w_row[:, None, None] * rr[:, None] + w_col[:, None, None] * cr[None, :])
     return F.conv2d(hidden, fc2.weight[:, :, None, None], fc2.bias)
@@ -117,17 +134,14 @@ KERNEL_MODES = ("auto", "triton", "torch")
 
 
 def fused_kernels(mode: str, device: torch.device):
-    """The optional ``kernels`` package (Triton) when ``mode`` sends this device to it, else None:
-    ``"auto"`` uses it on CUDA when Triton is installed, ``"triton"`` always, ``"torch"`` never."""
-    if mode == "torch" or (mode == "auto" and device.type != "cuda"):
+    """The Triton kernels (:mod:`idm_rt.kernels`) when ``mode`` sends this device to them, else None:
+    ``"auto"`` uses them on CUDA when Triton is installed, ``"triton"`` always (RuntimeError from the
+    kernels where they cannot run), ``"torch"`` never."""
+    from .. import kernels
+
+    if mode == "torch" or (mode == "auto" and not (device.type == "cuda" and kernels.triton_available())):
         return None
-    try:
-        from .. import kernels
-    except ImportError:
-        if mode == "triton":
-            raise
-        return None
-    return kernels if mode == "triton" or kernels.triton_available() else None
+    return kernels
 
 
 class ImplicitUp(nn.Module):
@@ -154,9 +168,14 @@ class ImplicitUp(nn.Module):
         # The Triton kernels have no backward: training (grad enabled) stays on the torch forms.
         fused = None if self.literal or torch.is_grad_enabled() else fused_kernels(self.kernels, x.device)
         if fused is not None:
-            return fused.implicit_upsample(x, shift, a1, a2, self.bias, self.fc1.weight, self.fc1.bias,
-                                           self.fc2.weight, self.fc2.bias, size, "relu" if self.relu else None,
-                                           backend="triton")
+            tables = query_tables(tuple(x.shape[-2:]), size, x.device)
+            w = (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
+            run_mlp = lambda: fused.mlp_upsample(x, shift, a1, a2, self.bias, *w, tables, self.relu)  # noqa: E731
+            if self.relu:
+                return run_mlp()
+            run_folded = lambda: fused.folded_upsample(  # noqa: E731
+                x, shift, a1, a2, self.bias, *fold(self.fc1, self.fc2), tables)
+            return fused.fastest((x.device, x.dtype, tuple(x.shape), tuple(size)), run_folded, run_mlp)()
         h = modulate(x, shift, a1, a2, self.bias)
         query = query_literal if self.literal else query_fast
         return query(h, self.fc1, self.fc2, size, self.relu)
