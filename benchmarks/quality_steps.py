@@ -5,7 +5,7 @@ is not the reported test set).
 
     python -m benchmarks.quality_steps                    # bundled default model, 4x, 192px crops
     python -m benchmarks.quality_steps --model runs/small/checkpoints/step_00008000/ema --scale 4
-    python -m benchmarks.quality_steps --inits bicubic:0.9 --consistency 0,2    # with LR back-projection
+    python -m benchmarks.quality_steps --inits bicubic:0.9 --back-projection 0,2    # with LR back-projection
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--samplers", default="ddim,dpmpp_2m")
     ap.add_argument("--inits", default="noise,bicubic:0.5,bicubic:0.7",
                     help="starts to compare: noise, or bicubic:LEVEL for a diffused bicubic start")
-    ap.add_argument("--consistency", default="0", help="comma-separated back-projection passes per step to compare")
+    ap.add_argument("--back-projection", default="0", help="comma-separated back-projection passes per step to compare")
     ap.add_argument("--data", default="skimage", help="'skimage' or a folder of HR images")
     ap.add_argument("--crop", type=int, default=192)
     ap.add_argument("--out", default="quality_steps", help="result name under benchmarks/results/")
@@ -36,13 +36,13 @@ def main(argv: list[str] | None = None) -> dict:
     curve = []
     for start in args.inits.split(","):
         init, _, level = start.partition(":")
-        for passes in (int(n) for n in args.consistency.split(",")):
+        for passes in (int(n) for n in args.back_projection.split(",")):
             for sampler in args.samplers.split(","):
                 for steps in (int(s) for s in args.steps.split(",")):
                     settings = idm_rt.SamplingSettings(sampler=sampler, steps=steps, init=init,
-                                                       init_level=float(level or 0.5), consistency=passes)
+                                                       init_level=float(level or 0.5), back_projection=passes)
                     row = evaluate(model, images, [args.scale], settings)[0]
-                    curve.append({"init": start, "consistency": passes, "sampler": sampler, "steps": steps, **row})
+                    curve.append({"init": start, "back_projection": passes, "sampler": sampler, "steps": steps, **row})
                     print(f"{start:12s} bp{passes} {sampler:9s} {steps:3d} steps: PSNR(Y) {row['psnr']:.2f} "
                           f"(bicubic {row['psnr_bic']:.2f})  SSIM {row['ssim']:.4f}  "
                           f"Consistency {row['cons']:.2f}e-5")

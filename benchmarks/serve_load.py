@@ -98,8 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
         times.append(time.perf_counter() - t0)
     in_process = {"images_per_s": 1 / statistics.median(times), "latency_median_s": statistics.median(times),
                   "torch_threads": torch.get_num_threads()}
-    sampling = {"sampler": up.sampler, "steps": up.steps, "init": up.init, "init_level": up.init_level,
-                "consistency": up.consistency}
+    sampling = up.sampling.to_dict()
     del up
 
     ray.init(num_cpus=cores, include_dashboard=False, _node_ip_address="127.0.0.1",

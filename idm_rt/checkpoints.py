@@ -34,7 +34,7 @@ from .sampling import SamplingSettings
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
-FORMAT = "idm-rt/1"
+MODEL_FORMAT = "idm-rt/1"
 
 
 def load_model(path: str | os.PathLike, config: IDMConfig | None = None, max_scale: float | None = None) -> IDM:
@@ -147,7 +147,7 @@ def save_model(model: IDM, folder: str | os.PathLike, dtype: torch.dtype = torch
     folder = Path(folder)
     state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
     meta = {
-        "format": FORMAT,
+        "format": MODEL_FORMAT,
         "network": model.config.to_dict(),
         "max_scale": model.max_scale,
         "dtype": str(dtype).replace("torch.", ""),

@@ -3,16 +3,16 @@
 The U-Net's hundreds of small kernels cost more CPU launch time than GPU time at tile sizes
 like 128x128. Following PyTorch's CUDA Graphs recipe (warm up on a side stream, capture with
 ``torch.cuda.graph``, copy new inputs into the captured static buffers, replay), this module
-keeps static buffers per tile shape and replays:
+keeps static buffers per tile shape and runs on them, replayed from a CUDA graph when ``graphs``:
 
-* :class:`GraphedDenoiser`: one whole U-Net call; a drop-in for ``IDM.denoise`` under any sampler.
-* :class:`GraphedDDIM`: a U-Net call plus the DDIM (eta = 0) update, the step's noise level and
+* :class:`StaticDenoiser`: one whole U-Net call; a drop-in for ``IDM.denoise`` under any sampler.
+* :class:`StaticDDIM`: a U-Net call plus the DDIM (eta = 0) update, the step's noise level and
   coefficients read on the device from tables indexed by an on-device step counter, so a whole
   sampling loop is ``steps`` replays with no host work and no host synchronisation.
 
 Options: fp16/bf16 autocast (``autocast=torch.float16``), ``torch.compile`` of the U-Net, and
 ``graphs=False`` to run the same static-buffer code eagerly (the only way it runs on a CPU).
-Nothing here has run on a GPU in this repository's tests; ``benchmarks/gpu_check.py`` checks it.
+Nothing here has run on a GPU in this repository's tests; ``python -m benchmarks.gpu_check`` checks it.
 """
 
 from __future__ import annotations
@@ -84,8 +84,9 @@ def _use_graphs(graphs: bool | None, device: torch.device) -> bool:
     return graphs
 
 
-class GraphedDenoiser:
-    """``IDM.denoise`` replayed from one CUDA graph per input shape; call it like ``model.denoise``.
+class StaticDenoiser:
+    """``IDM.denoise`` on static buffers per input shape, replayed from a CUDA graph each (``graphs``);
+    call it like ``model.denoise``.
 
     The returned tensor is a fresh copy. A conditioning is copied into the static buffers only
     when a different object comes in (tiles alternate; steps of one tile reuse theirs).
@@ -146,12 +147,13 @@ def ddim_coefficients(sched: LinearSchedule, steps: int) -> tuple[list[float], l
     return gs, cxs, ces
 
 
-class GraphedDDIM:
-    """Deterministic DDIM (eta = 0) whose every step, U-Net call and update, is one graph replay.
+class StaticDDIM:
+    """Deterministic DDIM (eta = 0) on static buffers, whose every step, U-Net call and update, is one
+    graph replay (``graphs``).
 
     Per shape: static x, the conditioning, an on-device step counter, and coefficient tables with
     room for the longest schedule; a run copies its tables in, then replays ``steps - 1`` times.
-    Same arguments as :class:`GraphedDenoiser`, plus the schedule.
+    Same arguments as :class:`StaticDenoiser`, plus the schedule.
     """
 
     def __init__(self, model: IDM, autocast: torch.dtype | None = None, compile: bool = False,

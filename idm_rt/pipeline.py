@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import torch
 
-from .consistency import consistent
+from .backprojection import back_projected
 from .diffusion import LinearSchedule, randn_like, run_sampler
 from .diffusion.samplers import Generators
 from .model.protocol import SamplingModel
@@ -46,8 +46,8 @@ def super_resolve(model: SamplingModel, lr: torch.Tensor, size: tuple[int, int],
         else:
             conditioning = model.condition(cond, p)
             eps_fn = lambda x, g: denoise(x, conditioning, g)  # noqa: E731
-        if settings.consistency:
-            eps_fn = consistent(eps_fn, lr, settings.consistency)
+        if settings.back_projection:
+            eps_fn = back_projected(eps_fn, lr, settings.back_projection)
         x_T = initial_state(lr, cond, settings, generator)
         return run_sampler(eps_fn, x_T, settings.sampler, settings.steps, settings.eta, generator, progress=progress,
                            t_start=settings.start_timestep).clamp(-1.0, 1.0)

@@ -15,7 +15,7 @@ import numbers
 from dataclasses import dataclass
 from typing import Any
 
-from .consistency import MAX_PASSES, check_consistency
+from .backprojection import MAX_PASSES, check_passes
 from .diffusion import SAMPLERS, LinearSchedule, start_timestep
 from .diffusion.samplers import ddim_timesteps, ddpm_timesteps
 
@@ -37,8 +37,9 @@ class SamplingSettings:
             ``"estimate"`` from the encoder's condition image diffused the same way, for models whose
             encoder was trained as an HR estimate (``IDMConfig.encoder_upsampler="implicit"``).
         init_level: the noise level g = sqrt(gamma) in (0, 1) of a diffused start.
-        consistency: back-projection passes per step onto the LR input (:mod:`idm_rt.consistency`),
-            0..:data:`~idm_rt.consistency.MAX_PASSES`; 0 samples as the paper does.
+        back_projection: passes per step that back-project the estimate onto the LR input
+            (:mod:`idm_rt.backprojection`), 0..:data:`~idm_rt.backprojection.MAX_PASSES`; 0 samples as
+            the paper does.
         eta: DDIM's stochasticity in [0, 1] (0: deterministic).
     """
 
@@ -46,7 +47,7 @@ class SamplingSettings:
     steps: int = 20
     init: str = "noise"
     init_level: float = 0.5
-    consistency: int = 0
+    back_projection: int = 0
     eta: float = 0.0
 
     def __post_init__(self) -> None:
@@ -59,7 +60,7 @@ class SamplingSettings:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
         if not _real(self.init_level) or not 0 < self.init_level < 1:
             raise ValueError(f"init_level must be a number in (0, 1), got {self.init_level!r}")
-        check_consistency(self.consistency)
+        check_passes(self.back_projection)
         if not _real(self.eta) or not 0 <= self.eta <= 1:
             raise ValueError(f"eta must be a number in [0, 1], got {self.eta!r}")
         object.__setattr__(self, "steps", int(self.steps))
@@ -89,6 +90,8 @@ class SamplingSettings:
         keep their defaults. ValueError naming ``what`` for a non-object, an unknown key or a bad value."""
         if not isinstance(d, dict):
             raise ValueError(f"{what} must be a JSON object, got {d!r}")
+        if "consistency" in d:  # this count's name before 2026-12 (now IDM's metric only)
+            d = {k if k != "consistency" else "back_projection": v for k, v in d.items()}
         unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise ValueError(f"{what}: unknown keys {unknown}")
@@ -100,7 +103,7 @@ class SamplingSettings:
 
 def add_arguments(parser: argparse.ArgumentParser, default: str = "the model's recommendation") -> None:
     """The command-line options of the settings (``--sampler``, ``--steps``, ``--init``, ``--init-level``,
-    ``--consistency``), for every command that samples; :func:`from_arguments` reads them back."""
+    ``--back-projection``), for every command that samples; :func:`from_arguments` reads them back."""
     parser.add_argument("--sampler", choices=SAMPLERS,
                         help=f"dpmpp_2m (few steps), ddim, or ddpm (ancestral; --steps 2000 from noise is the "
                              f"release's loop); default: {default}")
@@ -109,7 +112,7 @@ def add_arguments(parser: argparse.ArgumentParser, default: str = "the model's r
                         help="start from pure noise (the paper), or from the bicubic upscale or the model's own HR "
                              f"estimate diffused to --init-level; default: {default}")
     parser.add_argument("--init-level", type=float, metavar="G", help="noise level in (0, 1) of a diffused start")
-    parser.add_argument("--consistency", type=_passes, metavar="N",
+    parser.add_argument("--back-projection", type=_passes, metavar="N",
                         help="clip each step's estimate and back-project it onto the input N times, so that the "
                              f"output's downscale is close to the input (0: off, as in the paper); default: {default}")
 
@@ -117,7 +120,7 @@ def add_arguments(parser: argparse.ArgumentParser, default: str = "the model's r
 def _passes(text: str) -> int:
     try:
         n = int(text)
-        check_consistency(n)
+        check_passes(n)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be an integer in 0..{MAX_PASSES}, got {text!r}") from None
     return n
@@ -126,7 +129,7 @@ def _passes(text: str) -> int:
 def from_arguments(args: argparse.Namespace, base: SamplingSettings | None) -> SamplingSettings:
     """``base`` (or the defaults) with the options of :func:`add_arguments` that were given."""
     return (base or SamplingSettings()).replace(sampler=args.sampler, steps=args.steps, init=args.init,
-                                                init_level=args.init_level, consistency=args.consistency)
+                                                init_level=args.init_level, back_projection=args.back_projection)
 
 
 def _real(value: Any) -> bool:

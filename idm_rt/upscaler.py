@@ -34,7 +34,7 @@ class Upscaler:
         device: where the network runs ("cpu", "cuda", "cuda:1", ...).
         sampling: the default :class:`~idm_rt.SamplingSettings` of :meth:`upscale` (a model folder
             recommends its own, which ``from_pretrained`` uses); ``**settings`` (``sampler``, ``steps``,
-            ``init``, ``init_level``, ``consistency``, ``eta``) change single ones.
+            ``init``, ``init_level``, ``back_projection``, ``eta``) change single ones.
         precision: "fp32", or "fp16"/"bf16" autocast of the U-Net on a GPU (error measured by
             ``benchmarks/gpu_check.py``); refused on a CPU, where it is many times slower.
         cuda_graphs: replay each U-Net call from a CUDA graph (default: on for CUDA devices).
@@ -76,9 +76,9 @@ class Upscaler:
         graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
         if not (graphs or compile or PRECISIONS[precision] is not None):
             return None
-        from .cuda_graph import GraphedDenoiser
+        from .cuda_graph import StaticDenoiser
 
-        return GraphedDenoiser(self.model, PRECISIONS[precision], compile, graphs)
+        return StaticDenoiser(self.model, PRECISIONS[precision], compile, graphs)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, device: str | torch.device | None = None,
@@ -185,7 +185,7 @@ class Upscaler:
                 size: tuple[int, int] | None = None, steps: int | None = None, sampler: str | None = None,
                 seed: int | Sequence[int] | None = None, tile: int | None = None, eta: float | None = None,
                 progress: bool = True, init: str | None = None, init_level: float | None = None,
-                consistency: int | None = None):
+                back_projection: int | None = None):
         """Upscale one image, a list of them, or a batch tensor (same-size images run as one network batch).
 
         Args:
@@ -196,7 +196,7 @@ class Upscaler:
                 the command line reads files (:func:`idm_rt.images.upright`).
             scale: any real magnification > 1 (beyond the trained range extrapolates).
             size: explicit output size (width, height) instead of scale.
-            steps, sampler, init, init_level, consistency, eta: change these sampling settings of the
+            steps, sampler, init, init_level, back_projection, eta: change these sampling settings of the
                 Upscaler's (see :class:`~idm_rt.SamplingSettings`) for this call.
             seed: makes the result repeatable: one int for all images, or a list of one int per image;
                 each image of a list or batch gets the result it gets alone (to float rounding).
@@ -216,7 +216,7 @@ class Upscaler:
             TypeError: a masked numpy array (its mask would be ignored).
         """
         settings = self.sampling.replace(sampler=sampler, steps=steps, init=init, init_level=init_level,
-                                         consistency=consistency, eta=eta)  # checked before any work
+                                         back_projection=back_projection, eta=eta)  # checked before any work
         tile = self.tile if tile is None else tile
         if tile is not None and (not isinstance(tile, numbers.Integral) or isinstance(tile, bool) or tile < 0):
             raise ValueError(f"tile must be an integer >= 0 (0: no tiling), got {tile!r}")

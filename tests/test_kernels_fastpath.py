@@ -9,7 +9,7 @@ import torch
 
 import idm_rt
 
-from idm_rt.cuda_graph import GraphedDDIM, GraphedDenoiser
+from idm_rt.cuda_graph import StaticDDIM, StaticDenoiser
 from idm_rt.diffusion import LinearSchedule, ddim
 
 from .conftest import rel_err
@@ -24,7 +24,7 @@ def conditioning(model, seed: int, size=(16, 16)):
 @torch.no_grad()
 def test_denoiser_equals_model_denoise_across_tiles_and_shapes(tiny_model):
     """Alternating conditionings (tiles) and two shapes: every call is model.denoise on its own inputs."""
-    fast = GraphedDenoiser(tiny_model, graphs=False)
+    fast = StaticDenoiser(tiny_model, graphs=False)
     conds = [conditioning(tiny_model, 0), conditioning(tiny_model, 1), conditioning(tiny_model, 2, (16, 24))]
     for step, c in enumerate(conds * 2):
         x = torch.randn(c.cond.shape)
@@ -37,7 +37,7 @@ def test_denoiser_equals_model_denoise_across_tiles_and_shapes(tiny_model):
 def test_denoiser_bfloat16_autocast_is_close(tiny_model):
     c = conditioning(tiny_model, 0)
     x, g = torch.randn(c.cond.shape), torch.tensor([0.5])
-    out = GraphedDenoiser(tiny_model, autocast=torch.bfloat16, graphs=False)(x, c, g)
+    out = StaticDenoiser(tiny_model, autocast=torch.bfloat16, graphs=False)(x, c, g)
     assert out.dtype == torch.float32
     assert rel_err(out, tiny_model.denoise(x, c, g)) < 5e-2
 
@@ -47,7 +47,7 @@ def test_denoiser_bfloat16_autocast_is_close(tiny_model):
 def test_table_driven_ddim_equals_ddim(tiny_model, steps):
     """One step = U-Net + update read from on-device tables; same x_0 as the ddim sampler (eta = 0)."""
     sched = LinearSchedule()
-    fast = GraphedDDIM(tiny_model, graphs=False, schedule=sched)
+    fast = StaticDDIM(tiny_model, graphs=False, schedule=sched)
     for seed in (0, 1):  # a second image reuses the static buffers and resets the step counter
         c = conditioning(tiny_model, seed)
         x_T = torch.randn(c.cond.shape, generator=torch.Generator().manual_seed(seed))
@@ -58,17 +58,17 @@ def test_table_driven_ddim_equals_ddim(tiny_model, steps):
 def test_graphs_refused_off_cuda(tiny_model):
     c = conditioning(tiny_model, 0)
     with pytest.raises(ValueError, match="CUDA"):
-        GraphedDenoiser(tiny_model, graphs=True)(torch.randn(c.cond.shape), c, torch.tensor([0.5]))
+        StaticDenoiser(tiny_model, graphs=True)(torch.randn(c.cond.shape), c, torch.tensor([0.5]))
     with pytest.raises(ValueError, match="autocast"):
-        GraphedDenoiser(tiny_model, autocast=torch.float64)
+        StaticDenoiser(tiny_model, autocast=torch.float64)
 
 
 def test_graph_cache_is_bounded():
     cfg = idm_rt.IDMConfig(inner_channel=8, channel_multiplier=(1, 2), res_blocks=1, attn_levels=(1,), norm_groups=4,
                            encoder_blocks=1, encoder_feats=8, implicit_hidden=8)
     model = idm_rt.IDM(cfg).eval()
-    den = GraphedDenoiser(model, graphs=False)
+    den = StaticDenoiser(model, graphs=False)
     for n in range(4, 11):
         c = model.condition(torch.randn(1, 3, n, n), torch.tensor([0.5]))
         den(torch.randn(1, 3, n, n), c, torch.tensor([0.3]))
-    assert len(den._entries) == GraphedDenoiser.MAX_GRAPHS
+    assert len(den._entries) == StaticDenoiser.MAX_GRAPHS

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from idm_rt.resize import downscale
-from idm_rt.training.metrics import consistency, psnr_y, ssim_y
+from idm_rt.training.metrics import lr_consistency, psnr_y, ssim_y
 
 skimage = pytest.importorskip("skimage")
 from skimage.color import rgb2ycbcr  # noqa: E402
@@ -50,7 +50,7 @@ def test_ssim_is_nan_below_the_window_size():
 def test_consistency_is_zero_for_the_source_and_the_mse_of_a_change():
     hr = torch.rand(3, 32, 32, dtype=torch.float64)
     lr = (downscale(hr[None] * 2 - 1, (8, 8))[0] + 1) / 2
-    assert consistency(hr, lr) == pytest.approx(0.0, abs=1e-20)
+    assert lr_consistency(hr, lr) == pytest.approx(0.0, abs=1e-20)
     shifted = (hr + 0.01).clamp(0, 1)
     down = (downscale(shifted[None] * 2 - 1, (8, 8))[0] + 1) / 2
-    assert consistency(shifted, lr) == pytest.approx(((down - lr) ** 2).mean().item(), rel=1e-9)
+    assert lr_consistency(shifted, lr) == pytest.approx(((down - lr) ** 2).mean().item(), rel=1e-9)

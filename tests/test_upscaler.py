@@ -148,7 +148,7 @@ def test_tiled_prediction_equals_untiled_for_a_local_network():
     (dict(size={20, 21}), r"size must be \(width, height\)"),
     (dict(scale=2, steps=True), "steps must be an integer in 1..2000"),
     (dict(scale=2, steps=10**9), "steps must be an integer in 1..2000"),
-    (dict(scale=2, consistency=10**9), "consistency must be an integer in 0..100"),
+    (dict(scale=2, back_projection=10**9), "back_projection must be an integer in 0..100"),
     (dict(scale=2, sampler="ddpm", steps=1500, init="bicubic", init_level=0.9), r"ddpm steps must be in 1\.\.\d+"),
     (dict(scale=1.01), "too small to change the size"),
 ])
@@ -223,14 +223,14 @@ def test_model_folder_defaults_are_used(tiny_model, tmp_path):
 def test_bf16_autocast_path_stays_close_to_fp32(tiny_model):
     """The static-buffer denoiser of idm_rt.cuda_graph, run eagerly on the CPU with bf16 autocast (the
     Upscaler's U-Net call on a GPU; it refuses autocast on a CPU)."""
-    from idm_rt.cuda_graph import GraphedDenoiser
+    from idm_rt.cuda_graph import StaticDenoiser
     from idm_rt.pipeline import super_resolve
 
     lr = torch.from_numpy(rgb(8, 8)).permute(2, 0, 1)[None].float() / 127.5 - 1
     settings = idm_rt.SamplingSettings(steps=3, init="bicubic", init_level=0.9)  # no 1/g amplification
     ref = super_resolve(tiny_model, lr, (16, 16), settings, scale=2.0, generator=torch.Generator().manual_seed(0))
     out = super_resolve(tiny_model, lr, (16, 16), settings, scale=2.0, generator=torch.Generator().manual_seed(0),
-                        denoise=GraphedDenoiser(tiny_model, torch.bfloat16, graphs=False))
+                        denoise=StaticDenoiser(tiny_model, torch.bfloat16, graphs=False))
     assert 0 < (out - ref).abs().max() < 0.04  # bf16 keeps ~3 significant digits (0.04 of [-1, 1])
     with pytest.raises(ValueError, match="precision must be one of"):
         idm_rt.Upscaler(tiny_model, precision="int8")

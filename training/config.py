@@ -56,7 +56,7 @@ class TrainConfig:
         before ``val_sampling`` gave its fields as ``val_sampler``, ``val_steps``, ... (read as such)."""
         d = dict(d)
         legacy = {k: d.pop(f"val_{k}") for k in ("sampler", "steps", "init", "init_level", "consistency")
-                  if f"val_{k}" in d}
+                  if f"val_{k}" in d}  # (consistency: the back-projection count's old name, SamplingSettings.from_dict)
         if legacy:
             d["val_sampling"] = {**d.get("val_sampling", {}), **legacy}
         cfg = strict_from_dict(cls, d, "training options")

@@ -98,7 +98,7 @@ def evaluate(model: idm_rt.IDM, images: list[tuple[str, torch.Tensor]], scales: 
             for key, out in (("", sr), ("_bic", bic)):
                 acc["psnr" + key].append(psnr_y(to01(out), to01(hr), border))
                 acc["ssim" + key].append(ssim_y(to01(out), to01(hr), border))
-                acc["cons" + key].append(metrics.consistency(to01(out), to01(lr)) * 1e5)
+                acc["cons" + key].append(metrics.lr_consistency(to01(out), to01(lr)) * 1e5)
             if save_dir is not None:
                 save_grid([[to01(bic), to01(sr), to01(hr)]], save_dir / f"x{s:g}" / f"{name}_grid.png")
             bar.update(1)
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = evaluate(up.model, images, scales, settings, args.seed, args.save_dir, args.device, args.tile)
     start = f"{settings.init} start at {settings.init_level:g}" if settings.init != "noise" else "noise start"
     title = f"{args.data}, {len(images)} images{f', {args.crop}px crops' if args.crop else ''}, {settings.sampler} " \
-            f"{settings.steps} steps, {start}, consistency {settings.consistency}, seed {args.seed}"
+            f"{settings.steps} steps, {start}, back-projection {settings.back_projection}, seed {args.seed}"
     print(markdown(rows, title))
     if args.json:
         result = {"model": args.model or "default", "data": args.data, "crop": args.crop, **settings.to_dict(),

@@ -51,7 +51,7 @@ def ssim_y(out: torch.Tensor, ref: torch.Tensor, border: int = 0) -> float:
     return s.mean().item()
 
 
-def consistency(out: torch.Tensor, lr: torch.Tensor) -> float:
+def lr_consistency(out: torch.Tensor, lr: torch.Tensor) -> float:
     """MSE between the LR input and the output bicubic-downscaled to the LR size, images in [0, 1]
     (IDM Table 2 reports it x1e-5)."""
     down = (downscale(out[None].double() * 2 - 1, tuple(lr.shape[-2:])) + 1) / 2

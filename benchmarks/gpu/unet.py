@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 import idm_rt
-from idm_rt.cuda_graph import GraphedDDIM, GraphedDenoiser
+from idm_rt.cuda_graph import StaticDDIM, StaticDenoiser
 from idm_rt.diffusion import LinearSchedule, ddim
 
 from .common import DEVICE, check, conditioning, log, median_ms, rel_max_err, release_style
@@ -22,13 +22,13 @@ def check_model(results: dict, model: idm_rt.IDM, size: int) -> None:
     ref = model.denoise(x, c, g)
     release_style(model, False)
     check(results, f"U-Net {size}px: kernels vs release eager (fp32)", rel_max_err(model.denoise(x, c, g), ref), 1e-4)
-    check(results, f"U-Net {size}px: kernels + CUDA graph fp32", rel_max_err(GraphedDenoiser(model)(x, c, g), ref), 1e-4)
+    check(results, f"U-Net {size}px: kernels + CUDA graph fp32", rel_max_err(StaticDenoiser(model)(x, c, g), ref), 1e-4)
     for dtype in (torch.float16, torch.bfloat16):
-        err = rel_max_err(GraphedDenoiser(model, autocast=dtype)(x, c, g), ref)
+        err = rel_max_err(StaticDenoiser(model, autocast=dtype)(x, c, g), ref)
         results["autocast_error"][str(dtype)[6:]] = err
         check(results, f"U-Net {size}px: kernels + CUDA graph {str(dtype)[6:]} (measured error)", err, 5e-2)
     eager = ddim(lambda x_, g_: model.denoise(x_, c, g_), LinearSchedule(), x, 20)
-    check(results, f"DDIM 20 steps {size}px: graphed loop vs eager", rel_max_err(GraphedDDIM(model)(c, x, 20), eager), 1e-4)
+    check(results, f"DDIM 20 steps {size}px: graphed loop vs eager", rel_max_err(StaticDDIM(model)(c, x, 20), eager), 1e-4)
 
 
 @torch.no_grad()
@@ -42,10 +42,10 @@ def time_unet(results: dict, model: idm_rt.IDM, size: int, reps: int, compile: b
     variants["ours eager fp32 (kernels)"] = median_ms(lambda: model.denoise(x, c, g), reps)
     graphed = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
     for name, dtype in graphed.items():
-        fast = GraphedDenoiser(model, autocast=dtype)
+        fast = StaticDenoiser(model, autocast=dtype)
         variants[f"ours kernels + CUDA graph {name}"] = median_ms(lambda: fast(x, c, g), reps)
     if compile:
-        fast = GraphedDenoiser(model, autocast=torch.float16, compile=True)
+        fast = StaticDenoiser(model, autocast=torch.float16, compile=True)
         variants["ours kernels + compile + CUDA graph fp16"] = median_ms(lambda: fast(x, c, g), reps)
     base = variants["release eager fp32"]
     for name, ms in variants.items():
@@ -59,7 +59,7 @@ def time_image(results: dict, model: idm_rt.IDM, size: int, steps_list: tuple[in
     c = conditioning(model, size)
     x_T = torch.randn(c.cond.shape, device=DEVICE)
     sched = LinearSchedule()
-    loops = {"fp32": GraphedDDIM(model), "fp16": GraphedDDIM(model, autocast=torch.float16)}
+    loops = {"fp32": StaticDDIM(model), "fp16": StaticDDIM(model, autocast=torch.float16)}
     for steps in steps_list:
         release_style(model, True)
         ms = {"release eager fp32": median_ms(lambda: ddim(lambda x, g: model.denoise(x, c, g), sched, x_T, steps), 1, 0)}

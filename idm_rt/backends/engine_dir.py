@@ -26,7 +26,7 @@ from ..model.idm import check_size
 from ..sampling import SamplingSettings
 
 MANIFEST_NAME = "manifest.json"
-FORMAT = "idm-rt-engines/2"  # 2: one conditioner and one dynamic U-Net graph for every size, no padding
+MANIFEST_FORMAT = "idm-rt-engines/2"  # 2: one conditioner and one dynamic U-Net graph for every size, no padding
 
 # The graphs of a directory: the encoder and the conditioner once each (dynamic sizes, whole images
 # or tiles at their own size), the U-Net once with dynamic sizes and once per bucket with the
@@ -132,7 +132,7 @@ class Manifest:
         return self.graph_files() + list(self.pending)
 
     def to_json(self) -> str:
-        d = {"format": FORMAT, **self.__dict__}
+        d = {"format": MANIFEST_FORMAT, **self.__dict__}
         d["buckets"] = [b.to_dict() | {"name": b.name} for b in self.buckets]
         d["graphs"] = {k: g.__dict__ for k, g in self.graphs.items()}
         return json.dumps(d, indent=2) + "\n"
@@ -143,8 +143,8 @@ class Manifest:
         directory's buckets have, every file the name a build gives it. Fields this version does not
         know are ignored, missing ones named."""
         d = json.loads(text)
-        if not isinstance(d, dict) or d.pop("format", None) != FORMAT:
-            raise ValueError(f"not an idm-rt engine manifest of this version (format {FORMAT!r} expected)")
+        if not isinstance(d, dict) or d.pop("format", None) != MANIFEST_FORMAT:
+            raise ValueError(f"not an idm-rt engine manifest of this version (format {MANIFEST_FORMAT!r} expected)")
         d = _known_fields(cls, d, "the manifest")
         for name, kind in (("model_hash", str), ("model_path", str), ("network", dict), ("backend", str),
                            ("precision", str), ("buckets", list), ("graphs", dict), ("identity", dict),

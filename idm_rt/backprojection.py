@@ -1,5 +1,5 @@
-"""LR consistency during sampling: move each step's clean-image estimate towards the images whose
-downscale is the input.
+"""Back-projection during sampling: move each step's clean-image estimate towards the images whose
+downscale is the input (what IDM's Consistency metric measures).
 
 At every step the sampler's x0 estimate is clipped to [-1, 1] and corrected by iterative
 back-projection (Irani & Peleg 1991), ``x0 += upscale(lr - downscale(x0))``; each pass shrinks
@@ -20,11 +20,11 @@ from .resize import downscale, upscale
 MAX_PASSES = 100  # each pass shrinks the LR mismatch several-fold: a handful is all that helps
 
 
-def check_consistency(iterations: int) -> None:
+def check_passes(iterations: int) -> None:
     """ValueError unless ``iterations`` (back-projection passes per step; 0 = off) is an int in
     0..:data:`MAX_PASSES`."""
     if isinstance(iterations, bool) or not isinstance(iterations, int) or not 0 <= iterations <= MAX_PASSES:
-        raise ValueError(f"consistency must be an integer in 0..{MAX_PASSES} (back-projection passes per step), "
+        raise ValueError(f"back_projection must be an integer in 0..{MAX_PASSES} (passes per step), "
                          f"got {iterations!r}")
 
 
@@ -35,15 +35,15 @@ def back_project(x0: torch.Tensor, lr: torch.Tensor, iterations: int) -> torch.T
     return x0
 
 
-def consistent(eps_fn: EpsFn, lr: torch.Tensor, iterations: int) -> EpsFn:
+def back_projected(eps_fn: EpsFn, lr: torch.Tensor, iterations: int) -> EpsFn:
     """``eps_fn`` whose implied clean image ``(x - sigma eps) / alpha`` (clipped to [-1, 1]) is
     back-projected onto ``lr``; returns the noise that the corrected estimate implies."""
 
-    def eps_consistent(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    def eps_back_projected(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         eps = eps_fn(x, g)
         alpha = g.to(torch.float32).view(-1, 1, 1, 1)  # float32 even for half inputs: sigma -> 0 near g = 1
         sigma = (1.0 - alpha * alpha).clamp_min(1e-12).sqrt()
         x0 = back_project(((x - sigma * eps) / alpha).clamp(-1.0, 1.0), lr, iterations)
         return (x - alpha * x0) / sigma
 
-    return eps_consistent
+    return eps_back_projected
