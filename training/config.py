@@ -1,4 +1,5 @@
-"""Training options: one dataclass, named presets, JSON config files and ``key=value`` overrides.
+"""Training options: one dataclass, named recipes (``recipes/``), JSON config files and ``key=value``
+overrides.
 
 The resolved options are saved next to every run (``train_config.json``).
 """
@@ -21,8 +22,8 @@ from idm_rt.upscaler import PRECISIONS
 class TrainConfig:
     """Everything a run needs; the defaults are the CPU-sized ``small`` recipe."""
 
-    preset: str = "small"  # network preset (idm_rt.config.PRESETS)
-    network: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's fields
+    network_preset: str = "small"  # the network's shape (idm_rt.config.PRESETS)
+    network: dict[str, Any] = field(default_factory=dict)  # overrides of that shape's fields
     data: str = "../shared/datasets/train"
     val_data: str | None = None  # held-out folder; None: the last ``val_holdout`` images of data
     val_holdout: int = 4
@@ -53,8 +54,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         """The options, checked (:meth:`check`): a bad value fails here, not steps into a run. Runs saved
-        before ``val_sampling`` gave its fields as ``val_sampler``, ``val_steps``, ... (read as such)."""
-        d = dict(d)
+        before ``val_sampling`` gave its fields as ``val_sampler``, ``val_steps``, ... and called the network's
+        shape ``preset`` (read as such)."""
+        d = {"network_preset" if k == "preset" else k: v for k, v in d.items()}  # its name in older runs
         legacy = {k: d.pop(f"val_{k}") for k in ("sampler", "steps", "init", "init_level", "consistency")
                   if f"val_{k}" in d}  # (consistency: the back-projection count's old name, SamplingSettings.from_dict)
         if legacy:
@@ -92,7 +94,7 @@ class TrainConfig:
         check_max_scale(self.max_scale)
         self.sampling()
         try:
-            preset(self.preset, **self.network)
+            preset(self.network_preset, **self.network)
         except TypeError as e:  # an unknown network field
             raise ValueError(f"network options: {e}") from None
 
@@ -104,17 +106,14 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-PRESETS: dict[str, dict[str, Any]] = {
-    # The bundled default model: small network, general scenes, M = 4, CPU-sized.
-    "small": {},
-    # The released recipe (IDM paper): faces 16 -> 128 (8x) and scenes at 4x.
-    "official-face-8x": dict(preset="official", crop=128, batch=32, max_scale=8.0, fixed_scale_steps=1_000_000,
-                             steps=1_500_000, network={"dropout": 0.2}, ckpt_every=10_000, val_every=10_000,
-                             out="runs/official-face-8x", precision="bf16"),
-    "official-scenes-4x": dict(preset="official", crop=128, batch=16, max_scale=4.0, fixed_scale_steps=1_000_000,
-                               steps=1_500_000, network={"dropout": 0.2}, ckpt_every=10_000, val_every=10_000,
-                               out="runs/official-scenes-4x", precision="bf16"),
-}
+RECIPE_DIR = Path(__file__).parent / "recipes"
+
+
+def recipes() -> dict[str, dict[str, Any]]:
+    """The named training recipes: ``small`` (the options' defaults, CPU-sized) and every JSON file of
+    ``recipes/`` by its name: ``default`` is the bundled model's, ``default-v1`` the one before it,
+    ``official-face-8x`` and ``official-scenes-4x`` the paper's."""
+    return {"small": {}, **{p.stem: json.loads(p.read_text()) for p in sorted(RECIPE_DIR.glob("*.json"))}}
 
 
 def parse_value(text: str) -> Any:
@@ -125,17 +124,18 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def resolve(preset: str = "small", config_file: str | None = None, overrides: list[str] | None = None,
+def resolve(recipe: str = "small", config_file: str | None = None, overrides: list[str] | None = None,
             base: dict[str, Any] | None = None) -> TrainConfig:
-    """Preset, then the config file's keys, then ``key=value`` overrides (``network.dropout=0``);
-    ``base`` (a saved run's options) replaces the preset and the file."""
+    """A recipe (:func:`recipes`), then the config file's keys, then ``key=value`` overrides
+    (``network.dropout=0``); ``base`` (a saved run's options) replaces the recipe and the file."""
     if base is not None:
         d = dict(base)
     else:
-        if preset not in PRESETS:
-            raise ValueError(f"unknown training preset {preset!r}; choose from {sorted(PRESETS)}")
+        known = recipes()
+        if recipe not in known:
+            raise ValueError(f"unknown training recipe {recipe!r}; choose from {sorted(known)}")
         d = TrainConfig().to_dict()
-        d.update(PRESETS[preset])
+        d.update(known[recipe])
         if config_file:
             d.update(json.loads(Path(config_file).read_text()))
     for item in overrides or []:

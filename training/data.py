@@ -101,6 +101,15 @@ class PairSampler:
         return hr, downscale(hr, (s, s)), self.crop / s
 
 
+def split_holdout(images: list[Path], n: int, folder: str | Path) -> tuple[list[Path], list[Path]]:
+    """(training images, the last ``n`` held out for validation); ValueError when too few are left."""
+    if not n:
+        return images, []
+    if len(images) <= n:
+        raise ValueError(f"{folder} has {len(images)} usable images: too few to hold out {n}")
+    return images[:-n], images[-n:]
+
+
 def sample_scale(step: int, max_scale: float, fixed_steps: int, gen: torch.Generator) -> float:
     """The paper's two stages: the largest scale M until ``fixed_steps``, then s ~ U(1, M]."""
     if step < fixed_steps:
@@ -117,4 +126,4 @@ def center_crop(img: torch.Tensor, size: int) -> torch.Tensor:
     return img[:, top:top + s, left:left + s]
 
 
-__all__ = ["scan_folder", "FolderScan", "PairSampler", "sample_scale", "load_rgb", "center_crop"]
+__all__ = ["scan_folder", "FolderScan", "PairSampler", "split_holdout", "sample_scale", "load_rgb", "center_crop"]

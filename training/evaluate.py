@@ -23,12 +23,10 @@ from idm_rt import sampling
 from idm_rt.fileio import atomic_write
 from idm_rt.pipeline import super_resolve
 from idm_rt.sampling import SamplingSettings
-from idm_rt.resize import downscale, upscale
 from idm_rt.threads import add_threads_argument, configure_threads
 
 from .data import center_crop, load_rgb, scan_folder
-from . import metrics
-from .metrics import psnr_y, ssim_y
+from .metrics import bicubic, make_pair, measure, protocol_side
 from .visual import save_grid
 
 # scikit-image's bundled natural photos (public domain / CC0): a public held-out check.
@@ -48,11 +46,6 @@ def load_images(data: str, crop: int | None) -> list[tuple[str, torch.Tensor]]:
             print(f"skipped {path}: {why}", file=sys.stderr)
         images = [(p.stem, load_rgb(p)) for p in scan.images]
     return [(n, center_crop(im, crop) if crop else im) for n, im in images]
-
-
-def protocol_side(side: int, s: float) -> int:
-    """The HR side measured at scale ``s``: the usual protocol crops it to a multiple of an integer scale."""
-    return side // int(s) * int(s) if float(s).is_integer() else side
 
 
 def large_enough(images: list[tuple[str, torch.Tensor]], scales: list[float]) -> list[tuple[str, torch.Tensor]]:
@@ -86,21 +79,16 @@ def evaluate(model: idm_rt.IDM, images: list[tuple[str, torch.Tensor]], scales: 
     for s in scales:
         acc: dict[str, list[float]] = {k: [] for k in ("psnr", "ssim", "cons", "psnr_bic", "ssim_bic", "cons_bic")}
         for name, img in images:
-            img = img[:, : protocol_side(img.shape[1], s), : protocol_side(img.shape[2], s)]
-            hr = img.float()[None].to(device) / 127.5 - 1
+            hr, lr = make_pair(img, s, device)
             size = tuple(hr.shape[-2:])
-            lr = downscale(hr, (max(1, round(size[0] / s)), max(1, round(size[1] / s))))
             gen = torch.Generator().manual_seed(seed)
             sr = super_resolve(model, lr, size, settings, scale=s, generator=gen, tile=tile)
-            bic = upscale(lr, size).clamp(-1, 1)
-            to01 = lambda t: (((t[0].double() + 1) / 2).clamp(0, 1) * 255).round().cpu() / 255  # noqa: E731 (8-bit)
-            border = math.ceil(s)
+            bic = bicubic(lr, size)
             for key, out in (("", sr), ("_bic", bic)):
-                acc["psnr" + key].append(psnr_y(to01(out), to01(hr), border))
-                acc["ssim" + key].append(ssim_y(to01(out), to01(hr), border))
-                acc["cons" + key].append(metrics.lr_consistency(to01(out), to01(lr)) * 1e5)
+                for metric, value in measure(out, hr, lr, s).items():
+                    acc[metric + key].append(value)
             if save_dir is not None:
-                save_grid([[to01(bic), to01(sr), to01(hr)]], save_dir / f"x{s:g}" / f"{name}_grid.png")
+                save_grid([[(t[0].cpu() + 1) / 2 for t in (bic, sr, hr)]], save_dir / f"x{s:g}" / f"{name}_grid.png")
             bar.update(1)
         rows.append({"scale": s, **{k: float(np.nanmean(v)) for k, v in acc.items()}, "images": len(images)})
     bar.close()

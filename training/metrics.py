@@ -1,5 +1,7 @@
 """Image-quality metrics as SR papers report them: PSNR and SSIM on the Y channel with a border
-crop, and IDM's Consistency (MSE between the LR input and the bicubic-downscaled output)."""
+crop, and IDM's Consistency (MSE between the LR input and the bicubic-downscaled output); and the one
+protocol that the evaluation tables and the trainer's validation both measure with (:func:`make_pair`,
+:func:`measure`)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from idm_rt.resize import downscale
+from idm_rt.resize import downscale, upscale
 
 
 def rgb_to_y(img: torch.Tensor) -> torch.Tensor:
@@ -56,3 +58,36 @@ def lr_consistency(out: torch.Tensor, lr: torch.Tensor) -> float:
     (IDM Table 2 reports it x1e-5)."""
     down = (downscale(out[None].double() * 2 - 1, tuple(lr.shape[-2:])) + 1) / 2
     return F.mse_loss(down[0], lr.double()).item()
+
+
+def protocol_side(side: int, s: float) -> int:
+    """The HR side measured at scale ``s``: the usual protocol crops it to a multiple of an integer scale."""
+    return side // int(s) * int(s) if float(s).is_integer() else side
+
+
+def quantize(t: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] rounded to the 8-bit levels a file holds (still in [-1, 1])."""
+    return ((t.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
+
+
+def make_pair(img: torch.Tensor, s: float, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(hr, lr) in [-1, 1], (1, 3, H, W) and (1, 3, h, w), from an 8-bit (3, H, W) image at scale ``s``: the
+    HR cropped to :func:`protocol_side`, the LR made by antialiased bicubic downscaling and rounded to 8 bits."""
+    img = img[:, : protocol_side(img.shape[1], s), : protocol_side(img.shape[2], s)]
+    hr = img.float()[None].to(device) / 127.5 - 1
+    h, w = hr.shape[-2:]
+    return hr, quantize(downscale(hr, (max(1, round(h / s)), max(1, round(w / s)))))
+
+
+def measure(out: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor, s: float) -> dict[str, float]:
+    """PSNR(Y), SSIM(Y) (border ceil(s)) and Consistency x1e-5 of an output (1, 3, H, W) in [-1, 1], rounded
+    to 8 bits as it would be saved."""
+    to01 = lambda t: (quantize(t[0].double()).cpu() + 1) / 2  # noqa: E731
+    border = math.ceil(s)
+    return {"psnr": psnr_y(to01(out), to01(hr), border), "ssim": ssim_y(to01(out), to01(hr), border),
+            "cons": lr_consistency(to01(out), to01(lr)) * 1e5}
+
+
+def bicubic(lr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The baseline every table compares with: the bicubic upscale, clamped to [-1, 1]."""
+    return upscale(lr, size).clamp(-1, 1)

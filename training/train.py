@@ -5,7 +5,8 @@ Examples:
   python -m idm_rt.training.train --resume --out runs/small          # continue exactly where it stopped
   python -m idm_rt.training.train --resume --out runs/small --steps 20000   # ... and train longer
   python -m idm_rt.training.train --config my.json --set steps=20000 network.dropout=0.1
-  torchrun --nproc_per_node 4 -m training.train --preset official-scenes-4x --data DIV2K/HR
+  torchrun --nproc_per_node 4 -m idm_rt.training.train --preset official-scenes-4x --data DIV2K/HR
+  python -m idm_rt.training.train --preset default      # the bundled model's recipe (CPU, several hours)
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from idm_rt.threads import add_threads_argument
 
-from .config import PRESETS, TrainConfig, resolve
+from .config import TrainConfig, recipes, resolve
 from .trainer import Trainer
 
 SAVED_CONFIG = "train_config.json"
@@ -26,7 +27,10 @@ SAVED_CONFIG = "train_config.json"
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m idm_rt.training.train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", choices=sorted(PRESETS), help="training recipe (default: small)")
+    ap.add_argument("--preset", choices=sorted(recipes()),
+                    help="training recipe (training/recipes/): default is the bundled model's, default-v1 the one "
+                         "before it, official-face-8x and official-scenes-4x the paper's; small (the default) a "
+                         "quick CPU-sized run")
     ap.add_argument("--config", help="JSON file of training options, applied over the preset")
     ap.add_argument("--data", help="folder of HR images (png, jpg, webp; recursive)")
     ap.add_argument("--val-data", help="held-out folder for validation (default: hold out a few of --data)")

@@ -1,61 +1,31 @@
-"""The training loop: two-stage scale schedule, Adam, EMA, clipping, checkpoints with exact resume,
-CSV log, periodic validation images; DistributedDataParallel when launched by torchrun."""
+"""The training loop (EDM's shape: the loop here, its helpers beside it): the two-stage scale schedule,
+Adam, EMA, clipping, the objective of :mod:`.loss`; checkpoints (:mod:`.checkpoints`), clean stops
+(:mod:`.signals`), logs (:mod:`.logs`), validation (:mod:`.validation`) and DistributedDataParallel
+under torchrun (:mod:`.distributed`) in their own modules."""
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import dataclasses
 import json
-import os
-import pickle
-import re
-import shutil
-import signal
-import threading
 import time
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from idm_rt import IDM, load_model, preset, save_model
-from idm_rt.pipeline import super_resolve
-from idm_rt.resize import downscale, upscale
+from idm_rt import IDM, load_model, preset
 from idm_rt.threads import configure_threads
 
+from .checkpoints import STATE_NAME, check_same_network, list_checkpoints, restoring, write_checkpoint
 from .config import TrainConfig
-from .data import PairSampler, center_crop, load_rgb, sample_scale, scan_folder
+from .data import PairSampler, sample_scale, scan_folder, split_holdout
+from .distributed import all_ranks, any_rank, default_device, init_distributed
 from .ema import EMA
+from .logs import CsvLog
 from .loss import IDMLoss
-from .metrics import psnr_y
-from .visual import save_grid
-
-STATE_NAME = "trainer_state.pt"
-CHECKPOINT_NAME = re.compile(r"step_\d{8}")
-
-
-class CheckpointError(OSError):
-    """A checkpoint that cannot be resumed from or written; the message is one line naming it."""
-
-
-def is_checkpoint(path: Path) -> bool:
-    """Whether ``path`` is a checkpoint folder as :meth:`Trainer.save_checkpoint` writes them:
-    named ``step_NNNNNNNN`` and holding ``ema/``, ``raw/`` and the trainer state."""
-    return (CHECKPOINT_NAME.fullmatch(path.name) is not None and (path / "ema").is_dir()
-            and (path / "raw").is_dir() and (path / STATE_NAME).is_file())
-
-
-def init_distributed() -> tuple[int, int]:
-    """(rank, world size); starts the process group when torchrun set WORLD_SIZE > 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))  # before NCCL picks a GPU
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return (dist.get_rank(), world) if world > 1 else (0, 1)
+from .signals import stop_requests
+from .validation import validate
 
 
 class Trainer:
@@ -69,24 +39,20 @@ class Trainer:
         self.cfg = cfg
         self.rank, self.world = init_distributed()
         configure_threads(cfg.threads or None)
-        if device is None:
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = torch.device(device) if device is not None else default_device()
         self.out = Path(cfg.out)
 
         scan = scan_folder(cfg.data, min_size=cfg.crop)
-        images = scan.images
-        val_images = scan_folder(cfg.val_data, min_size=8).images if cfg.val_data else []
-        if not cfg.val_data and cfg.val_holdout:
-            if len(images) <= cfg.val_holdout:
-                raise ValueError(f"{cfg.data} has {len(images)} usable images: too few to hold out {cfg.val_holdout}")
-            images, val_images = images[:-cfg.val_holdout], images[-cfg.val_holdout:]
+        if cfg.val_data:
+            images, val_images = scan.images, scan_folder(cfg.val_data, min_size=8).images
+        else:
+            images, val_images = split_holdout(scan.images, cfg.val_holdout, cfg.data)
         self.skipped = scan.skipped
         self.val_images = val_images
         self.pairs = PairSampler(images[self.rank::self.world], cfg.crop)
 
         torch.manual_seed(cfg.seed)
-        self.model = IDM(preset(cfg.preset, **cfg.network), max_scale=cfg.max_scale).to(self.device)
+        self.model = IDM(preset(cfg.network_preset, **cfg.network), max_scale=cfg.max_scale).to(self.device)
         self.ema = EMA(self.model, cfg.ema_decay)
         self.net = (DistributedDataParallel(self.model, find_unused_parameters=cfg.regression_steps > 0) if self.world > 1
                     else self.model)
@@ -104,44 +70,18 @@ class Trainer:
         return self.out / "checkpoints"
 
     def checkpoints(self) -> list[Path]:
-        """The run's checkpoints (:func:`is_checkpoint`), oldest first; anything else in the folder is
-        neither resumed from nor deleted."""
-        return sorted(p for p in self.ckpt_dir.iterdir() if is_checkpoint(p)) if self.ckpt_dir.exists() else []
+        """The run's checkpoints, oldest first (:func:`~.checkpoints.list_checkpoints`)."""
+        return list_checkpoints(self.ckpt_dir)
 
     def save_checkpoint(self) -> Path | None:
-        """``checkpoints/step_N/{ema,raw}`` in the project format plus the optimizer/RNG state;
-        written to a temp folder and renamed, then only the last ``keep_last`` are kept.
-
-        Raises:
-            CheckpointError: it cannot be written (a full disk: nothing is left behind), or
-                ``step_N`` exists and is not a checkpoint (it is left alone).
-        """
-        rng = [self.rng_state()]
-        if self.world > 1:  # every rank's generators, so that each rank resumes its own streams
-            rng = [None] * self.world
-            dist.all_gather_object(rng, self.rng_state())
+        """``checkpoints/step_N`` (:func:`~.checkpoints.write_checkpoint`) with every rank's random streams;
+        rank 0 writes it."""
+        rng = all_ranks(self.rng_state(), self.world)  # each rank resumes its own streams
         if self.rank != 0:
             return None
-        final = self.ckpt_dir / f"step_{self.step:08d}"
-        if final.exists() and not is_checkpoint(final):
-            raise CheckpointError(f"{final} exists and is not a checkpoint: move it away (it was left alone)")
-        tmp = self.ckpt_dir / f".tmp_step_{self.step:08d}"  # (a leftover of an interrupted save is replaced)
-        shutil.rmtree(tmp, ignore_errors=True)
-        prov = {"recipe": self.cfg.to_dict(), "step": self.step}
         state = {"step": self.step, "optimizer": self.opt.state_dict(), "scaler": self.scaler.state_dict(), "rng": rng}
-        try:
-            save_model(self.ema.model, tmp / "ema", provenance=prov)
-            save_model(self.model, tmp / "raw", provenance=prov)
-            with open(tmp / STATE_NAME, "wb") as f:  # a file object: a full disk is an OSError, not a RuntimeError
-                torch.save(state, f)
-        except OSError as e:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise CheckpointError(f"cannot write checkpoint {final}: {e}") from None
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        for old in self.checkpoints()[:-self.cfg.keep_last]:
-            shutil.rmtree(old)
-        return final
+        return write_checkpoint(self.ckpt_dir, self.step, self.ema.model, self.model, state,
+                                {"recipe": self.cfg.to_dict(), "step": self.step}, self.cfg.keep_last)
 
     def rng_state(self) -> dict:
         """This process's random streams: data order, diffusion noise, dropout (CPU and CUDA)."""
@@ -162,26 +102,16 @@ class Trainer:
         if path is None:
             return False
         raw, ema = load_model(path / "raw"), load_model(path / "ema")
-        ours = dataclasses.replace(self.model.config, dropout=raw.config.dropout)  # dropout may change
-        if raw.config != ours:
-            changed = {k: (v, getattr(ours, k)) for k, v in raw.config.to_dict().items()
-                       if getattr(ours, k) != (tuple(v) if isinstance(v, list) else v)}
-            raise ValueError(f"{path} holds another network than these options ask for "
-                             f"({', '.join(f'{k}: {a} there, {b} here' for k, (a, b) in changed.items())}); a "
-                             f"resumed run keeps its network's shape")
+        check_same_network(path, raw.config, self.model.config)
         self.model.load_state_dict(raw.state_dict())
         self.ema.model.load_state_dict(ema.state_dict())
-        try:
-            self._restore_state(path / STATE_NAME)
-        except Exception as e:  # noqa: BLE001 (torch.load and the load_state_dicts raise many types)
-            raise CheckpointError(f"{path / STATE_NAME} cannot be resumed from ({_why(e)}); it is damaged or not a "
-                                  "trainer state") from None
+        with restoring(path / STATE_NAME):
+            self._restore_state(torch.load(path / STATE_NAME, map_location=self.device, weights_only=True))
         return True
 
-    def _restore_state(self, file: Path) -> None:
-        """Optimizer, grad scaler, random streams and step from a trainer state file (tensors only:
+    def _restore_state(self, state: dict) -> None:
+        """Optimizer, grad scaler, random streams and step from a trainer state (tensors only:
         ``weights_only`` loading runs no pickled code)."""
-        state = torch.load(file, map_location=self.device, weights_only=True)
         self.opt.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         rng = state["rng"][self.rank] if "rng" in state else state  # (first runs kept rank 0's at the top)
@@ -264,7 +194,7 @@ class Trainer:
                         self.save_checkpoint()
                     if cfg.val_every and self.step % cfg.val_every == 0 and self.rank == 0:
                         self.validate()
-                    if self._agreed(bool(stop)) and self.step < cfg.steps:  # (a finished run just ends)
+                    if any_rank(bool(stop), self.world, self.device) and self.step < cfg.steps:  # (a finished run ends)
                         if not saved:
                             self.save_checkpoint()
                         if self.rank == 0:
@@ -279,109 +209,17 @@ class Trainer:
         finally:
             bar.close()
 
-    def _agreed(self, flag: bool) -> bool:
-        """``flag`` on any rank (one scalar all-reduce per step): every rank stops after the same step."""
-        if self.world == 1:
-            return flag
-        t = torch.tensor([float(flag)], device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
-
     # ----------------------------------------------------------------- validation
-    @torch.no_grad()
     def validate(self) -> dict[str, float] | None:
-        """Few-step sampling with the EMA weights on held-out crops at scale M: PSNR(Y) of ours and
-        of bicubic, and a grid LR-bicubic | ours | HR under ``val/``."""
+        """:func:`~.validation.validate` with the EMA weights; a row of ``val.csv`` and a grid under ``val/``."""
         if not self.val_images:
             return None
-        cfg, model = self.cfg, self.ema.model
-        gen = torch.Generator().manual_seed(cfg.seed)
-        rows, ours, bic = [], [], []
-        for path in self.val_images:
-            hr = center_crop(load_rgb(path), cfg.val_crop).float()[None].to(self.device) / 127.5 - 1
-            s = max(1, round(hr.shape[-1] / cfg.max_scale))
-            lr = downscale(hr, (s, s))
-            size = tuple(hr.shape[-2:])
-            sr = super_resolve(model, lr, size, cfg.sampling(), scale=cfg.max_scale, generator=gen)
-            up = upscale(lr, size).clamp(-1, 1)
-            to01 = lambda t: ((t[0] + 1) / 2).cpu()  # noqa: E731
-            ours.append(psnr_y(to01(sr), to01(hr), border=int(cfg.max_scale)))
-            bic.append(psnr_y(to01(up), to01(hr), border=int(cfg.max_scale)))
-            rows.append([to01(up), to01(sr), to01(hr)])
-        (self.out / "val").mkdir(parents=True, exist_ok=True)
-        save_grid(rows, self.out / "val" / f"step_{self.step:08d}.png")
-        result = {"step": self.step, "psnr_y": sum(ours) / len(ours), "psnr_y_bicubic": sum(bic) / len(bic)}
+        cfg = self.cfg
+        result = {"step": self.step, **validate(self.ema.model, self.val_images, cfg.val_crop, cfg.sampling(),
+                                                 cfg.seed, self.out / "val" / f"step_{self.step:08d}.png")}
         if self.val_log is None:
             self.val_log = CsvLog(self.out / "val.csv")
         self.val_log.write(**result)
-        tqdm.write(f"val step {self.step}: PSNR(Y) {result['psnr_y']:.2f} dB (bicubic {result['psnr_y_bicubic']:.2f})")
+        tqdm.write(f"val step {self.step}: PSNR(Y) {result['psnr_y']:.2f} dB (estimate {result['psnr_y_estimate']:.2f}, "
+                   f"bicubic {result['psnr_y_bicubic']:.2f})")
         return result
-
-
-def _why(e: Exception) -> str:
-    """One line on why a trainer state did not load."""
-    if isinstance(e, pickle.UnpicklingError):  # torch's message is a page of advice, partly unsafe
-        return "safe loading (weights_only=True) refused its contents"
-    first = str(e).strip().split("\n")[0].split(". ")[0]
-    return f"{e.__class__.__name__}: {first}" if first else e.__class__.__name__
-
-
-@contextlib.contextmanager
-def stop_requests():
-    """A list that gets an entry on the first SIGINT or SIGTERM (the loop then stops after its
-    current step); a second signal raises KeyboardInterrupt at once. Handlers are installed only in
-    the main thread (elsewhere Python cannot), also over an ignored SIGINT of a background job."""
-    requested: list[int] = []
-
-    def handler(signum, _frame):
-        if requested:
-            raise KeyboardInterrupt
-        requested.append(signum)
-        tqdm.write("stopping after this step, with a checkpoint (Ctrl-C again: stop at once, without one)")
-
-    if threading.current_thread() is not threading.main_thread():
-        yield requested
-        return
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield requested
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-class CsvLog:
-    """Appends rows to a CSV file, writing the header once; TensorBoard too when installed."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(str(path.parent / "tensorboard"))
-        except Exception:  # tensorboard is optional
-            self.tb = None
-
-    def truncate_after(self, step: int) -> None:
-        """Drop rows past ``step``, so a resumed run's log reads like an uninterrupted one."""
-        if not self.path.exists():
-            return
-        with self.path.open(newline="") as f:
-            rows = list(csv.DictReader(f))
-        kept = [r for r in rows if int(r["step"]) <= step]
-        if len(kept) < len(rows):
-            with self.path.open("w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=list(rows[0]))
-                w.writeheader()
-                w.writerows(kept)
-
-    def write(self, **row: float) -> None:
-        new = not self.path.exists()
-        with self.path.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                w.writeheader()
-            w.writerow(row)
-        if self.tb is not None:
-            for k, v in row.items():
-                if k != "step":
-                    self.tb.add_scalar(f"{self.path.stem}/{k}", v, row["step"])
