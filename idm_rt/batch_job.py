@@ -23,9 +23,19 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from .cli import (describe, expand_inputs, image_format, load_upscaler, plan_outputs, read_image, save_image,
-                  storable, upscale_options)
+from .cli import (
+    describe,
+    expand_inputs,
+    image_format,
+    load_upscaler,
+    plan_outputs,
+    read_image,
+    save_image,
+    storable,
+    upscale_options,
+)
 from .images import IMAGE_SUFFIXES
+from .memory import configure_allocator
 from .ray_session import ray_session
 
 
@@ -139,6 +149,7 @@ class UpscaleWorker:
     """A Ray Data actor: one Upscaler, each row's image read, upscaled and written."""
 
     def __init__(self, args: argparse.Namespace, filesystems: list[tuple[Any, str]]):
+        configure_allocator()  # a worker is a process of its own: freed memory kept for the next image
         self.options, self.overwrite, self.filesystems = upscale_options(args), args.overwrite, filesystems
         threads = {"threads": max(1, round(args.worker_cpus or 1))}  # ONNX Runtime would take every core
         try:

@@ -27,7 +27,6 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-
 MAX_SIDE, MAX_BATCH = 8192, 256  # far above what a tile or a batch of one GPU holds
 
 

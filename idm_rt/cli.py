@@ -13,9 +13,10 @@ import numpy as np
 from PIL import Image, ImageMode
 from tqdm.auto import tqdm
 
-from .fileio import atomic_write
 from . import sampling
+from .fileio import atomic_write
 from .images import HIGH_BIT_MODES, IMAGE_SUFFIXES, upright
+from .memory import configure_allocator
 from .threads import add_threads_argument, configure_threads
 
 if TYPE_CHECKING:
@@ -61,6 +62,22 @@ def _pixels(text: str) -> int:
     return int(n)
 
 
+UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def _bytes(text: str) -> int:
+    """A memory size: a number of bytes, or with a unit (KB, MB, GB, KiB, MiB, GiB), e.g. 4GiB."""
+    number = text.rstrip("BbKkMmGgIi")
+    unit = text[len(number):].lower()
+    try:
+        n = float(number) * UNITS[unit]
+    except (ValueError, KeyError):
+        n = math.nan
+    if not (math.isfinite(n) and 2**20 <= n < 2**50):
+        raise argparse.ArgumentTypeError(f"must be a memory size from 1MiB, e.g. 4GiB or 500MB, got {text!r}")
+    return int(n)
+
+
 def _bounded(kind: type, low: float, high: float):
     """An argparse type: a number of ``kind`` in [low, high]."""
 
@@ -94,9 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--size", type=_size, metavar="WxH", help="explicit output size, e.g. 1920x1080")
     sampling.add_arguments(up)
     up.add_argument("--seed", type=int, help="random seed; the same seed gives the same output")
-    up.add_argument("--tile", type=int, help="HR tile side for large outputs (default 512, engines: their bucket rule; "
-                                             "0: off); rounded down to the model's size multiple (8 for the default "
-                                             "model, 16 for released)")
+    up.add_argument("--tile", type=int, help="HR tile side for large outputs (0: off; default: the cheapest tiling "
+                                             "whose tiles fit the memory, untiled while one tile is cheaper; engines: "
+                                             "their bucket rule); rounded down to the model's size multiple (8 for "
+                                             "the default model, 16 for released)")
+    up.add_argument("--max-memory", type=_bytes, metavar="SIZE",
+                    help="memory a call may plan to use, e.g. 4GiB or 500MB (default: half of what is free); "
+                         "smaller means smaller tiles")
     up.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cpu; cuda for TensorRT --engines)")
     up.add_argument("--precision", choices=("fp32", "fp16", "bf16"),
                     help="U-Net precision: fp32 (default) or fp16/bf16 autocast (GPUs only: many times slower on "
@@ -323,7 +344,8 @@ def _load_upscaler(args: argparse.Namespace, runner_options: dict | None) -> Ups
                                         max_pixels=args.max_pixels, precision=args.precision,
                                         max_scale=args.max_scale, runner_options=runner_options)
     return Upscaler.from_pretrained(args.model, device=args.device or "cpu", max_pixels=args.max_pixels,
-                                    precision=args.precision or "fp32", max_scale=args.max_scale)
+                                    precision=args.precision or "fp32", max_scale=args.max_scale,
+                                    max_memory=getattr(args, "max_memory", None))
 
 
 def upscale_options(args: argparse.Namespace) -> dict:
@@ -341,6 +363,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         print("error: --address, --workers, --worker-cpus and --worker-gpus are for --ray", file=sys.stderr)
         return 1
     configure_threads(args.threads)
+    configure_allocator()
     files, problems = expand_inputs(args.inputs)
     for msg in problems:
         print(f"error: {msg}", file=sys.stderr)

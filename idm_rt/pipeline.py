@@ -23,7 +23,7 @@ from .tiling import TilePlan, tiled_eps
 @torch.no_grad()
 def super_resolve(model: SamplingModel, lr: torch.Tensor, size: tuple[int, int], settings: SamplingSettings,
                   scale: float | None = None, generator: Generators = None, tile: int | None = None,
-                  progress: bool = False, denoise: Callable | None = None) -> torch.Tensor:
+                  progress: bool = False, denoise: Callable | None = None, overlap: int | None = None) -> torch.Tensor:
     """LR batch (B, 3, h, w) in [-1, 1] -> HR batch (B, 3, H, W) in [-1, 1], sampled as ``settings`` say.
 
     Args:
@@ -31,6 +31,7 @@ def super_resolve(model: SamplingModel, lr: torch.Tensor, size: tuple[int, int],
             per-axis ratios of ``size`` to the LR size.
         tile: HR tile side; outputs larger than one tile are denoised in overlapping tiles
             blended at every step (a tile covering the whole output changes nothing).
+        overlap: of the tiles, in HR pixels (default :data:`idm_rt.tiling.OVERLAP`).
         denoise: the U-Net call, ``model.denoise`` by default (e.g. a CUDA-graph replay of it).
     """
     denoise = denoise or model.denoise
@@ -40,7 +41,7 @@ def super_resolve(model: SamplingModel, lr: torch.Tensor, size: tuple[int, int],
     with model.sampling():
         cond = model.encode(lr, size)
         p = model.scale_fraction(scale).expand(b).to(lr.device)
-        plan = TilePlan.for_image(size, tile, model.config.size_multiple) if tile is not None else None
+        plan = TilePlan.for_image(size, tile, model.config.size_multiple, overlap) if tile is not None else None
         if plan is not None and len(plan.tiles) > 1:
             eps_fn = tiled_eps(model, cond, p, plan, denoise)
         else:

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from .http_api import Job, Result, UpscaleApp
+from .memory import configure_allocator
 from .upscaler import DEFAULT_MODEL, Upscaler
 
 APP_NAME = "idm_rt"
@@ -63,6 +64,7 @@ class UpscaleService(UpscaleApp):
     """One replica: its own Upscaler, requests batched by Ray Serve."""
 
     def __init__(self, settings: ServeSettings):
+        configure_allocator()  # a replica is a process of its own: freed memory kept for the next request
         threads = {"runner_options": {"threads": max(1, round(settings.replica_cpus))}}  # not every core
         up = Upscaler.from_pretrained(settings.model, device=settings.device, backend=settings.backend,
                                       max_pixels=settings.max_pixels,

@@ -39,14 +39,19 @@ class Upscaler:
             ``benchmarks/gpu_check.py``); refused on a CPU, where it is many times slower.
         cuda_graphs: replay each U-Net call from a CUDA graph (default: on for CUDA devices).
         compile: ``torch.compile`` the U-Net (slow first call).
-        tile: default HR tile side; outputs larger than this are denoised in overlapping tiles
+        tile: default HR tile side: outputs larger than this are denoised in overlapping tiles; None (the
+            default) lets the model choose, the torch model the cheapest tiling whose tiles fit the free
+            memory (:mod:`idm_rt.tile_size`: untiled while one tile is cheaper), engines their bucket rule.
+        max_memory: bytes a call may plan to use (the torch backend's tile choice); default half the
+            memory the device has free.
             (None, the default of :meth:`from_engines`: the engine directory's bucket rule).
         max_pixels: largest output (H x W) accepted, a guard against typos such as ``scale=400``.
     """
 
     def __init__(self, model: SamplingModel, device: str | torch.device = "cpu",
-                 sampling: SamplingSettings | None = None, tile: int | None = 512, max_pixels: int = 64_000_000,
-                 precision: str = "fp32", cuda_graphs: bool | None = None, compile: bool = False, **settings: Any):
+                 sampling: SamplingSettings | None = None, tile: int | None = None, max_pixels: int = 64_000_000,
+                 precision: str = "fp32", cuda_graphs: bool | None = None, compile: bool = False,
+                 max_memory: int | None = None, **settings: Any):
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {device!r} asked for, but this torch has no CUDA device")
@@ -55,7 +60,10 @@ class Upscaler:
             raise TypeError(f"Upscaler got unknown options {unknown}")
         self.sampling = (sampling or SamplingSettings()).replace(**settings)
         self.model = model.prepare(self.device)
-        self.tile, self.max_pixels = tile, max_pixels
+        if max_memory is not None and (not isinstance(max_memory, numbers.Integral) or isinstance(max_memory, bool)
+                                       or max_memory < 2**20):
+            raise ValueError(f"max_memory must be a number of bytes of at least 1 MiB, got {max_memory!r}")
+        self.tile, self.max_pixels, self.max_memory = tile, max_pixels, max_memory
         self.denoise = self._denoiser(precision, cuda_graphs, compile)
 
     def _denoiser(self, precision: str, cuda_graphs: bool | None, compile: bool):
@@ -136,7 +144,9 @@ class Upscaler:
             from .backends.onnxruntime import execution_providers
 
             execution_providers(device)  # can it run there? Said before a build, not after it
-        from .export.engines import build_engines  # the one call from the runtime into the export package
+        from .export.engines import (
+            build_engines,  # the one call from the runtime into the export package
+        )
 
         return build_engines(path, backend, precision, device)
 
@@ -156,7 +166,7 @@ class Upscaler:
         recommended sampling settings, recorded in the manifest, are the defaults.
         """
         runner = load_runner(folder, backend, device, **(runner_options or {}))
-        return cls(runner, device=runner.device, sampling=runner.manifest.recommended, **{"tile": None, **kwargs})
+        return cls(runner, device=runner.device, sampling=runner.manifest.recommended, **kwargs)
 
     def output_size(self, height: int, width: int, scale: float | None = None,
                     size: tuple[int, int] | None = None) -> tuple[int, int]:
@@ -234,7 +244,8 @@ class Upscaler:
             lr = torch.cat([prepared[i][0] for i in idx]).to(self.device)
             # one generator per image, with its seed: an image's result does not depend on its batch
             gen = [torch.Generator().manual_seed(seeds[i]) for i in idx] if seeds is not None else None
-            group_tile = self.model.auto_tile(out) if tile is None else tile or None  # 0: untiled
+            group_tile = (self.model.auto_tile(out, len(idx), self.max_memory) if tile is None
+                          else tile or None)  # 0: untiled
             sr = super_resolve(self.model, lr, out, settings, scale=scale, generator=gen, tile=group_tile,
                                progress=progress, denoise=self.denoise)
             for k, i in enumerate(idx):

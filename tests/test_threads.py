@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 import idm_rt
-from idm_rt import threads
+from idm_rt import cgroups, threads
 
 from .conftest import ROOT
 from .test_training import TINY_SET, make_folder
@@ -29,8 +29,8 @@ def keep_torch_threads():
 @pytest.fixture
 def machine(tmp_path, monkeypatch):
     """A fake 64-CPU machine whose cgroup files live under tmp_path; returns a writer for them."""
-    monkeypatch.setattr(threads, "CGROUP", tmp_path / "cgroup")
-    monkeypatch.setattr(threads, "PROC_SELF_CGROUP", tmp_path / "proc_self_cgroup")
+    monkeypatch.setattr(cgroups, "CGROUP", tmp_path / "cgroup")
+    monkeypatch.setattr(cgroups, "PROC_SELF_CGROUP", tmp_path / "proc_self_cgroup")
     monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     (tmp_path / "proc_self_cgroup").write_text("0::/\n")

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 import idm_rt
 from idm_rt import sampling
 from idm_rt.fileio import atomic_write
+from idm_rt.memory import configure_allocator
 from idm_rt.pipeline import super_resolve
 from idm_rt.sampling import SamplingSettings
 from idm_rt.threads import add_threads_argument, configure_threads
@@ -122,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     add_threads_argument(ap)
     args = ap.parse_args(argv)
     configure_threads(args.threads)
+    configure_allocator()
     try:
         scales = [float(s) for s in args.scales.split(",")]
         if not all(math.isfinite(s) and s > 1 for s in scales):

@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from idm_rt.memory import configure_allocator
 from idm_rt.threads import add_threads_argument
 
 from .config import TrainConfig, recipes, resolve
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                        ("threads", args.threads)):
         if value is not None:
             overrides.append(f"{key}={value}" if isinstance(value, int) else f'{key}="{value}"')
+    configure_allocator()  # the training loop's activations reuse the memory the last step freed
     try:
         cfg = resolved(args, overrides)
         trainer = Trainer(cfg)

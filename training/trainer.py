@@ -17,7 +17,13 @@ from tqdm.auto import tqdm
 from idm_rt import IDM, load_model, preset
 from idm_rt.threads import configure_threads
 
-from .checkpoints import STATE_NAME, check_same_network, list_checkpoints, restoring, write_checkpoint
+from .checkpoints import (
+    STATE_NAME,
+    check_same_network,
+    list_checkpoints,
+    restoring,
+    write_checkpoint,
+)
 from .config import TrainConfig
 from .data import PairSampler, sample_scale, scan_folder, split_holdout
 from .distributed import all_ranks, any_rank, default_device, init_distributed

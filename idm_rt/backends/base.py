@@ -21,7 +21,14 @@ from ..model import Conditioning
 from ..model.conditioning import scale_fraction
 from ..model.encoder import resize_tables
 from ..model.unet import query_tables_for
-from .engine_dir import Manifest, graph_inputs, graph_key, graph_specs, read_manifest, table_names
+from .engine_dir import (
+    Manifest,
+    graph_inputs,
+    graph_key,
+    graph_specs,
+    read_manifest,
+    table_names,
+)
 
 
 class EngineRunner:
@@ -61,8 +68,9 @@ class EngineRunner:
         """The context :func:`~idm_rt.pipeline.super_resolve` samples in (nothing by default)."""
         return contextlib.nullcontext()
 
-    def auto_tile(self, size: tuple[int, int]) -> int | None:
-        """The tile side the bucket rule picks for an HR output ``size`` (None: no tiling)."""
+    def auto_tile(self, size: tuple[int, int], batch: int = 1, max_memory: int | None = None) -> int | None:
+        """The tile side the bucket rule picks for an HR output ``size`` (None: no tiling); the buckets,
+        built for their batches, already set the memory."""
         return route(self.buckets, size, self.config.size_multiple).tile
 
     def _inputs(self, kind: str, tensors) -> dict[str, torch.Tensor]:

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from ..buckets import Bucket
 from ..config import IDMConfig, check_max_scale
 from ..model.idm import check_size

@@ -11,6 +11,7 @@ Two forms compute the same function:
 
 from __future__ import annotations
 
+import contextlib
 from functools import lru_cache
 
 import torch
@@ -99,7 +100,8 @@ def fold(fc1: nn.Linear, fc2: nn.Linear) -> tuple[torch.Tensor, torch.Tensor, to
     off): ``out = M h + rel_row u + rel_col v + d`` with M = W2 W1[:, :C] (C x C), u = W2 W1[:, C],
     v = W2 W1[:, C+1] and d = W2 b1 + b2, so that the C x C map runs at the source resolution."""
     c = fc2.weight.shape[0]
-    with torch.autocast(fc1.weight.device.type, enabled=False):
+    device = fc1.weight.device.type
+    with torch.autocast(device, enabled=False) if device in ("cpu", "cuda") else contextlib.nullcontext():
         w2 = fc2.weight.float()
         full = w2 @ fc1.weight.float()
         d = w2 @ fc1.bias.float() + fc2.bias.float()

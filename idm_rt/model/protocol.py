@@ -44,5 +44,6 @@ class SamplingModel(Protocol):
     def sampling(self) -> contextlib.AbstractContextManager:
         """The context an image is sampled in (an engine runner's thread setup, say)."""
 
-    def auto_tile(self, size: tuple[int, int]) -> int | None:
-        """The tile side this model picks for an HR output of ``size`` (H, W); None: untiled."""
+    def auto_tile(self, size: tuple[int, int], batch: int = 1, max_memory: int | None = None) -> int | None:
+        """The tile side this model picks for an HR output of ``size`` (H, W) sampled ``batch`` at a time,
+        within ``max_memory`` bytes where it plans memory; None: untiled."""
