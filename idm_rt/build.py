@@ -20,12 +20,14 @@ import torch
 
 from . import upscaler
 from .backends import BACKENDS
+from .backends.engine_dir import BACKEND_PRECISIONS, PRECISIONS
 from .buckets import DEFAULT_TILES, parse_batch, parse_list, parse_size, plan_buckets, route, rule_text
 from .config import check_max_scale
 from .threads import add_threads_argument, configure_threads
 
 EXAMPLES = """examples:
   python -m idm_rt.build --engine fp32 --backend onnxruntime
+  python -m idm_rt.build --engine int8 --backend onnxruntime --tile 128
   python -m idm_rt.build --engine fp16 --model models/face8x --scales 2,4,8 --input-size 16x16
   python -m idm_rt.build --engine fp16 --tile 128,256 --batch 1,4 --out engines/face --workspace 8192
   python -m idm_rt.build --scales 2,3,4 --input-size 64x64 --tile 256 --explain
@@ -37,9 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  description="Export IDM to ONNX per bucket (HR tile shape + batch range) and build "
                                              "ONNX Runtime or TensorRT engines with a manifest.")
-    ap.add_argument("--engine", choices=("fp16", "fp32"),
+    ap.add_argument("--engine", choices=PRECISIONS,
                     help="U-Net precision (encoder and conditioner stay fp32); default fp16 for TensorRT, fp32 for "
-                         "ONNX Runtime (as Upscaler builds them)")
+                         "ONNX Runtime (as Upscaler builds them); int8 (ONNX Runtime on CPUs): each bucket's U-Net "
+                         "quantised after calibration on the model's own sampling (its dynamic U-Net stays fp32)")
+    ap.add_argument("--calibration", metavar="SOURCE",
+                    help="--engine int8: the calibration images, a folder, 'skimage', 'synthetic' or 'auto' (default: "
+                         "../shared/datasets/train beside a checkout, else scikit-image's photos, else synthetic)")
     ap.add_argument("--model", help="checkpoint: released .pth or project folder (default: the bundled model)")
     ap.add_argument("--max-scale", type=float, metavar="M",
                     help="largest training scale M of the model (released .pth files do not record it: 8 unless "
@@ -101,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             ap.error(f"--max-scale: {e}")
     args.engine = args.engine or ("fp32" if args.backend == "onnxruntime" else "fp16")
+    if args.engine not in BACKEND_PRECISIONS[args.backend]:
+        ap.error(f"--engine {args.engine} is for --backend onnxruntime (TensorRT builds take "
+                 f"{' or '.join(BACKEND_PRECISIONS['tensorrt'])})")
+    if args.calibration is not None and args.engine != "int8":
+        ap.error("--calibration is for --engine int8")
     if args.conv == "winograd" and (args.backend, args.engine) != ("onnxruntime", "fp32"):
         ap.error("--conv winograd is for --backend onnxruntime --engine fp32 (TensorRT chooses its own "
                  "convolution algorithms, and the transforms lose too much in float16)")
@@ -123,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out) if args.out else Path("engines") / f"{model_path.stem}-{args.backend}-{args.engine}"
         command = shlex.join(["python", "-m", "idm_rt.build", *(sys.argv[1:] if argv is None else argv)])
         options = BuildOptions(model_path, out, args.engine, args.backend, buckets, args.workspace, args.force,
-                               command, conv, args.max_scale)
+                               command, conv, args.max_scale, args.calibration or "auto")
         return build(options)
     except (OSError, ValueError, RuntimeError, ImportError) as e:  # export's BuildError is a RuntimeError
         print(f"error: {e}", file=sys.stderr)

@@ -78,8 +78,9 @@ def large_enough(images: list[tuple[str, torch.Tensor]], scales: list[float]) ->
 
 def evaluate(model: idm_rt.IDM, images: list[tuple[str, torch.Tensor]], scales: list[float],
              settings: SamplingSettings, seed: int = 0, save_dir: Path | None = None, device: str = "cpu",
-             tile: int | None = None) -> list[dict]:
-    """Per scale: mean PSNR(Y), SSIM(Y) and Consistency (x1e-5) of ours and of bicubic."""
+             tile: int | None = None, outputs: dict | None = None) -> list[dict]:
+    """Per scale: mean PSNR(Y), SSIM(Y) and Consistency (x1e-5) of ours and of bicubic. ``outputs``, when
+    given, receives each of our 8-bit images ((3, H, W) in [0, 1]) by (scale, name), to compare models."""
     rows = []
     total = len(scales) * len(images)
     bar = tqdm(total=total, desc="evaluate", unit="img")
@@ -95,6 +96,8 @@ def evaluate(model: idm_rt.IDM, images: list[tuple[str, torch.Tensor]], scales: 
             bic = upscale(lr, size).clamp(-1, 1)
             to01 = lambda t: (((t[0].double() + 1) / 2).clamp(0, 1) * 255).round().cpu() / 255  # noqa: E731 (8-bit)
             border = math.ceil(s)
+            if outputs is not None:
+                outputs[s, name] = to01(sr)
             for key, out in (("", sr), ("_bic", bic)):
                 acc["psnr" + key].append(psnr_y(to01(out), to01(hr), border))
                 acc["ssim" + key].append(ssim_y(to01(out), to01(hr), border))

@@ -146,9 +146,11 @@ class Manifest:
                 raise ValueError(f"its {name} must be a JSON {_JSON_NAMES[kind]}, got {d[name]!r}")
         if not isinstance(d["opset"], int) or isinstance(d["opset"], bool):
             raise ValueError(f"its opset must be an integer, got {d['opset']!r}")
-        if d["backend"] not in BACKENDS or d["precision"] not in PRECISIONS:
-            raise ValueError(f"its backend must be one of {BACKENDS} and its precision one of {PRECISIONS}, got "
-                             f"{d['backend']!r} and {d['precision']!r}")
+        if d["backend"] not in BACKENDS:
+            raise ValueError(f"its backend must be one of {BACKENDS}, got {d['backend']!r}")
+        if d["precision"] not in BACKEND_PRECISIONS[d["backend"]]:
+            raise ValueError(f"its precision must be one of {BACKEND_PRECISIONS[d['backend']]} for {d['backend']}, "
+                             f"got {d['precision']!r}")
         d["max_scale"] = check_max_scale(d["max_scale"])
         check_size(IDMConfig.from_dict(d["network"]))
         if not 1 <= len(d["buckets"]) <= MAX_BUCKETS:
@@ -164,7 +166,9 @@ class Manifest:
 
 
 _JSON_NAMES = {str: "string", dict: "object", list: "array", bool: "true or false"}
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")  # of a directory's U-Nets (and of each graph: see export.builder)
+# int8 (export.quantize): static QDQ graphs for ONNX Runtime on CPUs; TensorRT builds take fp32 and fp16.
+BACKEND_PRECISIONS = {"onnxruntime": PRECISIONS, "tensorrt": ("fp32", "fp16")}
 MAX_BUCKETS = 64
 PARTIAL = ".partial"  # suffix of a file being written, renamed into place when complete
 
