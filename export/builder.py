@@ -26,7 +26,7 @@ from idm_rt.checkpoints import is_project, load_model, model_hash
 from idm_rt.fileio import atomic_write
 from idm_rt.model import IDM
 
-from . import ort_build, tensorrt_build, winograd
+from . import ort_build, quantize, tensorrt_build, winograd
 from .graphs import OPSET, export_graph
 from .opcheck import check_graph
 
@@ -52,6 +52,7 @@ class BuildOptions:
     command: str = ""
     conv: str = "direct"  # the U-Net's 3x3 convolutions: "direct" or "winograd" (see export.winograd)
     max_scale: float | None = None  # overrides the model's M (released .pth files do not record it)
+    calibration: str = "auto"  # int8: where the calibration images come from (see export.quantize)
 
 
 def digest(*parts) -> str:
@@ -205,6 +206,9 @@ def _build(model: IDM, options: BuildOptions, log: Callable[[str], None]) -> int
     flags = {"opset": OPSET, "conv": options.conv, "command": options.command}
     if options.backend == "tensorrt":
         flags |= {"workspace_mb": options.workspace_mb, "strongly_typed": options.precision == "fp16", "tf32": False}
+    calibration = quantize.Calibration.load(options.calibration) if options.precision == "int8" else None
+    if calibration is not None:
+        flags["int8"] = {**calibration.settings.to_dict(), "calibration": calibration.source}
     manifest = Manifest(model_hash=model_hash(model), model_path=str(Path(options.model_path).resolve()),
                         network=model.config.to_dict(), max_scale=model.max_scale, precision=options.precision,
                         backend=options.backend, opset=OPSET, buckets=options.buckets, graphs={}, identity=ident,
@@ -215,7 +219,7 @@ def _build(model: IDM, options: BuildOptions, log: Callable[[str], None]) -> int
     for i, (kind, bucket) in enumerate(specs, 1):
         key = graph_key(kind, bucket)
         label = f"[{i}/{len(specs)}] {key}"
-        entry = _onnx_stage(model, manifest.model_hash, kind, bucket, options, old, label, writer)
+        entry = _onnx_stage(model, manifest.model_hash, kind, bucket, options, old, label, writer, calibration)
         if not missing:
             _engine_stage(entry, kind, bucket, options, ident, old.graphs.get(key) if old else None, label, writer)
         manifest.graphs[key] = entry
@@ -232,20 +236,39 @@ def _build(model: IDM, options: BuildOptions, log: Callable[[str], None]) -> int
     return EXIT_OK
 
 
+def graph_precision(precision: str, kind: str) -> str:
+    """The precision graph ``kind`` is exported in for a directory of ``precision``: the U-Nets run in
+    it, the encoder and the conditioner (once per image or tile) in fp32, and so does the dynamic
+    U-Net of an int8 directory (static shapes are calibrated per bucket)."""
+    if kind == "unet" or (kind == "unet_dynamic" and precision != "int8"):
+        return precision
+    return "fp32"
+
+
 def _onnx_stage(model: IDM, mhash: str, kind: str, bucket: Bucket | None, options: BuildOptions,
-                old: Manifest | None, label: str, writer: _Writer) -> GraphEntry:
-    precision = options.precision if kind in ("unet", "unet_dynamic") else "fp32"
-    conv = options.conv if kind == "unet" else "direct"  # Winograd transforms need static shapes
+                old: Manifest | None, label: str, writer: _Writer,
+                calibration: quantize.Calibration | None = None) -> GraphEntry:
+    precision = graph_precision(options.precision, kind)
+    # Winograd transforms need static shapes and float32; int8 graphs are quantised from direct ones
+    conv = options.conv if kind == "unet" and precision != "int8" else "direct"
     key = graph_key(kind, bucket)
     rel = artifact_name(key)
     winograd_key = [conv, winograd.VERSION] if conv == "winograd" else []  # direct graphs keep their old keys
+    sampling = model.recommended.to_dict() if model.recommended else None  # what calibration samples with
+    int8_key = [calibration.key(), sampling] if precision == "int8" else []
     onnx_key = digest(mhash, kind, bucket.to_dict() if bucket else None, precision, OPSET, EXPORT_VERSION,
-                      *winograd_key)
+                      *winograd_key, *int8_key)
     prev = old.graphs.get(key) if old else None
     path = options.out / rel
     if reusable(options.out, prev and prev.onnx, prev and prev.onnx_bytes, prev and prev.onnx_key, onnx_key,
                 options.force):
         writer.log(f"{label}: ONNX {precision} reused")
+    elif precision == "int8":
+        start = time.perf_counter()
+        kept = []
+        writer.write(rel, lambda tmp: kept.extend(quantize.build_unet(model, bucket, Path(tmp), calibration)))
+        writer.log(f"{label}: ONNX int8 calibrated and quantised in {time.perf_counter() - start:.1f} s "
+                   f"({len(kept)} convolutions kept in float32)")
     else:
         start = time.perf_counter()
         writer.write(rel, lambda tmp: export_graph(model, kind, bucket, Path(tmp), precision, conv))

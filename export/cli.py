@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from idm_rt import upscaler
-from idm_rt.backends.engine_dir import BACKENDS, PRECISIONS, default_precision
+from idm_rt.backends.engine_dir import BACKEND_PRECISIONS, BACKENDS, PRECISIONS, default_precision
 from idm_rt.buckets import DEFAULT_TILES, parse_batch, parse_list, parse_size, plan_buckets, route, rule_text
 from idm_rt.config import check_max_scale
 from idm_rt.threads import add_threads_argument, configure_threads
@@ -22,6 +22,7 @@ from .engines import auto_conv, require_packages
 
 EXAMPLES = """examples:
   python -m idm_rt.build --engine fp32 --backend onnxruntime
+  python -m idm_rt.build --engine int8 --backend onnxruntime --tile 128
   python -m idm_rt.build --engine fp16 --model models/face8x --scales 2,4,8 --input-size 16x16
   python -m idm_rt.build --engine fp16 --tile 128,256 --batch 1,4 --out engines/face --workspace 8192
   python -m idm_rt.build --scales 2,3,4 --input-size 64x64 --tile 256 --explain
@@ -35,7 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
                                              "ONNX Runtime or TensorRT engines with a manifest.")
     ap.add_argument("--engine", choices=PRECISIONS,
                     help="U-Net precision (encoder and conditioner stay fp32); default fp16 for TensorRT, fp32 for "
-                         "ONNX Runtime (as Upscaler builds them)")
+                         "ONNX Runtime (as Upscaler builds them); int8 (ONNX Runtime on CPUs): each bucket's U-Net "
+                         "quantised after calibration on the model's own sampling (its dynamic U-Net stays fp32)")
+    ap.add_argument("--calibration", metavar="SOURCE",
+                    help="--engine int8: the calibration images, a folder, 'skimage', 'synthetic' or 'auto' (default: "
+                         "../shared/datasets/train beside a checkout, else scikit-image's photos, else synthetic)")
     ap.add_argument("--model", help="checkpoint: released .pth or project folder (default: the bundled model)")
     ap.add_argument("--max-scale", type=float, metavar="M",
                     help="largest training scale M of the model (released .pth files do not record it: 8 unless "
@@ -97,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             ap.error(f"--max-scale: {e}")
     args.engine = args.engine or default_precision(args.backend)
+    if args.engine not in BACKEND_PRECISIONS[args.backend]:
+        ap.error(f"--engine {args.engine} is for --backend onnxruntime (TensorRT builds take "
+                 f"{' or '.join(BACKEND_PRECISIONS['tensorrt'])})")
+    if args.calibration is not None and args.engine != "int8":
+        ap.error("--calibration is for --engine int8")
     if args.conv == "winograd" and (args.backend, args.engine) != ("onnxruntime", "fp32"):
         ap.error("--conv winograd is for --backend onnxruntime --engine fp32 (TensorRT chooses its own "
                  "convolution algorithms, and the transforms lose too much in float16)")
@@ -119,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out) if args.out else Path("engines") / f"{model_path.stem}-{args.backend}-{args.engine}"
         command = shlex.join(["python", "-m", "idm_rt.build", *(sys.argv[1:] if argv is None else argv)])
         options = BuildOptions(model_path, out, args.engine, args.backend, buckets, args.workspace, args.force,
-                               command, conv, args.max_scale)
+                               command, conv, args.max_scale, args.calibration or "auto")
         return build(options)
     except (OSError, ValueError, RuntimeError, ImportError) as e:  # export's BuildError is a RuntimeError
         print(f"error: {e}", file=sys.stderr)

@@ -2,7 +2,10 @@
 model it was built from, on random inputs; prints the relative error per graph.
 
 Relative error = ||engine - torch|| / ||torch|| (L2 over all outputs of the graph). Limits: 1e-4 for
-float32 graphs, 1e-2 for float16 ones. Exit status 0 when every graph is within its limit, else 1.
+float32 graphs, 1e-2 for float16 ones, 1e-1 for int8 ones: quantisation error is not rounding error,
+so an int8 U-Net is judged by its images (``python -m benchmarks.int8_onnx``) and parity only catches
+a broken graph (errors of order 1); measured here: 6e-3 for the bundled model's, 6.5e-2 for an
+untrained test network's. Exit status 0 when every graph is within its limit, else 1.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from idm_rt.checkpoints import load_model, model_hash
 
 from .graphs import graph_module, sample_inputs
 
-LIMITS = {"fp32": 1e-4, "fp16": 1e-2}
+LIMITS = {"fp32": 1e-4, "fp16": 1e-2, "int8": 1e-1}
 DYNAMIC_SIZES = ((40, 24), (13, 57))  # (H, W) at which the graphs with dynamic sizes are checked
 
 

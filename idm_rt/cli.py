@@ -119,10 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="memory a call may plan to use, e.g. 4GiB or 500MB (default: half of what is free); "
                          "smaller means smaller tiles")
     up.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cpu; cuda for TensorRT --engines)")
-    up.add_argument("--precision", choices=("fp32", "fp16", "bf16"),
+    up.add_argument("--precision", choices=("fp32", "fp16", "bf16", "int8"),
                     help="U-Net precision: fp32 (default) or fp16/bf16 autocast (GPUs only: many times slower on "
                          "a CPU, so refused there); with --backend, the precision its engines are built in (fp32 or "
-                         "fp16; default fp32 for onnxruntime, fp16 for tensorrt); --engines keep their build's")
+                         "fp16, int8 for onnxruntime; default fp32 for onnxruntime, fp16 for tensorrt); --engines "
+                         "keep their build's")
     src = up.add_mutually_exclusive_group()
     src.add_argument("--model", help="checkpoint: released .pth or project folder (default: the bundled model)")
     src.add_argument("--engines", metavar="DIR",

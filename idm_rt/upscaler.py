@@ -13,8 +13,7 @@ from typing import Any, Sequence
 import torch
 
 from .backends import BACKENDS, DEFAULT_DEVICES, load_runner
-from .backends.engine_dir import MANIFEST_NAME, default_precision, read_manifest
-from .backends.engine_dir import PRECISIONS as ENGINE_PRECISIONS
+from .backends.engine_dir import BACKEND_PRECISIONS, MANIFEST_NAME, default_precision, read_manifest
 from .checkpoints import load_model
 from .images import ImageLike, from_tensor, resize_alpha, split_inputs, to_tensor
 from .model.protocol import SamplingModel
@@ -96,7 +95,8 @@ class Upscaler:
         ``backend`` "onnxruntime" or "tensorrt" runs engines instead (see :meth:`from_engines`):
         ``path`` is an engine directory written by ``python -m idm_rt.build``, or a model, whose
         engines are then built on the first call (default buckets, ``precision`` "fp32" for ONNX
-        Runtime and "fp16" for TensorRT unless given) into a cache folder and reused after
+        Runtime and "fp16" for TensorRT unless given; "int8" for ONNX Runtime calibrates first, see
+        :mod:`idm_rt.export.quantize`) into a cache folder and reused after
         (:func:`idm_rt.export.engines.build_engines`). ``max_scale`` overrides the largest training scale M
         (released ``.pth`` files do not store it; default 8). ``device`` defaults to "cpu", "cuda" for
         TensorRT.
@@ -133,8 +133,10 @@ class Upscaler:
                 raise ValueError(f"{path} holds {built} engines, not {precision}")
             return Path(path)
         precision = precision or default_precision(backend)
-        if precision not in ENGINE_PRECISIONS:
-            raise ValueError(f"engines are built in {' or '.join(map(repr, ENGINE_PRECISIONS))}, not {precision!r}")
+        allowed = BACKEND_PRECISIONS[backend]
+        if precision not in allowed:
+            names = ", ".join(map(repr, allowed[:-1])) + f" or {allowed[-1]!r}"
+            raise ValueError(f"{backend} engines are built in {names}, not {precision!r}")
         if path is not None and not Path(path).exists():
             raise FileNotFoundError(f"no model or engine directory at {path}")
         device = torch.device(device or DEFAULT_DEVICES[backend])

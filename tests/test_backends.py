@@ -119,7 +119,7 @@ def test_from_pretrained_with_an_engine_backend_refuses_what_it_cannot_build(bui
     with pytest.raises(RuntimeError, match="lacks an NVIDIA GPU visible to torch.*backend='onnxruntime'"):
         Upscaler.from_pretrained(folder.parent / "model", backend="tensorrt")
     assert not (tmp_path / "cache").exists()  # refused before exporting anything
-    with pytest.raises(ValueError, match="'fp32' or 'fp16', not 'bf16'"):
+    with pytest.raises(ValueError, match="'fp32', 'fp16' or 'int8', not 'bf16'"):
         Upscaler.from_pretrained(folder.parent / "model", backend="onnxruntime", precision="bf16")
     with pytest.raises(ValueError, match="convert the checkpoint"):
         Upscaler.from_pretrained(folder.parent / "model", backend="onnxruntime", max_scale=8)
@@ -228,7 +228,7 @@ def test_cli_backend_builds_the_models_engines_into_the_cache(built, tmp_path, m
     with Image.open(tmp_path / "out.png") as got:
         assert got.size == (128, 128) and np.array_equal(np.asarray(got), np.asarray(want))
     assert cli([*args, "-o", str(tmp_path / "b.png"), "--backend", "onnxruntime", "--precision", "bf16"]) == 1
-    assert "'fp32' or 'fp16', not 'bf16'" in capsys.readouterr().err and not (tmp_path / "b.png").exists()
+    assert "'fp32', 'fp16' or 'int8', not 'bf16'" in capsys.readouterr().err and not (tmp_path / "b.png").exists()
 
 
 def test_torch_backend_options_are_refused_with_engines(built):

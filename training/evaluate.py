@@ -27,7 +27,7 @@ from idm_rt.sampling import SamplingSettings
 from idm_rt.threads import add_threads_argument, configure_threads
 
 from .data import center_crop, load_rgb, scan_folder
-from .metrics import bicubic, make_pair, measure, protocol_side
+from .metrics import as_saved, bicubic, make_pair, measure, protocol_side
 from .visual import save_grid
 
 # scikit-image's bundled natural photos (public domain / CC0): a public held-out check.
@@ -72,8 +72,9 @@ def large_enough(images: list[tuple[str, torch.Tensor]], scales: list[float]) ->
 
 def evaluate(model: idm_rt.IDM, images: list[tuple[str, torch.Tensor]], scales: list[float],
              settings: SamplingSettings, seed: int = 0, save_dir: Path | None = None, device: str = "cpu",
-             tile: int | None = None) -> list[dict]:
-    """Per scale: mean PSNR(Y), SSIM(Y) and Consistency (x1e-5) of ours and of bicubic."""
+             tile: int | None = None, outputs: dict | None = None) -> list[dict]:
+    """Per scale: mean PSNR(Y), SSIM(Y) and Consistency (x1e-5) of ours and of bicubic. ``outputs``, when
+    given, receives each of our 8-bit images ((3, H, W) in [0, 1]) by (scale, name), to compare models."""
     rows = []
     total = len(scales) * len(images)
     bar = tqdm(total=total, desc="evaluate", unit="img")
@@ -85,6 +86,8 @@ def evaluate(model: idm_rt.IDM, images: list[tuple[str, torch.Tensor]], scales: 
             gen = torch.Generator().manual_seed(seed)
             sr = super_resolve(model, lr, size, settings, scale=s, generator=gen, tile=tile)
             bic = bicubic(lr, size)
+            if outputs is not None:
+                outputs[s, name] = as_saved(sr)
             for key, out in (("", sr), ("_bic", bic)):
                 for metric, value in measure(out, hr, lr, s).items():
                     acc[metric + key].append(value)

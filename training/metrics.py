@@ -79,13 +79,17 @@ def make_pair(img: torch.Tensor, s: float, device: str | torch.device = "cpu") -
     return hr, quantize(downscale(hr, (max(1, round(h / s)), max(1, round(w / s)))))
 
 
+def as_saved(t: torch.Tensor) -> torch.Tensor:
+    """An image (1, 3, H, W) in [-1, 1] as an 8-bit file holds it: (3, H, W) float64 in [0, 1], on the CPU."""
+    return (quantize(t[0].double()).cpu() + 1) / 2
+
+
 def measure(out: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor, s: float) -> dict[str, float]:
     """PSNR(Y), SSIM(Y) (border ceil(s)) and Consistency x1e-5 of an output (1, 3, H, W) in [-1, 1], rounded
     to 8 bits as it would be saved."""
-    to01 = lambda t: (quantize(t[0].double()).cpu() + 1) / 2  # noqa: E731
     border = math.ceil(s)
-    return {"psnr": psnr_y(to01(out), to01(hr), border), "ssim": ssim_y(to01(out), to01(hr), border),
-            "cons": lr_consistency(to01(out), to01(lr)) * 1e5}
+    out, hr, lr = as_saved(out), as_saved(hr), as_saved(lr)
+    return {"psnr": psnr_y(out, hr, border), "ssim": ssim_y(out, hr, border), "cons": lr_consistency(out, lr) * 1e5}
 
 
 def bicubic(lr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

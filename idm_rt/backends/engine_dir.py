@@ -32,7 +32,7 @@ MANIFEST_FORMAT = "idm-rt-engines/2"  # 2: one conditioner and one dynamic U-Net
 # bucket's static shape (the exact fits; ONNX Runtime's CPU graphs may use Winograd convolutions).
 KINDS = ("encoder", "conditioner", "unet_dynamic", "unet")
 BACKENDS = ("onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "fp16")  # the U-Nets' (the encoder and the conditioner stay float32)
+PRECISIONS = ("fp32", "fp16", "int8")  # the U-Nets' (the encoder and the conditioner stay float32)
 
 
 def default_precision(backend: str) -> str:
@@ -152,9 +152,11 @@ class Manifest:
                 raise ValueError(f"its {name} must be a JSON {_JSON_NAMES[kind]}, got {d[name]!r}")
         if not isinstance(d["opset"], int) or isinstance(d["opset"], bool):
             raise ValueError(f"its opset must be an integer, got {d['opset']!r}")
-        if d["backend"] not in BACKENDS or d["precision"] not in PRECISIONS:
-            raise ValueError(f"its backend must be one of {BACKENDS} and its precision one of {PRECISIONS}, got "
-                             f"{d['backend']!r} and {d['precision']!r}")
+        if d["backend"] not in BACKENDS:
+            raise ValueError(f"its backend must be one of {BACKENDS}, got {d['backend']!r}")
+        if d["precision"] not in BACKEND_PRECISIONS[d["backend"]]:
+            raise ValueError(f"its precision must be one of {BACKEND_PRECISIONS[d['backend']]} for {d['backend']}, "
+                             f"got {d['precision']!r}")
         d["max_scale"] = check_max_scale(d["max_scale"])
         check_size(IDMConfig.from_dict(d["network"]))
         if not 1 <= len(d["buckets"]) <= MAX_BUCKETS:
@@ -170,6 +172,7 @@ class Manifest:
 
 
 _JSON_NAMES = {str: "string", dict: "object", list: "array", bool: "true or false"}
+BACKEND_PRECISIONS = {"onnxruntime": PRECISIONS, "tensorrt": ("fp32", "fp16")}  # int8 (export.quantize): CPUs
 MAX_BUCKETS = 64
 PARTIAL = ".partial"  # suffix of a file being written, renamed into place when complete
 
