@@ -1,0 +1,1021 @@
+"""Seeded fuzz test of ``Upscaler.upscale`` and the ``upscale`` command (issue 13, "Trust").
+
+Hundreds of random, adversarial but small inputs go to a tiny random model: images of every kind
+(PIL in every mode, numpy and torch of many dtypes, shapes, strides and values, lists, batches,
+non-images), odd keyword values, and for the command line garbage files, odd options and odd
+output paths. Each case must end in a correct output (kind, type, shape, dtype and mode as
+``Upscaler.upscale`` documents them) or a ``ValueError``/``TypeError`` with a message, raised by
+idm_rt itself; the command must exit 0 having written what it says, or exit non-zero (2 for
+argparse) with ``error: ...`` lines, no traceback, and no file touched that it did not write.
+
+The cases run in a child process (``python -m tests.test_fuzz``) whose address space is capped
+(RLIMIT_AS: its size after start-up plus :data:`MEMORY_HEADROOM`) and whose every case is bounded
+in time: a soft limit raises inside the case, a hard one (faulthandler) ends the process, and the
+case it was on is reported. Reproduce a failure with the command the report prints, e.g.
+``IDM_RT_FUZZ_SEED=7 IDM_RT_FUZZ_CASE=api:17 python -m tests.test_fuzz``, which runs that case alone
+and shows its traceback. ``IDM_RT_FUZZ_SEED`` also picks the seed of the pytest run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import fractions
+import hashlib
+import io
+import json
+import math
+import os
+import random
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import traceback
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED = int(os.environ.get("IDM_RT_FUZZ_SEED", "1913"))
+API_CASES, CLI_CASES = 250, 60
+SOFT_TIMEOUT_S, HARD_TIMEOUT_S = 30, 60  # per case; generous, the machine may be busy
+MEMORY_HEADROOM = 3 * 2**30  # bytes of address space the cases may add to the child's start-up size
+MAX_PIXELS = 20_000  # the Upscaler's output limit: outputs stay small, larger asks must be refused
+PACKAGE = ROOT / "idm_rt"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the test (parent process)
+
+
+def test_fuzz_upscale_and_cli(tmp_path: Path) -> None:
+    """Every case of the seeded run gives a correct output or a clear error (see the module docstring)."""
+    report = tmp_path / "report.jsonl"
+    env = {**os.environ, "IDM_RT_FUZZ_SEED": str(SEED), "PYTHONPATH": os.pathsep.join(
+        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env.pop("IDM_RT_FUZZ_CASE", None)
+    proc = subprocess.run([sys.executable, "-m", "tests.test_fuzz", "--report", str(report), "--work", str(tmp_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=20 * 60)
+    records = [json.loads(line) for line in report.read_text().splitlines()] if report.exists() else []
+    done = [r for r in records if "outcome" in r]
+    failures = [r for r in done if r["outcome"] == "FAIL"]
+    started = [r for r in records if "started" in r]
+    if proc.returncode != 0 and not failures:
+        last = started[-1]["started"] if started else "(none)"
+        raise AssertionError(f"the fuzz process ended with status {proc.returncode} during case {last} "
+                             f"(seed {SEED}; {reproduce(last)}):\n{proc.stderr[-4000:]}")
+    assert not failures, f"{len(failures)} fuzz case(s) failed (seed {SEED}):\n\n" + "\n\n".join(
+        f"{r['case']}: {r['description']}\n  -> {r['detail']}\n  reproduce: {reproduce(r['case'])}"
+        for r in failures[:10])
+    assert len(done) == API_CASES + CLI_CASES, proc.stderr[-4000:]
+    outcomes = [r["outcome"] for r in done]
+    # the draw is not degenerate: both correct outputs and refusals are exercised
+    assert outcomes.count("ok") >= 60 and sum(o.startswith("error") for o in outcomes) >= 60, outcomes
+
+
+def reproduce(case: str) -> str:
+    return f"IDM_RT_FUZZ_SEED={SEED} IDM_RT_FUZZ_CASE={case} python -m tests.test_fuzz"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# shared bits: validity flags, descriptions, outcome checks
+
+def combine(*flags: bool | None) -> bool | None:
+    """False if any part is invalid, else None if any is unsure, else True."""
+    if any(f is False for f in flags):
+        return False
+    return None if any(f is None for f in flags) else True
+
+
+class CaseFailed(Exception):
+    """The case's outcome is wrong (a wrong output, an unclear or wrong kind of error)."""
+
+
+class CaseTimeout(BaseException):
+    """The soft per-case time limit passed (a BaseException: the command line's catch-alls let it through)."""
+
+
+def describe(obj: Any, depth: int = 0) -> str:
+    """A short, reproducible-enough description of an argument."""
+    if isinstance(obj, np.ndarray):
+        extra = "" if obj.dtype.kind not in "fc" or obj.size == 0 else \
+            f", finite={bool(np.isfinite(obj).all())}, range=[{np.nanmin(obj):.3g}, {np.nanmax(obj):.3g}]"
+        return (f"{type(obj).__name__}(shape={obj.shape}, dtype={obj.dtype.str}, strides={obj.strides}, "
+                f"writeable={obj.flags.writeable}{extra})")
+    if isinstance(obj, torch.Tensor):
+        flags = [f for f, on in (("requires_grad", obj.requires_grad), ("neg", obj.is_neg()),
+                                 ("contiguous", obj.layout == torch.strided and not obj.is_meta
+                                  and obj.is_contiguous())) if on]
+        return f"Tensor(shape={tuple(obj.shape)}, dtype={obj.dtype}, layout={obj.layout}, {'/'.join(flags)})"
+    if isinstance(obj, Image.Image):
+        info = {k: (v if not isinstance(v, bytes) else f"<{len(v)} bytes>") for k, v in obj.info.items()}
+        return f"PIL({obj.mode}, size={obj.size}, info={info}, format={obj.format})"
+    if isinstance(obj, (list, tuple)) and depth < 2:
+        inner = ", ".join(describe(o, depth + 1) for o in obj[:6])
+        return f"{type(obj).__name__}[{inner}{', ...' if len(obj) > 6 else ''}]"
+    text = repr(obj)
+    return text if len(text) < 80 else text[:77] + "..."
+
+
+def raised_by_idm_rt(error: BaseException) -> bool:
+    """Whether the innermost frame of ``error``'s traceback is idm_rt's own code (not torch, PIL, numpy)."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(PACKAGE)
+
+
+def check_refusal(error: BaseException) -> str:
+    """The outcome label of an exception that is a clear refusal; CaseFailed otherwise."""
+    if not isinstance(error, (ValueError, TypeError)):
+        raise CaseFailed(f"{error.__class__.__name__}: {error}") from error
+    if not str(error).strip():
+        raise CaseFailed(f"{error.__class__.__name__} without a message") from error
+    if not raised_by_idm_rt(error):
+        raise CaseFailed(f"{error.__class__.__name__} from outside idm_rt: {error}") from error
+    return f"error:{error.__class__.__name__}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# API cases: inputs
+
+
+@dataclass
+class Item:
+    """One drawn image (or non-image): the object, whether it is a valid image, and what must come back."""
+
+    obj: Any
+    valid: bool | None
+    hw: tuple[int, int] | None = None  # the upright size, for valid images
+    expect: Callable[[Any, tuple[int, int]], None] | None = None  # checks one output of the given (H, W)
+
+
+def fail(msg: str) -> None:
+    raise CaseFailed(msg)
+
+
+def expect_numpy(arr: np.ndarray) -> Callable[[Any, tuple[int, int]], None]:
+    dtype, ndim, channels = arr.dtype, arr.ndim, arr.shape[2] if arr.ndim == 3 else None
+
+    def check(out: Any, hw: tuple[int, int]) -> None:
+        if type(out) is not np.ndarray:
+            fail(f"expected a numpy array, got {describe(out)}")
+        want = hw if ndim == 2 else (*hw, channels)
+        if out.shape != want or out.dtype != dtype:
+            fail(f"expected shape {want} dtype {dtype.str}, got {out.shape} {out.dtype.str}")
+        if dtype.kind == "f" and (not np.isfinite(out).all() or out.min() < 0 or out.max() > 1):
+            fail(f"float output outside [0, 1] or not finite: {describe(out)}")
+
+    return check
+
+
+def expect_tensor(t: torch.Tensor, batch: int | None = None) -> Callable[[Any, tuple[int, int]], None]:
+    dtype, lead = t.dtype, tuple(t.shape[:-2])
+
+    def check(out: Any, hw: tuple[int, int]) -> None:
+        if not isinstance(out, torch.Tensor):
+            fail(f"expected a tensor, got {describe(out)}")
+        want = (*lead, *hw)
+        if tuple(out.shape) != want or out.dtype != dtype or out.device != t.device:
+            fail(f"expected shape {want} dtype {dtype} on {t.device}, got {describe(out)} on {out.device}")
+        if out.requires_grad:
+            fail("output requires grad")
+        if dtype.is_floating_point:
+            f = out.float()
+            if not torch.isfinite(f).all() or f.min() < 0 or f.max() > 1:
+                fail(f"float output outside [0, 1] or not finite: {describe(out)}")
+
+    return check
+
+
+# Documented: PIL images come back in their own mode, except "1" (as "L") and "P"/"PA" (RGB, or RGBA
+# with transparency).
+PIL_BACK = {"1": "L", "PA": "RGBA"}
+
+
+def expect_pil(im: Image.Image) -> Callable[[Any, tuple[int, int]], None]:
+    mode = PIL_BACK.get(im.mode, im.mode)
+    if im.mode == "P":
+        mode = "RGBA" if "transparency" in im.info else "RGB"
+
+    def check(out: Any, hw: tuple[int, int]) -> None:
+        if not isinstance(out, Image.Image):
+            fail(f"expected a PIL image, got {describe(out)}")
+        if out.mode != mode or out.size != (hw[1], hw[0]):
+            fail(f"expected mode {mode} size {(hw[1], hw[0])}, got {out.mode} {out.size}")
+        if mode == "F":
+            a = np.asarray(out)
+            if not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
+                fail("F output outside [0, 1] or not finite")
+
+    return check
+
+
+def draw_hw(rng: random.Random, allow_empty: bool = True) -> tuple[int, int]:
+    """A small image size, sometimes empty, one pixel, or a long thin strip."""
+    r = rng.random()
+    if r < 0.06 and allow_empty:
+        return rng.choice([(0, 0), (0, 5), (7, 0), (1, 1)])
+    if r < 0.12:
+        return rng.choice([(1, rng.randint(2, 120)), (rng.randint(2, 120), 1), (2, rng.randint(30, 90))])
+    if r < 0.3:
+        return rng.randint(2, 40), rng.randint(2, 40)
+    return rng.randint(2, 14), rng.randint(2, 14)
+
+
+def size_ok(hw: tuple[int, int]) -> bool:
+    return hw[0] * hw[1] >= 2
+
+
+NP_DTYPES_OK = ["u1", "u2", ">u2", "<u2", "f2", ">f2", "f4", ">f4", "f8", ">f8"]
+NP_DTYPES_BAD = ["i1", "i2", "i4", "i8", "u4", "u8", "?", "c8", "c16", "g", "O", "U2", "M8[s]", "V2", "S1"]
+
+
+def draw_numpy(rng: random.Random, nrng: np.random.Generator) -> Item:
+    hw = draw_hw(rng)
+    dtype = np.dtype(rng.choice(NP_DTYPES_OK) if rng.random() < 0.88 else rng.choice(NP_DTYPES_BAD))
+    shape_kind = rng.random()
+    if shape_kind < 0.35:
+        shape, shape_ok = hw, True
+    elif shape_kind < 0.9:
+        c = rng.choice([1, 2, 3, 3, 4, 4] if rng.random() < 0.9 else [0, 5, 8])
+        shape, shape_ok = (*hw, c), 1 <= c <= 4
+    else:
+        shape = rng.choice([(), (5,), (1, *hw, 3), (2, 2, 2, 2, 2), (*hw, 3, 1)])
+        shape_ok = False
+    valid: bool | None = shape_ok and size_ok(hw) and dtype.str[1:] in {np.dtype(d).str[1:] for d in NP_DTYPES_OK}
+    n = int(np.prod(shape))
+    if dtype.kind == "u":
+        arr = nrng.integers(0, np.iinfo(dtype).max, size=n, endpoint=True, dtype=dtype.newbyteorder("="))
+        arr = arr.astype(dtype)
+    elif dtype.kind == "f":
+        arr = nrng.random(n).astype(dtype)
+        if n and rng.random() < 0.15:
+            bad = rng.choice([np.nan, np.inf, -np.inf, -0.5, 1.5, 255.0, 1 + 5e-4, -5e-4, 1e-40, -0.0])
+            arr[rng.randrange(n)] = bad
+            valid = valid and bool(np.isfinite(bad) and -1e-3 <= bad <= 1 + 1e-3)
+            if dtype.itemsize == 2 and bad in (1e-40, 1 + 5e-4):
+                valid = valid and None  # float16 rounds these
+    else:
+        try:
+            arr = np.zeros(n, dtype)
+        except (TypeError, ValueError):
+            arr = np.zeros(n, "i4")
+    arr = arr.reshape(shape)
+    layout = rng.random()
+    if arr.ndim >= 2 and layout < 0.1:
+        arr = np.asfortranarray(arr)
+    elif arr.ndim >= 2 and layout < 0.2:  # negative strides: the same pixels mirrored
+        arr = arr[::-1, ::-1]
+    elif arr.ndim >= 2 and layout < 0.3 and arr.shape[1] >= 4:  # every other column
+        arr = arr[:, ::2]
+    elif arr.ndim >= 2 and layout < 0.35:  # a zero-stride broadcast of one pixel
+        arr = np.broadcast_to(arr.reshape(-1)[:1].reshape((1,) * arr.ndim) if arr.size else arr, arr.shape)
+    elif layout < 0.42:  # unaligned and read-only
+        buf = bytearray(arr.nbytes + 1)
+        arr = np.frombuffer(bytes(buf[:1]) + np.ascontiguousarray(arr).tobytes(), arr.dtype, offset=1).reshape(
+            arr.shape) if arr.dtype.kind != "O" else arr
+    elif arr.ndim == 2 and layout < 0.45:
+        arr = np.matrix(arr)
+    elif layout < 0.48:
+        arr = np.ma.masked_array(arr)
+        valid = False  # documented: a TypeError (its mask would be ignored)
+    if valid is not False and arr.ndim in (2, 3):  # np.matrix comes back as a plain 2-D array
+        return Item(arr, valid, (arr.shape[0], arr.shape[1]), expect_numpy(np.asarray(arr)))
+    return Item(arr, valid)
+
+
+PIL_MODES_OK = ["1", "L", "P", "PA", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "I",
+                "I;16", "I;16B", "I;16L", "I;16N", "F"]
+HIGH_BIT = {"I": "<i4", "I;16": "<u2", "I;16L": "<u2", "I;16B": ">u2", "I;16N": "=u2", "F": "<f4"}
+
+
+def draw_pil(rng: random.Random, nrng: np.random.Generator) -> Item:
+    hw = draw_hw(rng)
+    h, w = hw
+    mode = rng.choice(PIL_MODES_OK)
+    valid: bool | None = size_ok(hw)
+    base = Image.fromarray((nrng.random((max(h, 1), max(w, 1), 4)) * 255).astype(np.uint8), "RGBA").crop((0, 0, w, h))
+    if mode in HIGH_BIT:
+        g = nrng.random((h, w))
+        if mode == "F":
+            values = g
+            if g.size and rng.random() < 0.2:
+                values.flat[rng.randrange(g.size)] = rng.choice([np.nan, 2.0, -1.0, np.inf])
+                valid = False
+        else:
+            values = (g * 65535).astype(np.int64)
+            if mode == "I" and g.size and rng.random() < 0.2:
+                values.flat[rng.randrange(g.size)] = rng.choice([-1, 70000, -2**31])
+                valid = False
+        im = Image.frombytes(mode, (w, h), values.astype(HIGH_BIT[mode]).tobytes())
+    elif mode == "P":
+        im = base.convert("RGB").quantize(rng.randint(1, 16)) if h and w else Image.new("P", (w, h))
+        if rng.random() < 0.4:
+            im.info["transparency"] = rng.choice([0, 1, b"\x00\x80"])
+    elif mode in ("PA", "La", "RGBa", "LA", "RGBA"):
+        im = base.convert(mode)
+    else:
+        im = base.convert("RGB").convert(mode)
+    orientation = rng.choice([None] * 6 + [1, 2, 3, 4, 5, 6, 7, 8, 0, 9])
+    if orientation is not None:
+        exif = im.getexif()
+        exif[0x0112] = orientation
+        im.info["exif"] = exif.tobytes()
+        if orientation in (5, 6, 7, 8):
+            hw = (w, h)
+    if rng.random() < 0.1:  # a lazily read file: decoded inside upscale
+        buf = io.BytesIO()
+        writable = im.mode if im.mode in ("L", "LA", "RGB", "RGBA", "P", "I;16") else "RGB"
+        if not (h and w):
+            return Item(im, False)
+        im.convert(writable).save(buf, format="PNG")
+        data = buf.getvalue()
+        if rng.random() < 0.5:  # truncated: Pillow may still read it when only the end is missing
+            data, valid = data[: rng.randrange(8, len(data))], None
+        try:
+            im = Image.open(io.BytesIO(data))
+        except Exception:  # noqa: BLE001 (not even a header: a file object, no image)
+            return Item(io.BytesIO(data), False)
+        hw = (h, w)
+    return Item(im, valid, hw, expect_pil(im) if valid is not False else None)
+
+
+TORCH_OK = [torch.uint8, torch.uint16, torch.float16, torch.bfloat16, torch.float32, torch.float32, torch.float64]
+TORCH_BAD = [torch.bool, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint32, torch.complex64,
+             torch.float8_e4m3fn]
+
+
+def draw_tensor(rng: random.Random, nrng: np.random.Generator, batch: bool = False) -> Item:
+    hw = draw_hw(rng)
+    dtype = rng.choice(TORCH_OK) if rng.random() < 0.88 else rng.choice(TORCH_BAD)
+    c = rng.choice([1, 2, 3, 3, 4] if rng.random() < 0.9 else [0, 5, 6])
+    if batch:
+        n = rng.choice([1, 2, 3] if rng.random() < 0.9 else [0])
+        shape: tuple[int, ...] = (n, c, *hw)
+        shape_ok = 1 <= c <= 4 and n >= 1
+    else:
+        r = rng.random()
+        shape, shape_ok = ((*hw,), True) if r < 0.3 else ((c, *hw), 1 <= c <= 4) if r < 0.92 else \
+            (rng.choice([(), (5,), (1, 1, 3, *hw), (hw[0] + 5, hw[1], 3)]), False)
+    valid: bool | None = shape_ok and size_ok(hw) and dtype in TORCH_OK
+    x = torch.from_numpy(nrng.random(shape).astype(np.float32))
+    if dtype.is_floating_point and x.numel() and rng.random() < 0.12:
+        bad = rng.choice([math.nan, math.inf, -0.5, 2.0, -1e-4])
+        x.view(-1)[rng.randrange(x.numel())] = bad
+        valid = valid and -1e-3 <= bad <= 1 + 1e-3
+    if dtype in (torch.uint8, torch.uint16):
+        x = (x * (255 if dtype == torch.uint8 else 65535)).round().to(torch.int32)
+    t = x.to(dtype) if dtype != torch.float8_e4m3fn else x.to(torch.float32).to(dtype)
+    view = rng.random()
+    if view < 0.1 and dtype.is_floating_point:
+        t.requires_grad_(True)
+    elif view < 0.2 and t.dim() >= 2:
+        t = t.transpose(-1, -2).contiguous().transpose(-1, -2)  # same values, column-major
+    elif view < 0.27 and t.dim() >= 2 and t.shape[-1] >= 4:
+        t = t[..., ::2]
+    elif view < 0.32 and batch:
+        t = t.contiguous(memory_format=torch.channels_last)
+    elif view < 0.4 and t.dtype == torch.float32 and t.numel():  # a view with the negative bit, same values
+        t = torch.complex(torch.zeros_like(t), -t).conj().imag
+    elif view < 0.45 and t.numel() and t.dim() >= 1:  # a zero-stride expansion of one pixel
+        t = t.reshape(-1)[:1].reshape((1,) * t.dim()).expand(t.shape)
+    if valid is not False and (t.dim() in (2, 3) or batch):
+        return Item(t, valid, (t.shape[-2], t.shape[-1]), expect_tensor(t))
+    return Item(t, valid)
+
+
+NON_IMAGES = [None, 5, 2.5, "photo.png", b"\x89PNG\r\n", Path("photo.png"), {"image": 1}, {1, 2}, object(),
+              Image, np, range(3), np.float32(0.5), torch.float32]
+
+
+def draw_item(rng: random.Random, nrng: np.random.Generator) -> Item:
+    r = rng.random()
+    if r < 0.36:
+        return draw_numpy(rng, nrng)
+    if r < 0.68:
+        return draw_pil(rng, nrng)
+    if r < 0.95:
+        return draw_tensor(rng, nrng)
+    return Item(rng.choice(NON_IMAGES), False)
+
+
+@dataclass
+class Drawn:
+    """An ``upscale`` argument and how to check what comes back."""
+
+    image: Any
+    items: list[Item]
+    pack: str  # "one" | "list" | "batch"
+    valid: bool | None
+
+
+def draw_image_argument(rng: random.Random, nrng: np.random.Generator) -> Drawn:
+    r = rng.random()
+    if r < 0.6:
+        item = draw_item(rng, nrng)
+        return Drawn(item.obj, [item], "one", item.valid)
+    if r < 0.72:
+        item = draw_tensor(rng, nrng, batch=True)
+        if item.valid is False:
+            return Drawn(item.obj, [item], "batch", item.valid)
+        n = item.obj.shape[0]
+        items = [Item(None, True, item.hw, expect_tensor(item.obj[0])) for _ in range(n)]
+        return Drawn(item.obj, items, "batch", item.valid)
+    if r < 0.97:
+        items = [draw_item(rng, nrng) for _ in range(rng.choice([0, 1, 2, 2, 2, 3, 3, 4]))]
+        if rng.random() < 0.05:
+            items.append(Item([items[0].obj] if items else [], False))  # a nested list
+        seq = [i.obj for i in items]
+        return Drawn(tuple(seq) if rng.random() < 0.2 else seq, items, "list",
+                     combine(*(i.valid for i in items)) if items else False)
+    gen = (i for i in [np.zeros((4, 4), np.uint8)])
+    return Drawn(gen, [Item(gen, False)], "one", False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# API cases: keyword arguments
+
+
+def pick(rng: random.Random, good: list, bad: list, p_bad: float = 0.1) -> tuple[Any, bool | None]:
+    """A value from ``good`` (valid) or, with probability ``p_bad``, from ``bad`` (invalid)."""
+    if rng.random() < p_bad:
+        return rng.choice(bad), False
+    return rng.choice(good), True
+
+
+SCALES_OK = [1.5, 2, 2, 2.5, 3, 3.3, 4, np.float32(2.5), np.float64(1.7), fractions.Fraction(5, 2), 1.2]
+SCALES_BAD = [1, 1.0, 0.5, 0, -2, math.nan, math.inf, -math.inf, True, "2", 1e308, 1e20, 2 + 0j, np.array(2.0),
+              torch.tensor(2.0), [2], np.float64("nan"), None]
+
+
+def draw_scale_size(rng: random.Random, items: list[Item]) -> tuple[dict, bool | None]:
+    """``scale=`` or ``size=`` (or both or neither), and whether they are valid for every image."""
+    sizes = [i.hw for i in items if i.hw is not None]
+    r = rng.random()
+    if r < 0.62:
+        scale, ok = pick(rng, SCALES_OK, SCALES_BAD, 0.1)
+        if scale is None:
+            return {}, False
+        if not ok:
+            return {"scale": scale}, False
+        outs = [(round(h * float(scale)), round(w * float(scale))) for h, w in sizes]
+        fits = all(o != hw and o[0] * o[1] <= MAX_PIXELS for o, hw in zip(outs, sizes))
+        return {"scale": scale}, fits
+    if r < 0.92:
+        h, w = sizes[0] if sizes else (8, 8)
+        good = rng.random() < 0.85
+        if good:
+            size: Any = (w + rng.randint(0, 30), h + rng.randint(1, 30))
+            if rng.random() < 0.2:
+                size = [np.int64(size[0]), np.uint16(size[1])]
+            outs_ok = all(size[1] >= hh and size[0] >= ww and (int(size[1]), int(size[0])) != (hh, ww)
+                          for hh, ww in sizes) and int(size[0]) * int(size[1]) <= MAX_PIXELS
+            return {"size": size}, outs_ok
+        size = rng.choice([(w,), (0, 0), (-1, h + 1), (w + 1.5, h + 2), f"{w + 2}x{h + 2}", {w + 3, h + 4},
+                           (True, h + 3), (2**70, 2), (w, h), (w + 5, h - 1), np.array([w + 2, h + 2]), (10**6, 10**6)])
+        return {"size": size}, False
+    if r < 0.96:
+        return {"scale": 2, "size": (40, 40)}, False
+    return {}, False
+
+
+STEPS_OK, STEPS_BAD = [None, 1, 1, 2, np.int64(1)], [0, -1, 2001, True, 1.5, "1", 10**18, np.float64(1.0)]
+SAMPLERS_OK, SAMPLERS_BAD = [None, None, "dpmpp_2m", "ddim", "ddpm"], ["euler", "", "DDIM", 5, ["ddim"],
+                                                                        np.array(["ddim"]), b"ddim"]
+INITS_OK, INITS_BAD = [None, None, "noise", "bicubic", "estimate"], ["zeros", 1, ["noise"], "Noise"]
+LEVELS_OK = [None, 0.5, 0.9, 0.01, 0.999, np.float32(0.3), fractions.Fraction(1, 3)]
+LEVELS_BAD = [0, 1, 1.5, -0.1, math.nan, math.inf, "0.5", True]
+CONSISTENCY_OK, CONSISTENCY_BAD = [None, None, 0, 1, 2], [-1, 101, 1.5, True, "1", 10**12]
+ETA_OK, ETA_BAD = [None, 0.0, 0.5, 1, np.float64(0.3)], [-0.1, 1.5, math.nan, "0.5", True, 1j]
+TILE_OK, TILE_BAD = [None, None, 0, 16, 24, 64, 512, 10**12, np.int64(32)], [-1, 5, 1.5, "16", True, [16]]
+SEED_OK, SEED_BAD = [None, None, 0, 7, 2**63 - 1, np.int64(3), np.uint8(9)], [-1, 2**63, 1.5, "1", [None], math.nan]
+
+
+def draw_kwargs(rng: random.Random, drawn: Drawn) -> tuple[dict, bool | None]:
+    kwargs, flags = {}, []
+    for name, good, bad in (("steps", STEPS_OK, STEPS_BAD), ("sampler", SAMPLERS_OK, SAMPLERS_BAD),
+                            ("init", INITS_OK, INITS_BAD), ("init_level", LEVELS_OK, LEVELS_BAD),
+                            ("consistency", CONSISTENCY_OK, CONSISTENCY_BAD), ("eta", ETA_OK, ETA_BAD),
+                            ("tile", TILE_OK, TILE_BAD)):
+        value, ok = pick(rng, good, bad, 0.04)
+        if value is not None or rng.random() < 0.3:
+            kwargs[name] = value
+        flags.append(ok)
+    if kwargs.get("sampler") == "ddim" and kwargs.get("steps") in (None, 1):
+        if rng.random() < 0.8:
+            kwargs["steps"] = 2
+        else:
+            flags.append(False)  # ddim's grid needs two steps at least (the Upscaler's default is 1)
+    r = rng.random()
+    n = len(drawn.items) if drawn.pack != "one" else 1
+    if r < 0.1:
+        kwargs["seed"] = [rng.randrange(100) for _ in range(n)]
+        flags.append(True)
+    elif r < 0.13:
+        kwargs["seed"] = [rng.randrange(100) for _ in range(n + rng.choice([-1, 1]))] if n else [1]
+        flags.append(False if n != 1 or len(kwargs["seed"]) != 1 else True)
+    else:
+        value, ok = pick(rng, SEED_OK, SEED_BAD, 0.04)
+        if value is not None:
+            kwargs["seed"] = value
+        flags.append(ok)
+    scale_size, ok = draw_scale_size(rng, drawn.items)
+    kwargs.update(scale_size)
+    flags.append(ok)
+    return kwargs, combine(*flags)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# API cases: running and checking
+
+
+def fingerprint(obj: Any) -> Any:
+    """What must not change when an input is upscaled (numpy/torch values, PIL pixels and info)."""
+    if isinstance(obj, np.ndarray) and obj.dtype.kind in "uif":
+        return ("np", obj.shape, obj.dtype.str, np.asarray(obj).tobytes())
+    plain = isinstance(obj, torch.Tensor) and obj.layout == torch.strided and not obj.is_meta
+    if plain and obj.dtype.is_floating_point:
+        return ("torch", tuple(obj.shape), obj.detach().resolve_neg().float().contiguous().numpy().tobytes())
+    if plain and obj.dtype in (torch.uint8, torch.uint16):
+        return ("torch", tuple(obj.shape), obj.detach().to(torch.int32).contiguous().numpy().tobytes())
+    if isinstance(obj, Image.Image) and obj.format is not None:  # read from a file: loaded on first use
+        return ("pil file", obj.mode, obj.size)
+    if isinstance(obj, Image.Image):
+        return ("pil", obj.mode, obj.size, obj.tobytes(), sorted(obj.info))
+    if isinstance(obj, (list, tuple)):
+        return [fingerprint(o) for o in obj]
+    return None
+
+
+def check_api_output(out: Any, drawn: Drawn, kwargs: dict) -> None:
+    """The output is what ``upscale``'s docstring promises for this input."""
+    def hw_out(hw: tuple[int, int]) -> tuple[int, int]:
+        if "scale" in kwargs:
+            s = float(kwargs["scale"])
+            return round(hw[0] * s), round(hw[1] * s)
+        return int(kwargs["size"][1]), int(kwargs["size"][0])
+
+    if drawn.pack == "one":
+        item = drawn.items[0]
+        item.expect(out, hw_out(item.hw))
+    elif drawn.pack == "list":
+        if type(out) is not list or len(out) != len(drawn.items):
+            fail(f"expected a list of {len(drawn.items)}, got {describe(out)}")
+        for item, o in zip(drawn.items, out):
+            item.expect(o, hw_out(item.hw))
+    else:
+        t = drawn.image
+        if not isinstance(out, torch.Tensor) or out.dim() != 4:
+            fail(f"expected a batch tensor, got {describe(out)}")
+        hw = hw_out(drawn.items[0].hw)
+        want = (t.shape[0], t.shape[1], *hw)
+        if tuple(out.shape) != want or out.dtype != t.dtype or out.requires_grad:
+            fail(f"expected a batch {want} of {t.dtype}, got {describe(out)}")
+        for o in out:
+            drawn.items[0].expect(o, hw)
+
+
+def api_case(seed: int, index: int) -> tuple[str, Callable[[Any], str]]:
+    """(description, run(upscaler) -> outcome label) of API case ``index``."""
+    rng = random.Random(f"{seed}:api:{index}")
+    nrng = np.random.default_rng(rng.randrange(2**32))
+    drawn = draw_image_argument(rng, nrng)
+    kwargs, args_valid = draw_kwargs(rng, drawn)
+    valid = combine(drawn.valid, args_valid)
+    text = f"upscale({describe(drawn.image)}, {', '.join(f'{k}={describe(v)}' for k, v in kwargs.items())})" \
+           f" [expected: {({True: 'output', False: 'refusal', None: 'either'})[valid]}]"
+
+    def run(up: Any) -> str:
+        before = fingerprint(drawn.image)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch's notes on experimental dtypes and layouts
+                out = up.upscale(drawn.image, progress=False, **kwargs)
+        except (CaseTimeout, MemoryError):
+            raise
+        except Exception as e:
+            label = check_refusal(e)
+            if valid:
+                raise CaseFailed(f"a valid call was refused: {e.__class__.__name__}: {e}") from e
+            return label
+        if valid is False:
+            fail(f"an invalid call was not refused; it returned {describe(out)}")
+        check_api_output(out, drawn, kwargs)
+        if fingerprint(drawn.image) != before:
+            fail("the input was changed")
+        return "ok"
+
+    return text, run
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CLI cases
+
+
+def png_bytes(h: int, w: int, mode: str = "RGB", fmt: str = "PNG", exif: int | None = None) -> bytes:
+    """A real image file's bytes."""
+    arr = (np.random.default_rng(h * 131 + w).random((h, w, 4)) * 255).astype(np.uint8)
+    im = Image.fromarray(arr, "RGBA").convert("RGB").convert(mode) if mode not in ("LA", "RGBA") else \
+        Image.fromarray(arr, "RGBA").convert(mode)
+    if mode == "I;16":
+        im = Image.fromarray((arr[..., 0].astype(np.uint16) * 257))
+    if mode == "F":
+        im = Image.fromarray(arr[..., 0].astype(np.float32) / 255, "F")
+    buf = io.BytesIO()
+    kw = {}
+    if exif is not None:
+        e = im.getexif()
+        e[0x0112] = exif
+        kw["exif"] = e
+    im.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A PNG header declaring ``width`` x ``height`` RGB pixels, with a few bytes of data: a decompression bomb."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    head = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", head) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@dataclass
+class InputFile:
+    name: str
+    data: bytes | None  # None: a folder of that name
+    valid: bool | None
+    hw: tuple[int, int] | None = None  # upright size
+
+
+def draw_input_file(rng: random.Random, index: int) -> InputFile:
+    r = rng.random()
+    h, w = rng.randint(2, 12), rng.randint(2, 12)
+    if r < 0.75:
+        fmt, suffix, mode = rng.choice([("PNG", ".png", "RGB"), ("PNG", ".png", "L"), ("PNG", ".png", "RGBA"),
+                                        ("PNG", ".png", "LA"), ("PNG", ".png", "P"), ("PNG", ".png", "I;16"),
+                                        ("PNG", ".png", "1"), ("JPEG", ".jpg", "RGB"), ("JPEG", ".jpeg", "L"),
+                                        ("JPEG", ".jpg", "CMYK"), ("WEBP", ".webp", "RGBA"), ("BMP", ".bmp", "RGB"),
+                                        ("TIFF", ".tif", "F"), ("TIFF", ".tiff", "I;16"), ("PNG", ".jpg", "RGB")])
+        orientation = rng.choice([None, None, None, 1, 6, 8, 3]) if fmt in ("JPEG", "PNG") else None
+        hw = (w, h) if orientation in (6, 8) else (h, w)
+        return InputFile(f"in{index}{suffix}", png_bytes(h, w, mode, fmt, orientation), True, hw)
+    good = png_bytes(h, w)
+    bad = rng.choice([
+        ("trunc.png", good[: rng.randrange(1, len(good))]),
+        ("trunc.jpg", png_bytes(h, w, fmt="JPEG")[:rng.randrange(1, 60)]),
+        ("empty.png", b""),
+        ("text.png", b"hello, world\n"),
+        ("noise.jpg", bytes(rng.randrange(256) for _ in range(200))),
+        ("bomb.png", bomb_png(9000, 9000)),
+        ("bomb2.png", bomb_png(100_000, 100_000)),
+        ("wide.png", bomb_png(2**31 - 1, 1)),
+        ("zero.png", bomb_png(0, 0)),
+        ("folder.png", None),
+    ])
+    return InputFile(f"{index}-{bad[0]}", bad[1], False)
+
+
+CLI_OPTIONS: list[tuple[str, list[str], list[str]]] = [
+    # (option, valid values, invalid values); "" is the flag without a value
+    ("--steps", ["1", "2"], ["0", "-1", "2001", "x", "1.5", ""]),
+    ("--sampler", ["dpmpp_2m", "ddpm"], ["euler", ""]),
+    ("--seed", ["0", "123", "9223372036854775807"], ["-1", "1e3", "9223372036854775808"]),
+    ("--tile", ["0", "16", "64", "100000"], ["-8", "4", "x"]),
+    ("--init", ["bicubic", "noise", "estimate"], ["zeros"]),
+    ("--init-level", ["0.5", "0.9"], ["0", "1", "nan", "-inf", "x"]),
+    ("--consistency", ["0", "1"], ["-1", "101", "1.5"]),
+    ("--threads", ["1"], ["0", "-2", "many"]),
+    ("--max-pixels", ["20000", "2e4"], ["0", "-5", "inf", "nan", "1.5", "lots"]),
+    ("--device", ["cpu"], ["cuda", "cuda:7", "gpu", "meta", ""]),
+    ("--precision", ["fp32"], ["fp16", "bf16", "int8"]),
+    ("--max-scale", ["4"], ["0.5", "nan", "inf", "-3", "x"]),
+    ("--backend", ["torch"], ["onnxruntime-x"]),
+]
+CLI_SCALES_OK, CLI_SCALES_BAD = ["2", "1.5", "3.3", "2e0"], ["1", "0.5", "-2", "nan", "inf", "1e308", "x", "0x2", ""]
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+OUTPUT_SUFFIXES = [".png", ".png", ".jpg", ".webp", ".bmp", ".tif", ".PNG", ".jpeg"]
+
+
+@dataclass
+class CliCase:
+    argv: list[str]
+    valid: bool | None
+    files: list[InputFile]
+    expect_hw: dict[str, tuple[int, int]] = field(default_factory=dict)  # input name -> output (H, W)
+    pre_existing: dict[str, bytes | None] = field(default_factory=dict)  # paths made before the run
+
+
+def draw_cli(rng: random.Random, index: int, model: str) -> CliCase:
+    files = [draw_input_file(rng, k) for k in range(rng.choice([1, 1, 1, 2, 3]))]
+    flags: list[bool | None] = []
+    r = rng.random()
+    if r < 0.08:  # a glob: the .png files
+        inputs = ["*.png"]
+        used = [f for f in files if f.name.endswith(".png") and f.data is not None]
+    elif r < 0.14:  # the folder: its image files
+        inputs = ["."]
+        used = [f for f in files if f.name.endswith(IMAGE_SUFFIXES) and f.data is not None]
+    else:
+        inputs, used = [f.name for f in files], list(files)
+        if rng.random() < 0.1:
+            inputs.append("missing.png")
+            flags.append(False)
+    flags += [f.valid for f in used] if used else [False]
+    several = len(inputs) > 1 or inputs[0] in ("*.png", ".")
+    pre: dict[str, bytes | None] = {}
+    o = rng.random()
+    if several and inputs[0] in ("*.png", "."):  # nothing beside the inputs that they would pick up
+        out = rng.choice(["outdir", "new/deeper"])
+    elif o < 0.45:
+        out = f"out{rng.choice(OUTPUT_SUFFIXES)}"
+        flags.append(False if several else True)
+    elif o < 0.55:
+        out = "outdir"
+        if rng.random() < 0.5:
+            pre["outdir"] = None  # an existing folder
+    elif o < 0.67:
+        out = rng.choice(["exists.png", "exists.jpg"])
+        pre[out] = b"keep me"
+        if several:
+            flags.append(False)
+        elif rng.random() < 0.5:
+            flags.append(False)  # never overwritten without --overwrite
+        else:
+            out += "\0overwrite"
+    elif o < 0.75:
+        out = rng.choice(["out.xyz", "out.gif", "out.png.tmp", "out."])
+        flags.append(None if several or out == "out." else False)
+    elif o < 0.82:
+        out = "notadir.txt/out.png" if not several else "notadir.txt/sub"
+        pre["notadir.txt"] = b"a file"
+        flags.append(False)
+    elif o < 0.88:
+        out = "dir.png"
+        pre["dir.png"] = None  # a folder with an image suffix
+    elif o < 0.95:
+        out = "new/deeper/out.png" if not several else "new/deeper"
+    else:
+        out = rng.choice(["out put \u00e9.png", "-o.png"])
+        flags.append(None)
+    out, _, overwrite = out.partition("\0")
+    argv = ["upscale", *inputs, "-o", out, "--model", model] + (["--overwrite"] if overwrite else [])
+    scale: float | None = None
+    size: tuple[int, int] | None = None
+    how = rng.random()
+    if how < 0.7:
+        value, ok = pick(rng, CLI_SCALES_OK, CLI_SCALES_BAD, 0.12)
+        argv += ["--scale", value]
+        flags.append(ok)
+        scale = float(value) if ok else None
+    elif how < 0.92:
+        good = rng.random() < 0.8
+        value = f"{rng.randint(24, 40)}x{rng.randint(24, 40)}" if good else rng.choice(
+            ["0x0", "axb", "99999x99999", "-5x5", "1e3x5", "20", "20x20x20", ""])
+        argv += ["--size", value]
+        flags.append(good)
+        size = (int(value.split("x")[0]), int(value.split("x")[1])) if good else None
+    else:
+        argv += rng.choice([[], ["--scale", "2", "--size", "30x30"]])
+        flags.append(False)
+    for opt, good, bad in CLI_OPTIONS:
+        if rng.random() < 0.15:
+            value, ok = pick(rng, good, bad, 0.25)
+            if value == "" and rng.random() < 0.5:
+                argv.append(opt)  # no value at all
+                ok = False
+            else:
+                argv += [opt, value]
+            if (opt, value) in (("--device", ""), ("--device", "cuda"), ("--device", "cuda:7")):
+                ok = None if value == "" or torch.cuda.is_available() else False
+            flags.append(ok)
+    if "--threads" not in argv:
+        argv += ["--threads", "1"]
+    if torch.cuda.is_available() and any(a.startswith("cuda") for a in argv):
+        flags.append(None)  # half precision and CUDA devices work there
+    expect: dict[str, tuple[int, int]] = {}
+    for f in used:
+        if f.valid and f.hw is not None and (scale or size):
+            h, w = f.hw
+            expect[f.name] = (round(h * scale), round(w * scale)) if scale else (size[1], size[0])
+    return CliCase(argv, combine(*flags), files, expect, pre)
+
+
+def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
+    """Every file under ``folder``: (sha256, mtime_ns)."""
+    return {str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def cli_case(seed: int, index: int, work: Path, model: Path) -> tuple[str, Callable[[Any], str]]:
+    """(description, run(_) -> outcome label) of command-line case ``index``."""
+    rng = random.Random(f"{seed}:cli:{index}")
+    case = draw_cli(rng, index, str(model))
+    folder = work / f"cli-{index}"
+    files_text = ", ".join(f"{f.name}({'folder' if f.data is None else f'{len(f.data)} bytes'})" for f in case.files)
+    text = f"cli {case.argv} with files [{files_text}] and existing {sorted(case.pre_existing)}" \
+           f" [expected: {({True: 'success', False: 'failure', None: 'either'})[case.valid]}]"
+
+    def run(_: Any) -> str:
+        import idm_rt.cli
+
+        folder.mkdir(parents=True, exist_ok=True)
+        for f in case.files:
+            (folder / f.name).mkdir() if f.data is None else (folder / f.name).write_bytes(f.data)
+        for name, data in case.pre_existing.items():
+            (folder / name).mkdir() if data is None else (folder / name).write_bytes(data)
+        before, model_before = snapshot(folder), snapshot(model)
+        out, err = io.StringIO(), io.StringIO()
+        cwd = os.getcwd()
+        os.chdir(folder)
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                try:
+                    rc = idm_rt.cli.main(case.argv)
+                except SystemExit as e:
+                    rc = e.code if isinstance(e.code, int) else 1
+                    if rc != 2:
+                        fail(f"SystemExit({e.code!r}) other than argparse's 2")
+        except (CaseTimeout, MemoryError, CaseFailed):
+            raise
+        except BaseException as e:
+            raise CaseFailed(f"main() raised {e.__class__.__name__}: {e}\n{traceback.format_exc()[-2000:]}") from e
+        finally:
+            os.chdir(cwd)
+        stdout, stderr = out.getvalue(), err.getvalue()
+        after = snapshot(folder)
+        check_cli_outcome(case, rc, stdout, stderr, before, after, folder)
+        if snapshot(model) != model_before:
+            fail("the model folder was changed")
+        return "ok" if rc == 0 else f"error:exit {rc}"
+
+    return text, run
+
+
+OS_ERRORS = ("OSError", "FileExistsError", "NotADirectoryError", "IsADirectoryError", "PermissionError",
+             "FileNotFoundError")
+
+
+def check_cli_outcome(case: CliCase, rc: int, stdout: str, stderr: str, before: dict, after: dict,
+                      folder: Path) -> None:
+    """Exit status, messages and files as the command line promises."""
+    both = stdout + stderr
+    if "Traceback" in both:
+        fail(f"a traceback was printed:\n{both[-2000:]}")
+    errors = [line for line in stderr.splitlines() if "error:" in line]
+    for line in errors:
+        message = line.split("error:", 1)[1].strip()
+        if not message:
+            fail(f"an empty error line: {line!r}")
+        named = [w[:-1] for w in message.replace("(", " ").split() if w.endswith("Error:")]
+        if any(n not in OS_ERRORS for n in named):
+            fail(f"an internal error reached the user: {line!r}")
+    written = {}
+    for line in stdout.splitlines():
+        if " -> " in line:
+            src, rest = line.rsplit(" -> ", 1)
+            target, dims = rest.rsplit(" (", 1)
+            written[Path(src).name] = (target, tuple(int(v) for v in dims.rstrip(")").split("x")))
+    if rc == 0:
+        if errors:
+            fail(f"exit status 0 with errors: {errors}")
+        if case.valid is False:
+            fail(f"an invalid command succeeded:\n{both[-2000:]}")
+    else:
+        if not errors:
+            fail(f"exit status {rc} without an 'error:' line:\n{both[-2000:]}")
+        if case.valid is True:
+            fail(f"a valid command failed with status {rc}:\n{both[-2000:]}")
+    for name, (target, (w, h)) in written.items():
+        path = folder / target
+        try:
+            with Image.open(path) as im:
+                im.load()
+                size = im.size
+        except Exception as e:  # noqa: BLE001 (whatever PIL raises: the written file is not an image)
+            fail(f"{target} was reported written but cannot be read: {e}")
+        if size != (w, h):
+            fail(f"{target} is {size}, reported {(w, h)}")
+        if name in case.expect_hw and case.expect_hw[name] != (h, w):
+            fail(f"{name} came out {(h, w)} (HxW), expected {case.expect_hw[name]}")
+    targets = {str((folder / t).resolve().relative_to(folder.resolve())) for t, _ in written.values()}
+    for path, state in before.items():
+        if after.get(path) != state and not (path in targets and "--overwrite" in case.argv):
+            fail(f"{path}, which the command did not write, was {'removed' if path not in after else 'changed'}")
+    for path in set(after) - set(before):
+        if path not in targets:
+            fail(f"{path} was left behind (not a reported output)")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the child process
+
+
+def tiny_upscaler() -> Any:
+    """A tiny random model (tests/conftest.py's TINY and ``perturbed``) in an Upscaler with 1 step."""
+    import idm_rt
+
+    from .conftest import TINY, perturbed
+
+    torch.manual_seed(0)
+    model = perturbed(idm_rt.IDM(TINY, max_scale=4.0))
+    model.recommended = idm_rt.SamplingSettings(steps=1)
+    return idm_rt.Upscaler(model, sampling=model.recommended, max_pixels=MAX_PIXELS)
+
+
+def cases(seed: int, work: Path, model: Path) -> list[tuple[str, Callable[[], tuple[str, Callable]]]]:
+    """(name, lazy builder) of every case, API first."""
+    out = [(f"api:{i}", lambda i=i: api_case(seed, i)) for i in range(API_CASES)]
+    return out + [(f"cli:{i}", lambda i=i: cli_case(seed, i, work, model)) for i in range(CLI_CASES)]
+
+
+def limit_memory() -> None:
+    """Cap the address space at its present size plus :data:`MEMORY_HEADROOM`."""
+    with open("/proc/self/status") as f:
+        vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+    resource.setrlimit(resource.RLIMIT_AS, (vm + MEMORY_HEADROOM, resource.RLIM_INFINITY))
+
+
+def on_alarm(signum: int, frame: Any) -> None:
+    raise CaseTimeout(f"the case ran past {SOFT_TIMEOUT_S} s")
+
+
+def run_case(name: str, build: Callable[[], tuple[str, Callable]], up: Any) -> dict:
+    """One case, bounded in time, as a report record."""
+    try:
+        text, run = build()
+    except Exception:  # a bug in the fuzz test itself
+        return {"case": name, "description": "(could not be drawn)", "outcome": "FAIL",
+                "detail": f"drawing the case failed: {traceback.format_exc()[-1500:]}"}
+    faulthandler.dump_traceback_later(HARD_TIMEOUT_S, exit=True)
+    signal.setitimer(signal.ITIMER_REAL, SOFT_TIMEOUT_S)
+    try:
+        outcome, detail = run(up), ""
+    except CaseFailed as e:
+        outcome, detail = "FAIL", str(e)
+    except (CaseTimeout, MemoryError) as e:
+        outcome, detail = "FAIL", f"{e.__class__.__name__}: {e}"
+    except Exception:  # noqa: BLE001 (a bug in the checks: reported like a failure)
+        outcome, detail = "FAIL", f"the check itself raised: {traceback.format_exc()[-1500:]}"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        faulthandler.cancel_dump_traceback_later()
+    return {"case": name, "description": text, "outcome": outcome, "detail": detail}
+
+
+def child_main(argv: list[str]) -> int:
+    import argparse
+
+    import idm_rt
+
+    ap = argparse.ArgumentParser(description="run the fuzz cases (tests/test_fuzz.py)")
+    ap.add_argument("--report", help="JSON lines file to append records to (default: print)")
+    ap.add_argument("--work", help="scratch folder (default: a temporary one)")
+    args = ap.parse_args(argv)
+    seed, only = SEED, os.environ.get("IDM_RT_FUZZ_CASE")
+    torch.set_num_threads(1)
+    up = tiny_upscaler()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.work or tmp).resolve()
+        model = work / "model"
+        idm_rt.save_model(up.model, model)
+        signal.signal(signal.SIGALRM, on_alarm)
+        limit_memory()
+        report = open(args.report, "a") if args.report else None
+        failures = 0
+        for name, build in cases(seed, work, model):
+            if only and name != only:
+                continue
+            if report:
+                report.write(json.dumps({"started": name}) + "\n")
+                report.flush()
+            if only:  # alone: the description and the whole traceback
+                text, run = build()
+                print(text)
+                print(run(up))
+                continue
+            record = run_case(name, build, up)
+            failures += record["outcome"] == "FAIL"
+            if report:
+                report.write(json.dumps(record, default=str) + "\n")
+                report.flush()
+            else:
+                print(f"{name} {record['outcome']}: {record['description']} {record['detail']}")
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"seed {seed}: {failures} failure(s); peak RSS {peak:.0f} MiB", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(child_main(sys.argv[1:]))
