@@ -1019,3 +1019,17 @@ def child_main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(child_main(sys.argv[1:]))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# regression tests of what the fuzzing found
+
+
+def test_a_tensor_view_with_the_negative_bit_is_read_like_its_values() -> None:
+    """``x.conj().imag`` of a complex tensor is a lazily negated view; numpy refused it inside upscale."""
+    up = tiny_upscaler()
+    values = torch.rand(3, 6, 5)
+    view = torch.complex(torch.zeros_like(values), -values).conj().imag
+    assert view.is_neg() and torch.equal(view, values)
+    out = up.upscale(view, scale=2, seed=0, progress=False)
+    assert torch.equal(out, up.upscale(values, scale=2, seed=0, progress=False))
