@@ -130,7 +130,10 @@ def from_arguments(args: argparse.Namespace, base: SamplingSettings | None) -> S
 
 
 def _real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    try:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    except OverflowError:  # an int or fraction too large for a float
+        return False
 
 
 __all__ = ["SamplingSettings", "INITS", "MAX_STEPS"]

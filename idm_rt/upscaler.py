@@ -159,9 +159,12 @@ class Upscaler:
         if (scale is None) == (size is None):
             raise ValueError("give exactly one of scale or size")
         if scale is not None:
-            if not isinstance(scale, numbers.Real) or not math.isfinite(scale) or scale <= 1:
+            s = _as_float(scale)
+            if not math.isfinite(s) or s <= 1:
                 raise ValueError(f"scale must be a finite number > 1, got {scale!r}")
-            out = (round(height * float(scale)), round(width * float(scale)))
+            if not math.isfinite(height * s * width):  # round() of inf would raise OverflowError
+                raise ValueError(f"scale {scale} gives an output far above the limit of {self.max_pixels} pixels")
+            out = (round(height * s), round(width * s))
             if out == (height, width):
                 raise ValueError(f"scale {scale} is too small to change the size of a {width}x{height} image")
         else:
@@ -239,6 +242,16 @@ class Upscaler:
                 alpha = resize_alpha(alpha, out) if alpha is not None else None
                 results[i] = from_tensor(sr[k:k + 1], alpha, kind)
         return pack(results)
+
+
+def _as_float(value: Any) -> float:
+    """A real number as a float (inf when too large for one, as ints and fractions can be); NaN for others."""
+    if not isinstance(value, numbers.Real):
+        return math.nan
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
 
 
 def seed_list(seed: int | Sequence[int] | None, n: int) -> list[int] | None:

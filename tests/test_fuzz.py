@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -1033,3 +1034,30 @@ def test_a_tensor_view_with_the_negative_bit_is_read_like_its_values() -> None:
     assert view.is_neg() and torch.equal(view, values)
     out = up.upscale(view, scale=2, seed=0, progress=False)
     assert torch.equal(out, up.upscale(values, scale=2, seed=0, progress=False))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"scale": 1e308}, "gives an output far above the limit of 20000 pixels"),
+    ({"scale": 10**400}, "scale must be a finite number > 1"),
+    ({"scale": fractions.Fraction(10**400, 3)}, "scale must be a finite number > 1"),
+    ({"scale": 2, "eta": 10**400}, r"eta must be a number in \[0, 1\]"),
+    ({"scale": 2, "init": "bicubic", "init_level": -10**400}, r"init_level must be a number in \(0, 1\)"),
+])
+def test_numbers_too_large_for_a_float_are_refused(kwargs: dict, message: str) -> None:
+    """They raised OverflowError from round() or math.isfinite inside upscale."""
+    with pytest.raises(ValueError, match=message):
+        tiny_upscaler().upscale(np.zeros((4, 4), np.uint8), progress=False, **kwargs)
+
+
+def test_a_max_scale_too_large_for_a_float_is_refused(tmp_path: Path) -> None:
+    """A crafted config.json with "max_scale": 1000...0 (an integer) raised OverflowError while loading."""
+    import idm_rt
+    from idm_rt.config import check_max_scale
+
+    with pytest.raises(ValueError, match="must be a finite number > 1"):
+        check_max_scale(10**400)
+    idm_rt.save_model(tiny_upscaler().model, tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "config.json").read_text())
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**meta, "max_scale": 10**400}))
+    with pytest.raises(ValueError, match="max_scale"):
+        idm_rt.load_model(tmp_path / "m")
