@@ -1061,3 +1061,19 @@ def test_a_max_scale_too_large_for_a_float_is_refused(tmp_path: Path) -> None:
     (tmp_path / "m" / "config.json").write_text(json.dumps({**meta, "max_scale": 10**400}))
     with pytest.raises(ValueError, match="max_scale"):
         idm_rt.load_model(tmp_path / "m")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"sampler": np.array(["ddim"]), "steps": 2}, "unknown sampler"),
+    ({"sampler": np.array(["ddim", "ddpm"])}, "unknown sampler"),
+    ({"init": np.array(["bicubic"])}, "init must be one of"),
+])
+def test_sampler_and_init_must_be_strings(kwargs: dict, message: str) -> None:
+    """A one-element numpy array passed the ``in SAMPLERS`` check (== element-wise) and was sampled with;
+    a longer one raised numpy's 'truth value of an array is ambiguous'."""
+    import idm_rt
+
+    with pytest.raises(ValueError, match=message):
+        tiny_upscaler().upscale(np.zeros((4, 4), np.uint8), scale=2, progress=False, **kwargs)
+    settings = idm_rt.SamplingSettings(sampler=np.str_("ddim"), steps=2, init=np.str_("bicubic"))
+    assert type(settings.sampler) is str and type(settings.init) is str and settings.to_dict()["sampler"] == "ddim"
