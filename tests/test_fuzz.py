@@ -1077,3 +1077,21 @@ def test_sampler_and_init_must_be_strings(kwargs: dict, message: str) -> None:
         tiny_upscaler().upscale(np.zeros((4, 4), np.uint8), scale=2, progress=False, **kwargs)
     settings = idm_rt.SamplingSettings(sampler=np.str_("ddim"), steps=2, init=np.str_("bicubic"))
     assert type(settings.sampler) is str and type(settings.init) is str and settings.to_dict()["sampler"] == "ddim"
+
+
+def test_the_command_line_refuses_an_image_above_max_pixels_before_decoding_it(tmp_path: Path, capsys) -> None:
+    """A 236 kB PNG of 9000 x 9000 zeros made ``upscale --max-pixels 1000`` decode 243 MB and convert it
+    (4 GB resident) before refusing the output; a header-only one shows the refusal comes before decoding."""
+    import idm_rt
+    from idm_rt.batch_job import Place
+    from idm_rt.cli import main
+
+    (tmp_path / "bomb.png").write_bytes(bomb_png(9000, 9000))
+    idm_rt.save_model(tiny_upscaler().model, tmp_path / "m")
+    for limit in (["--max-pixels", "1000"], []):  # the default limit, 64e6, is below 81e6 too
+        assert main(["upscale", str(tmp_path / "bomb.png"), "-o", str(tmp_path / "out.png"), "--scale", "2",
+                     "--model", str(tmp_path / "m"), "--threads", "1", *limit]) == 1
+        err = capsys.readouterr().err
+        assert "image 9000x9000 has more than" in err and "truncated" not in err, err
+    with pytest.raises(ValueError, match="image 9000x9000 has more than 1000 pixels"):
+        Place(tmp_path / "bomb.png").read(max_pixels=1000)  # the --ray batch job's reader
