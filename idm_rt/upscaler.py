@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from PIL import Image
 
 from .backends import BACKENDS, DEFAULT_DEVICES, EngineRunner, load_runner
 from .backends.engine_dir import MANIFEST_NAME, read_manifest
@@ -222,6 +223,10 @@ class Upscaler:
         if not images:
             raise ValueError("no image given")
         seeds = seed_list(seed, len(images))
+        for im in images:  # before decoding: a file opened lazily (Image.open) may be a decompression bomb
+            if isinstance(im, Image.Image) and im.width * im.height > self.max_pixels:
+                raise ValueError(f"image {im.width}x{im.height} has more pixels than the largest output allowed "
+                                 f"({self.max_pixels}; raise max_pixels to allow it)")
         prepared = [to_tensor(im) for im in images]
         sizes = [self.output_size(rgb.shape[-2], rgb.shape[-1], scale, size) for rgb, _, _ in prepared]
         groups: dict[tuple, list[int]] = defaultdict(list)

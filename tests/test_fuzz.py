@@ -1095,3 +1095,13 @@ def test_the_command_line_refuses_an_image_above_max_pixels_before_decoding_it(t
         assert "image 9000x9000 has more than" in err and "truncated" not in err, err
     with pytest.raises(ValueError, match="image 9000x9000 has more than 1000 pixels"):
         Place(tmp_path / "bomb.png").read(max_pixels=1000)  # the --ray batch job's reader
+
+
+def test_a_lazily_opened_image_above_max_pixels_is_refused_before_decoding() -> None:
+    """``upscale(Image.open(bomb))`` decoded (and converted) the whole image before refusing the output."""
+    up = tiny_upscaler()
+    with Image.open(io.BytesIO(bomb_png(9000, 9000))) as im:
+        with pytest.raises(ValueError, match=r"image 9000x9000 has more pixels than the largest output allowed "
+                                             r"\(20000; raise max_pixels"):
+            up.upscale(im, scale=2, progress=False)  # before: "cannot read the image (... truncated)", decoded
+    assert up.upscale(Image.new("L", (100, 100)), size=(100, 200), progress=False).size == (100, 200)  # 20000
