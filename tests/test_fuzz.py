@@ -235,6 +235,14 @@ def size_ok(hw: tuple[int, int]) -> bool:
     return hw[0] * hw[1] >= 2
 
 
+def values_ok(arr: np.ndarray) -> bool:
+    """Whether pixel values are acceptable (documented: float images finite and in [0, 1], to 1e-3)."""
+    if arr.dtype.kind != "f" or arr.size == 0:
+        return True
+    a = arr.astype(np.float64)
+    return bool(np.isfinite(a).all() and a.min() >= -1e-3 and a.max() <= 1 + 1e-3)
+
+
 NP_DTYPES_OK = ["u1", "u2", ">u2", "<u2", "f2", ">f2", "f4", ">f4", "f8", ">f8"]
 NP_DTYPES_BAD = ["i1", "i2", "i4", "i8", "u4", "u8", "?", "c8", "c16", "g", "O", "U2", "M8[s]", "V2", "S1"]
 
@@ -251,7 +259,8 @@ def draw_numpy(rng: random.Random, nrng: np.random.Generator) -> Item:
     else:
         shape = rng.choice([(), (5,), (1, *hw, 3), (2, 2, 2, 2, 2), (*hw, 3, 1)])
         shape_ok = False
-    valid: bool | None = shape_ok and size_ok(hw) and dtype.str[1:] in {np.dtype(d).str[1:] for d in NP_DTYPES_OK}
+    dtype_ok = dtype.str[1:] in {np.dtype(d).str[1:] for d in NP_DTYPES_OK}
+    masked = False
     n = int(np.prod(shape))
     if dtype.kind == "u":
         arr = nrng.integers(0, np.iinfo(dtype).max, size=n, endpoint=True, dtype=dtype.newbyteorder("="))
@@ -259,11 +268,8 @@ def draw_numpy(rng: random.Random, nrng: np.random.Generator) -> Item:
     elif dtype.kind == "f":
         arr = nrng.random(n).astype(dtype)
         if n and rng.random() < 0.15:
-            bad = rng.choice([np.nan, np.inf, -np.inf, -0.5, 1.5, 255.0, 1 + 5e-4, -5e-4, 1e-40, -0.0])
-            arr[rng.randrange(n)] = bad
-            valid = valid and bool(np.isfinite(bad) and -1e-3 <= bad <= 1 + 1e-3)
-            if dtype.itemsize == 2 and bad in (1e-40, 1 + 5e-4):
-                valid = valid and None  # float16 rounds these
+            arr[rng.randrange(n)] = rng.choice([np.nan, np.inf, -np.inf, -0.5, 1.5, 255.0, 1 + 5e-4, -5e-4, 1e-40,
+                                                -0.0])
     else:
         try:
             arr = np.zeros(n, dtype)
@@ -286,9 +292,10 @@ def draw_numpy(rng: random.Random, nrng: np.random.Generator) -> Item:
     elif arr.ndim == 2 and layout < 0.45:
         arr = np.matrix(arr)
     elif layout < 0.48:
-        arr = np.ma.masked_array(arr)
-        valid = False  # documented: a TypeError (its mask would be ignored)
-    if valid is not False and arr.ndim in (2, 3):  # np.matrix comes back as a plain 2-D array
+        arr, masked = np.ma.masked_array(arr), True  # documented: a TypeError (its mask would be ignored)
+    hw = arr.shape[:2] if arr.ndim in (2, 3) else hw
+    valid = shape_ok and size_ok(hw) and dtype_ok and not masked and values_ok(np.asarray(arr))
+    if valid and arr.ndim in (2, 3):  # np.matrix comes back as a plain 2-D array
         return Item(arr, valid, (arr.shape[0], arr.shape[1]), expect_numpy(np.asarray(arr)))
     return Item(arr, valid)
 
@@ -337,7 +344,8 @@ def draw_pil(rng: random.Random, nrng: np.random.Generator) -> Item:
         writable = im.mode if im.mode in ("L", "LA", "RGB", "RGBA", "P", "I;16") else "RGB"
         if not (h and w):
             return Item(im, False)
-        im.convert(writable).save(buf, format="PNG")
+        valid = True  # what the file holds: converted values, all in range
+        (im.convert("LA") if im.mode == "La" else im).convert(writable).save(buf, format="PNG")
         data = buf.getvalue()
         if rng.random() < 0.5:  # truncated: Pillow may still read it when only the end is missing
             data, valid = data[: rng.randrange(8, len(data))], None
@@ -366,12 +374,9 @@ def draw_tensor(rng: random.Random, nrng: np.random.Generator, batch: bool = Fal
         r = rng.random()
         shape, shape_ok = ((*hw,), True) if r < 0.3 else ((c, *hw), 1 <= c <= 4) if r < 0.92 else \
             (rng.choice([(), (5,), (1, 1, 3, *hw), (hw[0] + 5, hw[1], 3)]), False)
-    valid: bool | None = shape_ok and size_ok(hw) and dtype in TORCH_OK
     x = torch.from_numpy(nrng.random(shape).astype(np.float32))
     if dtype.is_floating_point and x.numel() and rng.random() < 0.12:
-        bad = rng.choice([math.nan, math.inf, -0.5, 2.0, -1e-4])
-        x.view(-1)[rng.randrange(x.numel())] = bad
-        valid = valid and -1e-3 <= bad <= 1 + 1e-3
+        x.view(-1)[rng.randrange(x.numel())] = rng.choice([math.nan, math.inf, -0.5, 2.0, -1e-4])
     if dtype in (torch.uint8, torch.uint16):
         x = (x * (255 if dtype == torch.uint8 else 65535)).round().to(torch.int32)
     t = x.to(dtype) if dtype != torch.float8_e4m3fn else x.to(torch.float32).to(dtype)
@@ -388,7 +393,10 @@ def draw_tensor(rng: random.Random, nrng: np.random.Generator, batch: bool = Fal
         t = torch.complex(torch.zeros_like(t), -t).conj().imag
     elif view < 0.45 and t.numel() and t.dim() >= 1:  # a zero-stride expansion of one pixel
         t = t.reshape(-1)[:1].reshape((1,) * t.dim()).expand(t.shape)
-    if valid is not False and (t.dim() in (2, 3) or batch):
+    hw = tuple(t.shape[-2:]) if t.dim() >= 2 else hw
+    floats = t.detach().resolve_neg().double().numpy() if dtype in TORCH_OK and dtype.is_floating_point else None
+    valid = shape_ok and size_ok(hw) and dtype in TORCH_OK and (floats is None or values_ok(floats))
+    if valid and (t.dim() in (2, 3) or batch):
         return Item(t, valid, (t.shape[-2], t.shape[-1]), expect_tensor(t))
     return Item(t, valid)
 
@@ -501,7 +509,7 @@ SEED_OK, SEED_BAD = [None, None, 0, 7, 2**63 - 1, np.int64(3), np.uint8(9)], [-1
 
 
 def draw_kwargs(rng: random.Random, drawn: Drawn) -> tuple[dict, bool | None]:
-    kwargs, flags = {}, []
+    kwargs, flags, steps_ok = {}, [], True
     for name, good, bad in (("steps", STEPS_OK, STEPS_BAD), ("sampler", SAMPLERS_OK, SAMPLERS_BAD),
                             ("init", INITS_OK, INITS_BAD), ("init_level", LEVELS_OK, LEVELS_BAD),
                             ("consistency", CONSISTENCY_OK, CONSISTENCY_BAD), ("eta", ETA_OK, ETA_BAD),
@@ -510,7 +518,8 @@ def draw_kwargs(rng: random.Random, drawn: Drawn) -> tuple[dict, bool | None]:
         if value is not None or rng.random() < 0.3:
             kwargs[name] = value
         flags.append(ok)
-    if kwargs.get("sampler") == "ddim" and kwargs.get("steps") in (None, 1):
+        steps_ok = ok if name == "steps" else steps_ok
+    if kwargs.get("sampler") == "ddim" and steps_ok and kwargs.get("steps") in (None, 1):
         if rng.random() < 0.8:
             kwargs["steps"] = 2
         else:
@@ -674,7 +683,7 @@ def draw_input_file(rng: random.Random, index: int) -> InputFile:
         return InputFile(f"in{index}{suffix}", png_bytes(h, w, mode, fmt, orientation), True, hw)
     good = png_bytes(h, w)
     bad = rng.choice([
-        ("trunc.png", good[: rng.randrange(1, len(good))]),
+        ("trunc.png", good[: rng.randrange(1, len(good))]),  # Pillow reads some (only the end chunk cut)
         ("trunc.jpg", png_bytes(h, w, fmt="JPEG")[:rng.randrange(1, 60)]),
         ("empty.png", b""),
         ("text.png", b"hello, world\n"),
@@ -685,7 +694,10 @@ def draw_input_file(rng: random.Random, index: int) -> InputFile:
         ("zero.png", bomb_png(0, 0)),
         ("folder.png", None),
     ])
-    return InputFile(f"{index}-{bad[0]}", bad[1], False)
+    name = f"{index}-{bad[0]}"
+    if bad[0] == "trunc.png":
+        return InputFile(name, bad[1], None, (h, w))
+    return InputFile(name, bad[1], False)
 
 
 CLI_OPTIONS: list[tuple[str, list[str], list[str]]] = [
