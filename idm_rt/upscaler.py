@@ -46,9 +46,19 @@ class Upscaler:
     def __init__(self, model: IDM | EngineRunner, device: str | torch.device = "cpu",
                  sampling: SamplingSettings | None = None, tile: int | None = 512, max_pixels: int = 64_000_000,
                  precision: str = "fp32", cuda_graphs: bool | None = None, compile: bool = False, **settings: Any):
-        self.device = torch.device(device)
+        try:
+            self.device = torch.device(device)
+        except (RuntimeError, TypeError) as e:  # torch's words for a string or type it does not know
+            raise ValueError(f"unknown device {device!r}: {str(e).splitlines()[0]}") from None
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {device!r} asked for, but this torch has no CUDA device")
+        if self.device.type == "meta":  # checked before the model moves: on meta its weights would be gone
+            raise ValueError("device 'meta' holds no values to compute with; use 'cpu' or 'cuda'")
+        try:
+            torch.empty(0, device=self.device)  # mps, xla, cuda:7, ...: can this torch put tensors there?
+        except Exception as e:  # noqa: BLE001 (torch raises several types for a device it cannot use)
+            raise ValueError(f"device {device!r} cannot be used here ({e.__class__.__name__}: "
+                             f"{str(e).splitlines()[0]})") from None
         unknown = sorted(set(settings) - set(SamplingSettings().to_dict()))
         if unknown:
             raise TypeError(f"Upscaler got unknown options {unknown}")

@@ -1117,3 +1117,21 @@ def test_a_lazily_opened_image_above_max_pixels_is_refused_before_decoding() -> 
                                              r"\(20000; raise max_pixels"):
             up.upscale(im, scale=2, progress=False)  # before: "cannot read the image (... truncated)", decoded
     assert up.upscale(Image.new("L", (100, 100)), size=(100, 200), progress=False).size == (100, 200)  # 20000
+
+
+@pytest.mark.parametrize("device, message", [
+    ("meta", "device 'meta' holds no values"),
+    ("foo", "unknown device 'foo'"),
+    (None, "unknown device None"),
+    ("xla", "device 'xla' cannot be used here"),
+])
+def test_an_unusable_device_is_refused_before_the_model_moves(device: Any, message: str) -> None:
+    """``Upscaler(model, device="meta")`` moved the caller's model to meta (its weights gone for good) and then
+    failed inside torch; unknown device strings raised torch's RuntimeError."""
+    import idm_rt
+
+    model = tiny_upscaler().model
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=message):
+        idm_rt.Upscaler(model, device=device)
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())  # still on the CPU, unchanged
