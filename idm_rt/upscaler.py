@@ -62,6 +62,12 @@ class Upscaler:
         unknown = sorted(set(settings) - set(SamplingSettings().to_dict()))
         if unknown:
             raise TypeError(f"Upscaler got unknown options {unknown}")
+        if not isinstance(model, (IDM, EngineRunner)):
+            raise TypeError(f"model must be an idm_rt.IDM (load_model) or an engine runner, got {type(model).__name__}")
+        if sampling is not None and not isinstance(sampling, SamplingSettings):
+            raise TypeError(f"sampling must be a SamplingSettings, got {type(sampling).__name__}")
+        if not isinstance(max_pixels, numbers.Integral) or isinstance(max_pixels, bool) or max_pixels < 1:
+            raise ValueError(f"max_pixels must be a positive integer, got {max_pixels!r}")  # NaN: no limit at all
         self.sampling = (sampling or SamplingSettings()).replace(**settings)
         self.model = model if isinstance(model, EngineRunner) else model.to(self.device).eval()
         self.tile, self.max_pixels = tile, max_pixels

@@ -1135,3 +1135,20 @@ def test_an_unusable_device_is_refused_before_the_model_moves(device: Any, messa
     with pytest.raises(ValueError, match=message):
         idm_rt.Upscaler(model, device=device)
     assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())  # still on the CPU, unchanged
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"max_pixels": float("nan")}, ValueError, "max_pixels must be a positive integer, got nan"),
+    ({"max_pixels": "1e6"}, ValueError, "max_pixels must be a positive integer"),
+    ({"max_pixels": 0}, ValueError, "max_pixels must be a positive integer"),
+    ({"sampling": {"steps": 1}}, TypeError, "sampling must be a SamplingSettings, got dict"),
+    ({"model": "models/face8x"}, TypeError, "model must be an idm_rt.IDM"),
+])
+def test_upscaler_arguments_are_checked_when_it_is_made(kwargs: dict, error: type, message: str) -> None:
+    """max_pixels=NaN switched the output limit off (every comparison with NaN is false); a dict of sampling
+    settings or a path as the model failed later with AttributeError."""
+    import idm_rt
+
+    kwargs = {"model": tiny_upscaler().model, **kwargs}
+    with pytest.raises(error, match=message):
+        idm_rt.Upscaler(**kwargs)
