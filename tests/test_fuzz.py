@@ -1152,3 +1152,16 @@ def test_upscaler_arguments_are_checked_when_it_is_made(kwargs: dict, error: typ
     kwargs = {"model": tiny_upscaler().model, **kwargs}
     with pytest.raises(error, match=message):
         idm_rt.Upscaler(**kwargs)
+
+
+def test_a_config_whose_weight_shapes_overflow_int64_is_refused() -> None:
+    """inner_channel 10**9 (a crafted config.json) raised torch's 'numel: integer multiplication overflow'
+    from the parameter count meant to refuse it."""
+    import dataclasses
+
+    import idm_rt
+
+    from .conftest import TINY
+
+    with pytest.raises(ValueError, match="parameters, above the limit of"):
+        idm_rt.IDM(dataclasses.replace(TINY, inner_channel=10**9))
