@@ -104,7 +104,7 @@ def _load_project(path: Path, config: IDMConfig | None, max_scale: float | None)
     except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
         raise CheckpointMismatch(f"{meta_path} is not an idm-rt model config ({e.__class__.__name__}: {e})") from None
     try:
-        state = {k: v.float() for k, v in load_file(weights).items()}
+        state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(weights).items()}
     except Exception as e:  # safetensors raises its own SafetensorError for a damaged file
         raise CheckpointMismatch(f"{weights} cannot be read: {e}") from None
     _load_state(model, state, str(weights))
@@ -135,6 +135,11 @@ def _load_state(model: IDM, state: dict[str, torch.Tensor], source: str, unexpec
         if shapes:
             parts.append(f"shape mismatches {shapes}")
         raise CheckpointMismatch(f"{source} does not fit the network: " + "; ".join(parts))
+    # damaged or crafted weights would make every output NaN (a black image), or be cast silently
+    unusable = [rename(k) for k in own if not state[k].is_floating_point() or not torch.isfinite(state[k]).all()]
+    if unusable:
+        raise CheckpointMismatch(f"{source} holds weights that are not finite floating-point numbers: "
+                                 f"{unusable[:5]}{' and more' if len(unusable) > 5 else ''}")
     model.load_state_dict(state)
 
 

@@ -1165,3 +1165,23 @@ def test_a_config_whose_weight_shapes_overflow_int64_is_refused() -> None:
 
     with pytest.raises(ValueError, match="parameters, above the limit of"):
         idm_rt.IDM(dataclasses.replace(TINY, inner_channel=10**9))
+
+
+@pytest.mark.parametrize("damage", ["nan", "inf", "int32", "bool", "complex64"])
+def test_weights_that_are_not_finite_floats_are_refused_when_loading(tmp_path: Path, damage: str) -> None:
+    """A model.safetensors with a NaN tensor loaded and gave all-black images (NaN cast to uint8, with numpy's
+    'invalid value encountered in cast'); integer, bool and complex tensors were cast silently."""
+    from safetensors.torch import load_file, save_file
+
+    import idm_rt
+
+    idm_rt.save_model(tiny_upscaler().model, tmp_path / "m")
+    state = load_file(tmp_path / "m" / "model.safetensors")
+    key = sorted(state)[3]
+    if damage in ("nan", "inf"):
+        state[key][0] = float(damage)
+    else:
+        state[key] = state[key].to(getattr(torch, damage))
+    save_file(state, tmp_path / "m" / "model.safetensors")
+    with pytest.raises(idm_rt.CheckpointMismatch, match=f"not finite floating-point numbers: \\['{key}'\\]"):
+        idm_rt.load_model(tmp_path / "m")
