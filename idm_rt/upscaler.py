@@ -258,6 +258,9 @@ class Upscaler:
                 group_tile = self.model.auto_tile(out)
             sr = super_resolve(self.model, lr, out, settings, scale=scale, generator=gen, tile=group_tile,
                                progress=progress, denoise=self.denoise)
+            if not torch.isfinite(sr).all():  # cast to an image it would come out black, or as noise
+                raise RuntimeError("the network's output holds NaN or infinite values: its weights overflow (or, "
+                                   "with precision='fp16', its activations do); no image is returned")
             for k, i in enumerate(idx):
                 _, alpha, kind = prepared[i]
                 alpha = resize_alpha(alpha, out) if alpha is not None else None

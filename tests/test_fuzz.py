@@ -1185,3 +1185,13 @@ def test_weights_that_are_not_finite_floats_are_refused_when_loading(tmp_path: P
     save_file(state, tmp_path / "m" / "model.safetensors")
     with pytest.raises(idm_rt.CheckpointMismatch, match=f"not finite floating-point numbers: \\['{key}'\\]"):
         idm_rt.load_model(tmp_path / "m")
+
+
+def test_a_network_output_that_is_not_finite_is_an_error_not_a_black_image() -> None:
+    """Finite weights of 1e30 overflow to NaN inside the network: upscale returned an all-black image."""
+    up = tiny_upscaler()
+    with torch.no_grad():
+        for p in up.model.parameters():
+            p.fill_(1e30)
+    with pytest.raises(RuntimeError, match="output holds NaN or infinite values"):
+        up.upscale(np.full((6, 6, 3), 128, np.uint8), scale=2, progress=False)
