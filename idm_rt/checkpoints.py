@@ -101,7 +101,7 @@ def _load_project(path: Path, config: IDMConfig | None, max_scale: float | None)
         config = config or IDMConfig.from_dict(meta["network"])
         max_scale = max_scale if max_scale is not None else meta["max_scale"]
         model = IDM(config, max_scale=max_scale)
-    except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
+    except (ValueError, KeyError, TypeError, RecursionError) as e:  # JSONDecodeError is a ValueError; deep nesting
         raise CheckpointMismatch(f"{meta_path} is not an idm-rt model config ({e.__class__.__name__}: {e})") from None
     try:
         state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(weights).items()}

@@ -1195,3 +1195,18 @@ def test_a_network_output_that_is_not_finite_is_an_error_not_a_black_image() -> 
             p.fill_(1e30)
     with pytest.raises(RuntimeError, match="output holds NaN or infinite values"):
         up.upscale(np.full((6, 6, 3), 128, np.uint8), scale=2, progress=False)
+
+
+def test_deeply_nested_json_in_a_model_folder_or_an_engine_manifest_is_a_clear_error(tmp_path: Path) -> None:
+    """``[[[[...]]]]`` 100000 deep as config.json or manifest.json raised RecursionError from the JSON parser."""
+    import idm_rt
+    from idm_rt.backends.engine_dir import read_manifest
+
+    idm_rt.save_model(tiny_upscaler().model, tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(idm_rt.CheckpointMismatch, match="is not an idm-rt model config"):
+        idm_rt.load_model(tmp_path / "m")
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "manifest.json").write_text("{\"a\": " * 100_000 + "1" + "}" * 100_000)
+    with pytest.raises(ValueError, match="manifest.json is unreadable"):
+        read_manifest(tmp_path / "e")
