@@ -69,6 +69,12 @@ def load_model(path: str | os.PathLike, config: IDMConfig | None = None, max_sca
         raise CheckpointMismatch(f"{path} is not a readable torch checkpoint: {first_line}") from e
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
+    # a crafted file may hold other keys and values than a state dict's (weights_only allows them)
+    odd = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)
+           or v.layout != torch.strided or v.is_meta or v.is_quantized] if isinstance(state, dict) else []
+    if odd:
+        raise CheckpointMismatch(f"{path} holds entries that are not named tensors of values: "
+                                 f"{', '.join(repr(k) for k in odd[:5])}{' and more' if len(odd) > 5 else ''}")
     if not isinstance(state, dict) or not is_released(state):
         raise CheckpointMismatch(f"{path} is not a released IDM checkpoint (no 'denoise_fn.*' keys)")
     try:

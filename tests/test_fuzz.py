@@ -1210,3 +1210,23 @@ def test_deeply_nested_json_in_a_model_folder_or_an_engine_manifest_is_a_clear_e
     (tmp_path / "e" / "manifest.json").write_text("{\"a\": " * 100_000 + "1" + "}" * 100_000)
     with pytest.raises(ValueError, match="manifest.json is unreadable"):
         read_manifest(tmp_path / "e")
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"denoise_fn.downs.0.weight": 5}, "not named tensors of values: 'denoise_fn.downs.0.weight'"),
+    ({"denoise_fn.x.bias": [1.0, 2.0]}, "not named tensors of values: 'denoise_fn.x.bias'"),
+    ({7: torch.zeros(1)}, "not named tensors of values: 7"),
+    ({"denoise_fn.x.bias": torch.zeros(3).to_sparse()}, "not named tensors of values"),
+    ({"denoise_fn.x.bias": torch.empty(3, device="meta")}, "not named tensors of values"),
+    ({"denoise_fn.downs.0.weight": torch.zeros(8, 3, 3, 3)}, "cannot infer the network shape"),
+    ({"denoise_fn.downs.0.weight": torch.zeros(0, 3, 3, 3), "denoise_fn.condition_scale1.0.weight": torch.zeros(8)},
+     "cannot infer the network shape"),
+])
+def test_crafted_released_checkpoints_are_clear_errors(tmp_path: Path, entry: dict, message: str) -> None:
+    """A .pth that ``torch.load(weights_only=True)`` reads may hold ints, lists, int keys, sparse or meta tensors, or
+    no levels: they raised AttributeError, NotImplementedError, RuntimeError or ZeroDivisionError."""
+    import idm_rt
+
+    torch.save(entry, tmp_path / "x.pth")
+    with pytest.raises(idm_rt.CheckpointMismatch, match=message):
+        idm_rt.load_model(tmp_path / "x.pth")
