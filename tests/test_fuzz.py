@@ -1230,3 +1230,40 @@ def test_crafted_released_checkpoints_are_clear_errors(tmp_path: Path, entry: di
     torch.save(entry, tmp_path / "x.pth")
     with pytest.raises(idm_rt.CheckpointMismatch, match=message):
         idm_rt.load_model(tmp_path / "x.pth")
+
+
+@pytest.fixture(scope="module")
+def engine_dir(tmp_path_factory) -> Path:
+    """An ONNX Runtime engine directory of the tiny model (one 32x32 bucket; about 15 s to build)."""
+    pytest.importorskip("onnxruntime")
+    import idm_rt
+    from idm_rt.build import main
+
+    root = tmp_path_factory.mktemp("engines")
+    idm_rt.save_model(tiny_upscaler().model, root / "model")
+    assert main(["--backend", "onnxruntime", "--tile", "32", "--model", str(root / "model"), "--out",
+                 str(root / "engines")]) == 0
+    return root / "engines"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["swapped file", "other network"])
+def test_engine_files_that_do_not_match_their_manifest_are_refused_when_loaded(engine_dir: Path, tmp_path: Path,
+                                                                               damage: str) -> None:
+    """A graph file copied over from another graph (its size recorded), or a manifest whose network has other
+    levels than its graphs, failed in the first upscale with KeyError('lr') or KeyError of a table name."""
+    import shutil
+
+    import idm_rt
+
+    folder = tmp_path / "e"
+    shutil.copytree(engine_dir, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    if damage == "swapped file":
+        shutil.copy(folder / "onnxruntime" / "conditioner.onnx", folder / "onnxruntime" / "encoder.onnx")
+        manifest["graphs"]["encoder"]["engine_bytes"] = (folder / "onnxruntime" / "encoder.onnx").stat().st_size
+    else:
+        manifest["network"]["channel_multiplier"] = [1, 2, 2, 2]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="the files do not match manifest.json"):
+        idm_rt.Upscaler.from_engines(folder).upscale(np.zeros((6, 6, 3), np.uint8), scale=2, progress=False)
