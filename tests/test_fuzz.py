@@ -1267,3 +1267,39 @@ def test_engine_files_that_do_not_match_their_manifest_are_refused_when_loaded(e
     (folder / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="the files do not match manifest.json"):
         idm_rt.Upscaler.from_engines(folder).upscale(np.zeros((6, 6, 3), np.uint8), scale=2, progress=False)
+
+
+def fake_checkpoint(root: Path, provenance: Any = None, log: str | None = None) -> Path:
+    """A run's ``checkpoints/step_N`` folder holding the tiny model as its EMA weights."""
+    import idm_rt
+
+    model = tiny_upscaler().model
+    model.provenance = {"recipe": {"batch": 4}, "step": 10} if provenance is None else provenance
+    checkpoint = root / "run" / "checkpoints" / "step_00000010"
+    idm_rt.save_model(model, checkpoint / "ema")
+    if log is not None:
+        (root / "run" / "log.csv").write_text(log)
+    return checkpoint
+
+
+@pytest.mark.parametrize("damage, status, message", [
+    ("weights", 2, "model.safetensors cannot be read"),
+    ("provenance", 2, "has no usable provenance"),
+    ("log", 0, "log.csv cannot be read"),
+])
+def test_bundle_reports_a_damaged_checkpoint_or_log(tmp_path: Path, capsys, damage: str, status: int,
+                                                     message: str) -> None:
+    """training.bundle raised CheckpointMismatch for damaged EMA weights, AttributeError or ValueError for odd
+    provenance, ValueError or KeyError for a damaged log.csv (which only feeds the training-time estimate)."""
+    import idm_rt
+    from training.bundle import main
+
+    odd = {"recipe": "lost", "step": 10} if damage == "provenance" else None
+    checkpoint = fake_checkpoint(tmp_path, odd, log="step,images_per_s\nx,y\n" if damage == "log" else None)
+    if damage == "weights":
+        weights = checkpoint / "ema" / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:100])
+    assert main([str(checkpoint), "--out", str(tmp_path / "out")]) == status
+    assert message in capsys.readouterr().err
+    if status == 0:
+        assert idm_rt.load_model(tmp_path / "out").provenance["training_seconds_estimate"] is None
