@@ -1303,3 +1303,20 @@ def test_bundle_reports_a_damaged_checkpoint_or_log(tmp_path: Path, capsys, dama
     assert message in capsys.readouterr().err
     if status == 0:
         assert idm_rt.load_model(tmp_path / "out").provenance["training_seconds_estimate"] is None
+
+
+@pytest.mark.parametrize("out", ["file", ".", ""])
+def test_bundle_refuses_an_out_that_is_no_folder_and_leaves_nothing_behind(tmp_path: Path, monkeypatch, capsys,
+                                                                            out: str) -> None:
+    """``--out`` naming a file raised FileExistsError after writing the staging folder beside it (left behind);
+    ``--out .`` or ``--out ''`` raised pathlib's ValueError ('has an empty name')."""
+    from training.bundle import main
+
+    checkpoint = fake_checkpoint(tmp_path / "ck")
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    if out == "file":
+        (tmp_path / "work" / "file").write_text("mine")
+    assert main([str(checkpoint), "--out", out]) == 2
+    assert "--out must name a folder" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == (["file"] if out == "file" else [])

@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if not args.out.name or (args.out.exists() and not args.out.is_dir()):  # "." or a file: nowhere to stage
+        print(f"error: --out must name a folder to write the model into, got {str(args.out)!r}", file=sys.stderr)
+        return 2
     ema = args.checkpoint / "ema"
     if not (ema / "model.safetensors").exists():
         print(f"error: {ema} has no model.safetensors (pass a checkpoints/step_N folder)", file=sys.stderr)
@@ -86,10 +89,15 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(staging)
         print(f"error: {size / 2**20:.1f} MB is above the 25 MB budget; {args.out} left as it was", file=sys.stderr)
         return 1
-    for name in ("model.safetensors", "config.json"):  # the card and other files in the folder stay
-        args.out.mkdir(parents=True, exist_ok=True)
-        os.replace(staging / name, args.out / name)
-    shutil.rmtree(staging)
+    try:
+        for name in ("model.safetensors", "config.json"):  # the card and other files in the folder stay
+            args.out.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / name, args.out / name)
+    except OSError as e:
+        print(f"error: cannot write {args.out}: {e}", file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     print(f"wrote {args.out} ({size / 2**20:.1f} MB, step {prov.get('step')})")
     return 0
 
