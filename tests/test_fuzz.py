@@ -1320,3 +1320,29 @@ def test_bundle_refuses_an_out_that_is_no_folder_and_leaves_nothing_behind(tmp_p
     assert main([str(checkpoint), "--out", out]) == 2
     assert "--out must name a folder" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "work").iterdir()) == (["file"] if out == "file" else [])
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--json", "data", "--json .*data cannot be written"),
+    ("--json", "afile/x.json", "--json .*x.json cannot be written"),
+    ("--save-dir", "afile", "--save-dir .*afile is a file"),
+    ("--seed", str(2**70), r"--seed must be an integer in \[0, 2\*\*63\)"),
+])
+def test_evaluate_refuses_unusable_outputs_and_seeds_before_evaluating(tmp_path: Path, capsys, option: str,
+                                                                       value: str, message: str) -> None:
+    """These raised IsADirectoryError, FileExistsError, NotADirectoryError or torch's 'Overflow when unpacking
+    long long' with a traceback, after (or during) the whole evaluation."""
+    import re
+
+    import idm_rt
+    from training.evaluate import main
+
+    idm_rt.save_model(tiny_upscaler().model, tmp_path / "m")
+    (tmp_path / "data").mkdir()
+    Image.fromarray(np.zeros((40, 44, 3), np.uint8)).save(tmp_path / "data" / "a.png")
+    (tmp_path / "afile").write_text("mine")
+    value = value if option == "--seed" else str(tmp_path / value)
+    assert main(["--model", str(tmp_path / "m"), "--data", str(tmp_path / "data"), "--scales", "2", "--steps", "1",
+                 "--threads", "1", option, value]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert (tmp_path / "afile").read_text() == "mine"
