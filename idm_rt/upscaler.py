@@ -10,6 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -239,9 +240,10 @@ class Upscaler:
         if not images:
             raise ValueError("no image given")
         seeds = seed_list(seed, len(images))
-        for im in images:  # before decoding: a file opened lazily (Image.open) may be a decompression bomb
-            if isinstance(im, Image.Image) and im.width * im.height > self.max_pixels:
-                raise ValueError(f"image {im.width}x{im.height} has more pixels than the largest output allowed "
+        for im in images:  # before decoding or converting: a lazily opened file may be a decompression bomb, a
+            h, w = _declared_size(im)  # broadcast array or expanded tensor may declare far more than it holds
+            if h * w > self.max_pixels:
+                raise ValueError(f"image {w}x{h} has more pixels than the largest output allowed "
                                  f"({self.max_pixels}; raise max_pixels to allow it)")
         prepared = [to_tensor(im) for im in images]
         sizes = [self.output_size(rgb.shape[-2], rgb.shape[-1], scale, size) for rgb, _, _ in prepared]
@@ -266,6 +268,19 @@ class Upscaler:
                 alpha = resize_alpha(alpha, out) if alpha is not None else None
                 results[i] = from_tensor(sr[k:k + 1], alpha, kind)
         return pack(results)
+
+
+def _declared_size(image: Any) -> tuple[int, int]:
+    """(height, width) an image declares, read without decoding or converting it; (0, 0) when it declares
+    none that :func:`~idm_rt.images.to_tensor` would accept (it then says what is wrong)."""
+    if isinstance(image, Image.Image):
+        return image.height, image.width
+    if isinstance(image, np.ndarray) and image.ndim in (2, 3):
+        return image.shape[0], image.shape[1]
+    if isinstance(image, torch.Tensor) and not image.is_nested and image.layout == torch.strided \
+            and image.dim() in (2, 3):
+        return image.shape[-2], image.shape[-1]
+    return 0, 0
 
 
 def _as_float(value: Any) -> float:

@@ -1109,6 +1109,32 @@ def test_the_command_line_refuses_an_image_above_max_pixels_before_decoding_it(t
         Place(tmp_path / "bomb.png").read(max_pixels=1000)  # the --ray batch job's reader
 
 
+@contextlib.contextmanager
+def address_space_headroom(extra: int = 2**30):
+    """The process's address space capped at its present size plus ``extra`` inside the block, so that a
+    regression to an allocation sized by a declared shape fails with MemoryError instead of exhausting the machine."""
+    with open("/proc/self/status") as f:
+        vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (vm + extra, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: np.broadcast_to(np.uint8(0), (50_000, 50_000, 3)),  # 7.5 GB declared, 1 byte held
+    lambda: torch.zeros(3, 1, 1, dtype=torch.uint8).expand(3, 50_000, 50_000),
+])
+def test_a_broadcast_image_above_max_pixels_is_refused_before_converting(make: Callable[[], Any]) -> None:
+    """A zero-stride view declaring 50000 x 50000 pixels was converted to float (28 GB) before the output was
+    refused: MemoryError, or the machine's memory exhausted."""
+    image, up = make(), tiny_upscaler()
+    with address_space_headroom(), pytest.raises(ValueError, match="image 50000x50000 has more pixels than"):
+        up.upscale(image, scale=2, progress=False)
+
+
 def test_a_lazily_opened_image_above_max_pixels_is_refused_before_decoding() -> None:
     """``upscale(Image.open(bomb))`` decoded (and converted) the whole image before refusing the output."""
     up = tiny_upscaler()
