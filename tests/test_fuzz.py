@@ -1386,3 +1386,19 @@ def test_evaluate_refuses_unusable_outputs_and_seeds_before_evaluating(tmp_path:
                  "--threads", "1", option, value]) == 2
     assert re.search(message, capsys.readouterr().err)
     assert (tmp_path / "afile").read_text() == "mine"
+
+
+@pytest.mark.parametrize("threads", ["20000", "10000000000"])
+def test_a_thread_count_beyond_any_machine_is_refused(threads: str, capsys, monkeypatch) -> None:
+    """--threads 10000000000 raised torch's 'Overflow when unpacking long' with a traceback; --threads 20000
+    had torch start 20000 threads at the first parallel op (MemoryError under a 6 GB address-space limit)."""
+    from idm_rt import threads as threads_module
+    from idm_rt.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["upscale", "x.png", "-o", "y.png", "--scale", "2", "--threads", threads])
+    assert exit_.value.code == 2 and "--threads: must be a positive integer up to 1024" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="threads must be a positive integer up to 1024"):
+        threads_module.configure_threads(int(threads))
+    monkeypatch.setenv("OMP_NUM_THREADS", threads)  # not taken as the default either
+    assert threads_module._env_threads() is None
