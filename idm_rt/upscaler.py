@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from .backends import BACKENDS, DEFAULT_DEVICES, EngineRunner, load_runner
+from .backends.base import parse_device
 from .backends.engine_dir import MANIFEST_NAME, read_manifest
 from .checkpoints import load_model
 from .images import ImageLike, from_tensor, resize_alpha, split_inputs, to_tensor
@@ -47,10 +48,7 @@ class Upscaler:
     def __init__(self, model: IDM | EngineRunner, device: str | torch.device = "cpu",
                  sampling: SamplingSettings | None = None, tile: int | None = 512, max_pixels: int = 64_000_000,
                  precision: str = "fp32", cuda_graphs: bool | None = None, compile: bool = False, **settings: Any):
-        try:
-            self.device = torch.device(device)
-        except (RuntimeError, TypeError) as e:  # torch's words for a string or type it does not know
-            raise ValueError(f"unknown device {device!r}: {str(e).splitlines()[0]}") from None
+        self.device = parse_device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {device!r} asked for, but this torch has no CUDA device")
         if self.device.type == "meta":  # checked before the model moves: on meta its weights would be gone
@@ -142,7 +140,7 @@ class Upscaler:
             raise ValueError(f"engines are built in 'fp32' or 'fp16', not {precision!r}")
         if path is not None and not Path(path).exists():
             raise FileNotFoundError(f"no model or engine directory at {path}")
-        device = torch.device(device or DEFAULT_DEVICES[backend])
+        device = parse_device(device or DEFAULT_DEVICES[backend])
         if backend == "tensorrt" and device.type != "cuda":
             raise ValueError(f"backend='tensorrt' runs on a CUDA device, not {device}")
         if backend == "onnxruntime":

@@ -1402,3 +1402,18 @@ def test_a_thread_count_beyond_any_machine_is_refused(threads: str, capsys, monk
         threads_module.configure_threads(int(threads))
     monkeypatch.setenv("OMP_NUM_THREADS", threads)  # not taken as the default either
     assert threads_module._env_threads() is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("call", ["from_engines", "from_pretrained"])
+def test_an_unknown_device_for_engines_is_a_value_error(call: str, engine_dir: Path, tmp_path: Path) -> None:
+    """Upscaler.from_engines(folder, device="foo") and from_pretrained(model, backend="onnxruntime", device="foo")
+    raised torch's RuntimeError ('Expected one of cpu, cuda, ...') from torch.device."""
+    import idm_rt
+
+    with pytest.raises(ValueError, match="unknown device 'foo'"):
+        if call == "from_engines":
+            idm_rt.Upscaler.from_engines(engine_dir, device="foo")
+        else:
+            idm_rt.save_model(tiny_upscaler().model, tmp_path / "m")
+            idm_rt.Upscaler.from_pretrained(tmp_path / "m", backend="onnxruntime", device="foo")

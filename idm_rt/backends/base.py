@@ -23,6 +23,14 @@ from ..model.unet import query_tables_for
 from .engine_dir import Manifest, graph_inputs, graph_key, graph_specs, read_manifest, table_names
 
 
+def parse_device(device: str | torch.device) -> torch.device:
+    """``torch.device(device)``, with a ValueError naming ``device`` for a string or type torch does not know."""
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as e:  # torch's words for them
+        raise ValueError(f"unknown device {device!r}: {str(e).splitlines()[0]}") from None
+
+
 class EngineRunner:
     """Runs a built engine directory behind the interface of :class:`~idm_rt.IDM` that
     :func:`idm_rt.pipeline.super_resolve` and tiling use; tensors in and out are torch tensors."""
@@ -33,7 +41,7 @@ class EngineRunner:
     def __init__(self, folder: str | os.PathLike, device: str | torch.device):
         self.folder = Path(folder)
         self.manifest: Manifest = read_manifest(folder)
-        self.device = torch.device(device)
+        self.device = parse_device(device)
         self.config = self.manifest.config
         self.max_scale = float(self.manifest.max_scale)
         self.buckets = self.manifest.buckets
