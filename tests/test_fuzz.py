@@ -1417,3 +1417,16 @@ def test_an_unknown_device_for_engines_is_a_value_error(call: str, engine_dir: P
         else:
             idm_rt.save_model(tiny_upscaler().model, tmp_path / "m")
             idm_rt.Upscaler.from_pretrained(tmp_path / "m", backend="onnxruntime", device="foo")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("options", [{"threads": 10**10}, {"threads": "2"}, {"sampling_torch_threads": 0},
+                                     {"sampling_torch_threads": 10**10}])
+def test_onnxruntime_runner_options_are_checked(engine_dir: Path, options: dict) -> None:
+    """threads=10**10 or '2' raised ONNX Runtime's TypeError 'incompatible function arguments';
+    sampling_torch_threads=0 or 10**10 raised torch's RuntimeError or ValueError at the first upscale."""
+    import idm_rt
+
+    with pytest.raises(ValueError, match=f"runner option {next(iter(options))} must be None or an integer"):
+        idm_rt.Upscaler.from_engines(engine_dir, runner_options=options).upscale(np.zeros((5, 5), np.uint8),
+                                                                                  scale=2, progress=False)

@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 import torch
 
+from ..threads import MAX_THREADS
 from .base import EngineRunner
 from .engine_dir import artifact, graph_inputs, graph_key, graph_outputs, graph_specs
 
@@ -31,6 +32,11 @@ class OnnxRuntimeRunner(EngineRunner):
 
     def __init__(self, folder: str | os.PathLike, device: str | torch.device = "cpu", threads: int | None = None,
                  sampling_torch_threads: int | None = 1):
+        for name, value, low in (("threads", threads, 0), ("sampling_torch_threads", sampling_torch_threads, 1)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                      or not low <= value <= MAX_THREADS):
+                raise ValueError(f"runner option {name} must be None or an integer in {low}..{MAX_THREADS}, "
+                                 f"got {value!r}")
         super().__init__(folder, device)
         self.sampling_torch_threads = sampling_torch_threads
         ort = import_onnxruntime()
