@@ -345,7 +345,7 @@ def draw_pil(rng: random.Random, nrng: np.random.Generator) -> Item:
         writable = im.mode if im.mode in ("L", "LA", "RGB", "RGBA", "P", "I;16") else "RGB"
         if not (h and w):
             return Item(im, False)
-        valid = True  # what the file holds: converted values, all in range
+        valid = size_ok((h, w))  # what the file holds: converted values, all in range
         (im.convert("LA") if im.mode == "La" else im).convert(writable).save(buf, format="PNG")
         data = buf.getvalue()
         if rng.random() < 0.5:  # truncated: Pillow may still read it when only the end is missing
