@@ -1430,3 +1430,21 @@ def test_onnxruntime_runner_options_are_checked(engine_dir: Path, options: dict)
     with pytest.raises(ValueError, match=f"runner option {next(iter(options))} must be None or an integer"):
         idm_rt.Upscaler.from_engines(engine_dir, runner_options=options).upscale(np.zeros((5, 5), np.uint8),
                                                                                   scale=2, progress=False)
+
+
+def test_torch_default_dtype_float64_changes_nothing() -> None:
+    """With torch.set_default_dtype(torch.float64) (common in scientific code) an upscale at a size not seen
+    before raised 'expected scalar type Float but found Double' from grid_sample in the implicit layers."""
+    from idm_rt.model.implicit import nearest_query
+
+    up, image = tiny_upscaler(), (np.random.default_rng(0).random((7, 9, 3)) * 255).astype(np.uint8)
+    want = up.upscale(image, scale=2.3, seed=0, tile=16, progress=False)
+    nearest_query.cache_clear()  # the tables of these sizes are computed again, under the float64 default
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        got = up.upscale(image, scale=2.3, seed=0, tile=16, progress=False)
+    finally:
+        torch.set_default_dtype(before)
+        nearest_query.cache_clear()
+    assert np.array_equal(got, want)
