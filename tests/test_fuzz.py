@@ -967,11 +967,23 @@ def cases(seed: int, work: Path, model: Path) -> list[tuple[str, Callable[[], tu
     return out + [(f"cli:{i}", lambda i=i: cli_case(seed, i, work, model)) for i in range(CLI_CASES)]
 
 
+def address_space() -> int:
+    """This process's address space in bytes (Linux: /proc)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+
+
+def cap_address_space(extra: int) -> tuple[int, int]:
+    """Cap the address space at its present size plus ``extra`` (within the hard limit); the limits before."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    want = address_space() + extra
+    resource.setrlimit(resource.RLIMIT_AS, (want if hard == resource.RLIM_INFINITY else min(want, hard), hard))
+    return soft, hard
+
+
 def limit_memory() -> None:
     """Cap the address space at its present size plus :data:`MEMORY_HEADROOM`."""
-    with open("/proc/self/status") as f:
-        vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
-    resource.setrlimit(resource.RLIMIT_AS, (vm + MEMORY_HEADROOM, resource.RLIM_INFINITY))
+    cap_address_space(MEMORY_HEADROOM)
 
 
 def on_alarm(signum: int, frame: Any) -> None:
@@ -1127,10 +1139,7 @@ def test_the_command_line_refuses_an_image_above_max_pixels_before_decoding_it(t
 def address_space_headroom(extra: int = 2**30):
     """The process's address space capped at its present size plus ``extra`` inside the block, so that a
     regression to an allocation sized by a declared shape fails with MemoryError instead of exhausting the machine."""
-    with open("/proc/self/status") as f:
-        vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    resource.setrlimit(resource.RLIMIT_AS, (vm + extra, hard))
+    soft, hard = cap_address_space(extra)
     try:
         yield
     finally:
