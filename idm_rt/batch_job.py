@@ -57,11 +57,12 @@ class Place:
 
         return self.fs.get_file_info(str(self.path)).type != FileType.NotFound
 
-    def read(self):
+    def read(self, max_pixels: int | None = None):
+        """The image, decoded (:func:`~idm_rt.cli.read_image`: larger than ``max_pixels``, refused undecoded)."""
         if self.fs is None:
-            return read_image(self.path)
+            return read_image(self.path, max_pixels)
         with self.fs.open_input_file(str(self.path)) as f:
-            return read_image(io.BytesIO(f.read()))
+            return read_image(io.BytesIO(f.read()), max_pixels)
 
     def write(self, image) -> None:
         """Atomic: written under a temporary name beside the target, then renamed (moved) into place."""
@@ -172,7 +173,7 @@ class UpscaleWorker:
         if not self.overwrite and dst.exists():  # written since the job started (another job?)
             return "skipped", f"{dst} exists (use --overwrite to replace it); skipped {src}"
         try:
-            image = src.read()
+            image = src.read(self.up.max_pixels)
         except Exception as e:  # noqa: BLE001 (PIL raises several types for unreadable files)
             return "failed", f"cannot read {src}: {e}"
         try:

@@ -68,6 +68,12 @@ def load_model(path: str | os.PathLike, config: IDMConfig | None = None, max_sca
         raise CheckpointMismatch(f"{path} is not a readable torch checkpoint: {first_line}") from e
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
+    # a crafted file may hold other keys and values than a state dict's (weights_only allows them)
+    odd = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)
+           or v.layout != torch.strided or v.is_meta or v.is_quantized] if isinstance(state, dict) else []
+    if odd:
+        raise CheckpointMismatch(f"{path} holds entries that are not named tensors of values: "
+                                 f"{', '.join(repr(k) for k in odd[:5])}{' and more' if len(odd) > 5 else ''}")
     if not isinstance(state, dict) or not is_released(state):
         raise CheckpointMismatch(f"{path} is not a released IDM checkpoint (no 'denoise_fn.*' keys)")
     try:
@@ -99,10 +105,10 @@ def _load_project(path: Path, config: IDMConfig | None, max_scale: float | None)
         config = config or IDMConfig.from_dict(meta["network"])
         max_scale = max_scale if max_scale is not None else meta["max_scale"]
         model = IDM(config, max_scale=max_scale)
-    except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
+    except (ValueError, KeyError, TypeError, RecursionError) as e:  # JSONDecodeError is a ValueError; deep nesting
         raise CheckpointMismatch(f"{meta_path} is not an idm-rt model config ({e.__class__.__name__}: {e})") from None
     try:
-        state = {k: v.float() for k, v in load_file(weights).items()}
+        state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(weights).items()}
     except Exception as e:  # safetensors raises its own SafetensorError for a damaged file
         raise CheckpointMismatch(f"{weights} cannot be read: {e}") from None
     _load_state(model, state, str(weights))
@@ -133,6 +139,11 @@ def _load_state(model: IDM, state: dict[str, torch.Tensor], source: str, unexpec
         if shapes:
             parts.append(f"shape mismatches {shapes}")
         raise CheckpointMismatch(f"{source} does not fit the network: " + "; ".join(parts))
+    # damaged or crafted weights would make every output NaN (a black image), or be cast silently
+    unusable = [rename(k) for k in own if not state[k].is_floating_point() or not torch.isfinite(state[k]).all()]
+    if unusable:
+        raise CheckpointMismatch(f"{source} holds weights that are not finite floating-point numbers: "
+                                 f"{unusable[:5]}{' and more' if len(unusable) > 5 else ''}")
     model.load_state_dict(state)
 
 

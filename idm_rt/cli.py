@@ -384,7 +384,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
             failed += 1
             continue
         try:
-            image = read_image(path)
+            image = read_image(path, args.max_pixels)  # refused undecoded: no output can be that large
         except Exception as e:  # PIL raises several types for unreadable files
             tqdm.write(f"error: cannot read {path}: {e}", file=sys.stderr)
             failed += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,10 +117,14 @@ class IDMConfig:
 
 def check_max_scale(value: Any) -> float:
     """The largest training magnification M as a float; ValueError unless it is a finite number > 1."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 < value < float("inf"):
+    try:  # an int beyond float range (a crafted config.json) is no finite number either
+        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    except OverflowError:
+        number = math.inf
+    if not 1 < number < math.inf:
         raise ValueError(f"max_scale (the largest training magnification M) must be a finite number > 1, "
                          f"got {value!r}")
-    return float(value)
+    return number
 
 
 def strict_from_dict(cls: type, d: dict[str, Any], what: str) -> Any:

@@ -225,7 +225,7 @@ def _from_torch(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, Ima
                          f"N x C x H x W tensor), got shape {tuple(t.shape)}")
     if t.dtype not in _TORCH_AS_NUMPY:
         raise _unsupported_dtype(t.dtype)
-    src = t.detach().cpu()
+    src = t.detach().cpu().resolve_neg()  # a negated view (x.conj().imag) has no numpy form until resolved
     arr = (src.float() if t.dtype == torch.bfloat16 else src).numpy()
     hwc = arr[..., None] if t.dim() == 2 else np.moveaxis(arr, 0, -1)
     c = hwc.shape[2]

@@ -51,18 +51,21 @@ class SamplingSettings:
     eta: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.sampler not in SAMPLERS:
+        # a str first: `in` compares by ==, which a numpy array answers element-wise (np.array(["ddim"]) passed)
+        if not isinstance(self.sampler, str) or self.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r}; choose from {SAMPLERS}")
         if not isinstance(self.steps, numbers.Integral) or isinstance(self.steps, bool) \
                 or not 1 <= self.steps <= MAX_STEPS:
             raise ValueError(f"steps must be an integer in 1..{MAX_STEPS}, got {self.steps!r}")
-        if self.init not in INITS:
+        if not isinstance(self.init, str) or self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
         if not _real(self.init_level) or not 0 < self.init_level < 1:
             raise ValueError(f"init_level must be a number in (0, 1), got {self.init_level!r}")
         check_passes(self.back_projection)
         if not _real(self.eta) or not 0 <= self.eta <= 1:
             raise ValueError(f"eta must be a number in [0, 1], got {self.eta!r}")
+        object.__setattr__(self, "sampler", str(self.sampler))  # np.str_ -> str
+        object.__setattr__(self, "init", str(self.init))
         object.__setattr__(self, "steps", int(self.steps))
         object.__setattr__(self, "init_level", float(self.init_level))
         object.__setattr__(self, "eta", float(self.eta))
@@ -133,7 +136,10 @@ def from_arguments(args: argparse.Namespace, base: SamplingSettings | None) -> S
 
 
 def _real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    try:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    except OverflowError:  # an int or fraction too large for a float
+        return False
 
 
 __all__ = ["SamplingSettings", "INITS", "MAX_STEPS"]

@@ -16,6 +16,10 @@ import torch
 
 from .cgroups import cpu_quota
 
+# Most threads asked for: more than any machine's cores. torch starts every one of them (with its stack) at its
+# first parallel op, so --threads 20000 exhausted memory and 10**10 overflowed inside torch.
+MAX_THREADS = 1024
+
 
 def available_cpus() -> int:
     """CPUs this process may use: its affinity mask, capped by its cgroup CPU quota (rounded up); at least 1."""
@@ -32,8 +36,8 @@ def configure_threads(n: int | None = None) -> int:
     it per process), else to :func:`available_cpus`. Returns the count set."""
     if n is None:
         n = _env_threads() or available_cpus()
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"threads must be a positive integer, got {n!r}")
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"threads must be a positive integer up to {MAX_THREADS}, got {n!r}")
     torch.set_num_threads(n)
     return n
 
@@ -46,12 +50,12 @@ def add_threads_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def _env_threads() -> int | None:
-    """``OMP_NUM_THREADS`` as a positive integer, None when unset or not one."""
+    """``OMP_NUM_THREADS`` as a positive integer up to :data:`MAX_THREADS`, None when unset or not one."""
     value = os.environ.get("OMP_NUM_THREADS", "")
-    return int(value) if value.isdigit() and int(value) > 0 else None
+    return int(value) if value.isdigit() and 0 < int(value) <= MAX_THREADS else None
 
 
 def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    if not text.isdigit() or not 1 <= int(text) <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"must be a positive integer up to {MAX_THREADS}, got {text!r}")
     return int(text)

@@ -10,9 +10,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
+from PIL import Image
 
 from .backends import BACKENDS, DEFAULT_DEVICES, load_runner
+from .backends.base import parse_device
 from .backends.engine_dir import BACKEND_PRECISIONS, MANIFEST_NAME, default_precision, read_manifest
 from .checkpoints import load_model
 from .images import ImageLike, from_tensor, resize_alpha, split_inputs, to_tensor
@@ -51,17 +54,30 @@ class Upscaler:
                  sampling: SamplingSettings | None = None, tile: int | None = None, max_pixels: int = 64_000_000,
                  precision: str = "fp32", cuda_graphs: bool | None = None, compile: bool = False,
                  max_memory: int | None = None, **settings: Any):
-        self.device = torch.device(device)
+        self.device = parse_device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {device!r} asked for, but this torch has no CUDA device")
+        if self.device.type == "meta":  # checked before the model moves: on meta its weights would be gone
+            raise ValueError("device 'meta' holds no values to compute with; use 'cpu' or 'cuda'")
+        try:
+            torch.empty(0, device=self.device)  # mps, xla, cuda:7, ...: can this torch put tensors there?
+        except Exception as e:  # noqa: BLE001 (torch raises several types for a device it cannot use)
+            raise ValueError(f"device {device!r} cannot be used here ({e.__class__.__name__}: "
+                             f"{str(e).splitlines()[0]})") from None
         unknown = sorted(set(settings) - set(SamplingSettings().to_dict()))
         if unknown:
             raise TypeError(f"Upscaler got unknown options {unknown}")
-        self.sampling = (sampling or SamplingSettings()).replace(**settings)
-        self.model = model.prepare(self.device)
+        if not isinstance(model, SamplingModel):
+            raise TypeError(f"model must be an idm_rt.IDM (load_model) or an engine runner, got {type(model).__name__}")
+        if sampling is not None and not isinstance(sampling, SamplingSettings):
+            raise TypeError(f"sampling must be a SamplingSettings, got {type(sampling).__name__}")
+        if not isinstance(max_pixels, numbers.Integral) or isinstance(max_pixels, bool) or max_pixels < 1:
+            raise ValueError(f"max_pixels must be a positive integer, got {max_pixels!r}")  # NaN: no limit at all
         if max_memory is not None and (not isinstance(max_memory, numbers.Integral) or isinstance(max_memory, bool)
                                        or max_memory < 2**20):
             raise ValueError(f"max_memory must be a number of bytes of at least 1 MiB, got {max_memory!r}")
+        self.sampling = (sampling or SamplingSettings()).replace(**settings)
+        self.model = model.prepare(self.device)
         self.tile, self.max_pixels, self.max_memory = tile, max_pixels, max_memory
         self.denoise = self._denoiser(precision, cuda_graphs, compile)
 
@@ -139,7 +155,7 @@ class Upscaler:
             raise ValueError(f"{backend} engines are built in {names}, not {precision!r}")
         if path is not None and not Path(path).exists():
             raise FileNotFoundError(f"no model or engine directory at {path}")
-        device = torch.device(device or DEFAULT_DEVICES[backend])
+        device = parse_device(device or DEFAULT_DEVICES[backend])
         if backend == "tensorrt" and device.type != "cuda":
             raise ValueError(f"backend='tensorrt' runs on a CUDA device, not {device}")
         if backend == "onnxruntime":
@@ -176,9 +192,12 @@ class Upscaler:
         if (scale is None) == (size is None):
             raise ValueError("give exactly one of scale or size")
         if scale is not None:
-            if not isinstance(scale, numbers.Real) or not math.isfinite(scale) or scale <= 1:
+            s = _as_float(scale)
+            if not math.isfinite(s) or s <= 1:
                 raise ValueError(f"scale must be a finite number > 1, got {scale!r}")
-            out = (round(height * float(scale)), round(width * float(scale)))
+            if not math.isfinite(height * s * width):  # round() of inf would raise OverflowError
+                raise ValueError(f"scale {scale} gives an output far above the limit of {self.max_pixels} pixels")
+            out = (round(height * s), round(width * s))
             if out == (height, width):
                 raise ValueError(f"scale {scale} is too small to change the size of a {width}x{height} image")
         else:
@@ -236,6 +255,11 @@ class Upscaler:
         if not images:
             raise ValueError("no image given")
         seeds = seed_list(seed, len(images))
+        for im in images:  # before decoding or converting: a lazily opened file may be a decompression bomb, a
+            h, w = _declared_size(im)  # broadcast array or expanded tensor may declare far more than it holds
+            if h * w > self.max_pixels:
+                raise ValueError(f"image {w}x{h} has more pixels than the largest output allowed "
+                                 f"({self.max_pixels}; raise max_pixels to allow it)")
         prepared = [to_tensor(im) for im in images]
         sizes = [self.output_size(rgb.shape[-2], rgb.shape[-1], scale, size) for rgb, _, _ in prepared]
         groups: dict[tuple, list[int]] = defaultdict(list)
@@ -250,11 +274,37 @@ class Upscaler:
                           else tile or None)  # 0: untiled
             sr = super_resolve(self.model, lr, out, settings, scale=scale, generator=gen, tile=group_tile,
                                progress=progress, denoise=self.denoise)
+            if not torch.isfinite(sr).all():  # cast to an image it would come out black, or as noise
+                raise RuntimeError("the network's output holds NaN or infinite values: its weights overflow (or, "
+                                   "with precision='fp16', its activations do); no image is returned")
             for k, i in enumerate(idx):
                 _, alpha, kind = prepared[i]
                 alpha = resize_alpha(alpha, out) if alpha is not None else None
                 results[i] = from_tensor(sr[k:k + 1], alpha, kind)
         return pack(results)
+
+
+def _declared_size(image: Any) -> tuple[int, int]:
+    """(height, width) an image declares, read without decoding or converting it; (0, 0) when it declares
+    none that :func:`~idm_rt.images.to_tensor` would accept (it then says what is wrong)."""
+    if isinstance(image, Image.Image):
+        return image.height, image.width
+    if isinstance(image, np.ndarray) and image.ndim in (2, 3):
+        return image.shape[0], image.shape[1]
+    if isinstance(image, torch.Tensor) and not image.is_nested and image.layout == torch.strided \
+            and image.dim() in (2, 3):
+        return image.shape[-2], image.shape[-1]
+    return 0, 0
+
+
+def _as_float(value: Any) -> float:
+    """A real number as a float (inf when too large for one, as ints and fractions can be); NaN for others."""
+    if not isinstance(value, numbers.Real):
+        return math.nan
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
 
 
 def seed_list(seed: int | Sequence[int] | None, n: int) -> list[int] | None:

@@ -30,11 +30,15 @@ def training_time(run: Path, batch: int) -> float | None:
     if not log.exists():
         return None
     total, prev = 0.0, 0
-    with log.open() as f:
-        for row in csv.DictReader(f):
-            step = int(row["step"])
-            total += (step - prev) * batch / max(float(row["images_per_s"]), 1e-9)
-            prev = step
+    try:
+        with log.open() as f:
+            for row in csv.DictReader(f):
+                step = int(row["step"])
+                total += (step - prev) * batch / max(float(row["images_per_s"]), 1e-9)
+                prev = step
+    except (ValueError, KeyError, TypeError, csv.Error, UnicodeDecodeError) as e:  # a damaged or foreign log
+        print(f"note: {log} cannot be read ({e.__class__.__name__}: {e}); no training time recorded", file=sys.stderr)
+        return None
     return total
 
 
@@ -50,18 +54,29 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if not args.out.name or (args.out.exists() and not args.out.is_dir()):  # "." or a file: nowhere to stage
+        print(f"error: --out must name a folder to write the model into, got {str(args.out)!r}", file=sys.stderr)
+        return 2
     ema = args.checkpoint / "ema"
     if not (ema / "model.safetensors").exists():
         print(f"error: {ema} has no model.safetensors (pass a checkpoints/step_N folder)", file=sys.stderr)
         return 2
-    model = idm_rt.load_model(ema)
-    prov = dict(model.provenance)
+    try:
+        model = idm_rt.load_model(ema)
+    except (ValueError, OSError) as e:  # CheckpointMismatch is a ValueError
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        prov = dict(model.provenance)
+        batch, step = int(prov.get("recipe", {}).get("batch", 1)), int(prov.get("step", 0))
+    except (TypeError, AttributeError, ValueError) as e:
+        print(f"error: {ema / 'config.json'} has no usable provenance (recipe.batch, step): {e}", file=sys.stderr)
+        return 2
     model.recommended = recommended
     run = args.checkpoint.parent.parent
-    batch = int(prov.get("recipe", {}).get("batch", 1))
     seconds = training_time(run, batch)
     prov.update({"weights": "EMA", "source_checkpoint": args.checkpoint.name, "note": args.note,
-                 "training_seconds_estimate": seconds, "images_seen_per_process": batch * prov.get("step", 0)})
+                 "training_seconds_estimate": seconds, "images_seen_per_process": batch * step})
     staging = args.out.with_name(f".{args.out.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
     try:
@@ -74,10 +89,15 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(staging)
         print(f"error: {size / 2**20:.1f} MB is above the 25 MB budget; {args.out} left as it was", file=sys.stderr)
         return 1
-    for name in ("model.safetensors", "config.json"):  # the card and other files in the folder stay
-        args.out.mkdir(parents=True, exist_ok=True)
-        os.replace(staging / name, args.out / name)
-    shutil.rmtree(staging)
+    try:
+        for name in ("model.safetensors", "config.json"):  # the card and other files in the folder stay
+            args.out.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / name, args.out / name)
+    except OSError as e:
+        print(f"error: cannot write {args.out}: {e}", file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     print(f"wrote {args.out} ({size / 2**20:.1f} MB, step {prov.get('step')})")
     return 0
 

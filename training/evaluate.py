@@ -110,6 +110,11 @@ def markdown(rows: list[dict], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _writable_folder(path: Path) -> bool:
+    """Whether ``path`` is a folder or can be made one (no file at it or at any of its parents)."""
+    return not any(p.exists() and not p.is_dir() for p in (path, *path.parents))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m idm_rt.training.evaluate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -137,6 +142,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.tile is not None and args.tile != 0 and args.tile < 2 * multiple:
             raise ValueError(f"--tile must be 0 (off) or at least {2 * multiple} for this model, got {args.tile}")
         images = large_enough(load_images(args.data, args.crop), scales)
+        # said now, not after the whole evaluation has run
+        if not 0 <= args.seed < 2**63:
+            raise ValueError(f"--seed must be an integer in [0, 2**63), got {args.seed}")
+        if args.json is not None and (args.json.is_dir() or not _writable_folder(args.json.parent)):
+            raise ValueError(f"--json {args.json} cannot be written: it is a folder or lies under a file")
+        if args.save_dir is not None and not _writable_folder(args.save_dir):
+            raise ValueError(f"--save-dir {args.save_dir} is a file, or lies under one")
     except (ValueError, FileNotFoundError) as e:  # CheckpointMismatch is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -31,6 +31,14 @@ from .engine_dir import (
 )
 
 
+def parse_device(device: str | torch.device) -> torch.device:
+    """``torch.device(device)``, with a ValueError naming ``device`` for a string or type torch does not know."""
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as e:  # torch's words for them
+        raise ValueError(f"unknown device {device!r}: {str(e).splitlines()[0]}") from None
+
+
 class EngineRunner:
     """Runs a built engine directory behind the interface of :class:`~idm_rt.IDM` that
     :func:`idm_rt.pipeline.super_resolve` and tiling use; tensors in and out are torch tensors."""
@@ -40,7 +48,7 @@ class EngineRunner:
     def __init__(self, folder: str | os.PathLike, device: str | torch.device):
         self.folder = Path(folder)
         self.manifest: Manifest = read_manifest(folder)
-        self.device = torch.device(device)
+        self.device = parse_device(device)
         self.config = self.manifest.config
         self.max_scale = float(self.manifest.max_scale)
         self.buckets = self.manifest.buckets

@@ -265,5 +265,5 @@ def read_manifest(folder: str | os.PathLike) -> Manifest:
     try:
         path = inside(folder, MANIFEST_NAME)
         return Manifest.from_json(path.read_text())
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError) as e:  # (deeply nested JSON)
         raise ValueError(f"{path} is unreadable: {e}") from e

@@ -10,8 +10,9 @@ import warnings
 import numpy as np
 import torch
 
+from ..threads import MAX_THREADS
 from .base import EngineRunner
-from .engine_dir import artifact
+from .engine_dir import artifact, graph_inputs, graph_key, graph_outputs, graph_specs
 
 _DTYPES = {"tensor(float)": (np.float32, torch.float32), "tensor(float16)": (np.float16, torch.float16),
            "tensor(int64)": (np.int64, torch.int64)}
@@ -33,6 +34,11 @@ class OnnxRuntimeRunner(EngineRunner):
 
     def __init__(self, folder: str | os.PathLike, device: str | torch.device = "cpu", threads: int | None = None,
                  sampling_torch_threads: int | None = 1):
+        for name, value, low in (("threads", threads, 0), ("sampling_torch_threads", sampling_torch_threads, 1)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                      or not low <= value <= MAX_THREADS):
+                raise ValueError(f"runner option {name} must be None or an integer in {low}..{MAX_THREADS}, "
+                                 f"got {value!r}")
         super().__init__(folder, device)
         self.sampling_torch_threads = sampling_torch_threads
         ort = import_onnxruntime()
@@ -55,6 +61,20 @@ class OnnxRuntimeRunner(EngineRunner):
             except Exception as e:  # onnxruntime raises its own exception types, one per failure kind
                 raise RuntimeError(f"ONNX Runtime cannot load {path}: {e}\n(a damaged file: rebuild the directory "
                                    f"with python -m idm_rt.build --force)") from None
+        self._check_graphs()
+
+    def _check_graphs(self) -> None:
+        """ValueError when a graph file does not take and give what its manifest entry says (a file copied
+        over from another graph or another network): found now, not as a KeyError in the first call."""
+        for kind, bucket in graph_specs(self.buckets):
+            key = graph_key(kind, bucket)
+            session = self._sessions[key]
+            got = ([m.name for m in session.get_inputs()], [m.name for m in session.get_outputs()])
+            want = (graph_inputs(kind, self.config), graph_outputs(kind, self.config.levels))
+            if sorted(got[0]) != sorted(want[0]) or got[1] != want[1]:
+                raise ValueError(f"{self.folder}: graph {key} takes {got[0]} and gives {got[1]}, its manifest's "
+                                 f"network needs {want[0]} and {want[1]}: the files do not match manifest.json; "
+                                 "rebuild the directory with python -m idm_rt.build --force")
 
     def sampling(self) -> contextlib.AbstractContextManager:
         """On the CPU, torch keeps ``sampling_torch_threads`` (1) threads while sampling: between ONNX

@@ -34,7 +34,10 @@ def parameter_count(config: IDMConfig) -> int:
 def check_size(config: IDMConfig) -> None:
     """ValueError naming the count and the limit when ``config`` describes more than
     :data:`MAX_PARAMETERS` parameters."""
-    count = parameter_count(config)
+    try:
+        count = parameter_count(config)
+    except RuntimeError:  # a weight shape beyond int64 ("numel: integer multiplication overflow")
+        count = 2**63
     if count > MAX_PARAMETERS:
         raise ValueError(f"the network this config describes has {count:,} parameters, above the limit of "
                          f"{MAX_PARAMETERS:,} (inner_channel {config.inner_channel}, channel_multiplier "

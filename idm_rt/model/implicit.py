@@ -33,7 +33,7 @@ def nearest_query(n_src: int, n_dst: int) -> tuple[torch.Tensor, torch.Tensor]:
     ``grid_sample(mode='nearest', align_corners=False)`` picks it on coordinates clamped to
     [-1+1e-6, 1-1e-6], and the relative coordinate ``(target - source centre) * n_src``."""
     coord = pixel_centres(n_dst)
-    grid = torch.zeros(1, 1, n_dst, 2)
+    grid = torch.zeros(1, 1, n_dst, 2, dtype=torch.float32)  # as src, whatever torch's default dtype
     grid[0, 0, :, 0] = coord.clamp(-1 + 1e-6, 1 - 1e-6)
     src = torch.arange(n_src, dtype=torch.float32).view(1, 1, 1, n_src)
     idx = F.grid_sample(src, grid, mode="nearest", align_corners=False).view(n_dst).long()

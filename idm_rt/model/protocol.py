@@ -5,7 +5,7 @@ tiling and the Upscaler never ask which one they hold."""
 from __future__ import annotations
 
 import contextlib
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -13,6 +13,7 @@ from ..config import IDMConfig
 from .conditioning import Conditioning
 
 
+@runtime_checkable
 class SamplingModel(Protocol):
     """A model as the sampling loop calls it.
 
