@@ -13,9 +13,16 @@ them) and timed through its runner, per call and per image; on a CPU the image i
 torch's threads left unpinned while sampling (``onnxruntime_torch_unpinned``), to show what the
 runner's pinning is worth.
 
+Both run with the process's allocator set as the command lines set it (``idm_rt.configure_allocator``:
+freed memory kept for the next call); ``--no-allocator`` leaves glibc's default.
+
+With ``--sizes`` it reports instead the time of one whole image at the bundled model's defaults, and the
+peak memory, against the output's size for each backend (:mod:`benchmarks.size_scaling`).
+
     python -m benchmarks.latency                 # official shape, 128x128 output, CPU
     python -m benchmarks.latency --onnxruntime   # + ONNX Runtime (CPU; CUDA when torch sees a GPU)
     python -m benchmarks.latency --size 64 --steps 5 --repeats 3
+    python -m benchmarks.latency --sizes 512,724,1024,1448,2048 --backends torch,onnxruntime,onnxruntime-int8
 """
 
 from __future__ import annotations
@@ -65,9 +72,18 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     ap.add_argument("--onnxruntime", action="store_true", help="also time an ONNX Runtime engine of the same model")
     ap.add_argument("--out", default="latency", help="result name under benchmarks/results/")
+    ap.add_argument("--no-allocator", action="store_true", help="leave glibc's allocator as it is")
+    ap.add_argument("--sizes", help="output sides: per-image time and peak memory against size, per backend")
+    ap.add_argument("--backends", default="torch,onnxruntime", help="with --sizes: backends to time")
     args = ap.parse_args(argv)
+    if args.sizes:
+        from .size_scaling import main as scaling
+
+        return scaling(["--sides", args.sizes, "--backends", args.backends, "--threads", str(args.threads or 2)])
     if args.threads:
         torch.set_num_threads(args.threads)
+    if not args.no_allocator:
+        idm_rt.configure_allocator()
 
     torch.manual_seed(0)
     model = idm_rt.IDM(idm_rt.preset(args.preset)).eval()
@@ -109,6 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     res = {
         "preset": args.preset, "output": f"{args.size}x{args.size}", "dtype": "float32",
+        "allocator": "glibc default" if args.no_allocator else "idm_rt.configure_allocator",
         "unet_call": {k: summary(v) for k, v in call.items()},
         "image": {k: summary(v) for k, v in image.items()},
         "image_sampler": f"ddim, {args.steps} steps ({calls_for('ddim', args.steps)} U-Net calls)",
