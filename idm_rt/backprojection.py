@@ -16,7 +16,6 @@ import torch
 from .diffusion.samplers import EpsFn
 from .resize import downscale, upscale
 
-
 MAX_PASSES = 100  # each pass shrinks the LR mismatch several-fold: a handful is all that helps
 
 

@@ -23,8 +23,17 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from .cli import (describe, expand_inputs, image_format, load_upscaler, plan_outputs, read_image, save_image,
-                  storable, upscale_options)
+from .cli import (
+    describe,
+    expand_inputs,
+    image_format,
+    load_upscaler,
+    plan_outputs,
+    read_image,
+    save_image,
+    storable,
+    upscale_options,
+)
 from .images import IMAGE_SUFFIXES
 from .ray_session import ray_session
 

@@ -6,7 +6,6 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-
 ENCODER_UPSAMPLERS = ("nearest", "implicit")
 # Bounds on the network's structure, far above every real one (the release: 5 levels, 2 residual
 # blocks, 16 encoder blocks): a crafted config must not build millions of modules. The weights
@@ -111,7 +110,7 @@ class IDMConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "IDMConfig":
+    def from_dict(cls, d: dict[str, Any]) -> IDMConfig:
         return strict_from_dict(cls, d, "IDM config keys")
 
 

@@ -82,7 +82,7 @@ def make_pair(img: torch.Tensor, s: float, device: str | torch.device = "cpu") -
 def measure(out: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor, s: float) -> dict[str, float]:
     """PSNR(Y), SSIM(Y) (border ceil(s)) and Consistency x1e-5 of an output (1, 3, H, W) in [-1, 1], rounded
     to 8 bits as it would be saved."""
-    to01 = lambda t: (quantize(t[0].double()).cpu() + 1) / 2  # noqa: E731
+    to01 = lambda t: (quantize(t[0].double()).cpu() + 1) / 2
     border = math.ceil(s)
     return {"psnr": psnr_y(to01(out), to01(hr), border), "ssim": ssim_y(to01(out), to01(hr), border),
             "cons": lr_consistency(to01(out), to01(lr)) * 1e5}

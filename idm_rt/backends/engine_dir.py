@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from ..buckets import Bucket
 from ..config import IDMConfig, check_max_scale
 from ..model.idm import check_size
@@ -138,7 +137,7 @@ class Manifest:
         return json.dumps(d, indent=2) + "\n"
 
     @classmethod
-    def from_json(cls, text: str) -> "Manifest":
+    def from_json(cls, text: str) -> Manifest:
         """Parse and check manifest.json: every field of the right type and range, every graph one this
         directory's buckets have, every file the name a build gives it. Fields this version does not
         know are ignored, missing ones named."""
@@ -166,7 +165,7 @@ class Manifest:
             if not isinstance(f, str) or not BUILT_FILE.fullmatch(f):
                 raise ValueError(f"its pending file {f!r} is not a file a build writes")
         manifest = cls(**d)
-        manifest.recommended  # checked here, not when an image is sampled
+        _ = manifest.recommended  # checked here, not when an image is sampled
         return manifest
 
 

@@ -5,8 +5,18 @@ from __future__ import annotations
 import torch
 
 from ..model import IDM, Conditioning
-from .samplers import (EpsFn, Generators, ddim, ddim_timesteps, ddpm, ddpm_step, ddpm_timesteps, dpmpp_2m, dpmpp_levels,
-                       randn_like)
+from .samplers import (
+    EpsFn,
+    Generators,
+    ddim,
+    ddim_timesteps,
+    ddpm,
+    ddpm_step,
+    ddpm_timesteps,
+    dpmpp_2m,
+    dpmpp_levels,
+    randn_like,
+)
 from .schedule import LinearSchedule
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
@@ -60,5 +70,5 @@ def sample(model: IDM, conditioning: Conditioning, sampler: str = "ddim", steps:
                        progress=progress)
 
 
-__all__ = ["LinearSchedule", "SAMPLERS", "sample", "run_sampler", "calls_for", "start_timestep", "ddpm", "ddim", "dpmpp_2m",
-           "ddpm_step", "ddpm_timesteps", "ddim_timesteps", "dpmpp_levels"]
+__all__ = ["LinearSchedule", "SAMPLERS", "sample", "run_sampler", "calls_for", "start_timestep", "ddpm", "ddim",
+           "dpmpp_2m", "ddpm_step", "ddpm_timesteps", "ddim_timesteps", "dpmpp_levels"]
