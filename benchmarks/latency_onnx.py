@@ -31,10 +31,10 @@ from pathlib import Path
 
 import torch
 
-from idm_rt.export.graphs import export_graph, sample_inputs
 from idm_rt import IDM, preset
 from idm_rt.backends.engine_dir import graph_inputs
 from idm_rt.buckets import Bucket
+from idm_rt.export.graphs import export_graph, sample_inputs
 from idm_rt.fileio import atomic_write
 
 from .common import ORT_SETTLE_S, RESULTS, interleaved, machine
