@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from idm_rt.export import builder, tensorrt_build
 import idm_rt
-from idm_rt.export.graphs import export_graph
 from idm_rt import Upscaler
-from idm_rt.backends.engine_dir import read_manifest
 from idm_rt.backends import load_runner
 from idm_rt.backends.base import run_batched
+from idm_rt.backends.engine_dir import read_manifest
 from idm_rt.build import main
+from idm_rt.export import builder, tensorrt_build
+from idm_rt.export.graphs import export_graph
 
 TINY = idm_rt.IDMConfig(inner_channel=32, channel_multiplier=(1, 2, 4), res_blocks=1, attn_levels=(2,),
                         encoder_blocks=2)
@@ -269,5 +269,6 @@ def test_missing_or_damaged_engine_files_are_named(built, tmp_path):
         Upscaler.from_engines(copy)
     with pytest.raises(FileNotFoundError, match="is an engine directory, not a model"):
         Upscaler.from_pretrained(folder)
-    with pytest.raises(FileNotFoundError, match="needs both model.safetensors and config.json .it holds: .*manifest.json"):
+    with pytest.raises(FileNotFoundError,
+                       match="needs both model.safetensors and config.json .it holds: .*manifest.json"):
         idm_rt.load_model(folder)

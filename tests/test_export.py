@@ -10,11 +10,11 @@ import torch
 from onnx import TensorProto, helper
 
 import idm_rt
+from idm_rt.buckets import Bucket
 from idm_rt.export.graphs import FP32_OPS, OPSET, export_graph
 from idm_rt.export.opcheck import check_graph
 from idm_rt.export.parity import relative_error
 from idm_rt.export.precision import keep_in_float32
-from idm_rt.buckets import Bucket
 
 TINY = idm_rt.IDMConfig(inner_channel=32, channel_multiplier=(1, 2, 4), res_blocks=1, attn_levels=(2,),
                         encoder_blocks=2)

@@ -73,7 +73,8 @@ def test_full_size_official_layout_loads(golden_dir, tmp_path):
     for line in (golden_dir.parent / "official_face_8x_keys.txt").read_text().splitlines():
         key, shape, _ = line.split()
         state[key] = torch.zeros([int(s) for s in shape.split("x")])
-        if key.startswith(("encoder.head", "encoder.body", "encoder.tail", "denoise_fn.")) and not SPEC_UNUSED.search(key):
+        consumed = key.startswith(("encoder.head", "encoder.body", "encoder.tail", "denoise_fn."))
+        if consumed and not SPEC_UNUSED.search(key):
             used += state[key].numel()
     cfg = infer_config(state)
     assert cfg == idm_rt.preset("official")

@@ -216,7 +216,8 @@ def test_onnxruntime_engines_run_in_a_replica_under_a_route_prefix(service, mode
     from idm_rt.serve import build_app
 
     engines = tmp_path / "engines"
-    assert build(["--engine", "fp32", "--backend", "onnxruntime", "--model", str(model_dir), "--out", str(engines)]) == 0
+    assert build(["--engine", "fp32", "--backend", "onnxruntime", "--model", str(model_dir), "--out",
+                  str(engines)]) == 0
     serve.run(build_app({"model": str(engines), "backend": "onnxruntime"}), name="idm_rt_ort", route_prefix="/ort",
               blocking=False)
     try:

@@ -82,7 +82,8 @@ def test_configure_threads(machine, monkeypatch):
 
 
 def test_importing_idm_rt_leaves_torch_threads_alone():
-    code = ("import torch; n = torch.get_num_threads(); import idm_rt, idm_rt.training.train, idm_rt.training.evaluate; "
+    code = ("import torch; n = torch.get_num_threads(); "
+            "import idm_rt, idm_rt.training.train, idm_rt.training.evaluate; "
             "assert torch.get_num_threads() == n, (n, torch.get_num_threads())")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
                        env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False)

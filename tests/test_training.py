@@ -194,10 +194,11 @@ def test_resume_cli_uses_the_runs_saved_options(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("override,message", [
-    ('val_sampling={"sampler":"bogus"}', r"val_sampling: unknown sampler 'bogus'"), ("ckpt_every=0", "ckpt_every must be > 0"),
-    ("lr=abc", "lr must be a finite number"), ("network.foo=1", "network options"), ("ema_decay=2", "ema_decay"),
-    ("steps=-5", "steps must be >= 0"), ("precision=fp8", "precision must be"), ("crop=20", "multiple of 8"),
-    ("lr=NaN", "lr must be a finite number"), ('val_sampling={"sampler":"ddim","steps":1}', r"ddim steps must be in 2\.\.2000, got 1"),
+    ('val_sampling={"sampler":"bogus"}', r"val_sampling: unknown sampler 'bogus'"),
+    ("ckpt_every=0", "ckpt_every must be > 0"), ("lr=abc", "lr must be a finite number"),
+    ("network.foo=1", "network options"), ("ema_decay=2", "ema_decay"), ("steps=-5", "steps must be >= 0"),
+    ("precision=fp8", "precision must be"), ("crop=20", "multiple of 8"), ("lr=NaN", "lr must be a finite number"),
+    ('val_sampling={"sampler":"ddim","steps":1}', r"ddim steps must be in 2\.\.2000, got 1"),
 ])
 def test_bad_options_fail_before_training(override, message):
     with pytest.raises(ValueError, match=message):
@@ -301,7 +302,8 @@ def test_evaluate_cli_writes_a_table_and_json(tmp_path, tiny_model, capsys):
     base = ["--model", str(tmp_path / "m"), "--data", str(tmp_path / "data")]
     for bad, message in ((["--scales", "1"], "scales must be"), (["--scales", "nan"], "scales must be"),
                          (["--steps", "-1"], "steps must be an integer in 1..2000"),
-                         (["--init", "bicubic", "--init-level", "2"], "init_level"), (["--tile", "5"], "--tile must be"),
+                         (["--init", "bicubic", "--init-level", "2"], "init_level"),
+                         (["--tile", "5"], "--tile must be"),
                          (["--scales", "8", "--crop", "16"], "no image is large enough")):
         assert evaluate.main([*base, *bad]) == 2
         assert message in capsys.readouterr().err

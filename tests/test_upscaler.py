@@ -251,7 +251,7 @@ def test_tiled_output_follows_the_untiled_one_without_jumps_at_tile_edges(tiny_m
     plan = TilePlan.for_image((48, 56), 24, multiple=tiny_model.config.size_multiple)
     assert len(plan.tiles) == 9
     edges = sorted({l for _, l, _, _ in plan.tiles if l > 0} | {l + w for _, l, _, w in plan.tiles if l + w < 56})
-    jump = lambda a: np.mean([np.abs(a[:, c] - a[:, c - 1]).mean() for c in edges])  # noqa: E731
+    jump = lambda a: np.mean([np.abs(a[:, c] - a[:, c - 1]).mean() for c in edges])
     assert np.abs(tiled - full).max() < 0.02
     assert jump(tiled) < 1.05 * jump(full)
 
