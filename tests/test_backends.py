@@ -17,15 +17,14 @@ from idm_rt.build import main
 from idm_rt.export import builder, tensorrt_build
 from idm_rt.export.graphs import export_graph
 
-TINY = idm_rt.IDMConfig(inner_channel=32, channel_multiplier=(1, 2, 4), res_blocks=1, attn_levels=(2,),
-                        encoder_blocks=2)
+from .helpers import TINY_32
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("backends")
     torch.manual_seed(0)
-    model = idm_rt.IDM(TINY, max_scale=4.0).eval()
+    model = idm_rt.IDM(TINY_32, max_scale=4.0).eval()
     model.recommended = idm_rt.SamplingSettings(sampler="ddim", steps=5, init="bicubic", init_level=0.7)
     idm_rt.save_model(model, root / "model")
     out = root / "engines"

@@ -13,7 +13,7 @@ from PIL import Image
 
 import idm_rt
 
-from .conftest import ROOT
+from .helpers import ROOT, pil_image, safetensors_no_space
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -206,8 +206,6 @@ API_MODES = ["L", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "L
 def test_every_mode_the_api_returns_is_saved_in_every_format(tmp_path, mode, suffix, capsys):
     from idm_rt.cli import save_image
 
-    from .test_upscaler import pil_image
-
     image = pil_image(mode)
     save_image(image, tmp_path / f"x{suffix}")
     with Image.open(tmp_path / f"x{suffix}") as saved:
@@ -286,13 +284,6 @@ def test_several_inputs_and_an_output_file_name_are_refused(setup, capsys):
 def _no_space(state, path, *args, **kwargs):
     Path(path).write_bytes(b"partly written")
     raise OSError(errno.ENOSPC, "No space left on device")
-
-
-def safetensors_no_space(state, path, *args, **kwargs):
-    from safetensors import SafetensorError
-
-    Path(path).write_bytes(b"partly written")
-    raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
 
 @pytest.mark.parametrize("writer", [_no_space, safetensors_no_space])

@@ -16,15 +16,15 @@ from idm_rt.export.opcheck import check_graph
 from idm_rt.export.parity import relative_error
 from idm_rt.export.precision import keep_in_float32
 
-TINY = idm_rt.IDMConfig(inner_channel=32, channel_multiplier=(1, 2, 4), res_blocks=1, attn_levels=(2,),
-                        encoder_blocks=2)
+from .helpers import TINY_32
+
 BUCKET = Bucket(32, 48, 1, 2)
 
 
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return idm_rt.IDM(TINY, max_scale=4.0).eval()
+    return idm_rt.IDM(TINY_32, max_scale=4.0).eval()
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_dynamic_unet_matches_torch_at_any_size(model, graphs, size):
     with torch.no_grad():
         c = model.condition(cond, p)
         want = model.denoise(x, c, g)
-    tables = [t for four in query_tables_for(size, TINY.levels) for t in four]
+    tables = [t for four in query_tables_for(size, TINY_32.levels) for t in four]
     session = _ort(graphs["unet_dynamic"])
     feeds = [x, cond, *c.flat(), g, *tables]
     got = session.run(None, {i.name: t.numpy() for i, t in zip(session.get_inputs(), feeds)})[0]
@@ -114,7 +114,7 @@ def test_implicit_encoder_graph_matches_torch(tmp_path, size):
     from idm_rt.model.encoder import resize_tables
 
     torch.manual_seed(4)
-    model = idm_rt.IDM(dataclasses.replace(TINY, encoder_upsampler="implicit"), max_scale=4.0).eval()
+    model = idm_rt.IDM(dataclasses.replace(TINY_32, encoder_upsampler="implicit"), max_scale=4.0).eval()
     path = export_graph(model, "encoder", None, tmp_path / "encoder.onnx")
     assert check_graph(path, OPSET) == []
     lr = torch.rand(1, 3, max(size[0] // 3, 1), max(size[1] // 3, 1)) * 2 - 1

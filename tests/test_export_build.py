@@ -16,13 +16,12 @@ from idm_rt.backends.engine_dir import read_manifest
 from idm_rt.build import main
 from idm_rt.export import builder, parity, winograd
 
-TINY = idm_rt.IDMConfig(inner_channel=32, channel_multiplier=(1, 2, 4), res_blocks=1, attn_levels=(2,),
-                        encoder_blocks=2)
+from .helpers import TINY_32
 
 
 def _save_model(folder, seed):
     torch.manual_seed(seed)
-    return idm_rt.save_model(idm_rt.IDM(TINY, max_scale=4.0), folder)
+    return idm_rt.save_model(idm_rt.IDM(TINY_32, max_scale=4.0), folder)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import idm_rt
 from idm_rt.diffusion import LinearSchedule, ddpm_step, sample
 from idm_rt.released import infer_config
 
-from .conftest import rel_err
+from .helpers import rel_err
 
 TOL = 1e-4
 

@@ -8,7 +8,7 @@ import idm_rt
 from benchmarks.gpu.engines import check_engines
 from benchmarks.gpu.report import markdown
 
-from .conftest import TINY
+from .helpers import TINY
 
 
 def wall_ms(fn, reps, warmup=0):

@@ -10,7 +10,7 @@ from torch import nn
 
 from idm_rt.model.implicit import ImplicitUp, gather_nearest, nearest_query, query_fast, query_literal
 
-from .conftest import rel_err
+from .helpers import rel_err
 
 
 def naive_query(h: torch.Tensor, fc1: nn.Linear, fc2: nn.Linear, size: tuple[int, int], relu: bool) -> torch.Tensor:

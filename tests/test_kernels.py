@@ -18,7 +18,7 @@ os.environ["TRITON_INTERPRET"] = "1"
 from idm_rt import kernels
 from idm_rt.model.implicit import ImplicitUp, fold, modulate, query_literal, query_tables
 
-from .conftest import TINY, perturbed
+from .helpers import TINY, perturbed
 
 needs_triton = pytest.mark.skipif(not kernels.triton_available(), reason="triton is not installed")
 

@@ -11,7 +11,7 @@ import idm_rt
 from idm_rt.cuda_graph import StaticDDIM, StaticDenoiser
 from idm_rt.diffusion import LinearSchedule, ddim
 
-from .conftest import rel_err
+from .helpers import rel_err
 
 
 def conditioning(model, seed: int, size=(16, 16)):

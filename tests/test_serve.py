@@ -8,7 +8,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,7 +24,7 @@ from PIL import Image
 import idm_rt
 from idm_rt.cli import main, storable
 
-from .conftest import ROOT, TINY, perturbed
+from .helpers import ROOT, TINY, free_port, perturbed
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
@@ -62,12 +61,6 @@ def get(url: str, timeout: float = 30):
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

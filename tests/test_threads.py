@@ -15,8 +15,7 @@ from PIL import Image
 import idm_rt
 from idm_rt import threads
 
-from .conftest import ROOT
-from .test_training import TINY_SET, make_folder
+from .helpers import ROOT, TINY_SET, make_folder
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 
@@ -22,31 +21,7 @@ from idm_rt.training.config import resolve
 from idm_rt.training.data import scan_folder
 from idm_rt.training.trainer import Trainer
 
-from .conftest import ROOT, TINY
-from .test_cli import safetensors_no_space
-
-NETWORK = {k: v for k, v in TINY.to_dict().items()}
-
-
-def make_folder(path, n=5, size=40):
-    """Smooth random images (low-frequency noise upsampled), plus a broken and a tiny file."""
-    path.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        small = (rng.random((6, 6, 3)) * 255).astype(np.uint8)
-        Image.fromarray(small).resize((size, size + 3 * i), Image.BICUBIC).save(path / f"img{i}.png")
-    (path / "broken.jpg").write_bytes(b"not a jpeg")
-    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path / "tiny.png")
-    return path
-
-
-def config(tmp_path, **kw):
-    opts = [f'data="{tmp_path / "data"}"', f'out="{tmp_path / "run"}"', "crop=16", "batch=2", "steps=6",
-            "ckpt_every=3", "keep_last=2", "val_every=0", "log_every=1", "lr=0.001", "fixed_scale_steps=3",
-            "threads=1", "val_holdout=1"] + [f"{k}={v}" for k, v in kw.items()]
-    cfg = resolve("small", overrides=opts)
-    cfg.network = dict(NETWORK)
-    return cfg
+from .helpers import ROOT, TINY_SET, free_port, make_folder, safetensors_no_space, train_config
 
 
 def losses(run) -> list[float]:
@@ -85,7 +60,7 @@ def held_out_loss(trainer: Trainer) -> float:
 
 def test_loss_goes_down_and_checkpoints_rotate(tmp_path):
     make_folder(tmp_path / "data")
-    trainer = Trainer(config(tmp_path, steps=40, ckpt_every=10, lr=0.005))
+    trainer = Trainer(train_config(tmp_path, steps=40, ckpt_every=10, lr=0.005))
     before = held_out_loss(trainer)
     trainer.fit()
     assert held_out_loss(trainer) < 0.9 * before
@@ -99,12 +74,12 @@ def test_loss_goes_down_and_checkpoints_rotate(tmp_path):
 def test_resume_is_exact(tmp_path):
     make_folder(tmp_path / "data")
     straight = tmp_path / "a"
-    cfg = config(tmp_path, steps=6)
+    cfg = train_config(tmp_path, steps=6)
     cfg.out = str(straight)
     a = Trainer(cfg)
     a.fit()
     half = tmp_path / "b"
-    cfg = config(tmp_path, steps=4, ckpt_every=3)
+    cfg = train_config(tmp_path, steps=4, ckpt_every=3)
     cfg.out = str(half)
     Trainer(cfg).fit()  # checkpoints at 3 and 4; drop the one at 4 as if killed after logging step 4
     shutil.rmtree(half / "checkpoints" / "step_00000004")
@@ -135,7 +110,7 @@ def _interrupt_during_step(trainer: Trainer, step: int, times: int = 1) -> None:
 
 def test_ctrl_c_mid_step_saves_a_checkpoint_that_resumes_exactly(tmp_path):
     make_folder(tmp_path / "data")
-    cfg = config(tmp_path, steps=6, ckpt_every=100)
+    cfg = train_config(tmp_path, steps=6, ckpt_every=100)
     cfg.out = str(tmp_path / "a")
     straight = Trainer(cfg)
     straight.fit()
@@ -155,16 +130,12 @@ def test_ctrl_c_mid_step_saves_a_checkpoint_that_resumes_exactly(tmp_path):
 
 def test_a_second_ctrl_c_stops_at_once_without_a_checkpoint(tmp_path, capsys):
     make_folder(tmp_path / "data")
-    trainer = Trainer(config(tmp_path, steps=6, ckpt_every=2))
+    trainer = Trainer(train_config(tmp_path, steps=6, ckpt_every=2))
     _interrupt_during_step(trainer, 3, times=2)
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
     assert [p.name for p in trainer.checkpoints()] == ["step_00000002"]
     assert "continues from the last one (step_00000002)" in capsys.readouterr().out
-
-
-TINY_SET = ["crop=16", "batch=2", "threads=1", "val_holdout=1", "val_every=0", "ckpt_every=2", "log_every=1",
-            "network.channel_multiplier=[1,2,4]", "network.attn_levels=[2]", "network.encoder_blocks=2"]
 
 
 def test_resume_cli_uses_the_runs_saved_options(tmp_path, capsys):
@@ -224,38 +195,36 @@ def test_16_bit_and_rotated_images_load_as_the_upscaler_reads_them(tmp_path):
     assert [p.name for p, _ in scan.skipped] == ["nan.tif"] and "NaN" in scan.skipped[0][1]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
+# Run with python -c in the checkout (cwd=ROOT): that puts the checkout first on sys.path, so tests.helpers imports.
 DDP_SCRIPT = """
-import sys, torch
-sys.path.insert(0, {root!r})
-from tests.test_training import config
-from idm_rt.training.trainer import Trainer
+import sys
 from pathlib import Path
-tmp = Path({tmp!r})
-t = Trainer(config(tmp, steps=2, ckpt_every=100))
+
+import torch
+
+from idm_rt.training.trainer import Trainer
+from tests.helpers import train_config
+
+tmp = Path(sys.argv[1])
+t = Trainer(train_config(tmp, steps=2, ckpt_every=100))
 t.fit()
-torch.save(t.model.state_dict(), tmp / f"rank{{t.rank}}.pt")
+torch.save(t.model.state_dict(), tmp / f"rank{t.rank}.pt")
 """
 
 
 def test_two_process_gloo_ranks_stay_identical(tmp_path):
     make_folder(tmp_path / "data", n=6)
-    port = _free_port()
+    port = free_port()
     procs = []
     for rank in range(2):
         env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2",
                "RANK": str(rank), "LOCAL_RANK": str(rank)}
-        procs.append(subprocess.Popen([sys.executable, "-c", DDP_SCRIPT.format(root=str(ROOT), tmp=str(tmp_path))],
-                                      env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        procs.append(subprocess.Popen([sys.executable, "-c", DDP_SCRIPT, str(tmp_path)], env=env, cwd=ROOT,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     w0, w1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
-    init = Trainer(config(tmp_path)).model.state_dict()  # the same seeded init both ranks started from
+    init = Trainer(train_config(tmp_path)).model.state_dict()  # the same seeded init both ranks started from
     for k in w0:
         assert torch.equal(w0[k], w1[k]), k
     assert any(not torch.equal(w0[k], init[k]) for k in w0)
@@ -266,7 +235,7 @@ def test_bundle_ships_fp16_ema_with_defaults_and_respects_the_budget(tmp_path, m
     from idm_rt.training import bundle
 
     make_folder(tmp_path / "data")
-    Trainer(config(tmp_path, steps=3, ckpt_every=3)).fit()
+    Trainer(train_config(tmp_path, steps=3, ckpt_every=3)).fit()
     ckpt = tmp_path / "run" / "checkpoints" / "step_00000003"
     out = tmp_path / "default"
     assert bundle.main([str(ckpt), "--out", str(out), "--sampler", "ddim", "--steps", "7", "--init", "bicubic",
@@ -311,7 +280,7 @@ def test_evaluate_cli_writes_a_table_and_json(tmp_path, tiny_model, capsys):
 
 def test_a_stop_asked_in_the_last_step_ends_the_run_normally(tmp_path):
     make_folder(tmp_path / "data")
-    trainer = Trainer(config(tmp_path, steps=3, ckpt_every=100))
+    trainer = Trainer(train_config(tmp_path, steps=3, ckpt_every=100))
     _interrupt_during_step(trainer, 3)
     trainer.fit()  # no KeyboardInterrupt: the run is complete
     assert [p.name for p in trainer.checkpoints()] == ["step_00000003"]
@@ -332,7 +301,7 @@ def test_resuming_nothing_is_an_error_naming_the_folder(tmp_path, capsys):
     assert f"nothing to resume: {tmp_path / 'TYPO'} holds no run" in capsys.readouterr().err
     assert not (tmp_path / "TYPO").exists()
     make_folder(tmp_path / "data")
-    trainer = Trainer(config(tmp_path))
+    trainer = Trainer(train_config(tmp_path))
     (tmp_path / "run").mkdir()  # a run stopped before its first checkpoint
     with pytest.raises(FileNotFoundError, match=f"nothing to resume: {tmp_path / 'run' / 'checkpoints'} holds no"):
         trainer.fit(resume=True)
@@ -404,12 +373,12 @@ def test_rotation_and_resume_leave_what_is_not_a_checkpoint_alone(tmp_path):
     (ckpts / "step_00000001").mkdir()  # named like a checkpoint, but not one
     (ckpts / "step_00000001" / "keep.txt").write_text("mine too")
     (ckpts / "step_99999999").mkdir()
-    trainer = Trainer(config(tmp_path, steps=6, ckpt_every=2, keep_last=1))
+    trainer = Trainer(train_config(tmp_path, steps=6, ckpt_every=2, keep_last=1))
     trainer.fit()
     assert sorted(p.name for p in ckpts.iterdir()) == ["step_00000000_notes.txt", "step_00000001", "step_00000006",
                                                        "step_99999999"]
     assert (ckpts / "step_00000001" / "keep.txt").read_text() == "mine too"
-    resumed = Trainer(config(tmp_path, steps=6, ckpt_every=2, keep_last=1))
+    resumed = Trainer(train_config(tmp_path, steps=6, ckpt_every=2, keep_last=1))
     assert resumed.resume() and resumed.step == 6
 
 
@@ -454,7 +423,7 @@ def test_bundle_on_a_full_disk_leaves_the_shipped_model_as_it_was(tmp_path, monk
     from idm_rt.training import bundle
 
     make_folder(tmp_path / "data")
-    Trainer(config(tmp_path, steps=3, ckpt_every=3)).fit()
+    Trainer(train_config(tmp_path, steps=3, ckpt_every=3)).fit()
     ckpt = tmp_path / "run" / "checkpoints" / "step_00000003"
     out = tmp_path / "default"
     out.mkdir()

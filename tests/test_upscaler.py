@@ -12,6 +12,8 @@ import idm_rt
 from idm_rt.model import Conditioning
 from idm_rt.tiling import TilePlan, tiled_eps
 
+from .helpers import HIGH_BIT, pil_image
+
 
 @pytest.fixture
 def up(tiny_model):
@@ -279,34 +281,11 @@ def test_bad_stored_defaults_are_refused_when_loading(tiny_model, tmp_path, defa
         idm_rt.Upscaler.from_pretrained(tmp_path / "m")
 
 
-def smooth_rgba(h=8, w=10, seed=0) -> np.ndarray:
-    """A smooth RGBA image with alpha in [128, 255] (premultiplying it back and forth loses little)."""
-    small = (np.random.default_rng(seed).random((3, 4, 4)) * 255).astype(np.uint8)
-    out = np.asarray(Image.fromarray(small).resize((w, h), Image.BICUBIC)).copy()
-    out[..., 3] = 128 + out[..., 3] // 2
-    return out
-
-
 # The documented policy: PIL mode -> (what it is upscaled as, the mode it comes back in).
 PIL_POLICY = {"1": ("L", "L"), "L": ("L", "L"), "LA": ("LA", "LA"), "La": ("LA", "La"), "P": ("RGB", "RGB"),
               "P+transparency": ("RGBA", "RGBA"), "PA": ("RGBA", "RGBA"), "RGB": ("RGB", "RGB"),
               "RGBA": ("RGBA", "RGBA"), "RGBa": ("RGBA", "RGBa"), "RGBX": ("RGB", "RGBX"), "CMYK": ("RGB", "CMYK"),
               "YCbCr": ("RGB", "YCbCr"), "LAB": ("RGB", "LAB"), "HSV": ("RGB", "HSV")}
-HIGH_BIT = {"I": "<i4", "I;16": "<u2", "I;16L": "<u2", "I;16B": ">u2", "I;16N": "=u2", "F": "<f4"}
-
-
-def pil_image(mode: str) -> Image.Image:
-    base = Image.fromarray(smooth_rgba())
-    if mode in HIGH_BIT:
-        u16 = np.asarray(base.convert("L")).astype(np.uint16) * 257
-        values = u16 / 65535 if mode == "F" else u16
-        return Image.frombytes(mode, base.size, values.astype(HIGH_BIT[mode]).tobytes())
-    if mode.startswith("P"):
-        im = base.convert("RGB").quantize(16) if mode != "PA" else base.convert("PA")
-        if mode == "P+transparency":
-            im.info["transparency"] = 0
-        return im
-    return base.convert(mode) if "a" in mode.lower() else base.convert("RGB").convert(mode)
 
 
 @pytest.mark.parametrize("mode", list(PIL_POLICY))
