@@ -1,4 +1,6 @@
-"""Training as a user runs it: data validation, loss going down, checkpoints, exact resume, DDP."""
+"""The trainer (idm_rt.training.trainer and the idm_rt.training.train command) as a user runs it: loss going
+down, checkpoints and their rotation, exact resume (also after Ctrl-C), options checked up front, damaged
+state and full disks, two DDP ranks."""
 
 from __future__ import annotations
 
@@ -14,11 +16,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-import idm_rt
 from idm_rt.training.config import resolve
-from idm_rt.training.data import scan_folder
 from idm_rt.training.trainer import Trainer
 
 from .helpers import ROOT, TINY_SET, free_port, make_folder, safetensors_no_space, train_config
@@ -27,18 +26,6 @@ from .helpers import ROOT, TINY_SET, free_port, make_folder, safetensors_no_spac
 def losses(run) -> list[float]:
     with open(run / "log.csv") as f:
         return [float(r["loss"]) for r in csv.DictReader(f)]
-
-
-def test_folder_validation(tmp_path):
-    scan = scan_folder(make_folder(tmp_path / "data"), min_size=16)
-    assert len(scan.images) == 5
-    reasons = {p.name: why for p, why in scan.skipped}
-    assert "unreadable" in reasons["broken.jpg"] and "too small" in reasons["tiny.png"]
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no usable training image"):
-        scan_folder(tmp_path / "empty", 16)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        scan_folder(tmp_path / "nowhere", 16)
 
 
 def test_cli_reports_bad_data_folder(tmp_path):
@@ -176,25 +163,6 @@ def test_bad_options_fail_before_training(override, message):
         resolve("small", overrides=override.split())
 
 
-def test_16_bit_and_rotated_images_load_as_the_upscaler_reads_them(tmp_path):
-    from idm_rt.training.data import load_rgb
-
-    ramp = np.linspace(0, 65535, 30 * 40).reshape(30, 40).astype(np.uint16)
-    Image.fromarray(ramp).save(tmp_path / "g16.png")
-    t = load_rgb(tmp_path / "g16.png")
-    assert t.shape == (3, 30, 40) and t.min() == 0 and t.max() == 255 and len(t.unique()) > 200
-    im = Image.fromarray((np.random.default_rng(0).random((20, 30, 3)) * 255).astype(np.uint8))
-    exif = im.getexif()
-    exif[0x0112] = 6  # rotated: shown 20 wide, 30 high
-    im.save(tmp_path / "o6.jpg", exif=exif)
-    assert load_rgb(tmp_path / "o6.jpg").shape == (3, 30, 20)
-    Image.fromarray(np.full((20, 20), 127.0, np.float32), mode="F").save(tmp_path / "f255.tif")  # PIL's 0..255
-    assert load_rgb(tmp_path / "f255.tif").float().mean().round() == 127
-    Image.fromarray(np.full((20, 20), np.nan, np.float32), mode="F").save(tmp_path / "nan.tif")
-    scan = scan_folder(tmp_path, min_size=8)
-    assert [p.name for p, _ in scan.skipped] == ["nan.tif"] and "NaN" in scan.skipped[0][1]
-
-
 # Run with python -c in the checkout (cwd=ROOT): that puts the checkout first on sys.path, so tests.helpers imports.
 DDP_SCRIPT = """
 import sys
@@ -231,67 +199,12 @@ def test_two_process_gloo_ranks_stay_identical(tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "step_00000002").exists()  # rank 0 wrote the final checkpoint
 
 
-def test_bundle_ships_fp16_ema_with_defaults_and_respects_the_budget(tmp_path, monkeypatch):
-    from idm_rt.training import bundle
-
-    make_folder(tmp_path / "data")
-    Trainer(train_config(tmp_path, steps=3, ckpt_every=3)).fit()
-    ckpt = tmp_path / "run" / "checkpoints" / "step_00000003"
-    out = tmp_path / "default"
-    assert bundle.main([str(ckpt), "--out", str(out), "--sampler", "ddim", "--steps", "7", "--init", "bicubic",
-                        "--init-level", "0.6"]) == 0
-    up = idm_rt.Upscaler.from_pretrained(out)
-    assert up.sampling == idm_rt.SamplingSettings(sampler="ddim", steps=7, init="bicubic", init_level=0.6)
-    assert up.model.provenance["step"] == 3 and up.model.provenance["weights"] == "EMA"
-    from safetensors.torch import load_file
-    assert all(t.dtype == torch.float16 for t in load_file(out / "model.safetensors").values())
-    before = (out / "model.safetensors").read_bytes()
-    monkeypatch.setattr(bundle, "MAX_BYTES", 10)
-    assert bundle.main([str(ckpt), "--out", str(out), "--steps", "3"]) == 1
-    assert (out / "model.safetensors").read_bytes() == before  # the shipped model is left as it was
-
-
-def test_evaluate_cli_writes_a_table_and_json(tmp_path, tiny_model, capsys):
-    import json
-
-    from idm_rt.training import evaluate
-
-    idm_rt.save_model(tiny_model, tmp_path / "m")
-    make_folder(tmp_path / "data", n=2)
-    assert evaluate.main(["--model", str(tmp_path / "m"), "--data", str(tmp_path / "data"), "--scales", "2,3",
-                          "--steps", "2", "--crop", "24", "--json", str(tmp_path / "r.json"), "--save-dir",
-                          str(tmp_path / "grids")]) == 0
-    captured = capsys.readouterr()
-    table = captured.out
-    assert "| 2x |" in table and "| 3x |" in table and "bicubic" in table
-    assert "skipped tiny: 8x8 is too small to evaluate at 2x" in captured.err and "broken.jpg" in captured.err
-    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
-    assert [r["scale"] for r in rows] == [2.0, 3.0] and all(r["images"] == 2 for r in rows)
-    assert (tmp_path / "grids" / "x2" / "img0_grid.png").exists()
-    base = ["--model", str(tmp_path / "m"), "--data", str(tmp_path / "data")]
-    for bad, message in ((["--scales", "1"], "scales must be"), (["--scales", "nan"], "scales must be"),
-                         (["--steps", "-1"], "steps must be an integer in 1..2000"),
-                         (["--init", "bicubic", "--init-level", "2"], "init_level"),
-                         (["--tile", "5"], "--tile must be"),
-                         (["--scales", "8", "--crop", "16"], "no image is large enough")):
-        assert evaluate.main([*base, *bad]) == 2
-        assert message in capsys.readouterr().err
-
-
 def test_a_stop_asked_in_the_last_step_ends_the_run_normally(tmp_path):
     make_folder(tmp_path / "data")
     trainer = Trainer(train_config(tmp_path, steps=3, ckpt_every=100))
     _interrupt_during_step(trainer, 3)
     trainer.fit()  # no KeyboardInterrupt: the run is complete
     assert [p.name for p in trainer.checkpoints()] == ["step_00000003"]
-
-
-def test_evaluate_skips_images_an_integer_scale_crops_below_the_ssim_window(tmp_path, capsys):
-    from idm_rt.training.evaluate import large_enough
-
-    images = [("a", torch.zeros(3, 19, 19, dtype=torch.uint8)), ("b", torch.zeros(3, 20, 20, dtype=torch.uint8))]
-    assert [n for n, _ in large_enough(images, [4])] == ["b"]  # 19 -> 16 - 2 x 4 = 8 < 11; 20 -> 12
-    assert "skipped a: 19x19 is too small to evaluate at 4x" in capsys.readouterr().err
 
 
 def test_resuming_nothing_is_an_error_naming_the_folder(tmp_path, capsys):
@@ -306,18 +219,6 @@ def test_resuming_nothing_is_an_error_naming_the_folder(tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match=f"nothing to resume: {tmp_path / 'run' / 'checkpoints'} holds no"):
         trainer.fit(resume=True)
     assert trainer.step == 0 and not (tmp_path / "run" / "log.csv").exists()
-
-
-@pytest.mark.parametrize("progressive", [False, True])
-def test_a_truncated_jpeg_is_skipped_by_the_folder_scan(tmp_path, progressive):
-    make_folder(tmp_path / "data", n=2)
-    photo = Image.fromarray((np.random.default_rng(0).random((6, 8, 3)) * 255).astype(np.uint8))
-    photo.resize((160, 120), Image.BICUBIC).save(tmp_path / "whole.jpg", quality=90, progressive=progressive)
-    data = (tmp_path / "whole.jpg").read_bytes()
-    (tmp_path / "data" / "cut.jpg").write_bytes(data[: len(data) // 2])  # headers whole, pixel data cut
-    scan = scan_folder(tmp_path / "data", min_size=16)
-    reasons = {p.name: why for p, why in scan.skipped}
-    assert "cut.jpg" not in [p.name for p in scan.images] and "truncated" in reasons["cut.jpg"]
 
 
 class _Mkdir:
@@ -416,21 +317,3 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_leaves_nothing_behind(tmp_p
     assert last.startswith(f"error: cannot write checkpoint {out / 'checkpoints' / 'step_00000002'}: ")
     assert "No space left on device" in last and "Traceback" not in err
     assert not list((out / "checkpoints").glob("*"))  # (the folder itself may have gone with what the save made)
-
-
-def test_bundle_on_a_full_disk_leaves_the_shipped_model_as_it_was(tmp_path, monkeypatch, capsys):
-    from idm_rt import checkpoints
-    from idm_rt.training import bundle
-
-    make_folder(tmp_path / "data")
-    Trainer(train_config(tmp_path, steps=3, ckpt_every=3)).fit()
-    ckpt = tmp_path / "run" / "checkpoints" / "step_00000003"
-    out = tmp_path / "default"
-    out.mkdir()
-    (out / "model.safetensors").write_bytes(b"shipped")
-    monkeypatch.setattr(checkpoints, "save_file", safetensors_no_space)
-    assert bundle.main([str(ckpt), "--out", str(out)]) == 1
-    assert "No space left on device" in capsys.readouterr().err
-    assert [p.name for p in tmp_path.iterdir() if "default" in p.name] == ["default"]  # no staging folder left
-    assert [p.name for p in out.iterdir()] == ["model.safetensors"]
-    assert (out / "model.safetensors").read_bytes() == b"shipped"
