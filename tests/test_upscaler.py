@@ -9,8 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import idm_rt
-from idm_rt.model import Conditioning
-from idm_rt.tiling import TilePlan, tiled_eps
+from idm_rt.tiling import TilePlan
 
 from .helpers import HIGH_BIT, pil_image
 
@@ -93,41 +92,6 @@ def test_one_tile_changes_nothing(up):
     a = up.upscale(rgb(12, 10), scale=2, seed=0, tile=0, progress=False)
     b = up.upscale(rgb(12, 10), scale=2, seed=0, tile=64, progress=False)
     assert np.array_equal(a, b)
-
-
-def test_tiles_cover_the_image_with_positive_weights():
-    plan = TilePlan.for_image((70, 100), 32, multiple=8)
-    cover = torch.zeros(70, 100)
-    for t, l, h, w in plan.tiles:
-        assert 0 <= t and t + h <= 70 and 0 <= l and l + w <= 100 and (h, w) == (32, 32)
-        cover[t:t + h, l:l + w] += plan.weight((t, l, h, w))
-    assert cover.min() > 0
-    assert TilePlan.for_image((70, 100), 30, multiple=8) == TilePlan.for_image((70, 100), 24, multiple=8)
-    with pytest.raises(ValueError, match="at least 16"):
-        TilePlan.for_image((70, 100), 12, multiple=8)
-
-
-class Pointwise(torch.nn.Module):
-    """A stand-in network whose prediction at a pixel depends only on that pixel: tiling must then
-    reproduce the untiled prediction exactly (checks the blending bookkeeping)."""
-
-    def condition(self, cond, p):
-        return Conditioning(cond * p.view(-1, 1, 1, 1), [None], [None], [None])
-
-    def denoise(self, x, c, g):
-        return torch.tanh(x * 3 + c.cond) * g.view(-1, 1, 1, 1)
-
-
-def test_tiled_prediction_equals_untiled_for_a_local_network():
-    torch.manual_seed(0)
-    cond, x = torch.randn(2, 3, 50, 70), torch.randn(2, 3, 50, 70)
-    p, g = torch.tensor([0.3, 0.8]), torch.tensor([0.5, 0.9])
-    net = Pointwise()
-    plan = TilePlan.for_image((50, 70), 24, multiple=8)
-    assert len(plan.tiles) > 4
-    want = net.denoise(x, net.condition(cond, p), g)
-    assert torch.allclose(tiled_eps(net, cond, p, plan)(x, g), want, atol=1e-6)
-    assert torch.allclose(tiled_eps(net, cond, p, plan, cache_bytes=0)(x, g), want, atol=1e-6)  # recomputed
 
 
 @pytest.mark.parametrize("kwargs,match", [
