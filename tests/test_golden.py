@@ -16,8 +16,10 @@ from .helpers import rel_err
 
 TOL = 1e-4
 
-# The spec's "never used" list, plus pyramid level 0 and conv_body_down[L-1] (computed, never consumed).
-SPEC_UNUSED = re.compile(r"final_down1|final_down2|final_linear|final_styleconv|style\.modulated_conv|style\.weight"
+# Released parameters the forward pass never uses (final_down1, final_down2, final_linear, final_styleconv, and each
+# implicit layer's style.modulated_conv and style.weight), plus pyramid level 0 and conv_body_down[L-1] (computed,
+# never consumed).
+NEVER_USED = re.compile(r"final_down1|final_down2|final_linear|final_styleconv|style\.modulated_conv|style\.weight"
                          r"|condition_(shift|scale1|scale2)\.0\.|conv_body_down\.4\.")
 
 
@@ -74,7 +76,7 @@ def test_full_size_official_layout_loads(golden_dir, tmp_path):
         key, shape, _ = line.split()
         state[key] = torch.zeros([int(s) for s in shape.split("x")])
         consumed = key.startswith(("encoder.head", "encoder.body", "encoder.tail", "denoise_fn."))
-        if consumed and not SPEC_UNUSED.search(key):
+        if consumed and not NEVER_USED.search(key):
             used += state[key].numel()
     cfg = infer_config(state)
     assert cfg == idm_rt.preset("official")
