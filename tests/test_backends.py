@@ -19,6 +19,10 @@ from idm_rt.export.graphs import export_graph
 
 from .helpers import TINY_32
 
+# Every test but test_run_batched_chunks_and_pads_to_the_bucket_range needs the engines the module fixture builds
+# (about 11 s), and several build more.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):

@@ -34,6 +34,7 @@ def setup(tiny_model, tmp_path):
     return tmp_path, src
 
 
+@pytest.mark.slow
 def test_folder_glob_and_a_broken_file(setup):
     tmp, src = setup
     out = tmp / "out"
@@ -46,6 +47,7 @@ def test_folder_glob_and_a_broken_file(setup):
     assert Image.open(out / "b.png").mode == "L"
 
 
+@pytest.mark.slow
 def test_never_overwrites_without_the_flag(setup):
     tmp, src = setup
     target = tmp / "one.png"
@@ -60,6 +62,7 @@ def test_never_overwrites_without_the_flag(setup):
     assert not [p for p in tmp.iterdir() if p.name.startswith(".one")]  # no temp file left behind
 
 
+@pytest.mark.slow
 def test_bad_scale_is_reported_per_file(setup):
     tmp, src = setup
     r = run("upscale", str(src / "a.png"), "-o", str(tmp / "x.png"), "--scale", "0.5", "--model", str(tmp / "model"))
@@ -67,6 +70,7 @@ def test_bad_scale_is_reported_per_file(setup):
     assert not (tmp / "x.png").exists()
 
 
+@pytest.mark.slow
 def test_missing_inputs_and_model(setup):
     tmp, _ = setup
     r = run("upscale", str(tmp / "nope.png"), "-o", str(tmp / "o"), "--scale", "2", "--model", str(tmp / "model"))
@@ -83,6 +87,7 @@ def test_help_explains_every_option():
         assert opt in r.stdout
 
 
+@pytest.mark.slow
 def test_same_stem_inputs_get_distinct_outputs_and_jpeg_drops_alpha(setup):
     tmp, src = setup
     Image.fromarray(np.zeros((6, 6, 4), np.uint8)).save(src / "a.webp")  # same stem as a.png, with alpha

@@ -41,6 +41,7 @@ def test_denoiser_bfloat16_autocast_is_close(tiny_model):
     assert rel_err(out, tiny_model.denoise(x, c, g)) < 5e-2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("steps", [3, 10])
 @torch.no_grad()
 def test_table_driven_ddim_equals_ddim(tiny_model, steps):

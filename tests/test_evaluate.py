@@ -3,6 +3,7 @@ for a scale."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import idm_rt
@@ -10,6 +11,7 @@ import idm_rt
 from .helpers import make_folder
 
 
+@pytest.mark.slow
 def test_evaluate_cli_writes_a_table_and_json(tmp_path, tiny_model, capsys):
     import json
 

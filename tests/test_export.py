@@ -43,11 +43,13 @@ def _ort(path):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
+@pytest.mark.slow
 def test_every_graph_passes_checker_and_tensorrt_operator_list(graphs):
     for name, path in graphs.items():
         assert check_graph(path, OPSET) == [], name
 
 
+@pytest.mark.slow
 def test_unet_has_static_spatial_shapes_and_dynamic_batch(graphs):
     dims = [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
             for i in onnx.load(str(graphs["unet"])).graph.input]
@@ -57,11 +59,13 @@ def test_unet_has_static_spatial_shapes_and_dynamic_batch(graphs):
     assert [d.dim_value for d in static] == [1, 3, 32, 32]
 
 
+@pytest.mark.slow
 def test_implicit_layer_index_tables_are_constants(graphs):
     ops = {n.op_type for n in onnx.load(str(graphs["unet"])).graph.node}
     assert "GridSample" not in ops and "ScatterND" not in ops
 
 
+@pytest.mark.slow
 def test_ort_matches_torch_fp32_per_graph(model, graphs):
     torch.manual_seed(1)
     lr = torch.randn(1, 3, 13, 17)
@@ -91,6 +95,7 @@ def test_ort_matches_torch_fp32_per_graph(model, graphs):
         assert relative_error([torch.from_numpy(got)], [want]) < 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [(32, 48), (13, 57), (40, 24), (5, 3)])
 def test_dynamic_unet_matches_torch_at_any_size(model, graphs, size):
     """The graph that runs every size no bucket has exactly, at that size: the torch model's eps."""
@@ -126,6 +131,7 @@ def test_implicit_encoder_graph_matches_torch(tmp_path, size):
     assert relative_error([torch.from_numpy(got)], [want]) < 1e-5
 
 
+@pytest.mark.slow
 def test_fp16_unet_keeps_norm_and_softmax_in_fp32_within_1e_2(model, graphs):
     proto = onnx.load(str(graphs["unet16"]))
     producers = {o: n for n in proto.graph.node for o in n.output}

@@ -14,6 +14,9 @@ from idm_rt.released import infer_config
 
 from .helpers import rel_err
 
+# The released network at full size: its checkpoint loads in about 3 s and each U-Net call takes seconds.
+pytestmark = pytest.mark.slow
+
 TOL = 1e-4
 
 # Released parameters the forward pass never uses (final_down1, final_down2, final_linear, final_styleconv, and each

@@ -119,6 +119,7 @@ def test_build_threads_flag(machine, model, capsys):
     assert torch.get_num_threads() == 3
 
 
+@pytest.mark.slow
 def test_train_threads_flag_is_the_threads_option(machine, tmp_path):
     from idm_rt.training.train import main
 

@@ -180,6 +180,7 @@ torch.save(t.model.state_dict(), tmp / f"rank{t.rank}.pt")
 """
 
 
+@pytest.mark.slow
 def test_two_process_gloo_ranks_stay_identical(tmp_path):
     make_folder(tmp_path / "data", n=6)
     port = free_port()
