@@ -1,5 +1,5 @@
-"""The one GPU run: device correctness checks, then CUDA-event median timings (sections in
-:mod:`benchmarks.gpu`).
+"""Everything that needs an NVIDIA GPU, checked and timed in one run: device correctness checks, then
+CUDA-event median timings (sections in :mod:`benchmarks.gpu`).
 
 1. Correctness on the device: the Triton implicit layer (both forms, both MLP variants,
    float32/float16/bfloat16) against the release's literal form; a whole U-Net call with the

@@ -44,17 +44,17 @@ import numpy as np
 import onnx
 import torch
 
-from idm_rt.export import quantize
-from idm_rt.export.builder import BuildOptions, build
 from idm_rt.backends import load_runner
 from idm_rt.backends.engine_dir import graph_key, read_manifest
 from idm_rt.buckets import Bucket
 from idm_rt.checkpoints import load_model
+from idm_rt.export import quantize
+from idm_rt.export.builder import BuildOptions, build
 from idm_rt.fileio import atomic_write
 from idm_rt.sampling import SamplingSettings
-from idm_rt.upscaler import DEFAULT_MODEL
 from idm_rt.training.evaluate import evaluate, large_enough, load_images
 from idm_rt.training.metrics import psnr_y
+from idm_rt.upscaler import DEFAULT_MODEL
 
 from .common import ORT_SETTLE_S, RESULTS, interleaved, machine
 from .latency_onnx import _session, summarise

@@ -7,8 +7,10 @@ Two ONNX graphs of the same U-Net are timed: ``ort_cpu`` with direct Conv nodes,
 ``python -m idm_rt.build --backend onnxruntime --engine fp32`` builds, see ``export.winograd``).
 All are timed alternately in one run (torch, ORT, ORT Winograd, torch, ...) so that a busy machine
 slows them alike; the table reports medians and the median of the per-round ratios. A GPU section
-(torch eager, ORT CUDA, TensorRT when installed) runs only when CUDA is present. Results go to
-``benchmarks/results/latency_onnx_<host>_<time>.json`` with the command and the machine.
+(torch eager, ORT CUDA, TensorRT when installed) runs only when CUDA is present. Each run is appended
+to ``benchmarks/results/latency_onnx.json`` (command, machine, date, settings, medians and ratios; not
+the per-round times), and ``latency_onnx.md`` beside it, tables of every run and of the ranges per
+graph version and thread count, is rewritten from it.
 
 ``--profile`` adds where ONNX Runtime's time goes: milliseconds per operator type of each graph
 (its own profiler); for the direct graph, the U-Net's convolution FLOPs (torch's FLOP counter)
@@ -22,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -31,13 +32,20 @@ from pathlib import Path
 
 import torch
 
-from idm_rt.export.graphs import export_graph, sample_inputs
 from idm_rt import IDM, preset
 from idm_rt.backends.engine_dir import graph_inputs
 from idm_rt.buckets import Bucket
+from idm_rt.export.graphs import export_graph, sample_inputs
 from idm_rt.fileio import atomic_write
 
 from .common import ORT_SETTLE_S, RESULTS, interleaved, machine
+
+SUMMARY = RESULTS / "latency_onnx.json"
+ABOUT = ("One U-Net call, batch 1, random weights: torch eager against ONNX Runtime's CPU provider with direct Conv "
+         "nodes (ort_cpu) and with Winograd convolutions (ort_cpu_winograd), timed in interleaved rounds. Per run: "
+         "median ms of each, and speedup_vs_torch_eager, the median of the per-round ratios. winograd_version is "
+         "idm_rt.export.winograd.VERSION, the Winograd graph the run timed (null: no Winograd graph yet); dates are "
+         "the machine's local time.")
 
 
 def summarise(times: dict[str, list[float]], base: str) -> dict:
@@ -48,6 +56,88 @@ def summarise(times: dict[str, list[float]], base: str) -> dict:
         out[name] = {"median_ms": 1e3 * statistics.median(ts), "all_ms": [1e3 * t for t in ts],
                      "speedup_vs_" + base: statistics.median(ratios)}
     return out
+
+
+def run_record(result: dict, date: str, winograd_version: int | None) -> dict:
+    """What the summary keeps of one run: its date, command, machine and settings, and per contestant the
+    median and the median ratio (the per-round times are dropped)."""
+    record = {"date": date, "winograd_version": winograd_version}
+    for key, value in result.items():
+        if key in ("cpu", "gpu") and value is not None:
+            value = {name: {"median_ms": r["median_ms"], "rounds": len(r["all_ms"]),
+                            **{k: v for k, v in r.items() if k.startswith("speedup")}} for name, r in value.items()}
+        record[key] = value
+    return record
+
+
+def _ratio(run: dict, section: str, name: str) -> float | None:
+    r = (run.get(section) or {}).get(name)
+    return None if r is None else next(v for k, v in r.items() if k.startswith("speedup"))
+
+
+def _span(values: list[float], fmt: str) -> str:
+    lo, hi = format(min(values), fmt), format(max(values), fmt)
+    return lo if lo == hi else f"{lo}-{hi}"
+
+
+def markdown(summary: dict) -> str:
+    """latency_onnx.md: the ranges per Winograd graph version, preset, tile and thread count, then every run
+    and the --profile runs' convolution throughput."""
+    runs = summary["runs"]
+    lines = ["# ONNX Runtime against torch eager, one U-Net call", "",
+             f"Written by `python -m benchmarks.latency_onnx` from `latency_onnx.json` beside it: {summary['about']}",
+             *(["", summary["history"]] if summary.get("history") else []), "", "## Ranges over the runs", "",
+             "Ratios are each run's median per-round speed-up over torch eager; in brackets, their median over the "
+             "runs.", "",
+             "| Winograd graph | preset, tile | threads | runs | torch eager ms | ORT direct Conv | ORT Winograd |",
+             "|---|---|---|---|---|---|---|"]
+    groups: dict[tuple, list[dict]] = {}
+    for run in runs:
+        groups.setdefault((run["winograd_version"] or 0, run["preset"], run["tile"], run["threads"]), []).append(run)
+    for (version, shape, tile, threads), group in sorted(groups.items()):
+        cells = []
+        for name in ("ort_cpu", "ort_cpu_winograd"):
+            ratios = [r for r in (_ratio(run, "cpu", name) for run in group) if r is not None]
+            cells.append(f"{_span(ratios, '.2f')}x ({statistics.median(ratios):.2f}x)" if ratios else "")
+        torch_ms = [run["cpu"]["torch_eager"]["median_ms"] for run in group]
+        lines.append(f"| {f'version {version}' if version else 'none'} | {shape}, {tile} | {threads} | {len(group)} "
+                     f"| {_span(torch_ms, '.0f')} | {cells[0]} | {cells[1]} |")
+    lines += ["", "## Every run", "",
+              "| date | command | Winograd graph | threads | rounds | torch eager ms | ORT direct Conv | ORT Winograd "
+              "| load average |", "|---|---|---|---|---|---|---|---|---|"]
+    for run in runs:
+        cpu = run["cpu"]
+        cells = [f"{cpu[n]['median_ms']:.1f} ms, {_ratio(run, 'cpu', n):.2f}x" if n in cpu else ""
+                 for n in ("ort_cpu", "ort_cpu_winograd")]
+        load = run["machine"].get("load_average")
+        lines.append(f"| {run['date']} | `{run['command']}` | {run['winograd_version'] or 'none'} | {run['threads']} "
+                     f"| {cpu['torch_eager']['rounds']} | {cpu['torch_eager']['median_ms']:.1f} | {cells[0]} "
+                     f"| {cells[1]} | {f'{load[0]:.2f}' if load else ''} |")
+    profiled = [run for run in runs if run.get("profile")]
+    if profiled:
+        lines += ["", "## Convolution throughput (`--profile`)", "",
+                  "ONNX Runtime's Conv kernels in the direct graph (their share of its kernel time, GFLOP/s) against "
+                  "a 2048^3 float32 matmul in torch on the same threads.", "",
+                  "| date | threads | Conv share | Conv GFLOP/s | per thread | matmul GFLOP/s |",
+                  "|---|---|---|---|---|---|"]
+        for run in profiled:
+            p = run["profile"]
+            lines.append(f"| {run['date']} | {run['threads']} | {100 * p['conv_share']:.0f} % "
+                         f"| {p['conv_gflop_per_s']:.1f} | {p['conv_gflop_per_s'] / run['threads']:.1f} "
+                         f"| {p['matmul_2048_gflop_per_s']:.0f} |")
+    machines = sorted({f"{r['machine']['cpu']}, {r['machine']['cores']} cores, torch {r['machine']['torch']}, "
+                       f"ONNX Runtime {r['machine'].get('onnxruntime')}" for r in runs})
+    lines += ["", "Machines: " + "; ".join(machines) + ".", ""]
+    return "\n".join(lines)
+
+
+def save_run(record: dict, path: Path = SUMMARY) -> None:
+    """Append ``record`` to the summary at ``path`` (created if missing) and rewrite its Markdown tables."""
+    summary = json.loads(path.read_text()) if path.exists() else {"benchmark": "python -m benchmarks.latency_onnx",
+                                                                  "about": ABOUT, "runs": []}
+    summary["runs"].append(record)
+    atomic_write(path, lambda p: Path(p).write_text(json.dumps(summary, indent=1) + "\n"))
+    atomic_write(path.with_suffix(".md"), lambda p: Path(p).write_text(markdown(summary)))
 
 
 def _session(onnx_path: Path, threads: int, profile_dir: str | None = None):
@@ -193,10 +283,10 @@ def main(argv: list[str] | None = None) -> int:
         prof = result["profile"]
         print(f"  ORT Conv: {100 * prof['conv_share']:.0f}% of kernel time, {prof['conv_gflop']:.1f} GFLOP at "
               f"{prof['conv_gflop_per_s']:.0f} GFLOP/s (2048^3 matmul: {prof['matmul_2048_gflop_per_s']:.0f} GFLOP/s)")
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = RESULTS / f"latency_onnx_{platform.node()}_{stamp}.json"
-    atomic_write(path, lambda p: Path(p).write_text(json.dumps(result, indent=2) + "\n"))
-    print(f"wrote {path}")
+    from idm_rt.export.winograd import VERSION
+
+    save_run(run_record(result, time.strftime("%Y-%m-%dT%H:%M:%S"), VERSION), SUMMARY)
+    print(f"appended to {SUMMARY} and {SUMMARY.with_suffix('.md').name}")
     return 0
 
 

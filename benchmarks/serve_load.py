@@ -149,7 +149,8 @@ def write_markdown(path: Path, result: dict) -> None:
     saved = json.loads(path.with_suffix(".json").read_text())
     m = saved["machine"]
     about = (f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}, Python {m['python']}, 1-minute load average at "
-             f"the end {m['load_average'][0]:.2f} (other jobs share the machine). Model: {result['model']} ({result['sampling']}), {result['input']} at "
+             f"the end {m['load_average'][0]:.2f} (other jobs share the machine). Model: {result['model']} "
+             f"({result['sampling']}), {result['input']} at "
              f"{result['scale']:g}x. Replicas share the {result['cores']} cores; batching on = at most "
              f"{result['max_batch']} requests, waiting at most {result['batch_wait_ms']:g} ms. In process, one image "
              f"after the other: {result['in_process']['images_per_s']:.2f} images/s "

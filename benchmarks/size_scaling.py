@@ -29,9 +29,9 @@ BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8")
 def child(backend: str, side: int, model: str | None, engines: str | None, threads: int) -> dict:
     """One upscale to side x side in this process: seconds, peak resident memory, tile choice."""
     import torch
+    from skimage import data
 
     import idm_rt
-    from skimage import data
 
     idm_rt.configure_threads(threads)
     idm_rt.configure_allocator()
@@ -73,8 +73,9 @@ def run(sides: list[int], backends: list[str], model: str | None, threads: int) 
                 out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
                 rows.append(json.loads(out.strip().splitlines()[-1]))
                 r = rows[-1]
-                print(f"{backend:17s} {side}x{side} ({r['megapixels']:.2f} MP, tile {r['tile']}): {r['seconds']:.1f} s, "
-                      f"{r['seconds_per_megapixel']:.1f} s/MP, peak {r['peak_rss_mib']:.0f} MiB", flush=True)
+                print(f"{backend:17s} {side}x{side} ({r['megapixels']:.2f} MP, tile {r['tile']}): "
+                      f"{r['seconds']:.1f} s, {r['seconds_per_megapixel']:.1f} s/MP, peak {r['peak_rss_mib']:.0f} MiB",
+                      flush=True)
     for backend in backends:
         mine = [r for r in rows if r["backend"] == backend]
         for r in mine:
@@ -94,8 +95,8 @@ def plot(result: dict, path: Path) -> None:
                                           ("peak_rss_mib", "peak resident memory (MiB)"))):
         top = panel * height
         y_max = max(r[key] for r in rows) * 1.15
-        sx = lambda v: pad + (width - 2 * pad) * v / x_max  # noqa: E731
-        sy = lambda v: top + height - pad - (height - 2 * pad) * v / y_max  # noqa: E731
+        sx = lambda v: pad + (width - 2 * pad) * v / x_max
+        sy = lambda v: top + height - pad - (height - 2 * pad) * v / y_max
         draw.line([(pad, top + pad), (pad, top + height - pad), (width - pad, top + height - pad)], fill="black")
         draw.text((pad, top + 15), label + "  vs  output megapixels (4x, default tiling)", fill="black")
         for frac in (0.25, 0.5, 0.75, 1.0):

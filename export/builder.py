@@ -15,12 +15,23 @@ import hashlib
 import json
 import shlex
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from idm_rt.backends.engine_dir import (BACKENDS, BUILT_FILE, MANIFEST_NAME, PARTIAL, GraphEntry, Manifest,
-                                       artifact_name, graph_key, graph_specs, inside, read_manifest)
+from idm_rt.backends.engine_dir import (
+    BACKENDS,
+    BUILT_FILE,
+    MANIFEST_NAME,
+    PARTIAL,
+    GraphEntry,
+    Manifest,
+    artifact_name,
+    graph_key,
+    graph_specs,
+    inside,
+    read_manifest,
+)
 from idm_rt.buckets import Bucket, tile_side
 from idm_rt.checkpoints import is_project, load_model, model_hash
 from idm_rt.fileio import atomic_write
@@ -131,7 +142,8 @@ def owned_files(folder: Path) -> tuple[Manifest | None, list[str]]:
         try:  # an earlier version's directory: its files are ours to replace, nothing is reused
             d = json.loads(path.read_text())
             if isinstance(d, dict) and d.get("format") in LEGACY_FORMATS and isinstance(d.get("graphs"), dict):
-                files = [f for g in d["graphs"].values() if isinstance(g, dict) for f in (g.get("onnx"), g.get("engine"))]
+                files = [f for g in d["graphs"].values() if isinstance(g, dict)
+                         for f in (g.get("onnx"), g.get("engine"))]
                 return None, [f for f in files if isinstance(f, str) and BUILT_FILE.fullmatch(f)]
         except (ValueError, OSError):
             pass

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 
-
 def optimise(onnx_path: Path, out_path: Path) -> None:
     """Write ``onnx_path`` optimised at ORT_ENABLE_BASIC (valid for every execution provider) to ``out_path``."""
     import onnxruntime as ort

@@ -55,7 +55,8 @@ def graph_errors(runner: EngineRunner, model, seed: int = 0) -> list[tuple[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m idm_rt.export.parity", description=__doc__.split("\n\n")[0].replace("``", ""))
+    ap = argparse.ArgumentParser(prog="python -m idm_rt.export.parity",
+                                 description=__doc__.split("\n\n")[0].replace("``", ""))
     ap.add_argument("folder", metavar="DIR", help="engine directory written by python -m idm_rt.build")
     ap.add_argument("--model", help="the torch model (default: the path recorded in the manifest)")
     ap.add_argument("--backend", choices=BACKENDS, help="default: the directory's backend")

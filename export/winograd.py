@@ -39,22 +39,10 @@ _MATRICES = {
         [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]),
 }
 
-# When it pays off, measured per convolution with ONNX Runtime 1.32 on a 2-core AMD EPYC (speed-up
-# over its direct Conv, 1 thread). The products save work in proportion to c_in * c_out, the
-# transforms cost in proportion to c_in + c_out, and small images pay per-operator overheads, so
-# the rule is on the "reduced channel count" c_in * c_out / (c_in + c_out) and the image's smaller
-# side:
-#   reduced channels 32 at 128x128 0.85x; 64 at 64x64 1.14-1.22x, at 32x32 0.99x, at 16x16 0.69x;
-#   85 at 64x64 1.23x, at 32x32 1.19x, at 16x16 0.82x; 128 at 32x32 1.52x; 171 at 16x16 1.09x;
-#   256 at 16x16 1.59x; at 8x8 (m = 2) 128 0.80x, 256 1.11-1.26x, 341 1.21x; 256 at 4x4 0.52x.
-# The rule picks 64 at 32x32 (0.99x, neutral) to keep the 64x64 gain in one formula.
-# The transforms since VERSION 2 (a plain Conv over single-channel images in, MatMul + DepthToSpace
-# out) are 5-25% faster per convolution than VERSION 1's (grouped Conv in, grouped ConvTranspose out),
-# most at 2 threads, where the grouped operators did not parallelise: at 2 threads, reduced
-# channels 32 at 64x64 0.98x (was 0.83x), 85 at 64x64 1.85x (1.54x), 64 at 32x32 1.25x (1.11x),
-# 128 at 16x16 1.25x (1.01x), 256 at 16x16 1.81x, 256 at 8x8 (m = 2) 1.16x; 1 thread: 1.19x,
-# 1.98x, 1.43x, 1.40x. The rule's choices are the same for both. VERSION 3 places the tiles with a
-# DCR DepthToSpace on the products as they come, one Transpose fewer: 1.02-1.05x per U-Net call.
+# The rule of when it pays off (tile_size): Winograd where the image's smaller side is at least MIN_SIDE and the
+# reduced channel count c_in * c_out / (c_in + c_out) (the products save work in proportion to c_in * c_out, the
+# transforms cost in proportion to c_in + c_out) is at least max(MIN_REDUCED_CHANNELS, REDUCED_CHANNELS_TIMES_SIDE
+# / side). The per-convolution measurements behind it, for each VERSION, are in benchmarks/results/winograd.md.
 MIN_REDUCED_CHANNELS = 64  # and at least REDUCED_CHANNELS_TIMES_SIDE / side
 REDUCED_CHANNELS_TIMES_SIDE = 2048
 MIN_SIDE = 8
@@ -71,7 +59,7 @@ def matrices(m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 def tile_size(conv: nn.Conv2d, height: int, width: int) -> int | None:
     """The Winograd output tile m for ``conv`` at an input of ``height`` x ``width``, or None to
     keep the direct convolution (other kernels, strides or groups; too few channels for the image
-    size, see the measurements above)."""
+    size, see benchmarks/results/winograd.md)."""
     plain = (conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.dilation == (1, 1)
              and conv.padding == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros")
     side = min(height, width)

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 MAX_SIDE, MAX_BATCH = 8192, 256  # far above what a tile or a batch of one GPU holds
 
@@ -66,7 +66,7 @@ class Bucket:
         return {"height": self.height, "width": self.width, "min_batch": self.min_batch, "max_batch": self.max_batch}
 
     @classmethod
-    def from_dict(cls, d: object) -> "Bucket":
+    def from_dict(cls, d: object) -> Bucket:
         if not isinstance(d, dict) or not {"height", "width", "min_batch", "max_batch"} <= set(d):
             raise ValueError(f"a bucket needs height, width, min_batch and max_batch, got {d!r}")
         return cls(d["height"], d["width"], d["min_batch"], d["max_batch"])

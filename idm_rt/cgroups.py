@@ -70,7 +70,8 @@ def _quota(folder: Path) -> float | None:
 
 def _headroom(folder: Path) -> int | None:
     """Limit minus usage of one cgroup folder (v2 or v1 files), None without a limit or when unreadable."""
-    for limit_name, usage_name in (("memory.max", "memory.current"), ("memory.limit_in_bytes", "memory.usage_in_bytes")):
+    files = (("memory.max", "memory.current"), ("memory.limit_in_bytes", "memory.usage_in_bytes"))
+    for limit_name, usage_name in files:
         try:
             limit = (folder / limit_name).read_text().strip()
             usage = int((folder / usage_name).read_text().strip())

@@ -109,7 +109,7 @@ def _load_project(path: Path, config: IDMConfig | None, max_scale: float | None)
         raise CheckpointMismatch(f"{meta_path} is not an idm-rt model config ({e.__class__.__name__}: {e})") from None
     try:
         state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(weights).items()}
-    except Exception as e:  # safetensors raises its own SafetensorError for a damaged file
+    except Exception as e:  # noqa: BLE001 (safetensors raises its own SafetensorError for a damaged file)
         raise CheckpointMismatch(f"{weights} cannot be read: {e}") from None
     _load_state(model, state, str(weights))
     model.provenance = meta.get("provenance", {})

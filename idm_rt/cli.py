@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("-o", "--output", required=True, metavar="OUT",
                     help="output file (one input) or folder (written as OUT/<name>.png; several inputs need one)")
     g = up.add_mutually_exclusive_group(required=True)
-    g.add_argument("--scale", type=float, help="magnification > 1, e.g. 4 or 3.3; the output is round(h*s) x round(w*s)")
+    g.add_argument("--scale", type=float,
+                   help="magnification > 1, e.g. 4 or 3.3; the output is round(h*s) x round(w*s)")
     g.add_argument("--size", type=_size, metavar="WxH", help="explicit output size, e.g. 1920x1080")
     sampling.add_arguments(up)
     up.add_argument("--seed", type=int, help="random seed; the same seed gives the same output")
@@ -277,7 +278,8 @@ def convert_mode(image: Image.Image, mode: str) -> Image.Image:
 
 
 def storable(image: Image.Image, fmt: str) -> Image.Image:
-    """``image`` in a mode that format ``fmt`` (e.g. "PNG", "JPEG") can hold, converted if needed (:func:`save_mode`)."""
+    """``image`` in a mode that format ``fmt`` (e.g. "PNG", "JPEG") can hold, converted if needed
+    (:func:`save_mode`)."""
     mode = save_mode(image.mode, fmt)
     return convert_mode(image, mode) if mode != image.mode else image
 
@@ -385,14 +387,14 @@ def cmd_upscale(args: argparse.Namespace) -> int:
             continue
         try:
             image = read_image(path, args.max_pixels)  # refused undecoded: no output can be that large
-        except Exception as e:  # PIL raises several types for unreadable files
+        except Exception as e:  # noqa: BLE001 (PIL raises several types for unreadable files)
             tqdm.write(f"error: cannot read {path}: {e}", file=sys.stderr)
             failed += 1
             continue
         try:
             result = up.upscale(image, progress=True, **upscale_options(args))
             save_image(result, target)
-        except Exception as e:  # one bad file (or a full disk) must not stop the others
+        except Exception as e:  # noqa: BLE001 (one bad file, or a full disk, must not stop the others)
             tqdm.write(f"error: {path}: {describe(e)}", file=sys.stderr)
             failed += 1
             continue

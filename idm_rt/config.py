@@ -111,7 +111,7 @@ class IDMConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "IDMConfig":
+    def from_dict(cls, d: dict[str, Any]) -> IDMConfig:
         return strict_from_dict(cls, d, "IDM config keys")
 
 

@@ -46,7 +46,7 @@ def super_resolve(model: SamplingModel, lr: torch.Tensor, size: tuple[int, int],
             eps_fn = tiled_eps(model, cond, p, plan, denoise)
         else:
             conditioning = model.condition(cond, p)
-            eps_fn = lambda x, g: denoise(x, conditioning, g)  # noqa: E731
+            eps_fn = lambda x, g: denoise(x, conditioning, g)
         if settings.back_projection:
             eps_fn = back_projected(eps_fn, lr, settings.back_projection)
         x_T = initial_state(lr, cond, settings, generator)

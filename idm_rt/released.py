@@ -112,7 +112,8 @@ def infer_config(state: Mapping[str, torch.Tensor], **overrides) -> IDMConfig:
         enc_feats = state["encoder.head.0.weight"].shape[0]
         hidden = state[f"denoise_fn.ups.{res_blocks + 1}.imnet.0.weight"].shape[0]
     except (KeyError, IndexError) as e:
-        raise CheckpointMismatch(f"not a released IDM checkpoint: cannot infer the network shape ({e!r} missing)") from e
+        raise CheckpointMismatch(f"not a released IDM checkpoint: cannot infer the network shape "
+                                 f"({e!r} missing)") from e
     except ZeroDivisionError:  # no pyramid levels, or a first layer without channels
         raise CheckpointMismatch("not a released IDM checkpoint: cannot infer the network shape (no levels or "
                                  "no channels)") from None
@@ -141,7 +142,8 @@ def translate(state: Mapping[str, torch.Tensor], config: IDMConfig) -> tuple[dic
         prefix = key[: m.start()] if m else None
         if prefix is None or prefix not in table:
             # The release computes level 0 of the pyramid and conv_body_down[L-1] but never uses them.
-            if re.match(rf"denoise_fn\.(condition_(shift|scale1|scale2)\.0\.|conv_body_down\.{config.levels - 1}\.)", key):
+            never_used = rf"denoise_fn\.(condition_(shift|scale1|scale2)\.0\.|conv_body_down\.{config.levels - 1}\.)"
+            if re.match(never_used, key):
                 continue
             unknown.append(key)
             continue

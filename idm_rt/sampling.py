@@ -80,7 +80,7 @@ class SamplingSettings:
         level is nearest ``init_level``."""
         return None if self.init == "noise" else start_timestep(self.init_level)
 
-    def replace(self, **changes: Any) -> "SamplingSettings":
+    def replace(self, **changes: Any) -> SamplingSettings:
         """These settings with ``changes`` applied, ignoring the ones given as None."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
@@ -88,7 +88,7 @@ class SamplingSettings:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Any, what: str = "sampling settings") -> "SamplingSettings":
+    def from_dict(cls, d: Any, what: str = "sampling settings") -> SamplingSettings:
         """Settings from a stored dict (a model's or a manifest's "defaults"); the ones it does not give
         keep their defaults. ValueError naming ``what`` for a non-object, an unknown key or a bad value."""
         if not isinstance(d, dict):

@@ -41,7 +41,7 @@ class TilePlan:
     overlap: int
 
     @classmethod
-    def for_image(cls, size: tuple[int, int], tile: int, multiple: int = 8, overlap: int | None = None) -> "TilePlan":
+    def for_image(cls, size: tuple[int, int], tile: int, multiple: int = 8, overlap: int | None = None) -> TilePlan:
         """Square tiles of side ``tile`` rounded down to a multiple of ``multiple`` (the U-Net's size
         multiple), overlapping by :data:`OVERLAP` pixels (at most half a tile) by default; strides are
         multiples of ``multiple`` so tiles share the U-Net's grid."""

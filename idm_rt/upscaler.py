@@ -7,8 +7,9 @@ import math
 import numbers
 import os
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -105,7 +106,7 @@ class Upscaler:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, device: str | torch.device | None = None,
-                        backend: str = "torch", max_scale: float | None = None, **kwargs) -> "Upscaler":
+                        backend: str = "torch", max_scale: float | None = None, **kwargs) -> Upscaler:
         """Load a released ``.pth`` or a project-format folder; None loads the bundled default model.
 
         ``backend`` "onnxruntime" or "tensorrt" runs engines instead (see :meth:`from_engines`):
@@ -170,7 +171,7 @@ class Upscaler:
 
     @classmethod
     def from_engines(cls, folder: str | os.PathLike, device: str | torch.device | None = None,
-                     backend: str | None = None, runner_options: dict | None = None, **kwargs) -> "Upscaler":
+                     backend: str | None = None, runner_options: dict | None = None, **kwargs) -> Upscaler:
         """Run an engine directory built by ``python -m idm_rt.build``.
 
         Args:

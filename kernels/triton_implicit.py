@@ -176,7 +176,7 @@ def mlp_upsample(x: torch.Tensor, shift: torch.Tensor, a1: torch.Tensor, a2: tor
     out_size = (tables[0].shape[0], tables[2].shape[0])
     out = _empty((b, c, *out_size), x)
     hw = out_size[0] * out_size[1]
-    grid = lambda meta: (triton.cdiv(hw, meta["BLOCK_P"]), b)  # noqa: E731
+    grid = lambda meta: (triton.cdiv(hw, meta["BLOCK_P"]), b)
     _mlp_kernel[grid](x, shift, a1, a2, bias, w1, b1, w2, b2, *tables, out,
                       c, hs * ws, ws, out_size[1], hw, hidden, RELU=relu,
                       HIDDEN_P=max(16, triton.next_power_of_2(hidden)), PRECISION=_precision(x.dtype))
@@ -190,10 +190,10 @@ def folded_upsample(x: torch.Tensor, shift: torch.Tensor, a1: torch.Tensor, a2: 
     b, c, hs, ws = x.shape
     out_size = (tables[0].shape[0], tables[2].shape[0])
     y = _empty(tuple(x.shape), x)
-    grid = lambda meta: (triton.cdiv(hs * ws, meta["BLOCK_S"]), triton.cdiv(c, meta["BLOCK_O"]), b)  # noqa: E731
+    grid = lambda meta: (triton.cdiv(hs * ws, meta["BLOCK_S"]), triton.cdiv(c, meta["BLOCK_O"]), b)
     _map_kernel[grid](x, shift, a1, a2, bias, m.to(x.dtype), d, y, c, hs * ws, PRECISION=_precision(x.dtype))
     out = _empty((b, c, *out_size), x)
     hw = out_size[0] * out_size[1]
-    grid = lambda meta: (triton.cdiv(hw, meta["BLOCK"]), c, b)  # noqa: E731
+    grid = lambda meta: (triton.cdiv(hw, meta["BLOCK"]), c, b)
     _gather_kernel[grid](y, u, v, *tables, out, c, hs * ws, ws, out_size[1], hw)
     return out

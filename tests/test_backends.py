@@ -8,24 +8,27 @@ import numpy as np
 import pytest
 import torch
 
-from idm_rt.export import builder, tensorrt_build
 import idm_rt
-from idm_rt.export.graphs import export_graph
 from idm_rt import Upscaler
-from idm_rt.backends.engine_dir import read_manifest
 from idm_rt.backends import load_runner
 from idm_rt.backends.base import run_batched
+from idm_rt.backends.engine_dir import read_manifest
 from idm_rt.build import main
+from idm_rt.export import builder, tensorrt_build
+from idm_rt.export.graphs import export_graph
 
-TINY = idm_rt.IDMConfig(inner_channel=32, channel_multiplier=(1, 2, 4), res_blocks=1, attn_levels=(2,),
-                        encoder_blocks=2)
+from .helpers import TINY_32
+
+# Every test but test_run_batched_chunks_and_pads_to_the_bucket_range needs the engines the module fixture builds
+# (about 11 s), and several build more.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("backends")
     torch.manual_seed(0)
-    model = idm_rt.IDM(TINY, max_scale=4.0).eval()
+    model = idm_rt.IDM(TINY_32, max_scale=4.0).eval()
     model.recommended = idm_rt.SamplingSettings(sampler="ddim", steps=5, init="bicubic", init_level=0.7)
     idm_rt.save_model(model, root / "model")
     out = root / "engines"
@@ -269,5 +272,6 @@ def test_missing_or_damaged_engine_files_are_named(built, tmp_path):
         Upscaler.from_engines(copy)
     with pytest.raises(FileNotFoundError, match="is an engine directory, not a model"):
         Upscaler.from_pretrained(folder)
-    with pytest.raises(FileNotFoundError, match="needs both model.safetensors and config.json .it holds: .*manifest.json"):
+    with pytest.raises(FileNotFoundError,
+                       match="needs both model.safetensors and config.json .it holds: .*manifest.json"):
         idm_rt.load_model(folder)

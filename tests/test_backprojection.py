@@ -35,7 +35,7 @@ def test_an_already_consistent_estimate_is_left_alone():
     noise = torch.randn(hr.shape, generator=g)
     a = level.view(-1, 1, 1, 1)
     x_t = a * hr + (1 - a * a).sqrt() * noise
-    oracle = lambda x, lv: noise  # noqa: E731  (implies x0 = hr exactly)
+    oracle = lambda x, lv: noise  # implies x0 = hr exactly
     assert torch.allclose(back_projected(oracle, lr, 3)(x_t, level), noise, atol=1e-4)
 
 
@@ -44,8 +44,8 @@ def test_the_corrected_noise_implies_a_consistent_estimate():
     lr = torch.rand(1, 3, 6, 6, generator=g) * 1.6 - 0.8
     x_t = torch.randn(1, 3, 18, 18, generator=g)
     level = torch.tensor([0.6])
-    blind = lambda x, lv: x  # noqa: E731  (implies x0 = x_t / 3, clipped: ignores the LR)
-    x0_of = lambda eps: (x_t - 0.8 * eps) / 0.6  # noqa: E731
+    blind = lambda x, lv: x  # implies x0 = x_t / 3, clipped: ignores the LR
+    x0_of = lambda eps: (x_t - 0.8 * eps) / 0.6
     before, after = x0_of(blind(x_t, level)).clamp(-1, 1), x0_of(back_projected(blind, lr, 2)(x_t, level))
     assert lr_error(after, lr) < 0.05 * lr_error(before, lr)
 
@@ -71,11 +71,12 @@ def test_upscaler_outputs_downscale_to_their_input(tiny_model):
 
 
 def test_model_defaults_carry_the_pass_count_and_an_explicit_zero_wins(tiny_model, tmp_path):
-    tiny_model.recommended = idm_rt.SamplingSettings(sampler="ddim", steps=4, init="bicubic", init_level=0.9, back_projection=2)
+    tiny_model.recommended = idm_rt.SamplingSettings(sampler="ddim", steps=4, init="bicubic", init_level=0.9,
+                                                     back_projection=2)
     idm_rt.save_model(tiny_model, tmp_path / "m")
     up = idm_rt.Upscaler.from_pretrained(tmp_path / "m")
     image = np.random.default_rng(1).random((8, 8, 3)).astype(np.float32)
-    run = lambda **kw: up.upscale(image, scale=2, seed=0, progress=False, **kw)  # noqa: E731
+    run = lambda **kw: up.upscale(image, scale=2, seed=0, progress=False, **kw)
     assert np.array_equal(run(), run(back_projection=2))
     assert not np.allclose(run(), run(back_projection=0))
     plain = idm_rt.Upscaler.from_pretrained(tmp_path / "m", back_projection=0)
@@ -89,14 +90,15 @@ def test_tiled_sampling_is_projected_on_the_whole_image(tiny_model):
     lr = torch.from_numpy(image).permute(2, 0, 1)[None] * 2 - 1
     tiled = up.upscale(image, scale=2, seed=0, progress=False, tile=16, back_projection=2)
     plain = up.upscale(image, scale=2, seed=0, progress=False, tile=16, back_projection=0)
-    err = lambda out: lr_error(torch.from_numpy(out).permute(2, 0, 1)[None] * 2 - 1, lr)  # noqa: E731
+    err = lambda out: lr_error(torch.from_numpy(out).permute(2, 0, 1)[None] * 2 - 1, lr)
     assert err(tiled) < 0.1 * err(plain)
 
 
 def test_cli_flag_rejects_negative_counts(capsys):
     from idm_rt.cli import build_parser
 
-    assert build_parser().parse_args(["upscale", "a.png", "-o", "b.png", "--scale", "2", "--back-projection", "3"]).back_projection == 3
+    args = build_parser().parse_args(["upscale", "a.png", "-o", "b.png", "--scale", "2", "--back-projection", "3"])
+    assert args.back_projection == 3
     with pytest.raises(SystemExit):
         build_parser().parse_args(["upscale", "a.png", "-o", "b.png", "--scale", "2", "--back-projection", "-1"])
     assert "must be an integer in 0..100" in capsys.readouterr().err

@@ -2,8 +2,17 @@
 
 import pytest
 
-from idm_rt.buckets import (Bucket, parse_batch, parse_list, parse_size, plan_buckets, route, rule_text,
-                            select_bucket, tile_side)
+from idm_rt.buckets import (
+    Bucket,
+    parse_batch,
+    parse_list,
+    parse_size,
+    plan_buckets,
+    route,
+    rule_text,
+    select_bucket,
+    tile_side,
+)
 
 
 def test_scales_and_input_size_give_one_bucket_per_output_size():

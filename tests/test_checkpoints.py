@@ -10,7 +10,7 @@ import torch
 import idm_rt
 from idm_rt import CheckpointMismatch
 
-from .conftest import TINY, rel_err
+from .helpers import TINY, rel_err
 
 
 def test_project_format_round_trip(tiny_model, tmp_path):

@@ -13,7 +13,7 @@ from PIL import Image
 
 import idm_rt
 
-from .conftest import ROOT
+from .helpers import ROOT, pil_image, safetensors_no_space
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -34,6 +34,7 @@ def setup(tiny_model, tmp_path):
     return tmp_path, src
 
 
+@pytest.mark.slow
 def test_folder_glob_and_a_broken_file(setup):
     tmp, src = setup
     out = tmp / "out"
@@ -46,6 +47,7 @@ def test_folder_glob_and_a_broken_file(setup):
     assert Image.open(out / "b.png").mode == "L"
 
 
+@pytest.mark.slow
 def test_never_overwrites_without_the_flag(setup):
     tmp, src = setup
     target = tmp / "one.png"
@@ -60,6 +62,7 @@ def test_never_overwrites_without_the_flag(setup):
     assert not [p for p in tmp.iterdir() if p.name.startswith(".one")]  # no temp file left behind
 
 
+@pytest.mark.slow
 def test_bad_scale_is_reported_per_file(setup):
     tmp, src = setup
     r = run("upscale", str(src / "a.png"), "-o", str(tmp / "x.png"), "--scale", "0.5", "--model", str(tmp / "model"))
@@ -67,6 +70,7 @@ def test_bad_scale_is_reported_per_file(setup):
     assert not (tmp / "x.png").exists()
 
 
+@pytest.mark.slow
 def test_missing_inputs_and_model(setup):
     tmp, _ = setup
     r = run("upscale", str(tmp / "nope.png"), "-o", str(tmp / "o"), "--scale", "2", "--model", str(tmp / "model"))
@@ -83,6 +87,7 @@ def test_help_explains_every_option():
         assert opt in r.stdout
 
 
+@pytest.mark.slow
 def test_same_stem_inputs_get_distinct_outputs_and_jpeg_drops_alpha(setup):
     tmp, src = setup
     Image.fromarray(np.zeros((6, 6, 4), np.uint8)).save(src / "a.webp")  # same stem as a.png, with alpha
@@ -206,8 +211,6 @@ API_MODES = ["L", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "L
 def test_every_mode_the_api_returns_is_saved_in_every_format(tmp_path, mode, suffix, capsys):
     from idm_rt.cli import save_image
 
-    from .test_upscaler import pil_image
-
     image = pil_image(mode)
     save_image(image, tmp_path / f"x{suffix}")
     with Image.open(tmp_path / f"x{suffix}") as saved:
@@ -286,13 +289,6 @@ def test_several_inputs_and_an_output_file_name_are_refused(setup, capsys):
 def _no_space(state, path, *args, **kwargs):
     Path(path).write_bytes(b"partly written")
     raise OSError(errno.ENOSPC, "No space left on device")
-
-
-def safetensors_no_space(state, path, *args, **kwargs):
-    from safetensors import SafetensorError
-
-    Path(path).write_bytes(b"partly written")
-    raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
 
 @pytest.mark.parametrize("writer", [_no_space, safetensors_no_space])

@@ -23,6 +23,7 @@ def default_upscaler():
     return idm_rt.Upscaler.from_pretrained()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scale", [2, 4])
 def test_default_model_beats_bicubic_on_a_held_out_photo(default_upscaler, scale):
     hr = torch.from_numpy(np.ascontiguousarray(skdata.astronaut()[100:292, 160:352])).permute(2, 0, 1).double() / 255

@@ -10,21 +10,21 @@ import torch
 from onnx import TensorProto, helper
 
 import idm_rt
+from idm_rt.buckets import Bucket
 from idm_rt.export.graphs import FP32_OPS, OPSET, export_graph
 from idm_rt.export.opcheck import check_graph
 from idm_rt.export.parity import relative_error
 from idm_rt.export.precision import keep_in_float32
-from idm_rt.buckets import Bucket
 
-TINY = idm_rt.IDMConfig(inner_channel=32, channel_multiplier=(1, 2, 4), res_blocks=1, attn_levels=(2,),
-                        encoder_blocks=2)
+from .helpers import TINY_32
+
 BUCKET = Bucket(32, 48, 1, 2)
 
 
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return idm_rt.IDM(TINY, max_scale=4.0).eval()
+    return idm_rt.IDM(TINY_32, max_scale=4.0).eval()
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +43,13 @@ def _ort(path):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
+@pytest.mark.slow
 def test_every_graph_passes_checker_and_tensorrt_operator_list(graphs):
     for name, path in graphs.items():
         assert check_graph(path, OPSET) == [], name
 
 
+@pytest.mark.slow
 def test_unet_has_static_spatial_shapes_and_dynamic_batch(graphs):
     dims = [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
             for i in onnx.load(str(graphs["unet"])).graph.input]
@@ -57,11 +59,13 @@ def test_unet_has_static_spatial_shapes_and_dynamic_batch(graphs):
     assert [d.dim_value for d in static] == [1, 3, 32, 32]
 
 
+@pytest.mark.slow
 def test_implicit_layer_index_tables_are_constants(graphs):
     ops = {n.op_type for n in onnx.load(str(graphs["unet"])).graph.node}
     assert "GridSample" not in ops and "ScatterND" not in ops
 
 
+@pytest.mark.slow
 def test_ort_matches_torch_fp32_per_graph(model, graphs):
     torch.manual_seed(1)
     lr = torch.randn(1, 3, 13, 17)
@@ -91,6 +95,7 @@ def test_ort_matches_torch_fp32_per_graph(model, graphs):
         assert relative_error([torch.from_numpy(got)], [want]) < 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [(32, 48), (13, 57), (40, 24), (5, 3)])
 def test_dynamic_unet_matches_torch_at_any_size(model, graphs, size):
     """The graph that runs every size no bucket has exactly, at that size: the torch model's eps."""
@@ -102,7 +107,7 @@ def test_dynamic_unet_matches_torch_at_any_size(model, graphs, size):
     with torch.no_grad():
         c = model.condition(cond, p)
         want = model.denoise(x, c, g)
-    tables = [t for four in query_tables_for(size, TINY.levels) for t in four]
+    tables = [t for four in query_tables_for(size, TINY_32.levels) for t in four]
     session = _ort(graphs["unet_dynamic"])
     feeds = [x, cond, *c.flat(), g, *tables]
     got = session.run(None, {i.name: t.numpy() for i, t in zip(session.get_inputs(), feeds)})[0]
@@ -114,7 +119,7 @@ def test_implicit_encoder_graph_matches_torch(tmp_path, size):
     from idm_rt.model.encoder import resize_tables
 
     torch.manual_seed(4)
-    model = idm_rt.IDM(dataclasses.replace(TINY, encoder_upsampler="implicit"), max_scale=4.0).eval()
+    model = idm_rt.IDM(dataclasses.replace(TINY_32, encoder_upsampler="implicit"), max_scale=4.0).eval()
     path = export_graph(model, "encoder", None, tmp_path / "encoder.onnx")
     assert check_graph(path, OPSET) == []
     lr = torch.rand(1, 3, max(size[0] // 3, 1), max(size[1] // 3, 1)) * 2 - 1
@@ -126,6 +131,7 @@ def test_implicit_encoder_graph_matches_torch(tmp_path, size):
     assert relative_error([torch.from_numpy(got)], [want]) < 1e-5
 
 
+@pytest.mark.slow
 def test_fp16_unet_keeps_norm_and_softmax_in_fp32_within_1e_2(model, graphs):
     proto = onnx.load(str(graphs["unet16"]))
     producers = {o: n for n in proto.graph.node for o in n.output}

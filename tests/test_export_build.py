@@ -11,18 +11,17 @@ import pytest
 import torch
 
 import idm_rt
-from idm_rt.export import builder, parity, winograd
 from idm_rt.backends import load_runner
 from idm_rt.backends.engine_dir import read_manifest
 from idm_rt.build import main
+from idm_rt.export import builder, parity, winograd
 
-TINY = idm_rt.IDMConfig(inner_channel=32, channel_multiplier=(1, 2, 4), res_blocks=1, attn_levels=(2,),
-                        encoder_blocks=2)
+from .helpers import TINY_32
 
 
 def _save_model(folder, seed):
     torch.manual_seed(seed)
-    return idm_rt.save_model(idm_rt.IDM(TINY, max_scale=4.0), folder)
+    return idm_rt.save_model(idm_rt.IDM(TINY_32, max_scale=4.0), folder)
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +39,7 @@ def ort_dir(models, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_onnxruntime_build_writes_a_complete_manifest(ort_dir, models):
     m = json.loads((ort_dir / "manifest.json").read_text())
     assert m["complete"] and m["backend"] == "onnxruntime" and m["precision"] == "fp32" and m["opset"] == 17
@@ -60,6 +60,7 @@ def _op_types(path):
     return {node.op_type for node in onnx.load(str(path)).graph.node}
 
 
+@pytest.mark.slow
 def test_winograd_unet_passes_parity_and_conv_direct_reexports_only_it(models, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(winograd, "MIN_REDUCED_CHANNELS", 16)  # so that the tiny network has some
     monkeypatch.setattr(winograd, "REDUCED_CHANNELS_TIMES_SIDE", 128)
@@ -81,6 +82,7 @@ def test_winograd_unet_passes_parity_and_conv_direct_reexports_only_it(models, t
     assert parity.main([str(tmp_path)]) == 0
 
 
+@pytest.mark.slow
 def test_parity_tool_passes_and_refuses_another_model(ort_dir, models, capsys):
     assert parity.main([str(ort_dir)]) == 0
     out = capsys.readouterr().out
@@ -90,6 +92,7 @@ def test_parity_tool_passes_and_refuses_another_model(ort_dir, models, capsys):
     assert "is not the one" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_second_run_reuses_and_another_model_rebuilds(ort_dir, models, capsys):
     args = ["--engine", "fp32", "--backend", "onnxruntime", "--out", str(ort_dir), "--tile", "32", "--batch", "1,2"]
     assert main([*args, "--model", str(models[0])]) == 0
@@ -101,6 +104,7 @@ def test_second_run_reuses_and_another_model_rebuilds(ort_dir, models, capsys):
     assert read_manifest(ort_dir).model_hash == idm_rt.checkpoints.model_hash(idm_rt.load_model(models[1]))
 
 
+@pytest.mark.slow
 def test_fp16_without_gpu_writes_onnx_explains_and_exits_3(models, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(builder.tensorrt_build, "missing_requirements",
                         lambda: ["an NVIDIA GPU visible to torch", "the tensorrt Python package, 10.x"])
@@ -117,6 +121,7 @@ def test_fp16_without_gpu_writes_onnx_explains_and_exits_3(models, tmp_path, cap
     assert all((out / g.onnx).exists() and g.engine is None for g in m.graphs.values())
 
 
+@pytest.mark.slow
 def test_tensorrt_engines_are_reused_until_gpu_or_version_changes(models, tmp_path, capsys, monkeypatch):
     """The reuse logic of the TensorRT path, with the engine build itself replaced (no TensorRT here)."""
     built = []
@@ -179,6 +184,7 @@ def test_explain_shows_the_bucket_of_each_request(models, capsys):
     assert "rule:" in out
 
 
+@pytest.mark.slow
 def test_a_build_that_reuses_everything_leaves_the_manifest_alone(models, tmp_path, monkeypatch):
     args = ["--engine", "fp32", "--backend", "onnxruntime", "--model", str(models[0]), "--out", str(tmp_path),
             "--tile", "32"]
@@ -190,6 +196,7 @@ def test_a_build_that_reuses_everything_leaves_the_manifest_alone(models, tmp_pa
     assert writes[-1] is True and False in writes
 
 
+@pytest.mark.slow
 def test_runners_refuse_an_incomplete_directory(ort_dir, tmp_path):
     folder = tmp_path / "partial"
     shutil.copytree(ort_dir, folder)
@@ -220,6 +227,7 @@ def test_builds_of_one_folder_take_turns(models, tmp_path):
     assert lines[-1].startswith("done:") and read_manifest(tmp_path).complete
 
 
+@pytest.mark.slow
 def test_a_cut_short_file_is_rebuilt_and_an_interrupted_builds_files_are_removed(ort_dir, tmp_path, capsys,
                                                                                   monkeypatch):
     folder = tmp_path / "copy"
@@ -257,6 +265,7 @@ def test_a_cut_short_file_is_rebuilt_and_an_interrupted_builds_files_are_removed
     assert read_manifest(folder).pending == [] and theirs.read_bytes() == b"mine"
 
 
+@pytest.mark.slow
 def test_a_build_never_touches_files_it_did_not_write(models, tmp_path, capsys):
     """A non-empty folder that is not an engine directory is refused and left as it was; links out of a
     directory are refused; a file at a name a build writes that its manifest does not list is not
@@ -303,6 +312,7 @@ def test_a_build_never_touches_files_it_did_not_write(models, tmp_path, capsys):
     assert main([*args, "--out", str(empty)]) == 0  # an empty folder is fine
 
 
+@pytest.mark.slow
 def test_an_unreadable_graph_is_reported_not_raised(ort_dir, tmp_path):
     from idm_rt.export.opcheck import check_graph
 
@@ -312,6 +322,7 @@ def test_an_unreadable_graph_is_reported_not_raised(ort_dir, tmp_path):
     assert len(problems) == 1 and "cannot be read as ONNX" in problems[0] and "--force" in problems[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change, message", [
     (lambda d: d.pop("buckets"), "has no buckets"), (lambda d: d.update(buckets=[]), "lists 0 buckets"),
     (lambda d: d.update(graphs=None), "graphs must be a JSON object"),
@@ -340,6 +351,7 @@ def test_manifest_errors_name_what_is_wrong(ort_dir, tmp_path, change, message):
         read_manifest(tmp_path)
 
 
+@pytest.mark.slow
 def test_manifests_tolerate_new_fields_and_refuse_what_is_not_one(ort_dir, tmp_path):
     good = json.loads((ort_dir / "manifest.json").read_text())
     (tmp_path / "manifest.json").write_text("[1, 2]")
@@ -354,6 +366,7 @@ def test_manifests_tolerate_new_fields_and_refuse_what_is_not_one(ort_dir, tmp_p
     assert read_manifest(tmp_path).graphs.keys() == good["graphs"].keys()  # fields it does not know are ignored
 
 
+@pytest.mark.slow
 def test_a_manifest_cannot_lead_a_runner_outside_its_directory(ort_dir, tmp_path):
     folder = tmp_path / "copy"
     shutil.copytree(ort_dir, folder)
@@ -372,6 +385,7 @@ def test_a_manifest_cannot_lead_a_runner_outside_its_directory(ort_dir, tmp_path
         idm_rt.Upscaler.from_engines(folder)
 
 
+@pytest.mark.slow
 def test_a_directory_of_an_earlier_version_is_rebuilt_and_its_files_replaced(models, tmp_path, capsys):
     folder = tmp_path / "v1"
     (folder / "onnx").mkdir(parents=True)
@@ -390,6 +404,7 @@ def test_a_directory_of_an_earlier_version_is_rebuilt_and_its_files_replaced(mod
     load_runner(folder)
 
 
+@pytest.mark.slow
 def test_build_options_and_their_errors(models, tmp_path, capsys, monkeypatch):
     base = ["--backend", "onnxruntime", "--model", str(models[0])]
     assert main([*base, "--out", str(tmp_path / "m3"), "--tile", "32", "--max-scale", "3"]) == 0
@@ -422,6 +437,7 @@ def test_build_options_and_their_errors(models, tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "no-ort").exists()
 
 
+@pytest.mark.slow
 def test_parity_says_where_the_missing_model_path_came_from(ort_dir, tmp_path, capsys):
     folder = tmp_path / "moved"
     shutil.copytree(ort_dir, folder)

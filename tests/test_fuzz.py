@@ -34,9 +34,10 @@ import sys
 import tempfile
 import traceback
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -650,7 +651,7 @@ def png_bytes(h: int, w: int, mode: str = "RGB", fmt: str = "PNG", exif: int | N
     im = Image.fromarray(arr, "RGBA").convert("RGB").convert(mode) if mode not in ("LA", "RGBA") else \
         Image.fromarray(arr, "RGBA").convert(mode)
     if mode == "I;16":
-        im = Image.fromarray((arr[..., 0].astype(np.uint16) * 257))
+        im = Image.fromarray(arr[..., 0].astype(np.uint16) * 257)
     if mode == "F":
         im = Image.fromarray(arr[..., 0].astype(np.float32) / 255, "F")
     buf = io.BytesIO()
@@ -994,7 +995,7 @@ def run_case(name: str, build: Callable[[], tuple[str, Callable]], up: Any) -> d
     """One case, bounded in time, as a report record."""
     try:
         text, run = build()
-    except Exception:  # a bug in the fuzz test itself
+    except Exception:  # noqa: BLE001 (a bug in the fuzz test itself)
         return {"case": name, "description": "(could not be drawn)", "outcome": "FAIL",
                 "detail": f"drawing the case failed: {traceback.format_exc()[-1500:]}"}
     faulthandler.dump_traceback_later(HARD_TIMEOUT_S, exit=True)

@@ -4,11 +4,13 @@ an NVIDIA GPU)."""
 
 import time
 
+import pytest
+
 import idm_rt
 from benchmarks.gpu.engines import check_engines
 from benchmarks.gpu.report import markdown
 
-from .conftest import TINY
+from .helpers import TINY
 
 
 def wall_ms(fn, reps, warmup=0):
@@ -17,6 +19,7 @@ def wall_ms(fn, reps, warmup=0):
     return 1e3 * (time.perf_counter() - start)
 
 
+@pytest.mark.slow
 def test_engine_section_builds_checks_and_times_each_variant():
     results = {"checks": [], "engines": []}
     model = idm_rt.IDM(TINY, max_scale=4.0).eval()

@@ -10,7 +10,7 @@ from torch import nn
 
 from idm_rt.model.implicit import ImplicitUp, gather_nearest, nearest_query, query_fast, query_literal
 
-from .conftest import rel_err
+from .helpers import rel_err
 
 
 def naive_query(h: torch.Tensor, fc1: nn.Linear, fc2: nn.Linear, size: tuple[int, int], relu: bool) -> torch.Tensor:
@@ -30,7 +30,8 @@ def naive_query(h: torch.Tensor, fc1: nn.Linear, fc2: nn.Linear, size: tuple[int
         i, rel_r = pick(r, size[0], hs)
         for q in range(size[1]):
             j, rel_c = pick(q, size[1], ws)
-            inp = torch.cat([h[:, :, i, j].double(), torch.tensor([[rel_r, rel_c]], dtype=torch.float64).expand(b, 2)], 1)
+            rel = torch.tensor([[rel_r, rel_c]], dtype=torch.float64).expand(b, 2)
+            inp = torch.cat([h[:, :, i, j].double(), rel], 1)
             hid = inp @ w1.T + b1
             if relu:
                 hid = hid.clamp_min(0)

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 import idm_rt
-from idm_rt.export import parity, quantize, winograd
-from idm_rt.export.graphs import export_graph
 from idm_rt import Upscaler
 from idm_rt.backends import load_runner
 from idm_rt.backends.engine_dir import graph_inputs, read_manifest
 from idm_rt.buckets import Bucket
 from idm_rt.build import main
+from idm_rt.export import parity, quantize, winograd
+from idm_rt.export.graphs import export_graph
 
 TINY = idm_rt.IDMConfig(inner_channel=32, channel_multiplier=(1, 2, 4), res_blocks=1, attn_levels=(2,),
                         encoder_blocks=2)

@@ -15,10 +15,10 @@ import torch
 
 os.environ["TRITON_INTERPRET"] = "1"
 
-from idm_rt import kernels  # noqa: E402
-from idm_rt.model.implicit import ImplicitUp, fold, modulate, query_literal, query_tables  # noqa: E402
+from idm_rt import kernels
+from idm_rt.model.implicit import ImplicitUp, fold, modulate, query_literal, query_tables
 
-from .conftest import TINY, perturbed  # noqa: E402
+from .helpers import TINY, perturbed
 
 needs_triton = pytest.mark.skipif(not kernels.triton_available(), reason="triton is not installed")
 
@@ -61,8 +61,8 @@ def layer_inputs(b: int, c: int, hs: int, ws: int, hidden: int = 256, seed: int 
     s1, s2 = randn(b, c), randn(b, c)
     norm = torch.sqrt(s1 * s1 + s2 * s2 + 1e-8)
     return [randn(b, c, hs, ws), randn(b, c, hs, ws), s1 / norm, s2 / norm, randn(c, scale=0.1),
-            randn(hidden, c + 2, scale=(c + 2) ** -0.5), randn(hidden, scale=0.1), randn(c, hidden, scale=hidden ** -0.5),
-            randn(c, scale=0.1)]
+            randn(hidden, c + 2, scale=(c + 2) ** -0.5), randn(hidden, scale=0.1),
+            randn(c, hidden, scale=hidden ** -0.5), randn(c, scale=0.1)]
 
 
 def literal(inputs: list[torch.Tensor], size: tuple[int, int], act: str | None) -> torch.Tensor:
@@ -162,8 +162,9 @@ def test_triton_refused_on_cpu_without_interpreter(monkeypatch):
 def test_model_with_triton_kernels_matches_torch(relu):
     """A whole U-Net call with ``set_kernels("triton")`` (interpreted) against ``"torch"``; ``"auto"``
     stays on the torch forms on the CPU, to the bit."""
-    import idm_rt
     from dataclasses import replace
+
+    import idm_rt
 
     torch.manual_seed(0)
     model = perturbed(idm_rt.IDM(replace(TINY, implicit_relu=relu)))

@@ -7,9 +7,8 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from .helpers import ROOT
 
 
 def test_the_wheel_holds_no_top_level_module_but_idm_rt(tmp_path):

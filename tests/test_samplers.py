@@ -9,8 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from idm_rt.diffusion import (LinearSchedule, ddim, ddim_timesteps, ddpm, ddpm_step, ddpm_timesteps, dpmpp_2m,
-                              dpmpp_levels)
+from idm_rt.diffusion import (
+    LinearSchedule,
+    ddim,
+    ddim_timesteps,
+    ddpm,
+    ddpm_step,
+    ddpm_timesteps,
+    dpmpp_2m,
+    dpmpp_levels,
+)
 
 SCHED = LinearSchedule()
 MU, S = 0.3, 0.5  # data ~ N(MU, S^2) per pixel
@@ -69,7 +77,7 @@ def test_deterministic_samplers_converge_to_the_ode_solution():
     x_T = torch.randn(2, 3, 8, 8, generator=gen, dtype=torch.float64)
     g0 = SCHED.noise_level(0)
     exact = ode_solution(x_T, SCHED.noise_level(1999), g0)
-    err = lambda out, ref: ((out - ref).norm() / ref.norm()).item()  # noqa: E731
+    err = lambda out, ref: ((out - ref).norm() / ref.norm()).item()
     dpm20 = dpmpp_2m(gaussian_eps, SCHED, x_T, steps=20)
     dpm200 = dpmpp_2m(gaussian_eps, SCHED, x_T, steps=200)
     ddim20 = ddim(gaussian_eps, SCHED, x_T, steps=20)
@@ -141,6 +149,6 @@ def test_samplers_from_a_diffused_start_follow_the_ode_from_there():
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     x_start = g * MU + math.sqrt(1 - g**2) * x  # a state at level g
     exact = ode_solution(x_start, g, SCHED.noise_level(0))
-    err = lambda out: ((out - exact).norm() / exact.norm()).item()  # noqa: E731
+    err = lambda out: ((out - exact).norm() / exact.norm()).item()
     assert err(dpmpp_2m(gaussian_eps, SCHED, x_start, steps=20, t_start=t0)) < 1e-2
     assert err(ddim(gaussian_eps, SCHED, x_start, steps=601, t_start=t0)) < 1e-2

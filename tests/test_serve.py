@@ -8,7 +8,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,7 +24,7 @@ from PIL import Image
 import idm_rt
 from idm_rt.cli import main, storable
 
-from .conftest import ROOT, TINY, perturbed
+from .helpers import ROOT, TINY, free_port, perturbed
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
@@ -64,12 +63,6 @@ def get(url: str, timeout: float = 30):
         return e.code, e.read()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """The tiny random model, sampling with dpmpp_2m in 2 steps by default."""
@@ -105,6 +98,7 @@ def service(cluster, model_dir):
         serve.shutdown()
 
 
+@pytest.mark.slow
 def test_concurrent_requests_are_batched_and_equal_the_in_process_results(service, model_dir):
     cases = [(picture(16, 20, i), f"scale=2&seed={i}", {"scale": 2, "seed": i}) for i in range(8)]
     cases += [(picture(16, 20, 8, "L"), "scale=2&seed=80", {"scale": 2, "seed": 80}),  # joins the batch above
@@ -141,6 +135,7 @@ def test_concurrent_requests_are_batched_and_equal_the_in_process_results(servic
     assert stats["batches"] < stats["images"]
 
 
+@pytest.mark.slow
 def test_model_health_and_unknown_routes(service, model_dir):
     status, body = get(f"{service}/healthz")
     assert status == 200 and body == b"ok"
@@ -184,6 +179,7 @@ BAD_REQUESTS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("body,query,status,message", BAD_REQUESTS, ids=[m[:40] for *_, m in BAD_REQUESTS])
 def test_bad_requests_get_4xx_naming_the_problem_and_the_next_one_succeeds(service, body, query, status, message):
     code, _, answer = post(f"{service}/v1/upscale?{query}", body)
@@ -193,6 +189,7 @@ def test_bad_requests_get_4xx_naming_the_problem_and_the_next_one_succeeds(servi
     assert code == 200 and Image.open(io.BytesIO(answer)).size == (40, 32)
 
 
+@pytest.mark.slow
 def test_a_request_past_its_time_limit_gets_504_and_its_work_stops(service):
     slow = {}
     thread = threading.Thread(target=lambda: slow.update(r=post(f"{service}/v1/upscale?size=320x256&steps=2000", GOOD)))
@@ -210,13 +207,15 @@ def test_a_request_past_its_time_limit_gets_504_and_its_work_stops(service):
     assert stats["timed_out"] >= 1 and stats["stopped_batches"] >= 1
 
 
+@pytest.mark.slow
 def test_onnxruntime_engines_run_in_a_replica_under_a_route_prefix(service, model_dir, tmp_path):
     pytest.importorskip("onnxruntime")
     from idm_rt.build import main as build
     from idm_rt.serve import build_app
 
     engines = tmp_path / "engines"
-    assert build(["--engine", "fp32", "--backend", "onnxruntime", "--model", str(model_dir), "--out", str(engines)]) == 0
+    assert build(["--engine", "fp32", "--backend", "onnxruntime", "--model", str(model_dir), "--out",
+                  str(engines)]) == 0
     serve.run(build_app({"model": str(engines), "backend": "onnxruntime"}), name="idm_rt_ort", route_prefix="/ort",
               blocking=False)
     try:
@@ -300,6 +299,7 @@ def folder(tmp_path):
     return src
 
 
+@pytest.mark.slow
 def test_a_batch_job_writes_what_the_cli_writes(cluster, model_dir, folder, tmp_path, capsys):
     """A folder and a glob, as paths and as URIs (pyarrow's local filesystem stands in for object stores)."""
     common = ["--scale", "2.5", "--steps", "2", "--seed", "3", "--model", str(model_dir)]
@@ -320,6 +320,7 @@ def test_a_batch_job_writes_what_the_cli_writes(cluster, model_dir, folder, tmp_
             assert (tmp_path / job / name).read_bytes() == (tmp_path / "cli" / name).read_bytes(), (job, name)
 
 
+@pytest.mark.slow
 def test_a_batch_job_killed_halfway_finishes_only_the_rest_when_rerun(cluster, model_dir, tmp_path, capsys):
     src, out, n = tmp_path / "in", tmp_path / "out", 6
     src.mkdir()
@@ -353,6 +354,7 @@ def test_a_batch_job_killed_halfway_finishes_only_the_rest_when_rerun(cluster, m
     assert Image.open(out / "im0.png").size == (80, 80)
 
 
+@pytest.mark.slow
 def test_the_serve_command_says_where_it_listens_and_stops_on_sigterm(model_dir, tmp_path):
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # Ray on 127.0.0.1

@@ -15,8 +15,7 @@ from PIL import Image
 import idm_rt
 from idm_rt import cgroups, threads
 
-from .conftest import ROOT
-from .test_training import TINY_SET, make_folder
+from .helpers import ROOT, TINY_SET, make_folder
 
 
 @pytest.fixture(autouse=True)
@@ -82,7 +81,8 @@ def test_configure_threads(machine, monkeypatch):
 
 
 def test_importing_idm_rt_leaves_torch_threads_alone():
-    code = ("import torch; n = torch.get_num_threads(); import idm_rt, idm_rt.training.train, idm_rt.training.evaluate; "
+    code = ("import torch; n = torch.get_num_threads(); "
+            "import idm_rt, idm_rt.training.train, idm_rt.training.evaluate; "
             "assert torch.get_num_threads() == n, (n, torch.get_num_threads())")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
                        env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False)
@@ -119,6 +119,7 @@ def test_build_threads_flag(machine, model, capsys):
     assert torch.get_num_threads() == 3
 
 
+@pytest.mark.slow
 def test_train_threads_flag_is_the_threads_option(machine, tmp_path):
     from idm_rt.training.train import main
 

@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 import idm_rt
-from idm_rt.model import Conditioning
-from idm_rt.tiling import TilePlan, tiled_eps
+from idm_rt.tiling import TilePlan
+
+from .helpers import HIGH_BIT, pil_image
 
 
 @pytest.fixture
@@ -91,41 +92,6 @@ def test_one_tile_changes_nothing(up):
     a = up.upscale(rgb(12, 10), scale=2, seed=0, tile=0, progress=False)
     b = up.upscale(rgb(12, 10), scale=2, seed=0, tile=64, progress=False)
     assert np.array_equal(a, b)
-
-
-def test_tiles_cover_the_image_with_positive_weights():
-    plan = TilePlan.for_image((70, 100), 32, multiple=8)
-    cover = torch.zeros(70, 100)
-    for t, l, h, w in plan.tiles:
-        assert 0 <= t and t + h <= 70 and 0 <= l and l + w <= 100 and (h, w) == (32, 32)
-        cover[t:t + h, l:l + w] += plan.weight((t, l, h, w))
-    assert cover.min() > 0
-    assert TilePlan.for_image((70, 100), 30, multiple=8) == TilePlan.for_image((70, 100), 24, multiple=8)
-    with pytest.raises(ValueError, match="at least 16"):
-        TilePlan.for_image((70, 100), 12, multiple=8)
-
-
-class Pointwise(torch.nn.Module):
-    """A stand-in network whose prediction at a pixel depends only on that pixel: tiling must then
-    reproduce the untiled prediction exactly (checks the blending bookkeeping)."""
-
-    def condition(self, cond, p):
-        return Conditioning(cond * p.view(-1, 1, 1, 1), [None], [None], [None])
-
-    def denoise(self, x, c, g):
-        return torch.tanh(x * 3 + c.cond) * g.view(-1, 1, 1, 1)
-
-
-def test_tiled_prediction_equals_untiled_for_a_local_network():
-    torch.manual_seed(0)
-    cond, x = torch.randn(2, 3, 50, 70), torch.randn(2, 3, 50, 70)
-    p, g = torch.tensor([0.3, 0.8]), torch.tensor([0.5, 0.9])
-    net = Pointwise()
-    plan = TilePlan.for_image((50, 70), 24, multiple=8)
-    assert len(plan.tiles) > 4
-    want = net.denoise(x, net.condition(cond, p), g)
-    assert torch.allclose(tiled_eps(net, cond, p, plan)(x, g), want, atol=1e-6)
-    assert torch.allclose(tiled_eps(net, cond, p, plan, cache_bytes=0)(x, g), want, atol=1e-6)  # recomputed
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -251,7 +217,7 @@ def test_tiled_output_follows_the_untiled_one_without_jumps_at_tile_edges(tiny_m
     plan = TilePlan.for_image((48, 56), 24, multiple=tiny_model.config.size_multiple)
     assert len(plan.tiles) == 12  # overlap 12 (32 px, at most half a tile): 3 rows x 4 columns of tiles
     edges = sorted({l for _, l, _, _ in plan.tiles if l > 0} | {l + w for _, l, _, w in plan.tiles if l + w < 56})
-    jump = lambda a: np.mean([np.abs(a[:, c] - a[:, c - 1]).mean() for c in edges])  # noqa: E731
+    jump = lambda a: np.mean([np.abs(a[:, c] - a[:, c - 1]).mean() for c in edges])
     assert np.abs(tiled - full).max() < 0.02
     assert jump(tiled) < 1.05 * jump(full)
 
@@ -279,34 +245,11 @@ def test_bad_stored_defaults_are_refused_when_loading(tiny_model, tmp_path, defa
         idm_rt.Upscaler.from_pretrained(tmp_path / "m")
 
 
-def smooth_rgba(h=8, w=10, seed=0) -> np.ndarray:
-    """A smooth RGBA image with alpha in [128, 255] (premultiplying it back and forth loses little)."""
-    small = (np.random.default_rng(seed).random((3, 4, 4)) * 255).astype(np.uint8)
-    out = np.asarray(Image.fromarray(small).resize((w, h), Image.BICUBIC)).copy()
-    out[..., 3] = 128 + out[..., 3] // 2
-    return out
-
-
 # The documented policy: PIL mode -> (what it is upscaled as, the mode it comes back in).
 PIL_POLICY = {"1": ("L", "L"), "L": ("L", "L"), "LA": ("LA", "LA"), "La": ("LA", "La"), "P": ("RGB", "RGB"),
               "P+transparency": ("RGBA", "RGBA"), "PA": ("RGBA", "RGBA"), "RGB": ("RGB", "RGB"),
               "RGBA": ("RGBA", "RGBA"), "RGBa": ("RGBA", "RGBa"), "RGBX": ("RGB", "RGBX"), "CMYK": ("RGB", "CMYK"),
               "YCbCr": ("RGB", "YCbCr"), "LAB": ("RGB", "LAB"), "HSV": ("RGB", "HSV")}
-HIGH_BIT = {"I": "<i4", "I;16": "<u2", "I;16L": "<u2", "I;16B": ">u2", "I;16N": "=u2", "F": "<f4"}
-
-
-def pil_image(mode: str) -> Image.Image:
-    base = Image.fromarray(smooth_rgba())
-    if mode in HIGH_BIT:
-        u16 = np.asarray(base.convert("L")).astype(np.uint16) * 257
-        values = u16 / 65535 if mode == "F" else u16
-        return Image.frombytes(mode, base.size, values.astype(HIGH_BIT[mode]).tobytes())
-    if mode.startswith("P"):
-        im = base.convert("RGB").quantize(16) if mode != "PA" else base.convert("PA")
-        if mode == "P+transparency":
-            im.info["transparency"] = 0
-        return im
-    return base.convert(mode) if "a" in mode.lower() else base.convert("RGB").convert(mode)
 
 
 @pytest.mark.parametrize("mode", list(PIL_POLICY))

@@ -52,7 +52,7 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads; 0: the CPUs this process may use (idm_rt.configure_threads)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """The options, checked (:meth:`check`): a bad value fails here, not steps into a run. Runs saved
         before ``val_sampling`` gave its fields as ``val_sampler``, ``val_steps``, ... and called the network's
         shape ``preset`` (read as such)."""

@@ -47,7 +47,7 @@ def scan_folder(folder: str | Path, min_size: int) -> FolderScan:
                 im.load()  # a truncated file fails only here (verify() decodes no pixel data)
             if high_bit:  # the modes whose values can be unusable (NaN, out of range): decode them now
                 load_rgb(path)
-        except Exception as e:  # PIL raises many types for broken files
+        except Exception as e:  # noqa: BLE001 (PIL raises many types for broken files)
             skipped.append((path, f"unreadable ({e.__class__.__name__}: {e})"))
             continue
         if min(w, h) < min_size:

@@ -15,7 +15,7 @@ class CsvLog:
         try:
             from torch.utils.tensorboard import SummaryWriter
             self.tb = SummaryWriter(str(path.parent / "tensorboard"))
-        except Exception:  # tensorboard is optional
+        except Exception:  # noqa: BLE001 (tensorboard is optional)
             self.tb = None
 
     def truncate_after(self, step: int) -> None:

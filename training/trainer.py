@@ -60,8 +60,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = IDM(preset(cfg.network_preset, **cfg.network), max_scale=cfg.max_scale).to(self.device)
         self.ema = EMA(self.model, cfg.ema_decay)
-        self.net = (DistributedDataParallel(self.model, find_unused_parameters=cfg.regression_steps > 0) if self.world > 1
-                    else self.model)
+        self.net = (DistributedDataParallel(self.model, find_unused_parameters=cfg.regression_steps > 0)
+                    if self.world > 1 else self.model)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.scaler = torch.amp.GradScaler(enabled=cfg.precision == "fp16" and self.device.type == "cuda")
         self.loss_fn = IDMLoss(max_t=cfg.max_timestep, snr_gamma=cfg.snr_gamma, aux_weight=cfg.aux_weight)
@@ -226,6 +226,6 @@ class Trainer:
         if self.val_log is None:
             self.val_log = CsvLog(self.out / "val.csv")
         self.val_log.write(**result)
-        tqdm.write(f"val step {self.step}: PSNR(Y) {result['psnr_y']:.2f} dB (estimate {result['psnr_y_estimate']:.2f}, "
-                   f"bicubic {result['psnr_y_bicubic']:.2f})")
+        tqdm.write(f"val step {self.step}: PSNR(Y) {result['psnr_y']:.2f} dB "
+                   f"(estimate {result['psnr_y_estimate']:.2f}, bicubic {result['psnr_y_bicubic']:.2f})")
         return result

@@ -14,7 +14,6 @@ import idm_rt
 
 from .common import DEVICE, check, log, median_ms, release_style
 
-
 # Max abs difference of an engine's image from the torch backend's (same seed, [0, 1] images).
 IMAGE_TOL = {"fp32": 2e-3, "fp16": 5e-2}
 

@@ -28,7 +28,8 @@ def check_model(results: dict, model: idm_rt.IDM, size: int) -> None:
         results["autocast_error"][str(dtype)[6:]] = err
         check(results, f"U-Net {size}px: kernels + CUDA graph {str(dtype)[6:]} (measured error)", err, 5e-2)
     eager = ddim(lambda x_, g_: model.denoise(x_, c, g_), LinearSchedule(), x, 20)
-    check(results, f"DDIM 20 steps {size}px: graphed loop vs eager", rel_max_err(StaticDDIM(model)(c, x, 20), eager), 1e-4)
+    check(results, f"DDIM 20 steps {size}px: graphed loop vs eager", rel_max_err(StaticDDIM(model)(c, x, 20), eager),
+          1e-4)
 
 
 @torch.no_grad()
@@ -62,7 +63,8 @@ def time_image(results: dict, model: idm_rt.IDM, size: int, steps_list: tuple[in
     loops = {"fp32": StaticDDIM(model), "fp16": StaticDDIM(model, autocast=torch.float16)}
     for steps in steps_list:
         release_style(model, True)
-        ms = {"release eager fp32": median_ms(lambda: ddim(lambda x, g: model.denoise(x, c, g), sched, x_T, steps), 1, 0)}
+        eager = lambda: ddim(lambda x, g: model.denoise(x, c, g), sched, x_T, steps)
+        ms = {"release eager fp32": median_ms(eager, 1, 0)}
         release_style(model, False)
         for name, loop in loops.items():
             ms[f"ours graphed DDIM {name}"] = median_ms(lambda: loop(c, x_T, steps), 1, 1)

@@ -137,7 +137,7 @@ class Manifest:
         return json.dumps(d, indent=2) + "\n"
 
     @classmethod
-    def from_json(cls, text: str) -> "Manifest":
+    def from_json(cls, text: str) -> Manifest:
         """Parse and check manifest.json: every field of the right type and range, every graph one this
         directory's buckets have, every file the name a build gives it. Fields this version does not
         know are ignored, missing ones named."""
@@ -167,7 +167,7 @@ class Manifest:
             if not isinstance(f, str) or not BUILT_FILE.fullmatch(f):
                 raise ValueError(f"its pending file {f!r} is not a file a build writes")
         manifest = cls(**d)
-        manifest.recommended  # checked here, not when an image is sampled
+        _ = manifest.recommended  # checked here, not when an image is sampled
         return manifest
 
 

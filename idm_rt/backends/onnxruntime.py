@@ -45,7 +45,8 @@ class OnnxRuntimeRunner(EngineRunner):
         providers = execution_providers(self.device)
         if self.device.type == "cuda" and self.manifest.build_flags.get("conv") == "winograd":
             warnings.warn(f"{self.folder} was built with Winograd convolutions for ONNX Runtime on a CPU; on a "
-                          "GPU cuDNN's own are faster: rebuild with python -m idm_rt.build --conv direct")
+                          "GPU cuDNN's own are faster: rebuild with python -m idm_rt.build --conv direct",
+                          stacklevel=1)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only: optimiser notes are not the user's concern
@@ -58,7 +59,7 @@ class OnnxRuntimeRunner(EngineRunner):
                     else artifact(self.folder, entry.onnx, entry.onnx_bytes))
             try:
                 self._sessions[key] = ort.InferenceSession(str(path), options, providers=providers)
-            except Exception as e:  # onnxruntime raises its own exception types, one per failure kind
+            except Exception as e:  # noqa: BLE001 (onnxruntime raises its own exception types, one per failure kind)
                 raise RuntimeError(f"ONNX Runtime cannot load {path}: {e}\n(a damaged file: rebuild the directory "
                                    f"with python -m idm_rt.build --force)") from None
         self._check_graphs()

@@ -70,5 +70,5 @@ def sample(model: IDM, conditioning: Conditioning, sampler: str = "ddim", steps:
                        progress=progress)
 
 
-__all__ = ["LinearSchedule", "SAMPLERS", "sample", "run_sampler", "calls_for", "start_timestep", "ddpm", "ddim", "dpmpp_2m",
-           "ddpm_step", "ddpm_timesteps", "ddim_timesteps", "dpmpp_levels"]
+__all__ = ["LinearSchedule", "SAMPLERS", "sample", "run_sampler", "calls_for", "start_timestep", "ddpm", "ddim",
+           "dpmpp_2m", "ddpm_step", "ddpm_timesteps", "ddim_timesteps", "dpmpp_levels"]

@@ -39,7 +39,7 @@ class Conditioning:
         return [*self.shifts[1:], *self.a1[1:], *self.a2[1:]]
 
     @classmethod
-    def from_flat(cls, cond: torch.Tensor, tensors: list[torch.Tensor]) -> "Conditioning":
+    def from_flat(cls, cond: torch.Tensor, tensors: list[torch.Tensor]) -> Conditioning:
         """Inverse of :meth:`flat`, with the condition image ``cond``."""
         n = len(tensors) // 3
         return cls(cond, [None, *tensors[:n]], [None, *tensors[n:2 * n]], [None, *tensors[2 * n:]])

@@ -101,7 +101,8 @@ def resize_tables(upsampler: str, lr_size: tuple[int, int], size: tuple[int, int
     followed by the relative coordinates (``"implicit"``). Engine runners pass them to the graph."""
     if upsampler == "nearest":
         return nearest_indices(int(lr_size[0]), size[0], device), nearest_indices(int(lr_size[1]), size[1], device)
-    (rows, rel_rows), (cols, rel_cols) = nearest_query(int(lr_size[0]), size[0]), nearest_query(int(lr_size[1]), size[1])
+    rows, rel_rows = nearest_query(int(lr_size[0]), size[0])
+    cols, rel_cols = nearest_query(int(lr_size[1]), size[1])
     return rows.to(device), cols.to(device), rel_rows.to(device), rel_cols.to(device)
 
 

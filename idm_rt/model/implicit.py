@@ -71,7 +71,8 @@ def gather_nearest(y: torch.Tensor, size: tuple[int, int], tables: Tables | None
     return y[:, :, ri][:, :, :, ci]
 
 
-def modulate(x: torch.Tensor, shift: torch.Tensor, a1: torch.Tensor, a2: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+def modulate(x: torch.Tensor, shift: torch.Tensor, a1: torch.Tensor, a2: torch.Tensor,
+             bias: torch.Tensor) -> torch.Tensor:
     """``FusedLeakyReLU(x * a1 + shift * a2, bias)`` with a1, a2 of shape (B, C)."""
     return fused_leaky_relu(x * a1[:, :, None, None] + shift * a2[:, :, None, None], bias)
 
@@ -117,9 +118,9 @@ def query_fast(h: torch.Tensor, fc1: nn.Linear, fc2: nn.Linear, size: tuple[int,
     if tables is None:
         # int(): under ONNX export sizes arrive as traced tensors; the index tables must be constants.
         tables = query_tables((int(hs), int(ws)), (int(size[0]), int(size[1])), h.device)
-        gather = lambda y: gather_nearest(y, size)  # noqa: E731
+        gather = lambda y: gather_nearest(y, size)
     else:
-        gather = lambda y: gather_nearest(y, size, tables)  # noqa: E731
+        gather = lambda y: gather_nearest(y, size, tables)
     rr, cr = tables[1].to(h.dtype), tables[3].to(h.dtype)
     if not relu:
         m, u, v, d = (t.to(h.dtype) for t in fold(fc1, fc2))
@@ -172,10 +173,10 @@ class ImplicitUp(nn.Module):
         if fused is not None:
             tables = query_tables(tuple(x.shape[-2:]), size, x.device)
             w = (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
-            run_mlp = lambda: fused.mlp_upsample(x, shift, a1, a2, self.bias, *w, tables, self.relu)  # noqa: E731
+            run_mlp = lambda: fused.mlp_upsample(x, shift, a1, a2, self.bias, *w, tables, self.relu)
             if self.relu:
                 return run_mlp()
-            run_folded = lambda: fused.folded_upsample(  # noqa: E731
+            run_folded = lambda: fused.folded_upsample(
                 x, shift, a1, a2, self.bias, *fold(self.fc1, self.fc2), tables)
             return fused.fastest((x.device, x.dtype, tuple(x.shape), tuple(size)), run_folded, run_mlp)()
         h = modulate(x, shift, a1, a2, self.bias)

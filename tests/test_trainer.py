@@ -1,4 +1,6 @@
-"""Training as a user runs it: data validation, loss going down, checkpoints, exact resume, DDP."""
+"""The trainer (idm_rt.training.trainer and the idm_rt.training.train command) as a user runs it: loss going
+down, checkpoints and their rotation, exact resume (also after Ctrl-C), options checked up front, damaged
+state and full disks, two DDP ranks."""
 
 from __future__ import annotations
 
@@ -8,62 +10,22 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-import idm_rt
 from idm_rt.training.config import resolve
-from idm_rt.training.data import scan_folder
 from idm_rt.training.trainer import Trainer
 
-from .conftest import ROOT, TINY
-from .test_cli import safetensors_no_space
-
-NETWORK = {k: v for k, v in TINY.to_dict().items()}
-
-
-def make_folder(path, n=5, size=40):
-    """Smooth random images (low-frequency noise upsampled), plus a broken and a tiny file."""
-    path.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        small = (rng.random((6, 6, 3)) * 255).astype(np.uint8)
-        Image.fromarray(small).resize((size, size + 3 * i), Image.BICUBIC).save(path / f"img{i}.png")
-    (path / "broken.jpg").write_bytes(b"not a jpeg")
-    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path / "tiny.png")
-    return path
-
-
-def config(tmp_path, **kw):
-    opts = [f'data="{tmp_path / "data"}"', f'out="{tmp_path / "run"}"', "crop=16", "batch=2", "steps=6",
-            "ckpt_every=3", "keep_last=2", "val_every=0", "log_every=1", "lr=0.001", "fixed_scale_steps=3",
-            "threads=1", "val_holdout=1"] + [f"{k}={v}" for k, v in kw.items()]
-    cfg = resolve("small", overrides=opts)
-    cfg.network = dict(NETWORK)
-    return cfg
+from .helpers import ROOT, TINY_SET, free_port, make_folder, safetensors_no_space, train_config
 
 
 def losses(run) -> list[float]:
     with open(run / "log.csv") as f:
         return [float(r["loss"]) for r in csv.DictReader(f)]
-
-
-def test_folder_validation(tmp_path):
-    scan = scan_folder(make_folder(tmp_path / "data"), min_size=16)
-    assert len(scan.images) == 5
-    reasons = {p.name: why for p, why in scan.skipped}
-    assert "unreadable" in reasons["broken.jpg"] and "too small" in reasons["tiny.png"]
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no usable training image"):
-        scan_folder(tmp_path / "empty", 16)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        scan_folder(tmp_path / "nowhere", 16)
 
 
 def test_cli_reports_bad_data_folder(tmp_path):
@@ -85,7 +47,7 @@ def held_out_loss(trainer: Trainer) -> float:
 
 def test_loss_goes_down_and_checkpoints_rotate(tmp_path):
     make_folder(tmp_path / "data")
-    trainer = Trainer(config(tmp_path, steps=40, ckpt_every=10, lr=0.005))
+    trainer = Trainer(train_config(tmp_path, steps=40, ckpt_every=10, lr=0.005))
     before = held_out_loss(trainer)
     trainer.fit()
     assert held_out_loss(trainer) < 0.9 * before
@@ -99,12 +61,12 @@ def test_loss_goes_down_and_checkpoints_rotate(tmp_path):
 def test_resume_is_exact(tmp_path):
     make_folder(tmp_path / "data")
     straight = tmp_path / "a"
-    cfg = config(tmp_path, steps=6)
+    cfg = train_config(tmp_path, steps=6)
     cfg.out = str(straight)
     a = Trainer(cfg)
     a.fit()
     half = tmp_path / "b"
-    cfg = config(tmp_path, steps=4, ckpt_every=3)
+    cfg = train_config(tmp_path, steps=4, ckpt_every=3)
     cfg.out = str(half)
     Trainer(cfg).fit()  # checkpoints at 3 and 4; drop the one at 4 as if killed after logging step 4
     shutil.rmtree(half / "checkpoints" / "step_00000004")
@@ -135,7 +97,7 @@ def _interrupt_during_step(trainer: Trainer, step: int, times: int = 1) -> None:
 
 def test_ctrl_c_mid_step_saves_a_checkpoint_that_resumes_exactly(tmp_path):
     make_folder(tmp_path / "data")
-    cfg = config(tmp_path, steps=6, ckpt_every=100)
+    cfg = train_config(tmp_path, steps=6, ckpt_every=100)
     cfg.out = str(tmp_path / "a")
     straight = Trainer(cfg)
     straight.fit()
@@ -155,16 +117,12 @@ def test_ctrl_c_mid_step_saves_a_checkpoint_that_resumes_exactly(tmp_path):
 
 def test_a_second_ctrl_c_stops_at_once_without_a_checkpoint(tmp_path, capsys):
     make_folder(tmp_path / "data")
-    trainer = Trainer(config(tmp_path, steps=6, ckpt_every=2))
+    trainer = Trainer(train_config(tmp_path, steps=6, ckpt_every=2))
     _interrupt_during_step(trainer, 3, times=2)
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
     assert [p.name for p in trainer.checkpoints()] == ["step_00000002"]
     assert "continues from the last one (step_00000002)" in capsys.readouterr().out
-
-
-TINY_SET = ["crop=16", "batch=2", "threads=1", "val_holdout=1", "val_every=0", "ckpt_every=2", "log_every=1",
-            "network.channel_multiplier=[1,2,4]", "network.attn_levels=[2]", "network.encoder_blocks=2"]
 
 
 def test_resume_cli_uses_the_runs_saved_options(tmp_path, capsys):
@@ -194,133 +152,60 @@ def test_resume_cli_uses_the_runs_saved_options(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("override,message", [
-    ('val_sampling={"sampler":"bogus"}', r"val_sampling: unknown sampler 'bogus'"), ("ckpt_every=0", "ckpt_every must be > 0"),
-    ("lr=abc", "lr must be a finite number"), ("network.foo=1", "network options"), ("ema_decay=2", "ema_decay"),
-    ("steps=-5", "steps must be >= 0"), ("precision=fp8", "precision must be"), ("crop=20", "multiple of 8"),
-    ("lr=NaN", "lr must be a finite number"), ('val_sampling={"sampler":"ddim","steps":1}', r"ddim steps must be in 2\.\.2000, got 1"),
+    ('val_sampling={"sampler":"bogus"}', r"val_sampling: unknown sampler 'bogus'"),
+    ("ckpt_every=0", "ckpt_every must be > 0"), ("lr=abc", "lr must be a finite number"),
+    ("network.foo=1", "network options"), ("ema_decay=2", "ema_decay"), ("steps=-5", "steps must be >= 0"),
+    ("precision=fp8", "precision must be"), ("crop=20", "multiple of 8"), ("lr=NaN", "lr must be a finite number"),
+    ('val_sampling={"sampler":"ddim","steps":1}', r"ddim steps must be in 2\.\.2000, got 1"),
 ])
 def test_bad_options_fail_before_training(override, message):
     with pytest.raises(ValueError, match=message):
         resolve("small", overrides=override.split())
 
 
-def test_16_bit_and_rotated_images_load_as_the_upscaler_reads_them(tmp_path):
-    from idm_rt.training.data import load_rgb
-
-    ramp = np.linspace(0, 65535, 30 * 40).reshape(30, 40).astype(np.uint16)
-    Image.fromarray(ramp).save(tmp_path / "g16.png")
-    t = load_rgb(tmp_path / "g16.png")
-    assert t.shape == (3, 30, 40) and t.min() == 0 and t.max() == 255 and len(t.unique()) > 200
-    im = Image.fromarray((np.random.default_rng(0).random((20, 30, 3)) * 255).astype(np.uint8))
-    exif = im.getexif()
-    exif[0x0112] = 6  # rotated: shown 20 wide, 30 high
-    im.save(tmp_path / "o6.jpg", exif=exif)
-    assert load_rgb(tmp_path / "o6.jpg").shape == (3, 30, 20)
-    Image.fromarray(np.full((20, 20), 127.0, np.float32), mode="F").save(tmp_path / "f255.tif")  # PIL's 0..255
-    assert load_rgb(tmp_path / "f255.tif").float().mean().round() == 127
-    Image.fromarray(np.full((20, 20), np.nan, np.float32), mode="F").save(tmp_path / "nan.tif")
-    scan = scan_folder(tmp_path, min_size=8)
-    assert [p.name for p, _ in scan.skipped] == ["nan.tif"] and "NaN" in scan.skipped[0][1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
+# Run with python -c in the checkout (cwd=ROOT): that puts the checkout first on sys.path, so tests.helpers imports.
 DDP_SCRIPT = """
-import sys, torch
-sys.path.insert(0, {root!r})
-from tests.test_training import config
-from idm_rt.training.trainer import Trainer
+import sys
 from pathlib import Path
-tmp = Path({tmp!r})
-t = Trainer(config(tmp, steps=2, ckpt_every=100))
+
+import torch
+
+from idm_rt.training.trainer import Trainer
+from tests.helpers import train_config
+
+tmp = Path(sys.argv[1])
+t = Trainer(train_config(tmp, steps=2, ckpt_every=100))
 t.fit()
-torch.save(t.model.state_dict(), tmp / f"rank{{t.rank}}.pt")
+torch.save(t.model.state_dict(), tmp / f"rank{t.rank}.pt")
 """
 
 
+@pytest.mark.slow
 def test_two_process_gloo_ranks_stay_identical(tmp_path):
     make_folder(tmp_path / "data", n=6)
-    port = _free_port()
+    port = free_port()
     procs = []
     for rank in range(2):
         env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2",
                "RANK": str(rank), "LOCAL_RANK": str(rank)}
-        procs.append(subprocess.Popen([sys.executable, "-c", DDP_SCRIPT.format(root=str(ROOT), tmp=str(tmp_path))],
-                                      env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        procs.append(subprocess.Popen([sys.executable, "-c", DDP_SCRIPT, str(tmp_path)], env=env, cwd=ROOT,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     w0, w1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
-    init = Trainer(config(tmp_path)).model.state_dict()  # the same seeded init both ranks started from
+    init = Trainer(train_config(tmp_path)).model.state_dict()  # the same seeded init both ranks started from
     for k in w0:
         assert torch.equal(w0[k], w1[k]), k
     assert any(not torch.equal(w0[k], init[k]) for k in w0)
     assert (tmp_path / "run" / "checkpoints" / "step_00000002").exists()  # rank 0 wrote the final checkpoint
 
 
-def test_bundle_ships_fp16_ema_with_defaults_and_respects_the_budget(tmp_path, monkeypatch):
-    from idm_rt.training import bundle
-
-    make_folder(tmp_path / "data")
-    Trainer(config(tmp_path, steps=3, ckpt_every=3)).fit()
-    ckpt = tmp_path / "run" / "checkpoints" / "step_00000003"
-    out = tmp_path / "default"
-    assert bundle.main([str(ckpt), "--out", str(out), "--sampler", "ddim", "--steps", "7", "--init", "bicubic",
-                        "--init-level", "0.6"]) == 0
-    up = idm_rt.Upscaler.from_pretrained(out)
-    assert up.sampling == idm_rt.SamplingSettings(sampler="ddim", steps=7, init="bicubic", init_level=0.6)
-    assert up.model.provenance["step"] == 3 and up.model.provenance["weights"] == "EMA"
-    from safetensors.torch import load_file
-    assert all(t.dtype == torch.float16 for t in load_file(out / "model.safetensors").values())
-    before = (out / "model.safetensors").read_bytes()
-    monkeypatch.setattr(bundle, "MAX_BYTES", 10)
-    assert bundle.main([str(ckpt), "--out", str(out), "--steps", "3"]) == 1
-    assert (out / "model.safetensors").read_bytes() == before  # the shipped model is left as it was
-
-
-def test_evaluate_cli_writes_a_table_and_json(tmp_path, tiny_model, capsys):
-    import json
-
-    from idm_rt.training import evaluate
-
-    idm_rt.save_model(tiny_model, tmp_path / "m")
-    make_folder(tmp_path / "data", n=2)
-    assert evaluate.main(["--model", str(tmp_path / "m"), "--data", str(tmp_path / "data"), "--scales", "2,3",
-                          "--steps", "2", "--crop", "24", "--json", str(tmp_path / "r.json"), "--save-dir",
-                          str(tmp_path / "grids")]) == 0
-    captured = capsys.readouterr()
-    table = captured.out
-    assert "| 2x |" in table and "| 3x |" in table and "bicubic" in table
-    assert "skipped tiny: 8x8 is too small to evaluate at 2x" in captured.err and "broken.jpg" in captured.err
-    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
-    assert [r["scale"] for r in rows] == [2.0, 3.0] and all(r["images"] == 2 for r in rows)
-    assert (tmp_path / "grids" / "x2" / "img0_grid.png").exists()
-    base = ["--model", str(tmp_path / "m"), "--data", str(tmp_path / "data")]
-    for bad, message in ((["--scales", "1"], "scales must be"), (["--scales", "nan"], "scales must be"),
-                         (["--steps", "-1"], "steps must be an integer in 1..2000"),
-                         (["--init", "bicubic", "--init-level", "2"], "init_level"), (["--tile", "5"], "--tile must be"),
-                         (["--scales", "8", "--crop", "16"], "no image is large enough")):
-        assert evaluate.main([*base, *bad]) == 2
-        assert message in capsys.readouterr().err
-
-
 def test_a_stop_asked_in_the_last_step_ends_the_run_normally(tmp_path):
     make_folder(tmp_path / "data")
-    trainer = Trainer(config(tmp_path, steps=3, ckpt_every=100))
+    trainer = Trainer(train_config(tmp_path, steps=3, ckpt_every=100))
     _interrupt_during_step(trainer, 3)
     trainer.fit()  # no KeyboardInterrupt: the run is complete
     assert [p.name for p in trainer.checkpoints()] == ["step_00000003"]
-
-
-def test_evaluate_skips_images_an_integer_scale_crops_below_the_ssim_window(tmp_path, capsys):
-    from idm_rt.training.evaluate import large_enough
-
-    images = [("a", torch.zeros(3, 19, 19, dtype=torch.uint8)), ("b", torch.zeros(3, 20, 20, dtype=torch.uint8))]
-    assert [n for n, _ in large_enough(images, [4])] == ["b"]  # 19 -> 16 - 2 x 4 = 8 < 11; 20 -> 12
-    assert "skipped a: 19x19 is too small to evaluate at 4x" in capsys.readouterr().err
 
 
 def test_resuming_nothing_is_an_error_naming_the_folder(tmp_path, capsys):
@@ -330,23 +215,11 @@ def test_resuming_nothing_is_an_error_naming_the_folder(tmp_path, capsys):
     assert f"nothing to resume: {tmp_path / 'TYPO'} holds no run" in capsys.readouterr().err
     assert not (tmp_path / "TYPO").exists()
     make_folder(tmp_path / "data")
-    trainer = Trainer(config(tmp_path))
+    trainer = Trainer(train_config(tmp_path))
     (tmp_path / "run").mkdir()  # a run stopped before its first checkpoint
     with pytest.raises(FileNotFoundError, match=f"nothing to resume: {tmp_path / 'run' / 'checkpoints'} holds no"):
         trainer.fit(resume=True)
     assert trainer.step == 0 and not (tmp_path / "run" / "log.csv").exists()
-
-
-@pytest.mark.parametrize("progressive", [False, True])
-def test_a_truncated_jpeg_is_skipped_by_the_folder_scan(tmp_path, progressive):
-    make_folder(tmp_path / "data", n=2)
-    photo = Image.fromarray((np.random.default_rng(0).random((6, 8, 3)) * 255).astype(np.uint8))
-    photo.resize((160, 120), Image.BICUBIC).save(tmp_path / "whole.jpg", quality=90, progressive=progressive)
-    data = (tmp_path / "whole.jpg").read_bytes()
-    (tmp_path / "data" / "cut.jpg").write_bytes(data[: len(data) // 2])  # headers whole, pixel data cut
-    scan = scan_folder(tmp_path / "data", min_size=16)
-    reasons = {p.name: why for p, why in scan.skipped}
-    assert "cut.jpg" not in [p.name for p in scan.images] and "truncated" in reasons["cut.jpg"]
 
 
 class _Mkdir:
@@ -402,12 +275,12 @@ def test_rotation_and_resume_leave_what_is_not_a_checkpoint_alone(tmp_path):
     (ckpts / "step_00000001").mkdir()  # named like a checkpoint, but not one
     (ckpts / "step_00000001" / "keep.txt").write_text("mine too")
     (ckpts / "step_99999999").mkdir()
-    trainer = Trainer(config(tmp_path, steps=6, ckpt_every=2, keep_last=1))
+    trainer = Trainer(train_config(tmp_path, steps=6, ckpt_every=2, keep_last=1))
     trainer.fit()
     assert sorted(p.name for p in ckpts.iterdir()) == ["step_00000000_notes.txt", "step_00000001", "step_00000006",
                                                        "step_99999999"]
     assert (ckpts / "step_00000001" / "keep.txt").read_text() == "mine too"
-    resumed = Trainer(config(tmp_path, steps=6, ckpt_every=2, keep_last=1))
+    resumed = Trainer(train_config(tmp_path, steps=6, ckpt_every=2, keep_last=1))
     assert resumed.resume() and resumed.step == 6
 
 
@@ -445,21 +318,3 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_leaves_nothing_behind(tmp_p
     assert last.startswith(f"error: cannot write checkpoint {out / 'checkpoints' / 'step_00000002'}: ")
     assert "No space left on device" in last and "Traceback" not in err
     assert not list((out / "checkpoints").glob("*"))  # (the folder itself may have gone with what the save made)
-
-
-def test_bundle_on_a_full_disk_leaves_the_shipped_model_as_it_was(tmp_path, monkeypatch, capsys):
-    from idm_rt import checkpoints
-    from idm_rt.training import bundle
-
-    make_folder(tmp_path / "data")
-    Trainer(config(tmp_path, steps=3, ckpt_every=3)).fit()
-    ckpt = tmp_path / "run" / "checkpoints" / "step_00000003"
-    out = tmp_path / "default"
-    out.mkdir()
-    (out / "model.safetensors").write_bytes(b"shipped")
-    monkeypatch.setattr(checkpoints, "save_file", safetensors_no_space)
-    assert bundle.main([str(ckpt), "--out", str(out)]) == 1
-    assert "No space left on device" in capsys.readouterr().err
-    assert [p.name for p in tmp_path.iterdir() if "default" in p.name] == ["default"]  # no staging folder left
-    assert [p.name for p in out.iterdir()] == ["model.safetensors"]
-    assert (out / "model.safetensors").read_bytes() == b"shipped"

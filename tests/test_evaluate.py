@@ -1,0 +1,47 @@
+"""The evaluation command (idm_rt.training.evaluate): its table and JSON, grids, bad options, images too small
+for a scale."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import idm_rt
+
+from .helpers import make_folder
+
+
+@pytest.mark.slow
+def test_evaluate_cli_writes_a_table_and_json(tmp_path, tiny_model, capsys):
+    import json
+
+    from idm_rt.training import evaluate
+
+    idm_rt.save_model(tiny_model, tmp_path / "m")
+    make_folder(tmp_path / "data", n=2)
+    assert evaluate.main(["--model", str(tmp_path / "m"), "--data", str(tmp_path / "data"), "--scales", "2,3",
+                          "--steps", "2", "--crop", "24", "--json", str(tmp_path / "r.json"), "--save-dir",
+                          str(tmp_path / "grids")]) == 0
+    captured = capsys.readouterr()
+    table = captured.out
+    assert "| 2x |" in table and "| 3x |" in table and "bicubic" in table
+    assert "skipped tiny: 8x8 is too small to evaluate at 2x" in captured.err and "broken.jpg" in captured.err
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    assert [r["scale"] for r in rows] == [2.0, 3.0] and all(r["images"] == 2 for r in rows)
+    assert (tmp_path / "grids" / "x2" / "img0_grid.png").exists()
+    base = ["--model", str(tmp_path / "m"), "--data", str(tmp_path / "data")]
+    for bad, message in ((["--scales", "1"], "scales must be"), (["--scales", "nan"], "scales must be"),
+                         (["--steps", "-1"], "steps must be an integer in 1..2000"),
+                         (["--init", "bicubic", "--init-level", "2"], "init_level"),
+                         (["--tile", "5"], "--tile must be"),
+                         (["--scales", "8", "--crop", "16"], "no image is large enough")):
+        assert evaluate.main([*base, *bad]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_evaluate_skips_images_an_integer_scale_crops_below_the_ssim_window(tmp_path, capsys):
+    from idm_rt.training.evaluate import large_enough
+
+    images = [("a", torch.zeros(3, 19, 19, dtype=torch.uint8)), ("b", torch.zeros(3, 20, 20, dtype=torch.uint8))]
+    assert [n for n, _ in large_enough(images, [4])] == ["b"]  # 19 -> 16 - 2 x 4 = 8 < 11; 20 -> 12
+    assert "skipped a: 19x19 is too small to evaluate at 4x" in capsys.readouterr().err
