@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
         hr, lr = make_pair(img, args.scale)
         size = tuple(hr.shape[-2:])
         for seed in (int(s) for s in args.seeds.split(",")):
-            run = lambda **kw: super_resolve(model, lr, size, settings, scale=args.scale,  # noqa: E731
+            run = lambda **kw: super_resolve(model, lr, size, settings, scale=args.scale,
                                              generator=torch.Generator().manual_seed(seed), **kw)[0]
             full = (run() + 1) / 2
             for o in overlaps:

@@ -317,7 +317,7 @@ class Calibration:
     source: str  # what the images are
 
     @classmethod
-    def load(cls, source: str | Path = "auto", settings: QuantSettings | None = None) -> "Calibration":
+    def load(cls, source: str | Path = "auto", settings: QuantSettings | None = None) -> Calibration:
         settings = settings or QuantSettings()
         images, what = calibration_images(source, settings.images, settings.seed)
         return cls(settings, images, what)
