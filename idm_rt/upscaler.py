@@ -47,7 +47,6 @@ class Upscaler:
             memory (:mod:`idm_rt.tile_size`: untiled while one tile is cheaper), engines their bucket rule.
         max_memory: bytes a call may plan to use (the torch backend's tile choice); default half the
             memory the device has free.
-            (None, the default of :meth:`from_engines`: the engine directory's bucket rule).
         max_pixels: largest output (H x W) accepted, a guard against typos such as ``scale=400``.
     """
 
