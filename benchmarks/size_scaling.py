@@ -10,6 +10,7 @@ seconds per output megapixel and the peak memory against the output's megapixels
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import resource
 import subprocess
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from idm_rt.upscaler import DEFAULT_MODEL
 
 from .common import RESULTS, machine, write
 
@@ -44,7 +47,7 @@ def child(backend: str, side: int, model: str | None, engines: str | None, threa
     return {"backend": backend, "side": side, "megapixels": side * side / 1e6, "seconds": seconds,
             "seconds_per_megapixel": seconds / (side * side / 1e6), "tile": tile,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads(), "sampling": dataclasses.asdict(up.sampling)}
 
 
 def build_engines(model: str | None, precision: str, out: Path) -> Path:
@@ -80,7 +83,10 @@ def run(sides: list[int], backends: list[str], model: str | None, threads: int) 
         mine = [r for r in rows if r["backend"] == backend]
         for r in mine:
             r["vs_smallest"] = r["seconds_per_megapixel"] / mine[0]["seconds_per_megapixel"]
-    return {"model": model or "bundled default", "scale": 4, "threads": threads, "rows": rows}
+    folder = Path(model) if model else DEFAULT_MODEL
+    provenance = json.loads((folder / "config.json").read_text()).get("provenance", {}) if folder.is_dir() else {}
+    return {"model": model or "bundled default", "model_step": provenance.get("step"), "scale": 4,
+            "threads": threads, "rows": rows}
 
 
 def plot(result: dict, path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Seeded fuzz test of ``Upscaler.upscale`` and the ``upscale`` command (issue 13, "Trust").
+"""Seeded fuzz test of ``Upscaler.upscale`` and the ``upscale`` command.
 
 Hundreds of random, adversarial but small inputs go to a tiny random model: images of every kind
 (PIL in every mode, numpy and torch of many dtypes, shapes, strides and values, lists, batches,
