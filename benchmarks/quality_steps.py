@@ -4,7 +4,7 @@ any folder (``--data``, e.g. the images a training run held out, to choose setti
 is not the reported test set).
 
     python -m benchmarks.quality_steps                    # bundled default model, 4x, 192px crops
-    python -m benchmarks.quality_steps --model runs/small/checkpoints/step_00008000/ema --scale 4
+    python -m benchmarks.quality_steps --model runs/default/checkpoints/step_00008000/ema --scales 2,4,8
     python -m benchmarks.quality_steps --inits bicubic:0.9 --back-projection 0,2    # with LR back-projection
 """
 
@@ -21,7 +21,7 @@ from .common import write
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="checkpoint (default: the bundled model)")
-    ap.add_argument("--scale", type=float, default=4.0)
+    ap.add_argument("--scales", default="4", help="comma-separated scales, each a curve")
     ap.add_argument("--steps", default="5,10,20,50")
     ap.add_argument("--samplers", default="ddim,dpmpp_2m")
     ap.add_argument("--inits", default="noise,bicubic:0.5,bicubic:0.7",
@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     model = idm_rt.Upscaler.from_pretrained(args.model).model
     images = load_images(args.data, args.crop)
+    scales = [float(v) for v in args.scales.split(",")]
     curve = []
     for start in args.inits.split(","):
         init, _, level = start.partition(":")
@@ -41,15 +42,16 @@ def main(argv: list[str] | None = None) -> dict:
                 for steps in (int(s) for s in args.steps.split(",")):
                     settings = idm_rt.SamplingSettings(sampler=sampler, steps=steps, init=init,
                                                        init_level=float(level or 0.5), back_projection=passes)
-                    row = evaluate(model, images, [args.scale], settings)[0]
-                    curve.append({"init": start, "back_projection": passes, "sampler": sampler, "steps": steps, **row})
-                    print(f"{start:12s} bp{passes} {sampler:9s} {steps:3d} steps: PSNR(Y) {row['psnr']:.2f} "
-                          f"(bicubic {row['psnr_bic']:.2f})  SSIM {row['ssim']:.4f}  "
-                          f"Consistency {row['cons']:.2f}e-5")
+                    for row in evaluate(model, images, scales, settings):
+                        curve.append({"init": start, "back_projection": passes, "sampler": sampler, "steps": steps,
+                                      **row})
+                        print(f"{row['scale']:g}x {start:12s} bp{passes} {sampler:9s} {steps:3d} steps: PSNR(Y) "
+                              f"{row['psnr']:.2f} (bicubic {row['psnr_bic']:.2f})  SSIM {row['ssim']:.4f} (bicubic "
+                              f"{row['ssim_bic']:.4f})  Consistency {row['cons']:.2f}e-5")
     names = "scikit-image photos: " + ", ".join(SKIMAGE_PHOTOS) if args.data == "skimage" else \
         f"{args.data}: " + ", ".join(name for name, _ in images)
     res = {"model": args.model or "default", "images": names,
-           "crop": args.crop, "scale": args.scale, "curve": curve}
+           "crop": args.crop, "scales": scales, "curve": curve}
     print(f"wrote {write(args.out, res, 'quality_steps')}")
     return res
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -43,11 +42,18 @@ def child(backend: str, side: int, model: str | None, engines: str | None, threa
     start = time.perf_counter()
     up.upscale(lr, scale=4, seed=0, progress=False)
     seconds = time.perf_counter() - start
-    tile = up.tile if up.tile is not None else up.model.auto_tile((side, side), 1, up.max_memory)
+    tile = up.tile if up.tile is not None else up.model.auto_tile((side, side), up.max_memory)
     return {"backend": backend, "side": side, "megapixels": side * side / 1e6, "seconds": seconds,
             "seconds_per_megapixel": seconds / (side * side / 1e6), "tile": tile,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_rss_mib": peak_rss_mib(),
             "torch_threads": torch.get_num_threads(), "sampling": dataclasses.asdict(up.sampling)}
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory since it started: VmHWM belongs to the process's own address
+    space, while getrusage's ru_maxrss keeps the parent's peak across fork and exec."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
 
 
 def build_engines(model: str | None, precision: str, out: Path) -> Path:
@@ -73,7 +79,10 @@ def run(sides: list[int], backends: list[str], model: str | None, threads: int) 
                     cmd += ["--model", model]
                 if backend in folders:
                     cmd += ["--engines", str(folders[backend])]
-                out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+                done = subprocess.run(cmd, capture_output=True, text=True)
+                if done.returncode:
+                    raise RuntimeError(f"{backend} at {side}x{side} failed:\n{done.stderr[-3000:]}")
+                out = done.stdout
                 rows.append(json.loads(out.strip().splitlines()[-1]))
                 r = rows[-1]
                 print(f"{backend:17s} {side}x{side} ({r['megapixels']:.2f} MP, tile {r['tile']}): "

@@ -23,14 +23,12 @@ def cpu_quota() -> float | None:
     return min(limits, default=None)
 
 
-def memory_headroom() -> int | None:
-    """Bytes the process's cgroup may still allocate (v2 ``memory.max - memory.current``, v1
-    ``memory.limit_in_bytes - memory.usage_in_bytes``), the least over its cgroup and their parents;
-    None when unlimited."""
+def memory_limit() -> int | None:
+    """Bytes the process's cgroup may hold (v2 ``memory.max``, v1 ``memory.limit_in_bytes``), the tightest
+    limit of its cgroup and their parents; None when unlimited."""
     paths = own_cgroups()
     folders = with_parents(CGROUP, paths.get("", "/")) + with_parents(CGROUP / "memory", paths.get("memory", "/"))
-    room = [r for r in map(_headroom, folders) if r is not None]
-    return min(room, default=None)
+    return min((r for r in map(_limit, folders) if r is not None), default=None)
 
 
 def own_cgroups() -> dict[str, str]:
@@ -68,16 +66,14 @@ def _quota(folder: Path) -> float | None:
         return None
 
 
-def _headroom(folder: Path) -> int | None:
-    """Limit minus usage of one cgroup folder (v2 or v1 files), None without a limit or when unreadable."""
-    files = (("memory.max", "memory.current"), ("memory.limit_in_bytes", "memory.usage_in_bytes"))
-    for limit_name, usage_name in files:
+def _limit(folder: Path) -> int | None:
+    """The memory limit of one cgroup folder (v2 or v1 file), None without one or when unreadable."""
+    for name in ("memory.max", "memory.limit_in_bytes"):
         try:
-            limit = (folder / limit_name).read_text().strip()
-            usage = int((folder / usage_name).read_text().strip())
-        except (OSError, ValueError):
+            limit = (folder / name).read_text().strip()
+        except OSError:
             continue
         if limit == "max" or not limit.isdigit() or int(limit) >= 2**60:  # v1 writes a huge number for "none"
             return None
-        return max(0, int(limit) - usage)
+        return int(limit)
     return None

@@ -62,11 +62,12 @@ def _pixels(text: str) -> int:
     return int(n)
 
 
-UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30,
+         "k": 2**10, "m": 2**20, "g": 2**30}  # a bare K, M, G as free(1) and docker --memory mean it
 
 
 def _bytes(text: str) -> int:
-    """A memory size: a number of bytes, or with a unit (KB, MB, GB, KiB, MiB, GiB), e.g. 4GiB."""
+    """A memory size: a number of bytes, or with a unit (KB, MB, GB, KiB, MiB, GiB; K, M, G binary), e.g. 4GiB."""
     number = text.rstrip("BbKkMmGgIi")
     unit = text[len(number):].lower()
     try:
@@ -76,6 +77,17 @@ def _bytes(text: str) -> int:
     if not (math.isfinite(n) and 2**20 <= n < 2**50):
         raise argparse.ArgumentTypeError(f"must be a memory size from 1MiB, e.g. 4GiB or 500MB, got {text!r}")
     return int(n)
+
+
+def _scale(text: str) -> float:
+    """A magnification: a finite number > 1."""
+    try:
+        s = float(text)
+    except ValueError:
+        s = math.nan
+    if not (math.isfinite(s) and s > 1):
+        raise argparse.ArgumentTypeError(f"must be a number > 1, e.g. 4 or 3.3, got {text!r}")
+    return s
 
 
 def _bounded(kind: type, low: float, high: float):
@@ -107,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("-o", "--output", required=True, metavar="OUT",
                     help="output file (one input) or folder (written as OUT/<name>.png; several inputs need one)")
     g = up.add_mutually_exclusive_group(required=True)
-    g.add_argument("--scale", type=float,
+    g.add_argument("--scale", type=_scale,
                    help="magnification > 1, e.g. 4 or 3.3; the output is round(h*s) x round(w*s)")
     g.add_argument("--size", type=_size, metavar="WxH", help="explicit output size, e.g. 1920x1080")
     sampling.add_arguments(up)
@@ -117,8 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
                                              "their bucket rule); rounded down to the model's size multiple (8 for "
                                              "the default model, 16 for released)")
     up.add_argument("--max-memory", type=_bytes, metavar="SIZE",
-                    help="memory a call may plan to use, e.g. 4GiB or 500MB (default: half of what is free); "
-                         "smaller means smaller tiles")
+                    help="memory a call may plan to use, e.g. 4GiB or 500MB (default: half of what the device has; "
+                         "with --ray, each worker's); smaller means smaller tiles")
     up.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cpu; cuda for TensorRT --engines)")
     up.add_argument("--precision", choices=("fp32", "fp16", "bf16", "int8"),
                     help="U-Net precision: fp32 (default) or fp16/bf16 autocast (GPUs only: many times slower on "
@@ -178,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body in MiB (default 32)")
     sv.add_argument("--max-pixels", type=_pixels, default=64_000_000, help="largest output (default 64e6)")
     sv.add_argument("--max-steps", type=int, default=2000, help="most sampling steps a request may ask (default 2000)")
+    sv.add_argument("--max-memory", type=_bytes, metavar="SIZE",
+                    help="memory each replica's calls may plan, e.g. 4GiB (default: half the device's memory; "
+                         "with several replicas on one machine, give each its share)")
     sv.add_argument("--timeout-s", type=float, default=300.0,
                     help="per-request time limit in seconds; a 504 after it and the work stops (default 300)")
 
@@ -380,7 +395,12 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     failed = len(problems)
+    inputs = {p.resolve() for p in files}
     for path, target in zip(tqdm(files, desc="images", unit="img", disable=len(files) == 1), targets):
+        if target.resolve() in inputs:  # --overwrite replaces outputs, never an input
+            tqdm.write(f"error: {target} is an input; skipped {path} (choose another output)", file=sys.stderr)
+            failed += 1
+            continue
         if target.exists() and not args.overwrite:
             tqdm.write(f"error: {target} exists (use --overwrite to replace it); skipped {path}", file=sys.stderr)
             failed += 1

@@ -1,4 +1,4 @@
-"""Memory: how much a call may plan to use on a device, and the allocator setting that keeps freed
+"""Memory: how much a device has to plan a call with, and the allocator setting that keeps freed
 memory for the next call.
 
 Every large activation of a CPU forward pass is a fresh block from glibc's ``malloc``, which serves
@@ -17,29 +17,30 @@ import sys
 
 import torch
 
-from .cgroups import memory_headroom
+from .cgroups import memory_limit
 
 # mallopt parameters of glibc's malloc.h
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+MEMINFO = "/proc/meminfo"
 KEEP_BYTES = 2**31 - 1  # free memory at the top of the heap glibc keeps before it trims (mallopt takes an int)
 
 
-def available_memory(device: torch.device) -> int:
-    """Bytes that a new allocation on ``device`` can still get: CUDA's free memory plus what torch's caching
-    allocator holds unused; on the CPU the kernel's MemAvailable, capped by the process's cgroup limit."""
+def device_memory(device: torch.device) -> int:
+    """Bytes ``device`` has: a GPU's total memory; on the CPU the machine's (MemTotal), capped by the
+    process's cgroup limit. The total, not what is free at the moment: plans made from it, such as the
+    tile an output is denoised in, and so the image, do not change with what other processes hold."""
     device = torch.device(device)
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    room = [r for r in (_mem_available(), memory_headroom()) if r is not None]
-    return min(room) if room else 8 * 2**30  # unknown (not Linux): assume a modest machine
+        return torch.cuda.get_device_properties(device).total_memory
+    sizes = [r for r in (_mem_total(), memory_limit()) if r is not None]
+    return min(sizes) if sizes else 8 * 2**30  # unknown (not Linux): assume a modest machine
 
 
-def _mem_available() -> int | None:
+def _mem_total() -> int | None:
     try:
-        with open("/proc/meminfo") as f:
+        with open(MEMINFO) as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith("MemTotal:"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass

@@ -17,13 +17,14 @@ from .diffusion.samplers import Generators
 from .model.protocol import SamplingModel
 from .resize import upscale
 from .sampling import SamplingSettings
-from .tiling import TilePlan, tiled_eps
+from .tiling import CACHE_BYTES, TilePlan, tiled_eps
 
 
 @torch.no_grad()
 def super_resolve(model: SamplingModel, lr: torch.Tensor, size: tuple[int, int], settings: SamplingSettings,
                   scale: float | None = None, generator: Generators = None, tile: int | None = None,
-                  progress: bool = False, denoise: Callable | None = None, overlap: int | None = None) -> torch.Tensor:
+                  progress: bool = False, denoise: Callable | None = None, overlap: int | None = None,
+                  cache_bytes: int = CACHE_BYTES) -> torch.Tensor:
     """LR batch (B, 3, h, w) in [-1, 1] -> HR batch (B, 3, H, W) in [-1, 1], sampled as ``settings`` say.
 
     Args:
@@ -33,7 +34,9 @@ def super_resolve(model: SamplingModel, lr: torch.Tensor, size: tuple[int, int],
             blended at every step (a tile covering the whole output changes nothing).
         overlap: of the tiles, in HR pixels (default :data:`idm_rt.tiling.OVERLAP`).
         denoise: the U-Net call, ``model.denoise`` by default (e.g. a CUDA-graph replay of it).
+        cache_bytes: tiles' conditionings kept between steps (:func:`idm_rt.tiling.tiled_eps`).
     """
+    settings.check_for(model.config)
     denoise = denoise or model.denoise
     b, _, h, w = lr.shape
     if scale is None:
@@ -43,7 +46,7 @@ def super_resolve(model: SamplingModel, lr: torch.Tensor, size: tuple[int, int],
         p = model.scale_fraction(scale).expand(b).to(lr.device)
         plan = TilePlan.for_image(size, tile, model.config.size_multiple, overlap) if tile is not None else None
         if plan is not None and len(plan.tiles) > 1:
-            eps_fn = tiled_eps(model, cond, p, plan, denoise)
+            eps_fn = tiled_eps(model, cond, p, plan, denoise, cache_bytes)
         else:
             conditioning = model.condition(cond, p)
             eps_fn = lambda x, g: denoise(x, conditioning, g)

@@ -87,6 +87,16 @@ class SamplingSettings:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def check_for(self, config: Any) -> SamplingSettings:
+        """These settings, if a model of ``config`` (an :class:`~idm_rt.IDMConfig`) can sample with them:
+        ``init="estimate"`` needs an encoder trained as an HR estimate (``encoder_upsampler="implicit"``);
+        the others' condition image is a feature map, and starting from it gives a wrong image."""
+        if self.init == "estimate" and config.encoder_upsampler != "implicit":
+            raise ValueError(f"init='estimate' starts from the encoder's HR estimate, which only models with "
+                             f"encoder_upsampler='implicit' give; this model's encoder is "
+                             f"{config.encoder_upsampler!r}: use init='bicubic' (or 'noise')")
+        return self
+
     @classmethod
     def from_dict(cls, d: Any, what: str = "sampling settings") -> SamplingSettings:
         """Settings from a stored dict (a model's or a manifest's "defaults"); the ones it does not give

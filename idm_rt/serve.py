@@ -48,6 +48,9 @@ class ServeSettings(BaseModel):
     max_body_mb: float = Field(32.0, gt=0, le=2048, description="largest request body")
     max_pixels: int = Field(64_000_000, ge=1, description="largest output (and input) image, in pixels")
     max_steps: int = Field(2000, ge=1, le=100_000, description="most sampling steps a request may ask for")
+    max_memory: int | None = Field(None, ge=2**20, le=2**50, description="bytes each replica's calls may plan "
+                                                                        "(Upscaler's max_memory); default: "
+                                                                        "half the device's memory")
     timeout_s: float = Field(300.0, gt=0, le=86_400, description="per-request time limit (504 after it)")
     max_queued: int = Field(256, ge=1, le=1_000_000, description="requests waiting per caller before 503s")
 
@@ -67,7 +70,7 @@ class UpscaleService(UpscaleApp):
         configure_allocator()  # a replica is a process of its own: freed memory kept for the next request
         threads = {"runner_options": {"threads": max(1, round(settings.replica_cpus))}}  # not every core
         up = Upscaler.from_pretrained(settings.model, device=settings.device, backend=settings.backend,
-                                      max_pixels=settings.max_pixels,
+                                      max_pixels=settings.max_pixels, max_memory=settings.max_memory,
                                       **(threads if settings.backend == "onnxruntime" else {}))
         batching = {"max_batch": settings.max_batch, "batch_wait_ms": settings.batch_wait_ms,
                     "replicas": settings.replicas, "replica": serve.get_replica_context().replica_tag}

@@ -90,7 +90,7 @@ def cost_per_pixel(model) -> tuple[float, float]:
     return counted - b * PROBE**2, b
 
 
-def peak_bytes(model, area: int, batch: int) -> int:
+def peak_bytes(model, area: int, batch: int = 1) -> int:
     """Estimated peak memory of one U-Net call on ``batch`` tiles of ``area`` pixels: the activations' bytes
     per pixel (counted at 64 x 64) times the area, plus three N x N float32 matrices of the widest
     attention (scores, weights, and a copy in between), times :data:`PEAK_MARGIN`."""
@@ -108,13 +108,13 @@ def plan_cost(model, size: tuple[int, int], tile: int | None) -> float:
     return sum(h * w * (a + b * h * w) for h, w in tiles)
 
 
-def choose_tile(model, size: tuple[int, int], batch: int, budget: int) -> int | None:
+def choose_tile(model, size: tuple[int, int], budget: int) -> int | None:
     """The tile side of the cheapest plan (:func:`plan_cost`) for an output of ``size`` (H, W) whose tiles
-    fit ``budget`` bytes at ``batch``; None: untiled."""
+    fit ``budget`` bytes, one image at a time (a batch of N needs N times the memory); None: untiled."""
     step = model.config.size_multiple
     sides = range(max(2 * step, MIN_SIDE), max(size), step)
-    fitting = [t for t in sides if peak_bytes(model, min(t, size[0]) * min(t, size[1]), batch) <= budget]
-    options = ([None] if peak_bytes(model, size[0] * size[1], batch) <= budget else []) + fitting
+    fitting = [t for t in sides if peak_bytes(model, min(t, size[0]) * min(t, size[1])) <= budget]
+    options = ([None] if peak_bytes(model, size[0] * size[1]) <= budget else []) + fitting
     if not options:
         return max(2 * step, MIN_SIDE)  # nothing fits: the smallest tiles
     return min(options, key=lambda t: (plan_cost(model, size, t), t is not None))

@@ -21,6 +21,8 @@ from .model.protocol import SamplingModel
 # 1.01x at 16 px, 1.006x at 24 px and 1.00x (at most 1.005x) from 32 px, on 3 photos x 2 seeds
 # (benchmarks/results/tile_overlap.json, python -m benchmarks.tile_overlap).
 OVERLAP = 32
+# Tile conditionings kept between steps when no memory ceiling is given (beyond it they are recomputed per step).
+CACHE_BYTES = 2**31
 
 
 def _starts(length: int, tile: int, stride: int) -> list[int]:
@@ -73,7 +75,7 @@ class TilePlan:
 
 
 def tiled_eps(model: SamplingModel, cond: torch.Tensor, p: torch.Tensor, plan: TilePlan,
-              denoise: Callable | None = None, cache_bytes: int = 2**31) -> EpsFn:
+              denoise: Callable | None = None, cache_bytes: int = CACHE_BYTES) -> EpsFn:
     """A noise predictor over the whole image that runs the U-Net (``denoise``, by default
     ``model.denoise``) tile by tile.
 

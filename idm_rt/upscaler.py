@@ -23,6 +23,7 @@ from .images import ImageLike, from_tensor, resize_alpha, split_inputs, to_tenso
 from .model.protocol import SamplingModel
 from .pipeline import super_resolve
 from .sampling import SamplingSettings
+from .tiling import CACHE_BYTES
 
 DEFAULT_MODEL = Path(__file__).parent / "weights" / "default"
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -45,8 +46,10 @@ class Upscaler:
         tile: default HR tile side: outputs larger than this are denoised in overlapping tiles; None (the
             default) lets the model choose, the torch model the cheapest tiling whose tiles fit the free
             memory (:mod:`idm_rt.tile_size`: untiled while one tile is cheaper), engines their bucket rule.
-        max_memory: bytes a call may plan to use (the torch backend's tile choice); default half the
-            memory the device has free.
+        max_memory: bytes a call may plan to use: half for one tile's working memory (the torch backend's
+            tile choice), half for the tiles' conditionings kept between steps (beyond that they are
+            recomputed at every step). Default: tiles that fit half the memory the device has free, and
+            up to 2 GiB of kept conditionings. The sampler's whole-image tensors come on top.
         max_pixels: largest output (H x W) accepted, a guard against typos such as ``scale=400``.
     """
 
@@ -76,7 +79,7 @@ class Upscaler:
         if max_memory is not None and (not isinstance(max_memory, numbers.Integral) or isinstance(max_memory, bool)
                                        or max_memory < 2**20):
             raise ValueError(f"max_memory must be a number of bytes of at least 1 MiB, got {max_memory!r}")
-        self.sampling = (sampling or SamplingSettings()).replace(**settings)
+        self.sampling = (sampling or SamplingSettings()).replace(**settings).check_for(model.config)
         self.model = model.prepare(self.device)
         self.tile, self.max_pixels, self.max_memory = tile, max_pixels, max_memory
         self.denoise = self._denoiser(precision, cuda_graphs, compile)
@@ -247,7 +250,7 @@ class Upscaler:
             TypeError: a masked numpy array (its mask would be ignored).
         """
         settings = self.sampling.replace(sampler=sampler, steps=steps, init=init, init_level=init_level,
-                                         back_projection=back_projection, eta=eta)  # checked before any work
+                                         back_projection=back_projection, eta=eta).check_for(self.model.config)
         tile = self.tile if tile is None else tile
         if tile is not None and (not isinstance(tile, numbers.Integral) or isinstance(tile, bool) or tile < 0):
             raise ValueError(f"tile must be an integer >= 0 (0: no tiling), got {tile!r}")
@@ -270,10 +273,11 @@ class Upscaler:
             lr = torch.cat([prepared[i][0] for i in idx]).to(self.device)
             # one generator per image, with its seed: an image's result does not depend on its batch
             gen = [torch.Generator().manual_seed(seeds[i]) for i in idx] if seeds is not None else None
-            group_tile = (self.model.auto_tile(out, len(idx), self.max_memory) if tile is None
-                          else tile or None)  # 0: untiled
+            half = self.max_memory // 2 if self.max_memory is not None else None  # the tile's, the cache's
+            group_tile = self.model.auto_tile(out, half) if tile is None else tile or None  # 0: untiled
             sr = super_resolve(self.model, lr, out, settings, scale=scale, generator=gen, tile=group_tile,
-                               progress=progress, denoise=self.denoise)
+                               progress=progress, denoise=self.denoise,
+                               cache_bytes=half if half is not None else CACHE_BYTES)
             if not torch.isfinite(sr).all():  # cast to an image it would come out black, or as noise
                 raise RuntimeError("the network's output holds NaN or infinite values: its weights overflow (or, "
                                    "with precision='fp16', its activations do); no image is returned")

@@ -62,12 +62,31 @@ def test_never_overwrites_without_the_flag(setup):
     assert not [p for p in tmp.iterdir() if p.name.startswith(".one")]  # no temp file left behind
 
 
-@pytest.mark.slow
-def test_bad_scale_is_reported_per_file(setup):
+@pytest.mark.parametrize("scale", ["0.5", "1", "nan", "inf", "x"])
+def test_a_bad_scale_is_an_argument_error_before_any_work(setup, scale, capsys):
+    from idm_rt.cli import main
+
     tmp, src = setup
-    r = run("upscale", str(src / "a.png"), "-o", str(tmp / "x.png"), "--scale", "0.5", "--model", str(tmp / "model"))
-    assert r.returncode == 1 and "scale must be a finite number > 1" in r.stderr
+    with pytest.raises(SystemExit) as e:
+        main(["upscale", str(src / "a.png"), "-o", str(tmp / "x.png"), "--scale", scale, "--model", str(tmp / "nope")])
+    assert e.value.code == 2 and "--scale: must be a number > 1" in capsys.readouterr().err
     assert not (tmp / "x.png").exists()
+
+
+def test_overwrite_never_replaces_an_input(setup, capsys):
+    from idm_rt.cli import main
+
+    tmp, src = setup
+    before = (src / "a.png").read_bytes()
+    assert main(["upscale", str(src / "a.png"), "-o", str(src / "sub" / ".." / "a.png"), "--scale", "2", "--steps",
+                 "1", "--overwrite", "--model", str(tmp / "model")]) == 1
+    assert "is an input" in capsys.readouterr().err and (src / "a.png").read_bytes() == before
+
+
+def test_memory_sizes_take_the_usual_units():
+    from idm_rt.cli import _bytes
+
+    assert _bytes("1G") == _bytes("1GiB") == 2**30 and _bytes("500MB") == 500 * 10**6 and _bytes("2048m") == 2**31
 
 
 @pytest.mark.slow

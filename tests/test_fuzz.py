@@ -1342,7 +1342,7 @@ def test_bundle_reports_a_damaged_checkpoint_or_log(tmp_path: Path, capsys, dama
     """training.bundle raised CheckpointMismatch for damaged EMA weights, AttributeError or ValueError for odd
     provenance, ValueError or KeyError for a damaged log.csv (which only feeds the training-time estimate)."""
     import idm_rt
-    from training.bundle import main
+    from idm_rt.training.bundle import main
 
     odd = {"recipe": "lost", "step": 10} if damage == "provenance" else None
     checkpoint = fake_checkpoint(tmp_path, odd, log="step,images_per_s\nx,y\n" if damage == "log" else None)
@@ -1360,7 +1360,7 @@ def test_bundle_refuses_an_out_that_is_no_folder_and_leaves_nothing_behind(tmp_p
                                                                             out: str) -> None:
     """``--out`` naming a file raised FileExistsError after writing the staging folder beside it (left behind);
     ``--out .`` or ``--out ''`` raised pathlib's ValueError ('has an empty name')."""
-    from training.bundle import main
+    from idm_rt.training.bundle import main
 
     checkpoint = fake_checkpoint(tmp_path / "ck")
     (tmp_path / "work").mkdir()
@@ -1385,7 +1385,7 @@ def test_evaluate_refuses_unusable_outputs_and_seeds_before_evaluating(tmp_path:
     import re
 
     import idm_rt
-    from training.evaluate import main
+    from idm_rt.training.evaluate import main
 
     idm_rt.save_model(tiny_upscaler().model, tmp_path / "m")
     (tmp_path / "data").mkdir()

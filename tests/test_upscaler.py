@@ -391,3 +391,24 @@ def test_odd_arrays_are_refused_by_name(up, image, match):
 def test_masked_arrays_are_refused_rather_than_read_without_their_mask(up):
     with pytest.raises(TypeError, match="masked arrays are not supported"):
         up.upscale(np.ma.masked_array(np.zeros((4, 4, 3), np.uint8)), scale=2, progress=False)
+
+
+def test_the_estimate_start_needs_an_encoder_trained_as_one(tiny_model):
+    """init='estimate' starts from the condition image, an HR estimate only for implicit encoders: refused for
+    others wherever settings meet a model (the Upscaler, a call, a training recipe), before any work."""
+    from idm_rt.training.config import TrainConfig
+
+    assert tiny_model.config.encoder_upsampler == "nearest"
+    with pytest.raises(ValueError, match="encoder_upsampler='implicit'"):
+        idm_rt.Upscaler(tiny_model, init="estimate")
+    up = idm_rt.Upscaler(tiny_model, steps=2, init="bicubic", init_level=0.9)
+    with pytest.raises(ValueError, match="use init='bicubic'"):
+        up.upscale(np.zeros((8, 8, 3), np.uint8), scale=2, init="estimate", progress=False)
+    with pytest.raises(ValueError, match="encoder_upsampler='implicit'"):
+        TrainConfig.from_dict({"val_sampling": {"init": "estimate", "init_level": 0.9}})
+    TrainConfig.from_dict({"network": {"encoder_upsampler": "implicit"},
+                           "val_sampling": {"init": "estimate", "init_level": 0.9}})
+    implicit = idm_rt.IDM(idm_rt.IDMConfig(**{**tiny_model.config.to_dict(), "encoder_upsampler": "implicit"}))
+    out = idm_rt.Upscaler(implicit, steps=2, init="estimate", init_level=0.9).upscale(
+        np.zeros((8, 8, 3), np.uint8), scale=2, progress=False)
+    assert out.shape == (16, 16, 3)

@@ -72,7 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     except (TypeError, AttributeError, ValueError) as e:
         print(f"error: {ema / 'config.json'} has no usable provenance (recipe.batch, step): {e}", file=sys.stderr)
         return 2
-    model.recommended = recommended
+    try:
+        model.recommended = recommended.check_for(model.config)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     run = args.checkpoint.parent.parent
     seconds = training_time(run, batch)
     prov.update({"weights": "EMA", "source_checkpoint": args.checkpoint.name, "note": args.note,

@@ -92,11 +92,11 @@ class TrainConfig:
         if self.crop % 8:
             raise ValueError(f"crop must be a multiple of 8, got {self.crop}")
         check_max_scale(self.max_scale)
-        self.sampling()
         try:
-            preset(self.network_preset, **self.network)
+            network = preset(self.network_preset, **self.network)
         except TypeError as e:  # an unknown network field
             raise ValueError(f"network options: {e}") from None
+        self.sampling().check_for(network)
 
     def sampling(self) -> SamplingSettings:
         """How validation samples (``val_sampling``), checked."""

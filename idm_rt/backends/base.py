@@ -76,7 +76,7 @@ class EngineRunner:
         """The context :func:`~idm_rt.pipeline.super_resolve` samples in (nothing by default)."""
         return contextlib.nullcontext()
 
-    def auto_tile(self, size: tuple[int, int], batch: int = 1, max_memory: int | None = None) -> int | None:
+    def auto_tile(self, size: tuple[int, int], max_memory: int | None = None) -> int | None:
         """The tile side the bucket rule picks for an HR output ``size`` (None: no tiling); the buckets,
         built for their batches, already set the memory."""
         return route(self.buckets, size, self.config.size_multiple).tile

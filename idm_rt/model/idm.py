@@ -84,14 +84,14 @@ class IDM(nn.Module):
         """Nothing to set up around the loop of the torch model."""
         return contextlib.nullcontext()
 
-    def auto_tile(self, size: tuple[int, int], batch: int = 1, max_memory: int | None = None) -> int | None:
-        """The cheapest tiling whose tiles fit half the memory the device has free (and ``max_memory``):
+    def auto_tile(self, size: tuple[int, int], max_memory: int | None = None) -> int | None:
+        """The cheapest tiling whose tiles fit half the memory the device has (and ``max_memory``):
         :func:`idm_rt.tile_size.choose_tile`."""
-        from ..memory import available_memory
+        from ..memory import device_memory
         from ..tile_size import MEMORY_FRACTION, choose_tile
 
-        budget = int(MEMORY_FRACTION * available_memory(next(self.parameters()).device))
-        return choose_tile(self, size, batch, min(budget, max_memory) if max_memory else budget)
+        budget = int(MEMORY_FRACTION * device_memory(next(self.parameters()).device))
+        return choose_tile(self, size, min(budget, max_memory) if max_memory else budget)
 
     def encode(self, lr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """LR (B, 3, h, w) -> condition image (B, 3, H, W) at the output size."""

@@ -45,6 +45,7 @@ class SamplingModel(Protocol):
     def sampling(self) -> contextlib.AbstractContextManager:
         """The context an image is sampled in (an engine runner's thread setup, say)."""
 
-    def auto_tile(self, size: tuple[int, int], batch: int = 1, max_memory: int | None = None) -> int | None:
-        """The tile side this model picks for an HR output of ``size`` (H, W) sampled ``batch`` at a time,
-        within ``max_memory`` bytes where it plans memory; None: untiled."""
+    def auto_tile(self, size: tuple[int, int], max_memory: int | None = None) -> int | None:
+        """The tile side this model picks for an HR output of ``size`` (H, W), within ``max_memory`` bytes
+        where it plans memory; None: untiled. It depends on neither the batch nor the moment, so an image
+        comes out the same in any batch and at any time."""
