@@ -107,8 +107,8 @@ def test_from_pretrained_builds_a_models_engines_once_in_the_cache(built, tmp_pa
     assert sorted(exported) == ["conditioner", "encoder", "unet", "unet_dynamic"]
     manifest = read_manifest(engines)
     assert manifest.complete and manifest.precision == "fp32" and manifest.build_flags["conv"] == "winograd"
-    assert [b.name for b in manifest.buckets] == ["128x128_b1-1"]  # the default buckets
-    kw = dict(scale=2, steps=2, seed=5, progress=False, sampler="dpmpp_2m", init="noise")  # fills the 128 bucket
+    assert [b.name for b in manifest.buckets] == ["256x256_b1-1"]  # the default buckets
+    kw = dict(scale=2, steps=2, seed=5, progress=False, sampler="dpmpp_2m", init="noise")  # the dynamic graph
     got, want = up.upscale(_image(64, 64, 6), **kw), Upscaler(model, tile=0).upscale(_image(64, 64, 6), **kw)
     assert np.abs(got - want).max() < 2e-3
     again = Upscaler.from_pretrained(folder.parent / "model", backend="onnxruntime")
