@@ -80,5 +80,7 @@ def write(name: str, result: dict, module: str) -> Path:
     result = {"command": "python -m " + " ".join([f"benchmarks.{module}"] + sys.argv[1:]), "machine": machine(),
               **result}
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(path)  # a reader never sees half a file
     return path
