@@ -23,17 +23,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from .cli import (
-    describe,
-    expand_inputs,
-    image_format,
-    load_upscaler,
-    plan_outputs,
-    read_image,
-    save_image,
-    storable,
-    upscale_options,
-)
+from .cli import describe, expand_inputs, load_upscaler, plan_outputs, upscale_options
+from .image_files import image_format, read_image, save_image, storable
 from .images import IMAGE_SUFFIXES
 from .memory import configure_allocator
 from .ray_session import ray_session
@@ -58,7 +49,8 @@ class Place:
         return self.fs.get_file_info(str(self.path)).type != FileType.NotFound
 
     def read(self, max_pixels: int | None = None):
-        """The image, decoded (:func:`~idm_rt.cli.read_image`: larger than ``max_pixels``, refused undecoded)."""
+        """The image, decoded (:func:`~idm_rt.image_files.read_image`; larger than ``max_pixels``: refused
+        undecoded)."""
         if self.fs is None:
             return read_image(self.path, max_pixels)
         with self.fs.open_input_file(str(self.path)) as f:

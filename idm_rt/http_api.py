@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from .buckets import parse_size
-from .cli import read_image, storable
+from .image_files import read_image, storable
 from .upscaler import Upscaler, seed_list
 
 logger = logging.getLogger("ray.serve")  # Serve's replica logger; a plain logger elsewhere

@@ -31,8 +31,8 @@ def test_tiles_with_batch_range_and_duplicates_merge():
     assert buckets[0].dynamic_batch and buckets[0].name == "128x128_b1-4"
 
 
-def test_default_is_one_128_tile():
-    assert plan_buckets() == [Bucket(128, 128)]
+def test_default_is_one_256_tile():
+    assert plan_buckets() == [Bucket(256, 256)]
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -228,7 +228,7 @@ API_MODES = ["L", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "L
 @pytest.mark.parametrize("suffix", [".png", ".jpg", ".webp", ".bmp", ".tif"])
 @pytest.mark.parametrize("mode", API_MODES)
 def test_every_mode_the_api_returns_is_saved_in_every_format(tmp_path, mode, suffix, capsys):
-    from idm_rt.cli import save_image
+    from idm_rt.image_files import save_image
 
     image = pil_image(mode)
     save_image(image, tmp_path / f"x{suffix}")
@@ -252,7 +252,7 @@ CAN_STORE = {".png": ["L", "LA", "RGB", "RGBA", "I;16", "I;16B"], ".jpg": ["L", 
     ("F", "PNG", "I;16"), ("I", "JPEG", "L"), ("F", "WEBP", "RGB"), ("I;16", "BMP", "L"),
 ])
 def test_modes_a_format_cannot_store_are_saved_in_the_nearest_one(mode, fmt, want):
-    from idm_rt.cli import save_mode
+    from idm_rt.image_files import save_mode
 
     assert save_mode(mode, fmt) == want
 

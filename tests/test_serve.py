@@ -22,7 +22,8 @@ import torch
 from PIL import Image
 
 import idm_rt
-from idm_rt.cli import main, storable
+from idm_rt.cli import main
+from idm_rt.image_files import storable
 
 from .helpers import ROOT, TINY, free_port, perturbed
 
