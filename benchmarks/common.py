@@ -74,11 +74,13 @@ def summary(times: list[float]) -> dict[str, float]:
 
 
 def write(name: str, result: dict, module: str) -> Path:
-    """``benchmarks/results/<name>.json`` with the command line (``python -m benchmarks.<module> ...``)
-    and machine attached."""
+    """``benchmarks/results/<name>.json`` with the command line (``python -m benchmarks.<module> ...``, or the
+    module that was run when another one called this one, as ``benchmarks.latency --sizes`` does) and machine
+    attached."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    result = {"command": "python -m " + " ".join([f"benchmarks.{module}"] + sys.argv[1:]), "machine": machine(),
-              **result}
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    ran = spec.name if spec and spec.name.startswith("benchmarks.") else f"benchmarks.{module}"
+    result = {"command": "python -m " + " ".join([ran] + sys.argv[1:]), "machine": machine(), **result}
     path = RESULTS / f"{name}.json"
     tmp = path.with_name(f".{path.name}.partial")
     tmp.write_text(json.dumps(result, indent=2) + "\n")

@@ -44,11 +44,13 @@ class Upscaler:
         cuda_graphs: replay each U-Net call from a CUDA graph (default: on for CUDA devices).
         compile: ``torch.compile`` the U-Net (slow first call).
         tile: default HR tile side: outputs larger than this are denoised in overlapping tiles; None (the
-            default) lets the model choose, the torch model the cheapest tiling whose tiles fit the free
-            memory (:mod:`idm_rt.tile_size`: untiled while one tile is cheaper), engines their bucket rule.
+            default) lets the model choose, the torch model the cheapest tiling whose tiles fit half the
+            memory the device has (:mod:`idm_rt.tile_size`: untiled while one tile is cheaper), engines
+            their bucket rule.
         max_memory: bytes a call may plan to use: half for one tile's working memory (the torch backend's
             tile choice), half for the tiles' conditionings kept between steps (beyond that they are
-            recomputed at every step). Default: tiles that fit half the memory the device has free, and
+            recomputed at every step). Default: tiles that fit half the memory the device has (its total, not what
+            is free this moment, so the image does not depend on other processes), and
             up to 2 GiB of kept conditionings. The sampler's whole-image tensors come on top.
         max_pixels: largest output (H x W) accepted, a guard against typos such as ``scale=400``.
     """
