@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", default="5,10,20,50")
     ap.add_argument("--samplers", default="ddim,dpmpp_2m")
     ap.add_argument("--inits", default="noise,bicubic:0.5,bicubic:0.7",
-                    help="starts to compare: noise, or bicubic:LEVEL for a diffused bicubic start")
+                    help="starts to compare: noise, or bicubic:LEVEL / estimate:LEVEL for the bicubic upscale or the "
+                         "model's HR estimate diffused to noise level LEVEL")
     ap.add_argument("--back-projection", default="0", help="comma-separated back-projection passes per step to compare")
     ap.add_argument("--data", default="skimage", help="'skimage' or a folder of HR images")
     ap.add_argument("--crop", type=int, default=192)

@@ -48,18 +48,20 @@ class Place:
 
         return self.fs.get_file_info(str(self.path)).type != FileType.NotFound
 
-    def read(self, max_pixels: int | None = None):
-        """The image, decoded (:func:`~idm_rt.image_files.read_image`; larger than ``max_pixels``: refused
-        undecoded)."""
+    def read(self, max_pixels: int | None = None, check_size=None):
+        """The image, decoded (:func:`~idm_rt.image_files.read_image`; larger than ``max_pixels``, or refused by
+        ``check_size(height, width)``: refused undecoded)."""
         if self.fs is None:
-            return read_image(self.path, max_pixels)
+            return read_image(self.path, max_pixels, check_size)
         with self.fs.open_input_file(str(self.path)) as f:
-            return read_image(io.BytesIO(f.read()), max_pixels)
+            return read_image(io.BytesIO(f.read()), max_pixels, check_size)
 
-    def write(self, image) -> None:
-        """Atomic: written under a temporary name beside the target, then renamed (moved) into place."""
+    def write(self, image, replace: bool = True) -> None:
+        """Atomic: written under a temporary name beside the target, then renamed (moved) into place. On a
+        local disk ``replace=False`` keeps a file that appeared meanwhile (FileExistsError); pyarrow's
+        filesystems have no such move, so there the check before the job is all there is."""
         if self.fs is None:
-            save_image(image, self.path)
+            save_image(image, self.path, replace)
             return
         fmt = image_format(self.path)
         buffer = io.BytesIO()
@@ -165,12 +167,15 @@ class UpscaleWorker:
         if not self.overwrite and dst.exists():  # written since the job started (another job?)
             return "skipped", f"{dst} exists (use --overwrite to replace it); skipped {src}"
         try:
-            image = src.read(self.up.max_pixels)
+            image = src.read(self.up.max_pixels, lambda h, w: self.up.check_output_pixels(
+                h, w, self.options["scale"], self.options["size"]))
+        except ValueError as e:
+            return "failed", f"{src}: {e}"
         except Exception as e:  # noqa: BLE001 (PIL raises several types for unreadable files)
             return "failed", f"cannot read {src}: {e}"
         try:
             result = self.up.upscale(image, progress=False, **self.options)
-            dst.write(result)
+            dst.write(result, replace=self.overwrite)
         except Exception as e:  # noqa: BLE001 (one bad file, or a full disk, must not stop the others)
             return "failed", f"{src}: {describe(e)}"
         return "done", f"{src} -> {dst} ({result.size[0]}x{result.size[1]})"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import glob
 import math
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -283,14 +284,28 @@ def _load_upscaler(args: argparse.Namespace, runner_options: dict | None) -> Ups
         if args.backend == "torch":
             raise ValueError("--engines runs engines; --backend torch is for --model")
         return Upscaler.from_engines(args.engines, device=args.device, backend=args.backend,
-                                     max_pixels=args.max_pixels, runner_options=runner_options)
+                                     max_pixels=args.max_pixels, max_memory=getattr(args, "max_memory", None),
+                                     runner_options=runner_options)
     if args.backend not in (None, "torch"):
         return Upscaler.from_pretrained(args.model, device=args.device, backend=args.backend,
                                         max_pixels=args.max_pixels, precision=args.precision,
-                                        max_scale=args.max_scale, runner_options=runner_options)
+                                        max_scale=args.max_scale, max_memory=getattr(args, "max_memory", None),
+                                        runner_options=runner_options)
     return Upscaler.from_pretrained(args.model, device=args.device or "cpu", max_pixels=args.max_pixels,
                                     precision=args.precision or "fp32", max_scale=args.max_scale,
                                     max_memory=getattr(args, "max_memory", None))
+
+
+def check_call_options(up: Upscaler, args: argparse.Namespace) -> None:
+    """ValueError for a ``--seed`` or ``--tile`` no image could use: said once, before any image is read."""
+    from .tiling import TilePlan
+    from .upscaler import seed_list
+
+    seed_list(args.seed, 1)
+    if args.tile is not None and args.tile < 0:
+        raise ValueError(f"--tile must be >= 0 (0: no tiling), got {args.tile}")
+    if args.tile:
+        TilePlan.for_image((1, 1), args.tile, up.model.config.size_multiple)
 
 
 def upscale_options(args: argparse.Namespace) -> dict:
@@ -316,8 +331,9 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         return 1
     out = Path(args.output)
     try:
-        targets = plan_outputs(files, out, out.is_dir())
+        targets = plan_outputs(files, out, out.is_dir() or args.output.endswith(("/", os.sep)))
         up = load_upscaler(args)
+        check_call_options(up, args)
     except (FileNotFoundError, ValueError, ImportError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -332,15 +348,19 @@ def cmd_upscale(args: argparse.Namespace) -> int:
             tqdm.write(f"error: {target} exists (use --overwrite to replace it); skipped {path}", file=sys.stderr)
             failed += 1
             continue
-        try:
-            image = read_image(path, args.max_pixels)  # refused undecoded: no output can be that large
+        try:  # too large an input or output is refused before decoding
+            image = read_image(path, args.max_pixels, lambda h, w: up.check_output_pixels(h, w, args.scale, args.size))
+        except ValueError as e:
+            tqdm.write(f"error: {path}: {e}", file=sys.stderr)
+            failed += 1
+            continue
         except Exception as e:  # noqa: BLE001 (PIL raises several types for unreadable files)
             tqdm.write(f"error: cannot read {path}: {e}", file=sys.stderr)
             failed += 1
             continue
         try:
             result = up.upscale(image, progress=True, **upscale_options(args))
-            save_image(result, target)
+            save_image(result, target, replace=args.overwrite)  # never a file made while this one was computed
         except Exception as e:  # noqa: BLE001 (one bad file, or a full disk, must not stop the others)
             tqdm.write(f"error: {path}: {describe(e)}", file=sys.stderr)
             failed += 1

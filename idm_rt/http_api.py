@@ -205,8 +205,14 @@ class UpscaleApp:
         deadline = time.monotonic() + self.timeout_s
         params = parse_query(request.query_params, self.max_steps)
         body = await read_body(request, self.max_body_bytes)
+
+        def output_size(h: int, w: int):  # too large an output is refused before the body is decoded
+            return self.up.check_output_pixels(h, w, params["scale"], params["size"])
+
         try:
-            image = await asyncio.to_thread(read_image, io.BytesIO(body), self.up.max_pixels)
+            image = await asyncio.to_thread(read_image, io.BytesIO(body), self.up.max_pixels, output_size)
+        except ValueError:
+            raise
         except UnidentifiedImageError:
             raise HTTPError(400, "cannot read the body as an image: not a format PIL knows (PNG, JPEG, WebP, TIFF, "
                                  "BMP, ...)") from None

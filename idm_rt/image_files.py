@@ -3,6 +3,7 @@ format holds. One place for the rules the command line, the service and the batc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -65,21 +66,26 @@ def storable(image: Image.Image, fmt: str) -> Image.Image:
     return convert_mode(image, mode) if mode != image.mode else image
 
 
-def save_image(image: Image.Image, target: Path) -> None:
-    """Atomic save in the format the suffix names, converting modes that format cannot hold."""
+def save_image(image: Image.Image, target: Path, replace: bool = True) -> None:
+    """Atomic save in the format the suffix names, converting modes that format cannot hold; ``replace=False``
+    keeps a file that exists at ``target`` (FileExistsError)."""
     fmt = image_format(target)
     stored = storable(image, fmt)
     if stored.mode != image.mode:
         tqdm.write(f"note: {fmt} cannot store mode {image.mode}; saving {target.name} as {stored.mode}")
-    atomic_write(target, lambda tmp: stored.save(tmp, format=fmt))
+    atomic_write(target, lambda tmp: stored.save(tmp, format=fmt), replace=replace)
 
 
-def read_image(source: str | Path | BinaryIO, max_pixels: int | None = None) -> Image.Image:
+def read_image(source: str | Path | BinaryIO, max_pixels: int | None = None,
+               check_size: Callable[[int, int], object] | None = None) -> Image.Image:
     """An image file (path or binary file object) decoded and turned upright as viewers show it (EXIF
-    orientation); ``max_pixels`` refuses larger images before decoding them. Raises what PIL raises for
-    unreadable data (several types), ValueError for too many pixels."""
+    orientation); ``max_pixels`` refuses larger images, and ``check_size(height, width)`` (the stored size,
+    before the EXIF turn; e.g. :meth:`~idm_rt.Upscaler.check_output_pixels`) runs, before decoding.
+    Raises what PIL raises for unreadable data (several types), ValueError for too many pixels."""
     with Image.open(source) as im:
         if max_pixels is not None and im.width * im.height > max_pixels:
             raise ValueError(f"image {im.width}x{im.height} has more than {max_pixels} pixels")
+        if check_size is not None:
+            check_size(im.height, im.width)
         im.load()
         return upright(im)  # as viewers show it, and as the API reads it

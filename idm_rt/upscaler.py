@@ -212,10 +212,26 @@ class Upscaler:
             out = (int(size[1]), int(size[0]))
             if out[0] < height or out[1] < width or out == (height, width):
                 raise ValueError(f"size {size[0]}x{size[1]} must be larger than the input {width}x{height}")
+        self._check_pixels(out, scale)
+        return out
+
+    def check_output_pixels(self, height: int, width: int, scale: float | None = None,
+                            size: tuple[int, int] | None = None) -> None:
+        """ValueError when the output for an input of this size would be above ``max_pixels``. The count is
+        the same whichever way up the input is, so this can run on a file's stored size before it is decoded
+        and turned by its EXIF orientation (:meth:`output_size` checks the rest afterwards)."""
+        if scale is not None and size is None:
+            self.output_size(height, width, scale)
+        elif scale is None and isinstance(size, (tuple, list)) and len(size) == 2 and all(
+                isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in size):
+            self._check_pixels((int(size[1]), int(size[0])), None)
+
+    def _check_pixels(self, out: tuple[int, int], scale: float | None) -> None:
+        if scale is not None and out[0] * out[1] > 1000 * self.max_pixels:  # not worth a hundred-digit number
+            raise ValueError(f"scale {scale} gives an output far above the limit of {self.max_pixels} pixels")
         if out[0] * out[1] > self.max_pixels:
             raise ValueError(f"output {out[1]}x{out[0]} has {out[0] * out[1]} pixels, above the limit of "
                              f"{self.max_pixels} (raise max_pixels to allow it)")
-        return out
 
     def upscale(self, image: ImageLike | Sequence[ImageLike], scale: float | None = None,
                 size: tuple[int, int] | None = None, steps: int | None = None, sampler: str | None = None,
@@ -265,6 +281,8 @@ class Upscaler:
             if h * w > self.max_pixels:
                 raise ValueError(f"image {w}x{h} has more pixels than the largest output allowed "
                                  f"({self.max_pixels}; raise max_pixels to allow it)")
+            if h * w:  # so is too large an output
+                self.check_output_pixels(h, w, scale, size)
         prepared = [to_tensor(im) for im in images]
         sizes = [self.output_size(rgb.shape[-2], rgb.shape[-1], scale, size) for rgb, _, _ in prepared]
         groups: dict[tuple, list[int]] = defaultdict(list)

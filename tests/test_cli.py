@@ -327,3 +327,74 @@ def test_convert_on_a_full_disk_is_one_line_and_leaves_nothing_behind(setup, mon
     before = {p.name: p.read_bytes() for p in (tmp / "model").iterdir()}
     assert main(["convert", str(src / "a.png"), str(tmp / "model"), "--max-scale", "4", "--overwrite"]) == 1
     assert {p.name: p.read_bytes() for p in (tmp / "model").iterdir()} == before  # the old model, whole
+
+
+def test_a_file_made_while_the_output_was_computed_is_kept(setup, monkeypatch, capsys):
+    from idm_rt import cli
+
+    tmp, src = setup
+    target = tmp / "race.png"
+    real = idm_rt.Upscaler.upscale
+
+    def upscale_then_someone_writes(self, *args, **kwargs):
+        result = real(self, *args, **kwargs)
+        target.write_bytes(b"the user's file")  # appears after the exists() check, before the output is placed
+        return result
+
+    monkeypatch.setattr(idm_rt.Upscaler, "upscale", upscale_then_someone_writes)
+    assert cli.main(["upscale", str(src / "a.png"), "-o", str(target), "--scale", "2", "--steps", "1", "--model",
+                     str(tmp / "model")]) == 1
+    assert "race.png exists" in capsys.readouterr().err and target.read_bytes() == b"the user's file"
+    assert not [p for p in tmp.iterdir() if p.name.startswith(".race")]  # no temp file left behind
+
+
+def test_too_large_an_output_is_refused_before_the_input_is_decoded(setup, capsys):
+    from idm_rt.cli import main
+
+    tmp, src = setup
+    whole = (src / "a.png").read_bytes()
+    (src / "cut.png").write_bytes(whole[:60])  # the header says 10x8; decoding it would fail
+    assert main(["upscale", str(src / "cut.png"), "-o", str(tmp / "o.png"), "--scale", "4", "--max-pixels", "1000",
+                 "--model", str(tmp / "model")]) == 1
+    err = capsys.readouterr().err
+    assert "output 40x32 has 1280 pixels, above the limit of 1000" in err and "cannot read" not in err
+
+
+def test_a_bad_seed_or_tile_is_said_once_before_any_image(setup, capsys):
+    from idm_rt.cli import main
+
+    tmp, src = setup
+    for option, message in ((["--seed", "-1"], "seed must be an integer in [0, 2**63)"),
+                            (["--tile", "-8"], "--tile must be >= 0"), (["--tile", "1"], "tile must be at least")):
+        assert main(["upscale", str(src / "a.png"), str(src / "sub" / "c.png"), "-o", str(tmp / "out"), "--scale",
+                     "2", "--model", str(tmp / "model"), *option]) == 1
+        err = capsys.readouterr().err
+        assert err.count(message) == 1 and "input(s) failed" not in err, err
+    assert not (tmp / "out").exists()
+
+
+def test_an_output_ending_in_a_slash_is_a_folder(setup, capsys):
+    from idm_rt.cli import main
+
+    tmp, src = setup
+    for name in ("2024.01.05/", "new.png/"):
+        assert main(["upscale", str(src / "a.png"), "-o", f"{tmp}/{name}", "--scale", "2", "--steps", "1",
+                     "--model", str(tmp / "model")]) == 0, capsys.readouterr().err
+        assert Image.open(tmp / name / "a.png").size == (20, 16)
+
+
+def test_max_memory_reaches_engine_runs(setup, monkeypatch):
+    from idm_rt.cli import build_parser, load_upscaler
+
+    seen = {}
+    monkeypatch.setattr(idm_rt.Upscaler, "from_engines", classmethod(lambda cls, *a, **kw: seen.update(kw)))
+    monkeypatch.setattr(idm_rt.Upscaler, "from_pretrained", classmethod(lambda cls, *a, **kw: seen.update(kw)))
+    for extra in (["--engines", "eng"], ["--backend", "onnxruntime"]):
+        seen.clear()
+        args = build_parser().parse_args(["upscale", "x.png", "-o", "y.png", "--scale", "2", "--max-memory", "64M",
+                                          *extra])
+        try:
+            load_upscaler(args)
+        except AttributeError:  # the stand-in returns no Upscaler
+            pass
+        assert seen["max_memory"] == 64 * 2**20

@@ -143,6 +143,19 @@ def test_pixel_limit(tiny_model):
         up.upscale(rgb(20, 20), scale=6, progress=False)
 
 
+def test_too_large_an_output_is_refused_before_a_lazy_image_is_decoded(tiny_model, tmp_path):
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((40, 30, 3), np.uint8)).save(buffer, format="PNG")
+    lazy = Image.open(io.BytesIO(buffer.getvalue()[:80]))  # its header says 30x40; decoding it would fail
+    up = idm_rt.Upscaler(tiny_model, max_pixels=10_000)
+    with pytest.raises(ValueError, match="output 120x160 has 19200 pixels, above the limit of 10000"):
+        up.upscale(lazy, scale=4, progress=False)
+    with pytest.raises(ValueError, match=r"scale 1e\+300 gives an output far above the limit"):
+        up.upscale(rgb(20, 20), scale=1e300, progress=False)
+
+
 def test_missing_default_model_is_explained(monkeypatch, tmp_path):
     monkeypatch.setattr(idm_rt.upscaler, "DEFAULT_MODEL", tmp_path / "none")
     with pytest.raises(FileNotFoundError, match="no bundled default model"):
