@@ -24,7 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .cli import describe, expand_inputs, load_upscaler, plan_outputs, upscale_options
-from .image_files import image_format, read_image, save_image, storable
+from .image_files import encode, image_format, read_image, save_image
 from .images import IMAGE_SUFFIXES
 from .memory import configure_allocator
 from .ray_session import ray_session
@@ -65,7 +65,7 @@ class Place:
             return
         fmt = image_format(self.path)
         buffer = io.BytesIO()
-        storable(image, fmt).save(buffer, format=fmt)
+        encode(image, fmt, buffer)
         parent = str(self.path.parent)
         self.fs.create_dir(parent, recursive=True)
         tmp = posixpath.join(parent, f".{self.path.stem}.{secrets.token_hex(4)}{self.path.suffix}.tmp")

@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from .buckets import parse_size
-from .image_files import read_image, storable
+from .image_files import encode, read_image
 from .upscaler import Upscaler, seed_list
 
 logger = logging.getLogger("ray.serve")  # Serve's replica logger; a plain logger elsewhere
@@ -282,7 +282,7 @@ class UpscaleApp:
         fmt, media_type, _ = FORMATS[format]
         buffer = io.BytesIO()
         try:
-            storable(image, fmt).save(buffer, format=fmt)
+            encode(image, fmt, buffer)
         except Exception:
             logger.exception("encoding a %dx%d %s image as %s failed", *image.size, image.mode, fmt)
             return Failed()

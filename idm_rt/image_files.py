@@ -3,6 +3,7 @@ format holds. One place for the rules the command line, the service and the batc
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -26,8 +27,13 @@ def image_format(path: Path) -> str:
 FORMAT_MODES = {"PNG": ("L", "LA", "RGB", "RGBA", "I;16", "I;16B"),
                 "JPEG": ("L", "RGB", "RGBX", "CMYK", "YCbCr"),
                 "WEBP": ("RGB", "RGBA"),
-                "BMP": ("L", "RGB", "RGBA"),
+                "BMP": ("L", "RGB"),  # Pillow writes no BMP header that holds alpha
                 "TIFF": ("L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "I", "I;16", "I;16L", "I;16B", "F")}
+
+
+# JPEG and WebP quality: Pillow's default of 75 blurs away much of the detail an upscale adds.
+LOSSY_QUALITY = 95
+ICC_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF")  # the formats whose Pillow writers store an ICC profile
 
 
 def save_mode(mode: str, fmt: str) -> str:
@@ -66,14 +72,26 @@ def storable(image: Image.Image, fmt: str) -> Image.Image:
     return convert_mode(image, mode) if mode != image.mode else image
 
 
-def save_image(image: Image.Image, target: Path, replace: bool = True) -> None:
-    """Atomic save in the format the suffix names, converting modes that format cannot hold; ``replace=False``
-    keeps a file that exists at ``target`` (FileExistsError)."""
-    fmt = image_format(target)
+def encode(image: Image.Image, fmt: str, fp: str | BinaryIO) -> None:
+    """Write ``image`` to ``fp`` (a path or a binary file) in format ``fmt``: in a mode the format holds
+    (:func:`storable`), JPEG and WebP at quality :data:`LOSSY_QUALITY`, with the image's ICC profile when its
+    mode is kept (a converted image's profile would describe other colours)."""
     stored = storable(image, fmt)
-    if stored.mode != image.mode:
-        tqdm.write(f"note: {fmt} cannot store mode {image.mode}; saving {target.name} as {stored.mode}")
-    atomic_write(target, lambda tmp: stored.save(tmp, format=fmt), replace=replace)
+    options = {"quality": LOSSY_QUALITY} if fmt in ("JPEG", "WEBP") else {}
+    if image.info.get("icc_profile") and stored.mode == image.mode and fmt in ICC_FORMATS:
+        options["icc_profile"] = image.info["icc_profile"]
+    stored.save(fp, format=fmt, **options)
+
+
+def save_image(image: Image.Image, target: Path, replace: bool = True) -> None:
+    """Atomic save (:func:`encode`) in the format the suffix names, converting modes that format cannot hold;
+    ``replace=False`` keeps a file that exists at ``target`` (FileExistsError)."""
+    fmt = image_format(target)
+    mode = save_mode(image.mode, fmt)
+    if mode != image.mode:
+        tqdm.write(f"note: {fmt} cannot store mode {image.mode}; saving {target.name} as {mode}"
+                   + ("; its colour profile is dropped" if image.info.get("icc_profile") else ""), file=sys.stderr)
+    atomic_write(target, lambda tmp: encode(image, fmt, tmp), replace=replace)
 
 
 def read_image(source: str | Path | BinaryIO, max_pixels: int | None = None,
@@ -87,5 +105,9 @@ def read_image(source: str | Path | BinaryIO, max_pixels: int | None = None,
             raise ValueError(f"image {im.width}x{im.height} has more than {max_pixels} pixels")
         if check_size is not None:
             check_size(im.height, im.width)
+        if getattr(im, "n_frames", 1) > 1:
+            what = source if isinstance(source, (str, Path)) else "the image"
+            tqdm.write(f"note: {what} holds {im.n_frames} frames or pages; only the first is upscaled",
+                       file=sys.stderr)
         im.load()
         return upright(im)  # as viewers show it, and as the API reads it

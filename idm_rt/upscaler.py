@@ -257,10 +257,10 @@ class Upscaler:
         Returns:
             The upscaled image(s) as the input came: a list for a list, an N x C x H' x W' tensor for a
             batch tensor; arrays and tensors keep their dtype, channels, layout and device. PIL images
-            come back in their own mode (:data:`idm_rt.images.PIL_MODES`), except "1", which comes back
-            "L" (one bit cannot hold the upscaled edges), and "P"/"PA", which come back "RGB", or "RGBA"
-            when they have transparency (a new palette would change the colours). "La", "RGBa",
-            "RGBX", "CMYK" (K comes back 0), "YCbCr", "LAB" and "HSV" are upscaled as RGB(A) and
+            come back in their own mode (:data:`idm_rt.images.PIL_MODES`) with their ICC profile, except
+            "1", which comes back "L" (one bit cannot hold the upscaled edges), and "P"/"PA", which come
+            back "RGB", or "RGBA" when they have transparency (a new palette would change the colours).
+            "La", "RGBa", "RGBX", "CMYK" (K comes back 0), "YCbCr", "LAB" and "HSV" are upscaled as RGB(A) and
             converted back by Pillow; "I", "I;16*" (0..65535) and "F" ([0, 1]) keep their depth.
         Raises:
             ValueError: a bad argument or image (unsupported dtype, mode or layout, NaN, out-of-range
@@ -305,6 +305,8 @@ class Upscaler:
                 _, alpha, kind = prepared[i]
                 alpha = resize_alpha(alpha, out) if alpha is not None else None
                 results[i] = from_tensor(sr[k:k + 1], alpha, kind)
+                if isinstance(images[i], Image.Image) and images[i].info.get("icc_profile"):
+                    results[i].info["icc_profile"] = images[i].info["icc_profile"]  # its colours mean the same
         return pack(results)
 
 

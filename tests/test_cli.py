@@ -235,17 +235,17 @@ def test_every_mode_the_api_returns_is_saved_in_every_format(tmp_path, mode, suf
     with Image.open(tmp_path / f"x{suffix}") as saved:
         assert saved.size == image.size
         assert np.asarray(saved, dtype=np.float64).std() > 0  # the picture, not a flat fill
-    note = capsys.readouterr().out
+    note = capsys.readouterr().err
     assert ("cannot store mode" in note) == (mode not in CAN_STORE[suffix]), note
 
 
 CAN_STORE = {".png": ["L", "LA", "RGB", "RGBA", "I;16", "I;16B"], ".jpg": ["L", "RGB", "RGBX", "CMYK", "YCbCr"],
-             ".webp": ["RGB", "RGBA"], ".bmp": ["L", "RGB", "RGBA"],
+             ".webp": ["RGB", "RGBA"], ".bmp": ["L", "RGB"],  # Pillow reads its own RGBA BMPs back as RGB
              ".tif": ["L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "I", "I;16", "I;16L", "I;16B", "F"]}
 
 
 @pytest.mark.parametrize("mode,fmt,want", [
-    ("La", "PNG", "LA"), ("La", "BMP", "RGBA"), ("La", "JPEG", "L"), ("LA", "WEBP", "RGBA"), ("L", "WEBP", "RGB"),
+    ("La", "PNG", "LA"), ("La", "BMP", "L"), ("La", "JPEG", "L"), ("LA", "WEBP", "RGBA"), ("L", "WEBP", "RGB"),
     ("RGBa", "PNG", "RGBA"), ("RGBa", "JPEG", "RGB"), ("RGBX", "PNG", "RGB"), ("CMYK", "JPEG", "CMYK"),
     ("CMYK", "PNG", "RGB"), ("YCbCr", "JPEG", "YCbCr"), ("LAB", "TIFF", "LAB"), ("LAB", "PNG", "RGB"),
     ("HSV", "TIFF", "RGB"), ("I;16N", "PNG", "I;16"), ("I;16B", "PNG", "I;16B"), ("I;16L", "TIFF", "I;16L"),
@@ -398,3 +398,35 @@ def test_max_memory_reaches_engine_runs(setup, monkeypatch):
         except AttributeError:  # the stand-in returns no Upscaler
             pass
         assert seen["max_memory"] == 64 * 2**20
+
+
+def test_outputs_keep_the_colour_profile_and_lossy_ones_their_detail(setup, capsys):
+    from PIL import ImageCms
+
+    from idm_rt.cli import main
+
+    tmp, src = setup
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.open(src / "a.png").save(src / "icc.png", icc_profile=icc)
+    frames = [Image.new("RGB", (8, 8), c) for c in ("red", "green", "blue")]
+    frames[0].save(src / "anim.gif", save_all=True, append_images=frames[1:])
+    out = tmp / "out"
+    for name in ("icc.png", "icc.jpg", "icc.webp", "icc.tif"):
+        assert main(["upscale", str(src / "icc.png"), "-o", str(out / name), "--scale", "2", "--steps", "1",
+                     "--model", str(tmp / "model")]) == 0
+        assert Image.open(out / name).info.get("icc_profile") == icc, name
+    assert Image.open(out / "icc.jpg").quantization[0][0] <= 3  # quality 95 (Pillow's default 75 gives 8)
+    Image.open(src / "icc.png").convert("RGBA").save(src / "icc_rgba.png", icc_profile=icc)
+    assert main(["upscale", str(src / "icc_rgba.png"), str(src / "anim.gif"), "-o", str(out / "bmp"), "--scale",
+                 "2", "--steps", "1", "--model", str(tmp / "model")]) == 0
+    Path(out / "bmp").mkdir(exist_ok=True)
+    err = capsys.readouterr().err
+    assert "BMP" not in err  # PNG outputs in a folder
+    assert main(["upscale", str(src / "icc_rgba.png"), "-o", str(out / "x.bmp"), "--scale", "2", "--steps", "1",
+                 "--model", str(tmp / "model")]) == 0
+    err = capsys.readouterr().err
+    assert "BMP cannot store mode RGBA; saving x.bmp as RGB; its colour profile is dropped" in err
+    assert Image.open(out / "x.bmp").mode == "RGB"
+    assert main(["upscale", str(src / "anim.gif"), "-o", str(out / "anim.png"), "--scale", "2", "--steps", "1",
+                 "--model", str(tmp / "model")]) == 0
+    assert "anim.gif holds 3 frames or pages; only the first is upscaled" in capsys.readouterr().err
