@@ -266,6 +266,17 @@ def plan_outputs(files: list[Path], out: Path, out_is_dir: bool) -> list[Path]:
     return output_targets(files, out, to_folder)
 
 
+def check_writable(folders: set[Path]) -> None:
+    """ValueError, before any work, for an output folder that cannot be made or written: the nearest part of
+    its path that exists must be a folder this process may write in."""
+    for folder in sorted(folders):
+        there = next(p for p in (folder, *folder.absolute().parents) if p.exists())
+        if not there.is_dir():
+            raise ValueError(f"cannot write into {folder}: {there} is a file, not a folder")
+        if not os.access(there, os.W_OK | os.X_OK):
+            raise ValueError(f"cannot write into {folder}: no permission to write in {there}")
+
+
 def load_upscaler(args: argparse.Namespace, runner_options: dict | None = None) -> Upscaler:
     """The Upscaler the ``upscale`` options ask for (model or engines, backend, device, precision, sampling
     settings); ``runner_options`` go to an engine runner (:meth:`~idm_rt.Upscaler.from_engines`)."""
@@ -332,6 +343,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     out = Path(args.output)
     try:
         targets = plan_outputs(files, out, out.is_dir() or args.output.endswith(("/", os.sep)))
+        check_writable({t.parent for t in targets})
         up = load_upscaler(args)
         check_call_options(up, args)
     except (FileNotFoundError, ValueError, ImportError, RuntimeError) as e:

@@ -80,7 +80,8 @@ class Upscaler:
             raise ValueError(f"max_pixels must be a positive integer, got {max_pixels!r}")  # NaN: no limit at all
         if max_memory is not None and (not isinstance(max_memory, numbers.Integral) or isinstance(max_memory, bool)
                                        or max_memory < 2**20):
-            raise ValueError(f"max_memory must be a number of bytes of at least 1 MiB, got {max_memory!r}")
+            raise ValueError(f"max_memory must be an integer number of bytes, at least 1 MiB (2**20), got "
+                             f"{max_memory!r}")
         self.sampling = (sampling or SamplingSettings()).replace(**settings).check_for(model.config)
         self.model = model.prepare(self.device)
         self.tile, self.max_pixels, self.max_memory = tile, max_pixels, max_memory

@@ -430,3 +430,19 @@ def test_outputs_keep_the_colour_profile_and_lossy_ones_their_detail(setup, caps
     assert main(["upscale", str(src / "anim.gif"), "-o", str(out / "anim.png"), "--scale", "2", "--steps", "1",
                  "--model", str(tmp / "model")]) == 0
     assert "anim.gif holds 3 frames or pages; only the first is upscaled" in capsys.readouterr().err
+
+
+def test_an_output_folder_that_cannot_be_written_is_said_before_any_work(setup, capsys, monkeypatch):
+    from idm_rt import cli
+
+    tmp, src = setup
+    (tmp / "plainfile").write_bytes(b"mine")
+    monkeypatch.setattr(cli, "load_upscaler", lambda *a: pytest.fail("the model was loaded"))
+    assert cli.main(["upscale", str(src / "a.png"), "-o", str(tmp / "plainfile"), "--scale", "2"]) == 1
+    assert f"{tmp / 'plainfile'} is a file, not a folder" in capsys.readouterr().err
+    assert cli.main(["upscale", str(src / "a.png"), "-o", str(tmp / "plainfile" / "deeper" / "x.png"), "--scale",
+                     "2"]) == 1
+    assert "is a file, not a folder" in capsys.readouterr().err and (tmp / "plainfile").read_bytes() == b"mine"
+    monkeypatch.setattr(cli.os, "access", lambda path, mode: False)  # as a read-only folder looks to a non-root user
+    assert cli.main(["upscale", str(src / "a.png"), "-o", str(tmp / "ro" / "x.png"), "--scale", "2"]) == 1
+    assert f"no permission to write in {tmp}" in capsys.readouterr().err

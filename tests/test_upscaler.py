@@ -156,6 +156,12 @@ def test_too_large_an_output_is_refused_before_a_lazy_image_is_decoded(tiny_mode
         up.upscale(rgb(20, 20), scale=1e300, progress=False)
 
 
+@pytest.mark.parametrize("value", [4e9, 2**19, True, "4G"])
+def test_max_memory_must_be_whole_bytes(tiny_model, value):
+    with pytest.raises(ValueError, match="max_memory must be an integer number of bytes, at least 1 MiB"):
+        idm_rt.Upscaler(tiny_model, max_memory=value)
+
+
 def test_missing_default_model_is_explained(monkeypatch, tmp_path):
     monkeypatch.setattr(idm_rt.upscaler, "DEFAULT_MODEL", tmp_path / "none")
     with pytest.raises(FileNotFoundError, match="no bundled default model"):
