@@ -53,7 +53,7 @@ def _size(text: str) -> tuple[int, int]:
 def _pixels(text: str) -> int:
     """A positive pixel count, also written as 64e6."""
     try:
-        n = float(text)
+        n = _number(text)
     except ValueError:
         n = 0
     if not (math.isfinite(n) and n >= 1 and n == int(n)):
@@ -62,15 +62,24 @@ def _pixels(text: str) -> int:
 
 
 UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30,
+         "ki": 2**10, "mi": 2**20, "gi": 2**30,  # Kubernetes' spelling
          "k": 2**10, "m": 2**20, "g": 2**30}  # a bare K, M, G as free(1) and docker --memory mean it
 
 
+def _number(text: str) -> float:
+    """float(text), without the digit separators Python reads ('1_5' is 15) that a typo can produce."""
+    if "_" in text:
+        raise ValueError(text)
+    return float(text)
+
+
 def _bytes(text: str) -> int:
-    """A memory size: a number of bytes, or with a unit (KB, MB, GB, KiB, MiB, GiB; K, M, G binary), e.g. 4GiB."""
+    """A memory size: a number of bytes, or with a unit (KB, MB, GB, KiB, MiB, GiB; K, M, G and Ki, Mi, Gi binary),
+    e.g. 4GiB."""
     number = text.rstrip("BbKkMmGgIi")
     unit = text[len(number):].lower()
     try:
-        n = float(number) * UNITS[unit]
+        n = _number(number) * UNITS[unit]
     except (ValueError, KeyError):
         n = math.nan
     if not (math.isfinite(n) and 2**20 <= n < 2**50):
@@ -81,7 +90,7 @@ def _bytes(text: str) -> int:
 def _scale(text: str) -> float:
     """A magnification: a finite number > 1."""
     try:
-        s = float(text)
+        s = _number(text)
     except ValueError:
         s = math.nan
     if not (math.isfinite(s) and s > 1):

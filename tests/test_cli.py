@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import errno
 import subprocess
 import sys
@@ -62,7 +63,7 @@ def test_never_overwrites_without_the_flag(setup):
     assert not [p for p in tmp.iterdir() if p.name.startswith(".one")]  # no temp file left behind
 
 
-@pytest.mark.parametrize("scale", ["0.5", "1", "nan", "inf", "x"])
+@pytest.mark.parametrize("scale", ["0.5", "1", "nan", "inf", "x", "1_5"])
 def test_a_bad_scale_is_an_argument_error_before_any_work(setup, scale, capsys):
     from idm_rt.cli import main
 
@@ -86,7 +87,10 @@ def test_overwrite_never_replaces_an_input(setup, capsys):
 def test_memory_sizes_take_the_usual_units():
     from idm_rt.cli import _bytes
 
-    assert _bytes("1G") == _bytes("1GiB") == 2**30 and _bytes("500MB") == 500 * 10**6 and _bytes("2048m") == 2**31
+    assert _bytes("1G") == _bytes("1GiB") == _bytes("1Gi") == 2**30 and _bytes("500MB") == 500 * 10**6
+    assert _bytes("2048m") == _bytes("2048Mi") == 2**31
+    with pytest.raises(argparse.ArgumentTypeError):
+        _bytes("1_000M")  # a digit separator, as a typo makes it
 
 
 @pytest.mark.slow
