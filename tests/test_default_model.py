@@ -1,19 +1,25 @@
-"""The bundled default model, loaded as users load it, at its own recommended sampling: sharper
-detail must not cost fidelity. Checked on a scikit-image photo it was never trained on, against
-bicubic (PSNR on Y) and against the LR input (Consistency); both can fail if the weights, the
-defaults or the sampling path regress."""
+"""The bundled default model, loaded as users load it: at its recommended sampling it must stay clearly
+above bicubic in PSNR(Y) and SSIM(Y) and far below it in Consistency, and the network alone (no
+back-projection) above bicubic at 2x and 4x. Measured with the evaluation protocol of
+``idm_rt.training.evaluate`` (8-bit LR, 8-bit output, border ceil(s)) on scikit-image photos the model
+never trained on. The margins are what the model card's table shows for these crops less room for noise
+(seeds, float rounding across machines); each can fail if the weights, the defaults or the sampling path
+regress."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 import idm_rt
-from idm_rt.resize import downscale, upscale
-from idm_rt.training.metrics import lr_consistency, psnr_y
+from idm_rt.pipeline import super_resolve
+from idm_rt.training.metrics import bicubic, make_pair, measure
 
 skdata = pytest.importorskip("skimage.data")
+
+# scale: (PSNR(Y) dB above bicubic at the defaults; the same without back-projection). Measured for the
+# bundled model (step 4750) on these crops: +2.68 / +2.10 / +1.33 at the defaults, +2.23 / +2.01 alone.
+MARGINS = {2: (2.3, 1.9), 4: (1.8, 1.7), 8: (1.0, None)}
 
 
 @pytest.fixture(scope="module")
@@ -23,14 +29,36 @@ def default_upscaler():
     return idm_rt.Upscaler.from_pretrained()
 
 
+def _crops() -> list[torch.Tensor]:
+    """Two 192x192 crops (a face with texture, a cup with smooth areas) as (3, H, W) uint8."""
+    return [torch.from_numpy(skdata.astronaut()[100:292, 160:352].copy()).permute(2, 0, 1),
+            torch.from_numpy(skdata.coffee()[100:292, 200:392].copy()).permute(2, 0, 1)]
+
+
+def _scores(up: idm_rt.Upscaler, scale: int, settings: idm_rt.SamplingSettings) -> tuple[dict, dict]:
+    """Mean metrics of the model's outputs and of bicubic over the crops."""
+    ours, bic = [], []
+    for img in _crops():
+        hr, lr = make_pair(img, scale)
+        size = tuple(hr.shape[-2:])
+        out = super_resolve(up.model, lr, size, settings, scale=scale, generator=torch.Generator().manual_seed(0))
+        ours.append(measure(out, hr, lr, scale))
+        bic.append(measure(bicubic(lr, size), hr, lr, scale))
+    mean = lambda rows: {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
+    return mean(ours), mean(bic)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("scale", [2, 4])
-def test_default_model_beats_bicubic_on_a_held_out_photo(default_upscaler, scale):
-    hr = torch.from_numpy(np.ascontiguousarray(skdata.astronaut()[100:292, 160:352])).permute(2, 0, 1).double() / 255
-    lr = (downscale(hr[None] * 2 - 1, (192 // scale, 192 // scale))[0] + 1) / 2
-    lr8 = (lr * 255).round() / 255  # what a user's 8-bit file holds
-    out = default_upscaler.upscale(lr8.float(), scale=scale, seed=0, progress=False).double()
-    bic = ((upscale(lr8[None] * 2 - 1, (192, 192))[0].clamp(-1, 1) + 1) / 2 * 255).round() / 255
-    out8 = (out * 255).round() / 255
-    assert psnr_y(out8, hr, scale) > psnr_y(bic, hr, scale)
-    assert lr_consistency(out8, lr8) < 0.5 * lr_consistency(bic, lr8)
+@pytest.mark.parametrize("scale", sorted(MARGINS))
+def test_default_model_is_clearly_above_bicubic(default_upscaler, scale):
+    ours, bic = _scores(default_upscaler, scale, default_upscaler.sampling)
+    assert ours["psnr"] > bic["psnr"] + MARGINS[scale][0]
+    assert ours["ssim"] > bic["ssim"]
+    assert ours["cons"] < 0.5 * bic["cons"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scale", [s for s, (_, alone) in MARGINS.items() if alone is not None])
+def test_the_network_alone_is_above_bicubic(default_upscaler, scale):
+    ours, bic = _scores(default_upscaler, scale, default_upscaler.sampling.replace(back_projection=0))
+    assert ours["psnr"] > bic["psnr"] + MARGINS[scale][1]
