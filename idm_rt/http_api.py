@@ -206,11 +206,11 @@ class UpscaleApp:
         params = parse_query(request.query_params, self.max_steps)
         body = await read_body(request, self.max_body_bytes)
 
-        def output_size(h: int, w: int):  # too large an output is refused before the body is decoded
-            return self.up.check_output_pixels(h, w, params["scale"], params["size"])
+        def check_output(h: int, w: int) -> None:  # too large an output is refused before the body is decoded
+            self.up.check_output_pixels(h, w, params["scale"], params["size"])
 
         try:
-            image = await asyncio.to_thread(read_image, io.BytesIO(body), self.up.max_pixels, output_size)
+            image = await asyncio.to_thread(read_image, io.BytesIO(body), self.up.max_pixels, check_output)
         except ValueError:
             raise
         except UnidentifiedImageError:
