@@ -207,10 +207,7 @@ class Upscaler:
             if out == (height, width):
                 raise ValueError(f"scale {scale} is too small to change the size of a {width}x{height} image")
         else:
-            if not isinstance(size, (tuple, list)) or len(size) != 2 or any(
-                    not isinstance(v, numbers.Integral) or isinstance(v, bool) for v in size):
-                raise ValueError(f"size must be (width, height) integers, got {size!r}")
-            out = (int(size[1]), int(size[0]))
+            out = _size_hw(size)
             if out[0] < height or out[1] < width or out == (height, width):
                 raise ValueError(f"size {size[0]}x{size[1]} must be larger than the input {width}x{height}")
         self._check_pixels(out, scale)
@@ -223,9 +220,8 @@ class Upscaler:
         and turned by its EXIF orientation (:meth:`output_size` checks the rest afterwards)."""
         if scale is not None and size is None:
             self.output_size(height, width, scale)
-        elif scale is None and isinstance(size, (tuple, list)) and len(size) == 2 and all(
-                isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in size):
-            self._check_pixels((int(size[1]), int(size[0])), None)
+        elif scale is None and size is not None:
+            self._check_pixels(_size_hw(size), None)
 
     def _check_pixels(self, out: tuple[int, int], scale: float | None) -> None:
         if scale is not None and out[0] * out[1] > 1000 * self.max_pixels:  # not worth a hundred-digit number
@@ -309,6 +305,14 @@ class Upscaler:
                 if isinstance(images[i], Image.Image) and images[i].info.get("icc_profile"):
                     results[i].info["icc_profile"] = images[i].info["icc_profile"]  # its colours mean the same
         return pack(results)
+
+
+def _size_hw(size: Any) -> tuple[int, int]:
+    """An output ``size`` given as (width, height) integers, as (H, W); ValueError for anything else."""
+    if not isinstance(size, (tuple, list)) or len(size) != 2 or any(
+            not isinstance(v, numbers.Integral) or isinstance(v, bool) for v in size):
+        raise ValueError(f"size must be (width, height) integers, got {size!r}")
+    return int(size[1]), int(size[0])
 
 
 def _declared_size(image: Any) -> tuple[int, int]:
