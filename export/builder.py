@@ -42,7 +42,9 @@ from .graphs import OPSET, export_graph
 from .opcheck import check_graph
 
 EXIT_OK, EXIT_NEEDS_GPU = 0, 3  # failures raise BuildError (status 1 in idm_rt.build)
-EXPORT_VERSION = 2  # bump when export_graph changes what a graph contains (2: dynamic graphs, implicit encoder)
+# bump when export_graph changes what a graph contains (2: dynamic graphs, implicit encoder; 3: the encoder in
+# two graphs, LR features and HR blocks)
+EXPORT_VERSION = 3
 
 
 class BuildError(RuntimeError):
@@ -151,7 +153,7 @@ def owned_files(folder: Path) -> tuple[Manifest | None, list[str]]:
                          f"(nothing was changed)") from None
 
 
-LEGACY_FORMATS = ("idm-rt-engines/1",)
+LEGACY_FORMATS = ("idm-rt-engines/1", "idm-rt-engines/2")
 
 
 @contextlib.contextmanager

@@ -1,9 +1,14 @@
 """The exported graphs of IDM and their ONNX export.
 
-* encoder: ``lr (1,3,h,w), rows (H,), cols (W,) [, rel_rows (H,), rel_cols (W,)] -> cond (1,3,H,W)``;
-  runs once per image at the whole image's size, so its sizes are dynamic; the resize to the
-  output size is a gather with index tables (and, for the implicit upsampler, relative
-  coordinates) that the runner computes as the torch model does.
+* encoder: ``lr (1,3,h,w) -> feat (1,C,h,w)``, the LR features; runs once per image at the LR
+  size, so its sizes are dynamic.
+* encoder_block: ``feat (1,C,h',w'), rows (H',), cols (W',) [, rel_rows (H',), rel_cols (W',), cell (2,)]
+  -> cond (1,3,H',W')``: the encoder's HR part over one block of at most
+  :data:`~idm_rt.model.encoder.BLOCK` (+ halo) pixels a side, given the features it reads; the
+  runner loops over the blocks as the torch encoder does (:func:`~idm_rt.model.encoder.in_blocks`)
+  and adds the bicubic term itself, so that memory is bounded by the block, not the image. The
+  resize is a gather with index tables (and, implicit, relative coordinates and the cell size)
+  that the runner computes as the torch model does.
 * conditioner: ``cond (1,3,H,W), p (1,) -> shift_i, a1_i, a2_i`` for levels 1..L-1; dynamic sizes,
   batch 1 (it runs once per image and tile, so the runner loops over the batch).
 * unet, per bucket: ``x_t, cond, shift_i, a1_i, a2_i, g (B,) -> eps``, the bucket's static shape
@@ -11,7 +16,7 @@
 * unet_dynamic: the same with dynamic sizes, and the implicit layers' query tables as inputs
   (``rows_i, rel_rows_i, cols_i, rel_cols_i``): every other size, at its own size, never padded.
 
-The batch axis of the U-Nets is dynamic when the batch range is. The encoder and conditioner stay
+The batch axis of the U-Nets is dynamic when the batch range is. The encoder graphs and the conditioner stay
 float32 (they run once per image); the U-Nets are exported in the requested precision.
 """
 
@@ -31,7 +36,6 @@ from idm_rt.buckets import Bucket
 from idm_rt.model import IDM, Conditioning
 from idm_rt.model.encoder import resize_tables
 from idm_rt.model.unet import query_tables_for
-from idm_rt.resize import upscale
 
 from .precision import keep_in_float32
 from .winograd import use_winograd
@@ -50,15 +54,25 @@ CONV_MODES = ("direct", "winograd")
 
 
 class EncoderGraph(nn.Module):
-    """``encode(lr, (H, W))`` with the resize given as row and column tables."""
+    """The encoder's LR features."""
 
     def __init__(self, model: IDM):
         super().__init__()
         self.encoder = model.encoder
 
-    def forward(self, lr: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, *rel: torch.Tensor) -> torch.Tensor:
-        out = self.encoder.upsample(self.encoder.features(lr), rows, cols, *rel)
-        return out + upscale(lr, (rows.shape[0], cols.shape[0])) if rel else out
+    def forward(self, lr: torch.Tensor) -> torch.Tensor:
+        return self.encoder.features(lr)
+
+
+class EncoderBlockGraph(nn.Module):
+    """The encoder's HR part over one block (:meth:`~idm_rt.model.encoder.EDSREncoder.block`)."""
+
+    def __init__(self, model: IDM):
+        super().__init__()
+        self.encoder = model.encoder
+
+    def forward(self, feat: torch.Tensor, *tables: torch.Tensor) -> torch.Tensor:
+        return self.encoder.block(feat, *tables)
 
 
 class ConditionerGraph(nn.Module):
@@ -91,15 +105,21 @@ class UNetGraph(nn.Module):
 def sample_inputs(model: IDM, kind: str, bucket: Bucket | None, batch: int = 1, seed: int = 0,
                   dtype: torch.dtype = torch.float32, size: tuple[int, int] | None = None) -> tuple[torch.Tensor, ...]:
     """Random inputs of graph ``kind`` at ``size`` (default: the bucket's; without a bucket 40 x 24,
-    a size no power of two divides); the encoder's LR is a third of it; the U-Net's conditioning
-    comes from the model itself, as at run time."""
+    a size no power of two divides); the encoder's LR is a third of it, and so are the features of
+    the encoder's block (whose tables go from them to the size); the U-Net's conditioning comes from
+    the model itself, as at run time."""
     gen = torch.Generator().manual_seed(seed)
     h, w = size or ((bucket.height, bucket.width) if bucket is not None else (40, 24))
     cond = torch.randn(batch, 3, h, w, generator=gen)
     p = torch.rand(batch, generator=gen)
+    lr_size = (max(h // 3, 1), max(w // 3, 1))
     if kind == "encoder":
-        lr = torch.randn(1, 3, max(h // 3, 1), max(w // 3, 1), generator=gen)
-        return (lr, *resize_tables(model.config.encoder_upsampler, tuple(lr.shape[-2:]), (h, w)))
+        return (torch.randn(1, 3, *lr_size, generator=gen),)
+    if kind == "encoder_block":
+        feat = torch.randn(1, model.config.encoder_feats, *lr_size, generator=gen)
+        tables = resize_tables(model.config.encoder_upsampler, lr_size, (h, w))
+        cell = torch.tensor([lr_size[0] / h, lr_size[1] / w])
+        return (feat, *tables, cell) if len(tables) == 4 else (feat, *tables)
     if kind == "conditioner":
         return cond[:1], p[:1]
     with torch.no_grad():
@@ -116,7 +136,9 @@ def graph_module(model: IDM, kind: str) -> nn.Module:
     """The wrapper module of graph ``kind`` in eval mode."""
     if kind == "unet_dynamic":
         return UNetGraph(model, with_tables=True).eval()
-    return {"encoder": EncoderGraph, "conditioner": ConditionerGraph, "unet": UNetGraph}[kind](model).eval()
+    graphs = {"encoder": EncoderGraph, "encoder_block": EncoderBlockGraph, "conditioner": ConditionerGraph,
+              "unet": UNetGraph}
+    return graphs[kind](model).eval()
 
 
 def io_spec(model: IDM, kind: str, bucket: Bucket | None) -> tuple[list[str], list[str], dict]:
@@ -124,7 +146,9 @@ def io_spec(model: IDM, kind: str, bucket: Bucket | None) -> tuple[list[str], li
     levels = model.config.levels
     names_in, names_out = graph_inputs(kind, model.config), graph_outputs(kind, levels)
     if kind == "encoder":
-        axes = {"lr": {2: "lr_h", 3: "lr_w"}, "rows": {0: "out_h"}, "cols": {0: "out_w"},
+        return names_in, names_out, {"lr": {2: "lr_h", 3: "lr_w"}, "feat": {2: "lr_h", 3: "lr_w"}}
+    if kind == "encoder_block":
+        axes = {"feat": {2: "feat_h", 3: "feat_w"}, "rows": {0: "out_h"}, "cols": {0: "out_w"},
                 "rel_rows": {0: "out_h"}, "rel_cols": {0: "out_w"}, "cond": {2: "out_h", 3: "out_w"}}
         return names_in, names_out, {n: a for n, a in axes.items() if n in names_in + names_out}
     if kind == "conditioner":

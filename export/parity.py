@@ -49,7 +49,7 @@ def graph_errors(runner: EngineRunner, model, seed: int = 0) -> list[tuple[str, 
                 want = graph_module(model, kind)(*args)
             want = list(want) if isinstance(want, tuple) else [want]
             got = runner.run_graph(key, dict(zip(graph_inputs(kind, model.config), args)))
-            shape = "x".join(map(str, args[0].shape[-2:] if kind != "encoder" else (len(args[1]), len(args[2]))))
+            shape = "x".join(map(str, args[0].shape[-2:] if kind != "encoder_block" else (len(args[1]), len(args[2]))))
             rows.append((key, entry.precision, f"{batch} x {shape}", relative_error([g.cpu() for g in got], want)))
     return rows
 

@@ -18,10 +18,13 @@ import torch
 from idm_rt.backends.tensorrt import import_tensorrt
 from idm_rt.buckets import Bucket
 from idm_rt.fileio import atomic_write
+from idm_rt.model.encoder import BLOCK
 
-# Largest sizes the encoder's profile accepts: LR side and HR side (whole images, not tiles, one
-# at a time). Its engine reserves activation memory for the largest.
-ENCODER_MAX_LR, ENCODER_MAX_HR = 1024, 4096
+# Largest LR side the encoder's features profile accepts (whole LR images, not tiles, one at a time);
+# its engine reserves activation memory for the largest. The HR part runs in blocks of at most
+# BLOCK + 2 (halo) pixels a side, reading at most as many feature rows and columns (scales >= 1).
+ENCODER_MAX_LR = 1024
+BLOCK_MAX = BLOCK + 2
 VERSION = 2  # bump when the builder's settings change (2: TF32 off for fp16 builds too): part of the engine key
 
 
@@ -47,14 +50,19 @@ def identity() -> dict[str, str]:
 
 def profile_shapes(kind: str, bucket: Bucket | None, onnx_path: Path, buckets: list[Bucket]) -> dict[str, tuple]:
     """(min, opt, max) shape per input. Static per-bucket U-Nets: the bucket's shape and batch range.
-    The encoder: whole images one at a time, up to :data:`ENCODER_MAX_LR` / :data:`ENCODER_MAX_HR`.
+    The encoder's features: whole LR images one at a time, up to :data:`ENCODER_MAX_LR`; its blocks: up
+    to :data:`BLOCK_MAX` pixels a side.
     The conditioner and the dynamic U-Net: any tile up to the largest bucket extents, 1 x 1 upwards
     (optimised for the largest bucket); the U-Net's batch up to the largest batch of any bucket."""
     if kind == "encoder":
-        lr = ((1, 3, 1, 1), (1, 3, 64, 64), (1, 3, ENCODER_MAX_LR, ENCODER_MAX_LR))
-        table = ((1,), (256,), (ENCODER_MAX_HR,))
-        return {"lr": lr, "rows": table, "cols": table, "rel_rows": table, "rel_cols": table}
+        return {"lr": ((1, 3, 1, 1), (1, 3, 64, 64), (1, 3, ENCODER_MAX_LR, ENCODER_MAX_LR))}
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    if kind == "encoder_block":
+        c = next(i for i in graph.input if i.name == "feat").type.tensor_type.shape.dim[1].dim_value
+        table = ((1,), (BLOCK_MAX,), (BLOCK_MAX,))
+        shapes = {"feat": ((1, c, 1, 1), (1, c, 64, 64), (1, c, BLOCK_MAX, BLOCK_MAX)), "rows": table, "cols": table,
+                  "rel_rows": table, "rel_cols": table, "cell": ((2,), (2,), (2,))}
+        return {i.name: shapes[i.name] for i in graph.input}  # the nearest upsampler has no rel_* or cell
     if kind == "unet":
         shapes = {}
         for inp in graph.input:

@@ -88,6 +88,29 @@ def test_engines_give_the_torch_image_at_every_output_size(built, size, scale):
     assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
 
 
+def test_the_encoder_runs_in_blocks_bounded_whatever_the_image(built):
+    """A condition image of 600 x 530 (several blocks each way, remainders): the torch encoder's, while
+    the block graph is never given more than 256 + 2 (halo) HR pixels, or feature rows or columns,
+    a side."""
+    model, folder = built
+    runner = load_runner(folder)
+    seen = []
+    run_graph = runner.run_graph
+
+    def spy(key, inputs):
+        if key == "encoder_block":
+            seen.append((*inputs["feat"].shape[-2:], len(inputs["rows"]), len(inputs["cols"])))
+        return run_graph(key, inputs)
+
+    runner.run_graph = spy
+    lr = torch.rand(2, 3, 150, 265) * 2 - 1
+    with torch.no_grad():
+        got, want = runner.encode(lr, (600, 530)), model.encode(lr, (600, 530))
+    assert got.shape == want.shape == (2, 3, 600, 530)
+    assert (got - want).abs().max() < 1e-4
+    assert len(seen) == 2 * 3 * 3 and max(max(s) for s in seen) == 258
+
+
 def test_from_pretrained_with_an_engine_backend(built, tmp_path):
     model, folder = built
     up = Upscaler.from_pretrained(folder, backend="onnxruntime")
@@ -104,7 +127,7 @@ def test_from_pretrained_builds_a_models_engines_once_in_the_cache(built, tmp_pa
     up = Upscaler.from_pretrained(folder.parent / "model", backend="onnxruntime", runner_options={"threads": 1})
     engines = up.model.folder
     assert engines.parent == tmp_path / "engines"
-    assert sorted(exported) == ["conditioner", "encoder", "unet", "unet_dynamic"]
+    assert sorted(exported) == ["conditioner", "encoder", "encoder_block", "unet", "unet_dynamic"]
     manifest = read_manifest(engines)
     assert manifest.complete and manifest.precision == "fp32" and manifest.build_flags["conv"] == "winograd"
     assert [b.name for b in manifest.buckets] == ["256x256_b1-1"]  # the default buckets
@@ -112,7 +135,7 @@ def test_from_pretrained_builds_a_models_engines_once_in_the_cache(built, tmp_pa
     got, want = up.upscale(_image(64, 64, 6), **kw), Upscaler(model, tile=0).upscale(_image(64, 64, 6), **kw)
     assert np.abs(got - want).max() < 2e-3
     again = Upscaler.from_pretrained(folder.parent / "model", backend="onnxruntime")
-    assert again.model.folder == engines and len(exported) == 4  # reused, nothing exported again
+    assert again.model.folder == engines and len(exported) == 5  # reused, nothing exported again
 
 
 def test_from_pretrained_with_an_engine_backend_refuses_what_it_cannot_build(built, tmp_path, monkeypatch):

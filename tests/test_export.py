@@ -30,7 +30,8 @@ def model():
 @pytest.fixture(scope="module")
 def graphs(model, tmp_path_factory):
     folder = tmp_path_factory.mktemp("onnx")
-    specs = {"encoder": ("encoder", None, "fp32"), "conditioner": ("conditioner", None, "fp32"),
+    specs = {"encoder": ("encoder", None, "fp32"), "encoder_block": ("encoder_block", None, "fp32"),
+             "conditioner": ("conditioner", None, "fp32"),
              "unet": ("unet", BUCKET, "fp32"), "unet16": ("unet", Bucket(32, 32), "fp16"),
              "unet_dynamic": ("unet_dynamic", None, "fp32")}
     return {name: export_graph(model, kind, bucket, folder / f"{name}.onnx", prec)
@@ -69,9 +70,11 @@ def test_implicit_layer_index_tables_are_constants(graphs):
 def test_ort_matches_torch_fp32_per_graph(model, graphs):
     torch.manual_seed(1)
     lr = torch.randn(1, 3, 13, 17)
+    feat = _ort(graphs["encoder"]).run(None, {"lr": lr.numpy()})[0]
+    assert relative_error([torch.from_numpy(feat)], [model.encoder.features(lr).detach()]) < 1e-5
     rows, cols = torch.tensor([0, 0, 1, 3, 5, 7, 9, 12]), torch.arange(17).repeat_interleave(2)
-    got = _ort(graphs["encoder"]).run(None, {"lr": lr.numpy(), "rows": rows.numpy(), "cols": cols.numpy()})[0]
-    want = model.encoder.tail(model.encoder.features(lr)[:, :, rows][:, :, :, cols])
+    got = _ort(graphs["encoder_block"]).run(None, {"feat": feat, "rows": rows.numpy(), "cols": cols.numpy()})[0]
+    want = model.encoder.tail(torch.from_numpy(feat)[:, :, rows][:, :, :, cols])
     assert relative_error([torch.from_numpy(got)], [want.detach()]) < 1e-5
 
     for size in ((32, 48), (19, 7)):
@@ -114,21 +117,32 @@ def test_dynamic_unet_matches_torch_at_any_size(model, graphs, size):
     assert relative_error([torch.from_numpy(got)], [want]) < 1e-5
 
 
-@pytest.mark.parametrize("size", [(48, 48), (37, 100), (7, 5)])
-def test_implicit_encoder_graph_matches_torch(tmp_path, size):
-    from idm_rt.model.encoder import resize_tables
+@pytest.mark.parametrize("size", [(48, 48), (37, 100), (7, 5), (300, 520)])
+def test_implicit_encoder_graphs_in_blocks_match_torch(tmp_path, size):
+    """The features graph, then the block graph over the blocks the runner gives it (with the
+    features each reads and the whole image's cell size), plus bicubic: the torch encoder's image,
+    also where several blocks meet (300 x 520)."""
+    from idm_rt.model.encoder import in_blocks, resize_tables
+    from idm_rt.resize import upscale
 
     torch.manual_seed(4)
     model = idm_rt.IDM(dataclasses.replace(TINY_32, encoder_upsampler="implicit"), max_scale=4.0).eval()
-    path = export_graph(model, "encoder", None, tmp_path / "encoder.onnx")
-    assert check_graph(path, OPSET) == []
+    features, block = (export_graph(model, kind, None, tmp_path / f"{kind}.onnx") for kind in ("encoder",
+                                                                                                 "encoder_block"))
+    assert check_graph(features, OPSET) == [] and check_graph(block, OPSET) == []
     lr = torch.rand(1, 3, max(size[0] // 3, 1), max(size[1] // 3, 1)) * 2 - 1
     with torch.no_grad():
         want = model.encode(lr, size)
-    session = _ort(path)
-    feeds = [lr, *resize_tables("implicit", tuple(lr.shape[-2:]), size)]
-    got = session.run(None, {i.name: t.numpy() for i, t in zip(session.get_inputs(), feeds)})[0]
-    assert relative_error([torch.from_numpy(got)], [want]) < 1e-5
+    block_session = _ort(block)
+    names = [i.name for i in block_session.get_inputs()]
+    assert names == ["feat", "rows", "cols", "rel_rows", "rel_cols", "cell"]
+
+    def run_block(*inputs):
+        return torch.from_numpy(block_session.run(None, {n: t.numpy() for n, t in zip(names, inputs)})[0])
+
+    feat = torch.from_numpy(_ort(features).run(None, {"lr": lr.numpy()})[0])
+    got = in_blocks(run_block, feat, *resize_tables("implicit", tuple(lr.shape[-2:]), size)) + upscale(lr, size)
+    assert relative_error([got], [want]) < 1e-5
 
 
 @pytest.mark.slow

@@ -44,7 +44,7 @@ def test_onnxruntime_build_writes_a_complete_manifest(ort_dir, models):
     m = json.loads((ort_dir / "manifest.json").read_text())
     assert m["complete"] and m["backend"] == "onnxruntime" and m["precision"] == "fp32" and m["opset"] == 17
     assert m["model_hash"] == idm_rt.checkpoints.model_hash(idm_rt.load_model(models[0]))
-    assert set(m["graphs"]) == {"encoder", "conditioner", "unet_dynamic", "unet/32x32_b1-2"}
+    assert set(m["graphs"]) == {"encoder", "encoder_block", "conditioner", "unet_dynamic", "unet/32x32_b1-2"}
     assert m["pending"] == []
     assert m["buckets"] == [{"height": 32, "width": 32, "min_batch": 1, "max_batch": 2, "name": "32x32_b1-2"}]
     assert "onnxruntime" in m["identity"] and "workspace_mb" not in m["build_flags"]  # a TensorRT flag
@@ -75,7 +75,7 @@ def test_winograd_unet_passes_parity_and_conv_direct_reexports_only_it(models, t
     assert "FAIL" not in capsys.readouterr().out
     assert main([*args, "--conv", "direct"]) == 0
     log = capsys.readouterr().out
-    assert log.count("ONNX fp32 exported") == 1 and log.count("ONNX fp32 reused") == 3
+    assert log.count("ONNX fp32 exported") == 1 and log.count("ONNX fp32 reused") == 4
     m = read_manifest(tmp_path)
     assert m.build_flags["conv"] == "direct"
     assert "DepthToSpace" not in _op_types(tmp_path / m.graphs["unet/44x44_b1-2"].onnx)
@@ -87,7 +87,7 @@ def test_parity_tool_passes_and_refuses_another_model(ort_dir, models, capsys):
     assert parity.main([str(ort_dir)]) == 0
     out = capsys.readouterr().out
     # the static U-Net at batch 1 and 2, the other graphs at two sizes no power of two divides
-    assert out.count(" ok") == 8 and "FAIL" not in out and "2 x 13x57" in out
+    assert out.count(" ok") == 10 and "FAIL" not in out and "2 x 13x57" in out
     assert parity.main([str(ort_dir), "--model", str(models[1])]) == 1
     assert "is not the one" in capsys.readouterr().err
 
@@ -97,10 +97,10 @@ def test_second_run_reuses_and_another_model_rebuilds(ort_dir, models, capsys):
     args = ["--engine", "fp32", "--backend", "onnxruntime", "--out", str(ort_dir), "--tile", "32", "--batch", "1,2"]
     assert main([*args, "--model", str(models[0])]) == 0
     log = capsys.readouterr().out
-    assert log.count("reused") == 8 and "exported" not in log
+    assert log.count("reused") == 10 and "exported" not in log
     assert main([*args, "--model", str(models[1])]) == 0
     log = capsys.readouterr().out
-    assert log.count("ONNX fp32 exported") == 4 and "reused" not in log
+    assert log.count("ONNX fp32 exported") == 5 and "reused" not in log
     assert read_manifest(ort_dir).model_hash == idm_rt.checkpoints.model_hash(idm_rt.load_model(models[1]))
 
 
@@ -138,24 +138,29 @@ def test_tensorrt_engines_are_reused_until_gpu_or_version_changes(models, tmp_pa
     args = ["--engine", "fp16", "--model", str(models[0]), "--out", str(tmp_path), "--tile", "32", "--batch", "1,4"]
     assert main(args) == 0
     assert sorted(n for n, _ in built) == ["conditioner.plan.partial", "encoder.plan.partial",
-                                           "unet_32x32_b1-4.plan.partial", "unet_dynamic.plan.partial"]
+                                           "encoder_block.plan.partial", "unet_32x32_b1-4.plan.partial",
+                                           "unet_dynamic.plan.partial"]
     profiles = dict(built)
     assert profiles["unet_32x32_b1-4.plan.partial"]["x_t"] == ((1, 3, 32, 32), (4, 3, 32, 32), (4, 3, 32, 32))
     # the graphs with dynamic sizes take every tile up to the bucket, 1x1 upwards
     assert profiles["conditioner.plan.partial"]["cond"] == ((1, 3, 1, 1), (1, 3, 32, 32), (1, 3, 32, 32))
     assert profiles["unet_dynamic.plan.partial"]["x_t"] == ((1, 3, 1, 1), (4, 3, 32, 32), (4, 3, 32, 32))
     assert profiles["unet_dynamic.plan.partial"]["rows_1"] == ((1,), (32,), (32,))
+    # the encoder's HR part takes blocks of at most 256 + 2 (halo) pixels a side, whatever the image
+    block = profiles["encoder_block.plan.partial"]
+    assert block == {"feat": ((1, 64, 1, 1), (1, 64, 64, 64), (1, 64, 258, 258)), "rows": ((1,), (258,), (258,)),
+                     "cols": ((1,), (258,), (258,))}  # a nearest upsampler: no relative coordinates, no cell
     assert sorted(p.name for p in (tmp_path / "tensorrt").iterdir()) == [
-        "conditioner.plan", "encoder.plan", "unet_32x32_b1-4.plan", "unet_dynamic.plan"]
+        "conditioner.plan", "encoder.plan", "encoder_block.plan", "unet_32x32_b1-4.plan", "unet_dynamic.plan"]
     assert read_manifest(tmp_path).identity == gpu
     built.clear()
     assert main(args) == 0 and built == []
     gpu["gpu"] = "NVIDIA L4"
     capsys.readouterr()
-    assert main(args) == 0 and len(built) == 4
+    assert main(args) == 0 and len(built) == 5
     assert capsys.readouterr().out.count("ONNX fp16 reused") == 2  # the U-Nets; engines rebuilt, ONNX kept
     built.clear()
-    assert main([*args, "--force"]) == 0 and len(built) == 4
+    assert main([*args, "--force"]) == 0 and len(built) == 5
 
 
 def test_missing_default_model_and_bad_arguments(monkeypatch, tmp_path, capsys):
@@ -242,7 +247,7 @@ def test_a_cut_short_file_is_rebuilt_and_an_interrupted_builds_files_are_removed
     args = ["--backend", "onnxruntime", "--model", m.model_path, "--out", str(folder), "--tile", "32"]
     assert main([*args, "--batch", "1,2"]) == 0  # --engine: fp32 for ONNX Runtime, as built before
     log = capsys.readouterr().out
-    assert "unet/32x32_b1-2: onnxruntime artifact built" in log and log.count("reused") == 7
+    assert "unet/32x32_b1-2: onnxruntime artifact built" in log and log.count("reused") == 9
     load_runner(folder)
     # a build of another bucket killed while it writes the U-Net: its files are listed as pending
     real_export = builder.export_graph
@@ -261,7 +266,8 @@ def test_a_cut_short_file_is_rebuilt_and_an_interrupted_builds_files_are_removed
     monkeypatch.setattr(builder, "export_graph", real_export)
     assert main([*args, "--tile", "48"]) == 0
     assert sorted(p.name for p in (folder / "onnx").iterdir()) == [
-        "conditioner.onnx", "encoder.onnx", "my_own_model.onnx", "unet_48x48_b1-1.onnx", "unet_dynamic.onnx"]
+        "conditioner.onnx", "encoder.onnx", "encoder_block.onnx", "my_own_model.onnx", "unet_48x48_b1-1.onnx",
+        "unet_dynamic.onnx"]
     assert read_manifest(folder).pending == [] and theirs.read_bytes() == b"mine"
 
 
@@ -386,8 +392,9 @@ def test_a_manifest_cannot_lead_a_runner_outside_its_directory(ort_dir, tmp_path
 
 
 @pytest.mark.slow
-def test_a_directory_of_an_earlier_version_is_rebuilt_and_its_files_replaced(models, tmp_path, capsys):
-    folder = tmp_path / "v1"
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_directory_of_an_earlier_version_is_rebuilt_and_its_files_replaced(models, tmp_path, capsys, version):
+    folder = tmp_path / f"v{version}"
     (folder / "onnx").mkdir(parents=True)
     (folder / "onnxruntime").mkdir()
     old = {"encoder": ("onnx/encoder.onnx", "onnxruntime/encoder.onnx"),
@@ -397,10 +404,12 @@ def test_a_directory_of_an_earlier_version_is_rebuilt_and_its_files_replaced(mod
         (folder / engine).write_text("old")
     (folder / "onnx" / "notes.txt").write_text("mine")
     graphs = {k: {"onnx": a, "engine": b, "onnx_key": "k", "precision": "fp32"} for k, (a, b) in old.items()}
-    (folder / "manifest.json").write_text(json.dumps({"format": "idm-rt-engines/1", "graphs": graphs}))
+    (folder / "manifest.json").write_text(json.dumps({"format": f"idm-rt-engines/{version}", "graphs": graphs}))
     assert main(["--backend", "onnxruntime", "--model", str(models[0]), "--out", str(folder), "--tile", "32"]) == 0
     assert sorted(p.name for p in (folder / "onnx").iterdir()) == [
-        "conditioner.onnx", "encoder.onnx", "notes.txt", "unet_32x32_b1-1.onnx", "unet_dynamic.onnx"]
+        "conditioner.onnx", "encoder.onnx", "encoder_block.onnx", "notes.txt", "unet_32x32_b1-1.onnx",
+        "unet_dynamic.onnx"]
+    assert (folder / "onnx" / "notes.txt").read_text() == "mine"
     load_runner(folder)
 
 

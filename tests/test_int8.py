@@ -47,13 +47,14 @@ def _nodes(path):
 def test_the_manifest_says_int8_and_only_the_static_unet_is_quantised(int8_dir):
     m = read_manifest(int8_dir)
     assert m.complete and m.precision == "int8" and m.backend == "onnxruntime"
-    assert {k: g.precision for k, g in m.graphs.items()} == {"encoder": "fp32", "conditioner": "fp32",
-                                                             "unet_dynamic": "fp32", UNET: "int8"}
+    assert {k: g.precision for k, g in m.graphs.items()} == {"encoder": "fp32", "encoder_block": "fp32",
+                                                             "conditioner": "fp32", "unet_dynamic": "fp32",
+                                                             UNET: "int8"}
     flags = m.build_flags["int8"]
     assert flags["calibration"] == "synthetic" and flags["method"] == "percentile" and flags["activations"] == "uint8"
     ops = {n.op_type for n in _nodes(int8_dir / m.graphs[UNET].onnx)}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "DepthToSpace" not in ops
-    for key in ("encoder", "unet_dynamic"):
+    for key in ("encoder", "encoder_block", "unet_dynamic"):
         assert "DequantizeLinear" not in {n.op_type for n in _nodes(int8_dir / m.graphs[key].onnx)}
 
 
@@ -97,7 +98,7 @@ def test_a_second_build_reuses_and_other_calibration_images_rebuild_the_unet(int
     capsys.readouterr()
     assert main([*args, "--calibration", "synthetic"]) == 0
     log = capsys.readouterr().out
-    assert log.count("reused") == 8 and "calibrated" not in log
+    assert log.count("reused") == 10 and "calibrated" not in log
     from PIL import Image
 
     images = tmp_path / "images"
@@ -107,7 +108,7 @@ def test_a_second_build_reuses_and_other_calibration_images_rebuild_the_unet(int
         Image.fromarray(pixels).save(images / f"{k}.png")
     assert main([*args, "--calibration", str(images)]) == 0
     log = capsys.readouterr().out
-    assert log.count("ONNX int8 calibrated") == 1 and log.count("ONNX fp32 reused") == 3
+    assert log.count("ONNX int8 calibrated") == 1 and log.count("ONNX fp32 reused") == 4
     assert read_manifest(folder).build_flags["int8"]["calibration"].startswith(str(images))
 
 

@@ -19,8 +19,9 @@ import torch
 from ..buckets import Bucket, route, select_bucket
 from ..model import Conditioning
 from ..model.conditioning import scale_fraction
-from ..model.encoder import resize_tables
+from ..model.encoder import in_blocks, resize_tables
 from ..model.unet import query_tables_for
+from ..resize import upscale
 from .engine_dir import (
     Manifest,
     graph_inputs,
@@ -85,12 +86,18 @@ class EngineRunner:
         return dict(zip(graph_inputs(kind, self.config), tensors))
 
     def encode(self, lr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """LR (B, 3, h, w) -> condition image (B, 3, H, W); the resize tables computed as the torch
-        encoder computes them. One image at a time: the encoder runs on whole images, so a TensorRT
-        engine reserves memory for the largest size it accepts, and a batch of them would multiply that."""
+        """LR (B, 3, h, w) -> condition image (B, 3, H, W), as the torch encoder computes it: the LR
+        features of each image (one at a time: the features graph runs on whole LR images), then the
+        HR part block by block (:func:`~idm_rt.model.encoder.in_blocks`, the same tables), plus the
+        bicubic upscale for the implicit upsampler, so that memory is bounded by the block."""
         tables = resize_tables(self.config.encoder_upsampler, tuple(lr.shape[-2:]), size, lr.device)
-        return torch.cat([self.run_graph("encoder", self._inputs("encoder", (image[None], *tables)))[0]
-                          for image in lr])
+        names = graph_inputs("encoder_block", self.config)
+
+        def block(*inputs: torch.Tensor) -> torch.Tensor:
+            return self.run_graph("encoder_block", dict(zip(names, inputs)))[0]
+
+        out = torch.cat([in_blocks(block, self.run_graph("encoder", {"lr": image[None]})[0], *tables) for image in lr])
+        return out + upscale(lr, size) if self.config.encoder_upsampler == "implicit" else out
 
     def condition(self, cond: torch.Tensor, p: torch.Tensor) -> Conditioning:
         """The conditioning at ``cond``'s own size, one sample at a time."""

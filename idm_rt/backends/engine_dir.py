@@ -4,8 +4,9 @@ their backend artifacts; plus the tensor names the graphs are exported with.
 Layout (after TensorRT's demo/Diffusion)::
 
     DIR/manifest.json            model hash, precision, buckets, files, backend identity, flags
-    DIR/onnx/encoder.onnx        LR -> condition image at the HR size (one graph, dynamic sizes)
-    DIR/onnx/conditioner_<bucket>.onnx, DIR/onnx/unet_<bucket>.onnx
+    DIR/onnx/encoder.onnx        LR -> LR features (dynamic sizes)
+    DIR/onnx/encoder_block.onnx  LR features -> one block of the condition image at the HR size
+    DIR/onnx/conditioner.onnx, DIR/onnx/unet_dynamic.onnx, DIR/onnx/unet_<bucket>.onnx
     DIR/<backend>/...            optimised ONNX (onnxruntime) or serialized engines (tensorrt)
 """
 
@@ -25,12 +26,15 @@ from ..model.idm import check_size
 from ..sampling import SamplingSettings
 
 MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = "idm-rt-engines/2"  # 2: one conditioner and one dynamic U-Net graph for every size, no padding
+# 2: one conditioner and one dynamic U-Net graph for every size, no padding; 3: the encoder's HR part
+# in blocks (encoder_block), memory bounded by the block
+MANIFEST_FORMAT = "idm-rt-engines/3"
 
-# The graphs of a directory: the encoder and the conditioner once each (dynamic sizes, whole images
-# or tiles at their own size), the U-Net once with dynamic sizes and once per bucket with the
-# bucket's static shape (the exact fits; ONNX Runtime's CPU graphs may use Winograd convolutions).
-KINDS = ("encoder", "conditioner", "unet_dynamic", "unet")
+# The graphs of a directory: the encoder's two parts and the conditioner once each (dynamic sizes:
+# whole LR images, blocks of the HR condition image, tiles at their own size), the U-Net once with
+# dynamic sizes and once per bucket with the bucket's static shape (the exact fits; ONNX Runtime's
+# CPU graphs may use Winograd convolutions).
+KINDS = ("encoder", "encoder_block", "conditioner", "unet_dynamic", "unet")
 BACKENDS = ("onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")  # the U-Nets' (the encoder and the conditioner stay float32)
 
@@ -55,7 +59,10 @@ def table_names(levels: int) -> list[str]:
 def graph_inputs(kind: str, config: IDMConfig) -> list[str]:
     """Input names of graph ``kind``, in the exported graph's order."""
     if kind == "encoder":
-        return ["lr", "rows", "cols"] + (["rel_rows", "rel_cols"] if config.encoder_upsampler == "implicit" else [])
+        return ["lr"]
+    if kind == "encoder_block":
+        implicit = config.encoder_upsampler == "implicit"
+        return ["feat", "rows", "cols"] + (["rel_rows", "rel_cols", "cell"] if implicit else [])
     if kind == "conditioner":
         return ["cond", "p"]
     names = ["x_t", "cond", *conditioning_names(config.levels), "g"]
@@ -64,19 +71,20 @@ def graph_inputs(kind: str, config: IDMConfig) -> list[str]:
 
 def graph_outputs(kind: str, levels: int) -> list[str]:
     """Output names of graph ``kind``, in the exported graph's order."""
-    return {"encoder": ["cond"], "conditioner": conditioning_names(levels), "unet": ["eps"],
-            "unet_dynamic": ["eps"]}[kind]
+    return {"encoder": ["feat"], "encoder_block": ["cond"], "conditioner": conditioning_names(levels),
+            "unet": ["eps"], "unet_dynamic": ["eps"]}[kind]
 
 
 def graph_key(kind: str, bucket: Bucket | None = None) -> str:
-    """``"encoder"``, ``"conditioner"``, ``"unet_dynamic"`` or ``"unet/<bucket>"``: the manifest's graph ids."""
+    """``"encoder"``, ``"encoder_block"``, ``"conditioner"``, ``"unet_dynamic"`` or ``"unet/<bucket>"``: the
+    manifest's graph ids."""
     return kind if bucket is None else f"{kind}/{bucket.name}"
 
 
 def graph_specs(buckets: list[Bucket]) -> list[tuple[str, Bucket | None]]:
-    """(kind, bucket) of every graph of an engine directory: the encoder, the conditioner and the
-    dynamic U-Net once, then the U-Net per bucket."""
-    return [("encoder", None), ("conditioner", None), ("unet_dynamic", None)] + [("unet", b) for b in buckets]
+    """(kind, bucket) of every graph of an engine directory: the encoder's two parts, the conditioner
+    and the dynamic U-Net once, then the U-Net per bucket."""
+    return [(kind, None) for kind in KINDS[:-1]] + [("unet", b) for b in buckets]
 
 
 @dataclass
@@ -188,7 +196,7 @@ def artifact_name(key: str, backend: str | None = None) -> str:
 
 # Every name :func:`artifact_name` gives (for any bucket; with the conditioner per bucket of format 1),
 # and the temp name of each while it is written.
-_NAME = r"(encoder|conditioner(_\d+x\d+_b\d+-\d+)?|unet_dynamic|unet_\d+x\d+_b\d+-\d+)"
+_NAME = r"(encoder(_block)?|conditioner(_\d+x\d+_b\d+-\d+)?|unet_dynamic|unet_\d+x\d+_b\d+-\d+)"
 BUILT_FILE = re.compile(rf"((onnx|onnxruntime)/{_NAME}\.onnx|tensorrt/{_NAME}\.plan)({re.escape(PARTIAL)})?")
 
 

@@ -17,8 +17,8 @@ from .engine_dir import artifact, graph_outputs
 
 # TensorRT's alignment requirement for the address of every I/O tensor (IExecutionContext::setTensorAddress).
 ALIGNMENT = 256
-ENCODER_LIMIT = ("; the encoder runs on the whole image, so larger images need the torch or onnxruntime "
-                 "backend")
+ENCODER_LIMIT = ("; the encoder's features run on the whole LR image, so larger inputs need the torch or "
+                 "onnxruntime backend")
 
 
 def import_tensorrt():

@@ -14,6 +14,8 @@ Two ways to reach the output size (``IDMConfig.encoder_upsampler``):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,9 +42,6 @@ class EDSREncoder(nn.Module):
     The continuous output size enters here: the result is the condition image at the HR size.
     """
 
-    # HR rows of the tail computed at once, which bounds memory for large outputs.
-    ROW_CHUNK = 256
-
     def __init__(self, blocks: int = 16, feats: int = 64, upsampler: str = "nearest"):
         super().__init__()
         self.upsampler = upsampler
@@ -66,32 +65,55 @@ class EDSREncoder(nn.Module):
     def upsample(self, feat: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
                  rel_rows: torch.Tensor | None = None, rel_cols: torch.Tensor | None = None) -> torch.Tensor:
         """Features (B, C, h, w) -> (B, 3, H, W) at the source pixels ``rows`` (H,) and ``cols`` (W,)
-        (and, implicit, the relative coordinates to them), without the bicubic term; row bands of
-        :data:`ROW_CHUNK` with a one-row halo for the tail, the same numbers as one pass."""
-        wide = feat.index_select(3, cols)
-        extra = None
+        (and, implicit, the relative coordinates to them), without the bicubic term; in blocks
+        (:func:`in_blocks`), the same numbers as one pass."""
+        return in_blocks(self.block, feat, rows, cols, rel_rows, rel_cols)
+
+    def block(self, feat: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, rel_rows: torch.Tensor | None = None,
+              rel_cols: torch.Tensor | None = None, cell: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`upsample` of one block, all at once, the tail's borders zero-padded: ``rows`` and ``cols``
+        index ``feat`` (a crop of the features); implicit: ``cell`` (2,) is the whole image's LR pixels per
+        HR pixel, (h / H, w / W)."""
+        h = feat.index_select(2, rows).index_select(3, cols)
         if self.query is not None:
-            b, height, width = feat.shape[0], rows.shape[0], cols.shape[0]
-            cell = (feat.shape[-2] / height, feat.shape[-1] / width)
+            b, height, width = h.shape[0], rows.shape[0], cols.shape[0]
             grid_r, grid_c = rel_rows.view(-1, 1).expand(height, width), rel_cols.view(1, -1).expand(height, width)
-            extra = torch.stack([grid_r, grid_c, torch.full_like(grid_r, cell[0]), torch.full_like(grid_r, cell[1])])
-            extra = extra.to(feat.dtype)[None].expand(b, -1, -1, -1)
+            cells = cell.to(grid_r.dtype).view(2, 1, 1).expand(2, height, width)
+            extra = torch.cat([torch.stack([grid_r, grid_c]), cells]).to(h.dtype)[None].expand(b, -1, -1, -1)
+            h = F.relu(self.query(torch.cat([h, extra], dim=1)))
+        return self.tail(h)
 
-        def hidden(lo: int, hi: int) -> torch.Tensor:
-            h = wide.index_select(2, rows[lo:hi])
-            if self.query is None:
-                return h
-            return F.relu(self.query(torch.cat([h, extra[:, :, lo:hi]], dim=1)))
 
-        height = rows.shape[0]
-        if torch.jit.is_tracing() or height <= self.ROW_CHUNK:
-            return self.tail(hidden(0, height))
-        out = []
-        for r0 in range(0, height, self.ROW_CHUNK):
-            r1 = min(r0 + self.ROW_CHUNK, height)
-            lo, hi = max(r0 - 1, 0), min(r1 + 1, height)
-            out.append(self.tail(hidden(lo, hi))[:, :, r0 - lo: r0 - lo + (r1 - r0)])
-        return torch.cat(out, dim=2)
+# HR rows and columns of the tail computed at once, which bounds the memory of the HR part of the
+# encoder by the block, whatever the image's size (torch and the engines' block graph alike).
+BLOCK = 256
+
+
+def in_blocks(block: Callable[..., torch.Tensor], feat: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+              rel_rows: torch.Tensor | None = None, rel_cols: torch.Tensor | None = None,
+              size: int = BLOCK) -> torch.Tensor:
+    """:meth:`EDSREncoder.upsample` computed by ``block`` (the torch method, or an engine graph of the
+    same inputs) over blocks of ``size`` x ``size`` HR pixels with a one-pixel halo for the 3x3 tail,
+    each given only the features it reads; the same numbers as one pass over the whole image."""
+    height, width = rows.shape[0], cols.shape[0]
+    implicit = rel_rows is not None
+    cell = torch.tensor([feat.shape[-2] / height, feat.shape[-1] / width], dtype=torch.float32, device=feat.device)
+    out = None
+    for r0 in range(0, height, size):
+        r1 = min(r0 + size, height)
+        lo, hi = max(r0 - 1, 0), min(r1 + 1, height)
+        for c0 in range(0, width, size):
+            c1 = min(c0 + size, width)
+            clo, chi = max(c0 - 1, 0), min(c1 + 1, width)
+            r, c = rows[lo:hi], cols[clo:chi]
+            r_min, c_min = int(r.min()), int(c.min())
+            part = feat[:, :, r_min:int(r.max()) + 1, c_min:int(c.max()) + 1]
+            extra = (rel_rows[lo:hi], rel_cols[clo:chi], cell) if implicit else ()
+            y = block(part, r - r_min, c - c_min, *extra)
+            if out is None:
+                out = y.new_empty(y.shape[0], y.shape[1], height, width)
+            out[:, :, r0:r1, c0:c1] = y[:, :, r0 - lo:r0 - lo + r1 - r0, c0 - clo:c0 - clo + c1 - c0]
+    return out
 
 
 def resize_tables(upsampler: str, lr_size: tuple[int, int], size: tuple[int, int],
