@@ -149,6 +149,11 @@ def test_resume_cli_uses_the_runs_saved_options(tmp_path, capsys):
     assert main(["--resume", "--out", str(out), "--preset", "small", "--data", str(tmp_path / "data"), "--set",
                  "crop=16", "val_holdout=1"]) == 2
     assert "holds another network" in capsys.readouterr().err
+    saved = json.loads((out / "train_config.json").read_text())
+    del saved["lr_decay_steps"]  # a run saved before the option existed: a change to it is printed too
+    (out / "train_config.json").write_text(json.dumps(saved))
+    assert main(["--resume", "--out", str(out), "--steps", "6", "--set", "lr_decay_steps=2"]) == 0
+    assert "resuming with changed options: steps 5 -> 6, lr_decay_steps 0 -> 2" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("override,message", [
@@ -156,11 +161,24 @@ def test_resume_cli_uses_the_runs_saved_options(tmp_path, capsys):
     ("ckpt_every=0", "ckpt_every must be > 0"), ("lr=abc", "lr must be a finite number"),
     ("network.foo=1", "network options"), ("ema_decay=2", "ema_decay"), ("steps=-5", "steps must be >= 0"),
     ("precision=fp8", "precision must be"), ("crop=20", "multiple of 8"), ("lr=NaN", "lr must be a finite number"),
+    ("lr_decay_steps=-1", "lr_decay_steps must be >= 0"),
     ('val_sampling={"sampler":"ddim","steps":1}', r"ddim steps must be in 2\.\.2000, got 1"),
 ])
 def test_bad_options_fail_before_training(override, message):
     with pytest.raises(ValueError, match=message):
         resolve("small", overrides=override.split())
+
+
+def test_the_learning_rate_decays_linearly_over_the_last_steps_and_follows_more_steps(tmp_path):
+    make_folder(tmp_path / "data")
+    cfg = train_config(tmp_path, steps=10, fixed_scale_steps=2, lr=0.4, lr_stage2=0.2, lr_decay_steps=4)
+    trainer = Trainer(cfg)
+    assert [trainer.lr_at(s) for s in range(10)] == pytest.approx([0.4, 0.4, 0.2, 0.2, 0.2, 0.2, 0.2, 0.15, 0.1,
+                                                                    0.05])
+    trainer.cfg.steps = 20  # a resumed run given more steps decays over its new end
+    assert trainer.lr_at(9) == 0.2 and trainer.lr_at(18) == pytest.approx(0.1)
+    trainer.cfg.lr_decay_steps = 0
+    assert trainer.lr_at(19) == 0.2 and trainer.lr_at(25) == 0.2
 
 
 # Run with python -c in the checkout (cwd=ROOT): that puts the checkout first on sys.path, so tests.helpers imports.

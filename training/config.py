@@ -39,6 +39,8 @@ class TrainConfig:
     regression_steps: int = 0  # the first steps train the condition image alone (aux loss, no U-Net call)
     lr: float = 1e-4  # stage 1
     lr_stage2: float = 2e-5
+    lr_decay_steps: int = 0  # > 0: the last lr_decay_steps steps take the rate linearly down to 0 (the decay
+    # phase of a warmup-stable-decay schedule; it follows --steps when a resumed run is given more)
     ema_decay: float = 0.999
     grad_clip: float = 1.0
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast, on GPUs)
@@ -80,7 +82,7 @@ class TrainConfig:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         for name in ("steps", "fixed_scale_steps", "val_every", "val_holdout", "threads", "grad_clip", "snr_gamma",
-                     "aux_weight", "regression_steps"):
+                     "aux_weight", "regression_steps", "lr_decay_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if not 0 <= self.ema_decay < 1:

@@ -83,8 +83,11 @@ def resolved(args: argparse.Namespace, overrides: list[str]) -> TrainConfig:
         cfg = given or resolve(overrides=overrides, base=before)
     except ValueError as e:
         raise ValueError(f"{saved} with the changes given: {e}") from None
-    changes = [f"{k} {v!r} -> {getattr(cfg, k)!r}" for k, v in before.items()
-               if hasattr(cfg, k) and getattr(cfg, k) != v]
+    try:  # as the run had them, with this version's defaults for options it did not know
+        old = resolve(base=before).to_dict()
+    except ValueError:  # an old value that the changes mend
+        old = before
+    changes = [f"{k} {old[k]!r} -> {v!r}" for k, v in cfg.to_dict().items() if k in old and old[k] != v]
     if changes:
         print("resuming with changed options: " + ", ".join(changes), file=sys.stderr)
     return cfg

@@ -132,7 +132,14 @@ class Trainer:
 
     # ----------------------------------------------------------------- training
     def lr_at(self, step: int) -> float:
-        return self.cfg.lr if step < self.cfg.fixed_scale_steps else self.cfg.lr_stage2
+        """The learning rate of step ``step`` (0-based): ``lr`` in stage 1, ``lr_stage2`` after, times the
+        linear decay over the last ``lr_decay_steps``."""
+        cfg = self.cfg
+        rate = cfg.lr if step < cfg.fixed_scale_steps else cfg.lr_stage2
+        left = cfg.steps - step
+        if cfg.lr_decay_steps and left < cfg.lr_decay_steps:
+            return rate * max(left, 0) / cfg.lr_decay_steps
+        return rate
 
     def autocast(self):
         if self.cfg.precision == "fp32" or self.device.type != "cuda":
