@@ -18,12 +18,11 @@ import torch
 from idm_rt.backends.tensorrt import import_tensorrt
 from idm_rt.buckets import Bucket
 from idm_rt.fileio import atomic_write
-from idm_rt.model.encoder import BLOCK
+from idm_rt.model.encoder import BLOCK, FEATURE_TILE
 
-# Largest LR side the encoder's features profile accepts (whole LR images, not tiles, one at a time);
-# its engine reserves activation memory for the largest. The HR part runs in blocks of at most
-# BLOCK + 2 (halo) pixels a side, reading at most as many feature rows and columns (scales >= 1).
-ENCODER_MAX_LR = 1024
+# The encoder's HR part runs in blocks of at most BLOCK + 2 (halo) pixels a side, reading at most as
+# many feature rows and columns (scales >= 1); its features in LR tiles of FEATURE_TILE plus their
+# receptive field on each side. So both profiles are bounded, and any image size runs.
 BLOCK_MAX = BLOCK + 2
 VERSION = 2  # bump when the builder's settings change (2: TF32 off for fp16 builds too): part of the engine key
 
@@ -50,13 +49,14 @@ def identity() -> dict[str, str]:
 
 def profile_shapes(kind: str, bucket: Bucket | None, onnx_path: Path, buckets: list[Bucket]) -> dict[str, tuple]:
     """(min, opt, max) shape per input. Static per-bucket U-Nets: the bucket's shape and batch range.
-    The encoder's features: whole LR images one at a time, up to :data:`ENCODER_MAX_LR`; its blocks: up
-    to :data:`BLOCK_MAX` pixels a side.
+    The encoder's features: LR tiles up to :data:`~idm_rt.model.encoder.FEATURE_TILE` plus the receptive
+    field on each side (at most one pixel per convolution); its blocks: up to :data:`BLOCK_MAX` pixels a side.
     The conditioner and the dynamic U-Net: any tile up to the largest bucket extents, 1 x 1 upwards
     (optimised for the largest bucket); the U-Net's batch up to the largest batch of any bucket."""
-    if kind == "encoder":
-        return {"lr": ((1, 3, 1, 1), (1, 3, 64, 64), (1, 3, ENCODER_MAX_LR, ENCODER_MAX_LR))}
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    if kind == "encoder":
+        side = FEATURE_TILE + 2 * sum(n.op_type == "Conv" for n in graph.node)
+        return {"lr": ((1, 3, 1, 1), (1, 3, 64, 64), (1, 3, side, side))}
     if kind == "encoder_block":
         c = next(i for i in graph.input if i.name == "feat").type.tensor_type.shape.dim[1].dim_value
         table = ((1,), (BLOCK_MAX,), (BLOCK_MAX,))

@@ -88,27 +88,30 @@ def test_engines_give_the_torch_image_at_every_output_size(built, size, scale):
     assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
 
 
-def test_the_encoder_runs_in_blocks_bounded_whatever_the_image(built):
-    """A condition image of 600 x 530 (several blocks each way, remainders): the torch encoder's, while
-    the block graph is never given more than 256 + 2 (halo) HR pixels, or feature rows or columns,
-    a side."""
+def test_the_encoder_runs_in_pieces_bounded_whatever_the_image(built):
+    """An LR image wider than a feature tile (530 > 512) to a condition image of 600 x 1060: the torch
+    encoder's, while the features graph is never given more than 512 + 2 x 6 (its six convolutions' reach)
+    LR pixels a side, nor the block graph more than 256 + 2 (halo) HR pixels, or feature rows or columns."""
     model, folder = built
     runner = load_runner(folder)
-    seen = []
+    features, blocks = [], []
     run_graph = runner.run_graph
 
     def spy(key, inputs):
+        if key == "encoder":
+            features.append(tuple(inputs["lr"].shape[-2:]))
         if key == "encoder_block":
-            seen.append((*inputs["feat"].shape[-2:], len(inputs["rows"]), len(inputs["cols"])))
+            blocks.append((*inputs["feat"].shape[-2:], len(inputs["rows"]), len(inputs["cols"])))
         return run_graph(key, inputs)
 
     runner.run_graph = spy
-    lr = torch.rand(2, 3, 150, 265) * 2 - 1
+    lr = torch.rand(2, 3, 150, 530) * 2 - 1
     with torch.no_grad():
-        got, want = runner.encode(lr, (600, 530)), model.encode(lr, (600, 530))
-    assert got.shape == want.shape == (2, 3, 600, 530)
+        got, want = runner.encode(lr, (600, 1060)), model.encode(lr, (600, 1060))
+    assert got.shape == want.shape == (2, 3, 600, 1060)
     assert (got - want).abs().max() < 1e-4
-    assert len(seen) == 2 * 3 * 3 and max(max(s) for s in seen) == 258
+    assert features == [(150, 518), (150, 24)] * 2  # two tiles per image, each with its 6-pixel margin
+    assert len(blocks) == 2 * 3 * 5 and max(max(b) for b in blocks) == 258
 
 
 def test_from_pretrained_with_an_engine_backend(built, tmp_path):

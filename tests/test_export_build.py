@@ -146,7 +146,9 @@ def test_tensorrt_engines_are_reused_until_gpu_or_version_changes(models, tmp_pa
     assert profiles["conditioner.plan.partial"]["cond"] == ((1, 3, 1, 1), (1, 3, 32, 32), (1, 3, 32, 32))
     assert profiles["unet_dynamic.plan.partial"]["x_t"] == ((1, 3, 1, 1), (4, 3, 32, 32), (4, 3, 32, 32))
     assert profiles["unet_dynamic.plan.partial"]["rows_1"] == ((1,), (32,), (32,))
-    # the encoder's HR part takes blocks of at most 256 + 2 (halo) pixels a side, whatever the image
+    # the encoder's features take LR tiles of 512 plus 6 convolutions' reach on each side, its HR part blocks
+    # of at most 256 + 2 (halo) pixels a side, whatever the image
+    assert profiles["encoder.plan.partial"] == {"lr": ((1, 3, 1, 1), (1, 3, 64, 64), (1, 3, 524, 524))}
     block = profiles["encoder_block.plan.partial"]
     assert block == {"feat": ((1, 64, 1, 1), (1, 64, 64, 64), (1, 64, 258, 258)), "rows": ((1,), (258,), (258,)),
                      "cols": ((1,), (258,), (258,))}  # a nearest upsampler: no relative coordinates, no cell

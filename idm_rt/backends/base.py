@@ -19,7 +19,7 @@ import torch
 from ..buckets import Bucket, route, select_bucket
 from ..model import Conditioning
 from ..model.conditioning import scale_fraction
-from ..model.encoder import in_blocks, resize_tables
+from ..model.encoder import features_in_tiles, in_blocks, receptive_radius, resize_tables
 from ..model.unet import query_tables_for
 from ..resize import upscale
 from .engine_dir import (
@@ -86,17 +86,21 @@ class EngineRunner:
         return dict(zip(graph_inputs(kind, self.config), tensors))
 
     def encode(self, lr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """LR (B, 3, h, w) -> condition image (B, 3, H, W), as the torch encoder computes it: the LR
-        features of each image (one at a time: the features graph runs on whole LR images), then the
-        HR part block by block (:func:`~idm_rt.model.encoder.in_blocks`, the same tables), plus the
-        bicubic upscale for the implicit upsampler, so that memory is bounded by the block."""
+        """LR (B, 3, h, w) -> condition image (B, 3, H, W), as the torch encoder computes it, one image at
+        a time: the LR features in tiles (:func:`~idm_rt.model.encoder.features_in_tiles`), the HR part
+        in blocks (:func:`~idm_rt.model.encoder.in_blocks`, the same tables), plus the bicubic upscale
+        for the implicit upsampler; so memory, and a TensorRT profile, is bounded by the tile and the block."""
         tables = resize_tables(self.config.encoder_upsampler, tuple(lr.shape[-2:]), size, lr.device)
         names = graph_inputs("encoder_block", self.config)
+        radius = receptive_radius(self.config.encoder_blocks)
+
+        def features(part: torch.Tensor) -> torch.Tensor:
+            return self.run_graph("encoder", {"lr": part})[0]
 
         def block(*inputs: torch.Tensor) -> torch.Tensor:
             return self.run_graph("encoder_block", dict(zip(names, inputs)))[0]
 
-        out = torch.cat([in_blocks(block, self.run_graph("encoder", {"lr": image[None]})[0], *tables) for image in lr])
+        out = torch.cat([in_blocks(block, features_in_tiles(features, image[None], radius), *tables) for image in lr])
         return out + upscale(lr, size) if self.config.encoder_upsampler == "implicit" else out
 
     def condition(self, cond: torch.Tensor, p: torch.Tensor) -> Conditioning:

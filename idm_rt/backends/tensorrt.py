@@ -17,8 +17,6 @@ from .engine_dir import artifact, graph_outputs
 
 # TensorRT's alignment requirement for the address of every I/O tensor (IExecutionContext::setTensorAddress).
 ALIGNMENT = 256
-ENCODER_LIMIT = ("; the encoder's features run on the whole LR image, so larger inputs need the torch or "
-                 "onnxruntime backend")
 
 
 def import_tensorrt():
@@ -108,7 +106,7 @@ class TensorRTRunner(EngineRunner):
             if not ctx.set_input_shape(name, tuple(t.shape)):
                 low, _, high = (tuple(d) for d in engine.get_tensor_profile_shape(name, 0))
                 raise ValueError(f"{key}: input {name} of shape {tuple(t.shape)} is outside what its engine was "
-                                 f"built for, {low} to {high}" + (ENCODER_LIMIT if key == "encoder" else ""))
+                                 f"built for, {low} to {high}")
             ctx.set_tensor_address(name, t.data_ptr())
             typed[name] = t
         outputs = []

@@ -59,7 +59,8 @@ class EDSREncoder(nn.Module):
 
     def forward(self, lr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         size = (int(size[0]), int(size[1]))
-        out = self.upsample(self.features(lr), *resize_tables(self.upsampler, tuple(lr.shape[-2:]), size, lr.device))
+        feat = features_in_tiles(self.features, lr, receptive_radius(len(self.blocks)))
+        out = self.upsample(feat, *resize_tables(self.upsampler, tuple(lr.shape[-2:]), size, lr.device))
         return out + upscale(lr, size) if self.query is not None else out
 
     def upsample(self, feat: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
@@ -87,6 +88,39 @@ class EDSREncoder(nn.Module):
 # HR rows and columns of the tail computed at once, which bounds the memory of the HR part of the
 # encoder by the block, whatever the image's size (torch and the engines' block graph alike).
 BLOCK = 256
+# LR rows and columns of the features computed at once (plus their receptive field on each side).
+FEATURE_TILE = 512
+
+
+def receptive_radius(blocks: int) -> int:
+    """How far (in LR pixels) a feature of :meth:`EDSREncoder.features` sees: one pixel per 3x3
+    convolution, the head, two per block and the body's last."""
+    return 2 * blocks + 2
+
+
+def spans(n: int, size: int, halo: int) -> list[tuple[int, int, int, int]]:
+    """(start, end, lo, hi) of the parts of ``range(n)`` of at most ``size``, each computed over
+    ``lo:hi``, the part with up to ``halo`` more on each side."""
+    return [(a, min(a + size, n), max(a - halo, 0), min(a + size + halo, n)) for a in range(0, n, size)]
+
+
+def features_in_tiles(features: Callable[[torch.Tensor], torch.Tensor], lr: torch.Tensor, radius: int,
+                      size: int = FEATURE_TILE) -> torch.Tensor:
+    """``features(lr)`` (the torch method, or an engine graph of it) over LR tiles of ``size`` x ``size``,
+    each computed with ``radius`` more pixels around it (the features' receptive field, so that the
+    convolutions' zero padding never reaches what is kept): the same numbers as one pass, memory
+    bounded by the tile."""
+    h, w = lr.shape[-2:]
+    if h <= size and w <= size:
+        return features(lr)
+    out = None
+    for r0, r1, lo, hi in spans(h, size, radius):
+        for c0, c1, clo, chi in spans(w, size, radius):
+            y = features(lr[:, :, lo:hi, clo:chi])
+            if out is None:
+                out = y.new_empty(y.shape[0], y.shape[1], h, w)
+            out[:, :, r0:r1, c0:c1] = y[:, :, r0 - lo:r1 - lo, c0 - clo:c1 - clo]
+    return out
 
 
 def in_blocks(block: Callable[..., torch.Tensor], feat: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
@@ -99,12 +133,8 @@ def in_blocks(block: Callable[..., torch.Tensor], feat: torch.Tensor, rows: torc
     implicit = rel_rows is not None
     cell = torch.tensor([feat.shape[-2] / height, feat.shape[-1] / width], dtype=torch.float32, device=feat.device)
     out = None
-    for r0 in range(0, height, size):
-        r1 = min(r0 + size, height)
-        lo, hi = max(r0 - 1, 0), min(r1 + 1, height)
-        for c0 in range(0, width, size):
-            c1 = min(c0 + size, width)
-            clo, chi = max(c0 - 1, 0), min(c1 + 1, width)
+    for r0, r1, lo, hi in spans(height, size, 1):
+        for c0, c1, clo, chi in spans(width, size, 1):
             r, c = rows[lo:hi], cols[clo:chi]
             r_min, c_min = int(r.min()), int(c.min())
             part = feat[:, :, r_min:int(r.max()) + 1, c_min:int(c.max()) + 1]
@@ -112,7 +142,7 @@ def in_blocks(block: Callable[..., torch.Tensor], feat: torch.Tensor, rows: torc
             y = block(part, r - r_min, c - c_min, *extra)
             if out is None:
                 out = y.new_empty(y.shape[0], y.shape[1], height, width)
-            out[:, :, r0:r1, c0:c1] = y[:, :, r0 - lo:r0 - lo + r1 - r0, c0 - clo:c0 - clo + c1 - c0]
+            out[:, :, r0:r1, c0:c1] = y[:, :, r0 - lo:r1 - lo, c0 - clo:c1 - clo]
     return out
 
 
