@@ -24,7 +24,9 @@ from idm_rt.model.encoder import BLOCK, FEATURE_TILE
 # many feature rows and columns (scales >= 1); its features in LR tiles of FEATURE_TILE plus their
 # receptive field on each side. So both profiles are bounded, and any image size runs.
 BLOCK_MAX = BLOCK + 2
-VERSION = 2  # bump when the builder's settings change (2: TF32 off for fp16 builds too): part of the engine key
+# bump when the builder's settings or profiles change (2: TF32 off for fp16 builds too; 3: the encoder's profiles
+# bounded by its tiles and blocks): part of the engine key
+VERSION = 3
 
 
 def missing_requirements() -> list[str]:

@@ -1,6 +1,7 @@
 """Engine runners on the CPU: Upscaler from an ONNX Runtime engine directory against the torch
 backend (same seed, same tiling) at bucket sizes and at every other size, batching, and clear errors."""
 
+import dataclasses
 import importlib.util
 import shutil
 
@@ -112,6 +113,25 @@ def test_the_encoder_runs_in_pieces_bounded_whatever_the_image(built):
     assert (got - want).abs().max() < 1e-4
     assert features == [(150, 518), (150, 24)] * 2  # two tiles per image, each with its 6-pixel margin
     assert len(blocks) == 2 * 3 * 5 and max(max(b) for b in blocks) == 258
+
+
+def test_the_implicit_encoder_through_engines_is_the_torch_encoders(tmp_path):
+    """The bundled model's kind of encoder (relative coordinates, cell size, bicubic term) through the
+    runner, the LR wider than a feature tile and the output several blocks each way; and an output
+    smaller than the LR, which a block's profile cannot hold, refused with a message."""
+    torch.manual_seed(2)
+    model = idm_rt.IDM(dataclasses.replace(TINY_32, encoder_upsampler="implicit"), max_scale=4.0).eval()
+    idm_rt.save_model(model, tmp_path / "model")
+    assert main(["--engine", "fp32", "--backend", "onnxruntime", "--model", str(tmp_path / "model"), "--out",
+                 str(tmp_path / "engines"), "--tile", "32"]) == 0
+    runner = load_runner(tmp_path / "engines")
+    lr = torch.rand(1, 3, 70, 530) * 2 - 1
+    with torch.no_grad():
+        got, want = runner.encode(lr, (300, 1100)), model.encode(lr, (300, 1100))
+    assert got.shape == want.shape == (1, 3, 300, 1100)
+    assert (got - want).abs().max() < 1e-4
+    with pytest.raises(ValueError, match="output .1100x60. is smaller than the LR image .530x70."):
+        runner.encode(lr, (60, 1100))
 
 
 def test_from_pretrained_with_an_engine_backend(built, tmp_path):

@@ -49,3 +49,9 @@ def test_hr_blocks_with_a_one_pixel_halo_are_one_pass(encoders, upsampler, lr_si
     assert got.shape == whole.shape == (1, 3, *size)
     assert (got - whole).abs().max() < 1e-5
     assert max(max(s[2:]) for s in seen) == 18 and len(seen) == -(-size[0] // 16) * -(-size[1] // 16)
+
+
+def test_an_empty_output_is_an_error_naming_it(encoders):
+    feat = torch.randn(1, 8, 5, 4)
+    with pytest.raises(ValueError, match="at least 1x1, got 0x40"):
+        in_blocks(encoders["nearest"].block, feat, *resize_tables("nearest", (5, 4), (40, 0)))

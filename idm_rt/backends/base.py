@@ -90,6 +90,9 @@ class EngineRunner:
         a time: the LR features in tiles (:func:`~idm_rt.model.encoder.features_in_tiles`), the HR part
         in blocks (:func:`~idm_rt.model.encoder.in_blocks`, the same tables), plus the bicubic upscale
         for the implicit upsampler; so memory, and a TensorRT profile, is bounded by the tile and the block."""
+        if size[0] < lr.shape[-2] or size[1] < lr.shape[-1]:  # a block would read more than its profile allows
+            raise ValueError(f"engines upscale: the output ({size[1]}x{size[0]}) is smaller than the LR image "
+                             f"({lr.shape[-1]}x{lr.shape[-2]}) on one axis; use the torch backend to downscale")
         tables = resize_tables(self.config.encoder_upsampler, tuple(lr.shape[-2:]), size, lr.device)
         names = graph_inputs("encoder_block", self.config)
         radius = receptive_radius(self.config.encoder_blocks)

@@ -31,7 +31,7 @@ MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "idm-rt-engines/3"
 
 # The graphs of a directory: the encoder's two parts and the conditioner once each (dynamic sizes:
-# whole LR images, blocks of the HR condition image, tiles at their own size), the U-Net once with
+# tiles of the LR image, blocks of the HR condition image, tiles at their own size), the U-Net once with
 # dynamic sizes and once per bucket with the bucket's static shape (the exact fits; ONNX Runtime's
 # CPU graphs may use Winograd convolutions).
 KINDS = ("encoder", "encoder_block", "conditioner", "unet_dynamic", "unet")

@@ -111,7 +111,7 @@ def features_in_tiles(features: Callable[[torch.Tensor], torch.Tensor], lr: torc
     convolutions' zero padding never reaches what is kept): the same numbers as one pass, memory
     bounded by the tile."""
     h, w = lr.shape[-2:]
-    if h <= size and w <= size:
+    if (h <= size and w <= size) or not (h and w):  # one tile (or an empty image): one call
         return features(lr)
     out = None
     for r0, r1, lo, hi in spans(h, size, radius):
@@ -130,8 +130,12 @@ def in_blocks(block: Callable[..., torch.Tensor], feat: torch.Tensor, rows: torc
     same inputs) over blocks of ``size`` x ``size`` HR pixels with a one-pixel halo for the 3x3 tail,
     each given only the features it reads; the same numbers as one pass over the whole image."""
     height, width = rows.shape[0], cols.shape[0]
+    if not (height and width):
+        raise ValueError(f"the output size must be at least 1x1, got {width}x{height}")
     implicit = rel_rows is not None
     cell = torch.tensor([feat.shape[-2] / height, feat.shape[-1] / width], dtype=torch.float32, device=feat.device)
+    if height <= size and width <= size:  # one block: the whole features, no crop (and no host sync on a GPU)
+        return block(feat, rows, cols, *((rel_rows, rel_cols, cell) if implicit else ()))
     out = None
     for r0, r1, lo, hi in spans(height, size, 1):
         for c0, c1, clo, chi in spans(width, size, 1):
