@@ -27,8 +27,8 @@ def test_engine_section_builds_checks_and_times_each_variant():
                   timer=wall_ms)
     names = [c["name"] for c in results["checks"]]
     assert all(c["ok"] for c in results["checks"]), results["checks"]
-    # encoder, conditioner and dynamic U-Net at two sizes each, the bucket's U-Net at batch 1
-    assert sum("(export.parity)" in n for n in names) == 7
+    # the encoder's two graphs, the conditioner and the dynamic U-Net at two sizes each, the bucket's U-Net at batch 1
+    assert sum("(export.parity)" in n for n in names) == 9
     assert "onnxruntime fp32: 32x32 output vs torch backend (max abs)" in names  # the bucket's static graph
     assert "onnxruntime fp32: 26x22 output vs torch backend (max abs)" in names  # the dynamic graph
     assert [r["variant"] for r in results["engines"]] == ["onnxruntime fp32"] and results["engines"][0]["ms"] > 0
