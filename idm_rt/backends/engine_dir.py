@@ -150,8 +150,14 @@ class Manifest:
         directory's buckets have, every file the name a build gives it. Fields this version does not
         know are ignored, missing ones named."""
         d = json.loads(text)
-        if not isinstance(d, dict) or d.pop("format", None) != MANIFEST_FORMAT:
-            raise ValueError(f"not an idm-rt engine manifest of this version (format {MANIFEST_FORMAT!r} expected)")
+        found = d.pop("format", None) if isinstance(d, dict) else None
+        if found != MANIFEST_FORMAT:
+            hint = ""
+            if isinstance(found, str) and found.startswith("idm-rt-engines/"):
+                hint = (f" (format {found!r}, written by another version of idm-rt); build it again with "
+                        "python -m idm_rt.build and the same --out, which replaces the files it lists")
+            raise ValueError(f"not an idm-rt engine manifest of this version (format {MANIFEST_FORMAT!r} "
+                             f"expected){hint}")
         d = _known_fields(cls, d, "the manifest")
         for name, kind in (("model_hash", str), ("model_path", str), ("network", dict), ("backend", str),
                            ("precision", str), ("buckets", list), ("graphs", dict), ("identity", dict),
