@@ -3,6 +3,7 @@ sample (tiled when large), convert back."""
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 import os
@@ -69,9 +70,7 @@ class Upscaler:
         except Exception as e:  # noqa: BLE001 (torch raises several types for a device it cannot use)
             raise ValueError(f"device {device!r} cannot be used here ({e.__class__.__name__}: "
                              f"{str(e).splitlines()[0]})") from None
-        unknown = sorted(set(settings) - set(SamplingSettings().to_dict()))
-        if unknown:
-            raise TypeError(f"Upscaler got unknown options {unknown}")
+        check_options(settings)
         if not isinstance(model, SamplingModel):
             raise TypeError(f"model must be an idm_rt.IDM (load_model) or an engine runner, got {type(model).__name__}")
         if sampling is not None and not isinstance(sampling, SamplingSettings):
@@ -124,6 +123,7 @@ class Upscaler:
         TensorRT.
         """
         if backend in BACKENDS:
+            check_options(kwargs, ("runner_options",))  # before a build that may take minutes
             path = cls._engine_folder(path, backend, device, kwargs.pop("precision", None), max_scale)
             return cls.from_engines(path, device=device, backend=backend, **kwargs)
         if backend != "torch":
@@ -349,3 +349,12 @@ def seed_list(seed: int | Sequence[int] | None, n: int) -> list[int] | None:
         if not isinstance(s, numbers.Integral) or isinstance(s, bool) or not 0 <= s < 2**63:
             raise ValueError(f"seed must be an integer in [0, 2**63), got {s!r}")
     return [int(s) for s in seed] if many else [int(seed)] * n
+
+
+def check_options(options: dict[str, Any], extra: tuple[str, ...] = ()) -> None:
+    """TypeError naming the options that neither :class:`Upscaler` nor :class:`SamplingSettings` (nor ``extra``)
+    take."""
+    known = set(inspect.signature(Upscaler.__init__).parameters) | set(SamplingSettings().to_dict()) | set(extra)
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"Upscaler got unknown options {unknown}")

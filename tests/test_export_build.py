@@ -349,9 +349,10 @@ def test_an_unreadable_graph_is_reported_not_raised(ort_dir, tmp_path):
     (lambda d: d.update(pending=["../victim.txt"]), "not a file a build writes"),
     (lambda d: d.update(defaults={"steps": 10**9}), "steps must be an integer in 1..2000"),
     (lambda d: d.update(defaults={"device": "cuda"}), r"unknown keys \['device'\]"),
-    (lambda d: d.update(format="idm-rt-engines/9"), "not an idm-rt engine manifest of this version"),
-    (lambda d: d.update(format="idm-rt-engines/2"), "format 'idm-rt-engines/2', written by another version of "
-                                                   "idm-rt.; build it again with python -m idm_rt.build"),
+    (lambda d: d.update(format="idm-rt-engines/9"), "written by another version of idm-rt"),
+    (lambda d: d.update(format="other"), "not an idm-rt engine manifest of this version"),
+    (lambda d: d.update(format="idm-rt-engines/2"),
+     r"written by another version of idm-rt \(format 'idm-rt-engines/2'; this one reads 'idm-rt-engines/3'\): build"),
 ])
 def test_manifest_errors_name_what_is_wrong(ort_dir, tmp_path, change, message):
     d = json.loads((ort_dir / "manifest.json").read_text())

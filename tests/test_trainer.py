@@ -154,6 +154,10 @@ def test_resume_cli_uses_the_runs_saved_options(tmp_path, capsys):
     (out / "train_config.json").write_text(json.dumps(saved))
     assert main(["--resume", "--out", str(out), "--steps", "6", "--set", "lr_decay_steps=2"]) == 0
     assert "resuming with changed options: steps 5 -> 6, lr_decay_steps 0 -> 2" in capsys.readouterr().err
+    before = (out / "train_config.json").read_text()
+    assert main(["--resume", "--out", str(out), "--steps", "4"]) == 2  # fewer steps than the run has made
+    assert "is at step 6, past steps=4; give --steps above 6" in capsys.readouterr().err
+    assert (out / "train_config.json").read_text() == before
 
 
 @pytest.mark.parametrize("override,message", [

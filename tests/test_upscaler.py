@@ -195,7 +195,8 @@ def test_init_options_are_checked(up):
         up.upscale(rgb(8, 8), scale=2, init="bicubic", init_level=1.5, progress=False)
 
 
-def test_model_folder_defaults_are_used(tiny_model, tmp_path):
+def test_model_folder_defaults_are_used(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("IDM_RT_CACHE", str(tmp_path / "cache"))
     tiny_model.recommended = idm_rt.SamplingSettings(sampler="ddim", steps=7, init="bicubic", init_level=0.6)
     idm_rt.save_model(tiny_model, tmp_path / "m")
     loaded = idm_rt.Upscaler.from_pretrained(tmp_path / "m")
@@ -203,6 +204,9 @@ def test_model_folder_defaults_are_used(tiny_model, tmp_path):
     assert idm_rt.Upscaler.from_pretrained(tmp_path / "m", steps=3).sampling.steps == 3
     with pytest.raises(TypeError, match=r"unknown options \['stepz'\]"):
         idm_rt.Upscaler.from_pretrained(tmp_path / "m", stepz=3)
+    with pytest.raises(TypeError, match=r"unknown options \['engines'\]"):  # before any engine is built
+        idm_rt.Upscaler.from_pretrained(tmp_path / "m", backend="onnxruntime", engines="elsewhere")
+    assert not (tmp_path / "cache").exists()
 
 
 def test_bf16_autocast_path_stays_close_to_fp32(tiny_model):

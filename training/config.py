@@ -39,8 +39,9 @@ class TrainConfig:
     regression_steps: int = 0  # the first steps train the condition image alone (aux loss, no U-Net call)
     lr: float = 1e-4  # stage 1
     lr_stage2: float = 2e-5
-    lr_decay_steps: int = 0  # > 0: the last lr_decay_steps steps take the rate linearly down to 0 (the decay
-    # phase of a warmup-stable-decay schedule; it follows --steps when a resumed run is given more)
+    lr_decay_steps: int = 0  # > 0: over the last lr_decay_steps steps the rate falls linearly towards 0, step k
+    # (0-based) at (steps - k) / lr_decay_steps of it (the decay phase of a warmup-stable-decay schedule; it
+    # follows --steps when a resumed run is given more)
     ema_decay: float = 0.999
     grad_clip: float = 1.0
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast, on GPUs)

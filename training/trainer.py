@@ -132,8 +132,9 @@ class Trainer:
 
     # ----------------------------------------------------------------- training
     def lr_at(self, step: int) -> float:
-        """The learning rate of step ``step`` (0-based): ``lr`` in stage 1, ``lr_stage2`` after, times the
-        linear decay over the last ``lr_decay_steps``."""
+        """The learning rate of step ``step`` (0-based): ``lr`` in stage 1, ``lr_stage2`` after, times
+        ``(steps - step) / lr_decay_steps`` over the last ``lr_decay_steps`` steps (full at the first of them,
+        1 / lr_decay_steps of it at the last)."""
         cfg = self.cfg
         rate = cfg.lr if step < cfg.fixed_scale_steps else cfg.lr_stage2
         left = cfg.steps - step
@@ -179,6 +180,9 @@ class Trainer:
             if not self.resume():
                 raise FileNotFoundError(f"nothing to resume: {self.ckpt_dir} holds no checkpoint; drop --resume to "
                                         "start the run again")
+            if self.step > cfg.steps:  # before the saved options change
+                raise ValueError(f"the run in {self.out} is at step {self.step}, past steps={cfg.steps}; give --steps "
+                                 f"above {self.step} to train longer (nothing was changed)")
             tqdm.write(f"resumed at step {self.step}")
         log = CsvLog(self.out / "log.csv") if self.rank == 0 else None
         if self.rank == 0:

@@ -151,13 +151,12 @@ class Manifest:
         know are ignored, missing ones named."""
         d = json.loads(text)
         found = d.pop("format", None) if isinstance(d, dict) else None
+        if isinstance(found, str) and found.startswith("idm-rt-engines/") and found != MANIFEST_FORMAT:
+            raise ValueError(f"it was written by another version of idm-rt (format {found!r}; this one reads "
+                             f"{MANIFEST_FORMAT!r}): build it again with python -m idm_rt.build and the same --out, "
+                             "which replaces the files it lists")
         if found != MANIFEST_FORMAT:
-            hint = ""
-            if isinstance(found, str) and found.startswith("idm-rt-engines/"):
-                hint = (f" (format {found!r}, written by another version of idm-rt); build it again with "
-                        "python -m idm_rt.build and the same --out, which replaces the files it lists")
-            raise ValueError(f"not an idm-rt engine manifest of this version (format {MANIFEST_FORMAT!r} "
-                             f"expected){hint}")
+            raise ValueError(f"not an idm-rt engine manifest of this version (format {MANIFEST_FORMAT!r} expected)")
         d = _known_fields(cls, d, "the manifest")
         for name, kind in (("model_hash", str), ("model_path", str), ("network", dict), ("backend", str),
                            ("precision", str), ("buckets", list), ("graphs", dict), ("identity", dict),
