@@ -98,10 +98,22 @@ def receptive_radius(blocks: int) -> int:
     return 2 * blocks + 2
 
 
-def spans(n: int, size: int, halo: int) -> list[tuple[int, int, int, int]]:
-    """(start, end, lo, hi) of the parts of ``range(n)`` of at most ``size``, each computed over
-    ``lo:hi``, the part with up to ``halo`` more on each side."""
-    return [(a, min(a + size, n), max(a - halo, 0), min(a + size + halo, n)) for a in range(0, n, size)]
+def stitched(compute: Callable[[slice, slice], torch.Tensor], height: int, width: int, size: int,
+             halo: int) -> torch.Tensor:
+    """A (B, C, height, width) result assembled from parts of at most ``size`` x ``size``: ``compute(rows,
+    cols)`` returns the part over those slices, which reach up to ``halo`` beyond it on each side, and
+    only the part itself is kept."""
+    def spans(n: int) -> list[tuple[int, int, int, int]]:  # (start, end, lo, hi): the part and what it reads
+        return [(a, min(a + size, n), max(a - halo, 0), min(a + size + halo, n)) for a in range(0, n, size)]
+
+    out = None
+    for r0, r1, lo, hi in spans(height):
+        for c0, c1, clo, chi in spans(width):
+            y = compute(slice(lo, hi), slice(clo, chi))
+            if out is None:
+                out = y.new_empty(y.shape[0], y.shape[1], height, width)
+            out[:, :, r0:r1, c0:c1] = y[:, :, r0 - lo:r1 - lo, c0 - clo:c1 - clo]
+    return out
 
 
 def features_in_tiles(features: Callable[[torch.Tensor], torch.Tensor], lr: torch.Tensor, radius: int,
@@ -113,14 +125,7 @@ def features_in_tiles(features: Callable[[torch.Tensor], torch.Tensor], lr: torc
     h, w = lr.shape[-2:]
     if (h <= size and w <= size) or not (h and w):  # one tile (or an empty image): one call
         return features(lr)
-    out = None
-    for r0, r1, lo, hi in spans(h, size, radius):
-        for c0, c1, clo, chi in spans(w, size, radius):
-            y = features(lr[:, :, lo:hi, clo:chi])
-            if out is None:
-                out = y.new_empty(y.shape[0], y.shape[1], h, w)
-            out[:, :, r0:r1, c0:c1] = y[:, :, r0 - lo:r1 - lo, c0 - clo:c1 - clo]
-    return out
+    return stitched(lambda r, c: features(lr[:, :, r, c]), h, w, size, radius)
 
 
 def in_blocks(block: Callable[..., torch.Tensor], feat: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
@@ -136,18 +141,14 @@ def in_blocks(block: Callable[..., torch.Tensor], feat: torch.Tensor, rows: torc
     cell = torch.tensor([feat.shape[-2] / height, feat.shape[-1] / width], dtype=torch.float32, device=feat.device)
     if height <= size and width <= size:  # one block: the whole features, no crop (and no host sync on a GPU)
         return block(feat, rows, cols, *((rel_rows, rel_cols, cell) if implicit else ()))
-    out = None
-    for r0, r1, lo, hi in spans(height, size, 1):
-        for c0, c1, clo, chi in spans(width, size, 1):
-            r, c = rows[lo:hi], cols[clo:chi]
-            r_min, c_min = int(r.min()), int(c.min())
-            part = feat[:, :, r_min:int(r.max()) + 1, c_min:int(c.max()) + 1]
-            extra = (rel_rows[lo:hi], rel_cols[clo:chi], cell) if implicit else ()
-            y = block(part, r - r_min, c - c_min, *extra)
-            if out is None:
-                out = y.new_empty(y.shape[0], y.shape[1], height, width)
-            out[:, :, r0:r1, c0:c1] = y[:, :, r0 - lo:r1 - lo, c0 - clo:c1 - clo]
-    return out
+
+    def one(r: slice, c: slice) -> torch.Tensor:
+        rr, cc = rows[r], cols[c]
+        r_min, c_min = int(rr.min()), int(cc.min())
+        part = feat[:, :, r_min:int(rr.max()) + 1, c_min:int(cc.max()) + 1]
+        return block(part, rr - r_min, cc - c_min, *((rel_rows[r], rel_cols[c], cell) if implicit else ()))
+
+    return stitched(one, height, width, size, 1)
 
 
 def resize_tables(upsampler: str, lr_size: tuple[int, int], size: tuple[int, int],
