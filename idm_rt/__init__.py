@@ -1,5 +1,14 @@
 """idm-rt: fast inference for IDM (Implicit Diffusion Models for continuous super-resolution)."""
 
+from pathlib import Path as _Path
+
+# A source checkout keeps training/, export/ and kernels/ beside idm_rt/ (pyproject.toml's package-dir installs
+# them inside it). Imported from a checkout rather than from an install (`python -m idm_rt` run from the
+# repository root puts the checkout first on sys.path, ahead of a plain `pip install .`), idm_rt.training,
+# idm_rt.export and idm_rt.kernels are found beside it.
+if not (_Path(__file__).parent / "kernels").is_dir() and (_Path(__file__).parent.parent / "pyproject.toml").is_file():
+    __path__.append(str(_Path(__file__).parent.parent))
+
 from .checkpoints import CheckpointMismatch, load_model, save_model
 from .config import IDMConfig, preset
 from .memory import configure_allocator

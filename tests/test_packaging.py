@@ -69,3 +69,17 @@ def test_imports_point_one_way():
                 if LAYERS[folder] > layer and (module_level or (rel, folder) not in ALLOWED_UPWARD):
                     upward.append((rel, folder, "module level" if module_level else "in a function"))
     assert not upward
+
+
+def test_a_checkout_finds_its_subpackages_without_an_editable_install():
+    """`python -m idm_rt` run from the repository root imports the checkout's idm_rt, ahead of what pip
+    installed; with a plain (not editable) install nothing maps training/, export/ and kernels/ into it, so
+    the package must find them beside itself. Simulated by dropping any editable-install finder."""
+    code = ("import sys\n"
+            "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in type(f).__module__.lower()\n"
+            "                    and 'editable' not in getattr(f, '__name__', '').lower()]\n"
+            "import idm_rt, idm_rt.kernels, idm_rt.training.train, idm_rt.export.builder\n"
+            "print(idm_rt.kernels.__file__)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(ROOT / "kernels" / "__init__.py")
