@@ -18,6 +18,9 @@ from idm_rt.sampling import SamplingSettings
 from idm_rt.upscaler import PRECISIONS
 
 
+SCALE_SAMPLINGS = ("uniform", "log")
+
+
 @dataclass
 class TrainConfig:
     """Everything a run needs; the defaults are the CPU-sized ``small`` recipe."""
@@ -53,6 +56,11 @@ class TrainConfig:
     val_crop: int = 128
     val_sampling: dict[str, Any] = field(default_factory=lambda: {"steps": 10})  # idm_rt.SamplingSettings fields
     threads: int = 0  # torch CPU threads; 0: the CPUs this process may use (idm_rt.configure_threads)
+    init_from: str | None = None  # a model folder (e.g. a checkpoint's ema/) whose weights start a new run
+    freeze_encoder: bool = False  # the encoder keeps its weights; only the conditioner and the U-Net train
+    scale_sampling: str = "uniform"  # s in (1, M]: "uniform" (the paper's) or "log" (log-uniform: each octave alike)
+    lr_patch: int = 0  # > 0: regression steps crop round(lr_patch * s) HR pixels a side (LR lr_patch a side), at most
+    max_crop: int = 192  # ... max_crop; 0: the HR crop is ``crop`` at every scale
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -72,7 +80,10 @@ class TrainConfig:
         """ValueError naming the first option that is of the wrong type or out of range."""
         for f in dataclasses.fields(self):
             value, default = getattr(self, f.name), f.default
-            if isinstance(default, (int, float)) and (isinstance(value, bool) or not isinstance(value, (int, float))
+            if isinstance(default, bool):
+                if not isinstance(value, bool):
+                    raise ValueError(f"{f.name} must be true or false, got {value!r}")
+            elif isinstance(default, (int, float)) and (isinstance(value, bool) or not isinstance(value, (int, float))
                                                      or isinstance(default, int) and not isinstance(value, int)
                                                      or not math.isfinite(value)):
                 raise ValueError(f"{f.name} must be {'an integer' if isinstance(default, int) else 'a finite number'}"
@@ -83,7 +94,7 @@ class TrainConfig:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         for name in ("steps", "fixed_scale_steps", "val_every", "val_holdout", "threads", "grad_clip", "snr_gamma",
-                     "aux_weight", "regression_steps", "lr_decay_steps"):
+                     "aux_weight", "regression_steps", "lr_decay_steps", "lr_patch", "max_crop"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if not 0 <= self.ema_decay < 1:
@@ -94,6 +105,15 @@ class TrainConfig:
             raise ValueError("regression_steps train the condition image with the aux loss: set aux_weight > 0")
         if self.crop % 8:
             raise ValueError(f"crop must be a multiple of 8, got {self.crop}")
+        if self.scale_sampling not in SCALE_SAMPLINGS:
+            raise ValueError(f"scale_sampling must be one of {SCALE_SAMPLINGS}, got {self.scale_sampling!r}")
+        if self.lr_patch and self.max_crop < 8:
+            raise ValueError(f"max_crop must be >= 8 when lr_patch is set, got {self.max_crop}")
+        if self.freeze_encoder and (self.regression_steps or self.aux_weight):
+            raise ValueError("freeze_encoder keeps the encoder's weights, which regression_steps and aux_weight train: "
+                             "set both to 0")
+        if self.init_from is not None and not isinstance(self.init_from, str):
+            raise ValueError(f"init_from must be a model folder, got {self.init_from!r}")
         check_max_scale(self.max_scale)
         try:
             network = preset(self.network_preset, **self.network)

@@ -79,26 +79,33 @@ class PairSampler:
         self.images = [load_rgb(p) for p in images]
         self.crop = crop
 
-    def lr_size(self, scale: float) -> int:
-        """LR side for the HR crop at magnification ``scale`` (the effective scale is crop / lr_size)."""
-        return max(1, round(self.crop / scale))
+    def crop_side(self, scale: float, lr_patch: int = 0, max_crop: int = 0) -> int:
+        """The HR crop's side at magnification ``scale``: ``crop``, or with ``lr_patch`` the side whose LR is
+        ``lr_patch`` pixels (as LIIF and EDSR train), at most ``max_crop`` and the largest image's short side."""
+        if not lr_patch:
+            return self.crop
+        return max(8, min(round(lr_patch * scale), max_crop, max(min(img.shape[1:]) for img in self.images)))
 
-    def batch(self, n: int, scale: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """(hr, lr, effective scale): hr (n, 3, crop, crop) and lr in [-1, 1]."""
+    def batch(self, n: int, scale: float, gen: torch.Generator, crop: int | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(hr, lr, effective scale): hr (n, 3, crop, crop) (``crop`` defaults to the sampler's; each crop comes
+        from an image at least that large) and lr in [-1, 1], ``round(crop / scale)`` a side."""
+        crop = crop or self.crop
+        images = [img for img in self.images if min(img.shape[1:]) >= crop]
         crops = []
         for _ in range(n):
-            img = self.images[int(torch.randint(len(self.images), (1,), generator=gen))]
+            img = images[int(torch.randint(len(images), (1,), generator=gen))]
             _, h, w = img.shape
-            top = int(torch.randint(h - self.crop + 1, (1,), generator=gen))
-            left = int(torch.randint(w - self.crop + 1, (1,), generator=gen))
-            c = img[:, top:top + self.crop, left:left + self.crop]
+            top = int(torch.randint(h - crop + 1, (1,), generator=gen))
+            left = int(torch.randint(w - crop + 1, (1,), generator=gen))
+            c = img[:, top:top + crop, left:left + crop]
             flip, rot = torch.randint(2, (1,), generator=gen).item(), torch.randint(4, (1,), generator=gen).item()
             if flip:
                 c = c.flip(-1)
             crops.append(torch.rot90(c, int(rot), dims=(1, 2)))
         hr = torch.stack(crops).float() / 127.5 - 1.0
-        s = self.lr_size(scale)
-        return hr, downscale(hr, (s, s)), self.crop / s
+        s = max(1, round(crop / scale))
+        return hr, downscale(hr, (s, s)), crop / s
 
 
 def split_holdout(images: list[Path], n: int, folder: str | Path) -> tuple[list[Path], list[Path]]:
@@ -110,11 +117,15 @@ def split_holdout(images: list[Path], n: int, folder: str | Path) -> tuple[list[
     return images[:-n], images[-n:]
 
 
-def sample_scale(step: int, max_scale: float, fixed_steps: int, gen: torch.Generator) -> float:
-    """The paper's two stages: the largest scale M until ``fixed_steps``, then s ~ U(1, M]."""
+def sample_scale(step: int, max_scale: float, fixed_steps: int, gen: torch.Generator, sampling: str = "uniform"
+                 ) -> float:
+    """The paper's two stages: the largest scale M until ``fixed_steps``, then s ~ U(1, M] (``"uniform"``), or
+    log-uniform on (1, M] (``"log"``: every octave as often, so 2x-4x as often as 4x-8x)."""
     if step < fixed_steps:
         return max_scale
     u = float(torch.rand((), generator=gen))
+    if sampling == "log":
+        return max_scale ** (1.0 - u)
     return max_scale - u * (max_scale - 1.0) if max_scale > 1 else max_scale
 
 
