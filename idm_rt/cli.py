@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import glob
 import math
-import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
 from . import sampling
-from .image_files import read_image, save_image
-from .images import IMAGE_SUFFIXES
+from .file_jobs import check_writable, plan_jobs
 from .memory import configure_allocator
 from .threads import add_threads_argument, configure_threads
-
-if TYPE_CHECKING:
-    from .upscaler import Upscaler
-
+from .upscale_files import check_call_options, load_upscaler, report_plan, run_job, to_run, upscale_options
 
 UPSCALE_EXAMPLES = """examples:
   python -m idm_rt upscale photo.png -o photo_x4.png --scale 4
@@ -156,7 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "directory's own")
     up.add_argument("--max-scale", type=float, metavar="M",
                     help="largest training scale of a released .pth (8 for the face model, 4 for DIV2K; default 8)")
-    up.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    up.add_argument("--overwrite", action="store_true", help="replace existing output files (never an input)")
+    up.add_argument("--follow-links", action="store_true",
+                    help="upscale links found in an input folder that lead out of it (default: skipped, said)")
     up.add_argument("--max-pixels", type=_pixels, default=64_000_000, help="largest output accepted (default 64e6)")
     add_threads_argument(up)
     ray = up.add_argument_group("Ray Data (the serve extra: pip install 'idm-rt[serve]')")
@@ -218,122 +213,6 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def expand_inputs(items: list[str]) -> tuple[list[Path], list[str]]:
-    """Files, folders (images inside, sorted) and globs -> (files, problems)."""
-    files, problems = [], []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file())
-            if not found:
-                problems.append(f"{item}: no images in this folder")
-            files += found
-        elif p.exists():
-            files.append(p)
-        else:
-            matched = sorted(Path(m) for m in glob.glob(item) if Path(m).is_file())
-            if not matched:
-                problems.append(f"{item}: no such file")
-            files += matched
-    unique = list(dict.fromkeys(p.resolve() for p in files))  # a file named twice is done once
-    return unique, problems
-
-
-def output_targets(files: list[Path], out: Path, to_folder: bool) -> list[Path]:
-    """Where each input goes: ``OUT/<stem>.png`` in folder mode (``<name>.png`` for inputs sharing a
-    stem, then ``-2``, ``-3``... for same-named files from different folders), so none overwrites another."""
-    if not to_folder:
-        return [out]
-    stems = [p.stem for p in files]
-    targets: list[Path] = []
-    for p in files:
-        name = p.name if stems.count(p.stem) > 1 else p.stem
-        target, n = out / f"{name}.png", 1
-        while target in targets:
-            n += 1
-            target = out / f"{name}-{n}.png"
-        targets.append(target)
-    return targets
-
-
-def describe(error: Exception) -> str:
-    """An error as the user sees it: a ValueError's message is the whole story, other types are named."""
-    return str(error) if isinstance(error, ValueError) else f"{error.__class__.__name__}: {error}"
-
-
-def plan_outputs(files: list[Path], out: Path, out_is_dir: bool) -> list[Path]:
-    """Each input's output (:func:`output_targets`): OUT itself for one input and an OUT with an image suffix,
-    else files in the folder OUT. ValueError for several inputs and an image file name, or an output file of
-    a type no format is known for."""
-    named_image = out.suffix.lower() in IMAGE_SUFFIXES and not out_is_dir
-    if len(files) > 1 and named_image:
-        raise ValueError(f"{len(files)} input images need an output folder, not the file name {out} (-o FOLDER "
-                         "writes FOLDER/<name>.png)")
-    to_folder = len(files) > 1 or out_is_dir or not out.suffix
-    if not to_folder and not named_image:
-        raise ValueError(f"unknown output image type {out.suffix!r} (use one of {sorted(IMAGE_SUFFIXES)})")
-    return output_targets(files, out, to_folder)
-
-
-def check_writable(folders: set[Path]) -> None:
-    """ValueError, before any work, for an output folder that cannot be made or written: the nearest part of
-    its path that exists must be a folder this process may write in."""
-    for folder in sorted(folders):
-        there = next(p for p in (folder, *folder.absolute().parents) if p.exists())
-        if not there.is_dir():
-            raise ValueError(f"cannot write into {folder}: {there} is a file, not a folder")
-        if not os.access(there, os.W_OK | os.X_OK):
-            raise ValueError(f"cannot write into {folder}: no permission to write in {there}")
-
-
-def load_upscaler(args: argparse.Namespace, runner_options: dict | None = None) -> Upscaler:
-    """The Upscaler the ``upscale`` options ask for (model or engines, backend, device, precision, sampling
-    settings); ``runner_options`` go to an engine runner (:meth:`~idm_rt.Upscaler.from_engines`)."""
-    up = _load_upscaler(args, runner_options)
-    up.sampling = sampling.from_arguments(args, up.sampling)  # checked once, before any image
-    return up
-
-
-def _load_upscaler(args: argparse.Namespace, runner_options: dict | None) -> Upscaler:
-    from .upscaler import Upscaler
-
-    if args.engines:
-        if args.precision or args.max_scale:
-            raise ValueError("--precision and --max-scale are fixed when engines are built; drop them with "
-                             "--engines")
-        if args.backend == "torch":
-            raise ValueError("--engines runs engines; --backend torch is for --model")
-        return Upscaler.from_engines(args.engines, device=args.device, backend=args.backend,
-                                     max_pixels=args.max_pixels, max_memory=getattr(args, "max_memory", None),
-                                     runner_options=runner_options)
-    if args.backend not in (None, "torch"):
-        return Upscaler.from_pretrained(args.model, device=args.device, backend=args.backend,
-                                        max_pixels=args.max_pixels, precision=args.precision,
-                                        max_scale=args.max_scale, max_memory=getattr(args, "max_memory", None),
-                                        runner_options=runner_options)
-    return Upscaler.from_pretrained(args.model, device=args.device or "cpu", max_pixels=args.max_pixels,
-                                    precision=args.precision or "fp32", max_scale=args.max_scale,
-                                    max_memory=getattr(args, "max_memory", None))
-
-
-def check_call_options(up: Upscaler, args: argparse.Namespace) -> None:
-    """ValueError for a ``--seed`` or ``--tile`` no image could use: said once, before any image is read."""
-    from .tiling import TilePlan
-    from .upscaler import seed_list
-
-    seed_list(args.seed, 1)
-    if args.tile is not None and args.tile < 0:
-        raise ValueError(f"--tile must be >= 0 (0: no tiling), got {args.tile}")
-    if args.tile:
-        TilePlan.for_image((1, 1), args.tile, up.model.config.size_multiple)
-
-
-def upscale_options(args: argparse.Namespace) -> dict:
-    """The ``Upscaler.upscale`` keywords the ``upscale`` options set (the sampling settings are the
-    Upscaler's own, :func:`load_upscaler`)."""
-    return {"scale": args.scale, "size": args.size, "seed": args.seed, "tile": args.tile}
-
-
 def cmd_upscale(args: argparse.Namespace) -> int:
     if args.ray:
         from .batch_job import run_batch_job
@@ -344,49 +223,33 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         return 1
     configure_threads(args.threads)
     configure_allocator()
-    files, problems = expand_inputs(args.inputs)
-    for msg in problems:
-        print(f"error: {msg}", file=sys.stderr)
-    if not files:
-        return 1
-    out = Path(args.output)
     try:
-        targets = plan_outputs(files, out, out.is_dir() or args.output.endswith(("/", os.sep)))
-        check_writable({t.parent for t in targets})
+        plan = plan_jobs(args.inputs, args.output, args.follow_links)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    report_plan(plan)
+    failed = len(plan.problems)
+    if not args.overwrite:
+        for job in plan.existing:
+            print(f"error: {job.dst} exists (use --overwrite to replace it); skipped {job.src}", file=sys.stderr)
+        failed += len(plan.existing)
+    jobs = to_run(plan, args.overwrite)
+    if not jobs:
+        return 1
+    try:
+        check_writable({j.dst.path.parent for j in jobs if j.dst.fs is None})
         up = load_upscaler(args)
         check_call_options(up, args)
     except (FileNotFoundError, ValueError, ImportError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    failed = len(problems)
-    inputs = {p.resolve() for p in files}
-    for path, target in zip(tqdm(files, desc="images", unit="img", disable=len(files) == 1), targets):
-        if target.resolve() in inputs:  # --overwrite replaces outputs, never an input
-            tqdm.write(f"error: {target} is an input; skipped {path} (choose another output)", file=sys.stderr)
-            failed += 1
-            continue
-        if target.exists() and not args.overwrite:
-            tqdm.write(f"error: {target} exists (use --overwrite to replace it); skipped {path}", file=sys.stderr)
-            failed += 1
-            continue
-        try:  # too large an input or output is refused before decoding
-            image = read_image(path, args.max_pixels, lambda h, w: up.check_output_pixels(h, w, args.scale, args.size))
-        except ValueError as e:
-            tqdm.write(f"error: {path}: {e}", file=sys.stderr)
-            failed += 1
-            continue
-        except Exception as e:  # noqa: BLE001 (PIL raises several types for unreadable files)
-            tqdm.write(f"error: cannot read {path}: {e}", file=sys.stderr)
-            failed += 1
-            continue
-        try:
-            result = up.upscale(image, progress=True, **upscale_options(args))
-            save_image(result, target, replace=args.overwrite)  # never a file made while this one was computed
-        except Exception as e:  # noqa: BLE001 (one bad file, or a full disk, must not stop the others)
-            tqdm.write(f"error: {path}: {describe(e)}", file=sys.stderr)
-            failed += 1
-            continue
-        tqdm.write(f"{path} -> {target} ({result.size[0]}x{result.size[1]})")
+    options = upscale_options(args)
+    for job in tqdm(jobs, desc="images", unit="img", disable=len(jobs) == 1):
+        status, message = run_job(up, job, options, args.overwrite, progress=True)
+        tqdm.write(message if status == "done" else f"error: {message}", file=sys.stdout if status == "done"
+                   else sys.stderr)
+        failed += status != "done"
     if failed:
         print(f"{failed} input(s) failed", file=sys.stderr)
     return 1 if failed else 0

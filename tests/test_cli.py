@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 import idm_rt
+import idm_rt.file_jobs
 
 from .helpers import ROOT, pil_image, safetensors_no_space
 
@@ -447,6 +448,7 @@ def test_an_output_folder_that_cannot_be_written_is_said_before_any_work(setup, 
     assert cli.main(["upscale", str(src / "a.png"), "-o", str(tmp / "plainfile" / "deeper" / "x.png"), "--scale",
                      "2"]) == 1
     assert "is a file, not a folder" in capsys.readouterr().err and (tmp / "plainfile").read_bytes() == b"mine"
-    monkeypatch.setattr(cli.os, "access", lambda path, mode: False)  # as a read-only folder looks to a non-root user
+    # as a read-only folder looks to a non-root user
+    monkeypatch.setattr(idm_rt.file_jobs.os, "access", lambda path, mode: False)
     assert cli.main(["upscale", str(src / "a.png"), "-o", str(tmp / "ro" / "x.png"), "--scale", "2"]) == 1
     assert f"no permission to write in {tmp}" in capsys.readouterr().err

@@ -322,6 +322,26 @@ def test_a_batch_job_writes_what_the_cli_writes(cluster, model_dir, folder, tmp_
 
 
 @pytest.mark.slow
+def test_a_batch_job_never_writes_over_its_inputs_nor_follows_links_out(cluster, model_dir, tmp_path, capsys):
+    """The reported commands: the input folder as the output folder with --overwrite, and a link to a file
+    outside the input folder; the batch job plans as the command line does (idm_rt.file_jobs)."""
+    same, outside = tmp_path / "same", tmp_path / "private.png"
+    same.mkdir()
+    picture(8, 10, 0).save(same / "a.png")
+    picture(8, 10, 1).save(outside)
+    os.symlink(outside, same / "link.png")
+    before = {p: p.read_bytes() for p in (same / "a.png", outside)}
+    common = ["--scale", "2", "--seed", "0", "--model", str(model_dir), "--ray", "--workers", "1"]
+    assert main(["upscale", str(same), "-o", str(same), "--overwrite", *common]) == 1
+    err = capsys.readouterr().err
+    assert f"{same / 'a.png'} is an input" in err and "link.png" in err and "leads out of its folder" in err
+    assert {p: p.read_bytes() for p in before} == before and sorted(p.name for p in same.iterdir()) == [
+        "a.png", "link.png"]
+    assert main(["upscale", str(same), "-o", str(tmp_path / "out"), "--follow-links", *common]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "link.png"]  # named after the link
+
+
+@pytest.mark.slow
 def test_a_batch_job_killed_halfway_finishes_only_the_rest_when_rerun(cluster, model_dir, tmp_path, capsys):
     src, out, n = tmp_path / "in", tmp_path / "out", 6
     src.mkdir()
