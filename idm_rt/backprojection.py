@@ -16,16 +16,6 @@ import torch
 from .diffusion.samplers import EpsFn
 from .resize import downscale, upscale
 
-MAX_PASSES = 100  # each pass shrinks the LR mismatch several-fold: a handful is all that helps
-
-
-def check_passes(iterations: int) -> None:
-    """ValueError unless ``iterations`` (back-projection passes per step; 0 = off) is an int in
-    0..:data:`MAX_PASSES`."""
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or not 0 <= iterations <= MAX_PASSES:
-        raise ValueError(f"back_projection must be an integer in 0..{MAX_PASSES} (passes per step), "
-                         f"got {iterations!r}")
-
 
 def back_project(x0: torch.Tensor, lr: torch.Tensor, iterations: int) -> torch.Tensor:
     """``iterations`` passes of ``x0 += upscale(lr - downscale(x0))``; images in [-1, 1]."""

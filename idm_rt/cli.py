@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -12,7 +11,8 @@ from tqdm.auto import tqdm
 from . import sampling
 from .file_jobs import check_writable, plan_jobs
 from .memory import configure_allocator
-from .threads import add_threads_argument, configure_threads
+from .options import OPTIONS, add_arguments
+from .threads import configure_threads
 from .upscale_files import check_call_options, load_upscaler, report_plan, run_job, to_run, upscale_options
 
 UPSCALE_EXAMPLES = """examples:
@@ -43,70 +43,6 @@ def _size(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _pixels(text: str) -> int:
-    """A positive pixel count, also written as 64e6."""
-    try:
-        n = _number(text)
-    except ValueError:
-        n = 0
-    if not (math.isfinite(n) and n >= 1 and n == int(n)):
-        raise argparse.ArgumentTypeError(f"must be a positive whole number of pixels, e.g. 64e6, got {text!r}")
-    return int(n)
-
-
-UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30,
-         "ki": 2**10, "mi": 2**20, "gi": 2**30,  # Kubernetes' spelling
-         "k": 2**10, "m": 2**20, "g": 2**30}  # a bare K, M, G as free(1) and docker --memory mean it
-
-
-def _number(text: str) -> float:
-    """float(text), without the digit separators Python reads ('1_5' is 15) that a typo can produce."""
-    if "_" in text:
-        raise ValueError(text)
-    return float(text)
-
-
-def _bytes(text: str) -> int:
-    """A memory size: a number of bytes, or with a unit (KB, MB, GB, KiB, MiB, GiB; K, M, G and Ki, Mi, Gi binary),
-    e.g. 4GiB."""
-    number = text.rstrip("BbKkMmGgIi")
-    unit = text[len(number):].lower()
-    try:
-        n = _number(number) * UNITS[unit]
-    except (ValueError, KeyError):
-        n = math.nan
-    if not (math.isfinite(n) and 2**20 <= n < 2**50):
-        raise argparse.ArgumentTypeError(f"must be a memory size from 1MiB, e.g. 4GiB or 500MB, got {text!r}")
-    return int(n)
-
-
-def _scale(text: str) -> float:
-    """A magnification: a finite number > 1."""
-    try:
-        s = _number(text)
-    except ValueError:
-        s = math.nan
-    if not (math.isfinite(s) and s > 1):
-        raise argparse.ArgumentTypeError(f"must be a number > 1, e.g. 4 or 3.3, got {text!r}")
-    return s
-
-
-def _bounded(kind: type, low: float, high: float):
-    """An argparse type: a number of ``kind`` in [low, high]."""
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be a{'n integer' if kind is int else ' number'} in "
-                                             f"[{low:g}, {high:g}], got {text!r}")
-        return value
-
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     from .backends import BACKENDS
 
@@ -120,18 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("-o", "--output", required=True, metavar="OUT",
                     help="output file (one input) or folder (written as OUT/<name>.png; several inputs need one)")
     g = up.add_mutually_exclusive_group(required=True)
-    g.add_argument("--scale", type=_scale,
-                   help="magnification > 1, e.g. 4 or 3.3; the output is round(h*s) x round(w*s)")
+    OPTIONS["scale"].add_to(g)
     g.add_argument("--size", type=_size, metavar="WxH", help="explicit output size, e.g. 1920x1080")
     sampling.add_arguments(up)
-    up.add_argument("--seed", type=int, help="random seed; the same seed gives the same output")
-    up.add_argument("--tile", type=int, help="HR tile side for large outputs (0: off; default: the cheapest tiling "
-                                             "whose tiles fit the memory, untiled while one tile is cheaper; engines: "
-                                             "their bucket rule); rounded down to the model's size multiple (8 for "
-                                             "the default model, 16 for released)")
-    up.add_argument("--max-memory", type=_bytes, metavar="SIZE",
-                    help="memory a call may plan to use, e.g. 4GiB or 500MB (default: half of what the device has; "
-                         "with --ray, each worker's); smaller means smaller tiles")
+    add_arguments(up, "seed", "tile", "max_memory")
     up.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cpu; cuda for TensorRT --engines)")
     up.add_argument("--precision", choices=("fp32", "fp16", "bf16", "int8"),
                     help="U-Net precision: fp32 (default) or fp16/bf16 autocast (GPUs only: many times slower on "
@@ -152,8 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--overwrite", action="store_true", help="replace existing output files (never an input)")
     up.add_argument("--follow-links", action="store_true",
                     help="upscale links found in an input folder that lead out of it (default: skipped, said)")
-    up.add_argument("--max-pixels", type=_pixels, default=64_000_000, help="largest output accepted (default 64e6)")
-    add_threads_argument(up)
+    add_arguments(up, "max_pixels", "threads")
     ray = up.add_argument_group("Ray Data (the serve extra: pip install 'idm-rt[serve]')")
     ray.add_argument("--ray", action="store_true",
                      help="run on Ray Data with a pool of Upscaler workers; inputs and OUT may also be URIs that "
@@ -161,13 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "interrupted job) unless --overwrite")
     ray.add_argument("--address", help="the Ray cluster: auto (the one `ray start` runs here), HOST:PORT or "
                                        "ray://HOST:PORT (default: $RAY_ADDRESS, else a local Ray instance)")
-    ray.add_argument("--workers", type=_bounded(int, 1, 100_000),
-                     help="Upscaler workers (default: one per CPU of the cluster, or per GPU with a cuda device, "
-                          "for the resources below)")
-    ray.add_argument("--worker-cpus", type=_bounded(float, 0.01, 1024),
-                     help="CPUs per worker, its torch threads (default 1)")
-    ray.add_argument("--worker-gpus", type=_bounded(float, 0, 64),
-                     help="GPUs per worker, fractions too (default 1 with a cuda device, else 0)")
+    add_arguments(ray, "workers", "worker_cpus", "worker_gpus")
 
     sv = sub.add_parser("serve", help="serve upscaling over HTTP with Ray Serve", epilog=SERVE_EXAMPLES,
                         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -180,24 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--backend", choices=("torch", *BACKENDS), default="torch",
                     help="torch (default); onnxruntime or tensorrt run engines, built for --model on first use")
     sv.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cpu; cuda for tensorrt)")
-    sv.add_argument("--replicas", type=int, default=1, help="replicas, each with its own model (default 1)")
-    sv.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs per replica, its threads (default 1)")
-    sv.add_argument("--replica-gpus", type=float, help="GPUs per replica, fractions too (default 1 on cuda, else 0)")
-    sv.add_argument("--max-batch", type=int, default=8, help="most requests batched together (default 8; 1: off)")
-    sv.add_argument("--batch-wait-ms", type=float, default=10.0,
-                    help="longest wait for more requests to batch (default 10)")
+    add_arguments(sv, "replicas", "replica_cpus", "replica_gpus", "max_batch", "batch_wait_ms")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
-    sv.add_argument("--port", type=_bounded(int, 1, 65535), default=8000, help="port (default 8000)")
+    add_arguments(sv, "port")
     sv.add_argument("--address", help="the Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: $RAY_ADDRESS, "
                                       "else a local Ray instance, stopped with the service)")
-    sv.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body in MiB (default 32)")
-    sv.add_argument("--max-pixels", type=_pixels, default=64_000_000, help="largest output (default 64e6)")
-    sv.add_argument("--max-steps", type=int, default=2000, help="most sampling steps a request may ask (default 2000)")
-    sv.add_argument("--max-memory", type=_bytes, metavar="SIZE",
-                    help="memory each replica's calls may plan, e.g. 4GiB (default: half the device's memory; "
-                         "with several replicas on one machine, give each its share)")
-    sv.add_argument("--timeout-s", type=float, default=300.0,
-                    help="per-request time limit in seconds; a 504 after it and the work stops (default 300)")
+    add_arguments(sv, "max_body_mb", "max_pixels", "max_steps", "timeout_s", "body_timeout_s", "max_uploads",
+                  "max_client_requests", "max_queued", "max_memory",
+                  max_memory={"help": "memory each worker replica's calls may plan, e.g. 4GiB; with several "
+                                      "replicas on one machine, give each its share"})
 
     cv = sub.add_parser("convert", help="convert a released .pth checkpoint to the project format",
                         description="Convert a released IDM .pth into a folder with model.safetensors and "

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 
 from .backprojection import back_projected
+from .cancel import checkpoint
 from .diffusion import LinearSchedule, randn_like, run_sampler
 from .diffusion.samplers import Generators
 from .model.protocol import SamplingModel
@@ -48,8 +49,12 @@ def super_resolve(model: SamplingModel, lr: torch.Tensor, size: tuple[int, int],
         if plan is not None and len(plan.tiles) > 1:
             eps_fn = tiled_eps(model, cond, p, plan, denoise, cache_bytes)
         else:
+            checkpoint()
             conditioning = model.condition(cond, p)
-            eps_fn = lambda x, g: denoise(x, conditioning, g)
+
+            def eps_fn(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+                checkpoint()
+                return denoise(x, conditioning, g)
         if settings.back_projection:
             eps_fn = back_projected(eps_fn, lr, settings.back_projection)
         x_T = initial_state(lr, cond, settings, generator)

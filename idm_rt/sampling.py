@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
-import numbers
 from dataclasses import dataclass
 from typing import Any
 
-from .backprojection import MAX_PASSES, check_passes
 from .diffusion import SAMPLERS, LinearSchedule, start_timestep
 from .diffusion.samplers import ddim_timesteps, ddpm_timesteps
+from .options import MAX_STEPS, check
+from .options import add_arguments as add_options
 
 INITS = ("noise", "bicubic", "estimate")
-MAX_STEPS = 2000  # the release's own longest loop (DDPM over every timestep)
 
 
 @dataclass(frozen=True)
@@ -38,7 +36,7 @@ class SamplingSettings:
             encoder was trained as an HR estimate (``IDMConfig.encoder_upsampler="implicit"``).
         init_level: the noise level g = sqrt(gamma) in (0, 1) of a diffused start.
         back_projection: passes per step that back-project the estimate onto the LR input
-            (:mod:`idm_rt.backprojection`), 0..:data:`~idm_rt.backprojection.MAX_PASSES`; 0 samples as
+            (:mod:`idm_rt.backprojection`), 0..100; 0 samples as
             the paper does.
         eta: DDIM's stochasticity in [0, 1] (0: deterministic).
     """
@@ -54,16 +52,10 @@ class SamplingSettings:
         # a str first: `in` compares by ==, which a numpy array answers element-wise (np.array(["ddim"]) passed)
         if not isinstance(self.sampler, str) or self.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r}; choose from {SAMPLERS}")
-        if not isinstance(self.steps, numbers.Integral) or isinstance(self.steps, bool) \
-                or not 1 <= self.steps <= MAX_STEPS:
-            raise ValueError(f"steps must be an integer in 1..{MAX_STEPS}, got {self.steps!r}")
+        for name in ("steps", "init_level", "back_projection", "eta"):
+            check(name, getattr(self, name), required=True)
         if not isinstance(self.init, str) or self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
-        if not _real(self.init_level) or not 0 < self.init_level < 1:
-            raise ValueError(f"init_level must be a number in (0, 1), got {self.init_level!r}")
-        check_passes(self.back_projection)
-        if not _real(self.eta) or not 0 <= self.eta <= 1:
-            raise ValueError(f"eta must be a number in [0, 1], got {self.eta!r}")
         object.__setattr__(self, "sampler", str(self.sampler))  # np.str_ -> str
         object.__setattr__(self, "init", str(self.init))
         object.__setattr__(self, "steps", int(self.steps))
@@ -120,36 +112,16 @@ def add_arguments(parser: argparse.ArgumentParser, default: str = "the model's r
     parser.add_argument("--sampler", choices=SAMPLERS,
                         help=f"dpmpp_2m (few steps), ddim, or ddpm (ancestral; --steps 2000 from noise is the "
                              f"release's loop); default: {default}")
-    parser.add_argument("--steps", type=int, help=f"U-Net calls, 1..{MAX_STEPS} (default: {default})")
     parser.add_argument("--init", choices=INITS,
                         help="start from pure noise (the paper), or from the bicubic upscale or the model's own HR "
                              f"estimate diffused to --init-level; default: {default}")
-    parser.add_argument("--init-level", type=float, metavar="G", help="noise level in (0, 1) of a diffused start")
-    parser.add_argument("--back-projection", type=_passes, metavar="N",
-                        help="clip each step's estimate and back-project it onto the input N times, so that the "
-                             f"output's downscale is close to the input (0: off, as in the paper); default: {default}")
-
-
-def _passes(text: str) -> int:
-    try:
-        n = int(text)
-        check_passes(n)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer in 0..{MAX_PASSES}, got {text!r}") from None
-    return n
+    add_options(parser, "steps", "init_level", "back_projection")
 
 
 def from_arguments(args: argparse.Namespace, base: SamplingSettings | None) -> SamplingSettings:
     """``base`` (or the defaults) with the options of :func:`add_arguments` that were given."""
     return (base or SamplingSettings()).replace(sampler=args.sampler, steps=args.steps, init=args.init,
                                                 init_level=args.init_level, back_projection=args.back_projection)
-
-
-def _real(value: Any) -> bool:
-    try:
-        return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    except OverflowError:  # an int or fraction too large for a float
-        return False
 
 
 __all__ = ["SamplingSettings", "INITS", "MAX_STEPS"]

@@ -1,58 +1,55 @@
-"""Ray Serve application: the HTTP API of :mod:`idm_rt.http_api`, replicated and batched across clients.
+"""Ray Serve application: the HTTP API of :mod:`idm_rt.http_api` as two deployments, a frontend and replicated,
+batching workers.
 
-``python -m idm_rt serve`` runs it on a local Ray instance or a cluster; people who deploy with Ray's
-own tools use ``serve run idm_rt.serve:app`` (bundled model, defaults), ``serve run
-idm_rt.serve:build_app model=DIR max_batch=8 ...``, or a Serve config file whose application has
-``import_path: idm_rt.serve:build_app`` and ``args:`` (the fields of :class:`ServeSettings`).
+``python -m idm_rt serve`` runs it on a local Ray instance or a cluster; people who deploy with Ray's own tools use
+``serve run idm_rt.serve:app`` (bundled model, defaults), ``serve run idm_rt.serve:build_app model=DIR max_batch=8
+...``, or a Serve config file whose application has ``import_path: idm_rt.serve:build_app`` and ``args:`` (the
+fields of :class:`ServeSettings`).
 
-Each replica holds its own :class:`~idm_rt.Upscaler`; Ray Serve gathers up to ``max_batch`` requests
-waiting at most ``batch_wait_ms``, and requests with the same input size, output size and sampling
-settings run as one network batch, each with its own seed (so each gets exactly the image
-``Upscaler.upscale`` gives it alone).
+* ``HttpFrontend`` (one replica, no CPU reserved): every connection, the body limits and the admission by work
+  (:class:`~idm_rt.http_api.Frontend`); it answers ``/healthz`` whatever the workers do, and retries a request on
+  another worker when the one running it died (a node lost), while the request's time allows.
+* ``UpscaleWorker`` (``replicas`` of them): each its own :class:`~idm_rt.Upscaler`; Ray Serve gathers up to
+  ``max_batch`` requests waiting at most ``batch_wait_ms``, and requests with the same input size, output size and
+  sampling settings run as one network batch, each with its own seed (so each gets exactly the image
+  ``Upscaler.upscale`` gives it alone).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 from ray import serve
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
-from .http_api import Job, Result, UpscaleApp
+from .http_api import Frontend, Job, Limits, Result, Worker
 from .memory import configure_allocator
+from .options import OPTIONS
 from .upscaler import DEFAULT_MODEL, Upscaler
 
 APP_NAME = "idm_rt"
+RETRIES = 2  # times a request is sent again after the worker running it died
+logger = logging.getLogger("ray.serve")
 
 
-class ServeSettings(BaseModel):
-    """What a deployment serves and its limits: ``python -m idm_rt serve`` options, or a config file's ``args``."""
+class _Settings(BaseModel):
+    """What a deployment serves; its limits are the fields :data:`SERVICE_OPTIONS` adds (:data:`~idm_rt.options.
+    OPTIONS`)."""
 
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = Field(None, description="checkpoint, model folder or engine directory; None: bundled")
     backend: Literal["torch", "onnxruntime", "tensorrt"] = "torch"
     device: str | None = Field(None, description="cpu, cuda, cuda:1, ...; default cpu (cuda for tensorrt)")
-    replicas: int = Field(1, ge=1, le=1024)
-    replica_cpus: float = Field(1.0, gt=0, le=1024, description="CPUs Ray reserves per replica (its threads)")
-    replica_gpus: float | None = Field(None, ge=0, le=64, description="GPUs per replica, fractions too; "
-                                                                      "default 1 on CUDA devices, else 0")
-    max_batch: int = Field(8, ge=1, le=64, description="most requests in one batch (1: no batching)")
-    batch_wait_ms: float = Field(10.0, ge=0, le=10_000, description="longest wait for a batch to fill")
-    max_body_mb: float = Field(32.0, gt=0, le=2048, description="largest request body")
-    max_pixels: int = Field(64_000_000, ge=1, description="largest output (and input) image, in pixels")
-    max_steps: int = Field(2000, ge=1, le=100_000, description="most sampling steps a request may ask for")
-    max_memory: int | None = Field(None, ge=2**20, le=2**50, description="bytes each replica's calls may plan "
-                                                                        "(Upscaler's max_memory); default: "
-                                                                        "half the device's memory")
-    timeout_s: float = Field(300.0, gt=0, le=86_400, description="per-request time limit (504 after it)")
-    max_queued: int = Field(256, ge=1, le=1_000_000, description="requests waiting per caller before 503s")
 
     @property
     def gpus(self) -> float:
@@ -61,10 +58,24 @@ class ServeSettings(BaseModel):
             return self.replica_gpus
         return 1.0 if self.backend == "tensorrt" or (self.device or "").startswith("cuda") else 0.0
 
+    @property
+    def limits(self) -> Limits:
+        return Limits(max_body_bytes=int(self.max_body_mb * 2**20), timeout_s=self.timeout_s,
+                      max_steps=self.max_steps, body_timeout_s=self.body_timeout_s, max_uploads=self.max_uploads,
+                      max_client_requests=self.max_client_requests)
+
+
+SERVICE_OPTIONS = ("replicas", "replica_cpus", "replica_gpus", "max_batch", "batch_wait_ms", "max_body_mb",
+                   "max_pixels", "max_steps", "max_memory", "timeout_s", "body_timeout_s", "max_uploads",
+                   "max_client_requests", "max_queued")
+ServeSettings = create_model("ServeSettings", __base__=_Settings, __doc__="What a deployment serves and its limits: "
+                             "``python -m idm_rt serve`` options, or a config file's ``args``.",
+                             **{name: OPTIONS[name].field() for name in SERVICE_OPTIONS})
+
 
 @serve.deployment
-class UpscaleService(UpscaleApp):
-    """One replica: its own Upscaler, requests batched by Ray Serve."""
+class UpscaleWorker:
+    """One worker replica: its own Upscaler, requests batched by Ray Serve."""
 
     def __init__(self, settings: ServeSettings):
         configure_allocator()  # a replica is a process of its own: freed memory kept for the next request
@@ -72,31 +83,80 @@ class UpscaleService(UpscaleApp):
         up = Upscaler.from_pretrained(settings.model, device=settings.device, backend=settings.backend,
                                       max_pixels=settings.max_pixels, max_memory=settings.max_memory,
                                       **(threads if settings.backend == "onnxruntime" else {}))
-        batching = {"max_batch": settings.max_batch, "batch_wait_ms": settings.batch_wait_ms,
-                    "replicas": settings.replicas, "replica": serve.get_replica_context().replica_tag}
-        super().__init__(up, model=settings.model or f"bundled default ({DEFAULT_MODEL.name})",
-                         backend=settings.backend, max_body_bytes=int(settings.max_body_mb * 2**20),
-                         timeout_s=settings.timeout_s, max_steps=settings.max_steps, batching=batching)
+        self.worker = Worker(up, name=serve.get_replica_context().replica_tag)
         self._batched = serve.batch(max_batch_size=settings.max_batch,
                                     batch_wait_timeout_s=settings.batch_wait_ms / 1000)(self._run_jobs)
 
-    async def _run_jobs(self, jobs: list[Job]) -> list[Result | Exception]:
-        return await asyncio.to_thread(self.run_batch, jobs)
+    def sheet(self) -> dict:
+        return self.worker.sheet()
 
-    async def run_batched(self, job: Job) -> Result | Exception:
-        return await self._batched(job)
+    async def _run_jobs(self, jobs: list[Job]) -> list[Result | Exception]:
+        return await asyncio.to_thread(self.worker.run_batch, jobs)
+
+    async def run(self, job: Job) -> Result | Exception:
+        try:
+            return await self._batched(job)
+        except asyncio.CancelledError:  # the frontend gave up on it (its time ran out, its client left)
+            self.worker.cancel(job.id)
+            raise
+
+
+@serve.deployment
+class HttpFrontend(Frontend):
+    """The frontend replica: HTTP, limits and admission; jobs go to the workers through ``workers``."""
+
+    def __init__(self, workers, settings: ServeSettings):
+        self.workers_handle = workers
+        batching = {"max_batch": settings.max_batch, "batch_wait_ms": settings.batch_wait_ms,
+                    "replicas": settings.replicas}
+        super().__init__(self._send, None, settings.limits,
+                         {"model": settings.model or f"bundled default ({DEFAULT_MODEL.name})",
+                          "backend": settings.backend, "batching": batching},
+                         workers=settings.replicas, fetch_sheet=self._sheet)
+        self.stats["retried"] = 0
+
+    async def _sheet(self) -> dict:
+        return await self.workers_handle.sheet.remote()
+
+    async def _send(self, job: Job) -> Result | Exception:
+        """The job on a worker; sent again (at most :data:`RETRIES` times) when the worker died under it."""
+        for attempt in range(RETRIES + 1):
+            response = self.workers_handle.run.remote(job)
+            try:
+                return await response
+            except asyncio.CancelledError:
+                response.cancel()
+                raise
+            except (ActorDiedError, ActorUnavailableError, RayActorError) as e:
+                if attempt == RETRIES or time.time() > job.deadline:
+                    logger.error("a worker died running request %s: %s", job.id, e.__class__.__name__)
+                    return e
+                self.stats["retried"] += 1
+                logger.warning("a worker died running request %s (%s); sending it again", job.id,
+                               e.__class__.__name__)
+        raise AssertionError("unreachable")
 
 
 def build_app(args: dict | ServeSettings) -> serve.Application:
     """The application for ``settings`` (a dict is validated into :class:`ServeSettings`, the way
     ``serve run idm_rt.serve:build_app key=value ...`` and config files pass them)."""
     settings = args if isinstance(args, ServeSettings) else ServeSettings.model_validate(args)
-    return UpscaleService.options(
+    quiet = {"enable_access_log": False}  # the frontend logs each request with its own path
+    workers = UpscaleWorker.options(
         num_replicas=settings.replicas,
         ray_actor_options={"num_cpus": settings.replica_cpus, "num_gpus": settings.gpus},
-        max_ongoing_requests=2 * settings.max_batch + 2,  # one batch running, the next one filling, probes
+        max_ongoing_requests=2 * settings.max_batch + 2,  # one batch running, the next one filling, the sheet
         max_queued_requests=settings.max_queued,
+        graceful_shutdown_timeout_s=settings.timeout_s + 5,  # a replica stopped finishes what it runs
+        graceful_shutdown_wait_loop_s=0.5,
+        logging_config=quiet,
     ).bind(settings)
+    return HttpFrontend.options(
+        num_replicas=1,  # holds the count of admitted work; cheap: no CPU reserved
+        ray_actor_options={"num_cpus": 0},
+        max_ongoing_requests=100_000,  # connections cost it little; its own limits apply
+        logging_config=quiet,
+    ).bind(workers, settings)
 
 
 app = build_app({})  # the bundled default model with default settings: serve run idm_rt.serve:app
@@ -104,14 +164,15 @@ app = build_app({})  # the bundled default model with default settings: serve ru
 
 def run_service(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000,
                 address: str | None = None) -> int:
-    """Serve until SIGINT or SIGTERM, then remove the application (and stop a local Ray instance)."""
+    """Serve until SIGINT or SIGTERM, then drain: refuse new requests (503, ``/healthz`` 503), answer the ones in
+    flight (up to ``timeout_s``), then remove the application (and stop a local Ray instance)."""
     from .ray_session import ray_session
 
-    with ray_session(address) as local, _stop_signals() as stop:
+    with ray_session(address), _stop_signals() as stop:
         try:
-            serve.start(http_options={"host": host, "port": port})
+            serve.start(http_options={"host": host, "port": port}, proxy_location="HeadOnly")
             try:
-                serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
+                handle = serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
             except RuntimeError as e:  # Serve gave up on the replicas; their errors are in the log above
                 print(f"error: {str(e).splitlines()[0]} (the replicas' errors are above)", file=sys.stderr)
                 return 1
@@ -120,12 +181,12 @@ def run_service(settings: ServeSettings, host: str = "127.0.0.1", port: int = 80
                   "Ctrl-C stops", flush=True)
             while not stop.wait(0.5):
                 pass
-            print("idm-rt: stopping", flush=True)
-        finally:
-            if local:
-                serve.shutdown()
-            else:
-                serve.delete(APP_NAME)
+            print("idm-rt: draining: new requests get 503, the ones in flight are answered", flush=True)
+            left = handle.drain.remote(settings.timeout_s + 5).result()
+            print(f"idm-rt: stopping ({left} request(s) still in flight)" if left else "idm-rt: stopping",
+                  flush=True)
+        finally:  # (a local instance stops with its Ray: a controller shut down separately logs a failed task)
+            serve.delete(APP_NAME)
     return 0
 
 

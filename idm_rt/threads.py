@@ -15,10 +15,11 @@ import os
 import torch
 
 from .cgroups import cpu_quota
+from .options import OPTIONS, check
 
-# Most threads asked for: more than any machine's cores. torch starts every one of them (with its stack) at its
-# first parallel op, so --threads 20000 exhausted memory and 10**10 overflowed inside torch.
-MAX_THREADS = 1024
+# Most threads asked for (the threads option's bound): more than any machine's cores. torch starts every one of them
+# (with its stack) at its first parallel op, so --threads 20000 exhausted memory and 10**10 overflowed inside torch.
+MAX_THREADS = int(OPTIONS["threads"].high)
 
 
 def available_cpus() -> int:
@@ -36,26 +37,16 @@ def configure_threads(n: int | None = None) -> int:
     it per process), else to :func:`available_cpus`. Returns the count set."""
     if n is None:
         n = _env_threads() or available_cpus()
-    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_THREADS:
-        raise ValueError(f"threads must be a positive integer up to {MAX_THREADS}, got {n!r}")
-    torch.set_num_threads(n)
+    torch.set_num_threads(check("threads", n, required=True))
     return n
 
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     """The ``--threads N`` option of every command line."""
-    parser.add_argument("--threads", type=_positive_int, metavar="N",
-                        help="torch CPU threads (default: the CPUs this process may use, from its CPU affinity and "
-                             "cgroup CPU quota, or OMP_NUM_THREADS when set)")
+    OPTIONS["threads"].add_to(parser)
 
 
 def _env_threads() -> int | None:
     """``OMP_NUM_THREADS`` as a positive integer up to :data:`MAX_THREADS`, None when unset or not one."""
     value = os.environ.get("OMP_NUM_THREADS", "")
     return int(value) if value.isdigit() and 0 < int(value) <= MAX_THREADS else None
-
-
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= MAX_THREADS:
-        raise argparse.ArgumentTypeError(f"must be a positive integer up to {MAX_THREADS}, got {text!r}")
-    return int(text)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .cancel import checkpoint
 from .diffusion.samplers import EpsFn
 from .model.protocol import SamplingModel
 
@@ -94,6 +95,7 @@ def tiled_eps(model: SamplingModel, cond: torch.Tensor, p: torch.Tensor, plan: T
 
     cached, used = {}, 0
     for i in range(len(plan.tiles)):
+        checkpoint()
         c = tile_condition(i)
         size = c.nbytes()
         if used + size > cache_bytes:
@@ -103,6 +105,7 @@ def tiled_eps(model: SamplingModel, cond: torch.Tensor, p: torch.Tensor, plan: T
     def eps_fn(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         acc = torch.zeros_like(x)
         for i, ((t, l, h, w), wgt) in enumerate(zip(plan.tiles, weights)):
+            checkpoint()
             c = cached[i] if i in cached else tile_condition(i)
             acc[:, :, t:t + h, l:l + w] += denoise(x[:, :, t:t + h, l:l + w], c, g) * wgt
         return acc / total

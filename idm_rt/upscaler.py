@@ -4,8 +4,6 @@ sample (tiled when large), convert back."""
 from __future__ import annotations
 
 import inspect
-import math
-import numbers
 import os
 from collections import defaultdict
 from collections.abc import Sequence
@@ -16,12 +14,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from . import sizes
 from .backends import BACKENDS, DEFAULT_DEVICES, load_runner
 from .backends.base import parse_device
 from .backends.engine_dir import BACKEND_PRECISIONS, MANIFEST_NAME, default_precision, read_manifest
 from .checkpoints import load_model
 from .images import ImageLike, from_tensor, resize_alpha, split_inputs, to_tensor
 from .model.protocol import SamplingModel
+from .options import OPTIONS, check
 from .pipeline import super_resolve
 from .sampling import SamplingSettings
 from .tiling import CACHE_BYTES
@@ -57,7 +57,8 @@ class Upscaler:
     """
 
     def __init__(self, model: SamplingModel, device: str | torch.device = "cpu",
-                 sampling: SamplingSettings | None = None, tile: int | None = None, max_pixels: int = 64_000_000,
+                 sampling: SamplingSettings | None = None, tile: int | None = None,
+                 max_pixels: int = OPTIONS["max_pixels"].default,
                  precision: str = "fp32", cuda_graphs: bool | None = None, compile: bool = False,
                  max_memory: int | None = None, **settings: Any):
         self.device = parse_device(device)
@@ -75,12 +76,9 @@ class Upscaler:
             raise TypeError(f"model must be an idm_rt.IDM (load_model) or an engine runner, got {type(model).__name__}")
         if sampling is not None and not isinstance(sampling, SamplingSettings):
             raise TypeError(f"sampling must be a SamplingSettings, got {type(sampling).__name__}")
-        if not isinstance(max_pixels, numbers.Integral) or isinstance(max_pixels, bool) or max_pixels < 1:
-            raise ValueError(f"max_pixels must be a positive integer, got {max_pixels!r}")  # NaN: no limit at all
-        if max_memory is not None and (not isinstance(max_memory, numbers.Integral) or isinstance(max_memory, bool)
-                                       or max_memory < 2**20):
-            raise ValueError(f"max_memory must be an integer number of bytes, at least 1 MiB (2**20), got "
-                             f"{max_memory!r}")
+        check("max_pixels", max_pixels)  # (NaN would be no limit at all)
+        check("max_memory", max_memory)
+        check("tile", tile)
         self.sampling = (sampling or SamplingSettings()).replace(**settings).check_for(model.config)
         self.model = model.prepare(self.device)
         self.tile, self.max_pixels, self.max_memory = tile, max_pixels, max_memory
@@ -194,41 +192,15 @@ class Upscaler:
 
     def output_size(self, height: int, width: int, scale: float | None = None,
                     size: tuple[int, int] | None = None) -> tuple[int, int]:
-        """(H, W) of the output: ``round(h * s) x round(w * s)``, or ``size`` given as (width, height)."""
-        if (scale is None) == (size is None):
-            raise ValueError("give exactly one of scale or size")
-        if scale is not None:
-            s = _as_float(scale)
-            if not math.isfinite(s) or s <= 1:
-                raise ValueError(f"scale must be a finite number > 1, got {scale!r}")
-            if not math.isfinite(height * s * width):  # round() of inf would raise OverflowError
-                raise ValueError(f"scale {scale} gives an output far above the limit of {self.max_pixels} pixels")
-            out = (round(height * s), round(width * s))
-            if out == (height, width):
-                raise ValueError(f"scale {scale} is too small to change the size of a {width}x{height} image")
-        else:
-            out = _size_hw(size)
-            if out[0] < height or out[1] < width or out == (height, width):
-                raise ValueError(f"size {size[0]}x{size[1]} must be larger than the input {width}x{height}")
-        self._check_pixels(out, scale)
-        return out
+        """(H, W) of the output: ``round(h * s) x round(w * s)``, or ``size`` given as (width, height)
+        (:func:`idm_rt.sizes.output_size`, with this Upscaler's ``max_pixels``)."""
+        return sizes.output_size(height, width, scale, size, self.max_pixels)
 
     def check_output_pixels(self, height: int, width: int, scale: float | None = None,
                             size: tuple[int, int] | None = None) -> None:
-        """ValueError when the output for an input of this size would be above ``max_pixels``. The count is
-        the same whichever way up the input is, so this can run on a file's stored size before it is decoded
-        and turned by its EXIF orientation (:meth:`output_size` checks the rest afterwards)."""
-        if scale is not None and size is None:
-            self.output_size(height, width, scale)
-        elif scale is None and size is not None:
-            self._check_pixels(_size_hw(size), None)
-
-    def _check_pixels(self, out: tuple[int, int], scale: float | None) -> None:
-        if scale is not None and out[0] * out[1] > 1000 * self.max_pixels:  # not worth a hundred-digit number
-            raise ValueError(f"scale {scale} gives an output far above the limit of {self.max_pixels} pixels")
-        if out[0] * out[1] > self.max_pixels:
-            raise ValueError(f"output {out[1]}x{out[0]} has {out[0] * out[1]} pixels, above the limit of "
-                             f"{self.max_pixels} (raise max_pixels to allow it)")
+        """ValueError when the output for an input of this size would be above ``max_pixels``; it can run on a
+        file's stored size, before it is decoded (:func:`idm_rt.sizes.check_output_pixels`)."""
+        sizes.check_output_pixels(height, width, scale, size, self.max_pixels)
 
     def upscale(self, image: ImageLike | Sequence[ImageLike], scale: float | None = None,
                 size: tuple[int, int] | None = None, steps: int | None = None, sampler: str | None = None,
@@ -267,8 +239,7 @@ class Upscaler:
         settings = self.sampling.replace(sampler=sampler, steps=steps, init=init, init_level=init_level,
                                          back_projection=back_projection, eta=eta).check_for(self.model.config)
         tile = self.tile if tile is None else tile
-        if tile is not None and (not isinstance(tile, numbers.Integral) or isinstance(tile, bool) or tile < 0):
-            raise ValueError(f"tile must be an integer >= 0 (0: no tiling), got {tile!r}")
+        check("tile", tile)
         images, pack = split_inputs(image)
         if not images:
             raise ValueError("no image given")
@@ -307,14 +278,6 @@ class Upscaler:
         return pack(results)
 
 
-def _size_hw(size: Any) -> tuple[int, int]:
-    """An output ``size`` given as (width, height) integers, as (H, W); ValueError for anything else."""
-    if not isinstance(size, (tuple, list)) or len(size) != 2 or any(
-            not isinstance(v, numbers.Integral) or isinstance(v, bool) for v in size):
-        raise ValueError(f"size must be (width, height) integers, got {size!r}")
-    return int(size[1]), int(size[0])
-
-
 def _declared_size(image: Any) -> tuple[int, int]:
     """(height, width) an image declares, read without decoding or converting it; (0, 0) when it declares
     none that :func:`~idm_rt.images.to_tensor` would accept (it then says what is wrong)."""
@@ -328,16 +291,6 @@ def _declared_size(image: Any) -> tuple[int, int]:
     return 0, 0
 
 
-def _as_float(value: Any) -> float:
-    """A real number as a float (inf when too large for one, as ints and fractions can be); NaN for others."""
-    if not isinstance(value, numbers.Real):
-        return math.nan
-    try:
-        return float(value)
-    except OverflowError:
-        return math.inf
-
-
 def seed_list(seed: int | Sequence[int] | None, n: int) -> list[int] | None:
     """``seed`` as one int per image (None: unseeded), each checked."""
     if seed is None:
@@ -346,8 +299,7 @@ def seed_list(seed: int | Sequence[int] | None, n: int) -> list[int] | None:
     if many and len(seed) != n:
         raise ValueError(f"seed lists need one seed per image: got {len(seed)} seeds for {n} image(s)")
     for s in seed if many else [seed]:
-        if not isinstance(s, numbers.Integral) or isinstance(s, bool) or not 0 <= s < 2**63:
-            raise ValueError(f"seed must be an integer in [0, 2**63), got {s!r}")
+        check("seed", s, required=True)
     return [int(s) for s in seed] if many else [int(seed)] * n
 
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import idm_rt
-from idm_rt.backprojection import back_project, back_projected, check_passes
+from idm_rt.backprojection import back_project, back_projected
 from idm_rt.resize import downscale
+from idm_rt.sampling import SamplingSettings
 
 
 def lr_error(x0: torch.Tensor, lr: torch.Tensor) -> float:
@@ -50,10 +51,10 @@ def test_the_corrected_noise_implies_a_consistent_estimate():
     assert lr_error(after, lr) < 0.05 * lr_error(before, lr)
 
 
-@pytest.mark.parametrize("bad", [-1, 1.5, True, "2"])
+@pytest.mark.parametrize("bad", [-1, 101, 1.5, True, "2", None])
 def test_bad_pass_counts_are_named(bad):
-    with pytest.raises(ValueError, match="back_projection must be an integer in 0..100"):
-        check_passes(bad)
+    with pytest.raises(ValueError, match=r"back_projection must be an integer in \[0, 100\]"):
+        SamplingSettings(back_projection=bad)
 
 
 def test_upscaler_outputs_downscale_to_their_input(tiny_model):
@@ -101,7 +102,7 @@ def test_cli_flag_rejects_negative_counts(capsys):
     assert args.back_projection == 3
     with pytest.raises(SystemExit):
         build_parser().parse_args(["upscale", "a.png", "-o", "b.png", "--scale", "2", "--back-projection", "-1"])
-    assert "must be an integer in 0..100" in capsys.readouterr().err
+    assert "must be an integer in [0, 100]" in capsys.readouterr().err
 
 
 def test_the_count_s_old_name_in_a_stored_recommendation_is_read():

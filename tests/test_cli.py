@@ -86,12 +86,14 @@ def test_overwrite_never_replaces_an_input(setup, capsys):
 
 
 def test_memory_sizes_take_the_usual_units():
-    from idm_rt.cli import _bytes
+    from idm_rt.options import OPTIONS
 
-    assert _bytes("1G") == _bytes("1GiB") == _bytes("1Gi") == 2**30 and _bytes("500MB") == 500 * 10**6
-    assert _bytes("2048m") == _bytes("2048Mi") == 2**31
-    with pytest.raises(argparse.ArgumentTypeError):
-        _bytes("1_000M")  # a digit separator, as a typo makes it
+    size = OPTIONS["max_memory"].from_text
+    assert size("1G") == size("1GiB") == size("1Gi") == 2**30 and size("500MB") == 500 * 10**6
+    assert size("2048m") == size("2048Mi") == 2**31
+    for bad in ("1_000M", "0x10M", "1K", "2PiB", "lots"):  # a digit separator, as a typo makes it; out of range
+        with pytest.raises(argparse.ArgumentTypeError, match="a number of bytes from 1 MiB"):
+            size(bad)
 
 
 @pytest.mark.slow

@@ -31,7 +31,7 @@ def test_evaluate_cli_writes_a_table_and_json(tmp_path, tiny_model, capsys):
     assert (tmp_path / "grids" / "x2" / "img0_grid.png").exists()
     base = ["--model", str(tmp_path / "m"), "--data", str(tmp_path / "data")]
     for bad, message in ((["--scales", "1"], "scales must be"), (["--scales", "nan"], "scales must be"),
-                         (["--steps", "-1"], "steps must be an integer in 1..2000"),
+                         (["--steps", "-1"], "steps must be an integer in [1, 2000]"),
                          (["--init", "bicubic", "--init-level", "2"], "init_level"),
                          (["--tile", "5"], "--tile must be"),
                          (["--scales", "8", "--crop", "16"], "no image is large enough")):

@@ -102,7 +102,7 @@ def test_one_tile_changes_nothing(up):
     (dict(scale=2, size=(20, 20)), "exactly one of scale or size"),
     (dict(size=(5, 20)), "must be larger than the input"),
     (dict(scale=2, sampler="euler"), "unknown sampler"),
-    (dict(scale=2, steps=0), "steps must be an integer in 1..2000"),
+    (dict(scale=2, steps=0), r"steps must be an integer in \[1, 2000\]"),
     (dict(scale=2, tile=6), "tile must be at least"),
     (dict(scale=2, eta=1.5), r"eta must be a number in \[0, 1\]"),
     (dict(scale=2, eta="0.5"), r"eta must be a number in \[0, 1\]"),
@@ -112,9 +112,9 @@ def test_one_tile_changes_nothing(up):
     (dict(scale=2, init="bicubic", init_level="0.5"), r"init_level must be a number in \(0, 1\)"),
     (dict(scale=2, tile="16"), "tile must be an integer"),
     (dict(size={20, 21}), r"size must be \(width, height\)"),
-    (dict(scale=2, steps=True), "steps must be an integer in 1..2000"),
-    (dict(scale=2, steps=10**9), "steps must be an integer in 1..2000"),
-    (dict(scale=2, back_projection=10**9), "back_projection must be an integer in 0..100"),
+    (dict(scale=2, steps=True), r"steps must be an integer in \[1, 2000\]"),
+    (dict(scale=2, steps=10**9), r"steps must be an integer in \[1, 2000\]"),
+    (dict(scale=2, back_projection=10**9), r"back_projection must be an integer in \[0, 100\]"),
     (dict(scale=2, sampler="ddpm", steps=1500, init="bicubic", init_level=0.9), r"ddpm steps must be in 1\.\.\d+"),
     (dict(scale=1.01), "too small to change the size"),
 ])
@@ -158,7 +158,7 @@ def test_too_large_an_output_is_refused_before_a_lazy_image_is_decoded(tiny_mode
 
 @pytest.mark.parametrize("value", [4e9, 2**19, True, "4G"])
 def test_max_memory_must_be_whole_bytes(tiny_model, value):
-    with pytest.raises(ValueError, match="max_memory must be an integer number of bytes, at least 1 MiB"):
+    with pytest.raises(ValueError, match=r"max_memory must be a number of bytes from 1 MiB \(2\*\*20\)"):
         idm_rt.Upscaler(tiny_model, max_memory=value)
 
 
@@ -253,7 +253,7 @@ def test_numpy_integers_are_accepted_for_steps_and_seed(up):
 
 @pytest.mark.parametrize("defaults, message", [
     ({"sampler": "euler", "steps": 3}, "unknown sampler 'euler'"),
-    ({"steps": 10**9}, "steps must be an integer in 1..2000"),
+    ({"steps": 10**9}, r"steps must be an integer in \[1, 2000\]"),
     ({"device": "cuda", "max_pixels": 10**12}, r"unknown keys \['device', 'max_pixels'\]"),  # not Upscaler options
     (["dpmpp_2m"], "must be a JSON object"),
 ])

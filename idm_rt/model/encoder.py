@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..cancel import checkpoint
 from ..resize import upscale
 from .implicit import nearest_query
 
@@ -109,6 +110,7 @@ def stitched(compute: Callable[[slice, slice], torch.Tensor], height: int, width
     out = None
     for r0, r1, lo, hi in spans(height):
         for c0, c1, clo, chi in spans(width):
+            checkpoint()  # a part is the unit of work a cancelled request still finishes
             y = compute(slice(lo, hi), slice(clo, chi))
             if out is None:
                 out = y.new_empty(y.shape[0], y.shape[1], height, width)
@@ -117,12 +119,13 @@ def stitched(compute: Callable[[slice, slice], torch.Tensor], height: int, width
 
 
 def features_in_tiles(features: Callable[[torch.Tensor], torch.Tensor], lr: torch.Tensor, radius: int,
-                      size: int = FEATURE_TILE) -> torch.Tensor:
+                      size: int | None = None) -> torch.Tensor:
     """``features(lr)`` (the torch method, or an engine graph of it) over LR tiles of ``size`` x ``size``,
     each computed with ``radius`` more pixels around it (the features' receptive field, so that the
     convolutions' zero padding never reaches what is kept): the same numbers as one pass, memory
     bounded by the tile."""
     h, w = lr.shape[-2:]
+    size = size or FEATURE_TILE
     if (h <= size and w <= size) or not (h and w):  # one tile (or an empty image): one call
         return features(lr)
     return stitched(lambda r, c: features(lr[:, :, r, c]), h, w, size, radius)
