@@ -371,12 +371,17 @@ def test_a_bad_seed_or_tile_is_said_once_before_any_image(setup, capsys):
     from idm_rt.cli import main
 
     tmp, src = setup
-    for option, message in ((["--seed", "-1"], "seed must be an integer in [0, 2**63)"),
-                            (["--tile", "-8"], "--tile must be >= 0"), (["--tile", "1"], "tile must be at least")):
-        assert main(["upscale", str(src / "a.png"), str(src / "sub" / "c.png"), "-o", str(tmp / "out"), "--scale",
-                     "2", "--model", str(tmp / "model"), *option]) == 1
+    common = ["upscale", str(src / "a.png"), str(src / "sub" / "c.png"), "-o", str(tmp / "out"), "--scale", "2",
+              "--model", str(tmp / "model")]
+    for option, message in ((["--seed", "-1"], "--seed: must be an integer in [0, 2**63), got '-1'"),
+                            (["--tile", "-8"], "--tile: must be an integer >= 0, got '-8'")):
+        with pytest.raises(SystemExit) as exit_:  # argument errors
+            main([*common, *option])
         err = capsys.readouterr().err
-        assert err.count(message) == 1 and "input(s) failed" not in err, err
+        assert exit_.value.code == 2 and err.count(message) == 1, err
+    assert main([*common, "--tile", "1"]) == 1  # too small for this model: said once, before any image
+    err = capsys.readouterr().err
+    assert err.count("tile must be at least") == 1 and "input(s) failed" not in err, err
     assert not (tmp / "out").exists()
 
 
