@@ -4,9 +4,9 @@ images and save it as JSON, with the command, the data and the counts it was mad
 Patches tile each image side by side. ``--threshold T`` keeps, as the paper does (T = 0.75), only each
 image's sharpest patches: those whose sharpness (the sum of the local deviation sigma over the patch)
 exceeds T times the image's sharpest patch's. The bundled model keeps every patch that is not flat
-(T = 0): fitted on the sharpest only, it takes the busiest texture for natural, and noise added to a
-smooth image for naturalness (``benchmarks/results/niqe_variants.md``). The last ``--holdout`` images by
-path are left out, the rule the trainer holds out its validation images by.
+(T = 0): fitted on the sharpest only, it more often scored band-limited noise added to the model's smooth
+HR estimate as more natural than the estimate (``benchmarks/results/niqe_variants.md``). The last
+``--holdout`` images by path are left out, the rule the trainer holds out its validation images by.
 
 Example (the bundled model, ``training/niqe_model.json``):
   python -m idm_rt.training.niqe_fit --data ../shared/datasets --out training/niqe_model.json
