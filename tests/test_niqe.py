@@ -126,6 +126,8 @@ def test_niqe_fit_writes_a_model_from_a_folder_and_replaces_only_its_own(tmp_pat
                          (["--patch", "30"], "--patch must be a multiple of 4"),
                          (["--threshold", "0.99"], "too few for a 36-dimensional covariance"),
                          (["--threshold", "1"], "--threshold must be in"),
+                         (["--out", str(tmp_path / "mine.json" / "m.json")], "lies under a file"),
+                         (["--out", str(tmp_path)], "is a folder"),
                          (["--patch", "256"], "no usable training image")):
         assert niqe_fit.main([*args, *bad]) == 2
         assert message in capsys.readouterr().err

@@ -72,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--threshold must be in [0, 1), got {args.threshold}")
         if args.holdout < 0:
             raise ValueError(f"--holdout must be >= 0, got {args.holdout}")
-        if args.out.is_dir():
-            raise ValueError(f"--out {args.out} is a folder")
+        if args.out.is_dir() or any(p.exists() and not p.is_dir() for p in args.out.parents):
+            raise ValueError(f"--out {args.out} is a folder, or lies under a file")
         if args.out.exists() and not _is_model(args.out):
             raise ValueError(f"--out {args.out} exists and is not a NIQE model this command wrote; not replacing it")
         scan = scan_folder(args.data, min_size=args.patch)
