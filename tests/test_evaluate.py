@@ -28,6 +28,11 @@ def test_evaluate_cli_writes_a_table_and_json(tmp_path, tiny_model, capsys):
     assert "skipped tiny: 8x8 is too small to evaluate at 2x" in captured.err and "broken.jpg" in captured.err
     rows = json.loads((tmp_path / "r.json").read_text())["rows"]
     assert [r["scale"] for r in rows] == [2.0, 3.0] and all(r["images"] == 2 for r in rows)
+    assert "| detail ours |" in table and "| NIQE HR |" in table
+    for r in rows:  # 24 px crops: detail measured, NIQE (96 px patches) not, said so, and JSON's null
+        assert 0 <= r["detail_corr_bic"] <= r["detail_bic"] and 0 <= r["detail_corr"] <= r["detail"]
+        assert r["niqe"] is None and r["niqe_bic"] is None and r["niqe_hr"] is None
+    assert "NIQE not measured on img0, img1: smaller than its 96x96 patch" in captured.err
     assert (tmp_path / "grids" / "x2" / "img0_grid.png").exists()
     base = ["--model", str(tmp_path / "m"), "--data", str(tmp_path / "data")]
     for bad, message in ((["--scales", "1"], "scales must be"), (["--scales", "nan"], "scales must be"),
@@ -45,3 +50,26 @@ def test_evaluate_skips_images_an_integer_scale_crops_below_the_ssim_window(tmp_
     images = [("a", torch.zeros(3, 19, 19, dtype=torch.uint8)), ("b", torch.zeros(3, 20, 20, dtype=torch.uint8))]
     assert [n for n, _ in large_enough(images, [4])] == ["b"]  # 19 -> 16 - 2 x 4 = 8 < 11; 20 -> 12
     assert "skipped a: 19x19 is too small to evaluate at 4x" in capsys.readouterr().err
+
+
+def test_evaluate_reports_median_detail_and_niqe_of_ours_bicubic_and_the_hr(tiny_model):
+    """Each row's detail fractions and NIQE are the medians of the per-image values, measured on the 8-bit images."""
+    import numpy as np
+
+    from idm_rt.sampling import SamplingSettings
+    from idm_rt.training.evaluate import detail_and_naturalness, evaluate
+    from idm_rt.training.metrics import bicubic, make_pair
+    from idm_rt.training.niqe import FEATURES, NIQEModel
+
+    niqe = NIQEModel(np.zeros(FEATURES), np.eye(FEATURES), patch=8)
+    gen = torch.Generator().manual_seed(0)
+    images = [(f"i{k}", (torch.rand(3, 32, 32, generator=gen) * 255).to(torch.uint8)) for k in range(3)]
+    (row,) = evaluate(tiny_model, images, [2.0], SamplingSettings(steps=1), niqe=niqe)
+    want = []
+    for _, img in images:
+        hr, lr = make_pair(img, 2.0)
+        want.append(detail_and_naturalness(bicubic(lr, tuple(hr.shape[-2:])), hr, 2.0, niqe))
+        assert detail_and_naturalness(hr, hr, 2.0, niqe)["detail"] == pytest.approx(1.0)
+    for key in ("detail", "detail_corr", "niqe"):
+        assert row[key + "_bic"] == pytest.approx(np.median([w[key] for w in want]))
+    assert row["niqe_hr"] > 0 and row["niqe"] > 0 and row["detail"] >= row["detail_corr"] >= 0

@@ -22,7 +22,8 @@ def test_the_wheel_holds_no_top_level_module_but_idm_rt(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names}
     assert {t for t in tops if not t.endswith(".dist-info")} == {"idm_rt"}
-    for sub in ("training/train.py", "export/builder.py", "kernels/triton_implicit.py", "training/recipes/"):
+    for sub in ("training/train.py", "export/builder.py", "kernels/triton_implicit.py", "training/recipes/",
+                "training/niqe_model.json"):
         assert any(n.startswith(f"idm_rt/{sub}") for n in names), sub
     assert "idm_rt/weights/default/model.safetensors" in names
 

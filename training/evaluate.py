@@ -1,5 +1,7 @@
 """``python -m idm_rt.training.evaluate``: PSNR/SSIM (Y, border cropped) and Consistency of a model against
-bicubic, per scale, as a Markdown table and JSON.
+bicubic, per scale (means over the images); and the fine detail beyond the LR's band that the outputs hold
+(:func:`~.metrics.detail_fractions`: all of it, and the part correlated with the HR) and their naturalness
+(NIQE, :mod:`.niqe`, lower is more natural; the HR's too), medians over the images; as Markdown tables and JSON.
 
 Examples:
   python -m idm_rt.training.evaluate --data skimage --scales 2,3,4,6,8 --crop 192
@@ -27,7 +29,8 @@ from idm_rt.sampling import SamplingSettings
 from idm_rt.threads import add_threads_argument, configure_threads
 
 from .data import center_crop, load_rgb, scan_folder
-from .metrics import as_saved, bicubic, make_pair, measure, protocol_side
+from .metrics import as_saved, bicubic, detail_fractions, make_pair, measure, protocol_side
+from .niqe import NIQEModel
 from .visual import save_grid
 
 # scikit-image's bundled natural photos (public domain / CC0): a public held-out check.
@@ -70,16 +73,37 @@ def large_enough(images: list[tuple[str, torch.Tensor]], scales: list[float]) ->
     return kept
 
 
+MEANS = ("psnr", "ssim", "cons")  # averaged over the images, as SR papers do
+MEDIANS = ("detail", "detail_corr", "niqe")  # medians: a crop with almost no HR detail makes a wild ratio
+
+
+def detail_and_naturalness(out: torch.Tensor, hr: torch.Tensor, s: float, niqe: NIQEModel) -> dict[str, float]:
+    """:func:`~.metrics.detail_fractions` (border ceil(s), as PSNR) and NIQE (NaN below one NIQE patch) of an
+    output (1, 3, H, W) in [-1, 1], rounded to 8 bits as it would be saved."""
+    out = as_saved(out)
+    small = min(out.shape[-2:]) < niqe.patch
+    return {**detail_fractions(out, as_saved(hr), s, math.ceil(s)),
+            "niqe": float("nan") if small else niqe.score(out)}
+
+
 def evaluate(model: idm_rt.IDM, images: list[tuple[str, torch.Tensor]], scales: list[float],
              settings: SamplingSettings, seed: int = 0, save_dir: Path | None = None, device: str = "cpu",
-             tile: int | None = None, outputs: dict | None = None) -> list[dict]:
-    """Per scale: mean PSNR(Y), SSIM(Y) and Consistency (x1e-5) of ours and of bicubic. ``outputs``, when
-    given, receives each of our 8-bit images ((3, H, W) in [0, 1]) by (scale, name), to compare models."""
+             tile: int | None = None, outputs: dict | None = None, niqe: NIQEModel | None = None) -> list[dict]:
+    """Per scale, of ours and of bicubic: mean PSNR(Y), SSIM(Y) and Consistency (x1e-5); median detail
+    fractions and NIQE (``niqe``: the bundled pristine model by default), and the HR's median NIQE (None
+    where no image is one NIQE patch large). ``outputs``, when given, receives each of our 8-bit images
+    ((3, H, W) in [0, 1]) by (scale, name), to compare models."""
+    niqe = niqe or NIQEModel.load()
+    small = [n for n, im in images if min(im.shape[-2:]) < niqe.patch]
+    if small:
+        print(f"NIQE not measured on {', '.join(small)}: smaller than its {niqe.patch}x{niqe.patch} patch",
+              file=sys.stderr)
     rows = []
     total = len(scales) * len(images)
     bar = tqdm(total=total, desc="evaluate", unit="img")
     for s in scales:
-        acc: dict[str, list[float]] = {k: [] for k in ("psnr", "ssim", "cons", "psnr_bic", "ssim_bic", "cons_bic")}
+        acc: dict[str, list[float]] = {k + key: [] for k in MEANS + MEDIANS for key in ("", "_bic")}
+        acc["niqe_hr"] = []
         for name, img in images:
             hr, lr = make_pair(img, s, device)
             size = tuple(hr.shape[-2:])
@@ -89,24 +113,48 @@ def evaluate(model: idm_rt.IDM, images: list[tuple[str, torch.Tensor]], scales: 
             if outputs is not None:
                 outputs[s, name] = as_saved(sr)
             for key, out in (("", sr), ("_bic", bic)):
-                for metric, value in measure(out, hr, lr, s).items():
+                for metric, value in {**measure(out, hr, lr, s), **detail_and_naturalness(out, hr, s, niqe)}.items():
                     acc[metric + key].append(value)
+            acc["niqe_hr"].append(detail_and_naturalness(hr, hr, s, niqe)["niqe"])
             if save_dir is not None:
                 save_grid([[(t[0].cpu() + 1) / 2 for t in (bic, sr, hr)]], save_dir / f"x{s:g}" / f"{name}_grid.png")
             bar.update(1)
-        rows.append({"scale": s, **{k: float(np.nanmean(v)) for k, v in acc.items()}, "images": len(images)})
+        rows.append({"scale": s, **{k: _summary(k, v) for k, v in acc.items()}, "images": len(images)})
     bar.close()
     return rows
 
 
+def _summary(key: str, values: list[float]) -> float | None:
+    """The mean or the median (:data:`MEANS`, :data:`MEDIANS`) of the images' values, NaN ones left out; None
+    (JSON's null) when every one is NaN."""
+    finite = [v for v in values if not math.isnan(v)]
+    if not finite:
+        return None
+    return float(np.mean(finite) if key.split("_")[0] in MEANS else np.median(finite))
+
+
+def _cell(value: float | None, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
 def markdown(rows: list[dict], title: str) -> str:
+    """Two tables: the fidelity measures (means), then fine detail and naturalness (medians)."""
     lines = [f"**{title}**", "",
              "| scale | PSNR(Y) ours | PSNR(Y) bicubic | SSIM(Y) ours | SSIM(Y) bicubic | Consistency ours (x1e-5) "
              "| Consistency bicubic (x1e-5) |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['scale']:g}x | {r['psnr']:.2f} | {r['psnr_bic']:.2f} | {r['ssim']:.4f} | "
-                     f"{r['ssim_bic']:.4f} | {r['cons']:.2f} | {r['cons_bic']:.2f} |")
+        lines.append(f"| {r['scale']:g}x | {_cell(r['psnr'], 2)} | {_cell(r['psnr_bic'], 2)} | {_cell(r['ssim'], 4)} "
+                     f"| {_cell(r['ssim_bic'], 4)} | {_cell(r['cons'], 2)} | {_cell(r['cons_bic'], 2)} |")
+    lines += ["", "Fine detail (fractions of the HR's energy beyond the LR's band: all of it, and only what is "
+              "correlated with the HR) and naturalness (NIQE, lower is more natural), medians over the images:", "",
+              "| scale | detail ours | detail bicubic | correlated detail ours | correlated detail bicubic "
+              "| NIQE ours | NIQE bicubic | NIQE HR |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['scale']:g}x | {_cell(r['detail'], 3)} | {_cell(r['detail_bic'], 3)} "
+                     f"| {_cell(r['detail_corr'], 3)} | {_cell(r['detail_corr_bic'], 3)} | {_cell(r['niqe'], 2)} "
+                     f"| {_cell(r['niqe_bic'], 2)} | {_cell(r['niqe_hr'], 2)} |")
     return "\n".join(lines) + "\n"
 
 

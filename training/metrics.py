@@ -1,7 +1,7 @@
 """Image-quality metrics as SR papers report them: PSNR and SSIM on the Y channel with a border
-crop, and IDM's Consistency (MSE between the LR input and the bicubic-downscaled output); and the one
-protocol that the evaluation tables and the trainer's validation both measure with (:func:`make_pair`,
-:func:`measure`)."""
+crop, and IDM's Consistency (MSE between the LR input and the bicubic-downscaled output); the fine
+detail an output holds beyond what the LR can (:func:`detail_fractions`); and the one protocol that the
+evaluation tables and the trainer's validation both measure with (:func:`make_pair`, :func:`measure`)."""
 
 from __future__ import annotations
 
@@ -58,6 +58,57 @@ def lr_consistency(out: torch.Tensor, lr: torch.Tensor) -> float:
     (IDM Table 2 reports it x1e-5)."""
     down = (downscale(out[None].double() * 2 - 1, tuple(lr.shape[-2:])) + 1) / 2
     return F.mse_loss(down[0], lr.double()).item()
+
+
+DETAIL_RINGS = 8  # annuli of the correlated detail fraction; each holds >= ~1000 frequencies of a 176 px crop
+
+
+def _spectrum(y: torch.Tensor) -> torch.Tensor:
+    """2D DFT of a (H, W) image after subtracting its window-weighted mean and multiplying by a separable
+    symmetric Hann window (w(i) = 0.5 - 0.5 cos(2 pi i / (n - 1)), zero on the edges): the crop's edges
+    then add no broadband energy of their own, and the windowed image has no DC term."""
+    h, w = y.shape
+    win = torch.outer(torch.hann_window(h, periodic=False, dtype=y.dtype), torch.hann_window(w, periodic=False,
+                                                                                             dtype=y.dtype))
+    return torch.fft.fft2((y - (win * y).sum() / win.sum()) * win)
+
+
+def detail_band(shape: tuple[int, int], s: float) -> torch.Tensor:
+    """Each DFT frequency's normalised radius r = |f| / 0.5, f in cycles per pixel along each axis (so a
+    non-square crop keeps r = 1 at Nyquist on both axes, and one r the same frequency on both), where it lies
+    in the band the LR of scale ``s`` cannot hold, 1/s <= r <= 1; NaN elsewhere (the corners beyond Nyquist
+    and the LR's disc)."""
+    fy = torch.fft.fftfreq(shape[0], dtype=torch.float64)[:, None]
+    fx = torch.fft.fftfreq(shape[1], dtype=torch.float64)[None, :]
+    r = torch.hypot(fy, fx) / 0.5
+    return torch.where((r >= 1 / s) & (r <= 1), r, torch.nan)
+
+
+def detail_fractions(out: torch.Tensor, hr: torch.Tensor, s: float, border: int = 0) -> dict[str, float]:
+    """How much of the HR's fine detail an output holds, on Y of RGB images (3, H, W) in [0, 1] with
+    ``border`` pixels cut; both NaN when the HR has no energy in the band (below 1e-15 per pixel, round-off).
+
+    ``detail``: the output's energy in the band 1/s <= r <= 1 (:func:`detail_band`, spectra as
+    :func:`_spectrum` makes them) as a fraction of the HR's. Any energy counts, noise included.
+    ``detail_corr``: only the part of the output's band that lies along the HR's: in each of
+    :data:`DETAIL_RINGS` annuli of equal width over the band, the energy of the projection of the output's
+    spectrum onto the HR's, max(0, Re<O, H>)^2 / |H|^2, summed over the annuli as a fraction of the HR's band
+    energy. Noise independent of the HR adds about 1/(2 n) of its energy for n frequencies per annulus; a
+    filtered HR counts (almost) fully, the annuli following its frequency response. It is at most ``detail``
+    (Cauchy-Schwarz) and exceeds 1 only when the HR's own detail is amplified (over-sharpening)."""
+    o, h = (_spectrum(_crop(rgb_to_y(t.double()), border)) for t in (out, hr))
+    r = detail_band(tuple(h.shape), s)
+    inside = ~r.isnan()
+    e_hr = (h.abs() ** 2)[inside]
+    total = e_hr.sum().item()
+    if total <= 1e-15 * h.numel() ** 2:  # Parseval: the band's power per pixel is the sum / pixels^2
+        return {"detail": float("nan"), "detail_corr": float("nan")}
+    ring = ((r[inside] - 1 / s) / (1 - 1 / s) * DETAIL_RINGS).long().clamp(max=DETAIL_RINGS - 1)
+    cross = torch.zeros(DETAIL_RINGS, dtype=torch.float64).index_add_(0, ring, (o * h.conj()).real[inside])
+    energy = torch.zeros(DETAIL_RINGS, dtype=torch.float64).index_add_(0, ring, e_hr)
+    held = energy > 0
+    corr = (cross[held].clamp(min=0) ** 2 / energy[held]).sum().item()
+    return {"detail": (o.abs() ** 2)[inside].sum().item() / total, "detail_corr": corr / total}
 
 
 def protocol_side(side: int, s: float) -> int:
