@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from PIL import Image
 
 import idm_rt
 from idm_rt import cgroups, threads
+from idm_rt.backends.onnxruntime import torch_threads
 
 from .helpers import ROOT, TINY_SET, make_folder
 
@@ -144,3 +146,45 @@ def test_evaluate_threads_flag(machine, model, tmp_path):
     machine("cpu.max", "200000 100000\n")
     assert evaluate.main(args) == 0
     assert torch.get_num_threads() == 2
+
+
+def _count_in_a_new_thread() -> int:
+    """torch's thread count as a thread started now sees it (the count torch gives threads it has not met)."""
+    seen = []
+    t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    t.start()
+    t.join()
+    return seen[0]
+
+
+@pytest.mark.parametrize("first_out", ["main", "worker"])
+def test_overlapping_thread_pins_of_several_threads_restore_torchs_count(first_out):
+    """ONNX Runtime runners pin torch's threads while sampling (torch_threads); when two Python threads' pins
+    overlap, each saved what it saw and the last to leave restored the other's pin: torch stayed at 1 thread."""
+    torch.set_num_threads(2)
+    main_in, worker_in, main_out = threading.Event(), threading.Event(), threading.Event()
+    inside = []
+
+    def worker():
+        main_in.wait()
+        with torch_threads(1):
+            inside.append(torch.get_num_threads())
+            worker_in.set()
+            if first_out == "main":
+                main_out.wait()
+        if first_out == "worker":
+            main_out.set()
+
+    t = threading.Thread(target=worker)
+    t.start()
+    with torch_threads(1):
+        inside.append(torch.get_num_threads())
+        main_in.set()
+        worker_in.wait()
+        if first_out == "worker":
+            main_out.wait()
+    if first_out == "main":
+        main_out.set()
+    t.join()
+    assert inside == [1, 1]
+    assert torch.get_num_threads() == 2 and _count_in_a_new_thread() == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import warnings
 
 import numpy as np
@@ -142,12 +143,31 @@ def execution_providers(device: torch.device) -> list:
     return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
 
 
+# torch_threads' shared state: how many blocks are open, and torch's count from before the first of them opened.
+_pin_lock = threading.Lock()
+_pins = 0
+_unpinned = 0
+
+
 @contextlib.contextmanager
 def torch_threads(n: int):
-    """torch's intra-op thread count set to ``n`` inside the block, restored after it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
+    """torch's intra-op thread count set to ``n`` inside the block, and back to what it was outside every
+    such block when the block ends, also when blocks of several Python threads overlap.
+
+    torch keeps the count twice: one value per OS thread (OpenMP's) and one that threads started later
+    begin with; ``torch.set_num_threads`` sets the caller's and the latter. Each thread saving and
+    restoring what it saw would, once blocks overlap, save another block's ``n`` and restore it last,
+    leaving every later thread at ``n``; so the count from before the first open block is kept once,
+    under a lock, and each block restores that one."""
+    global _pins, _unpinned
+    with _pin_lock:
+        if _pins == 0:
+            _unpinned = torch.get_num_threads()
+        _pins += 1
+        torch.set_num_threads(n)
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        with _pin_lock:
+            _pins -= 1
+            torch.set_num_threads(_unpinned)
