@@ -17,7 +17,6 @@ from idm_rt.config import check_max_scale, preset, strict_from_dict
 from idm_rt.sampling import SamplingSettings
 from idm_rt.upscaler import PRECISIONS
 
-
 SCALE_SAMPLINGS = ("uniform", "log")
 
 
