@@ -217,6 +217,10 @@ def _build(model: IDM, options: BuildOptions, log: Callable[[str], None]) -> int
     folder = options.out
     old, old_files = owned_files(folder) if (folder / MANIFEST_NAME).exists() else (None, [])
     ident, missing = backend_identity(options)
+    if missing:  # said before minutes of export, not only after them
+        log(f"TensorRT engines cannot be built on this machine; it lacks: {'; '.join(missing)}. Exporting the ONNX "
+            f"graphs only, for a machine that has them (exit status {EXIT_NEEDS_GPU} at the end); --backend "
+            "onnxruntime builds engines that run here")
     flags = {"opset": OPSET, "conv": options.conv, "command": options.command}
     if options.backend == "tensorrt":
         flags |= {"workspace_mb": options.workspace_mb, "strongly_typed": options.precision == "fp16", "tf32": False}
