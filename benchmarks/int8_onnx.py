@@ -50,6 +50,7 @@ from idm_rt.buckets import Bucket
 from idm_rt.checkpoints import load_model
 from idm_rt.export import quantize
 from idm_rt.export.builder import BuildOptions, build
+from idm_rt.export.int8_check import HR_TOLERANCE_DB, MARGIN_DB
 from idm_rt.fileio import atomic_write
 from idm_rt.sampling import SamplingSettings
 from idm_rt.training.evaluate import evaluate, large_enough, load_images
@@ -59,11 +60,6 @@ from idm_rt.upscaler import DEFAULT_MODEL
 from .common import ORT_SETTLE_S, RESULTS, interleaved, machine
 from .latency_onnx import _session, summarise
 
-# (b) within 0.1 dB of fp32 against HR; (a) a deviation from the fp32 images whose MSE is at most 2.3 % of
-# fp32's MSE against HR, which moves PSNR against HR by at most 0.1 dB when the two are uncorrelated:
-# 10 log10(1 + 10^(-MARGIN/10)) = 0.1 dB.
-HR_TOLERANCE_DB = 0.1
-MARGIN_DB = -10 * math.log10(10 ** (HR_TOLERANCE_DB / 10) - 1)
 ENGINES = {"fp32": ("fp32", "winograd"), "fp32_direct": ("fp32", "direct"), "int8": ("int8", "direct")}
 HELD_OUT_SCALES = (2.0, 4.0, 8.0)
 
@@ -74,21 +70,9 @@ def build_engines(model_path: Path, folder: Path, bucket: Bucket, calibration: s
     for name, (precision, conv) in ENGINES.items():
         out[name] = folder / name
         options = BuildOptions(model_path, out[name], precision, "onnxruntime", [bucket], conv=conv,
-                               calibration=calibration)
+                               calibration=calibration, check_int8=False)  # measured here, at more length
         build(options, lambda line: print(f"  {name}: {line}"))
     return out
-
-
-def held_out_images(source: str, settings: quantize.QuantSettings, count: int = 4) -> tuple[list[torch.Tensor], str]:
-    """(images, what they are) of the calibration source that the int8 build did not calibrate on: the
-    next ``count`` of a folder's seeded draw; synthetic images of other seeds for the sources that
-    have no more (scikit-image's four photos, synthetic)."""
-    folder = quantize.TRAIN_DATA if source == "auto" and quantize.TRAIN_DATA.is_dir() else source
-    if folder in ("auto", "skimage", "synthetic"):
-        return quantize.calibration_images("synthetic", count, settings.seed + 1000)[0], "synthetic, seeds 1000+"
-    images, _ = quantize.calibration_images(folder, settings.images + count, settings.seed)
-    return images[settings.images:], (f"{folder}: images {settings.images + 1}-{settings.images + count} of the "
-                                      f"seeded draw whose first {settings.images} the build calibrates on")
 
 
 def eps_report(session, feeds: list[dict], wants: list[np.ndarray]) -> dict:
@@ -290,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         print("recording U-Net inputs")
         cal_feeds = quantize.record_unet_inputs(model, calibration.images, bucket, settings.scales, sampling,
                                                 settings.seed)
-        held, held_what = held_out_images(args.calibration, settings)
+        held, held_what = quantize.held_out_images(args.calibration, settings, 4)
         feeds = quantize.record_unet_inputs(model, held, bucket, HELD_OUT_SCALES, sampling, settings.seed + 1)
         graphs = {"int8": artifact["int8"], **variants(fp32_onnx, cal_feeds, model.config.levels, args.methods, work)}
         reference = _session(artifact["fp32_direct"], 1)

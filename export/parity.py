@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Collection
 
 import torch
 
@@ -32,11 +33,15 @@ def relative_error(got: list[torch.Tensor], want: list[torch.Tensor]) -> float:
     return (diff / max(ref, 1e-30)) ** 0.5
 
 
-def graph_errors(runner: EngineRunner, model, seed: int = 0) -> list[tuple[str, str, str, float]]:
-    """(graph, precision, batch x size, relative error) for every graph: the static U-Nets at each end
-    of their batch range, the graphs with dynamic sizes at a few sizes no power of two divides."""
+def graph_errors(runner: EngineRunner, model, seed: int = 0,
+                 keys: Collection[str] | None = None) -> list[tuple[str, str, str, float]]:
+    """(graph, precision, batch x size, relative error) for every graph (or those of ``keys``): the static
+    U-Nets at each end of their batch range, the graphs with dynamic sizes at a few sizes no power of two
+    divides."""
     rows = []
     for key, entry in runner.manifest.graphs.items():
+        if keys is not None and key not in keys:
+            continue
         kind, _, name = key.partition("/")
         bucket = next((b for b in runner.buckets if b.name == name), None)
         if kind == "unet":

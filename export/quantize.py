@@ -58,6 +58,9 @@ KEEP_FLOAT = (r"^unet\.input_conv$", r"^unet\.final\.", r"^unet\.up\.{last}\.blo
 TRAIN_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "train"
 # scikit-image's photos that are not the evaluation photos (training.evaluate.SKIMAGE_PHOTOS).
 SKIMAGE_CALIBRATION = ("immunohistochemistry", "hubble_deep_field", "retina", "stereo_motorcycle")
+# Those an int8 engine calibrated on SKIMAGE_CALIBRATION is checked on (export.int8_check): evaluation photos, never
+# calibrated on.
+SKIMAGE_HELD_OUT = ("astronaut", "coffee", "chelsea")
 
 
 @dataclass(frozen=True)
@@ -100,25 +103,26 @@ class QuantSettings:
 # ---------------------------------------------------------------- calibration images and inputs
 
 
+def resolve_source(source: str | Path = "auto") -> str | Path:
+    """``source`` itself, or for "auto": the project's training images when ``../shared`` is beside the
+    checkout, else "skimage" when scikit-image is installed, else "synthetic"."""
+    if source != "auto":
+        return source
+    skimage = importlib.util.find_spec("skimage") is not None
+    return TRAIN_DATA if TRAIN_DATA.is_dir() else "skimage" if skimage else "synthetic"
+
+
 def calibration_images(source: str | Path = "auto", count: int = 4, seed: int = 0) -> tuple[list[torch.Tensor], str]:
     """(``count`` images as (3, H, W) uint8, what they are) from ``source``: a folder of images (drawn
     with ``seed``), "skimage" (:data:`SKIMAGE_CALIBRATION`, needs scikit-image), "synthetic" (seeded
-    smooth fields with sharp edges), or "auto": the project's training images when ``../shared`` is
-    beside the checkout, else scikit-image's photos when it is installed, else synthetic images."""
-    if source == "auto":
-        skimage = importlib.util.find_spec("skimage") is not None
-        source = TRAIN_DATA if TRAIN_DATA.is_dir() else "skimage" if skimage else "synthetic"
+    smooth fields with sharp edges), or "auto" (:func:`resolve_source`)."""
+    source = resolve_source(source)
     if source == "synthetic":
         return [_synthetic(seed + k) for k in range(count)], "synthetic"
     if source == "skimage":
         if count > len(SKIMAGE_CALIBRATION):
             raise ValueError(f"scikit-image has {len(SKIMAGE_CALIBRATION)} calibration photos, {count} asked for")
-        from skimage import data
-
-        photos = [getattr(data, name)() for name in SKIMAGE_CALIBRATION[:count]]
-        photos = [p[0] if isinstance(p, tuple) else p for p in photos]  # stereo_motorcycle: (left, right, disparity)
-        return ([torch.from_numpy(np.ascontiguousarray(p[..., :3])).permute(2, 0, 1) for p in photos],
-                "skimage: " + ", ".join(SKIMAGE_CALIBRATION[:count]))
+        return _skimage_photos(SKIMAGE_CALIBRATION[:count]), "skimage: " + ", ".join(SKIMAGE_CALIBRATION[:count])
     folder = Path(source)
     if not folder.is_dir():
         raise FileNotFoundError(f"calibration images: {folder} is not a folder (nor auto, skimage or synthetic)")
@@ -127,6 +131,34 @@ def calibration_images(source: str | Path = "auto", count: int = 4, seed: int = 
         raise ValueError(f"calibration folder {folder} holds {len(paths)} images, {count} needed")
     order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed))[:count].tolist()
     return [_load_rgb(paths[i]) for i in order], f"{folder}: " + ", ".join(paths[i].name for i in order)
+
+
+def held_out_images(source: str | Path, settings: QuantSettings, count: int) -> tuple[list[torch.Tensor], str]:
+    """(images, what they are) like those of calibration ``source`` that the build did not calibrate on: a
+    folder's next ``count`` images of the seeded draw (as many as it has beyond the calibration's), scikit-image's
+    :data:`SKIMAGE_HELD_OUT` photos for "skimage", synthetic images of other seeds for "synthetic"."""
+    source = resolve_source(source)
+    if source == "skimage":
+        return _skimage_photos(SKIMAGE_HELD_OUT[:count]), "skimage: " + ", ".join(SKIMAGE_HELD_OUT[:count])
+    if source == "synthetic":
+        return calibration_images("synthetic", count, settings.seed + 1000)[0], "synthetic, seeds 1000+"
+    folder = Path(source)
+    total = len([p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()])
+    count = min(count, total - settings.images)
+    if count < 1:
+        raise ValueError(f"calibration folder {folder} holds {total} images, all calibrated on: none left to check "
+                         f"the engine with ({settings.images + 1} needed)")
+    images, _ = calibration_images(folder, settings.images + count, settings.seed)
+    return images[settings.images:], (f"{folder}: images {settings.images + 1}-{settings.images + count} of the "
+                                      f"seeded draw whose first {settings.images} the build calibrates on")
+
+
+def _skimage_photos(names: Sequence[str]) -> list[torch.Tensor]:
+    from skimage import data
+
+    photos = [getattr(data, name)() for name in names]
+    photos = [p[0] if isinstance(p, tuple) else p for p in photos]  # stereo_motorcycle: (left, right, disparity)
+    return [torch.from_numpy(np.ascontiguousarray(p[..., :3])).permute(2, 0, 1) for p in photos]
 
 
 def _load_rgb(path: Path) -> torch.Tensor:
@@ -315,12 +347,13 @@ class Calibration:
     settings: QuantSettings
     images: list[torch.Tensor]
     source: str  # what the images are
+    origin: str | Path = "synthetic"  # where from: a folder, "skimage" or "synthetic" (held_out_images's source)
 
     @classmethod
     def load(cls, source: str | Path = "auto", settings: QuantSettings | None = None) -> Calibration:
         settings = settings or QuantSettings()
         images, what = calibration_images(source, settings.images, settings.seed)
-        return cls(settings, images, what)
+        return cls(settings, images, what, resolve_source(source))
 
     def key(self) -> dict:
         """What the quantised graphs depend on besides the model and the bucket."""

@@ -13,7 +13,7 @@ import torch
 
 from ..threads import MAX_THREADS
 from .base import EngineRunner
-from .engine_dir import artifact, graph_inputs, graph_key, graph_outputs, graph_specs
+from .engine_dir import INT8_CHECK, artifact, graph_inputs, graph_key, graph_outputs, graph_specs
 
 _DTYPES = {"tensor(float)": (np.float32, torch.float32), "tensor(float16)": (np.float16, torch.float16),
            "tensor(int64)": (np.int64, torch.int64)}
@@ -48,6 +48,10 @@ class OnnxRuntimeRunner(EngineRunner):
             warnings.warn(f"{self.folder} was built with Winograd convolutions for ONNX Runtime on a CPU; on a "
                           "GPU cuDNN's own are faster: rebuild with python -m idm_rt.build --conv direct",
                           stacklevel=1)
+        check = self.manifest.build_flags.get(INT8_CHECK)
+        if isinstance(check, dict) and check.get("passed") is False:
+            warnings.warn(f"{self.folder}: its int8 engine failed the build's check against the float32 model, its "
+                          f"images are not the model's:\n{check.get('report')}", stacklevel=1)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only: optimiser notes are not the user's concern
