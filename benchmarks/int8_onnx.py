@@ -23,7 +23,8 @@ where they pay), ``fp32_direct`` (the graph that is quantised) and ``int8`` (:mo
 
 The verdict ships int8 when it is faster at every thread count and, at every scale, (a) its PSNR
 against the fp32 images is at least :data:`MARGIN_DB` above fp32's PSNR against HR, and (b) its
-PSNR against HR is within :data:`HR_TOLERANCE_DB` of fp32's. Writes ``benchmarks/results/int8_onnx.json``
+PSNR against HR is within :data:`HR_TOLERANCE_DB` of fp32's. Writes ``int8_onnx.json``
+in ``benchmarks/scratch/`` (``benchmarks/results/`` with ``--replace``)
 and ``.md``.
 """
 
@@ -57,7 +58,7 @@ from idm_rt.training.evaluate import evaluate, large_enough, load_images
 from idm_rt.training.metrics import psnr_y
 from idm_rt.upscaler import DEFAULT_MODEL
 
-from .common import ORT_SETTLE_S, RESULTS, interleaved, machine
+from .common import ORT_SETTLE_S, add_replace_argument, interleaved, machine, results_dir
 from .latency_onnx import _session, summarise
 
 ENGINES = {"fp32": ("fp32", "winograd"), "fp32_direct": ("fp32", "direct"), "int8": ("int8", "direct")}
@@ -257,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", action="store_true", help="compare the calibration methods")
     ap.add_argument("--sensitivity", action="store_true", help="x0 PSNR with each convolution kept in float32")
     ap.add_argument("--pause-pid-file", type=Path, help="SIGSTOP this process while timing, SIGCONT after")
+    add_replace_argument(ap)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)  # the untimed work shares the machine
     bucket = Bucket(args.tile, args.tile)
@@ -304,10 +306,11 @@ def main(argv: list[str] | None = None) -> int:
               "sampling": sampling.to_dict(), "seed": args.seed, "crop": args.crop,
               "eps": eps, "timing": times, "quality": quality, "sensitivity": sens}
     result["verdict"] = verdict(times, quality)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write(RESULTS / "int8_onnx.json", lambda p: Path(p).write_text(json.dumps(result, indent=2) + "\n"))
-    atomic_write(RESULTS / "int8_onnx.md", lambda p: Path(p).write_text(markdown(result)))
+    folder = results_dir(args.replace)
+    atomic_write(folder / "int8_onnx.json", lambda p: Path(p).write_text(json.dumps(result, indent=2) + "\n"))
+    atomic_write(folder / "int8_onnx.md", lambda p: Path(p).write_text(markdown(result)))
     print(markdown(result))
+    print(f"wrote {folder / 'int8_onnx.json'} and .md")
     return 0
 
 
