@@ -42,8 +42,9 @@ def main(argv: list[str] | None = None) -> None:
                                      generator=torch.Generator().manual_seed(0)) for _, up in models]
             rows.append([as_saved(t).float() for t in (bicubic(lr, size), *outputs, hr)])
         path = results_dir(args.replace) / f"{args.name}_x{s:g}.png"
-        save_grid(rows, path)
-        print(f"wrote {path}: {', '.join(['bicubic', *(n for n, _ in models), 'HR'])}; rows {', '.join(wanted)}")
+        labels = ["bicubic", *(n for n, _ in models), "HR"]
+        save_grid(rows, path, labels=[f"{label} ({s:g}x)" if k == 0 else label for k, label in enumerate(labels)])
+        print(f"wrote {path}: {', '.join(labels)}; rows {', '.join(wanted)}")
 
 
 if __name__ == "__main__":

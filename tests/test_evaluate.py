@@ -45,3 +45,30 @@ def test_evaluate_skips_images_an_integer_scale_crops_below_the_ssim_window(tmp_
     images = [("a", torch.zeros(3, 19, 19, dtype=torch.uint8)), ("b", torch.zeros(3, 20, 20, dtype=torch.uint8))]
     assert [n for n, _ in large_enough(images, [4])] == ["b"]  # 19 -> 16 - 2 x 4 = 8 < 11; 20 -> 12
     assert "skipped a: 19x19 is too small to evaluate at 4x" in capsys.readouterr().err
+
+
+def test_seed_and_device_say_what_they_do(capsys):
+    from idm_rt.training.evaluate import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--seed SEED seed of the sampler's noise, the same for every image and scale" in text
+    assert "--device DEVICE where the model runs: cpu (default), cuda or cuda:N" in text
+
+
+def test_grids_name_their_columns_in_a_header_row(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from idm_rt.training.visual import LABEL_HEIGHT, save_grid
+
+    rows = [[torch.full((3, 20, 30), 0.5), torch.full((3, 20, 30), 0.5)]]
+    save_grid(rows, tmp_path / "plain.png")
+    save_grid(rows, tmp_path / "named.png", labels=["bicubic", "ours"])
+    plain, named = (np.asarray(Image.open(tmp_path / f"{n}.png")) for n in ("plain", "named"))
+    assert named.shape[0] == plain.shape[0] + LABEL_HEIGHT and named.shape[1] == plain.shape[1]
+    assert np.array_equal(named[LABEL_HEIGHT:], plain)  # the images where they were, one row lower
+    header = named[:LABEL_HEIGHT].min(axis=(0, 2))  # darkest value of each pixel column
+    assert header[4:34].min() < 128 and header[38:68].min() < 128  # text above each column
+    assert (plain[:4] == 255).all()

@@ -1,7 +1,7 @@
 """``python -m idm_rt.training.train``: train an IDM model.
 
 Examples:
-  python -m idm_rt.training.train --preset small --data ../shared/datasets/train --out runs/small
+  python -m idm_rt.training.train --preset small --data my_photos/ --out runs/small   # any folder of HR photos
   python -m idm_rt.training.train --resume --out runs/small          # continue exactly where it stopped
   python -m idm_rt.training.train --resume --out runs/small --steps 20000   # ... and train longer
   python -m idm_rt.training.train --config my.json --set steps=20000 network.dropout=0.1
