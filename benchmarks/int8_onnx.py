@@ -35,6 +35,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import signal
 import statistics
 import sys
@@ -61,6 +62,9 @@ from idm_rt.upscaler import DEFAULT_MODEL
 from .common import ORT_SETTLE_S, add_replace_argument, interleaved, machine, results_dir
 from .latency_onnx import _session, summarise
 
+# The convolutions quantize.VERSION 1 kept in float32 (first, last, the full-resolution level's 1x1 skips): what a
+# model sampled from little noise loses with only those kept.
+FIRST_LAST_SKIPS = (r"^unet\.input_conv$", r"^unet\.final\.", r"^unet\.up\.{last}\.blocks\.\d+\.res\.skip$")
 ENGINES = {"fp32": ("fp32", "winograd"), "fp32_direct": ("fp32", "direct"), "int8": ("int8", "direct")}
 HELD_OUT_SCALES = (2.0, 4.0, 8.0)
 
@@ -95,12 +99,16 @@ def eps_report(session, feeds: list[dict], wants: list[np.ndarray]) -> dict:
 
 def variants(fp32_onnx: Path, cal_feeds: list[dict], levels: int, methods: bool, work: Path) -> dict[str, Path]:
     """Other quantisations of the same graph than the engine's: int8 activations, no convolution in
-    float32, and with ``methods`` each other calibration method (uint8 activations, the shipped float32
-    convolutions); leaves the prepared graph and each method's ranges in ``work``."""
+    float32, only :data:`FIRST_LAST_SKIPS` in float32, and with ``methods`` each other calibration method
+    (uint8 activations, the shipped float32 convolutions); leaves the prepared graph and each method's ranges
+    in ``work``."""
     base = quantize.QuantSettings()
     prepared = work / "prepared.onnx"
     quantize.prepare(fp32_onnx, prepared)
-    keep = quantize.excluded_nodes(onnx.load(str(fp32_onnx)), base.keep_float, levels)
+    proto = onnx.load(str(fp32_onnx))
+    keep = quantize.excluded_nodes(proto, base.keep_float, levels)
+    patterns = [re.compile(p.format(last=levels - 1)) for p in FIRST_LAST_SKIPS]
+    first_last_skips = [n for n, path in quantize.module_paths(proto).items() if any(p.search(path) for p in patterns)]
     out = {}
     for method in quantize.METHODS if methods else (base.method,):
         ranges = work / f"ranges_{method}.json"
@@ -110,7 +118,7 @@ def variants(fp32_onnx: Path, cal_feeds: list[dict], levels: int, methods: bool,
             cases = {f"int8_{method}": (quantize.QuantSettings(method=method), keep)}
         else:
             cases = {"int8_int8_activations": (quantize.QuantSettings(activations="int8"), keep),
-                     "int8_all_convs": (base, [])}
+                     "int8_all_convs": (base, []), "int8_first_last_skips": (base, first_last_skips)}
         for name, (settings, exclude) in cases.items():
             out[name] = work / f"{name}.onnx"
             quantize.quantize(prepared, out[name], ranges, settings, exclude)
@@ -301,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
               "machine": machine(), "paused": was_paused, "load_average_before_after_timing": [load_before, load_after],
               "model": str(args.model), "bucket": bucket.name,
               "int8_settings": settings.to_dict(), "calibration": calibration.source,
-              "kept_float": kept, "kept_float_modules": [paths[n] for n in kept],
+              "kept_float": kept, "kept_float_modules": [paths.get(n, n) for n in kept],
               "held_out": {"images": held_what, "scales": HELD_OUT_SCALES, "calls": len(feeds)},
               "sampling": sampling.to_dict(), "seed": args.seed, "crop": args.crop,
               "eps": eps, "timing": times, "quality": quality, "sensitivity": sens}

@@ -5,8 +5,8 @@ per-channel symmetric int8 weights, uint8 activations whose ranges are calibrate
 inputs. Those are recorded from the torch model's own sampler (:func:`idm_rt.pipeline.super_resolve`
 with the model's recommended settings) on a few calibration images at several scales, cropped to
 the bucket's size: random inputs would calibrate ranges the sampler never produces. Only the
-convolutions are quantised; the convolutions of :data:`KEEP_FLOAT` stay in float32 (the ones whose
-quantisation cost the most, measured by ``python -m benchmarks.int8_onnx --sensitivity``).
+convolutions are quantised; those of :data:`KEEP_FLOAT` and :func:`excluded_nodes` stay in float32 (where
+quantisation cost the most).
 
 Everything is seeded: the same model, bucket, settings and images give the same graph.
 """
@@ -38,7 +38,7 @@ from idm_rt.pipeline import super_resolve
 from idm_rt.resize import downscale
 from idm_rt.sampling import SamplingSettings
 
-VERSION = 1  # bump when what quantize_unet writes changes for the same settings: part of the rebuild key
+VERSION = 2  # bump when what quantize_unet writes changes for the same settings: part of the rebuild key
 METHODS = ("minmax", "entropy", "percentile")
 ACTIVATIONS = ("uint8", "int8")
 # Calibrator options per method: entropy searches thresholds on 2048 bins (ONNX Runtime's default of
@@ -48,13 +48,12 @@ ACTIVATIONS = ("uint8", "int8")
 # x0 PSNR 46.2 against 45.4 dB with every convolution quantised).
 METHOD_OPTIONS = {"minmax": {}, "entropy": {"num_bins": 2048, "num_quantized_bins": 128},
                   "percentile": {"percentile": 99.99, "symmetric": False}}
-# Regular expressions over module paths ("unet.up.3.blocks.1.res.skip"; {last}: the index of the
-# decoder's full-resolution level) of the convolutions kept in float32: the first and the last, and
-# the 1x1 skip convolutions of the full-resolution decoder level, whose input concatenates very
-# differently scaled features. Measured on the bundled model (benchmarks/results/int8_onnx.md): the
-# x0 estimate's PSNR on held-out trajectories is 46.2 dB with every convolution quantised, 55.1 dB
-# with these four in float32.
-KEEP_FLOAT = (r"^unet\.input_conv$", r"^unet\.final\.", r"^unet\.up\.{last}\.blocks\.\d+\.res\.skip$")
+# Regular expressions over module paths ("unet.up.3.blocks.1.res.skip"; {last} and {prev}: the indices of the
+# decoder's full-resolution level and the one before it) of the convolutions kept in float32: the first and the
+# last, and every convolution of the decoder's two finest levels. A model sampled from little noise (the bundled
+# one starts at noise level 0.99) predicts a noise that is a small part of the signal in those layers, and 8-bit
+# activations there lose it; the measurements that chose them are in benchmarks/results/int8_onnx.md.
+KEEP_FLOAT = (r"^unet\.input_conv$", r"^unet\.final\.", r"^unet\.up\.{last}\.", r"^unet\.up\.{prev}\.")
 TRAIN_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "train"
 # scikit-image's photos that are not the evaluation photos (training.evaluate.SKIMAGE_PHOTOS).
 SKIMAGE_CALIBRATION = ("immunohistochemistry", "hubble_deep_field", "retina", "stereo_motorcycle")
@@ -71,7 +70,7 @@ class QuantSettings:
         method: activation range calibration, one of :data:`METHODS`.
         activations: activation type, one of :data:`ACTIVATIONS` (weights: symmetric int8 per channel).
         keep_float: regular expressions over module paths of the convolutions kept in float32
-            (``{last}``: the index of the decoder's full-resolution level).
+            (``{last}``, ``{prev}``: the indices of the decoder's full-resolution level and the one before it).
         images: calibration images, each sampled on one crop of the bucket's size...
         scales: ...at each of these magnifications, with the model's recommended sampling settings.
         seed: the crops and the sampler's noise.
@@ -94,7 +93,7 @@ class QuantSettings:
         if not self.scales or not all(s > 1 for s in self.scales):
             raise ValueError(f"calibration scales must be numbers > 1, got {self.scales}")
         for pattern in self.keep_float:
-            re.compile(pattern.format(last=0))
+            re.compile(pattern.format(last=1, prev=0))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -272,10 +271,16 @@ def _common_prefix(paths: list[list[str]]) -> str:
 
 
 def excluded_nodes(proto: onnx.ModelProto, keep_float: Sequence[str], levels: int) -> list[str]:
-    """Names of the Conv nodes whose module path matches one of ``keep_float`` (``{last}`` = levels - 1)."""
-    patterns = [re.compile(p.format(last=levels - 1)) for p in keep_float]
+    """Names of the Conv nodes kept in float32: those whose module path matches one of ``keep_float``
+    (``{last}`` = levels - 1, ``{prev}`` = levels - 2), and those with no module path: weights the exporter
+    folded from several parameters under names of its own (the implicit up-layers' 1x1 maps, ``fc2 @ fc1``),
+    which no pattern can name; keeping them, the one into the finest level among them, is part of what
+    :data:`KEEP_FLOAT`'s measurements measured."""
+    patterns = [re.compile(p.format(last=levels - 1, prev=levels - 2)) for p in keep_float]
     convs = {n.name for n in proto.graph.node if n.op_type == "Conv"}
-    return sorted(n for n, path in module_paths(proto).items() if n in convs and any(p.search(path) for p in patterns))
+    paths = module_paths(proto)
+    matched = {n for n, path in paths.items() if n in convs and any(p.search(path) for p in patterns)}
+    return sorted(matched | (convs - set(paths)))
 
 
 def prepare(fp32_path: Path, out_path: Path) -> None:

@@ -58,17 +58,21 @@ def test_the_manifest_says_int8_and_only_the_static_unet_is_quantised(int8_dir):
         assert "DequantizeLinear" not in {n.op_type for n in _nodes(int8_dir / m.graphs[key].onnx)}
 
 
-def test_the_first_last_and_full_resolution_skip_convolutions_stay_float(int8_dir, tmp_path):
+def test_the_first_last_and_the_two_finest_decoder_levels_convolutions_stay_float(int8_dir, tmp_path):
     torch.manual_seed(0)
     fp32 = export_graph(idm_rt.IDM(TINY, max_scale=4.0).eval(), "unet", Bucket(32, 32), tmp_path / "unet.onnx")
     paths = quantize.module_paths(onnx.load(str(fp32)))
-    kept = {paths[n] for n in quantize.excluded_nodes(onnx.load(str(fp32)), quantize.KEEP_FLOAT, TINY.levels)}
-    # three levels: the decoder's full-resolution level is up.2; its two blocks take concatenations
-    assert kept == {"unet.input_conv", "unet.final.conv", "unet.up.2.blocks.0.res.skip", "unet.up.2.blocks.1.res.skip"}
+    named = lambda nodes: {paths.get(n, n) for n in nodes}
+    kept = named(quantize.excluded_nodes(onnx.load(str(fp32)), quantize.KEEP_FLOAT, TINY.levels))
+    # three levels: the decoder's finest are up.2 and up.1, each two blocks; the implicit up-layers' 1x1 maps have
+    # weights folded under the exporter's names, no module path
+    blocks = {f"unet.up.{level}.blocks.{b}.res.{conv}" for level in (1, 2) for b in (0, 1)
+              for conv in ("block1.conv", "block2.conv", "skip")}
+    assert kept == {"unet.input_conv", "unet.final.conv", "/unet/upsample/Conv", "/unet/upsample_1/Conv", *blocks}
     nodes = _nodes(int8_dir / read_manifest(int8_dir).graphs[UNET].onnx)
     producers = {o: n.op_type for n in nodes for o in n.output}
     convs = {n.name: producers.get(n.input[1], "initializer") for n in nodes if n.op_type == "Conv"}
-    float_convs = {paths[name] for name, weight in convs.items() if weight != "DequantizeLinear"}
+    float_convs = named(name for name, weight in convs.items() if weight != "DequantizeLinear")
     assert float_convs == kept and len(convs) > len(kept)
 
 
