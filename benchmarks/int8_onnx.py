@@ -295,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
             print("sensitivity")
             sens = sensitivity(fp32_onnx, work, feeds, wants)
         kept = quantize.excluded_nodes(onnx.load(str(fp32_onnx)), settings.keep_float, model.config.levels)
+        paths = quantize.module_paths(onnx.load(str(fp32_onnx)))  # while the graph exists (a temp folder's)
         print("timing")
         contestants = {"fp32": artifact["fp32"], "fp32_direct": artifact["fp32_direct"], "int8": artifact["int8"],
                        "int8_int8_activations": graphs["int8_int8_activations"]}
@@ -304,7 +305,6 @@ def main(argv: list[str] | None = None) -> int:
             load_after = os.getloadavg()
         print("images")
         quality = image_quality(folders, scales, args.crop, args.tile, args.seed)
-    paths = quantize.module_paths(onnx.load(str(fp32_onnx)))
     result = {"command": " ".join(["python -m benchmarks.int8_onnx", *(sys.argv[1:] if argv is None else argv)]),
               "machine": machine(), "paused": was_paused, "load_average_before_after_timing": [load_before, load_after],
               "model": str(args.model), "bucket": bucket.name,
