@@ -271,7 +271,8 @@ def _reuse_int8_check(manifest: Manifest, old: Manifest | None) -> None:
     """Carry the int8 check's result over from ``old`` when it measured the int8 graphs ``manifest`` has."""
     record = old.build_flags.get(INT8_CHECK) if old is not None else None
     if (isinstance(record, dict) and record.get("version") == int8_check.VERSION
-            and record.get("graphs") == _int8_graphs(manifest)):
+            and record.get("graphs") == _int8_graphs(manifest) and isinstance(record.get("passed"), bool)
+            and isinstance(record.get("report"), str)):
         manifest.build_flags[INT8_CHECK] = record
 
 
