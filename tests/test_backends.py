@@ -220,6 +220,24 @@ def test_run_batched_chunks_and_pads_to_the_bucket_range():
     assert out.view(-1).tolist() == [0.0, 10.0, 20.0, 30.0, 40.0]
 
 
+def test_onnxruntime_threads_follow_torchs_count_unless_given(built):
+    """The command lines set torch's threads (--threads, or the CPUs the process may use); ONNX Runtime's own
+    default, every core of the machine, ignored both."""
+    _, folder = built
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        counts = {key: s.get_session_options().intra_op_num_threads for key, s in load_runner(folder)._sessions.items()}
+        assert set(counts.values()) == {1}
+        torch.set_num_threads(2)
+        runner = load_runner(folder, threads=3)
+        assert {s.get_session_options().intra_op_num_threads for s in runner._sessions.values()} == {3}
+        runner = load_runner(folder)
+        assert {s.get_session_options().intra_op_num_threads for s in runner._sessions.values()} == {2}
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_onnxruntime_cpu_sampling_keeps_torch_at_one_thread_and_restores_it(built, monkeypatch):
     model, folder = built
     runner = load_runner(folder)

@@ -22,8 +22,8 @@ WRITERS = sorted(m.name for m in pkgutil.iter_modules(benchmarks.__path__)
 
 
 def test_every_benchmark_writing_results_is_listed():
-    assert WRITERS == ["allocator", "int8_onnx", "latency", "latency_onnx", "model_grids", "quality_steps",
-                       "serve_load", "size_scaling", "tile_overlap"]
+    assert WRITERS == ["allocator", "busy_threads", "int8_onnx", "latency", "latency_onnx", "model_grids",
+                       "quality_steps", "serve_load", "size_scaling", "tile_overlap"]
 
 
 @pytest.mark.parametrize("name", WRITERS)

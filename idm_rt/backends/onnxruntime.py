@@ -26,7 +26,9 @@ class OnnxRuntimeRunner(EngineRunner):
         folder: an engine directory; the optimised graphs of an ``onnxruntime`` build are used,
             the plain ONNX graphs of any other build.
         device: "cpu", "cuda" or "cuda:N" (needs the onnxruntime-gpu package).
-        threads: intra-op threads on the CPU (None: ONNX Runtime's default, all cores).
+        threads: intra-op threads on the CPU; None: torch's thread count when the runner is made (what the
+            command lines set from ``--threads`` or the CPUs this process may use, see :mod:`idm_rt.threads`);
+            0: ONNX Runtime's own default, every core of the machine, blind to CPU affinity and quotas.
         sampling_torch_threads: torch's thread count while an image is sampled on the CPU (see
             :meth:`sampling`; process-wide for that time); None leaves torch alone.
     """
@@ -55,8 +57,7 @@ class OnnxRuntimeRunner(EngineRunner):
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only: optimiser notes are not the user's concern
-        if threads is not None:
-            options.intra_op_num_threads = threads
+        options.intra_op_num_threads = torch.get_num_threads() if threads is None else threads
         use_engine = self.manifest.backend == "onnxruntime"
         self._sessions = {}
         for key, entry in self.manifest.graphs.items():
