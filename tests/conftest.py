@@ -1,5 +1,5 @@
-"""Fixtures: the golden folder (skipped when ../shared is absent) and a tiny random model; a summary line of
-the skipped tests. Shared helpers are in helpers.py."""
+"""Fixtures: the golden folder (skipped when ../shared is absent), a tiny random model, an idle machine; a
+summary line of the skipped tests. Shared helpers are in helpers.py."""
 
 from __future__ import annotations
 
@@ -11,6 +11,13 @@ import torch
 import idm_rt
 
 from .helpers import GOLDEN, TINY, perturbed, skip_summary
+
+
+@pytest.fixture(autouse=True)
+def idle_machine(monkeypatch):
+    """Every test sees an idle machine: the command lines' thread default and its note on stderr
+    (idm_rt.threads.spare_threads) do not depend on what else runs; tests of that set the load themselves."""
+    monkeypatch.setattr(idm_rt.threads.os, "getloadavg", lambda: (0.0, 0.0, 0.0), raising=False)
 
 
 @pytest.fixture(scope="session")

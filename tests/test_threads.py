@@ -34,8 +34,7 @@ def machine(tmp_path, monkeypatch):
     monkeypatch.setattr(cgroups, "PROC_SELF_CGROUP", tmp_path / "proc_self_cgroup")
     monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(threads.os, "getloadavg", lambda: (0.0, 0.0, 0.0), raising=False)  # an idle machine
-    monkeypatch.setattr(threads.os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 64)  # idle (conftest's idle_machine)
     (tmp_path / "proc_self_cgroup").write_text("0::/\n")
 
     def write(path: str, text: str) -> None:
