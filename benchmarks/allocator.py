@@ -5,7 +5,8 @@ Each setting runs in a fresh process (an allocator cannot be unset), which times
 bundled model's network shape (random weights; the weights change no cost), release-style and ours
 interleaved, DDIM with ``--steps`` steps, at one thread by default. Per image it records the wall time,
 user and kernel CPU time and minor page faults (getrusage deltas), and the process's peak resident
-memory (VmHWM) at the end. Writes ``benchmarks/results/allocator.json``.
+memory (VmHWM) at the end. Writes ``allocator.json``
+in ``benchmarks/scratch/`` (``benchmarks/results/`` with ``--replace``).
 
     python -m benchmarks.allocator --size 512 --steps 3 --repeats 4
 """
@@ -20,7 +21,7 @@ import subprocess
 import sys
 import time
 
-from .common import write
+from .common import add_replace_argument, write
 
 
 def child(size: int, steps: int, repeats: int, threads: int, allocator: bool) -> dict:
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap.add_argument("--repeats", type=int, default=4, help="timed images per variant (medians reported)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--child", choices=["glibc", "configured"], help=argparse.SUPPRESS)
+    add_replace_argument(ap)
     args = ap.parse_args(argv)
     if args.child:
         print(json.dumps(child(args.size, args.steps, args.repeats, args.threads, args.child == "configured")))
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict | None:
               "sampler": f"ddim, {args.steps} steps", "threads": args.threads, "settings": settings,
               "allocator_gain": {v: wall["glibc"][v] / wall["configured"][v] for v in wall["glibc"]},
               "ours_vs_release": {name: w["release_style"] / w["ours"] for name, w in wall.items()}}
-    print(f"wrote {write('allocator', result, 'allocator')}")
+    print(f"wrote {write('allocator', result, 'allocator', args.replace)}")
     return result
 
 

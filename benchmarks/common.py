@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -14,6 +15,9 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).parent / "results"
+# Where a run writes unless told to replace the committed results (--replace): a rerun to try something must not
+# overwrite the numbers the README quotes. Git ignores it.
+SCRATCH = Path(__file__).parent / "scratch"
 
 # Untimed pause before each call when ONNX Runtime is among the contestants: its worker threads spin
 # for a while after a run and, on a small machine, would steal the cores from the next call.
@@ -73,15 +77,28 @@ def summary(times: list[float]) -> dict[str, float]:
     return {"median_s": statistics.median(times), "min_s": min(times), "runs": len(times)}
 
 
-def write(name: str, result: dict, module: str) -> Path:
-    """``benchmarks/results/<name>.json`` with the command line (``python -m benchmarks.<module> ...``, or the
+def add_replace_argument(parser: argparse.ArgumentParser) -> None:
+    """The ``--replace`` option of every benchmark that writes results."""
+    parser.add_argument("--replace", action="store_true",
+                        help=f"write into {RESULTS.parent.name}/{RESULTS.name}/, replacing the committed results "
+                             f"(default: {RESULTS.parent.name}/{SCRATCH.name}/, which git ignores)")
+
+
+def results_dir(replace: bool) -> Path:
+    """The folder results go to (made if missing): :data:`RESULTS` when told to replace them, else :data:`SCRATCH`."""
+    folder = RESULTS if replace else SCRATCH
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def write(name: str, result: dict, module: str, replace: bool = False) -> Path:
+    """``<name>.json`` in :func:`results_dir` with the command line (``python -m benchmarks.<module> ...``, or the
     module that was run when another one called this one, as ``benchmarks.latency --sizes`` does) and machine
     attached."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
     spec = getattr(sys.modules["__main__"], "__spec__", None)
     ran = spec.name if spec and spec.name.startswith("benchmarks.") else f"benchmarks.{module}"
     result = {"command": "python -m " + " ".join([ran] + sys.argv[1:]), "machine": machine(), **result}
-    path = RESULTS / f"{name}.json"
+    path = results_dir(replace) / f"{name}.json"
     tmp = path.with_name(f".{path.name}.partial")
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     tmp.replace(path)  # a reader never sees half a file

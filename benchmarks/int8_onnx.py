@@ -23,7 +23,8 @@ where they pay), ``fp32_direct`` (the graph that is quantised) and ``int8`` (:mo
 
 The verdict ships int8 when it is faster at every thread count and, at every scale, (a) its PSNR
 against the fp32 images is at least :data:`MARGIN_DB` above fp32's PSNR against HR, and (b) its
-PSNR against HR is within :data:`HR_TOLERANCE_DB` of fp32's. Writes ``benchmarks/results/int8_onnx.json``
+PSNR against HR is within :data:`HR_TOLERANCE_DB` of fp32's. Writes ``int8_onnx.json``
+in ``benchmarks/scratch/`` (``benchmarks/results/`` with ``--replace``)
 and ``.md``.
 """
 
@@ -34,6 +35,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import signal
 import statistics
 import sys
@@ -50,20 +52,19 @@ from idm_rt.buckets import Bucket
 from idm_rt.checkpoints import load_model
 from idm_rt.export import quantize
 from idm_rt.export.builder import BuildOptions, build
+from idm_rt.export.int8_check import HR_TOLERANCE_DB, MARGIN_DB
 from idm_rt.fileio import atomic_write
 from idm_rt.sampling import SamplingSettings
 from idm_rt.training.evaluate import evaluate, large_enough, load_images
 from idm_rt.training.metrics import psnr_y
 from idm_rt.upscaler import DEFAULT_MODEL
 
-from .common import ORT_SETTLE_S, RESULTS, interleaved, machine
+from .common import ORT_SETTLE_S, add_replace_argument, interleaved, machine, results_dir
 from .latency_onnx import _session, summarise
 
-# (b) within 0.1 dB of fp32 against HR; (a) a deviation from the fp32 images whose MSE is at most 2.3 % of
-# fp32's MSE against HR, which moves PSNR against HR by at most 0.1 dB when the two are uncorrelated:
-# 10 log10(1 + 10^(-MARGIN/10)) = 0.1 dB.
-HR_TOLERANCE_DB = 0.1
-MARGIN_DB = -10 * math.log10(10 ** (HR_TOLERANCE_DB / 10) - 1)
+# The convolutions quantize.VERSION 1 kept in float32 (first, last, the full-resolution level's 1x1 skips): what a
+# model sampled from little noise loses with only those kept.
+FIRST_LAST_SKIPS = (r"^unet\.input_conv$", r"^unet\.final\.", r"^unet\.up\.{last}\.blocks\.\d+\.res\.skip$")
 ENGINES = {"fp32": ("fp32", "winograd"), "fp32_direct": ("fp32", "direct"), "int8": ("int8", "direct")}
 HELD_OUT_SCALES = (2.0, 4.0, 8.0)
 
@@ -74,21 +75,9 @@ def build_engines(model_path: Path, folder: Path, bucket: Bucket, calibration: s
     for name, (precision, conv) in ENGINES.items():
         out[name] = folder / name
         options = BuildOptions(model_path, out[name], precision, "onnxruntime", [bucket], conv=conv,
-                               calibration=calibration)
+                               calibration=calibration, check_int8=False)  # measured here, at more length
         build(options, lambda line: print(f"  {name}: {line}"))
     return out
-
-
-def held_out_images(source: str, settings: quantize.QuantSettings, count: int = 4) -> tuple[list[torch.Tensor], str]:
-    """(images, what they are) of the calibration source that the int8 build did not calibrate on: the
-    next ``count`` of a folder's seeded draw; synthetic images of other seeds for the sources that
-    have no more (scikit-image's four photos, synthetic)."""
-    folder = quantize.TRAIN_DATA if source == "auto" and quantize.TRAIN_DATA.is_dir() else source
-    if folder in ("auto", "skimage", "synthetic"):
-        return quantize.calibration_images("synthetic", count, settings.seed + 1000)[0], "synthetic, seeds 1000+"
-    images, _ = quantize.calibration_images(folder, settings.images + count, settings.seed)
-    return images[settings.images:], (f"{folder}: images {settings.images + 1}-{settings.images + count} of the "
-                                      f"seeded draw whose first {settings.images} the build calibrates on")
 
 
 def eps_report(session, feeds: list[dict], wants: list[np.ndarray]) -> dict:
@@ -110,12 +99,16 @@ def eps_report(session, feeds: list[dict], wants: list[np.ndarray]) -> dict:
 
 def variants(fp32_onnx: Path, cal_feeds: list[dict], levels: int, methods: bool, work: Path) -> dict[str, Path]:
     """Other quantisations of the same graph than the engine's: int8 activations, no convolution in
-    float32, and with ``methods`` each other calibration method (uint8 activations, the shipped float32
-    convolutions); leaves the prepared graph and each method's ranges in ``work``."""
+    float32, only :data:`FIRST_LAST_SKIPS` in float32, and with ``methods`` each other calibration method
+    (uint8 activations, the shipped float32 convolutions); leaves the prepared graph and each method's ranges
+    in ``work``."""
     base = quantize.QuantSettings()
     prepared = work / "prepared.onnx"
     quantize.prepare(fp32_onnx, prepared)
-    keep = quantize.excluded_nodes(onnx.load(str(fp32_onnx)), base.keep_float, levels)
+    proto = onnx.load(str(fp32_onnx))
+    keep = quantize.excluded_nodes(proto, base.keep_float, levels)
+    patterns = [re.compile(p.format(last=levels - 1)) for p in FIRST_LAST_SKIPS]
+    first_last_skips = [n for n, path in quantize.module_paths(proto).items() if any(p.search(path) for p in patterns)]
     out = {}
     for method in quantize.METHODS if methods else (base.method,):
         ranges = work / f"ranges_{method}.json"
@@ -125,7 +118,7 @@ def variants(fp32_onnx: Path, cal_feeds: list[dict], levels: int, methods: bool,
             cases = {f"int8_{method}": (quantize.QuantSettings(method=method), keep)}
         else:
             cases = {"int8_int8_activations": (quantize.QuantSettings(activations="int8"), keep),
-                     "int8_all_convs": (base, [])}
+                     "int8_all_convs": (base, []), "int8_first_last_skips": (base, first_last_skips)}
         for name, (settings, exclude) in cases.items():
             out[name] = work / f"{name}.onnx"
             quantize.quantize(prepared, out[name], ranges, settings, exclude)
@@ -273,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", action="store_true", help="compare the calibration methods")
     ap.add_argument("--sensitivity", action="store_true", help="x0 PSNR with each convolution kept in float32")
     ap.add_argument("--pause-pid-file", type=Path, help="SIGSTOP this process while timing, SIGCONT after")
+    add_replace_argument(ap)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)  # the untimed work shares the machine
     bucket = Bucket(args.tile, args.tile)
@@ -290,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         print("recording U-Net inputs")
         cal_feeds = quantize.record_unet_inputs(model, calibration.images, bucket, settings.scales, sampling,
                                                 settings.seed)
-        held, held_what = held_out_images(args.calibration, settings)
+        held, held_what = quantize.held_out_images(args.calibration, settings, 4)
         feeds = quantize.record_unet_inputs(model, held, bucket, HELD_OUT_SCALES, sampling, settings.seed + 1)
         graphs = {"int8": artifact["int8"], **variants(fp32_onnx, cal_feeds, model.config.levels, args.methods, work)}
         reference = _session(artifact["fp32_direct"], 1)
@@ -301,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
             print("sensitivity")
             sens = sensitivity(fp32_onnx, work, feeds, wants)
         kept = quantize.excluded_nodes(onnx.load(str(fp32_onnx)), settings.keep_float, model.config.levels)
+        paths = quantize.module_paths(onnx.load(str(fp32_onnx)))  # while the graph exists (a temp folder's)
         print("timing")
         contestants = {"fp32": artifact["fp32"], "fp32_direct": artifact["fp32_direct"], "int8": artifact["int8"],
                        "int8_int8_activations": graphs["int8_int8_activations"]}
@@ -310,20 +305,20 @@ def main(argv: list[str] | None = None) -> int:
             load_after = os.getloadavg()
         print("images")
         quality = image_quality(folders, scales, args.crop, args.tile, args.seed)
-    paths = quantize.module_paths(onnx.load(str(fp32_onnx)))
     result = {"command": " ".join(["python -m benchmarks.int8_onnx", *(sys.argv[1:] if argv is None else argv)]),
               "machine": machine(), "paused": was_paused, "load_average_before_after_timing": [load_before, load_after],
               "model": str(args.model), "bucket": bucket.name,
               "int8_settings": settings.to_dict(), "calibration": calibration.source,
-              "kept_float": kept, "kept_float_modules": [paths[n] for n in kept],
+              "kept_float": kept, "kept_float_modules": [paths.get(n, n) for n in kept],
               "held_out": {"images": held_what, "scales": HELD_OUT_SCALES, "calls": len(feeds)},
               "sampling": sampling.to_dict(), "seed": args.seed, "crop": args.crop,
               "eps": eps, "timing": times, "quality": quality, "sensitivity": sens}
     result["verdict"] = verdict(times, quality)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write(RESULTS / "int8_onnx.json", lambda p: Path(p).write_text(json.dumps(result, indent=2) + "\n"))
-    atomic_write(RESULTS / "int8_onnx.md", lambda p: Path(p).write_text(markdown(result)))
+    folder = results_dir(args.replace)
+    atomic_write(folder / "int8_onnx.json", lambda p: Path(p).write_text(json.dumps(result, indent=2) + "\n"))
+    atomic_write(folder / "int8_onnx.md", lambda p: Path(p).write_text(markdown(result)))
     print(markdown(result))
+    print(f"wrote {folder / 'int8_onnx.json'} and .md")
     return 0
 
 

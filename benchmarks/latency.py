@@ -38,7 +38,7 @@ import idm_rt
 from idm_rt.diffusion import calls_for, run_sampler
 from idm_rt.pipeline import super_resolve
 
-from .common import ORT_SETTLE_S, interleaved, summary, write
+from .common import ORT_SETTLE_S, add_replace_argument, interleaved, summary, write
 from .release_style import ReleaseStyle
 
 
@@ -71,15 +71,17 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats per variant (median reported)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     ap.add_argument("--onnxruntime", action="store_true", help="also time an ONNX Runtime engine of the same model")
-    ap.add_argument("--out", default="latency", help="result name under benchmarks/results/")
+    ap.add_argument("--out", default="latency", help="result name (<name>.json)")
     ap.add_argument("--no-allocator", action="store_true", help="leave glibc's allocator as it is")
     ap.add_argument("--sizes", help="output sides: per-image time and peak memory against size, per backend")
     ap.add_argument("--backends", default="torch,onnxruntime", help="with --sizes: backends to time")
+    add_replace_argument(ap)
     args = ap.parse_args(argv)
     if args.sizes:
         from .size_scaling import main as scaling
 
-        return scaling(["--sides", args.sizes, "--backends", args.backends, "--threads", str(args.threads or 2)])
+        return scaling(["--sides", args.sizes, "--backends", args.backends, "--threads", str(args.threads or 2)]
+                       + ["--replace"] * args.replace)
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.no_allocator:
@@ -139,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
     if "onnxruntime_torch_unpinned" in res["image"]:
         res["image"]["torch_pinning_gain"] = (res["image"]["onnxruntime_torch_unpinned"]["median_s"]
                                               / res["image"]["onnxruntime"]["median_s"])
-    path = write(args.out, res, "latency")
+    path = write(args.out, res, "latency", args.replace)
     print(f"{args.preset} {args.size}x{args.size} float32, {torch.get_num_threads()} threads")
     for part in ("unet_call", "image"):
         r = res[part]

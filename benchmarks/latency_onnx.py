@@ -8,9 +8,9 @@ Two ONNX graphs of the same U-Net are timed: ``ort_cpu`` with direct Conv nodes,
 All are timed alternately in one run (torch, ORT, ORT Winograd, torch, ...) so that a busy machine
 slows them alike; the table reports medians and the median of the per-round ratios. A GPU section
 (torch eager, ORT CUDA, TensorRT when installed) runs only when CUDA is present. Each run is appended
-to ``benchmarks/results/latency_onnx.json`` (command, machine, date, settings, medians and ratios; not
-the per-round times), and ``latency_onnx.md`` beside it, tables of every run and of the ranges per
-graph version and thread count, is rewritten from it.
+to ``latency_onnx.json`` in ``benchmarks/scratch/`` (``benchmarks/results/`` with ``--replace``): command,
+machine, date, settings, medians and ratios, not the per-round times; and ``latency_onnx.md`` beside it,
+tables of every run and of the ranges per graph version and thread count, is rewritten from it.
 
 ``--profile`` adds where ONNX Runtime's time goes: milliseconds per operator type of each graph
 (its own profiler); for the direct graph, the U-Net's convolution FLOPs (torch's FLOP counter)
@@ -38,9 +38,9 @@ from idm_rt.buckets import Bucket
 from idm_rt.export.graphs import export_graph, sample_inputs
 from idm_rt.fileio import atomic_write
 
-from .common import ORT_SETTLE_S, RESULTS, interleaved, machine
+from .common import ORT_SETTLE_S, add_replace_argument, interleaved, machine, results_dir
 
-SUMMARY = RESULTS / "latency_onnx.json"
+SUMMARY = "latency_onnx.json"  # in common.results_dir: every run's record, appended
 ABOUT = ("One U-Net call, batch 1, random weights: torch eager against ONNX Runtime's CPU provider with direct Conv "
          "nodes (ort_cpu) and with Winograd convolutions (ort_cpu_winograd), timed in interleaved rounds. Per run: "
          "median ms of each, and speedup_vs_torch_eager, the median of the per-round ratios. winograd_version is "
@@ -131,7 +131,7 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def save_run(record: dict, path: Path = SUMMARY) -> None:
+def save_run(record: dict, path: Path) -> None:
     """Append ``record`` to the summary at ``path`` (created if missing) and rewrite its Markdown tables."""
     summary = json.loads(path.read_text()) if path.exists() else {"benchmark": "python -m benchmarks.latency_onnx",
                                                                   "about": ABOUT, "runs": []}
@@ -256,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--profile", action="store_true", help="add ORT time per operator type and conv GFLOP/s")
+    add_replace_argument(ap)
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     model = IDM(preset(args.preset)).eval()
@@ -285,8 +286,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{prof['conv_gflop_per_s']:.0f} GFLOP/s (2048^3 matmul: {prof['matmul_2048_gflop_per_s']:.0f} GFLOP/s)")
     from idm_rt.export.winograd import VERSION
 
-    save_run(run_record(result, time.strftime("%Y-%m-%dT%H:%M:%S"), VERSION), SUMMARY)
-    print(f"appended to {SUMMARY} and {SUMMARY.with_suffix('.md').name}")
+    path = results_dir(args.replace) / SUMMARY
+    save_run(run_record(result, time.strftime("%Y-%m-%dT%H:%M:%S"), VERSION), path)
+    print(f"appended to {path} and {path.with_suffix('.md').name}")
     return 0
 
 

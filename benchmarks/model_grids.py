@@ -17,7 +17,7 @@ from idm_rt.training.evaluate import SKIMAGE_PHOTOS, load_images
 from idm_rt.training.metrics import as_saved, bicubic, make_pair
 from idm_rt.training.visual import save_grid
 
-from .common import RESULTS
+from .common import add_replace_argument, results_dir
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scales", default="2,4,8")
     ap.add_argument("--crop", type=int, default=192)
     ap.add_argument("--images", default="astronaut,coffee,chelsea", help=f"some of {','.join(SKIMAGE_PHOTOS)}")
-    ap.add_argument("--name", default="default_model_grid", help="files: benchmarks/results/<name>_x<scale>.png")
+    ap.add_argument("--name", default="default_model_grid", help="files: <name>_x<scale>.png")
+    add_replace_argument(ap)
     args = ap.parse_args(argv)
     models = [(name, idm_rt.Upscaler.from_pretrained(path)) for name, path in
               (item.split("=", 1) for item in args.models.split(","))]
@@ -40,9 +41,10 @@ def main(argv: list[str] | None = None) -> None:
             outputs = [super_resolve(up.model, lr, size, up.sampling, scale=s,
                                      generator=torch.Generator().manual_seed(0)) for _, up in models]
             rows.append([as_saved(t).float() for t in (bicubic(lr, size), *outputs, hr)])
-        path = RESULTS / f"{args.name}_x{s:g}.png"
-        save_grid(rows, path)
-        print(f"wrote {path}: {', '.join(['bicubic', *(n for n, _ in models), 'HR'])}; rows {', '.join(wanted)}")
+        path = results_dir(args.replace) / f"{args.name}_x{s:g}.png"
+        labels = ["bicubic", *(n for n, _ in models), "HR"]
+        save_grid(rows, path, labels=[f"{label} ({s:g}x)" if k == 0 else label for k, label in enumerate(labels)])
+        print(f"wrote {path}: {', '.join(labels)}; rows {', '.join(wanted)}")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import argparse
 import idm_rt
 from idm_rt.training.evaluate import SKIMAGE_PHOTOS, evaluate, load_images
 
-from .common import write
+from .common import add_replace_argument, write
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--back-projection", default="0", help="comma-separated back-projection passes per step to compare")
     ap.add_argument("--data", default="skimage", help="'skimage' or a folder of HR images")
     ap.add_argument("--crop", type=int, default=192)
-    ap.add_argument("--out", default="quality_steps", help="result name under benchmarks/results/")
+    ap.add_argument("--out", default="quality_steps", help="result name (<name>.json)")
+    add_replace_argument(ap)
     args = ap.parse_args(argv)
     model = idm_rt.Upscaler.from_pretrained(args.model).model
     images = load_images(args.data, args.crop)
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"{args.data}: " + ", ".join(name for name, _ in images)
     res = {"model": args.model or "default", "images": names,
            "crop": args.crop, "scales": scales, "curve": curve}
-    print(f"wrote {write(args.out, res, 'quality_steps')}")
+    print(f"wrote {write(args.out, res, 'quality_steps', args.replace)}")
     return res
 
 

@@ -6,7 +6,8 @@ other; latency is client-side (queueing included), images/s is requests over the
 round. The replicas share the machine's cores (1 replica: all of them; 2: half each). Rounds repeat
 ``--repeats`` times, interleaved over the client counts; images/s is the median round, p50/p95 are over
 all requests. ``in_process`` is the same model and image in this process, one image after the other,
-for scale. Writes ``benchmarks/results/serve_load.json`` and ``.md``.
+for scale. Writes ``serve_load.json``
+in ``benchmarks/scratch/`` (``benchmarks/results/`` with ``--replace``) and ``.md``.
 
     python -m benchmarks.serve_load                       # bundled model at its defaults, 64x64 at 2x
     python -m benchmarks.serve_load --size 32 --repeats 1 --clients 1,4
@@ -30,7 +31,7 @@ from PIL import Image
 
 import idm_rt
 
-from .common import write
+from .common import add_replace_argument, write
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "idm_rt" / "samples" / "chelsea_128.png"
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-batch", type=int, default=8, help="batch size limit with batching on (default 8)")
     ap.add_argument("--batch-wait-ms", type=float, default=10.0)
     ap.add_argument("--replicas", default="1,2")
+    add_replace_argument(ap)
     args = ap.parse_args(argv)
     import ray
     from ray import serve
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
               "replica_cpus": {r: cores / r for r in {row['replicas'] for row in rows}},
               "max_batch": args.max_batch, "batch_wait_ms": args.batch_wait_ms, "repeats": args.repeats,
               "in_process": in_process, "rows": rows}
-    path = write("serve_load", result, "serve_load")
+    path = write("serve_load", result, "serve_load", args.replace)
     write_markdown(path.with_suffix(".md"), result)
     return result
 

@@ -20,7 +20,7 @@ from idm_rt.tiling import TilePlan
 from idm_rt.training.evaluate import SKIMAGE_PHOTOS, load_images
 from idm_rt.training.metrics import make_pair, psnr_y
 
-from .common import write
+from .common import add_replace_argument, write
 
 
 def seam_ratio(tiled: torch.Tensor, full: torch.Tensor, plan: TilePlan) -> float:
@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--tile", type=int, default=192)
     ap.add_argument("--overlaps", default="8,16,24,32,48,64,96")
     ap.add_argument("--seeds", default="0,1")
+    add_replace_argument(ap)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     up = idm_rt.Upscaler.from_pretrained(args.model)
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"{r['seam_ratio']:.3f} (max {r['seam_ratio_max']:.3f})")
     res = {"model": args.model or "default", "sampling": settings.to_dict(), "images": list(SKIMAGE_PHOTOS[:3]),
            "output": f"{args.crop}x{args.crop}", "scale": args.scale, "tile": args.tile, "rows": table}
-    print(f"wrote {write('tile_overlap', res, 'tile_overlap')}")
+    print(f"wrote {write('tile_overlap', res, 'tile_overlap', args.replace)}")
     return res
 
 

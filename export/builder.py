@@ -22,6 +22,7 @@ from pathlib import Path
 from idm_rt.backends.engine_dir import (
     BACKENDS,
     BUILT_FILE,
+    INT8_CHECK,
     MANIFEST_NAME,
     PARTIAL,
     GraphEntry,
@@ -37,7 +38,7 @@ from idm_rt.checkpoints import is_project, load_model, model_hash
 from idm_rt.fileio import atomic_write
 from idm_rt.model import IDM
 
-from . import ort_build, quantize, tensorrt_build, winograd
+from . import int8_check, ort_build, quantize, tensorrt_build, winograd
 from .graphs import OPSET, export_graph
 from .opcheck import check_graph
 
@@ -66,6 +67,7 @@ class BuildOptions:
     conv: str = "direct"  # the U-Net's 3x3 convolutions: "direct" or "winograd" (see export.winograd)
     max_scale: float | None = None  # overrides the model's M (released .pth files do not record it)
     calibration: str = "auto"  # int8: where the calibration images come from (see export.quantize)
+    check_int8: bool = True  # int8: check the engine against the float32 model, BuildError when it falls short
 
 
 def digest(*parts) -> str:
@@ -217,12 +219,19 @@ def _build(model: IDM, options: BuildOptions, log: Callable[[str], None]) -> int
     folder = options.out
     old, old_files = owned_files(folder) if (folder / MANIFEST_NAME).exists() else (None, [])
     ident, missing = backend_identity(options)
+    if missing:  # said before minutes of export, not only after them
+        log(f"TensorRT engines cannot be built on this machine; it lacks: {'; '.join(missing)}. Exporting the ONNX "
+            f"graphs only, for a machine that has them (exit status {EXIT_NEEDS_GPU} at the end); --backend "
+            "onnxruntime builds engines that run here")
     flags = {"opset": OPSET, "conv": options.conv, "command": options.command}
     if options.backend == "tensorrt":
         flags |= {"workspace_mb": options.workspace_mb, "strongly_typed": options.precision == "fp16", "tf32": False}
     calibration = quantize.Calibration.load(options.calibration) if options.precision == "int8" else None
     if calibration is not None:
         flags["int8"] = {**calibration.settings.to_dict(), "calibration": calibration.source}
+        log(f"int8 calibration images: {calibration.source}")
+        if options.check_int8:  # the images the engine is checked on: a folder too small for them is said now
+            quantize.held_out_images(calibration.origin, calibration.settings, int8_check.IMAGES)
     manifest = Manifest(model_hash=model_hash(model), model_path=str(Path(options.model_path).resolve()),
                         network=model.config.to_dict(), max_scale=model.max_scale, precision=options.precision,
                         backend=options.backend, opset=OPSET, buckets=options.buckets, graphs={}, identity=ident,
@@ -240,14 +249,51 @@ def _build(model: IDM, options: BuildOptions, log: Callable[[str], None]) -> int
         if old is None or old.graphs.get(key) != entry:  # progress kept for an interrupted build
             writer.save()
     manifest.complete = not missing
+    if calibration is not None and options.check_int8:
+        _reuse_int8_check(manifest, old)
     writer.settle()
     if old is None or old.to_json() != manifest.to_json():
         writer.save()
     if missing:
         log(_missing_message(folder, missing, options))
         return EXIT_NEEDS_GPU
+    if calibration is not None and options.check_int8:
+        _check_int8(model, options, calibration, writer, log)
     log(f"done: {folder} ({len(specs)} graphs, {options.precision}, {options.backend})")
     return EXIT_OK
+
+
+def _int8_graphs(manifest: Manifest) -> dict[str, str | None]:
+    return {key: g.onnx_key for key, g in manifest.graphs.items() if g.precision == "int8"}
+
+
+def _reuse_int8_check(manifest: Manifest, old: Manifest | None) -> None:
+    """Carry the int8 check's result over from ``old`` when it measured the int8 graphs ``manifest`` has."""
+    record = old.build_flags.get(INT8_CHECK) if old is not None else None
+    if (isinstance(record, dict) and record.get("version") == int8_check.VERSION
+            and record.get("graphs") == _int8_graphs(manifest) and isinstance(record.get("passed"), bool)
+            and isinstance(record.get("report"), str)):
+        manifest.build_flags[INT8_CHECK] = record
+
+
+def _check_int8(model: IDM, options: BuildOptions, calibration: quantize.Calibration, writer: _Writer,
+                log: Callable[[str], None]) -> None:
+    """:func:`.int8_check.check` of the directory just built, recorded in its manifest (a build that reuses the
+    int8 graphs reuses it); BuildError naming the numbers when the engine falls short."""
+    record = writer.manifest.build_flags.get(INT8_CHECK)
+    if record is None:
+        result = int8_check.check(options.out, model, calibration, log)
+        record = {"version": int8_check.VERSION, "graphs": _int8_graphs(writer.manifest), "passed": result.passed,
+                  "report": result.report()}
+        writer.manifest.build_flags[INT8_CHECK] = record
+        writer.save()
+    else:
+        log("int8 check: measured before on these int8 graphs")
+    log(record["report"])
+    if not record["passed"]:
+        raise BuildError(f"the int8 engine in {options.out} falls short of the float32 model it was built from (the "
+                         "FAIL lines above): its images would not be the model's. Use --engine fp32, or calibrate on "
+                         "images like yours (--calibration DIR); --skip-int8-check keeps such an engine, to measure it")
 
 
 def graph_precision(precision: str, kind: str) -> str:

@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--calibration", metavar="SOURCE",
                     help="--engine int8: the calibration images, a folder, 'skimage', 'synthetic' or 'auto' (default: "
                          "../shared/datasets/train beside a checkout, else scikit-image's photos, else synthetic)")
+    ap.add_argument("--skip-int8-check", action="store_true",
+                    help="--engine int8: keep the engine without checking it against the float32 model (parity and "
+                         "images on held-out photos; by default an engine that falls short is an error, exit 1)")
     ap.add_argument("--model", help="checkpoint: released .pth or project folder (default: the bundled model)")
     ap.add_argument("--max-scale", type=float, metavar="M",
                     help="largest training scale M of the model (released .pth files do not record it: 8 unless "
@@ -105,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.engine not in BACKEND_PRECISIONS[args.backend]:
         ap.error(f"--engine {args.engine} is for --backend onnxruntime (TensorRT builds take "
                  f"{' or '.join(BACKEND_PRECISIONS['tensorrt'])})")
-    if args.calibration is not None and args.engine != "int8":
-        ap.error("--calibration is for --engine int8")
+    if (args.calibration is not None or args.skip_int8_check) and args.engine != "int8":
+        ap.error(f"{'--calibration' if args.calibration is not None else '--skip-int8-check'} is for --engine int8")
     if args.conv == "winograd" and (args.backend, args.engine) != ("onnxruntime", "fp32"):
         ap.error("--conv winograd is for --backend onnxruntime --engine fp32 (TensorRT chooses its own "
                  "convolution algorithms, and the transforms lose too much in float16)")
@@ -129,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out) if args.out else Path("engines") / f"{model_path.stem}-{args.backend}-{args.engine}"
         command = shlex.join(["python", "-m", "idm_rt.build", *(sys.argv[1:] if argv is None else argv)])
         options = BuildOptions(model_path, out, args.engine, args.backend, buckets, args.workspace, args.force,
-                               command, conv, args.max_scale, args.calibration or "auto")
+                               command, conv, args.max_scale, args.calibration or "auto", not args.skip_int8_check)
         return build(options)
     except (OSError, ValueError, RuntimeError, ImportError) as e:  # export's BuildError is a RuntimeError
         print(f"error: {e}", file=sys.stderr)

@@ -5,8 +5,8 @@ per-channel symmetric int8 weights, uint8 activations whose ranges are calibrate
 inputs. Those are recorded from the torch model's own sampler (:func:`idm_rt.pipeline.super_resolve`
 with the model's recommended settings) on a few calibration images at several scales, cropped to
 the bucket's size: random inputs would calibrate ranges the sampler never produces. Only the
-convolutions are quantised; the convolutions of :data:`KEEP_FLOAT` stay in float32 (the ones whose
-quantisation cost the most, measured by ``python -m benchmarks.int8_onnx --sensitivity``).
+convolutions are quantised; those of :data:`KEEP_FLOAT` and :func:`excluded_nodes` stay in float32 (where
+quantisation cost the most).
 
 Everything is seeded: the same model, bucket, settings and images give the same graph.
 """
@@ -38,7 +38,7 @@ from idm_rt.pipeline import super_resolve
 from idm_rt.resize import downscale
 from idm_rt.sampling import SamplingSettings
 
-VERSION = 1  # bump when what quantize_unet writes changes for the same settings: part of the rebuild key
+VERSION = 2  # bump when what quantize_unet writes changes for the same settings: part of the rebuild key
 METHODS = ("minmax", "entropy", "percentile")
 ACTIVATIONS = ("uint8", "int8")
 # Calibrator options per method: entropy searches thresholds on 2048 bins (ONNX Runtime's default of
@@ -48,16 +48,18 @@ ACTIVATIONS = ("uint8", "int8")
 # x0 PSNR 46.2 against 45.4 dB with every convolution quantised).
 METHOD_OPTIONS = {"minmax": {}, "entropy": {"num_bins": 2048, "num_quantized_bins": 128},
                   "percentile": {"percentile": 99.99, "symmetric": False}}
-# Regular expressions over module paths ("unet.up.3.blocks.1.res.skip"; {last}: the index of the
-# decoder's full-resolution level) of the convolutions kept in float32: the first and the last, and
-# the 1x1 skip convolutions of the full-resolution decoder level, whose input concatenates very
-# differently scaled features. Measured on the bundled model (benchmarks/results/int8_onnx.md): the
-# x0 estimate's PSNR on held-out trajectories is 46.2 dB with every convolution quantised, 55.1 dB
-# with these four in float32.
-KEEP_FLOAT = (r"^unet\.input_conv$", r"^unet\.final\.", r"^unet\.up\.{last}\.blocks\.\d+\.res\.skip$")
+# Regular expressions over module paths ("unet.up.3.blocks.1.res.skip"; {last} and {prev}: the indices of the
+# decoder's full-resolution level and the one before it) of the convolutions kept in float32: the first and the
+# last, and every convolution of the decoder's two finest levels. A model sampled from little noise (the bundled
+# one starts at noise level 0.99) predicts a noise that is a small part of the signal in those layers, and 8-bit
+# activations there lose it; the measurements that chose them are in benchmarks/results/int8_onnx.md.
+KEEP_FLOAT = (r"^unet\.input_conv$", r"^unet\.final\.", r"^unet\.up\.{last}\.", r"^unet\.up\.{prev}\.")
 TRAIN_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "train"
 # scikit-image's photos that are not the evaluation photos (training.evaluate.SKIMAGE_PHOTOS).
 SKIMAGE_CALIBRATION = ("immunohistochemistry", "hubble_deep_field", "retina", "stereo_motorcycle")
+# Those an int8 engine calibrated on SKIMAGE_CALIBRATION is checked on (export.int8_check): evaluation photos, never
+# calibrated on.
+SKIMAGE_HELD_OUT = ("astronaut", "coffee", "chelsea")
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ class QuantSettings:
         method: activation range calibration, one of :data:`METHODS`.
         activations: activation type, one of :data:`ACTIVATIONS` (weights: symmetric int8 per channel).
         keep_float: regular expressions over module paths of the convolutions kept in float32
-            (``{last}``: the index of the decoder's full-resolution level).
+            (``{last}``, ``{prev}``: the indices of the decoder's full-resolution level and the one before it).
         images: calibration images, each sampled on one crop of the bucket's size...
         scales: ...at each of these magnifications, with the model's recommended sampling settings.
         seed: the crops and the sampler's noise.
@@ -91,7 +93,7 @@ class QuantSettings:
         if not self.scales or not all(s > 1 for s in self.scales):
             raise ValueError(f"calibration scales must be numbers > 1, got {self.scales}")
         for pattern in self.keep_float:
-            re.compile(pattern.format(last=0))
+            re.compile(pattern.format(last=1, prev=0))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -100,25 +102,26 @@ class QuantSettings:
 # ---------------------------------------------------------------- calibration images and inputs
 
 
+def resolve_source(source: str | Path = "auto") -> str | Path:
+    """``source`` itself, or for "auto": the project's training images when ``../shared`` is beside the
+    checkout, else "skimage" when scikit-image is installed, else "synthetic"."""
+    if source != "auto":
+        return source
+    skimage = importlib.util.find_spec("skimage") is not None
+    return TRAIN_DATA if TRAIN_DATA.is_dir() else "skimage" if skimage else "synthetic"
+
+
 def calibration_images(source: str | Path = "auto", count: int = 4, seed: int = 0) -> tuple[list[torch.Tensor], str]:
     """(``count`` images as (3, H, W) uint8, what they are) from ``source``: a folder of images (drawn
     with ``seed``), "skimage" (:data:`SKIMAGE_CALIBRATION`, needs scikit-image), "synthetic" (seeded
-    smooth fields with sharp edges), or "auto": the project's training images when ``../shared`` is
-    beside the checkout, else scikit-image's photos when it is installed, else synthetic images."""
-    if source == "auto":
-        skimage = importlib.util.find_spec("skimage") is not None
-        source = TRAIN_DATA if TRAIN_DATA.is_dir() else "skimage" if skimage else "synthetic"
+    smooth fields with sharp edges), or "auto" (:func:`resolve_source`)."""
+    source = resolve_source(source)
     if source == "synthetic":
         return [_synthetic(seed + k) for k in range(count)], "synthetic"
     if source == "skimage":
         if count > len(SKIMAGE_CALIBRATION):
             raise ValueError(f"scikit-image has {len(SKIMAGE_CALIBRATION)} calibration photos, {count} asked for")
-        from skimage import data
-
-        photos = [getattr(data, name)() for name in SKIMAGE_CALIBRATION[:count]]
-        photos = [p[0] if isinstance(p, tuple) else p for p in photos]  # stereo_motorcycle: (left, right, disparity)
-        return ([torch.from_numpy(np.ascontiguousarray(p[..., :3])).permute(2, 0, 1) for p in photos],
-                "skimage: " + ", ".join(SKIMAGE_CALIBRATION[:count]))
+        return _skimage_photos(SKIMAGE_CALIBRATION[:count]), "skimage: " + ", ".join(SKIMAGE_CALIBRATION[:count])
     folder = Path(source)
     if not folder.is_dir():
         raise FileNotFoundError(f"calibration images: {folder} is not a folder (nor auto, skimage or synthetic)")
@@ -127,6 +130,34 @@ def calibration_images(source: str | Path = "auto", count: int = 4, seed: int = 
         raise ValueError(f"calibration folder {folder} holds {len(paths)} images, {count} needed")
     order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed))[:count].tolist()
     return [_load_rgb(paths[i]) for i in order], f"{folder}: " + ", ".join(paths[i].name for i in order)
+
+
+def held_out_images(source: str | Path, settings: QuantSettings, count: int) -> tuple[list[torch.Tensor], str]:
+    """(images, what they are) like those of calibration ``source`` that the build did not calibrate on: a
+    folder's next ``count`` images of the seeded draw (as many as it has beyond the calibration's), scikit-image's
+    :data:`SKIMAGE_HELD_OUT` photos for "skimage", synthetic images of other seeds for "synthetic"."""
+    source = resolve_source(source)
+    if source == "skimage":
+        return _skimage_photos(SKIMAGE_HELD_OUT[:count]), "skimage: " + ", ".join(SKIMAGE_HELD_OUT[:count])
+    if source == "synthetic":
+        return calibration_images("synthetic", count, settings.seed + 1000)[0], "synthetic, seeds 1000+"
+    folder = Path(source)
+    total = len([p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()])
+    count = min(count, total - settings.images)
+    if count < 1:
+        raise ValueError(f"calibration folder {folder} holds {total} images, all calibrated on: none left to check "
+                         f"the engine with ({settings.images + 1} needed)")
+    images, _ = calibration_images(folder, settings.images + count, settings.seed)
+    return images[settings.images:], (f"{folder}: images {settings.images + 1}-{settings.images + count} of the "
+                                      f"seeded draw whose first {settings.images} the build calibrates on")
+
+
+def _skimage_photos(names: Sequence[str]) -> list[torch.Tensor]:
+    from skimage import data
+
+    photos = [getattr(data, name)() for name in names]
+    photos = [p[0] if isinstance(p, tuple) else p for p in photos]  # stereo_motorcycle: (left, right, disparity)
+    return [torch.from_numpy(np.ascontiguousarray(p[..., :3])).permute(2, 0, 1) for p in photos]
 
 
 def _load_rgb(path: Path) -> torch.Tensor:
@@ -240,10 +271,16 @@ def _common_prefix(paths: list[list[str]]) -> str:
 
 
 def excluded_nodes(proto: onnx.ModelProto, keep_float: Sequence[str], levels: int) -> list[str]:
-    """Names of the Conv nodes whose module path matches one of ``keep_float`` (``{last}`` = levels - 1)."""
-    patterns = [re.compile(p.format(last=levels - 1)) for p in keep_float]
+    """Names of the Conv nodes kept in float32: those whose module path matches one of ``keep_float``
+    (``{last}`` = levels - 1, ``{prev}`` = levels - 2), and those with no module path: weights the exporter
+    folded from several parameters under names of its own (the implicit up-layers' 1x1 maps, ``fc2 @ fc1``),
+    which no pattern can name; keeping them, the one into the finest level among them, is part of what
+    :data:`KEEP_FLOAT`'s measurements measured."""
+    patterns = [re.compile(p.format(last=levels - 1, prev=levels - 2)) for p in keep_float]
     convs = {n.name for n in proto.graph.node if n.op_type == "Conv"}
-    return sorted(n for n, path in module_paths(proto).items() if n in convs and any(p.search(path) for p in patterns))
+    paths = module_paths(proto)
+    matched = {n for n, path in paths.items() if n in convs and any(p.search(path) for p in patterns)}
+    return sorted(matched | (convs - set(paths)))
 
 
 def prepare(fp32_path: Path, out_path: Path) -> None:
@@ -315,12 +352,13 @@ class Calibration:
     settings: QuantSettings
     images: list[torch.Tensor]
     source: str  # what the images are
+    origin: str | Path = "synthetic"  # where from: a folder, "skimage" or "synthetic" (held_out_images's source)
 
     @classmethod
     def load(cls, source: str | Path = "auto", settings: QuantSettings | None = None) -> Calibration:
         settings = settings or QuantSettings()
         images, what = calibration_images(source, settings.images, settings.seed)
-        return cls(settings, images, what)
+        return cls(settings, images, what, resolve_source(source))
 
     def key(self) -> dict:
         """What the quantised graphs depend on besides the model and the bucket."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 
 import torch
 
@@ -34,11 +35,35 @@ def available_cpus() -> int:
 
 def configure_threads(n: int | None = None) -> int:
     """Set torch's CPU threads to ``n``; by default to ``OMP_NUM_THREADS`` when it is set (torchrun sets
-    it per process), else to :func:`available_cpus`. Returns the count set."""
+    it per process), else to :func:`available_cpus`, fewer on a busy machine (:func:`spare_threads`, said
+    on stderr). Returns the count set."""
     if n is None:
-        n = _env_threads() or available_cpus()
+        n = _env_threads()
+        if n is None:
+            n, note = spare_threads(available_cpus())
+            if note:
+                print(note, file=sys.stderr)
     torch.set_num_threads(check("threads", n, required=True))
     return n
+
+
+def spare_threads(threads: int) -> tuple[int, str | None]:
+    """(``threads``, None), or on a machine whose load leaves fewer free cores than that (one-minute load
+    average against the machine's CPUs), (the free cores, at least 1; a note saying so). Every parallel
+    region waits for its slowest thread, and a thread that other work keeps off its core stalls the others:
+    on a busy 2-core VM the README's main command took 45-95 s with 2 threads and 18-21 s with one
+    (``benchmarks/results/busy_threads.json``)."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # no load average on this platform
+        return threads, None
+    cores = os.cpu_count() or 1
+    if threads < 2 or load + threads <= cores + 0.5:
+        return threads, None
+    spare = max(1, min(threads - 1, math.floor(cores - load + 0.5)))
+    return spare, (f"note: this machine is busy (load average {load:.1f} over the last minute on {cores} CPUs): "
+                   f"{spare} torch thread{'s' * (spare > 1)} instead of {threads}, which can run several times "
+                   "slower while other work holds the cores (--threads N chooses)")
 
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:

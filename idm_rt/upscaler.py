@@ -114,8 +114,9 @@ class Upscaler:
         ``backend`` "onnxruntime" or "tensorrt" runs engines instead (see :meth:`from_engines`):
         ``path`` is an engine directory written by ``python -m idm_rt.build``, or a model, whose
         engines are then built on the first call (default buckets, ``precision`` "fp32" for ONNX
-        Runtime and "fp16" for TensorRT unless given; "int8" for ONNX Runtime calibrates first, see
-        :mod:`idm_rt.export.quantize`) into a cache folder and reused after
+        Runtime and "fp16" for TensorRT unless given; "int8" for ONNX Runtime calibrates first and checks
+        the engine against the model, a RuntimeError naming the numbers when it falls short, see
+        :mod:`idm_rt.export.quantize` and :mod:`idm_rt.export.int8_check`) into a cache folder and reused after
         (:func:`idm_rt.export.engines.build_engines`). ``max_scale`` overrides the largest training scale M
         (released ``.pth`` files do not store it; default 8). ``device`` defaults to "cpu", "cuda" for
         TensorRT.

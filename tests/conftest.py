@@ -1,5 +1,5 @@
-"""Fixtures: the golden folder (skipped when ../shared is absent) and a tiny random model. Shared helpers
-are in helpers.py."""
+"""Fixtures: the golden folder (skipped when ../shared is absent), a tiny random model, an idle machine; a
+summary line of the skipped tests. Shared helpers are in helpers.py."""
 
 from __future__ import annotations
 
@@ -10,14 +10,36 @@ import torch
 
 import idm_rt
 
-from .helpers import GOLDEN, TINY, perturbed
+from .helpers import GOLDEN, TINY, perturbed, skip_summary
+
+
+@pytest.fixture(autouse=True)
+def idle_machine(monkeypatch):
+    """Every test sees an idle machine: the command lines' thread default and its note on stderr
+    (idm_rt.threads.spare_threads) do not depend on what else runs; tests of that set the load themselves."""
+    monkeypatch.setattr(idm_rt.threads.os, "getloadavg", lambda: (0.0, 0.0, 0.0), raising=False)
 
 
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
     if not (GOLDEN / "checkpoint.pth").exists():
-        pytest.skip(f"golden fixtures not found at {GOLDEN} (they live in ../shared beside the checkout)")
+        pytest.skip(f"golden fixtures not found at {GOLDEN}: parity with the release not checked (README, "
+                    "'Release parity', says where they come from; IDM_RT_GOLDEN=DIR points at a copy)")
     return GOLDEN
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """A loud last line when tests were skipped: ``s`` and a count alone hide that a claim went unchecked."""
+    reasons = [_skip_reason(report) for report in terminalreporter.stats.get("skipped", [])]
+    line = skip_summary(reasons)
+    if line:
+        terminalreporter.write_line(line, yellow=True, bold=True)
+
+
+def _skip_reason(report) -> str:
+    longrepr = report.longrepr  # (file, line, "Skipped: reason") for skips
+    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    return reason.removeprefix("Skipped: ")
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ backend (same seed, same tiling) at bucket sizes and at every other size, batchi
 import dataclasses
 import importlib.util
 import shutil
+import threading
 
 import numpy as np
 import pytest
@@ -219,6 +220,24 @@ def test_run_batched_chunks_and_pads_to_the_bucket_range():
     assert out.view(-1).tolist() == [0.0, 10.0, 20.0, 30.0, 40.0]
 
 
+def test_onnxruntime_threads_follow_torchs_count_unless_given(built):
+    """The command lines set torch's threads (--threads, or the CPUs the process may use); ONNX Runtime's own
+    default, every core of the machine, ignored both."""
+    _, folder = built
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        counts = {key: s.get_session_options().intra_op_num_threads for key, s in load_runner(folder)._sessions.items()}
+        assert set(counts.values()) == {1}
+        torch.set_num_threads(2)
+        runner = load_runner(folder, threads=3)
+        assert {s.get_session_options().intra_op_num_threads for s in runner._sessions.values()} == {3}
+        runner = load_runner(folder)
+        assert {s.get_session_options().intra_op_num_threads for s in runner._sessions.values()} == {2}
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_onnxruntime_cpu_sampling_keeps_torch_at_one_thread_and_restores_it(built, monkeypatch):
     model, folder = built
     runner = load_runner(folder)
@@ -232,6 +251,36 @@ def test_onnxruntime_cpu_sampling_keeps_torch_at_one_thread_and_restores_it(buil
         idm_rt.pipeline.super_resolve(runner, torch.zeros(1, 3, 16, 16), (32, 32), idm_rt.SamplingSettings(steps=2))
         assert seen and set(seen) == {1}
         assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_onnxruntime_runners_in_several_python_threads_leave_torchs_thread_count_as_it_was(built):
+    """Each runner pins torch to one thread while it samples; pins of several threads overlap here."""
+    model, folder = built
+    runners = [load_runner(folder) for _ in range(3)]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    errors, seen = [], []
+
+    def upscale(runner):
+        try:
+            for _ in range(3):
+                idm_rt.pipeline.super_resolve(runner, torch.zeros(1, 3, 16, 16), (32, 32),
+                                              idm_rt.SamplingSettings(steps=2))
+        except Exception as e:  # noqa: BLE001 (reported below, in the test's thread)
+            errors.append(e)
+
+    workers = [threading.Thread(target=upscale, args=(r,)) for r in runners]
+    fresh = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))  # what a later thread starts with
+    try:
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join()
+        fresh.start()
+        fresh.join()
+        assert not errors and torch.get_num_threads() == 2 and seen == [2]
     finally:
         torch.set_num_threads(before)
 

@@ -62,3 +62,16 @@ def test_default_model_is_clearly_above_bicubic(default_upscaler, scale):
 def test_the_network_alone_is_above_bicubic(default_upscaler, scale):
     ours, bic = _scores(default_upscaler, scale, default_upscaler.sampling.replace(back_projection=0))
     assert ours["psnr"] > bic["psnr"] + MARGINS[scale][1]
+
+
+def test_the_readmes_low_level_calls_run_the_bundled_model(default_upscaler):
+    model = idm_rt.load_model(idm_rt.upscaler.DEFAULT_MODEL)
+    assert model.recommended == default_upscaler.sampling
+    lr = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1  # images in [-1, 1]
+    with torch.no_grad():
+        cond = model.encode(lr, (32, 32))
+        c = model.condition(cond, model.scale_fraction(4.0))
+        eps = model.denoise(torch.randn(1, 3, 32, 32), c, torch.tensor([0.5]))
+        x0 = idm_rt.diffusion.sample(model, c, sampler="ddim", steps=2, x_T=torch.randn(1, 3, 32, 32))
+    assert cond.shape == eps.shape == x0.shape == (1, 3, 32, 32)
+    assert torch.isfinite(x0).all() and float((cond - torch.nn.functional.interpolate(lr, 32)).abs().mean()) < 0.5

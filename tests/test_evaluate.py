@@ -73,3 +73,30 @@ def test_evaluate_reports_median_detail_and_niqe_of_ours_bicubic_and_the_hr(tiny
     for key in ("detail", "detail_corr", "niqe"):
         assert row[key + "_bic"] == pytest.approx(np.median([w[key] for w in want]))
     assert row["niqe_hr"] > 0 and row["niqe"] > 0 and row["detail"] >= row["detail_corr"] >= 0
+
+
+def test_seed_and_device_say_what_they_do(capsys):
+    from idm_rt.training.evaluate import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--seed SEED seed of the sampler's noise, the same for every image and scale" in text
+    assert "--device DEVICE where the model runs: cpu (default), cuda or cuda:N" in text
+
+
+def test_grids_name_their_columns_in_a_header_row(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from idm_rt.training.visual import LABEL_HEIGHT, save_grid
+
+    rows = [[torch.full((3, 20, 30), 0.5), torch.full((3, 20, 30), 0.5)]]
+    save_grid(rows, tmp_path / "plain.png")
+    save_grid(rows, tmp_path / "named.png", labels=["bicubic", "ours"])
+    plain, named = (np.asarray(Image.open(tmp_path / f"{n}.png")) for n in ("plain", "named"))
+    assert named.shape[0] == plain.shape[0] + LABEL_HEIGHT and named.shape[1] == plain.shape[1]
+    assert np.array_equal(named[LABEL_HEIGHT:], plain)  # the images where they were, one row lower
+    header = named[:LABEL_HEIGHT].min(axis=(0, 2))  # darkest value of each pixel column
+    assert header[4:34].min() < 128 and header[38:68].min() < 128  # text above each column
+    assert (plain[:4] == 255).all()

@@ -113,6 +113,8 @@ def test_fp16_without_gpu_writes_onnx_explains_and_exits_3(models, tmp_path, cap
     assert rc == 3
     log = capsys.readouterr().out
     assert "TensorRT engines NOT built" in log and "an NVIDIA GPU" in log and "tensorrt Python package" in log
+    first = log.splitlines()[0]  # said before any graph is exported
+    assert "cannot be built on this machine" in first and "an NVIDIA GPU" in first and "exit status 3" in first
     again = next(line for line in log.splitlines() if "run the same command again" in line)
     assert "python -m idm_rt.build --engine fp16" in again and "--force" not in again  # the graphs are reused
     assert "backend='onnxruntime'" in log

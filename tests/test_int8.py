@@ -58,17 +58,21 @@ def test_the_manifest_says_int8_and_only_the_static_unet_is_quantised(int8_dir):
         assert "DequantizeLinear" not in {n.op_type for n in _nodes(int8_dir / m.graphs[key].onnx)}
 
 
-def test_the_first_last_and_full_resolution_skip_convolutions_stay_float(int8_dir, tmp_path):
+def test_the_first_last_and_the_two_finest_decoder_levels_convolutions_stay_float(int8_dir, tmp_path):
     torch.manual_seed(0)
     fp32 = export_graph(idm_rt.IDM(TINY, max_scale=4.0).eval(), "unet", Bucket(32, 32), tmp_path / "unet.onnx")
     paths = quantize.module_paths(onnx.load(str(fp32)))
-    kept = {paths[n] for n in quantize.excluded_nodes(onnx.load(str(fp32)), quantize.KEEP_FLOAT, TINY.levels)}
-    # three levels: the decoder's full-resolution level is up.2; its two blocks take concatenations
-    assert kept == {"unet.input_conv", "unet.final.conv", "unet.up.2.blocks.0.res.skip", "unet.up.2.blocks.1.res.skip"}
+    named = lambda nodes: {paths.get(n, n) for n in nodes}
+    kept = named(quantize.excluded_nodes(onnx.load(str(fp32)), quantize.KEEP_FLOAT, TINY.levels))
+    # three levels: the decoder's finest are up.2 and up.1, each two blocks; the implicit up-layers' 1x1 maps have
+    # weights folded under the exporter's names, no module path
+    blocks = {f"unet.up.{level}.blocks.{b}.res.{conv}" for level in (1, 2) for b in (0, 1)
+              for conv in ("block1.conv", "block2.conv", "skip")}
+    assert kept == {"unet.input_conv", "unet.final.conv", "/unet/upsample/Conv", "/unet/upsample_1/Conv", *blocks}
     nodes = _nodes(int8_dir / read_manifest(int8_dir).graphs[UNET].onnx)
     producers = {o: n.op_type for n in nodes for o in n.output}
     convs = {n.name: producers.get(n.input[1], "initializer") for n in nodes if n.op_type == "Conv"}
-    float_convs = {paths[name] for name, weight in convs.items() if weight != "DequantizeLinear"}
+    float_convs = named(name for name, weight in convs.items() if weight != "DequantizeLinear")
     assert float_convs == kept and len(convs) > len(kept)
 
 
@@ -103,7 +107,7 @@ def test_a_second_build_reuses_and_other_calibration_images_rebuild_the_unet(int
 
     images = tmp_path / "images"
     images.mkdir()
-    for k in range(4):
+    for k in range(7):  # 4 to calibrate on, 3 to check the engine on
         pixels = np.random.default_rng(k).integers(0, 256, (40, 48, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(images / f"{k}.png")
     assert main([*args, "--calibration", str(images)]) == 0
@@ -157,3 +161,57 @@ def test_clear_errors(model_dir, int8_dir, tmp_path, capsys, monkeypatch):
     (tmp_path / "manifest.json").write_text(json.dumps(dict(manifest, backend="tensorrt")))
     with pytest.raises(ValueError, match=r"precision must be one of \('fp32', 'fp16'\) for tensorrt"):
         read_manifest(tmp_path)
+
+
+def test_the_build_checks_the_engine_it_made_and_says_what_it_calibrated_on(int8_dir):
+    """The int8_dir fixture's build ran the check: its result, numbers and verdict, is in the manifest."""
+    check = read_manifest(int8_dir).build_flags["int8_check"]
+    assert check["passed"] and list(check["graphs"]) == [UNET]
+    report = check["report"]
+    assert "calibration: synthetic; held-out images: synthetic, seeds 1000+" in report
+    assert f"parity {UNET} 1 x 32x32" in report and f"parity {UNET} 2 x 32x32" in report
+    assert all(f"images at {s}x" in report for s in (2, 4, 8)) and "FAIL" not in report
+
+
+@pytest.mark.slow
+def test_an_int8_engine_that_falls_short_is_an_error_naming_the_numbers(model_dir, tmp_path, capsys, monkeypatch):
+    # activation ranges that keep only the central half of each tensor's values: a badly calibrated engine
+    monkeypatch.setitem(quantize.METHOD_OPTIONS, "percentile", {"percentile": 50.0, "symmetric": False})
+    out = tmp_path / "bad"
+    args = ["--engine", "int8", "--backend", "onnxruntime", "--model", str(model_dir), "--out", str(out),
+            "--tile", "32", "--calibration", "synthetic", "--threads", "1"]
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    assert "int8 calibration images: synthetic" in captured.out
+    fails = [line for line in captured.out.splitlines() if line.endswith("FAIL")]
+    assert any("parity unet/32x32_b1-1 1 x 32x32: relative error" in line for line in fails)
+    assert any("images at 4x:" in line and "dB from the float32 image (needed" in line for line in fails)
+    assert "falls short of the float32 model" in captured.err and "--engine fp32" in captured.err
+    assert not read_manifest(out).build_flags["int8_check"]["passed"]
+    assert main(args) == 1  # again: the recorded result, not minutes of calibration and checking
+    captured = capsys.readouterr()
+    assert "measured before" in captured.out and "calibrated" not in captured.out and "FAIL" in captured.out
+    with pytest.warns(UserWarning, match="failed the build's check"):
+        load_runner(out)
+    assert main([*args, "--skip-int8-check"]) == 0  # kept, to be measured
+    assert "int8 check" not in capsys.readouterr().out and "int8_check" not in read_manifest(out).build_flags
+
+
+def test_the_check_images_are_held_out_from_the_calibration(tmp_path):
+    settings = quantize.QuantSettings()
+    images, what = quantize.held_out_images("skimage", settings, 3)
+    assert what == "skimage: astronaut, coffee, chelsea" and not set(quantize.SKIMAGE_HELD_OUT) & set(
+        quantize.SKIMAGE_CALIBRATION) and [tuple(i.shape) for i in images][0] == (3, 512, 512)
+    from PIL import Image
+
+    for k in range(6):
+        Image.fromarray(np.full((40, 48, 3), k * 40, np.uint8)).save(tmp_path / f"{k}.png")
+    calibrated, _ = quantize.calibration_images(tmp_path, 4, settings.seed)
+    held, what = quantize.held_out_images(tmp_path, settings, 3)  # two left beyond the four calibrated on
+    assert len(held) == 2 and "images 5-6 of the seeded draw" in what
+    values = {int(i[0, 0, 0]) for i in calibrated}
+    assert len(values) == 4 and not values & {int(i[0, 0, 0]) for i in held}
+    (tmp_path / "4.png").unlink()
+    (tmp_path / "5.png").unlink()
+    with pytest.raises(ValueError, match="holds 4 images, all calibrated on"):
+        quantize.held_out_images(tmp_path, settings, 3)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 
-from benchmarks.latency_onnx import RESULTS, markdown, run_record, save_run
+from benchmarks.common import RESULTS
+from benchmarks.latency_onnx import markdown, run_record, save_run
 
 
 def result(threads: int, torch_ms: list[float], winograd_ms: list[float]) -> dict:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from PIL import Image
 
 import idm_rt
 from idm_rt import cgroups, threads
+from idm_rt.backends.onnxruntime import torch_threads
 
 from .helpers import ROOT, TINY_SET, make_folder
 
@@ -27,11 +29,12 @@ def keep_torch_threads():
 
 @pytest.fixture
 def machine(tmp_path, monkeypatch):
-    """A fake 64-CPU machine whose cgroup files live under tmp_path; returns a writer for them."""
+    """A fake idle 64-CPU machine whose cgroup files live under tmp_path; returns a writer for them."""
     monkeypatch.setattr(cgroups, "CGROUP", tmp_path / "cgroup")
     monkeypatch.setattr(cgroups, "PROC_SELF_CGROUP", tmp_path / "proc_self_cgroup")
     monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 64)  # idle (conftest's idle_machine)
     (tmp_path / "proc_self_cgroup").write_text("0::/\n")
 
     def write(path: str, text: str) -> None:
@@ -144,3 +147,79 @@ def test_evaluate_threads_flag(machine, model, tmp_path):
     machine("cpu.max", "200000 100000\n")
     assert evaluate.main(args) == 0
     assert torch.get_num_threads() == 2
+
+
+def _count_in_a_new_thread() -> int:
+    """torch's thread count as a thread started now sees it (the count torch gives threads it has not met)."""
+    seen = []
+    t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    t.start()
+    t.join()
+    return seen[0]
+
+
+@pytest.mark.parametrize("first_out", ["main", "worker"])
+def test_overlapping_thread_pins_of_several_threads_restore_torchs_count(first_out):
+    """ONNX Runtime runners pin torch's threads while sampling (torch_threads); when two Python threads' pins
+    overlap, each saved what it saw and the last to leave restored the other's pin: torch stayed at 1 thread."""
+    torch.set_num_threads(2)
+    main_in, worker_in, main_out = threading.Event(), threading.Event(), threading.Event()
+    inside = []
+
+    def worker():
+        main_in.wait()
+        with torch_threads(1):
+            inside.append(torch.get_num_threads())
+            worker_in.set()
+            if first_out == "main":
+                main_out.wait()
+        if first_out == "worker":
+            main_out.set()
+
+    t = threading.Thread(target=worker)
+    t.start()
+    with torch_threads(1):
+        inside.append(torch.get_num_threads())
+        main_in.set()
+        worker_in.wait()
+        if first_out == "worker":
+            main_out.wait()
+    if first_out == "main":
+        main_out.set()
+    t.join()
+    assert inside == [1, 1]
+    assert torch.get_num_threads() == 2 and _count_in_a_new_thread() == 2
+
+
+@pytest.mark.parametrize("load,cpus,n,spare", [
+    (1.0, 2, 2, 1),  # one busy process on 2 CPUs: one of our 2 threads would have no free core
+    (0.2, 2, 2, 2),  # idle
+    (1.0, 2, 1, 1),  # one thread cannot stall another
+    (9.5, 2, 2, 1),  # at least one
+    (4.0, 8, 8, 4),  # the free cores
+    (30.0, 64, 2, 2),  # a 2-CPU container on a 64-CPU host half busy: cores to spare
+    (63.0, 64, 2, 1),
+])
+def test_a_busy_machine_gets_its_free_cores_with_a_note(monkeypatch, load, cpus, n, spare):
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: cpus)
+    got, note = threads.spare_threads(n)
+    assert got == spare and (note is None) == (spare == n)
+    if note:
+        assert f"load average {load:.1f} over the last minute on {cpus} CPUs" in note
+        assert f"{spare} torch thread{'s' * (spare > 1)} instead of {n}" in note and "--threads N" in note
+
+
+def test_the_default_thread_count_on_a_busy_machine(machine, monkeypatch, capsys):
+    machine("cpu.max", "200000 100000\n")
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (1.5, 1.0, 1.0))
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 2)
+    assert threads.configure_threads() == 1 and torch.get_num_threads() == 1
+    assert "note: this machine is busy" in capsys.readouterr().err
+    assert threads.configure_threads(2) == 2  # a count given: the user's choice, kept without a note
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert threads.configure_threads() == 2
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (_ for _ in ()).throw(OSError("no load average")))
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert threads.configure_threads() == 2 and capsys.readouterr().err == ""

@@ -125,6 +125,29 @@ def test_a_second_ctrl_c_stops_at_once_without_a_checkpoint(tmp_path, capsys):
     assert "continues from the last one (step_00000002)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_the_run_says_what_it_trains_and_validates_on_and_where_its_checkpoint_is(tmp_path, capsys):
+    from idm_rt.training.train import main
+
+    make_folder(tmp_path / "data")  # 5 usable images (and 2 skipped)
+    out = tmp_path / "run"
+    options = [s for s in TINY_SET if not s.startswith("val_holdout=")]  # the default: 4 held out
+    assert main(["--data", str(tmp_path / "data"), "--out", str(out), "--steps", "2", "--set", *options]) == 0
+    said = capsys.readouterr().out
+    assert "warning: 4 of the 5 images are held out for validation, not trained on" in said
+    assert (f"data: training on 1 of the 5 usable images in {tmp_path / 'data'}; validation on the last 4 "
+            "(val_holdout=4; --set val_holdout=N changes it") in said and "--val-data DIR" in said
+    last = out / "checkpoints" / "step_00000002"
+    assert (last / "ema").is_dir() and f"step 2 of 2; last checkpoint: {last} (the model: {last / 'ema'}" in said
+    for name in ("img0.png", "img1.png"):
+        (tmp_path / "data" / name).unlink()
+    assert main(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "run2"), "--steps", "2", "--set",
+                 *options]) == 2
+    err = capsys.readouterr().err
+    assert "has 3 usable images: too few to hold out 4" in err and "--set val_holdout=2" in err
+    assert "--val-data DIR" in err
+
+
 def test_resume_cli_uses_the_runs_saved_options(tmp_path, capsys):
     from idm_rt.training.train import main
 

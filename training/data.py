@@ -113,8 +113,24 @@ def split_holdout(images: list[Path], n: int, folder: str | Path) -> tuple[list[
     if not n:
         return images, []
     if len(images) <= n:
-        raise ValueError(f"{folder} has {len(images)} usable images: too few to hold out {n}")
+        raise ValueError(f"{folder} has {len(images)} usable images: too few to hold out {n} for validation and "
+                         f"train on the rest; hold out fewer (--set val_holdout={max(len(images) - 1, 0)}; 0: no "
+                         "validation) or validate on another folder (--val-data DIR)")
     return images[:-n], images[-n:]
+
+
+def describe_split(train: int, held_out: int, data: str | Path, val_data: str | Path | None) -> list[str]:
+    """The start-up lines saying what a run trains and validates on, and how to change it; a warning line
+    first when validation keeps more than a quarter of the images from training."""
+    if val_data:
+        return [f"data: training on {train} images of {data}; validation on {held_out} of {val_data} (--val-data)"]
+    lines = [f"data: training on {train} of the {train + held_out} usable images in {data}; validation on the last "
+             f"{held_out} (val_holdout={held_out}; --set val_holdout=N changes it, 0 turns validation off; --val-data "
+             "DIR validates on another folder)"]
+    if held_out > (train + held_out) / 4:
+        lines.insert(0, f"warning: {held_out} of the {train + held_out} images are held out for validation, not "
+                        f"trained on")
+    return lines
 
 
 def sample_scale(step: int, max_scale: float, fixed_steps: int, gen: torch.Generator, sampling: str = "uniform"
@@ -137,4 +153,5 @@ def center_crop(img: torch.Tensor, size: int) -> torch.Tensor:
     return img[:, top:top + s, left:left + s]
 
 
-__all__ = ["scan_folder", "FolderScan", "PairSampler", "split_holdout", "sample_scale", "load_rgb", "center_crop"]
+__all__ = ["scan_folder", "FolderScan", "PairSampler", "split_holdout", "describe_split", "sample_scale", "load_rgb",
+           "center_crop"]

@@ -171,8 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scales", default="2,3,4,6,8", help="comma-separated magnifications (default 2,3,4,6,8)")
     sampling.add_arguments(ap)
     ap.add_argument("--crop", type=int, help="evaluate on a central crop of this side (faster on a CPU)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="seed of the sampler's noise, the same for every image and scale (default 0): the same seed "
+                         "gives the same table")
+    ap.add_argument("--device", default="cpu", help="where the model runs: cpu (default), cuda or cuda:N")
     ap.add_argument("--tile", type=int, help="HR tile side for large images")
     ap.add_argument("--save-dir", type=Path, help="write comparison grids (bicubic | ours | HR) here")
     ap.add_argument("--json", type=Path, help="write the results as JSON here")

@@ -1,7 +1,7 @@
 """``python -m idm_rt.training.train``: train an IDM model.
 
 Examples:
-  python -m idm_rt.training.train --preset small --data ../shared/datasets/train --out runs/small
+  python -m idm_rt.training.train --preset small --data my_photos/ --out runs/small   # any folder of HR photos
   python -m idm_rt.training.train --resume --out runs/small          # continue exactly where it stopped
   python -m idm_rt.training.train --resume --out runs/small --steps 20000   # ... and train longer
   python -m idm_rt.training.train --config my.json --set steps=20000 network.dropout=0.1
@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None:
             overrides.append(f"{key}={value}" if isinstance(value, int) else f'{key}="{value}"')
     configure_allocator()  # the training loop's activations reuse the memory the last step freed
+    trainer = None
     try:
         cfg = resolved(args, overrides)
         trainer = Trainer(cfg)
@@ -63,8 +64,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        say_where(trainer)
         return 130
+    say_where(trainer)
     return 0
+
+
+def say_where(trainer: Trainer | None) -> None:
+    """The closing line: where the run's last checkpoint is, and how to use its model (rank 0)."""
+    if trainer is None or trainer.rank != 0 or not trainer.checkpoints():
+        return
+    last = trainer.checkpoints()[-1]
+    print(f"step {trainer.step} of {trainer.cfg.steps}; last checkpoint: {last} (the model: {last / 'ema'}, e.g. "
+          f"Upscaler.from_pretrained({str(last / 'ema')!r}) or python -m idm_rt.training.evaluate --model "
+          f"{last / 'ema'})")
 
 
 def resolved(args: argparse.Namespace, overrides: list[str]) -> TrainConfig:

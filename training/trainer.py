@@ -25,7 +25,7 @@ from .checkpoints import (
     write_checkpoint,
 )
 from .config import TrainConfig
-from .data import PairSampler, sample_scale, scan_folder, split_holdout
+from .data import PairSampler, describe_split, sample_scale, scan_folder, split_holdout
 from .distributed import all_ranks, any_rank, default_device, init_distributed
 from .ema import EMA
 from .logs import CsvLog
@@ -55,6 +55,7 @@ class Trainer:
             images, val_images = split_holdout(scan.images, cfg.val_holdout, cfg.data)
         self.skipped = scan.skipped
         self.val_images = val_images
+        self.split = describe_split(len(images), len(val_images), cfg.data, cfg.val_data)
         self.pairs = PairSampler(images[self.rank::self.world], cfg.crop)
 
         torch.manual_seed(cfg.seed)
@@ -206,6 +207,8 @@ class Trainer:
             (self.out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
             for path, why in self.skipped:
                 tqdm.write(f"skipped {path}: {why}")
+            for line in self.split:
+                tqdm.write(line)
             self.val_log = CsvLog(self.out / "val.csv")
             for csv_log in (log, self.val_log):
                 csv_log.truncate_after(self.step)  # rows written after the checkpoint we resumed from

@@ -188,6 +188,7 @@ _JSON_NAMES = {str: "string", dict: "object", list: "array", bool: "true or fals
 BACKEND_PRECISIONS = {"onnxruntime": PRECISIONS, "tensorrt": ("fp32", "fp16")}  # int8 (export.quantize): CPUs
 MAX_BUCKETS = 64
 PARTIAL = ".partial"  # suffix of a file being written, renamed into place when complete
+INT8_CHECK = "int8_check"  # build_flags entry: an int8 build's check against the float32 model (export.int8_check)
 
 
 def artifact_name(key: str, backend: str | None = None) -> str:

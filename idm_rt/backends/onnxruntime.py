@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import warnings
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 
 from ..threads import MAX_THREADS
 from .base import EngineRunner
-from .engine_dir import artifact, graph_inputs, graph_key, graph_outputs, graph_specs
+from .engine_dir import INT8_CHECK, artifact, graph_inputs, graph_key, graph_outputs, graph_specs
 
 _DTYPES = {"tensor(float)": (np.float32, torch.float32), "tensor(float16)": (np.float16, torch.float16),
            "tensor(int64)": (np.int64, torch.int64)}
@@ -25,7 +26,9 @@ class OnnxRuntimeRunner(EngineRunner):
         folder: an engine directory; the optimised graphs of an ``onnxruntime`` build are used,
             the plain ONNX graphs of any other build.
         device: "cpu", "cuda" or "cuda:N" (needs the onnxruntime-gpu package).
-        threads: intra-op threads on the CPU (None: ONNX Runtime's default, all cores).
+        threads: intra-op threads on the CPU; None: torch's thread count when the runner is made (what the
+            command lines set from ``--threads`` or the CPUs this process may use, see :mod:`idm_rt.threads`);
+            0: ONNX Runtime's own default, every core of the machine, blind to CPU affinity and quotas.
         sampling_torch_threads: torch's thread count while an image is sampled on the CPU (see
             :meth:`sampling`; process-wide for that time); None leaves torch alone.
     """
@@ -47,11 +50,14 @@ class OnnxRuntimeRunner(EngineRunner):
             warnings.warn(f"{self.folder} was built with Winograd convolutions for ONNX Runtime on a CPU; on a "
                           "GPU cuDNN's own are faster: rebuild with python -m idm_rt.build --conv direct",
                           stacklevel=1)
+        check = self.manifest.build_flags.get(INT8_CHECK)
+        if isinstance(check, dict) and check.get("passed") is False:
+            warnings.warn(f"{self.folder}: its int8 engine failed the build's check against the float32 model, its "
+                          f"images are not the model's:\n{check.get('report')}", stacklevel=1)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only: optimiser notes are not the user's concern
-        if threads is not None:
-            options.intra_op_num_threads = threads
+        options.intra_op_num_threads = torch.get_num_threads() if threads is None else threads
         use_engine = self.manifest.backend == "onnxruntime"
         self._sessions = {}
         for key, entry in self.manifest.graphs.items():
@@ -142,12 +148,31 @@ def execution_providers(device: torch.device) -> list:
     return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
 
 
+# torch_threads' shared state: how many blocks are open, and torch's count from before the first of them opened.
+_pin_lock = threading.Lock()
+_pins = 0
+_unpinned = 0
+
+
 @contextlib.contextmanager
 def torch_threads(n: int):
-    """torch's intra-op thread count set to ``n`` inside the block, restored after it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
+    """torch's intra-op thread count set to ``n`` inside the block, and back to what it was outside every
+    such block when the block ends, also when blocks of several Python threads overlap.
+
+    torch keeps the count twice: one value per OS thread (OpenMP's) and one that threads started later
+    begin with; ``torch.set_num_threads`` sets the caller's and the latter. Each thread saving and
+    restoring what it saw would, once blocks overlap, save another block's ``n`` and restore it last,
+    leaving every later thread at ``n``; so the count from before the first open block is kept once,
+    under a lock, and each block restores that one."""
+    global _pins, _unpinned
+    with _pin_lock:
+        if _pins == 0:
+            _unpinned = torch.get_num_threads()
+        _pins += 1
+        torch.set_num_threads(n)
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        with _pin_lock:
+            _pins -= 1
+            torch.set_num_threads(_unpinned)

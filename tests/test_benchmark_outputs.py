@@ -1,0 +1,62 @@
+"""Benchmarks write to a scratch folder unless told to replace the committed results (--replace): a run to try
+something left the README's numbers overwritten."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import pkgutil
+
+import pytest
+import torch
+
+import benchmarks
+import idm_rt
+from benchmarks import common
+
+from .helpers import TINY, make_folder
+
+# Each module with a command line that writes results; gpu_check writes only into the folder it is given.
+WRITERS = sorted(m.name for m in pkgutil.iter_modules(benchmarks.__path__)
+                 if not m.ispkg and m.name not in ("common", "release_style", "gpu_check"))
+
+
+def test_every_benchmark_writing_results_is_listed():
+    assert WRITERS == ["allocator", "busy_threads", "int8_onnx", "latency", "latency_onnx", "model_grids",
+                       "quality_steps", "serve_load", "size_scaling", "tile_overlap"]
+
+
+@pytest.mark.parametrize("name", WRITERS)
+def test_every_benchmark_has_replace_and_says_where_it_writes_by_default(name, capsys):
+    module = importlib.import_module(f"benchmarks.{name}")
+    with pytest.raises(SystemExit) as e:
+        module.main(["--help"])
+    assert e.value.code == 0
+    assert "--replace" in capsys.readouterr().out
+
+
+@pytest.fixture
+def folders(tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(common, "SCRATCH", tmp_path / "scratch")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "quality_steps.json").write_text("committed\n")
+    return tmp_path / "results", tmp_path / "scratch"
+
+
+def test_a_run_writes_to_scratch_and_replaces_the_results_only_when_told(folders, tmp_path):
+    from benchmarks.quality_steps import main
+
+    results, scratch = folders
+    torch.manual_seed(0)
+    idm_rt.save_model(idm_rt.IDM(TINY, max_scale=4.0), tmp_path / "model")
+    make_folder(tmp_path / "data", n=1, size=24)
+    (tmp_path / "data" / "broken.jpg").unlink()
+    (tmp_path / "data" / "tiny.png").unlink()
+    args = ["--model", str(tmp_path / "model"), "--data", str(tmp_path / "data"), "--scales", "2", "--steps", "2",
+            "--samplers", "ddim", "--inits", "noise", "--crop", "16"]
+    main(args)
+    assert (results / "quality_steps.json").read_text() == "committed\n"
+    assert json.loads((scratch / "quality_steps.json").read_text())["curve"]
+    main([*args, "--replace"])
+    assert json.loads((results / "quality_steps.json").read_text())["curve"]
