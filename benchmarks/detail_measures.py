@@ -30,7 +30,7 @@ from idm_rt.training.evaluate import detail_and_naturalness, load_images
 from idm_rt.training.metrics import bicubic, detail_band, detail_fractions, make_pair, psnr_y, quantize
 from idm_rt.training.niqe import MODEL_FILE, NIQEModel
 
-from .common import RESULTS, write
+from .common import add_replace_argument, write
 
 NOISES = {"white": "white", "band": "band-limited"}
 LEVELS = {"to_hr": "to the HR's detail", "full": "of the band's energy"}
@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="detail_measures", help="result name under benchmarks/results/")
     add_threads_argument(ap)
+    add_replace_argument(ap)
     args = ap.parse_args(argv)
     configure_threads(args.threads)
     model = idm_rt.Upscaler.from_pretrained(args.model).model
@@ -157,8 +158,9 @@ def main(argv: list[str] | None = None) -> dict:
               "niqe_model": args.niqe_model.name, "niqe_patch": niqe.patch, "seed": args.seed,
               **measure_all(images, model, [float(v) for v in args.scales.split(",")], niqe, args.seed)}
     result["checks"] = checks(result["medians"])
-    full = json.loads(write(args.out, result, "detail_measures").read_text())  # with the command and machine
-    atomic_write(RESULTS / f"{args.out}.md", lambda p: Path(p).write_text(markdown(full)))
+    path = write(args.out, result, "detail_measures", args.replace)
+    full = json.loads(path.read_text())  # with the command and machine
+    atomic_write(path.with_suffix(".md"), lambda p: Path(p).write_text(markdown(full)))
     print(markdown(full))
     return full
 

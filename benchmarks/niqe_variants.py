@@ -26,7 +26,7 @@ from idm_rt.training.evaluate import load_images
 from idm_rt.training.niqe import mvg_distance, patch_features
 from idm_rt.training.niqe_fit import fit, image_patches, select
 
-from .common import RESULTS, write
+from .common import add_replace_argument, write
 from .detail_measures import candidates
 
 NOISY = ("estimate+white_full", "estimate+band_full", "estimate+white_to_hr", "estimate+band_to_hr")
@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--crop", type=int, default=192)
     ap.add_argument("--out", default="niqe_variants")
     add_threads_argument(ap)
+    add_replace_argument(ap)
     args = ap.parse_args(argv)
     configure_threads(args.threads)
     model = idm_rt.Upscaler.from_pretrained().model
@@ -81,8 +82,9 @@ def main(argv: list[str] | None = None) -> dict:
                         print(_line(rows[-1]), flush=True)
     result = {"data": args.data, "held_out": [p.name for p in held_out], "train_images": len(train),
               "crop": args.crop, "rows": rows}
-    full = json.loads(write(args.out, result, "niqe_variants").read_text())  # with the command and machine
-    atomic_write(RESULTS / f"{args.out}.md", lambda p: Path(p).write_text(markdown(full)))
+    path = write(args.out, result, "niqe_variants", args.replace)
+    full = json.loads(path.read_text())  # with the command and machine
+    atomic_write(path.with_suffix(".md"), lambda p: Path(p).write_text(markdown(full)))
     return full
 
 

@@ -11,8 +11,8 @@ worker node killed halfway.
   once the first output exists; the job must finish with every output present once, equal to the in-process
   upscale with the same seed, and no temporary file left.
 
-    python -m benchmarks.serve_faults                    # writes a scratch file, prints where
-    python -m benchmarks.serve_faults --replace          # writes benchmarks/results/serve_faults.json
+    python -m benchmarks.serve_faults                    # benchmarks/scratch/serve_faults.json
+    python -m benchmarks.serve_faults --replace          # benchmarks/results/serve_faults.json
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .common import RESULTS, machine
+from .common import add_replace_argument, write
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB_TIMEOUT_S = 300
@@ -180,7 +180,7 @@ def run(clients: int = 2, warmup: int = 10, after_s: float = 20.0, steps: int = 
     import ray
     from ray.cluster_utils import Cluster
 
-    results = {"machine": machine()}
+    results = {}
     with tempfile.TemporaryDirectory() as tmp:
         model = tiny_model(Path(tmp) / "model")
         for part in ("service", "batch_job"):
@@ -206,15 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=2)
     ap.add_argument("--after-s", type=float, default=20.0, help="load kept up after the node is killed")
     ap.add_argument("--images", type=int, default=10, help="images of the batch job")
-    ap.add_argument("--replace", action="store_true", help="write benchmarks/results/serve_faults.json")
+    add_replace_argument(ap)
     args = ap.parse_args(argv)
-    results = {"command": "python -m benchmarks.serve_faults " + " ".join(argv if argv is not None else
-                                                                            sys.argv[1:]),
-               **run(clients=args.clients, after_s=args.after_s, images=args.images)}
-    target = RESULTS / "serve_faults.json" if args.replace else Path(tempfile.gettempdir()) / "serve_faults.json"
-    target.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in results.items() if k != "machine"}, indent=2))
-    print(f"written to {target}")
+    results = run(clients=args.clients, after_s=args.after_s, images=args.images)
+    print(json.dumps(results, indent=2))
+    print(f"written to {write('serve_faults', results, 'serve_faults', args.replace)}")
     return 0
 
 
