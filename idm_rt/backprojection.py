@@ -6,33 +6,33 @@ back-projection (Irani & Peleg 1991), ``x0 += upscale(lr - downscale(x0))``; eac
 the LR mismatch several-fold. It is the same low-pass data-consistency idea as ILVR
 (Choi et al. 2021) and DDNM (Wang et al. 2023). The network keeps the high frequencies it
 generates; the frequencies the LR determines come from the LR. The corrected x0 is handed to the
-sampler as the noise it implies, so every sampler gets it unchanged.
+sampler as the noise it implies, so every sampler gets it unchanged. Any array library (:mod:`idm_rt.arrays`).
 """
 
 from __future__ import annotations
 
-import torch
-
+from .arrays import Array, namespace
 from .diffusion.samplers import EpsFn
-from .resize import downscale, upscale
+from .resize import bicubic_upscale, downscale
 
 
-def back_project(x0: torch.Tensor, lr: torch.Tensor, iterations: int) -> torch.Tensor:
+def back_project(x0: Array, lr: Array, iterations: int) -> Array:
     """``iterations`` passes of ``x0 += upscale(lr - downscale(x0))``; images in [-1, 1]."""
     for _ in range(iterations):
-        x0 = x0 + upscale(lr - downscale(x0, tuple(lr.shape[-2:])), tuple(x0.shape[-2:]))
+        x0 = x0 + bicubic_upscale(lr - downscale(x0, tuple(lr.shape[-2:])), tuple(x0.shape[-2:]))
     return x0
 
 
-def back_projected(eps_fn: EpsFn, lr: torch.Tensor, iterations: int) -> EpsFn:
+def back_projected(eps_fn: EpsFn, lr: Array, iterations: int) -> EpsFn:
     """``eps_fn`` whose implied clean image ``(x - sigma eps) / alpha`` (clipped to [-1, 1]) is
     back-projected onto ``lr``; returns the noise that the corrected estimate implies."""
 
-    def eps_back_projected(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    def eps_back_projected(x: Array, g: Array) -> Array:
+        xp = namespace(x)
         eps = eps_fn(x, g)
-        alpha = g.to(torch.float32).view(-1, 1, 1, 1)  # float32 even for half inputs: sigma -> 0 near g = 1
-        sigma = (1.0 - alpha * alpha).clamp_min(1e-12).sqrt()
-        x0 = back_project(((x - sigma * eps) / alpha).clamp(-1.0, 1.0), lr, iterations)
+        alpha = xp.reshape(xp.astype(g, xp.float32), (-1, 1, 1, 1))  # float32 even for half inputs: sigma -> 0
+        sigma = xp.sqrt(xp.clip(1.0 - alpha * alpha, 1e-12, None))
+        x0 = back_project(xp.clip((x - sigma * eps) / alpha, -1.0, 1.0), lr, iterations)
         return (x - alpha * x0) / sigma
 
     return eps_back_projected

@@ -13,8 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from .diffusion import SAMPLERS, LinearSchedule, start_timestep
-from .diffusion.samplers import ddim_timesteps, ddpm_timesteps
+from .diffusion import SAMPLERS, LinearSchedule, sampler, start_timestep
 from .options import MAX_STEPS, check
 from .options import add_arguments as add_options
 
@@ -49,9 +48,7 @@ class SamplingSettings:
     eta: float = 0.0
 
     def __post_init__(self) -> None:
-        # a str first: `in` compares by ==, which a numpy array answers element-wise (np.array(["ddim"]) passed)
-        if not isinstance(self.sampler, str) or self.sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.sampler!r}; choose from {SAMPLERS}")
+        chosen = sampler(self.sampler)  # (checks a str first: `in` would compare a numpy array element-wise)
         for name in ("steps", "init_level", "back_projection", "eta"):
             check(name, getattr(self, name), required=True)
         if not isinstance(self.init, str) or self.init not in INITS:
@@ -61,10 +58,7 @@ class SamplingSettings:
         object.__setattr__(self, "steps", int(self.steps))
         object.__setattr__(self, "init_level", float(self.init_level))
         object.__setattr__(self, "eta", float(self.eta))
-        if self.sampler == "ddim":  # its grid needs 2..n steps, n the start timestep + 1
-            ddim_timesteps(LinearSchedule(), self.steps, self.start_timestep)
-        if self.sampler == "ddpm":
-            ddpm_timesteps(LinearSchedule(), self.steps, self.start_timestep)
+        chosen.grid(LinearSchedule(), self.steps, self.start_timestep)  # a step count its grid cannot take
 
     @property
     def start_timestep(self) -> int | None:
@@ -109,7 +103,7 @@ class SamplingSettings:
 def add_arguments(parser: argparse.ArgumentParser, default: str = "the model's recommendation") -> None:
     """The command-line options of the settings (``--sampler``, ``--steps``, ``--init``, ``--init-level``,
     ``--back-projection``), for every command that samples; :func:`from_arguments` reads them back."""
-    parser.add_argument("--sampler", choices=SAMPLERS,
+    parser.add_argument("--sampler", choices=tuple(SAMPLERS),
                         help=f"dpmpp_2m (few steps), ddim, or ddpm (ancestral; --steps 2000 from noise is the "
                              f"release's loop); default: {default}")
     parser.add_argument("--init", choices=INITS,

@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
+import numpy as np
 
+from .arrays import Array, like, namespace
 from .cancel import checkpoint
 from .diffusion.samplers import EpsFn
 from .model.protocol import SamplingModel
@@ -58,25 +59,25 @@ class TilePlan:
         tiles = tuple((t, l, th, tw) for t in _starts(h, th, stride) for l in _starts(w, tw, stride))
         return cls(size, tiles, tile - stride)
 
-    def weight(self, tile: tuple[int, int, int, int]) -> torch.Tensor:
-        """(h, w) blending weight: 1 inside, linear ramps over the overlap on sides facing other tiles."""
+    def weight(self, tile: tuple[int, int, int, int]) -> np.ndarray:
+        """(h, w) float32 blending weight: 1 inside, linear ramps over the overlap on sides facing other tiles."""
         top, left, h, w = tile
         ramp_len = max(self.overlap, 1)
 
-        def axis(start: int, n: int, total: int) -> torch.Tensor:
-            i = torch.arange(n, dtype=torch.float32)
-            wgt = torch.ones(n)
+        def axis(start: int, n: int, total: int) -> np.ndarray:
+            i = np.arange(n, dtype=np.float32)
+            wgt = np.ones(n, dtype=np.float32)
             if start > 0:
-                wgt = torch.minimum(wgt, (i + 1) / (ramp_len + 1))
+                wgt = np.minimum(wgt, (i + 1) / (ramp_len + 1))
             if start + n < total:
-                wgt = torch.minimum(wgt, (n - i) / (ramp_len + 1))
+                wgt = np.minimum(wgt, (n - i) / (ramp_len + 1))
             return wgt
 
         return axis(top, h, self.size[0])[:, None] * axis(left, w, self.size[1])[None, :]
 
 
-def tiled_eps(model: SamplingModel, cond: torch.Tensor, p: torch.Tensor, plan: TilePlan,
-              denoise: Callable | None = None, cache_bytes: int = CACHE_BYTES) -> EpsFn:
+def tiled_eps(model: SamplingModel, cond: Array, p: Array, plan: TilePlan, denoise: Callable | None = None,
+              cache_bytes: int = CACHE_BYTES) -> EpsFn:
     """A noise predictor over the whole image that runs the U-Net (``denoise``, by default
     ``model.denoise``) tile by tile.
 
@@ -84,10 +85,12 @@ def tiled_eps(model: SamplingModel, cond: torch.Tensor, p: torch.Tensor, plan: T
     beyond that budget recompute theirs at every step, so memory stays bounded for huge outputs.
     """
     denoise = denoise or model.denoise
-    weights = [plan.weight(tile).to(cond) for tile in plan.tiles]
-    total = torch.zeros(plan.size, dtype=cond.dtype, device=cond.device)
-    for (t, l, h, w), wgt in zip(plan.tiles, weights):
-        total[t:t + h, l:l + w] += wgt
+    xp = namespace(cond)
+    host_total = np.zeros(plan.size, dtype=np.float32)
+    for (t, l, h, w) in plan.tiles:
+        host_total[t:t + h, l:l + w] += plan.weight((t, l, h, w))
+    weights = [xp.astype(like(plan.weight(tile), cond), cond.dtype) for tile in plan.tiles]
+    total = xp.astype(like(host_total, cond), cond.dtype)
 
     def tile_condition(i: int):
         t, l, h, w = plan.tiles[i]
@@ -102,8 +105,8 @@ def tiled_eps(model: SamplingModel, cond: torch.Tensor, p: torch.Tensor, plan: T
             break
         cached[i], used = c, used + size
 
-    def eps_fn(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        acc = torch.zeros_like(x)
+    def eps_fn(x: Array, g: Array) -> Array:
+        acc = xp.zeros_like(x)
         for i, ((t, l, h, w), wgt) in enumerate(zip(plan.tiles, weights)):
             checkpoint()
             c = cached[i] if i in cached else tile_condition(i)

@@ -32,7 +32,7 @@ class IDMLoss:
         max_t = sched.timesteps if max_t is None else max_t
         if not 1 <= max_t <= sched.timesteps:
             raise ValueError(f"max_timestep must be in 1..{sched.timesteps}, got {max_t}")
-        self.sqrt_ac_prev = sched.sqrt_alphas_cumprod_prev[: max_t + 1].float()
+        self.sqrt_ac_prev = torch.from_numpy(sched.sqrt_alphas_cumprod_prev[: max_t + 1]).float()
         self.snr_gamma, self.aux_weight = snr_gamma, aux_weight
 
     def weight(self, g: torch.Tensor) -> torch.Tensor:

@@ -1,11 +1,12 @@
-"""The noise schedule of IDM/SR3: linear betas over T steps, kept in float64 and read as float32."""
+"""The noise schedule of IDM/SR3: linear betas over T steps, in float64 (numpy, as the release computes it)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 
-import torch
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -20,25 +21,25 @@ class LinearSchedule:
     end: float = 1e-2
 
     @cached_property
-    def betas(self) -> torch.Tensor:
-        return torch.linspace(self.start, self.end, self.timesteps, dtype=torch.float64)
+    def betas(self) -> np.ndarray:
+        return np.linspace(self.start, self.end, self.timesteps, dtype=np.float64)
 
     @cached_property
-    def alphas_cumprod(self) -> torch.Tensor:
-        return torch.cumprod(1.0 - self.betas, dim=0)
+    def alphas_cumprod(self) -> np.ndarray:
+        return np.cumprod(1.0 - self.betas)
 
     @cached_property
-    def alphas_cumprod_prev(self) -> torch.Tensor:
-        return torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
+    def alphas_cumprod_prev(self) -> np.ndarray:
+        return np.concatenate([[1.0], self.alphas_cumprod[:-1]])
 
     @cached_property
-    def sqrt_alphas_cumprod_prev(self) -> torch.Tensor:
+    def sqrt_alphas_cumprod_prev(self) -> np.ndarray:
         """``sqrt([1, ac...])`` (length T + 1): the interval ends that training samples g between."""
-        return torch.sqrt(torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod]))
+        return np.sqrt(np.concatenate([[1.0], self.alphas_cumprod]))
 
     def ac(self, t: int) -> float:
         return float(self.alphas_cumprod[t])
 
     def noise_level(self, t: int) -> float:
         """g = sqrt(ac[t]) as the network sees it."""
-        return float(torch.sqrt(self.alphas_cumprod[t]))
+        return math.sqrt(self.alphas_cumprod[t])
