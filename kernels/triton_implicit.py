@@ -37,11 +37,18 @@ def _cfg(num_warps: int, num_stages: int, **blocks: int) -> triton.Config:
 
 
 @triton.jit
+def _plane(batch, C, chan, size):
+    """Offset of the first element of plane ``chan`` of sample ``batch`` in a (B, C, size) tensor, in int64:
+    B x C x size passes 2^31 (a 4096 x 4096 output of a 128-channel level does), and int32 products wrap."""
+    return (batch.to(tl.int64) * C + chan) * size
+
+
+@triton.jit
 def _modulated(x_ptr, s_ptr, a1_ptr, a2_ptr, bias_ptr, batch, C, HS, chan, src, mask):
     """leaky_relu(x a1 + shift a2 + bias, 0.2) sqrt 2 at channels ``chan`` (K,) x source pixels ``src``,
     laid out as ``chan[:, None]`` by ``src[None, :]`` or the reverse, whichever the caller broadcast."""
     cm = chan < C
-    off = batch * C * HS + chan * HS + src
+    off = _plane(batch, C, chan, HS) + src
     x = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
     s = tl.load(s_ptr + off, mask=mask, other=0.0).to(tl.float32)
     a1 = tl.load(a1_ptr + batch * C + chan, mask=cm, other=0.0).to(tl.float32)
@@ -91,14 +98,13 @@ def _mlp_kernel(x_ptr, s_ptr, a1_ptr, a2_ptr, bias_ptr, w1_ptr, b1_ptr, w2_ptr, 
     if RELU:
         hidden = tl.maximum(hidden, 0.0)
     hidden_w = hidden.to(wdt)
-    out_base = out_ptr + batch * C * HW
     for o0 in range(0, C, BLOCK_O):
         o = o0 + tl.arange(0, BLOCK_O)
         om = o < C
         w2t = tl.load(w2_ptr + o[None, :] * HIDDEN + n[:, None], mask=nm[:, None] & om[None, :], other=0.0)
         b2 = tl.load(b2_ptr + o, mask=om, other=0.0).to(tl.float32)
         y = tl.dot(hidden_w, w2t, input_precision=PRECISION) + b2[None, :]
-        tl.store(out_base + o[None, :] * HW + p[:, None], y.to(out_ptr.dtype.element_ty),
+        tl.store(out_ptr + _plane(batch, C, o[None, :], HW) + p[:, None], y.to(out_ptr.dtype.element_ty),
                  mask=pm[:, None] & om[None, :])
 
 
@@ -129,7 +135,7 @@ def _map_kernel(x_ptr, s_ptr, a1_ptr, a2_ptr, bias_ptr, m_ptr, d_ptr, y_ptr, C, 
                        km[:, None] & sm[None, :])
         acc = tl.dot(m, h.to(mdt), acc, input_precision=PRECISION)
     acc += tl.load(d_ptr + o, mask=om, other=0.0)[:, None]
-    tl.store(y_ptr + batch * C * HS + o[:, None] * HS + s[None, :], acc.to(y_ptr.dtype.element_ty),
+    tl.store(y_ptr + _plane(batch, C, o[:, None], HS) + s[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=om[:, None] & sm[None, :])
 
 
@@ -150,11 +156,10 @@ def _gather_kernel(y_ptr, u_ptr, v_ptr, ri_ptr, rr_ptr, ci_ptr, cr_ptr, out_ptr,
     pm = p < HW
     row, col = p // W, p % W
     src = tl.load(ri_ptr + row, mask=pm, other=0) * WS + tl.load(ci_ptr + col, mask=pm, other=0)
-    plane = batch * C + o
-    y = tl.load(y_ptr + plane * HS + src, mask=pm, other=0.0).to(tl.float32)
+    y = tl.load(y_ptr + _plane(batch, C, o, HS) + src, mask=pm, other=0.0).to(tl.float32)
     val = y + tl.load(rr_ptr + row, mask=pm, other=0.0) * tl.load(u_ptr + o) \
         + tl.load(cr_ptr + col, mask=pm, other=0.0) * tl.load(v_ptr + o)
-    tl.store(out_ptr + plane * HW + p, val.to(out_ptr.dtype.element_ty), mask=pm)
+    tl.store(out_ptr + _plane(batch, C, o, HW) + p, val.to(out_ptr.dtype.element_ty), mask=pm)
 
 
 def _precision(dtype: torch.dtype) -> str:
