@@ -32,6 +32,7 @@ from idm_rt.backends.engine_dir import (
     inside,
     read_manifest,
 )
+from idm_rt.backends.tensorrt import PIP_REQUIREMENT
 from idm_rt.buckets import Bucket, tile_side
 from idm_rt.checkpoints import is_project, load_model, model_hash
 from idm_rt.fileio import atomic_write
@@ -324,8 +325,9 @@ def _missing_message(folder: Path, missing: list[str], options: BuildOptions) ->
     lines += [f"  - {m}" for m in missing]
     # --force would export the graphs again instead of reusing them
     again = shlex.join(t for t in shlex.split(options.command) if t != "--force") or "python -m idm_rt.build ..."
-    lines += ["To finish on the target machine (NVIDIA GPU, driver, TensorRT 10.x):",
-              f"  1. bring {folder} and the model ({options.model_path}) there, then: pip install tensorrt",
+    lines += ["To finish on the target machine (NVIDIA GPU, driver, TensorRT 10.x or 11.x):",
+              f"  1. bring {folder} and the model ({options.model_path}) there, then: pip install "
+              f"'{PIP_REQUIREMENT}'",
               f"  2. run the same command again: {again}",
               "     (the ONNX graphs are reused; only the engines are built, for that GPU and TensorRT version)",
               f"Meanwhile the ONNX graphs run with ONNX Runtime: "

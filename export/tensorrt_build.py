@@ -1,4 +1,4 @@
-"""TensorRT 10.x engine building from the exported ONNX graphs, behind availability checks.
+"""TensorRT engine building (10.x, 11.x) from the exported ONNX graphs, behind availability checks.
 
 Follows the TensorRT 10 Python API documentation: ``Builder``, ``OnnxParser``, one optimisation
 profile per engine (``set_shape(name, min, opt, max)``), a workspace limit
