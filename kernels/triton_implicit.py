@@ -11,6 +11,8 @@ Loads may be float32, float16 or bfloat16; products accumulate in float32.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import math
 import os
 
@@ -22,14 +24,40 @@ INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
 _SQRT2 = tl.constexpr(math.sqrt(2.0))  # FusedLeakyReLU's gain; kernels read module globals only as constexpr
 
 
-def _keep_first_when_interpreting(configs, named_args, **kwargs):
-    """The interpreter runs every config it benchmarks, so it gets one config, not a tuning run."""
+_pinned: list[int | None] = [None]  # the autotune config every kernel uses, by index (pinned_config)
+
+
+def _prune(configs, named_args, **kwargs):
+    """A pinned run (:func:`pinned_config`) gets its one config; the interpreter, which runs every config it
+    benchmarks, gets the first; a tuning run on a GPU gets them all."""
+    if _pinned[0] is not None:
+        return [configs[_pinned[0] % len(configs)]]
     return configs[:1] if INTERPRETING else configs
 
 
+@contextlib.contextmanager
+def pinned_config(index: int):
+    """Inside the block every kernel runs autotune config ``index`` (modulo its number of configs), with no
+    tuning: one compilation per specialisation instead of one per config, and a way to check every config
+    (under the interpreter too). Tuning choices made before or inside the block are forgotten at both ends."""
+    def forget():
+        for kernel in (_mlp_kernel, _map_kernel, _gather_kernel):
+            kernel.cache.clear()
+
+    forget()
+    _pinned[0] = index
+    try:
+        yield
+    finally:
+        _pinned[0] = None
+        forget()
+
+
 def _autotune(configs: list[triton.Config], key: list[str]):
-    """``triton.autotune`` whose first config is the one the interpreter runs."""
-    return triton.autotune(configs, key=key, prune_configs_by={"early_config_prune": _keep_first_when_interpreting})
+    """``triton.autotune`` whose first config is the one the interpreter runs; tuning results are kept in
+    Triton's cache directory (per GPU architecture and shapes), so a new process does not tune again."""
+    cache = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
+    return triton.autotune(configs, key=key, prune_configs_by={"early_config_prune": _prune}, **cache)
 
 
 def _cfg(num_warps: int, num_stages: int, **blocks: int) -> triton.Config:

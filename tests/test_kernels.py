@@ -119,6 +119,21 @@ def test_triton_float32_matches_the_release_form(case, poisoned):
 
 
 @needs_triton
+@pytest.mark.parametrize("index", range(4))
+@pytest.mark.parametrize("form,act", [("mlp", None), ("mlp", "relu"), ("folded", None)])
+def test_every_autotune_config_is_correct(form, act, index, poisoned):
+    """Each of the autotune configs a GPU may choose (block sizes, so masking at the edges differ), pinned in
+    turn; the channels and pixels are no multiple of any block. The interpreter otherwise runs the first."""
+    from idm_rt.kernels.triton_implicit import pinned_config
+
+    b, c, hs, ws, hh, ww = 1, 40, 3, 4, 7, 9
+    inputs = layer_inputs(b, c, hs, ws, hidden=48, seed=11)
+    with pinned_config(index):
+        out = fused(form, [t.float() for t in inputs], (hh, ww), act)
+    assert rel_max_err(out, literal(inputs, (hh, ww), act)) < 1e-5
+
+
+@needs_triton
 @pytest.mark.parametrize("form,act", [("mlp", None), ("mlp", "relu"), ("folded", None)])
 def test_triton_float16_accumulates_in_float32(form, act, poisoned):
     b, c, hs, ws, hh, ww = 2, 64, 5, 6, 9, 13
