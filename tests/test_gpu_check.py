@@ -61,3 +61,14 @@ def test_a_failing_variant_is_recorded_with_its_traceback_and_the_section_goes_o
     assert verdict({"checks": [], "variants": saved, "sections": {}}).startswith("INCOMPLETE")
     assert verdict({"checks": [{"ok": False}], "variants": [], "sections": {}}).startswith("FAIL")
     assert verdict({"checks": [{"ok": True}], "variants": saved[1:2], "sections": {"demo": {"status": "ok"}}}) == "PASS"
+
+
+def test_without_a_gpu_it_says_so_and_writes_nothing(tmp_path, capsys):
+    import torch
+
+    from benchmarks.gpu_check import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert main([str(tmp_path / "out")]) == 2
+    assert "no CUDA device visible to torch" in capsys.readouterr().err and not (tmp_path / "out").exists()

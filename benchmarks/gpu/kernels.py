@@ -9,10 +9,19 @@ from collections.abc import Callable
 import torch
 
 from idm_rt import kernels
-from idm_rt.model.implicit import ImplicitUp, fold, modulate, query_fast, query_literal, query_tables
+from idm_rt.model.implicit import (
+    ImplicitUp,
+    fold,
+    modulate,
+    nearest_query,
+    pixel_centres,
+    query_fast,
+    query_literal,
+    query_tables,
+)
 
 from .common import TOL, Run, layer_inputs, log, rel_max_err
-from .tf32 import budget_for, derive, read_budgets
+from .tf32 import FLAGS, budget_for, derive, read_budgets
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 # (batch, channels, h, w, H', W', hidden_act, form, dtype): odd, non-square, non-2x, ties, up to 512 channels
@@ -63,15 +72,34 @@ def _layer_form(inputs: list[torch.Tensor], size: tuple[int, int], relu: bool, f
         return query(modulate(x, shift, a1, a2, bias), fc1, fc2, size, relu)
 
 
+def _exact(inputs: list[torch.Tensor], size: tuple[int, int], relu: bool) -> torch.Tensor:
+    """The layer in float64 per target pixel, each on the source pixel the release's float32 grid_sample picks
+    (a target on a source border is a tie that float64 coordinates would break the other way)."""
+    x, shift, a1, a2, bias, w1, b1, w2, b2 = (t.double() for t in inputs)
+    h = modulate(x, shift, a1, a2, bias)
+    (ri, _), (ci, _) = nearest_query(h.shape[-2], size[0]), nearest_query(h.shape[-1], size[1])
+    rel_r = (pixel_centres(size[0]).double() - pixel_centres(h.shape[-2]).double()[ri]) * h.shape[-2]
+    rel_c = (pixel_centres(size[1]).double() - pixel_centres(h.shape[-1]).double()[ci]) * h.shape[-1]
+    q = h[:, :, ri][:, :, :, ci].permute(0, 2, 3, 1)  # (B, H', W', C)
+    rel = torch.stack(torch.broadcast_tensors(rel_r[:, None], rel_c[None, :]), -1).expand(q.shape[0], -1, -1, -1)
+    hidden = torch.cat([q, rel], -1) @ w1.T + b1
+    out = (hidden.clamp(min=0) if relu else hidden) @ w2.T + b2
+    return out.permute(0, 3, 1, 2)
+
+
 def derive_case(case: tuple, hidden: int = 256) -> dict:
     """The float32 budget of one kernel case (on the CPU, the case's seeded inputs): the kernel's side by
-    its torch stand-in (mlp: the literal form; folded: the fast form), against the literal reference."""
+    its torch stand-in (mlp: the literal form; folded: the fast form), against the literal form, both against
+    :func:`_exact`. The kernels' products take TF32 only when torch's matmul flag allows it, and so do the
+    stand-ins' here (their 1x1 convolutions included)."""
     b, c, hs, ws, hh, ww, act, form, _ = case
     inputs = layer_inputs(b, c, hs, ws, hidden, _generator(case_id(case)))
     relu, size = act == "relu", (hh, ww)
     side = "literal" if form == "mlp" else "fast"
-    return derive(lambda d: _layer_form(inputs, size, relu, side, d), lambda d: _layer_form(inputs, size, relu,
-                  "literal", d), lambda: _layer_form(inputs, size, relu, "literal", torch.float64))
+    matmul = FLAGS["matmul_allow_tf32"]
+    return derive(lambda d: _layer_form(inputs, size, relu, side, d),
+                  lambda d: _layer_form(inputs, size, relu, "literal", d), lambda: _exact(inputs, size, relu),
+                  conv=matmul, matmul=matmul)
 
 
 def kernel_budgets(quick: bool) -> dict[str, dict]:
