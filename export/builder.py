@@ -33,6 +33,7 @@ from idm_rt.backends.engine_dir import (
     inside,
     read_manifest,
 )
+from idm_rt.backends.tensorrt import PIP_REQUIREMENT
 from idm_rt.buckets import Bucket, tile_side
 from idm_rt.checkpoints import is_project, load_model, model_hash
 from idm_rt.fileio import atomic_write
@@ -68,6 +69,7 @@ class BuildOptions:
     max_scale: float | None = None  # overrides the model's M (released .pth files do not record it)
     calibration: str = "auto"  # int8: where the calibration images come from (see export.quantize)
     check_int8: bool = True  # int8: check the engine against the float32 model, BuildError when it falls short
+    export_device: str = "cpu"  # where the graphs are traced: "cuda" traces a float16 U-Net in seconds, not minutes
 
 
 def digest(*parts) -> str:
@@ -331,7 +333,8 @@ def _onnx_stage(model: IDM, mhash: str, kind: str, bucket: Bucket | None, option
                    f"({len(kept)} convolutions kept in float32)")
     else:
         start = time.perf_counter()
-        writer.write(rel, lambda tmp: export_graph(model, kind, bucket, Path(tmp), precision, conv))
+        writer.write(rel, lambda tmp: export_graph(model, kind, bucket, Path(tmp), precision, conv,
+                                                   options.export_device))
         writer.log(f"{label}: ONNX {precision} exported{' with Winograd convolutions' if conv == 'winograd' else ''} "
                    f"in {time.perf_counter() - start:.1f} s")
     problems = check_graph(path, OPSET)
@@ -370,8 +373,9 @@ def _missing_message(folder: Path, missing: list[str], options: BuildOptions) ->
     lines += [f"  - {m}" for m in missing]
     # --force would export the graphs again instead of reusing them
     again = shlex.join(t for t in shlex.split(options.command) if t != "--force") or "python -m idm_rt.build ..."
-    lines += ["To finish on the target machine (NVIDIA GPU, driver, TensorRT 10.x):",
-              f"  1. bring {folder} and the model ({options.model_path}) there, then: pip install tensorrt",
+    lines += ["To finish on the target machine (NVIDIA GPU, driver, TensorRT 10.x or 11.x):",
+              f"  1. bring {folder} and the model ({options.model_path}) there, then: pip install "
+              f"'{PIP_REQUIREMENT}'",
               f"  2. run the same command again: {again}",
               "     (the ONNX graphs are reused; only the engines are built, for that GPU and TensorRT version)",
               f"Meanwhile the ONNX graphs run with ONNX Runtime: "

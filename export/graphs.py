@@ -169,7 +169,7 @@ def io_spec(model: IDM, kind: str, bucket: Bucket | None) -> tuple[list[str], li
 
 
 def export_graph(model: IDM, kind: str, bucket: Bucket | None, path: Path, precision: str = "fp32",
-                 conv: str = "direct") -> Path:
+                 conv: str = "direct", device: str | torch.device = "cpu") -> Path:
     """Export graph ``kind`` (:data:`~idm_rt.backends.engine_dir.KINDS`) of ``model`` (for ``bucket``:
     the static U-Net) to ``path`` (written directly: the build writes it under a temp name it records).
 
@@ -177,6 +177,8 @@ def export_graph(model: IDM, kind: str, bucket: Bucket | None, path: Path, preci
     :data:`FP32_OPS` computed in float32. ``conv`` "winograd" (float32 U-Net only) computes the
     U-Net's wide 3x3 convolutions as Winograd transforms and products, for ONNX Runtime on a CPU
     (:mod:`export.winograd`); the other graphs run once per image and keep direct convolutions.
+    ``device`` is where the graph is traced (the same graph on any device; a float16 trace takes minutes
+    on a CPU, seconds on a GPU).
     """
     if conv not in CONV_MODES:
         raise ValueError(f"conv must be one of {CONV_MODES}, not {conv!r}")
@@ -184,9 +186,11 @@ def export_graph(model: IDM, kind: str, bucket: Bucket | None, path: Path, preci
     if conv == "winograd" and half:
         raise ValueError("Winograd convolutions are float32 only: their transforms lose too much in float16")
     dtype = torch.float16 if half else torch.float32
-    module = graph_module(copy.deepcopy(model), kind)
+    net = copy.deepcopy(model).to(device)
+    net.set_kernels("torch")  # the trace records torch operators, never a Triton launch (on a GPU)
+    module = graph_module(net, kind)
     batch = bucket.min_batch if kind == "unet" else 1
-    args = sample_inputs(model, kind, bucket, batch)
+    args = tuple(t.to(device) for t in sample_inputs(model, kind, bucket, batch))
     with torch.no_grad():
         # Fills the implicit layers' index tables outside the trace, in float32: a float16 call on
         # a CPU takes 100x as long (14 s for the bundled U-Net at 128x128), and the trace makes one.

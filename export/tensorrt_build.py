@@ -1,4 +1,4 @@
-"""TensorRT 10.x engine building from the exported ONNX graphs, behind availability checks.
+"""TensorRT engine building (10.x, 11.x) from the exported ONNX graphs, behind availability checks.
 
 Follows the TensorRT 10 Python API documentation: ``Builder``, ``OnnxParser``, one optimisation
 profile per engine (``set_shape(name, min, opt, max)``), a workspace limit
@@ -15,6 +15,7 @@ from pathlib import Path
 import onnx
 import torch
 
+from idm_rt.backends.engine_dir import dim_size
 from idm_rt.backends.tensorrt import import_tensorrt
 from idm_rt.buckets import Bucket
 from idm_rt.fileio import atomic_write
@@ -77,19 +78,9 @@ def profile_shapes(kind: str, bucket: Bucket | None, onnx_path: Path, buckets: l
     shapes = {}
     for inp in graph.input:  # every size follows from the image's: level i is ceil(n / 2^i)
         dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
-        shapes[inp.name] = tuple(tuple(_dim(d, b, hw) for d in dims) for b, hw in zip(batch, extents))
+        shapes[inp.name] = tuple(tuple(dim_size(d, {"batch": b, "h_0": hw[0], "w_0": hw[1]}) for d in dims)
+                                 for b, hw in zip(batch, extents))
     return shapes
-
-
-def _dim(dim: str | int, batch: int, hw: tuple[int, int]) -> int:
-    """One dimension of an input for a batch and an image size: named dims ``batch``, ``h_i``, ``w_i``
-    (level i of the U-Net) follow from them, fixed ones stay."""
-    if isinstance(dim, int) and dim > 0:
-        return dim
-    if dim == "batch":
-        return batch
-    axis, level = dim.split("_")
-    return -(-hw[axis == "w"] // 2 ** int(level))
 
 
 def build_engine(onnx_path: Path, engine_path: Path, profile: dict[str, tuple], fp16: bool, workspace_mb: int,

@@ -27,6 +27,7 @@ import torch
 from .diffusion.samplers import ddim_timesteps
 from .diffusion.schedule import LinearSchedule
 from .model import IDM, Conditioning
+from .model.unet import query_tables_for
 
 
 def _static_copy(c: Conditioning) -> Conditioning:
@@ -35,45 +36,59 @@ def _static_copy(c: Conditioning) -> Conditioning:
 
 
 class _Replay:
-    """A function of static buffers only, captured into a CUDA graph (after a warm-up on a side
-    stream, as the PyTorch docs prescribe) or, with ``graphs=False``, simply run each time."""
+    """A function of static buffers only, captured into a CUDA graph on ``device`` (after a warm-up on a
+    side stream, as the PyTorch docs prescribe) or, with ``graphs=False``, simply run each time.
 
-    def __init__(self, fn: Callable[[], torch.Tensor], graphs: bool, warmup: int = 3):
-        self.fn, self.graph = fn, None
+    Warm-up, capture and replay run with ``device`` current and on streams of ``device``: the buffers of a
+    model on cuda:1 are captured there whatever device the caller has current (the kernels run on the
+    current stream of their tensors' device, which must be the capturing stream)."""
+
+    def __init__(self, fn: Callable[[], torch.Tensor], device: torch.device, graphs: bool, warmup: int = 3):
+        self.fn, self.device, self.graph = fn, device, None
         if not graphs:
             return
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # cuDNN/Triton autotuning and lazy init happen here, not in capture
-            for _ in range(warmup):
-                fn()
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.out = fn()
+        with torch.cuda.device(device):
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):  # cuDNN/Triton autotuning and lazy init happen here, not in capture
+                for _ in range(warmup):
+                    fn()
+            torch.cuda.current_stream(device).wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            # the capture stream named: torch.cuda.graph's default one is made once, on whichever device
+            # was current the first time
+            with torch.cuda.graph(self.graph, stream=side):
+                self.out = fn()
 
     def __call__(self) -> torch.Tensor:
         if self.graph is None:
             return self.fn()
-        self.graph.replay()
+        with torch.cuda.device(self.device):
+            self.graph.replay()
         return self.out
 
 
 class _Compiled:
-    """The model's U-Net as the graphs call it: optionally ``torch.compile``d, under optional autocast."""
+    """The model's U-Net as the graphs call it: optionally ``torch.compile``d, under optional autocast.
+
+    A compiled U-Net is given the implicit layers' query tables, computed outside it: ``torch.compile``
+    traces through the ``lru_cache`` that keeps them, so inside it they would be rebuilt on the host and
+    copied to the device in every call (and inside a CUDA graph's capture). Given tables, the layers take
+    their torch form, which the compiler fuses; the Triton kernels serve the eager U-Net."""
 
     def __init__(self, model: IDM, autocast: torch.dtype | None, compile: bool):
         if autocast not in (None, torch.float16, torch.bfloat16):
             raise ValueError(f"autocast must be None, torch.float16 or torch.bfloat16, not {autocast}")
-        self.model, self.autocast = model, autocast
+        self.model, self.autocast, self.compiled = model, autocast, compile
         self.unet = torch.compile(model.unet, dynamic=False) if compile else model.unet
 
     def eps(self, x: torch.Tensor, c: Conditioning, g: torch.Tensor) -> torch.Tensor:
         """Predicted noise in x's dtype; autocast without its weight cache, which graphs cannot replay."""
+        tables = query_tables_for(tuple(x.shape[-2:]), self.model.config.levels, x.device) if self.compiled else None
         ctx = (torch.autocast(x.device.type, self.autocast, cache_enabled=False) if self.autocast
                else contextlib.nullcontext())
         with torch.no_grad(), ctx:
-            return self.unet(x, c, g).to(x.dtype)
+            return self.unet(x, c, g, tables).to(x.dtype)
 
 
 def _use_graphs(graphs: bool | None, device: torch.device) -> bool:
@@ -130,7 +145,7 @@ class StaticDenoiser:
         """Static buffers for this shape and the replayable U-Net call on them."""
         x_s, g_s = x.clone(), torch.zeros(x.shape[0], dtype=torch.float32, device=x.device)
         c_s = _static_copy(conditioning)
-        replay = _Replay(lambda: self.net.eps(x_s, c_s, g_s), _use_graphs(self.graphs, x.device))
+        replay = _Replay(lambda: self.net.eps(x_s, c_s, g_s), x.device, _use_graphs(self.graphs, x.device))
         return [x_s, g_s] + c_s.tensors(), replay
 
 
@@ -204,4 +219,4 @@ class StaticDDIM:
             return s["x"]
 
         # the warm-up runs move x and k (on zero tables): both are reset before every sampling run
-        return s, c_s, _Replay(step, _use_graphs(self.graphs, dev))
+        return s, c_s, _Replay(step, dev, _use_graphs(self.graphs, dev))

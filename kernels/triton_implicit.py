@@ -11,6 +11,8 @@ Loads may be float32, float16 or bfloat16; products accumulate in float32.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import math
 import os
 
@@ -22,14 +24,52 @@ INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
 _SQRT2 = tl.constexpr(math.sqrt(2.0))  # FusedLeakyReLU's gain; kernels read module globals only as constexpr
 
 
-def _keep_first_when_interpreting(configs, named_args, **kwargs):
-    """The interpreter runs every config it benchmarks, so it gets one config, not a tuning run."""
-    return configs[:1] if INTERPRETING else configs
+_pinned: list[int | None] = [None]  # the autotune config every kernel uses, by index (pinned_config)
+
+
+def _prune(configs, named_args, **kwargs):
+    """A pinned run (:func:`pinned_config`) gets its one config; the interpreter, which runs every config it
+    benchmarks, gets the first; a tuning run on a GPU gets the configs that fit its shared memory."""
+    if _pinned[0] is not None:
+        return [configs[_pinned[0] % len(configs)]]
+    if INTERPRETING:
+        return configs[:1]
+    return [c for c in configs if not _over_shared_memory(c, named_args)]
+
+
+def _over_shared_memory(config: triton.Config, named_args: dict) -> bool:
+    """The fused MLP's 64 x 64 blocks in 3 stages take 208-272 KiB of shared memory in float32, over an A100's
+    163 KiB and, for some shapes, an H100's 227 KiB (ahead-of-time compiled: benchmarks/results/triton_aot.json):
+    never tried in float32, rather than compiled to fail (every other config fits both cards)."""
+    x = named_args.get("x_ptr")
+    kw = config.kwargs
+    return (getattr(x, "dtype", None) == torch.float32 and "BLOCK_P" in kw and config.num_stages >= 3
+            and kw["BLOCK_P"] * kw["BLOCK_K"] >= 64 * 64)
+
+
+@contextlib.contextmanager
+def pinned_config(index: int):
+    """Inside the block every kernel runs autotune config ``index`` (modulo its number of configs), with no
+    tuning: one compilation per specialisation instead of one per config, and a way to check every config
+    (under the interpreter too). Tuning choices made before or inside the block are forgotten at both ends."""
+    def forget():
+        for kernel in (_mlp_kernel, _map_kernel, _gather_kernel):
+            kernel.cache.clear()
+
+    forget()
+    _pinned[0] = index
+    try:
+        yield
+    finally:
+        _pinned[0] = None
+        forget()
 
 
 def _autotune(configs: list[triton.Config], key: list[str]):
-    """``triton.autotune`` whose first config is the one the interpreter runs."""
-    return triton.autotune(configs, key=key, prune_configs_by={"early_config_prune": _keep_first_when_interpreting})
+    """``triton.autotune`` whose first config is the one the interpreter runs; tuning results are kept in
+    Triton's cache directory (per GPU architecture and shapes), so a new process does not tune again."""
+    cache = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
+    return triton.autotune(configs, key=key, prune_configs_by={"early_config_prune": _prune}, **cache)
 
 
 def _cfg(num_warps: int, num_stages: int, **blocks: int) -> triton.Config:
@@ -37,11 +77,18 @@ def _cfg(num_warps: int, num_stages: int, **blocks: int) -> triton.Config:
 
 
 @triton.jit
+def _plane(batch, C, chan, size):
+    """Offset of the first element of plane ``chan`` of sample ``batch`` in a (B, C, size) tensor, in int64:
+    B x C x size passes 2^31 (a 4096 x 4096 output of a 128-channel level does), and int32 products wrap."""
+    return (batch.to(tl.int64) * C + chan) * size
+
+
+@triton.jit
 def _modulated(x_ptr, s_ptr, a1_ptr, a2_ptr, bias_ptr, batch, C, HS, chan, src, mask):
     """leaky_relu(x a1 + shift a2 + bias, 0.2) sqrt 2 at channels ``chan`` (K,) x source pixels ``src``,
     laid out as ``chan[:, None]`` by ``src[None, :]`` or the reverse, whichever the caller broadcast."""
     cm = chan < C
-    off = batch * C * HS + chan * HS + src
+    off = _plane(batch, C, chan, HS) + src
     x = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
     s = tl.load(s_ptr + off, mask=mask, other=0.0).to(tl.float32)
     a1 = tl.load(a1_ptr + batch * C + chan, mask=cm, other=0.0).to(tl.float32)
@@ -91,14 +138,13 @@ def _mlp_kernel(x_ptr, s_ptr, a1_ptr, a2_ptr, bias_ptr, w1_ptr, b1_ptr, w2_ptr, 
     if RELU:
         hidden = tl.maximum(hidden, 0.0)
     hidden_w = hidden.to(wdt)
-    out_base = out_ptr + batch * C * HW
     for o0 in range(0, C, BLOCK_O):
         o = o0 + tl.arange(0, BLOCK_O)
         om = o < C
         w2t = tl.load(w2_ptr + o[None, :] * HIDDEN + n[:, None], mask=nm[:, None] & om[None, :], other=0.0)
         b2 = tl.load(b2_ptr + o, mask=om, other=0.0).to(tl.float32)
         y = tl.dot(hidden_w, w2t, input_precision=PRECISION) + b2[None, :]
-        tl.store(out_base + o[None, :] * HW + p[:, None], y.to(out_ptr.dtype.element_ty),
+        tl.store(out_ptr + _plane(batch, C, o[None, :], HW) + p[:, None], y.to(out_ptr.dtype.element_ty),
                  mask=pm[:, None] & om[None, :])
 
 
@@ -129,7 +175,7 @@ def _map_kernel(x_ptr, s_ptr, a1_ptr, a2_ptr, bias_ptr, m_ptr, d_ptr, y_ptr, C, 
                        km[:, None] & sm[None, :])
         acc = tl.dot(m, h.to(mdt), acc, input_precision=PRECISION)
     acc += tl.load(d_ptr + o, mask=om, other=0.0)[:, None]
-    tl.store(y_ptr + batch * C * HS + o[:, None] * HS + s[None, :], acc.to(y_ptr.dtype.element_ty),
+    tl.store(y_ptr + _plane(batch, C, o[:, None], HS) + s[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=om[:, None] & sm[None, :])
 
 
@@ -150,11 +196,10 @@ def _gather_kernel(y_ptr, u_ptr, v_ptr, ri_ptr, rr_ptr, ci_ptr, cr_ptr, out_ptr,
     pm = p < HW
     row, col = p // W, p % W
     src = tl.load(ri_ptr + row, mask=pm, other=0) * WS + tl.load(ci_ptr + col, mask=pm, other=0)
-    plane = batch * C + o
-    y = tl.load(y_ptr + plane * HS + src, mask=pm, other=0.0).to(tl.float32)
+    y = tl.load(y_ptr + _plane(batch, C, o, HS) + src, mask=pm, other=0.0).to(tl.float32)
     val = y + tl.load(rr_ptr + row, mask=pm, other=0.0) * tl.load(u_ptr + o) \
         + tl.load(cr_ptr + col, mask=pm, other=0.0) * tl.load(v_ptr + o)
-    tl.store(out_ptr + plane * HW + p, val.to(out_ptr.dtype.element_ty), mask=pm)
+    tl.store(out_ptr + _plane(batch, C, o, HW) + p, val.to(out_ptr.dtype.element_ty), mask=pm)
 
 
 def _precision(dtype: torch.dtype) -> str:

@@ -14,10 +14,10 @@ import idm_rt
 from idm_rt import Upscaler
 from idm_rt.backends import load_runner
 from idm_rt.backends.base import run_batched
-from idm_rt.backends.engine_dir import read_manifest
+from idm_rt.backends.engine_dir import graph_inputs, read_manifest
 from idm_rt.build import main
 from idm_rt.export import builder, tensorrt_build
-from idm_rt.export.graphs import export_graph
+from idm_rt.export.graphs import export_graph, sample_inputs
 
 from .helpers import TINY_32
 
@@ -131,8 +131,39 @@ def test_the_implicit_encoder_through_engines_is_the_torch_encoders(tmp_path):
         got, want = runner.encode(lr, (300, 1100)), model.encode(lr, (300, 1100))
     assert got.shape == want.shape == (1, 3, 300, 1100)
     assert (got - want).abs().max() < 1e-4
+    runner._io_binding = True  # the CUDA provider's path, here with the CPU's: the block's rel_* and cell inputs
+    with torch.no_grad():
+        assert torch.equal(runner.encode(lr, (300, 1100)), got)
     with pytest.raises(ValueError, match="output .1100x60. is smaller than the LR image .530x70."):
         runner.encode(lr, (60, 1100))
+
+
+def test_io_binding_path_sizes_every_output_of_every_graph_kind(built):
+    """The IO-binding path the CUDA provider takes (outputs preallocated, so sized before the run), run
+    here with the CPU provider: every graph (encoder, encoder_block, conditioner, the dynamic U-Net at
+    two sizes, the bucket's U-Net at each end of its batch range) gives the plain run's outputs, and a
+    whole image is the plain path's. The conditioner's outputs are sized h_1, w_1, ..., which no input
+    has (they once raised KeyError('h_1'))."""
+    model, folder = built
+    plain, bound = load_runner(folder), load_runner(folder)
+    bound._io_binding = True
+    kinds = set()
+    for key in bound.manifest.graphs:
+        kind, _, name = key.partition("/")
+        bucket = next((b for b in bound.buckets if b.name == name), None)
+        for batch, size in [(1, (40, 24)), (2, (13, 57))] if bucket is None else [(1, None), (2, None)]:
+            args = sample_inputs(model, kind, bucket, batch if kind.startswith("unet") else 1, size=size)
+            feeds = dict(zip(graph_inputs(kind, model.config), args))
+            want, got = plain.run_graph(key, feeds), bound.run_graph(key, feeds)
+            assert [g.shape for g in got] == [w.shape for w in want], key
+            assert all(torch.equal(g, w) for g, w in zip(got, want)), key
+        kinds.add(kind)
+    assert kinds == {"encoder", "encoder_block", "conditioner", "unet_dynamic", "unet"}
+    kw = dict(scale=2, steps=2, seed=1, progress=False, sampler="ddim", init="noise")
+    images = [_image(13, 11, 0), _image(16, 16, 1)]  # the dynamic U-Net, then the bucket's static one
+    got = Upscaler(bound, device="cpu").upscale(images, **kw)
+    for g, w in zip(got, Upscaler(plain, device="cpu").upscale(images, **kw)):
+        assert g.shape == w.shape and np.array_equal(g, w)
 
 
 def test_from_pretrained_with_an_engine_backend(built, tmp_path):

@@ -72,3 +72,84 @@ def test_graph_cache_is_bounded():
         c = model.condition(torch.randn(1, 3, n, n), torch.tensor([0.5]))
         den(torch.randn(1, 3, n, n), c, torch.tensor([0.3]))
     assert len(den._entries) == StaticDenoiser.MAX_GRAPHS
+
+
+class _FakeCuda:
+    """torch.cuda's graph and stream calls as _Replay makes them, recording which device is current and
+    which device each stream belongs to (device 0 current unless a torch.cuda.device block says otherwise)."""
+
+    def __init__(self):
+        self.current, self.events = 0, []
+        fake = self
+
+        class Stream:
+            def __init__(self, device=None):
+                self.device = fake.current if device is None else torch.device(device).index
+
+            def wait_stream(self, other):
+                fake.events.append(("wait", self.device, other.device))
+
+        class Ctx:
+            def __init__(self, enter, leave=lambda: None):
+                self.enter, self.leave = enter, leave
+
+            def __enter__(self):
+                self.enter()
+
+            def __exit__(self, *exc):
+                self.leave()
+
+        def device(d):
+            before = fake.current
+            return Ctx(lambda: setattr(fake, "current", torch.device(d).index),
+                       lambda: setattr(fake, "current", before))
+
+        class Graph:
+            def replay(self):
+                fake.events.append(("replay", fake.current))
+
+        def graph(g, pool=None, stream=None):
+            stream = stream or Stream()  # torch's default capture stream: made on the current device
+            return Ctx(lambda: fake.events.append(("capture", fake.current, stream.device)))
+
+        self.Stream, self.device, self.CUDAGraph, self.graph = Stream, device, Graph, graph
+        self.current_stream = lambda device=None: Stream(device)
+        self.stream = lambda s: Ctx(lambda: fake.events.append(("on stream", fake.current, s.device)))
+
+
+def test_graphs_are_warmed_captured_and_replayed_on_the_tensors_device(monkeypatch):
+    """A model on cuda:1 while cuda:0 is current: warm-up, capture and replay all on device 1 and its
+    streams (torch.cuda mocked: capture itself needs GPUs; this is the bookkeeping around it)."""
+    from idm_rt import cuda_graph
+
+    fake = _FakeCuda()
+    for name in ("Stream", "device", "CUDAGraph", "graph", "current_stream", "stream"):
+        monkeypatch.setattr(torch.cuda, name, getattr(fake, name))
+    calls = []
+    replay = cuda_graph._Replay(lambda: calls.append(fake.current) or torch.zeros(1), torch.device("cuda", 1), True)
+    replay()
+    assert calls == [1, 1, 1, 1]  # three warm-up runs and the captured one
+    assert fake.events == [("wait", 1, 1), ("on stream", 1, 1), ("wait", 1, 1), ("capture", 1, 1), ("replay", 1)]
+    assert fake.current == 0  # the caller's device is current again
+
+
+def test_a_compiled_unet_is_given_its_tables_instead_of_building_them(tiny_model, monkeypatch):
+    """torch.compile traces through the lru_cache around the implicit layers' tables (it ignores the cache),
+    so they must not be built inside the compiled U-Net: no grid_sample (which builds them) in any graph
+    it captures, and the same eps as model.denoise. Dynamo only, no code generation (fast on a CPU)."""
+    from idm_rt import cuda_graph
+
+    graphs = []
+
+    def recording(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    compile = torch.compile
+    monkeypatch.setattr(cuda_graph.torch, "compile", lambda fn, **kw: compile(fn, backend=recording, **kw))
+    c = conditioning(tiny_model, 0, (16, 24))
+    x, g = torch.randn(c.cond.shape), torch.tensor([0.4])
+    with torch.no_grad():
+        out = StaticDenoiser(tiny_model, compile=True, graphs=False)(x, c, g)
+        assert rel_err(out, tiny_model.denoise(x, c, g)) < 1e-5
+    assert graphs and not any("grid_sample" in gm.code for gm in graphs)

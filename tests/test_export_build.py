@@ -12,7 +12,7 @@ import torch
 
 import idm_rt
 from idm_rt.backends import load_runner
-from idm_rt.backends.engine_dir import read_manifest
+from idm_rt.backends.engine_dir import dim_size, read_manifest
 from idm_rt.build import main
 from idm_rt.export import builder, parity, winograd
 
@@ -463,3 +463,13 @@ def test_parity_says_where_the_missing_model_path_came_from(ort_dir, tmp_path, c
     assert parity.main([str(folder)]) == 1
     err = capsys.readouterr().err
     assert "no checkpoint at" in err and "manifest records; --model PATH" in err
+
+
+def test_graph_dimensions_are_sized_from_the_inputs_or_the_unet_levels():
+    """What the IO-binding path and TensorRT's profiles size a graph's tensors with: a fixed size, a name an
+    input has, or level i of the image, ceil(n / 2^i) (the conditioner's outputs h_1, w_1, ...)."""
+    known = {"batch": 2, "h_0": 13, "w_0": 57, "out_h": 5}
+    assert [dim_size(d, known) for d in ("batch", 3, "h_0", "h_1", "h_2", "w_3", "out_h")] == [2, 3, 13, 7, 4, 8, 5]
+    for bad, names in (("unk__7", known), ("h_1", {"w_0": 4}), (None, known), (0, known)):
+        with pytest.raises(ValueError, match="cannot size a graph dimension"):
+            dim_size(bad, names)

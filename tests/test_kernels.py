@@ -119,6 +119,21 @@ def test_triton_float32_matches_the_release_form(case, poisoned):
 
 
 @needs_triton
+@pytest.mark.parametrize("index", range(4))
+@pytest.mark.parametrize("form,act", [("mlp", None), ("mlp", "relu"), ("folded", None)])
+def test_every_autotune_config_is_correct(form, act, index, poisoned):
+    """Each of the autotune configs a GPU may choose (block sizes, so masking at the edges differ), pinned in
+    turn; the channels and pixels are no multiple of any block. The interpreter otherwise runs the first."""
+    from idm_rt.kernels.triton_implicit import pinned_config
+
+    b, c, hs, ws, hh, ww = 1, 40, 3, 4, 7, 9
+    inputs = layer_inputs(b, c, hs, ws, hidden=48, seed=11)
+    with pinned_config(index):
+        out = fused(form, [t.float() for t in inputs], (hh, ww), act)
+    assert rel_max_err(out, literal(inputs, (hh, ww), act)) < 1e-5
+
+
+@needs_triton
 @pytest.mark.parametrize("form,act", [("mlp", None), ("mlp", "relu"), ("folded", None)])
 def test_triton_float16_accumulates_in_float32(form, act, poisoned):
     b, c, hs, ws, hh, ww = 2, 64, 5, 6, 9, 13
@@ -181,3 +196,30 @@ def test_model_with_triton_kernels_matches_torch(relu):
     assert rel_max_err(got, want.double()) < 1e-5
     with pytest.raises(ValueError):
         model.set_kernels("cuda")
+
+
+
+if kernels.triton_available():
+    import triton
+    import triton.language as tl
+
+    from idm_rt.kernels.triton_implicit import _plane
+
+    @triton.jit
+    def _plane_probe(out_ptr, C, HW, N: tl.constexpr):
+        """The last N planes of sample 2, as the kernels compute their offsets."""
+        o = tl.arange(0, N)
+        tl.store(out_ptr + o, _plane(tl.program_id(0) + 2, C, C - N + o, HW))
+
+
+@needs_triton
+def test_plane_offsets_do_not_wrap_past_int32():
+    """The kernels' plane offsets ((batch x C + channel) x plane size) in int64: 3 samples of a 128-channel
+    4096 x 4096 output put element offsets past 2^31, where int32 arithmetic wraps (it does under the
+    interpreter as on a GPU). A probe kernel runs the kernels' own helper; the tensors themselves would
+    take 24 GiB."""
+    out = torch.zeros(4, dtype=torch.int64)
+    c, hw = 128, 4096 * 4096
+    _plane_probe[(1,)](out, c, hw, N=4)
+    assert out.tolist() == [(2 * c + ch) * hw for ch in range(c - 4, c)]
+    assert max(out.tolist()) > 2**32

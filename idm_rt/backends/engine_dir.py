@@ -75,6 +75,22 @@ def graph_outputs(kind: str, levels: int) -> list[str]:
             "unet": ["eps"], "unet_dynamic": ["eps"]}[kind]
 
 
+def dim_size(dim: str | int | None, known: dict[str, int]) -> int:
+    """One dimension of a graph's input or output from the sizes ``known`` by name (the inputs' own): a
+    fixed size stays; a name ``known`` has takes its size; ``h_i`` and ``w_i`` (U-Net level i, as
+    the export names them) are ``ceil(h_0 / 2^i)`` and ``ceil(w_0 / 2^i)``. ValueError
+    for any other name (a graph this version does not know how to size)."""
+    if isinstance(dim, int) and dim > 0:
+        return dim
+    if isinstance(dim, str) and dim in known:
+        return known[dim]
+    level = re.fullmatch(r"([hw])_(\d+)", dim) if isinstance(dim, str) else None
+    if level is None or f"{level[1]}_0" not in known:
+        raise ValueError(f"cannot size a graph dimension {dim!r} from {sorted(known)}: the graph was not written "
+                         "by this version's export; rebuild the directory with python -m idm_rt.build --force")
+    return -(-known[f"{level[1]}_0"] // 2 ** int(level[2]))
+
+
 def graph_key(kind: str, bucket: Bucket | None = None) -> str:
     """``"encoder"``, ``"encoder_block"``, ``"conditioner"``, ``"unet_dynamic"`` or ``"unet/<bucket>"``: the
     manifest's graph ids."""

@@ -13,7 +13,7 @@ import torch
 
 from ..threads import MAX_THREADS
 from .base import EngineRunner
-from .engine_dir import INT8_CHECK, artifact, graph_inputs, graph_key, graph_outputs, graph_specs
+from .engine_dir import INT8_CHECK, artifact, dim_size, graph_inputs, graph_key, graph_outputs, graph_specs
 
 _DTYPES = {"tensor(float)": (np.float32, torch.float32), "tensor(float16)": (np.float16, torch.float16),
            "tensor(int64)": (np.int64, torch.int64)}
@@ -44,6 +44,9 @@ class OnnxRuntimeRunner(EngineRunner):
                                  f"got {value!r}")
         super().__init__(folder, device)
         self.sampling_torch_threads = sampling_torch_threads
+        # IO binding on CUDA (no copy through the host); a CPU takes plain run, except in the tests that run
+        # the binding path with the CPU provider.
+        self._io_binding = self.device.type == "cuda"
         ort = import_onnxruntime()
         providers = execution_providers(self.device)
         if self.device.type == "cuda" and self.manifest.build_flags.get("conv") == "winograd":
@@ -96,29 +99,31 @@ class OnnxRuntimeRunner(EngineRunner):
         session = self._sessions[key]
         metas = {m.name: m for m in session.get_inputs()}
         typed = {name: t.to(self.device, _DTYPES[metas[name].type][1]).contiguous() for name, t in inputs.items()}
-        if self.device.type == "cpu":
-            outs = session.run(None, {name: t.numpy() for name, t in typed.items()})
-            return [torch.from_numpy(o).float() for o in outs]
-        return [o.float() for o in self._run_bound(session, metas, typed)]
+        if self._io_binding:
+            return [o.float() for o in self._run_bound(session, metas, typed)]
+        outs = session.run(None, {name: t.numpy() for name, t in typed.items()})
+        return [torch.from_numpy(o).float() for o in outs]
 
     def _run_bound(self, session, metas, typed: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        """IO binding: inputs and preallocated outputs stay in torch's CUDA memory."""
-        device_id = self.device.index or 0
+        """IO binding: inputs and preallocated outputs stay in torch's memory on the runner's device. Each
+        output's shape is its graph's, every named dimension sized by :func:`dim_size` from the inputs."""
+        where, device_id = self.device.type, self.device.index or 0
         binding = session.io_binding()
         dims: dict[str, int] = {}
         for name, t in typed.items():
-            binding.bind_input(name, "cuda", device_id, _DTYPES[metas[name].type][0], tuple(t.shape), t.data_ptr())
+            binding.bind_input(name, where, device_id, _DTYPES[metas[name].type][0], tuple(t.shape), t.data_ptr())
             dims.update({d: n for d, n in zip(metas[name].shape, t.shape) if isinstance(d, str)})
         outputs = []
         for meta in session.get_outputs():
             np_dtype, torch_dtype = _DTYPES[meta.type]
-            shape = tuple(dims[d] if isinstance(d, str) else d for d in meta.shape)
+            shape = tuple(dim_size(d, dims) for d in meta.shape)
             out = torch.empty(shape, dtype=torch_dtype, device=self.device)
-            binding.bind_output(meta.name, "cuda", device_id, np_dtype, shape, out.data_ptr())
+            binding.bind_output(meta.name, where, device_id, np_dtype, shape, out.data_ptr())
             outputs.append(out)
-        # ONNX Runtime runs on its own CUDA stream: the inputs torch wrote on its stream must be ready
-        # first (run_with_iobinding itself returns only once the outputs are written).
-        torch.cuda.current_stream(self.device).synchronize()
+        if where == "cuda":
+            # ONNX Runtime runs on its own CUDA stream: the inputs torch wrote on its stream must be ready
+            # first (run_with_iobinding itself returns only once the outputs are written).
+            torch.cuda.current_stream(self.device).synchronize()
         session.run_with_iobinding(binding)
         return outputs
 

@@ -1,8 +1,8 @@
-"""TensorRT 10.x runner: one deserialized engine and one execution context per graph, device buffers
+"""TensorRT 10.x / 11.x runner: one deserialized engine and one execution context per graph, device buffers
 from torch, an explicit CUDA stream, and optional CUDA-graph capture of the U-Net step.
 
-Written against the TensorRT 10 Python API documentation (name-based tensors:
-``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``). Not run in this project's CI,
+Written against the TensorRT 10 Python API documentation (name-based tensors: ``set_input_shape``,
+``set_tensor_address``, ``execute_async_v3``), which 11 keeps for what it uses. Not run in this project's CI,
 which has no GPU; see the README for what has been run on a GPU.
 """
 
@@ -19,15 +19,23 @@ from .engine_dir import artifact, graph_outputs
 ALIGNMENT = 256
 
 
+# TensorRT majors whose Python API this code uses as written: every attribute it uses is checked in the
+# bindings of 10.0.1, 10.16.1 and 11.4.0 (tests/test_tensorrt_api.py); pyproject's gpu extra pins the same.
+TENSORRT_MAJORS = (10, 11)
+PIP_REQUIREMENT = "tensorrt-cu12>=10,<12"  # CUDA 12's build: plain tensorrt now brings CUDA 13's (driver 580 on)
+
+
 def import_tensorrt():
-    """The tensorrt module, or an ImportError saying how to get it."""
+    """The tensorrt module, or an ImportError saying how to get it and which majors are accepted."""
+    accepted = " or ".join(f"{m}.x" for m in TENSORRT_MAJORS)
     try:
         import tensorrt as trt
     except ImportError:
-        raise ImportError("the tensorrt backend needs TensorRT 10.x: pip install tensorrt (on a machine with an "
-                          "NVIDIA GPU and driver)") from None
-    if int(trt.__version__.split(".")[0]) < 10:
-        raise ImportError(f"TensorRT {trt.__version__} found; the tensorrt backend needs 10.x")
+        raise ImportError(f"the tensorrt backend needs TensorRT {accepted}: pip install '{PIP_REQUIREMENT}' (on a "
+                          "machine with an NVIDIA GPU and driver; tensorrt-cu13 beside a CUDA 13 torch)") from None
+    major = trt.__version__.split(".")[0]
+    if not major.isdigit() or int(major) not in TENSORRT_MAJORS:
+        raise ImportError(f"TensorRT {trt.__version__} found; the tensorrt backend is written for TensorRT {accepted}")
     return trt
 
 
