@@ -29,7 +29,7 @@ def child(size: int, steps: int, repeats: int, threads: int, allocator: bool) ->
     import torch
 
     import idm_rt
-    from idm_rt.diffusion import run_sampler
+    from idm_rt.diffusion import sampler
     from idm_rt.pipeline import super_resolve
 
     from .release_style import ReleaseStyle
@@ -47,7 +47,7 @@ def child(size: int, steps: int, repeats: int, threads: int, allocator: bool) ->
 
     def release_image():
         c = model.encode(lr, out)
-        run_sampler(lambda x, g: release.denoise(x, c, p, g), torch.randn(1, 3, *out), "ddim", steps)
+        sampler("ddim").run(lambda x, g: release.denoise(x, c, p, g), torch.randn(1, 3, *out), steps)
 
     variants = {"release_style": release_image, "ours": lambda: super_resolve(model, lr, out, settings, scale=4.0)}
     runs: dict[str, list[dict]] = {k: [] for k in variants}

@@ -9,9 +9,7 @@ Both float32, eager PyTorch, the same weights and DDIM steps. The release's unus
 
 With ``--onnxruntime`` the same model is also built into an ONNX Runtime engine directory (fp32,
 one bucket of the output size, Winograd convolutions on a CPU as ``python -m idm_rt.build`` makes
-them) and timed through its runner, per call and per image; on a CPU the image is also timed with
-torch's threads left unpinned while sampling (``onnxruntime_torch_unpinned``), to show what the
-runner's pinning is worth.
+them) and timed through its runner (numpy arrays on a CPU), per call and per image.
 
 Both run with the process's allocator set as the command lines set it (``idm_rt.configure_allocator``:
 freed memory kept for the next call); ``--no-allocator`` leaves glibc's default.
@@ -35,7 +33,7 @@ from pathlib import Path
 import torch
 
 import idm_rt
-from idm_rt.diffusion import calls_for, run_sampler
+from idm_rt.diffusion import calls_for, sampler
 from idm_rt.pipeline import super_resolve
 
 from .common import ORT_SETTLE_S, add_replace_argument, interleaved, summary, write
@@ -55,11 +53,7 @@ def onnxruntime_runners(model: idm_rt.IDM, side: int, stack: contextlib.ExitStac
     if build(["--engine", "fp32", "--backend", "onnxruntime", "--model", str(tmp / "model"), "--out",
               str(tmp / "engines"), "--tile", str(side), "--conv", auto_conv("onnxruntime", "fp32", device)]) != 0:
         raise RuntimeError("building the ONNX Runtime engine failed")
-    runners = {"onnxruntime": load_runner(tmp / "engines", device=device)}
-    if device == "cpu":
-        runners["onnxruntime_torch_unpinned"] = load_runner(tmp / "engines", device=device,
-                                                            sampling_torch_threads=None)
-    return runners
+    return {"onnxruntime": load_runner(tmp / "engines", device=device)}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -107,8 +101,8 @@ def main(argv: list[str] | None = None) -> dict:
 
         def release_image():
             c = model.encode(lr, size)
-            return run_sampler(lambda xt, lv: release.denoise(xt, c, p, lv), torch.randn(1, 3, *size), "ddim",
-                               args.steps)
+            return sampler("ddim").run(lambda xt, lv: release.denoise(xt, c, p, lv), torch.randn(1, 3, *size),
+                                       args.steps)
 
         def our_image():
             return super_resolve(model, lr, size, settings, scale=args.scale)
@@ -116,11 +110,12 @@ def main(argv: list[str] | None = None) -> dict:
         calls = {"release_style": lambda: release.denoise(x, cond, p, g),
                  "ours": lambda: model.denoise(x, conditioning, g)}
         images = {"release_style": release_image, "ours": our_image}
-        if runner is not None:
-            ort_conditioning = runner.condition(cond, p)
-            calls["onnxruntime"] = lambda: runner.denoise(x, ort_conditioning, g)
-            for name, r in runners.items():
-                images[name] = lambda r=r: super_resolve(r, lr, size, settings, scale=args.scale)
+        if runner is not None:  # (its arrays are numpy's on a CPU)
+            host = {name: t.numpy() for name, t in (("x", x), ("g", g), ("lr", lr), ("cond", cond), ("p", p))}
+            ort_conditioning = runner.condition(runner.asarray(host["cond"]), runner.asarray(host["p"]))
+            x_r, g_r, lr_r = (runner.asarray(host[k]) for k in ("x", "g", "lr"))
+            calls["onnxruntime"] = lambda: runner.denoise(x_r, ort_conditioning, g_r)
+            images["onnxruntime"] = lambda: super_resolve(runner, lr_r, size, settings, scale=args.scale)
         settle = ORT_SETTLE_S if runner is not None else 0.0
         call = interleaved(calls, args.repeats, settle_s=settle)
         image = interleaved(images, max(2, args.repeats // 2), settle_s=settle)
@@ -138,9 +133,6 @@ def main(argv: list[str] | None = None) -> dict:
         if runner is not None:
             res[part]["speedup_onnxruntime"] = base / res[part]["onnxruntime"]["median_s"]
             res[part]["onnxruntime_vs_ours"] = res[part]["ours"]["median_s"] / res[part]["onnxruntime"]["median_s"]
-    if "onnxruntime_torch_unpinned" in res["image"]:
-        res["image"]["torch_pinning_gain"] = (res["image"]["onnxruntime_torch_unpinned"]["median_s"]
-                                              / res["image"]["onnxruntime"]["median_s"])
     path = write(args.out, res, "latency", args.replace)
     print(f"{args.preset} {args.size}x{args.size} float32, {torch.get_num_threads()} threads")
     for part in ("unet_call", "image"):
@@ -150,10 +142,6 @@ def main(argv: list[str] | None = None) -> dict:
         if runner is not None:
             line += f"   onnxruntime {r['onnxruntime']['median_s']:.3f} s ({r['speedup_onnxruntime']:.2f}x)"
         print(line)
-    if "torch_pinning_gain" in res["image"]:
-        print(f"  image with torch's threads unpinned while sampling: "
-              f"{res['image']['onnxruntime_torch_unpinned']['median_s']:.3f} s "
-              f"(pinning gains {res['image']['torch_pinning_gain']:.2f}x)")
     print(f"wrote {path}")
     return res
 

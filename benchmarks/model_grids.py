@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 import idm_rt
+from idm_rt.arrays import Noise
 from idm_rt.pipeline import super_resolve
 from idm_rt.training.evaluate import SKIMAGE_PHOTOS, load_images
 from idm_rt.training.metrics import as_saved, bicubic, make_pair
@@ -38,8 +37,7 @@ def main(argv: list[str] | None = None) -> None:
         for _, img in images:
             hr, lr = make_pair(img, s)
             size = tuple(hr.shape[-2:])
-            outputs = [super_resolve(up.model, lr, size, up.sampling, scale=s,
-                                     generator=torch.Generator().manual_seed(0)) for _, up in models]
+            outputs = [super_resolve(up.model, lr, size, up.sampling, scale=s, noise=Noise([0])) for _, up in models]
             rows.append([as_saved(t).float() for t in (bicubic(lr, size), *outputs, hr)])
         path = results_dir(args.replace) / f"{args.name}_x{s:g}.png"
         labels = ["bicubic", *(n for n, _ in models), "HR"]

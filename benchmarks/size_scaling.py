@@ -43,7 +43,7 @@ def child(backend: str, side: int, model: str | None, engines: str | None, threa
     start = time.perf_counter()
     up.upscale(lr, scale=4, seed=0, progress=False)
     seconds = time.perf_counter() - start
-    tile = up.tile if up.tile is not None else up.model.auto_tile((side, side), up.max_memory)
+    tile = up.choose_tile((side, side))
     return {"backend": backend, "side": side, "megapixels": side * side / 1e6, "seconds": seconds,
             "seconds_per_megapixel": seconds / (side * side / 1e6), "tile": tile,
             "peak_rss_mib": peak_rss_mib(),

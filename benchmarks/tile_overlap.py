@@ -15,6 +15,7 @@ import argparse
 import torch
 
 import idm_rt
+from idm_rt.arrays import Noise
 from idm_rt.pipeline import super_resolve
 from idm_rt.tiling import TilePlan
 from idm_rt.training.evaluate import SKIMAGE_PHOTOS, load_images
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
         size = tuple(hr.shape[-2:])
         for seed in (int(s) for s in args.seeds.split(",")):
             run = lambda **kw: super_resolve(model, lr, size, settings, scale=args.scale,
-                                             generator=torch.Generator().manual_seed(seed), **kw)[0]
+                                             noise=Noise([seed]), **kw)[0]
             full = (run() + 1) / 2
             for o in overlaps:
                 plan = TilePlan.for_image(size, args.tile, model.config.size_multiple, o)

@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 from idm_rt import upscaler
-from idm_rt.backends.engine_dir import BACKEND_PRECISIONS, BACKENDS, PRECISIONS, default_precision
+from idm_rt.backends import BACKENDS, ENGINE_BACKENDS
+from idm_rt.backends.engine_dir import PRECISIONS
 from idm_rt.buckets import DEFAULT_TILES, parse_batch, parse_list, parse_size, plan_buckets, route, rule_text
 from idm_rt.config import check_max_scale
 from idm_rt.threads import add_threads_argument, configure_threads
@@ -54,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--tile", help=f"square HR tile side(s), e.g. 128 or 128,256 (default "
                                    f"{','.join(map(str, DEFAULT_TILES))} when no --scales)")
     ap.add_argument("--batch", default="1", help="batch size N or range MIN,MAX of every bucket (default 1)")
-    ap.add_argument("--backend", choices=BACKENDS, default="tensorrt",
+    ap.add_argument("--backend", choices=ENGINE_BACKENDS, default="tensorrt",
                     help="engines to build (default tensorrt; onnxruntime works on a CPU)")
     ap.add_argument("--workspace", type=int, default=4096, metavar="MiB", help="TensorRT workspace limit (MiB)")
     ap.add_argument("--conv", choices=("auto", "direct", "winograd"), default="auto",
@@ -107,10 +108,10 @@ def main(argv: list[str] | None = None) -> int:
             check_max_scale(args.max_scale)
         except ValueError as e:
             ap.error(f"--max-scale: {e}")
-    args.engine = args.engine or default_precision(args.backend)
-    if args.engine not in BACKEND_PRECISIONS[args.backend]:
+    args.engine = args.engine or BACKENDS[args.backend].precisions[0]
+    if args.engine not in BACKENDS[args.backend].precisions:
         ap.error(f"--engine {args.engine} is for --backend onnxruntime (TensorRT builds take "
-                 f"{' or '.join(BACKEND_PRECISIONS['tensorrt'])})")
+                 f"{' or '.join(BACKENDS['tensorrt'].precisions)})")
     if (args.calibration is not None or args.skip_int8_check) and args.engine != "int8":
         ap.error(f"{'--calibration' if args.calibration is not None else '--skip-int8-check'} is for --engine int8")
     if args.conv == "winograd" and (args.backend, args.engine) != ("onnxruntime", "fp32"):

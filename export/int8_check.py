@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from idm_rt.arrays import Noise
 from idm_rt.backends import load_runner
 from idm_rt.model import IDM
 from idm_rt.pipeline import super_resolve
@@ -102,7 +103,7 @@ def check(folder: Path, model: IDM, calibration: quantize.Calibration,
         for k, hr in enumerate(hrs):
             lr = downscale(hr, (max(1, round(bucket.height / s)), max(1, round(bucket.width / s))))
             ours, reference = (_unit(super_resolve(m, lr, (bucket.height, bucket.width), settings, scale=s,
-                                                   generator=torch.Generator().manual_seed(k)))
+                                                   noise=Noise([k])))
                                for m in (runner, model))
             vs_fp32.append(_psnr(ours, reference))
             fp32_vs_hr.append(_psnr(reference, _unit(hr)))

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from idm_rt.arrays import Noise
 from idm_rt.backends.engine_dir import graph_inputs
 from idm_rt.buckets import Bucket
 from idm_rt.images import IMAGE_SUFFIXES
@@ -226,7 +227,7 @@ def record_unet_inputs(model: IDM, images: Sequence[torch.Tensor], bucket: Bucke
         batch += batch[-1:] * (bucket.min_batch - len(batch))  # a short last batch repeats its last image
         hr = torch.stack([random_crop(img, size, gen) for img in batch])
         lr = downscale(hr, (max(1, round(size[0] / s)), max(1, round(size[1] / s))))
-        super_resolve(model, lr, size, settings, scale=s, generator=torch.Generator().manual_seed(seed),
+        super_resolve(model, lr, size, settings, scale=s, noise=Noise([seed]),
                       denoise=denoise)
     return feeds
 

@@ -9,10 +9,9 @@ from pathlib import Path as _Path
 if not (_Path(__file__).parent / "kernels").is_dir() and (_Path(__file__).parent.parent / "pyproject.toml").is_file():
     __path__.append(str(_Path(__file__).parent.parent))
 
-from .checkpoints import CheckpointMismatch, load_model, save_model
 from .config import IDMConfig, preset
 from .memory import configure_allocator
-from .model import IDM, Conditioning
+from .model import Conditioning
 from .sampling import SamplingSettings
 from .threads import configure_threads
 from .upscaler import Upscaler
@@ -20,3 +19,18 @@ from .upscaler import Upscaler
 __all__ = ["Upscaler", "SamplingSettings", "IDM", "IDMConfig", "Conditioning", "CheckpointMismatch", "load_model",
            "save_model", "preset", "configure_threads", "configure_allocator"]
 __version__ = "0.1.0"
+
+# The torch network and its checkpoints load when first asked for: engines run without torch installed.
+_WITH_TORCH = {"IDM": ".model", "CheckpointMismatch": ".checkpoints", "load_model": ".checkpoints",
+               "save_model": ".checkpoints"}
+
+
+def __getattr__(name: str):
+    if name in _WITH_TORCH:
+        import importlib
+
+        from .backends.registry import require
+
+        require(("torch",), f"idm_rt.{name}")
+        return getattr(importlib.import_module(_WITH_TORCH[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -27,7 +27,7 @@ def like(host: np.ndarray, ref: Array) -> Array:
     """``host`` as an array of ``ref``'s library, on its device (in ``host``'s dtype)."""
     if is_numpy_array(ref):
         return host
-    return namespace(ref).asarray(host, device=device(ref))
+    return namespace(ref).asarray(host if host.flags.writeable else host.copy(), device=device(ref))
 
 
 def to_host(x: Array) -> np.ndarray:

@@ -99,6 +99,9 @@ def _use_graphs(graphs: bool | None, device: torch.device) -> bool:
     return graphs
 
 
+AUTOCAST = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}  # precision names -> autocast dtype
+
+
 class StaticDenoiser:
     """``IDM.denoise`` on static buffers per input shape, replayed from a CUDA graph each (``graphs``);
     call it like ``model.denoise``.
@@ -108,14 +111,14 @@ class StaticDenoiser:
 
     Args:
         model: an IDM in eval mode, on the device the inputs will be on.
-        autocast: None (float32), ``torch.float16`` or ``torch.bfloat16``.
+        autocast: "fp32" (none), "fp16" or "bf16" (or the torch dtype).
         compile: ``torch.compile`` the U-Net before capture (slow first call).
         graphs: capture CUDA graphs; default on when the model's inputs are CUDA tensors.
     """
 
-    def __init__(self, model: IDM, autocast: torch.dtype | None = None, compile: bool = False,
+    def __init__(self, model: IDM, autocast: str | torch.dtype | None = None, compile: bool = False,
                  graphs: bool | None = None):
-        self.net = _Compiled(model, autocast, compile)
+        self.net = _Compiled(model, AUTOCAST.get(autocast, autocast), compile)
         self.graphs = graphs
         self._entries: OrderedDict[tuple, tuple[list[torch.Tensor], _Replay]] = OrderedDict()
         self._loaded: dict[tuple, Conditioning] = {}

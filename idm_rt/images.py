@@ -1,20 +1,23 @@
-"""Conversion between user images (PIL, numpy, torch) and the network's RGB tensors in [-1, 1].
+"""Conversion between user images (PIL, numpy, torch) and the network's RGB arrays in [-1, 1] (numpy, on the host;
+the Upscaler moves them to the model's device).
 
 Grayscale is run as RGB and averaged back; alpha is upscaled separately (bicubic), as image
 editors do, and reattached. The output has the input's kind, dtype, channel count and layout;
-PIL images come back in their own mode where Pillow converts back to it (:data:`PIL_MODES`).
+PIL images come back in their own mode where Pillow converts back to it (:data:`PIL_MODES`). torch tensors are read
+and given back without torch being needed for anything else (it is there when a tensor is passed).
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps
+
+from .resize import bicubic_upscale
 
 ImageLike = Any  # PIL.Image.Image | np.ndarray | torch.Tensor
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}  # files read as images
@@ -22,9 +25,9 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}  # 
 # Integer dtypes are read as fractions of their largest value; floats must lie in [0, 1].
 _INT_MAX = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}
 _FLOATS = {np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)}
-# The numpy dtype each supported torch dtype is converted through (numpy has no bfloat16).
-_TORCH_AS_NUMPY = {torch.uint8: np.uint8, torch.uint16: np.uint16, torch.float16: np.float16,
-                   torch.bfloat16: np.float32, torch.float32: np.float32, torch.float64: np.float64}
+# The numpy dtype each supported torch dtype (by name) is converted through (numpy has no bfloat16).
+_TORCH_AS_NUMPY = {"uint8": np.uint8, "uint16": np.uint16, "float16": np.float16, "bfloat16": np.float32,
+                   "float32": np.float32, "float64": np.float64}
 
 # PIL modes: (the mode an image is read in, the mode its result comes back in). The result is
 # converted back by Pillow; where that would lose what the upscale made, it comes back in the
@@ -64,13 +67,19 @@ class ImageKind:
     device: Any = None
 
 
-def to_tensor(image: ImageLike) -> tuple[torch.Tensor, torch.Tensor | None, ImageKind]:
-    """(rgb (1, 3, h, w) float32 in [-1, 1], alpha (1, 1, h, w) in [0, 1] or None, kind)."""
+def is_tensor(image: Any) -> bool:
+    """Whether ``image`` is a torch tensor (checked without importing torch: one exists only where torch is)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(image, torch.Tensor)
+
+
+def to_array(image: ImageLike) -> tuple[np.ndarray, np.ndarray | None, ImageKind]:
+    """(rgb (1, 3, h, w) float32 in [-1, 1], alpha (1, 1, h, w) in [0, 1] or None, kind), numpy arrays."""
     if isinstance(image, Image.Image):
         return _from_pil(upright(image))
     if isinstance(image, np.ndarray):
         return _from_numpy(image)
-    if isinstance(image, torch.Tensor):
+    if is_tensor(image):
         return _from_torch(image)
     raise ValueError(f"unsupported image type {type(image).__name__}: pass a PIL image, numpy array or torch tensor")
 
@@ -80,7 +89,9 @@ def split_inputs(image: ImageLike | list | tuple) -> tuple[list[ImageLike], Call
     or tuple of them (a list back), or an N x C x H x W tensor (an N x C x H' x W' tensor back)."""
     if isinstance(image, (list, tuple)):
         return list(image), list
-    if isinstance(image, torch.Tensor) and image.dim() == 4:
+    if is_tensor(image) and image.dim() == 4:
+        import torch
+
         _check_tensor(image)
         channels_last = image.is_contiguous(memory_format=torch.channels_last) and not image.is_contiguous()
         fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -88,21 +99,23 @@ def split_inputs(image: ImageLike | list | tuple) -> tuple[list[ImageLike], Call
     return [image], lambda outs: outs[0]
 
 
-def from_tensor(rgb: torch.Tensor, alpha: torch.Tensor | None, kind: ImageKind) -> ImageLike:
-    """Inverse of :func:`to_tensor` for one image (1, 3, H, W) in [-1, 1]."""
-    x = ((rgb[0].float().cpu() + 1) / 2).clamp(0, 1)  # (3, H, W) in [0, 1]
+def from_array(rgb: np.ndarray, alpha: np.ndarray | None, kind: ImageKind) -> ImageLike:
+    """Inverse of :func:`to_array` for one image (1, 3, H, W) in [-1, 1] (numpy)."""
+    x = np.clip((rgb[0].astype(np.float32) + 1) / 2, 0, 1)  # (3, H, W) in [0, 1]
     if kind.gray:
-        x = x.mean(0, keepdim=True)
+        x = x.mean(0, keepdims=True)
     if alpha is not None:
-        x = torch.cat([x, alpha[0].float().cpu().clamp(0, 1)], 0)
-    hwc = x.permute(1, 2, 0).numpy()
+        x = np.concatenate([x, np.clip(alpha[0].astype(np.float32), 0, 1)], 0)
+    hwc = np.moveaxis(x, 0, -1)
     if kind.kind == "pil":
         return _to_pil(hwc, kind.dtype)
     if kind.kind == "numpy":
         out = _float_to_dtype(hwc, kind.dtype)
         return out[..., 0] if kind.layout == "HW" else out
-    t = torch.from_numpy(_float_to_dtype(hwc, np.dtype(_TORCH_AS_NUMPY[kind.dtype]))).permute(2, 0, 1)
-    t = t.to(kind.dtype).contiguous()
+    import torch
+
+    t = torch.from_numpy(_float_to_dtype(hwc, np.dtype(_TORCH_AS_NUMPY[str(kind.dtype).removeprefix("torch.")])))
+    t = t.permute(2, 0, 1).to(kind.dtype).contiguous()
     t = t[0] if kind.layout == "HW" else t
     return t.to(kind.device)
 
@@ -117,15 +130,15 @@ def upright(image: Image.Image) -> Image.Image:
         raise ValueError(f"cannot read the image ({e.__class__.__name__}: {e})") from None
 
 
-def _split(hwc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(H, W, C) float in [0, 1] with C in 1..4 -> rgb in [-1, 1] and alpha."""
-    x = hwc.permute(2, 0, 1).float()[None]
+def _split(hwc: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(H, W, C) float32 in [0, 1] with C in 1..4 -> rgb (1, 3, H, W) in [-1, 1] and alpha (1, 1, H, W)."""
+    x = np.moveaxis(hwc, -1, 0)[None]
     c = x.shape[1]
-    alpha = x[:, c - 1:] if c in (2, 4) else None
+    alpha = np.ascontiguousarray(x[:, c - 1:]) if c in (2, 4) else None
     color = x[:, : c - 1] if alpha is not None else x
     if color.shape[1] == 1:
-        color = color.expand(-1, 3, -1, -1)
-    return color.contiguous() * 2 - 1, alpha
+        color = np.broadcast_to(color, (1, 3, *color.shape[2:]))
+    return np.ascontiguousarray(color * np.float32(2) - np.float32(1), dtype=np.float32), alpha
 
 
 def _check_size(h: int, w: int) -> None:
@@ -137,8 +150,8 @@ def _unsupported_dtype(dtype: Any) -> ValueError:
     return ValueError(f"unsupported image dtype {dtype}: use uint8, uint16 or float in [0, 1]")
 
 
-def _to_float(hwc: np.ndarray) -> torch.Tensor:
-    """H x W x C array of a supported dtype (any byte order and strides) -> float32 tensor in [0, 1]."""
+def _to_float(hwc: np.ndarray) -> np.ndarray:
+    """H x W x C array of a supported dtype (any byte order and strides) -> float32 array in [0, 1]."""
     _check_size(hwc.shape[0], hwc.shape[1])
     native = hwc.dtype.newbyteorder("=")
     if native in _INT_MAX:
@@ -152,7 +165,7 @@ def _to_float(hwc: np.ndarray) -> torch.Tensor:
         f = np.clip(hwc.astype(np.float32), 0, 1)
     else:
         raise _unsupported_dtype(hwc.dtype)
-    return torch.from_numpy(np.ascontiguousarray(f))
+    return np.ascontiguousarray(f)
 
 
 def _float_to_dtype(hwc: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -162,7 +175,7 @@ def _float_to_dtype(hwc: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return hwc.astype(dtype)
 
 
-def _from_numpy(arr: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None, ImageKind]:
+def _from_numpy(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, ImageKind]:
     """HxW or HxWxC (C = 1..4) array."""
     if isinstance(arr, np.ma.MaskedArray):
         raise TypeError("masked arrays are not supported: fill the masked pixels first (arr.filled(...))")
@@ -175,7 +188,7 @@ def _from_numpy(arr: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None, Ima
     return (*_split(_to_float(hwc)), kind)
 
 
-def _from_pil(im: Image.Image) -> tuple[torch.Tensor, torch.Tensor | None, ImageKind]:
+def _from_pil(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None, ImageKind]:
     if im.mode not in PIL_MODES:
         raise ValueError(f"unsupported PIL image mode {im.mode!r}; supported: {', '.join(PIL_MODES)}")
     read, back = PIL_MODES[im.mode]
@@ -206,8 +219,10 @@ def _to_pil(hwc: np.ndarray, mode: str) -> Image.Image:
     return im if im.mode == mode else im.convert(mode)
 
 
-def _check_tensor(t: torch.Tensor) -> None:
+def _check_tensor(t: Any) -> None:
     """ValueError for tensors that hold no plain pixel values (sparse, nested, meta, quantized)."""
+    import torch
+
     if t.is_nested or t.layout != torch.strided:
         raise ValueError(f"image tensors must be dense, got a {'nested' if t.is_nested else t.layout} tensor "
                          "(convert it with .to_dense())")
@@ -217,13 +232,15 @@ def _check_tensor(t: torch.Tensor) -> None:
         raise ValueError(f"quantized image tensors ({t.dtype}) are not supported: pass t.dequantize()")
 
 
-def _from_torch(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, ImageKind]:
+def _from_torch(t: Any) -> tuple[np.ndarray, np.ndarray | None, ImageKind]:
     """HxW or CxHxW (C = 1..4) tensor, channels first."""
+    import torch
+
     _check_tensor(t)
     if t.dim() not in (2, 3) or (t.dim() == 3 and t.shape[0] not in (1, 2, 3, 4)):
         raise ValueError(f"image tensor must be HxW or CxHxW with C in 1..4 (channels first; a batch is one "
                          f"N x C x H x W tensor), got shape {tuple(t.shape)}")
-    if t.dtype not in _TORCH_AS_NUMPY:
+    if str(t.dtype).removeprefix("torch.") not in _TORCH_AS_NUMPY:
         raise _unsupported_dtype(t.dtype)
     src = t.detach().cpu().resolve_neg()  # a negated view (x.conj().imag) has no numpy form until resolved
     arr = (src.float() if t.dtype == torch.bfloat16 else src).numpy()
@@ -234,6 +251,6 @@ def _from_torch(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, Ima
     return (*_split(_to_float(hwc)), kind)
 
 
-def resize_alpha(alpha: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def resize_alpha(alpha: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bicubic upscale of an alpha channel (1, 1, h, w) in [0, 1] to (H, W)."""
-    return F.interpolate(alpha, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
+    return np.clip(bicubic_upscale(alpha, size), 0, 1)

@@ -14,8 +14,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import sys
-
-import torch
+from typing import Any
 
 from .cgroups import memory_limit
 
@@ -25,13 +24,14 @@ MEMINFO = "/proc/meminfo"
 KEEP_BYTES = 2**31 - 1  # free memory at the top of the heap glibc keeps before it trims (mallopt takes an int)
 
 
-def device_memory(device: torch.device) -> int:
+def device_memory(device: Any) -> int:
     """Bytes ``device`` has: a GPU's total memory; on the CPU the machine's (MemTotal), capped by the
     process's cgroup limit. The total, not what is free at the moment: plans made from it, such as the
     tile an output is denoised in, and so the image, do not change with what other processes hold."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory
+    if str(device).startswith("cuda"):
+        import torch
+
+        return torch.cuda.get_device_properties(torch.device(str(device))).total_memory
     sizes = [r for r in (_mem_total(), memory_limit()) if r is not None]
     return min(sizes) if sizes else 8 * 2**30  # unknown (not Linux): assume a modest machine
 

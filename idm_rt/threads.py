@@ -1,19 +1,19 @@
-"""torch's CPU threads: as many as this process may really use.
+"""CPU threads: as many as this process may really use, for torch and for ONNX Runtime's runners.
 
-torch's default is the machine's core count, blind to the process's CPU affinity and to a
+torch's default (and ONNX Runtime's) is the machine's core count, blind to the process's CPU affinity and to a
 container's CPU quota: in a container limited to 2 CPUs on a 64-core host every call would
 oversubscribe. The command lines call :func:`configure_threads`; importing ``idm_rt`` changes
-nothing, so library users call ``idm_rt.configure_threads()`` once themselves.
+nothing, so library users call ``idm_rt.configure_threads()`` once themselves. Without torch installed only the
+runners' count is kept (:func:`threads`).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import os
 import sys
-
-import torch
 
 from .cgroups import cpu_quota
 from .options import OPTIONS, check
@@ -43,8 +43,26 @@ def configure_threads(n: int | None = None) -> int:
             n, note = spare_threads(available_cpus())
             if note:
                 print(note, file=sys.stderr)
-    torch.set_num_threads(check("threads", n, required=True))
+    global _configured
+    _configured = check("threads", n, required=True)
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        torch.set_num_threads(n)
     return n
+
+
+_configured: int | None = None  # the count configure_threads set last
+
+
+def threads() -> int:
+    """The thread count an ONNX Runtime runner takes by default: what :func:`configure_threads` set, else torch's
+    current count when torch is loaded, else :func:`available_cpus`."""
+    if _configured is not None:
+        return _configured
+    if "torch" in sys.modules:
+        return sys.modules["torch"].get_num_threads()
+    return available_cpus()
 
 
 def spare_threads(threads: int) -> tuple[int, str | None]:

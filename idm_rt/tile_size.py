@@ -118,3 +118,13 @@ def choose_tile(model, size: tuple[int, int], budget: int) -> int | None:
     if not options:
         return max(2 * step, MIN_SIDE)  # nothing fits: the smallest tiles
     return min(options, key=lambda t: (plan_cost(model, size, t), t is not None))
+
+
+def choose_for(model, size: tuple[int, int], max_memory: int | None = None) -> int | None:
+    """The torch backend's tile for an output of ``size`` (H, W): :func:`choose_tile` within half the memory the
+    model's device has (its total, not what is free: the image does not depend on other processes), and within
+    ``max_memory`` when given."""
+    from .memory import device_memory
+
+    budget = int(MEMORY_FRACTION * device_memory(next(model.parameters()).device))
+    return choose_tile(model, size, min(budget, max_memory) if max_memory else budget)

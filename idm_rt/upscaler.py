@@ -1,25 +1,28 @@
-"""``Upscaler``: the public entry point. It only orchestrates: prepare the input, condition once,
-sample (tiled when large), convert back."""
+"""``Upscaler``: the public entry point. It only orchestrates, top to bottom: input (:mod:`.images`) -> settings
+(:class:`.SamplingSettings`) -> plan (output size :mod:`.sizes`, tile) -> encode, condition and sample
+(:func:`.pipeline.super_resolve`) -> output. It needs torch only for the torch backend: engines run on numpy."""
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import os
+import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from . import sizes
-from .backends import BACKENDS, DEFAULT_DEVICES, load_runner
-from .backends.base import parse_device
-from .backends.engine_dir import BACKEND_PRECISIONS, MANIFEST_NAME, default_precision, read_manifest
-from .checkpoints import load_model
-from .images import ImageLike, from_tensor, resize_alpha, split_inputs, to_tensor
+from .arrays import Noise, to_host
+from .backends import backend as backend_named
+from .backends import load_runner
+from .backends.engine_dir import MANIFEST_NAME, read_manifest
+from .devices import Device, parse_device
+from .images import ImageLike, from_array, is_tensor, resize_alpha, split_inputs, to_array
 from .model.protocol import SamplingModel
 from .options import OPTIONS, check
 from .pipeline import super_resolve
@@ -27,7 +30,8 @@ from .sampling import SamplingSettings
 from .tiling import CACHE_BYTES
 
 DEFAULT_MODEL = Path(__file__).parent / "weights" / "default"
-PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+# The bundled model's ONNX graphs (dynamic sizes only), for where torch is not installed.
+DEFAULT_ENGINES = DEFAULT_MODEL / "onnxruntime"
 
 
 class Upscaler:
@@ -56,60 +60,63 @@ class Upscaler:
         max_pixels: largest output (H x W) accepted, a guard against typos such as ``scale=400``.
     """
 
-    def __init__(self, model: SamplingModel, device: str | torch.device = "cpu",
+    def __init__(self, model: SamplingModel, device: str | Device = "cpu",
                  sampling: SamplingSettings | None = None, tile: int | None = None,
                  max_pixels: int = OPTIONS["max_pixels"].default,
                  precision: str = "fp32", cuda_graphs: bool | None = None, compile: bool = False,
                  max_memory: int | None = None, **settings: Any):
         self.device = parse_device(device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} asked for, but this torch has no CUDA device")
-        if self.device.type == "meta":  # checked before the model moves: on meta its weights would be gone
-            raise ValueError("device 'meta' holds no values to compute with; use 'cpu' or 'cuda'")
-        try:
-            torch.empty(0, device=self.device)  # mps, xla, cuda:7, ...: can this torch put tensors there?
-        except Exception as e:  # noqa: BLE001 (torch raises several types for a device it cannot use)
-            raise ValueError(f"device {device!r} cannot be used here ({e.__class__.__name__}: "
-                             f"{str(e).splitlines()[0]})") from None
         check_options(settings)
         if not isinstance(model, SamplingModel):
             raise TypeError(f"model must be an idm_rt.IDM (load_model) or an engine runner, got {type(model).__name__}")
+        backend_named(model.backend).check_device(self.device.type)
         if sampling is not None and not isinstance(sampling, SamplingSettings):
             raise TypeError(f"sampling must be a SamplingSettings, got {type(sampling).__name__}")
         check("max_pixels", max_pixels)  # (NaN would be no limit at all)
         check("max_memory", max_memory)
         check("tile", tile)
         self.sampling = (sampling or SamplingSettings()).replace(**settings).check_for(model.config)
+        backend_named(model.backend).check_precision(precision)
         self.model = model.prepare(self.device)
         self.tile, self.max_pixels, self.max_memory = tile, max_pixels, max_memory
         self.denoise = self._denoiser(precision, cuda_graphs, compile)
 
     def _denoiser(self, precision: str, cuda_graphs: bool | None, compile: bool):
-        """The U-Net call the samplers use: plain ``model.denoise``, or the static-buffer replay of
-        :mod:`idm_rt.cuda_graph` when graphs, autocast or compile are asked for (graphs by default on CUDA)."""
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
-        if self.model.backend != "torch":
+        """The U-Net call the samplers use: plain ``model.denoise``, or for the torch model the static-buffer replay
+        of :mod:`idm_rt.cuda_graph` when graphs, autocast or compile are asked for (graphs by default on CUDA)."""
+        if not backend_named(self.model.backend).replays:
             if precision != "fp32" or compile or cuda_graphs:
                 raise ValueError(f"precision, compile and cuda_graphs are for the torch backend: an engine "
                                  f"directory's precision is fixed when it is built (this one: "
                                  f"{self.model.manifest.precision}); TensorRT's CUDA graphs are "
                                  "runner_options={'cuda_graph': True}")
             return None
-        if PRECISIONS[precision] is not None and self.device.type == "cpu":
+        if precision != "fp32" and self.device.type == "cpu":
             raise ValueError(f"precision={precision!r} is autocast for GPUs: on a CPU, without fast half-precision "
                              "kernels, it runs many times slower than fp32 (15-30x measured); use 'fp32' on a CPU")
         graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
-        if not (graphs or compile or PRECISIONS[precision] is not None):
+        if not (graphs or compile or precision != "fp32"):
             return None
         from .cuda_graph import StaticDenoiser
 
-        return StaticDenoiser(self.model, PRECISIONS[precision], compile, graphs)
+        return StaticDenoiser(self.model, precision, compile, graphs)
+
+    def choose_tile(self, size: tuple[int, int]) -> int | None:
+        """The tile side of an output of ``size`` (H, W) when the call gives none (None: untiled): the Upscaler's
+        ``tile``, else the torch backend's cheapest tiling within half of ``max_memory`` (:mod:`idm_rt.tile_size`),
+        or an engine's bucket rule."""
+        if self.tile is not None:
+            return self.tile or None
+        half = self.max_memory // 2 if self.max_memory is not None else None  # the tile's; the cache's
+        return backend_named(self.model.backend).choose_tile(self.model, size, half)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike | None = None, device: str | torch.device | None = None,
-                        backend: str = "torch", max_scale: float | None = None, **kwargs) -> Upscaler:
+    def from_pretrained(cls, path: str | os.PathLike | None = None, device: str | Device | None = None,
+                        backend: str | None = None, max_scale: float | None = None, **kwargs) -> Upscaler:
         """Load a released ``.pth`` or a project-format folder; None loads the bundled default model.
+
+        ``backend`` None is "torch" where torch is installed, else "onnxruntime" (the bundled model's own ONNX
+        graphs, :data:`DEFAULT_ENGINES`, or engines built for ``path`` with torch elsewhere).
 
         ``backend`` "onnxruntime" or "tensorrt" runs engines instead (see :meth:`from_engines`):
         ``path`` is an engine directory written by ``python -m idm_rt.build``, or a model, whose
@@ -121,12 +128,19 @@ class Upscaler:
         (released ``.pth`` files do not store it; default 8). ``device`` defaults to "cpu", "cuda" for
         TensorRT.
         """
-        if backend in BACKENDS:
+        if backend is None:
+            backend = "torch" if importlib.util.find_spec("torch") is not None else "onnxruntime"
+        if backend_named(backend).engine:
             check_options(kwargs, ("runner_options",))  # before a build that may take minutes
+            if path is None and importlib.util.find_spec("torch") is None:
+                path = DEFAULT_ENGINES  # (built with the package: nothing to build here)
             path = cls._engine_folder(path, backend, device, kwargs.pop("precision", None), max_scale)
             return cls.from_engines(path, device=device, backend=backend, **kwargs)
-        if backend != "torch":
-            raise ValueError(f"unknown backend {backend!r}; choose from {('torch',) + BACKENDS}")
+        from .backends.registry import require
+
+        require(("torch",), "the torch backend")
+        from .checkpoints import load_model
+
         if path is None:
             if not (DEFAULT_MODEL / "model.safetensors").exists():
                 raise FileNotFoundError(
@@ -153,28 +167,22 @@ class Upscaler:
             if precision not in (None, built):
                 raise ValueError(f"{path} holds {built} engines, not {precision}")
             return Path(path)
-        precision = precision or default_precision(backend)
-        allowed = BACKEND_PRECISIONS[backend]
-        if precision not in allowed:
-            names = ", ".join(map(repr, allowed[:-1])) + f" or {allowed[-1]!r}"
-            raise ValueError(f"{backend} engines are built in {names}, not {precision!r}")
+        chosen = backend_named(backend)
+        precision = chosen.check_precision(precision or chosen.precisions[0])
         if path is not None and not Path(path).exists():
             raise FileNotFoundError(f"no model or engine directory at {path}")
-        device = parse_device(device or DEFAULT_DEVICES[backend])
-        if backend == "tensorrt" and device.type != "cuda":
-            raise ValueError(f"backend='tensorrt' runs on a CUDA device, not {device}")
-        if backend == "onnxruntime":
-            from .backends.onnxruntime import execution_providers
+        device = parse_device(device or chosen.default_device)
+        chosen.check_device(device.type)
+        chosen.runner_class().check_device(device)  # can it run there? Said before a build, not after it
+        from .backends.registry import require
 
-            execution_providers(device)  # can it run there? Said before a build, not after it
-        from .export.engines import (
-            build_engines,  # the one call from the runtime into the export package
-        )
+        require(chosen.build_needs, f"building {backend} engines")
+        from .export.engines import build_engines  # the one call from the runtime into the export package
 
         return build_engines(path, backend, precision, device)
 
     @classmethod
-    def from_engines(cls, folder: str | os.PathLike, device: str | torch.device | None = None,
+    def from_engines(cls, folder: str | os.PathLike, device: str | Device | None = None,
                      backend: str | None = None, runner_options: dict | None = None, **kwargs) -> Upscaler:
         """Run an engine directory built by ``python -m idm_rt.build``.
 
@@ -182,8 +190,8 @@ class Upscaler:
             backend: "onnxruntime" or "tensorrt"; default: the one the directory was built for
                 (the ONNX graphs of a TensorRT directory also run with "onnxruntime").
             device: default "cuda" for TensorRT, "cpu" for ONNX Runtime.
-            runner_options: ``threads`` and ``sampling_torch_threads`` (onnxruntime, see
-                :class:`~idm_rt.backends.onnxruntime.OnnxRuntimeRunner`) or ``cuda_graph`` (tensorrt).
+            runner_options: ``threads`` (onnxruntime, see :class:`~idm_rt.backends.onnxruntime.OnnxRuntimeRunner`)
+                or ``cuda_graph`` (tensorrt).
         Outputs that no bucket covers are tiled by the bucket rule (:mod:`idm_rt.buckets`) unless
         ``tile`` is given (0: never tile, an error when no bucket covers the output). The model's
         recommended sampling settings, recorded in the manifest, are the defaults.
@@ -252,28 +260,27 @@ class Upscaler:
                                  f"({self.max_pixels}; raise max_pixels to allow it)")
             if h * w:  # so is too large an output
                 self.check_output_pixels(h, w, scale, size)
-        prepared = [to_tensor(im) for im in images]
+        prepared = [to_array(im) for im in images]
         sizes = [self.output_size(rgb.shape[-2], rgb.shape[-1], scale, size) for rgb, _, _ in prepared]
         groups: dict[tuple, list[int]] = defaultdict(list)
         for i, ((rgb, _, _), out) in enumerate(zip(prepared, sizes)):
             groups[(tuple(rgb.shape[-2:]), out)].append(i)
         results: list[ImageLike] = [None] * len(images)
         for (_, out), idx in groups.items():
-            lr = torch.cat([prepared[i][0] for i in idx]).to(self.device)
-            # one generator per image, with its seed: an image's result does not depend on its batch
-            gen = [torch.Generator().manual_seed(seeds[i]) for i in idx] if seeds is not None else None
-            half = self.max_memory // 2 if self.max_memory is not None else None  # the tile's, the cache's
-            group_tile = self.model.auto_tile(out, half) if tile is None else tile or None  # 0: untiled
-            sr = super_resolve(self.model, lr, out, settings, scale=scale, generator=gen, tile=group_tile,
-                               progress=progress, denoise=self.denoise,
-                               cache_bytes=half if half is not None else CACHE_BYTES)
-            if not torch.isfinite(sr).all():  # cast to an image it would come out black, or as noise
+            lr = self.model.asarray(np.concatenate([prepared[i][0] for i in idx]))
+            # one noise stream per image, with its seed: an image's result does not depend on its batch
+            noise = Noise([seeds[i] if seeds is not None else None for i in idx])
+            group_tile = self.choose_tile(out) if tile is None else tile or None  # 0: untiled
+            cache = self.max_memory // 2 if self.max_memory is not None else CACHE_BYTES  # (the tile has the rest)
+            sr = to_host(super_resolve(self.model, lr, out, settings, scale=scale, noise=noise, tile=group_tile,
+                                       progress=progress, denoise=self.denoise, cache_bytes=cache))
+            if not np.isfinite(sr).all():  # cast to an image it would come out black, or as noise
                 raise RuntimeError("the network's output holds NaN or infinite values: its weights overflow (or, "
                                    "with precision='fp16', its activations do); no image is returned")
             for k, i in enumerate(idx):
                 _, alpha, kind = prepared[i]
                 alpha = resize_alpha(alpha, out) if alpha is not None else None
-                results[i] = from_tensor(sr[k:k + 1], alpha, kind)
+                results[i] = from_array(sr[k:k + 1], alpha, kind)
                 if isinstance(images[i], Image.Image) and images[i].info.get("icc_profile"):
                     results[i].info["icc_profile"] = images[i].info["icc_profile"]  # its colours mean the same
         return pack(results)
@@ -281,12 +288,12 @@ class Upscaler:
 
 def _declared_size(image: Any) -> tuple[int, int]:
     """(height, width) an image declares, read without decoding or converting it; (0, 0) when it declares
-    none that :func:`~idm_rt.images.to_tensor` would accept (it then says what is wrong)."""
+    none that :func:`~idm_rt.images.to_array` would accept (it then says what is wrong)."""
     if isinstance(image, Image.Image):
         return image.height, image.width
     if isinstance(image, np.ndarray) and image.ndim in (2, 3):
         return image.shape[0], image.shape[1]
-    if isinstance(image, torch.Tensor) and not image.is_nested and image.layout == torch.strided \
+    if is_tensor(image) and not image.is_nested and image.layout == sys.modules["torch"].strided \
             and image.dim() in (2, 3):
         return image.shape[-2], image.shape[-1]
     return 0, 0

@@ -1,10 +1,13 @@
 """The encoder computed in pieces (LR feature tiles with their receptive field, HR blocks with a
 one-pixel halo) against one pass over the whole image; small pieces so that many meet."""
 
+import numpy as np
 import pytest
 import torch
 
-from idm_rt.model.encoder import EDSREncoder, features_in_tiles, in_blocks, receptive_radius, resize_tables
+from idm_rt.model.encoder import EDSREncoder
+from idm_rt.model.pieces import features_in_tiles, in_blocks, receptive_radius
+from idm_rt.model.tables import resize_tables
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +47,8 @@ def test_hr_blocks_with_a_one_pixel_halo_are_one_pass(encoders, upsampler, lr_si
         return enc.block(part, rows, cols, *extra)
 
     with torch.no_grad():
-        whole = enc.block(feat, *tables, *((cell,) if upsampler == "implicit" else ()))
+        whole = enc.block(feat, *(torch.from_numpy(t.copy()) for t in tables),
+                          *((cell,) if upsampler == "implicit" else ()))
         got = in_blocks(block, feat, *tables, size=16)
     assert got.shape == whole.shape == (1, 3, *size)
     assert (got - whole).abs().max() < 1e-5
@@ -54,4 +58,4 @@ def test_hr_blocks_with_a_one_pixel_halo_are_one_pass(encoders, upsampler, lr_si
 def test_an_empty_output_is_an_error_naming_it(encoders):
     feat = torch.randn(1, 8, 5, 4)
     with pytest.raises(ValueError, match="at least 1x1, got 0x40"):
-        in_blocks(encoders["nearest"].block, feat, torch.arange(40) // 8, torch.zeros(0, dtype=torch.long))
+        in_blocks(encoders["nearest"].block, feat, np.arange(40) // 8, np.zeros(0, dtype=np.int64))

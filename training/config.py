@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from idm_rt.backends.registry import BACKENDS
 from idm_rt.config import check_max_scale, preset, strict_from_dict
 from idm_rt.sampling import SamplingSettings
-from idm_rt.upscaler import PRECISIONS
 
 SCALE_SAMPLINGS = ("uniform", "log")
 
@@ -98,8 +98,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {self.precision!r}")
+        BACKENDS["torch"].check_precision(self.precision)  # autocast: the torch backend's own precisions
         if self.regression_steps and not self.aux_weight:
             raise ValueError("regression_steps train the condition image with the aux loss: set aux_weight > 0")
         if self.crop % 8:

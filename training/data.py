@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from idm_rt.images import IMAGE_SUFFIXES, to_tensor
+from idm_rt.images import IMAGE_SUFFIXES, to_array
 from idm_rt.resize import downscale
 
 
@@ -64,12 +64,12 @@ def load_rgb(path: Path) -> torch.Tensor:
     to 8 bits as the upscaler reads them (a plain ``convert("RGB")`` clips them to flat colour)."""
     with Image.open(path) as im:
         if im.mode == "F" and np.asarray(im).max() > 1:  # float in PIL's own 0..255 convention
-            im = im.point(lambda v: v * (1 / 255))  # (keeps the EXIF orientation, which to_tensor applies)
+            im = im.point(lambda v: v * (1 / 255))  # (keeps the EXIF orientation, which to_array applies)
         try:
-            rgb, _, _ = to_tensor(im)
+            rgb, _, _ = to_array(im)
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
-    return ((rgb[0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return torch.from_numpy(np.clip(np.round((rgb[0] + 1) * 127.5), 0, 255).astype(np.uint8))
 
 
 class PairSampler:

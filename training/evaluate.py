@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 import idm_rt
 from idm_rt import sampling
+from idm_rt.arrays import Noise
 from idm_rt.fileio import atomic_write
 from idm_rt.memory import configure_allocator
 from idm_rt.pipeline import super_resolve
@@ -107,8 +108,7 @@ def evaluate(model: idm_rt.IDM, images: list[tuple[str, torch.Tensor]], scales: 
         for name, img in images:
             hr, lr = make_pair(img, s, device)
             size = tuple(hr.shape[-2:])
-            gen = torch.Generator().manual_seed(seed)
-            sr = super_resolve(model, lr, size, settings, scale=s, generator=gen, tile=tile)
+            sr = super_resolve(model, lr, size, settings, scale=s, noise=Noise([seed]), tile=tile)
             bic = bicubic(lr, size)
             if outputs is not None:
                 outputs[s, name] = as_saved(sr)

@@ -10,7 +10,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from idm_rt.resize import downscale, upscale
+from idm_rt.resize import bicubic_upscale, downscale
 
 
 def rgb_to_y(img: torch.Tensor) -> torch.Tensor:
@@ -145,4 +145,4 @@ def measure(out: torch.Tensor, hr: torch.Tensor, lr: torch.Tensor, s: float) -> 
 
 def bicubic(lr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """The baseline every table compares with: the bicubic upscale, clamped to [-1, 1]."""
-    return upscale(lr, size).clamp(-1, 1)
+    return bicubic_upscale(lr, size).clamp(-1, 1)

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from idm_rt import IDM, SamplingSettings
+from idm_rt.arrays import Noise
 from idm_rt.pipeline import super_resolve
 
 from .data import center_crop, load_rgb
@@ -24,12 +25,11 @@ def validate(model: IDM, images: list[Path], crop: int, settings: SamplingSettin
     bicubic at scale M on a central ``crop`` of each image; the grid written to ``grid``."""
     s = model.max_scale
     device = next(model.parameters()).device
-    gen = torch.Generator().manual_seed(seed)
     rows, acc = [], {}
     for path in images:
         hr, lr = make_pair(center_crop(load_rgb(path), crop), s, device)
         size = tuple(hr.shape[-2:])
-        outputs = {"": super_resolve(model, lr, size, settings, scale=s, generator=gen),
+        outputs = {"": super_resolve(model, lr, size, settings, scale=s, noise=Noise([seed])),
                    "_estimate": model.encode(lr, size).clamp(-1, 1), "_bicubic": bicubic(lr, size)}
         for key, out in outputs.items():
             for metric, value in measure(out, hr, lr, s).items():

@@ -1,32 +1,26 @@
-"""Engine runners: built graphs (ONNX Runtime, TensorRT) behind the torch model's interface."""
+"""Engine runners: built graphs (ONNX Runtime, TensorRT) behind the torch model's interface, and the registry of
+every backend (:mod:`.registry`)."""
 
 from __future__ import annotations
 
 import os
 
-import torch
-
+from ..devices import Device
 from .base import EngineRunner
-from .engine_dir import BACKENDS, Manifest, read_manifest
+from .engine_dir import Manifest, read_manifest
+from .registry import BACKENDS, ENGINE_BACKENDS, Backend, backend
 
-DEFAULT_DEVICES = {"onnxruntime": "cpu", "tensorrt": "cuda"}  # where each backend runs unless told
 
-
-def load_runner(folder: str | os.PathLike, backend: str | None = None, device: str | torch.device | None = None,
+def load_runner(folder: str | os.PathLike, name: str | None = None, device: str | Device | None = None,
                 **options) -> EngineRunner:
-    """A runner for an engine directory; ``backend`` defaults to the one it was built for, and
-    ``device`` to "cuda" for TensorRT and "cpu" for ONNX Runtime. ``options`` go to the runner
-    (``threads`` and ``sampling_torch_threads`` for onnxruntime, ``cuda_graph`` for tensorrt)."""
-    backend = backend or read_manifest(folder).backend
-    if backend == "onnxruntime":
-        from .onnxruntime import OnnxRuntimeRunner
-
-        return OnnxRuntimeRunner(folder, device or DEFAULT_DEVICES[backend], **options)
-    if backend == "tensorrt":
-        from .tensorrt import TensorRTRunner
-
-        return TensorRTRunner(folder, device or DEFAULT_DEVICES[backend], **options)
-    raise ValueError(f"unknown engine backend {backend!r}; choose from {BACKENDS}")
+    """A runner for an engine directory; ``name`` (the backend) defaults to the one it was built for, and
+    ``device`` to the backend's own (:data:`~.registry.BACKENDS`). ``options`` go to the runner (``threads`` for
+    onnxruntime, ``cuda_graph`` for tensorrt)."""
+    chosen = backend(name or read_manifest(folder).backend)
+    if not chosen.engine:
+        raise ValueError(f"{chosen.name} runs a model, not engines; choose from {ENGINE_BACKENDS}")
+    return chosen.runner_class()(folder, device or chosen.default_device, **options)
 
 
-__all__ = ["EngineRunner", "Manifest", "read_manifest", "load_runner", "BACKENDS", "DEFAULT_DEVICES"]
+__all__ = ["EngineRunner", "Manifest", "read_manifest", "load_runner", "BACKENDS", "ENGINE_BACKENDS", "Backend",
+           "backend"]

@@ -13,6 +13,7 @@ Layout (after TensorRT's demo/Diffusion)::
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import re
@@ -22,8 +23,8 @@ from typing import Any
 
 from ..buckets import Bucket
 from ..config import IDMConfig, check_max_scale
-from ..model.idm import check_size
 from ..sampling import SamplingSettings
+from .registry import BACKENDS, ENGINE_BACKENDS
 
 MANIFEST_NAME = "manifest.json"
 # 2: one conditioner and one dynamic U-Net graph for every size, no padding; 3: the encoder's HR part
@@ -35,14 +36,7 @@ MANIFEST_FORMAT = "idm-rt-engines/3"
 # dynamic sizes and once per bucket with the bucket's static shape (the exact fits; ONNX Runtime's
 # CPU graphs may use Winograd convolutions).
 KINDS = ("encoder", "encoder_block", "conditioner", "unet_dynamic", "unet")
-BACKENDS = ("onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "int8")  # the U-Nets' (the encoder and the conditioner stay float32)
-
-
-def default_precision(backend: str) -> str:
-    """The precision engines of ``backend`` are built in unless asked otherwise: fp16 for TensorRT (GPUs),
-    fp32 for ONNX Runtime (CPUs, where float16 is slower)."""
-    return "fp16" if backend == "tensorrt" else "fp32"
+PRECISIONS = tuple(dict.fromkeys(p for name in ENGINE_BACKENDS for p in BACKENDS[name].precisions))  # any engine's
 
 
 def conditioning_names(levels: int) -> list[str]:
@@ -51,7 +45,7 @@ def conditioning_names(levels: int) -> list[str]:
 
 
 def table_names(levels: int) -> list[str]:
-    """Names of the implicit layers' query tables (:func:`idm_rt.model.unet.query_tables_for`),
+    """Names of the implicit layers' query tables (:func:`idm_rt.model.tables.query_tables_for`),
     deepest layer first: the one from level i to level i - 1 reads rows_i, rel_rows_i, cols_i, rel_cols_i."""
     return [f"{name}_{i}" for i in range(levels - 1, 0, -1) for name in ("rows", "rel_rows", "cols", "rel_cols")]
 
@@ -181,13 +175,13 @@ class Manifest:
                 raise ValueError(f"its {name} must be a JSON {_JSON_NAMES[kind]}, got {d[name]!r}")
         if not isinstance(d["opset"], int) or isinstance(d["opset"], bool):
             raise ValueError(f"its opset must be an integer, got {d['opset']!r}")
-        if d["backend"] not in BACKENDS:
-            raise ValueError(f"its backend must be one of {BACKENDS}, got {d['backend']!r}")
-        if d["precision"] not in BACKEND_PRECISIONS[d["backend"]]:
-            raise ValueError(f"its precision must be one of {BACKEND_PRECISIONS[d['backend']]} for {d['backend']}, "
-                             f"got {d['precision']!r}")
+        if d["backend"] not in ENGINE_BACKENDS:
+            raise ValueError(f"its backend must be one of {ENGINE_BACKENDS}, got {d['backend']!r}")
+        if d["precision"] not in BACKENDS[d["backend"]].precisions:
+            raise ValueError(f"its precision must be one of {BACKENDS[d['backend']].precisions} for "
+                             f"{d['backend']}, got {d['precision']!r}")
         d["max_scale"] = check_max_scale(d["max_scale"])
-        check_size(IDMConfig.from_dict(d["network"]))
+        check_config_size(IDMConfig.from_dict(d["network"]))
         if not 1 <= len(d["buckets"]) <= MAX_BUCKETS:
             raise ValueError(f"it lists {len(d['buckets'])} buckets; 1..{MAX_BUCKETS} expected")
         d["buckets"] = [Bucket.from_dict(b) for b in d["buckets"]]
@@ -201,8 +195,16 @@ class Manifest:
 
 
 _JSON_NAMES = {str: "string", dict: "object", list: "array", bool: "true or false"}
-BACKEND_PRECISIONS = {"onnxruntime": PRECISIONS, "tensorrt": ("fp32", "fp16")}  # int8 (export.quantize): CPUs
 MAX_BUCKETS = 64
+
+
+def check_config_size(config: IDMConfig) -> None:
+    """The network-size guard (:func:`idm_rt.model.idm.check_size`) where torch is installed; a runner without torch
+    builds no network from a manifest, it only opens the graph files the manifest names."""
+    if importlib.util.find_spec("torch") is not None:
+        from ..model.idm import check_size
+
+        check_size(config)
 PARTIAL = ".partial"  # suffix of a file being written, renamed into place when complete
 INT8_CHECK = "int8_check"  # build_flags entry: an int8 build's check against the float32 model (export.int8_check)
 

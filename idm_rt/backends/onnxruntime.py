@@ -1,22 +1,24 @@
-"""ONNX Runtime runner: CPU or CUDA execution provider; on the GPU, IO binding on torch tensors so
-that nothing is copied through the host between denoising steps."""
+"""ONNX Runtime runner: CPU or CUDA execution provider. On a CPU its arrays are numpy's (no torch needed); on a GPU
+they are CUDA arrays (torch's when torch is installed, else CuPy's) passed by IO binding, so that nothing is copied
+through the host between denoising steps."""
 
 from __future__ import annotations
 
-import contextlib
+import importlib.util
 import os
-import threading
 import warnings
 
+import array_api_compat.numpy
 import numpy as np
-import torch
 
+from ..arrays import Array, to_host
+from ..devices import Device
 from ..threads import MAX_THREADS
+from ..threads import threads as default_threads
 from .base import EngineRunner
 from .engine_dir import INT8_CHECK, artifact, dim_size, graph_inputs, graph_key, graph_outputs, graph_specs
 
-_DTYPES = {"tensor(float)": (np.float32, torch.float32), "tensor(float16)": (np.float16, torch.float16),
-           "tensor(int64)": (np.int64, torch.int64)}
+_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
 
 
 class OnnxRuntimeRunner(EngineRunner):
@@ -26,27 +28,22 @@ class OnnxRuntimeRunner(EngineRunner):
         folder: an engine directory; the optimised graphs of an ``onnxruntime`` build are used,
             the plain ONNX graphs of any other build.
         device: "cpu", "cuda" or "cuda:N" (needs the onnxruntime-gpu package).
-        threads: intra-op threads on the CPU; None: torch's thread count when the runner is made (what the
-            command lines set from ``--threads`` or the CPUs this process may use, see :mod:`idm_rt.threads`);
-            0: ONNX Runtime's own default, every core of the machine, blind to CPU affinity and quotas.
-        sampling_torch_threads: torch's thread count while an image is sampled on the CPU (see
-            :meth:`sampling`; process-wide for that time); None leaves torch alone.
+        threads: intra-op threads on the CPU; None: the process's count (:func:`idm_rt.threads.threads`: what the
+            command lines set from ``--threads``, or the CPUs this process may use); 0: ONNX Runtime's own default,
+            every core of the machine, blind to CPU affinity and quotas.
     """
 
     backend = "onnxruntime"
 
-    def __init__(self, folder: str | os.PathLike, device: str | torch.device = "cpu", threads: int | None = None,
-                 sampling_torch_threads: int | None = 1):
-        for name, value, low in (("threads", threads, 0), ("sampling_torch_threads", sampling_torch_threads, 1)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                                      or not low <= value <= MAX_THREADS):
-                raise ValueError(f"runner option {name} must be None or an integer in {low}..{MAX_THREADS}, "
-                                 f"got {value!r}")
+    def __init__(self, folder: str | os.PathLike, device: str | Device = "cpu", threads: int | None = None):
+        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)
+                                    or not 0 <= threads <= MAX_THREADS):
+            raise ValueError(f"runner option threads must be None or an integer in 0..{MAX_THREADS}, got {threads!r}")
         super().__init__(folder, device)
-        self.sampling_torch_threads = sampling_torch_threads
         # IO binding on CUDA (no copy through the host); a CPU takes plain run, except in the tests that run
         # the binding path with the CPU provider.
         self._io_binding = self.device.type == "cuda"
+        self._cuda = cuda_arrays() if self.device.type == "cuda" else None
         ort = import_onnxruntime()
         providers = execution_providers(self.device)
         if self.device.type == "cuda" and self.manifest.build_flags.get("conv") == "winograd":
@@ -60,7 +57,7 @@ class OnnxRuntimeRunner(EngineRunner):
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only: optimiser notes are not the user's concern
-        options.intra_op_num_threads = torch.get_num_threads() if threads is None else threads
+        options.intra_op_num_threads = default_threads() if threads is None else threads
         use_engine = self.manifest.backend == "onnxruntime"
         self._sessions = {}
         for key, entry in self.manifest.graphs.items():
@@ -86,46 +83,92 @@ class OnnxRuntimeRunner(EngineRunner):
                                  f"network needs {want[0]} and {want[1]}: the files do not match manifest.json; "
                                  "rebuild the directory with python -m idm_rt.build --force")
 
-    def sampling(self) -> contextlib.AbstractContextManager:
-        """On the CPU, torch keeps ``sampling_torch_threads`` (1) threads while sampling: between ONNX
-        Runtime calls it only does the sampler's elementwise math, and its idle OpenMP workers would
-        otherwise spin on the cores ONNX Runtime needs (``benchmarks/results/latency.json``: about
-        10 % per image on a 2-core VM)."""
-        if self.device.type == "cpu" and self.sampling_torch_threads is not None:
-            return torch_threads(self.sampling_torch_threads)
-        return contextlib.nullcontext()
+    @classmethod
+    def check_device(cls, device: Device) -> None:
+        execution_providers(device)
 
-    def run_graph(self, key: str, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    def asarray(self, host: np.ndarray) -> Array:
+        """numpy itself on a CPU; a CUDA array (torch's or CuPy's) on the runner's GPU."""
+        if self._cuda is None:
+            return np.ascontiguousarray(host)
+        return self._cuda.asarray(host, device=self._cuda_device())
+
+    def _cuda_device(self):
+        index = self.device.index or 0
+        return f"cuda:{index}" if self._cuda.__name__.endswith("torch") else index
+
+    def run_graph(self, key: str, inputs: dict[str, Array]) -> list[Array]:
         session = self._sessions[key]
         metas = {m.name: m for m in session.get_inputs()}
-        typed = {name: t.to(self.device, _DTYPES[metas[name].type][1]).contiguous() for name, t in inputs.items()}
         if self._io_binding:
-            return [o.float() for o in self._run_bound(session, metas, typed)]
-        outs = session.run(None, {name: t.numpy() for name, t in typed.items()})
-        return [torch.from_numpy(o).float() for o in outs]
+            return self._run_bound(session, metas, inputs)
+        outs = session.run(None, {name: np.ascontiguousarray(to_host(a), dtype=_DTYPES[metas[name].type])
+                                  for name, a in inputs.items()})
+        return [o.astype(np.float32, copy=False) for o in outs]
 
-    def _run_bound(self, session, metas, typed: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        """IO binding: inputs and preallocated outputs stay in torch's memory on the runner's device. Each
-        output's shape is its graph's, every named dimension sized by :func:`dim_size` from the inputs."""
+    def _run_bound(self, session, metas, inputs: dict[str, Array]) -> list[Array]:
+        """IO binding: inputs and preallocated outputs stay in the array library's memory on the runner's device
+        (numpy's host memory in the tests that take this path with the CPU provider). Each output's shape is its
+        graph's, every named dimension sized by :func:`dim_size` from the inputs."""
+        xp = self._cuda or array_api_compat.numpy
         where, device_id = self.device.type, self.device.index or 0
         binding = session.io_binding()
         dims: dict[str, int] = {}
-        for name, t in typed.items():
-            binding.bind_input(name, where, device_id, _DTYPES[metas[name].type][0], tuple(t.shape), t.data_ptr())
-            dims.update({d: n for d, n in zip(metas[name].shape, t.shape) if isinstance(d, str)})
+        kept = []  # the typed inputs, alive until the run
+        for name, a in inputs.items():
+            dtype = _DTYPES[metas[name].type]
+            typed = xp.asarray(xp.astype(a, getattr(xp, dtype.__name__)), copy=True)  # dense, in the graph's dtype
+            kept.append(typed)
+            binding.bind_input(name, where, device_id, dtype, tuple(typed.shape), pointer(typed))
+            dims.update({d: n for d, n in zip(metas[name].shape, typed.shape) if isinstance(d, str)})
         outputs = []
         for meta in session.get_outputs():
-            np_dtype, torch_dtype = _DTYPES[meta.type]
+            dtype = _DTYPES[meta.type]
             shape = tuple(dim_size(d, dims) for d in meta.shape)
-            out = torch.empty(shape, dtype=torch_dtype, device=self.device)
-            binding.bind_output(meta.name, where, device_id, np_dtype, shape, out.data_ptr())
+            out = xp.empty(shape, dtype=getattr(xp, dtype.__name__), device=self._cuda_device() if self._cuda else
+                           "cpu")
+            binding.bind_output(meta.name, where, device_id, dtype, shape, pointer(out))
             outputs.append(out)
         if where == "cuda":
-            # ONNX Runtime runs on its own CUDA stream: the inputs torch wrote on its stream must be ready
+            # ONNX Runtime runs on its own CUDA stream: the inputs written on the library's stream must be ready
             # first (run_with_iobinding itself returns only once the outputs are written).
-            torch.cuda.current_stream(self.device).synchronize()
+            synchronize(self._cuda)
         session.run_with_iobinding(binding)
-        return outputs
+        return [xp.astype(o, xp.float32) for o in outputs]
+
+
+def cuda_arrays():
+    """The array library CUDA arrays come from: torch's (array-api-compat) when torch is installed, else CuPy's;
+    ImportError saying what to install when neither is."""
+    if importlib.util.find_spec("torch") is not None:
+        import array_api_compat.torch as xp
+
+        return xp
+    if importlib.util.find_spec("cupy") is not None:
+        import array_api_compat.cupy as xp
+
+        return xp
+    raise ImportError("ONNX Runtime on CUDA without torch keeps its arrays in CuPy: pip install 'idm-rt[gpu]'")
+
+
+def pointer(a: Array) -> int:
+    """The address of an array's data: numpy's, or a CUDA array's (torch and CuPy both expose the CUDA array
+    interface)."""
+    if isinstance(a, np.ndarray):
+        return a.ctypes.data
+    return a.__cuda_array_interface__["data"][0]
+
+
+def synchronize(xp) -> None:
+    """Wait for the CUDA array library's current stream."""
+    if xp.__name__.endswith("torch"):
+        import torch
+
+        torch.cuda.current_stream().synchronize()
+    else:
+        import cupy
+
+        cupy.cuda.get_current_stream().synchronize()
 
 
 def import_onnxruntime():
@@ -138,46 +181,14 @@ def import_onnxruntime():
     return onnxruntime
 
 
-def execution_providers(device: torch.device) -> list:
+def execution_providers(device: Device) -> list:
     """ONNX Runtime's providers for ``device``; a clear error when this machine cannot run there, so
     that it comes before any engine is built."""
     if device.type == "cpu":
         return ["CPUExecutionProvider"]
     if device.type != "cuda":
         raise ValueError(f"the onnxruntime backend runs on 'cpu' or 'cuda', not {device}")
-    if not torch.cuda.is_available():
-        raise RuntimeError(f"device {str(device)!r} asked for, but this torch has no CUDA device")
     if "CUDAExecutionProvider" not in import_onnxruntime().get_available_providers():
         raise RuntimeError("ONNX Runtime has no CUDAExecutionProvider here; install onnxruntime-gpu or use "
                            "device='cpu'")
     return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
-
-
-# torch_threads' shared state: how many blocks are open, and torch's count from before the first of them opened.
-_pin_lock = threading.Lock()
-_pins = 0
-_unpinned = 0
-
-
-@contextlib.contextmanager
-def torch_threads(n: int):
-    """torch's intra-op thread count set to ``n`` inside the block, and back to what it was outside every
-    such block when the block ends, also when blocks of several Python threads overlap.
-
-    torch keeps the count twice: one value per OS thread (OpenMP's) and one that threads started later
-    begin with; ``torch.set_num_threads`` sets the caller's and the latter. Each thread saving and
-    restoring what it saw would, once blocks overlap, save another block's ``n`` and restore it last,
-    leaving every later thread at ``n``; so the count from before the first open block is kept once,
-    under a lock, and each block restores that one."""
-    global _pins, _unpinned
-    with _pin_lock:
-        if _pins == 0:
-            _unpinned = torch.get_num_threads()
-        _pins += 1
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        with _pin_lock:
-            _pins -= 1
-            torch.set_num_threads(_unpinned)

@@ -6,54 +6,12 @@ per image and reused at every denoising step.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from ..config import IDMConfig
 from .layers import Blur, EqualConv2d, EqualLinear, fused_leaky_relu
-
-
-@dataclass
-class Conditioning:
-    """Everything the U-Net needs besides x_t and the noise level.
-
-    Attributes:
-        cond: the encoder output at the HR size, (B, 3, H, W).
-        shifts: ``shifts[i]`` for U-Net level i = 1..L-1 (index 0 is None), (B, C_i, H_i, W_i).
-        a1, a2: normalised scale vectors per level (index 0 is None), (B, C_i).
-    """
-
-    cond: torch.Tensor
-    shifts: list[torch.Tensor | None]
-    a1: list[torch.Tensor | None]
-    a2: list[torch.Tensor | None]
-
-    def tensors(self) -> list[torch.Tensor]:
-        """Every tensor: the condition image, then :meth:`flat`."""
-        return [self.cond, *self.flat()]
-
-    def flat(self) -> list[torch.Tensor]:
-        """The per-level tensors (levels 1..L-1): all shifts, then all a1, then all a2."""
-        return [*self.shifts[1:], *self.a1[1:], *self.a2[1:]]
-
-    @classmethod
-    def from_flat(cls, cond: torch.Tensor, tensors: list[torch.Tensor]) -> Conditioning:
-        """Inverse of :meth:`flat`, with the condition image ``cond``."""
-        n = len(tensors) // 3
-        return cls(cond, [None, *tensors[:n]], [None, *tensors[n:2 * n]], [None, *tensors[2 * n:]])
-
-    def nbytes(self) -> int:
-        """Memory the tensors take (the condition image included)."""
-        return sum(t.numel() * t.element_size() for t in self.tensors())
-
-
-def scale_fraction(scale: torch.Tensor | float, max_scale: float) -> torch.Tensor:
-    """``p = (s - 1) / (M - 1)`` per sample, the scale input of the conditioning; p > 1 extrapolates beyond
-    the largest training magnification M."""
-    s = torch.as_tensor(scale, dtype=torch.float32).view(-1)
-    return (s - 1.0) / (max_scale - 1.0)
+from .pieces import Conditioning
 
 
 class ConvAct(nn.Module):

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..config import IDMConfig, check_max_scale
-from .conditioning import Conditioning, LRConditioner, scale_fraction
+from .conditioning import LRConditioner
 from .encoder import EDSREncoder
 from .implicit import KERNEL_MODES, ImplicitUp
+from .pieces import Conditioning, scale_fraction
 from .unet import UNet
 
 if TYPE_CHECKING:
@@ -72,26 +75,40 @@ class IDM(nn.Module):
 
     backend = "torch"  # the SamplingModel protocol (idm_rt.model.protocol), which the loop calls
 
-    def prepare(self, device: torch.device) -> IDM:
-        """On ``device``, in eval mode (dropout off)."""
-        return self.to(device).eval()
+    def prepare(self, device: Any) -> IDM:
+        """On ``device`` ("cpu", "cuda:1", a :class:`~idm_rt.devices.Device` or a ``torch.device``), in eval mode
+        (dropout off); ValueError naming a device this torch cannot put tensors on."""
+        name = str(device)
+        if name.startswith("meta"):  # before the move: on meta the weights would be gone
+            raise ValueError("device 'meta' holds no values to compute with; use 'cpu' or 'cuda'")
+        if name.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} asked for, but this torch has no CUDA device")
+        try:
+            target = torch.device(name)
+            torch.empty(0, device=target)  # mps, xla, cuda:7, ...: can this torch put tensors there?
+        except Exception as e:  # noqa: BLE001 (torch raises several types for a device it cannot use)
+            raise ValueError(f"device {name!r} cannot be used here ({e.__class__.__name__}: "
+                             f"{str(e).splitlines()[0]})") from None
+        return self.to(target).eval()
 
-    def scale_fraction(self, scale: torch.Tensor | float) -> torch.Tensor:
-        """``p = (s - 1) / (M - 1)`` per sample; p > 1 extrapolates beyond the trained range."""
-        return scale_fraction(scale, self.max_scale)
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def asarray(self, host: np.ndarray) -> torch.Tensor:
+        """A host array as a tensor on this model's device (the SamplingModel protocol)."""
+        return torch.from_numpy(np.ascontiguousarray(host)).to(self.device)
+
+    def scale_fraction(self, scale: torch.Tensor | Sequence[float] | float) -> torch.Tensor:
+        """``p = (s - 1) / (M - 1)`` per sample, on this model's device; p > 1 extrapolates beyond the trained
+        range (:func:`~idm_rt.model.pieces.scale_fraction`)."""
+        if isinstance(scale, torch.Tensor):
+            scale = scale.detach().cpu().numpy()
+        return self.asarray(scale_fraction(scale, self.max_scale))
 
     def sampling(self) -> contextlib.AbstractContextManager:
-        """Nothing to set up around the loop of the torch model."""
-        return contextlib.nullcontext()
-
-    def auto_tile(self, size: tuple[int, int], max_memory: int | None = None) -> int | None:
-        """The cheapest tiling whose tiles fit half the memory the device has (and ``max_memory``):
-        :func:`idm_rt.tile_size.choose_tile`."""
-        from ..memory import device_memory
-        from ..tile_size import MEMORY_FRACTION, choose_tile
-
-        budget = int(MEMORY_FRACTION * device_memory(next(self.parameters()).device))
-        return choose_tile(self, size, min(budget, max_memory) if max_memory else budget)
+        """No autograd while an image is sampled."""
+        return torch.no_grad()
 
     def encode(self, lr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """LR (B, 3, h, w) -> condition image (B, 3, H, W) at the output size."""

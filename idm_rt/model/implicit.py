@@ -18,43 +18,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import tables
 from .layers import fused_leaky_relu
-
-
-def pixel_centres(n: int) -> torch.Tensor:
-    """Coordinates of n pixel centres in [-1, 1], ``-1 + (2k+1)/n``, computed like the release (float32)."""
-    r = 1.0 / n
-    return -1.0 + r + (2.0 * r) * torch.arange(n).float()
-
-
-@lru_cache(maxsize=256)
-def nearest_query(n_src: int, n_dst: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each of n_dst target centres along one axis: the nearest source index exactly as
-    ``grid_sample(mode='nearest', align_corners=False)`` picks it on coordinates clamped to
-    [-1+1e-6, 1-1e-6], and the relative coordinate ``(target - source centre) * n_src``."""
-    coord = pixel_centres(n_dst)
-    grid = torch.zeros(1, 1, n_dst, 2, dtype=torch.float32)  # as src, whatever torch's default dtype
-    grid[0, 0, :, 0] = coord.clamp(-1 + 1e-6, 1 - 1e-6)
-    src = torch.arange(n_src, dtype=torch.float32).view(1, 1, 1, n_src)
-    idx = F.grid_sample(src, grid, mode="nearest", align_corners=False).view(n_dst).long()
-    rel = (coord - pixel_centres(n_src)[idx]) * n_src
-    return idx, rel
-
 
 Tables = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # rows, rel_rows, cols, rel_cols
 
 
+def pixel_centres(n: int) -> torch.Tensor:
+    """:func:`idm_rt.model.tables.pixel_centres` as a float32 tensor."""
+    return torch.from_numpy(tables.pixel_centres(n))
+
+
+def nearest_query(n_src: int, n_dst: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`idm_rt.model.tables.nearest_query` as tensors (int64 indices, float32 relative coordinates)."""
+    idx, rel = tables.nearest_query(n_src, n_dst)
+    return torch.from_numpy(idx.copy()), torch.from_numpy(rel.copy())
+
+
 def query_tables(src: tuple[int, int], dst: tuple[int, int], device: torch.device | None = None) -> Tables:
-    """:func:`nearest_query` along both axes from a ``src`` (h, w) grid to ``dst`` (H, W): the source
-    rows and columns of the target pixels and their relative coordinates, kept on ``device`` (so that a
-    CUDA graph's capture finds them there, computed by its warm-up)."""
+    """:func:`idm_rt.model.tables.query_tables` as tensors kept on ``device`` (so that a CUDA graph's capture finds
+    them there, computed by its warm-up)."""
     return _tables((int(src[0]), int(src[1])), (int(dst[0]), int(dst[1])), torch.device(device or "cpu"))
 
 
 @lru_cache(maxsize=256)
 def _tables(src: tuple[int, int], dst: tuple[int, int], device: torch.device) -> Tables:
-    (ri, rr), (ci, cr) = nearest_query(src[0], dst[0]), nearest_query(src[1], dst[1])
-    return ri.to(device), rr.to(device), ci.to(device), cr.to(device)
+    return tuple(torch.from_numpy(t.copy()).to(device) for t in tables.query_tables(src, dst))
 
 
 def gather_nearest(y: torch.Tensor, size: tuple[int, int], tables: Tables | None = None) -> torch.Tensor:

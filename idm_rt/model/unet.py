@@ -9,9 +9,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import IDMConfig
-from .conditioning import Conditioning
 from .implicit import ImplicitUp, Tables, query_tables
 from .layers import NormActConv, ResAttnBlock
+from .pieces import Conditioning
+from .tables import level_sizes
 
 
 def noise_level_encoding(g: torch.Tensor, dim: int) -> torch.Tensor:
@@ -20,14 +21,6 @@ def noise_level_encoding(g: torch.Tensor, dim: int) -> torch.Tensor:
     step = torch.arange(count, dtype=g.dtype, device=g.device) / count
     e = g.view(-1, 1) * torch.exp(-math.log(1e4) * step.view(1, -1))
     return torch.cat([torch.sin(e), torch.cos(e)], dim=-1)
-
-
-def level_sizes(size: tuple[int, int], levels: int) -> list[tuple[int, int]]:
-    """(H, W) of each U-Net level: every stride-2 step gives ceil(n / 2)."""
-    sizes = [(int(size[0]), int(size[1]))]
-    for _ in range(levels - 1):
-        sizes.append(tuple(-(-n // 2) for n in sizes[-1]))
-    return sizes
 
 
 def query_tables_for(size: tuple[int, int], levels: int, device: torch.device | None = None) -> list[Tables]:

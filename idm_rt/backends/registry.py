@@ -1,0 +1,107 @@
+"""The backends, one descriptor each: what runs the network, where by default, in which precisions, what it needs,
+and how it picks its tiles. Adding a backend is adding a descriptor here (and its runner); every command, the
+service, the batch job and the engine build read them from :data:`BACKENDS` instead of testing names.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One backend.
+
+    Attributes:
+        name: how options and manifests spell it.
+        default_device: where it runs unless told ("cpu", "cuda").
+        devices: the device types it runs on.
+        precisions: the U-Net precisions it runs in, its default first (engines: what a build makes).
+        engine: it runs an engine directory built by ``python -m idm_rt.build`` (else a model, with torch).
+        threads: its runner takes a CPU thread count (a service or batch worker gives it its CPUs).
+        replays: its U-Net call can be autocast, compiled and replayed from CUDA graphs (:mod:`idm_rt.cuda_graph`).
+        tiles: ``module:function(model, size, max_memory)`` picking the tile side of an output (None: untiled).
+        runner: ``module:attribute`` of its runner class (engines), imported when used.
+        needs: the modules it needs to run, said in one line when missing.
+        build_needs: the modules building its engines needs (with torch, for the export).
+    """
+
+    name: str
+    default_device: str
+    devices: tuple[str, ...]
+    precisions: tuple[str, ...]
+    engine: bool
+    tiles: str
+    threads: bool = False
+    replays: bool = False
+    runner: str = ""
+    needs: tuple[str, ...] = ()
+    build_needs: tuple[str, ...] = ()
+
+    @property
+    def gpu(self) -> bool:
+        """It runs on GPUs only (a Ray worker of it takes a GPU by default)."""
+        return self.devices == ("cuda",)
+
+    def check_device(self, device_type: str) -> None:
+        """ValueError when this backend cannot run on a device of ``device_type``."""
+        if device_type not in self.devices:
+            raise ValueError(f"backend={self.name!r} runs on {' or '.join(self.devices)}, not {device_type}")
+
+    def check_precision(self, precision: str) -> str:
+        """``precision`` if this backend runs in it, else ValueError naming the ones it does."""
+        if precision not in self.precisions:
+            names = ", ".join(map(repr, self.precisions[:-1])) + f" or {self.precisions[-1]!r}"
+            raise ValueError(f"{self.name} runs in {names}, not {precision!r}")
+        return precision
+
+    def choose_tile(self, model: Any, size: tuple[int, int], max_memory: int | None) -> int | None:
+        """The tile side this backend picks for an output of ``size`` (H, W) within ``max_memory`` (None: untiled)."""
+        return _attribute(self.tiles)(model, size, max_memory)
+
+    def runner_class(self) -> Any:
+        """The runner class (ImportError naming what to install when a module is missing)."""
+        require(self.needs, f"the {self.name} backend")
+        return _attribute(self.runner)
+
+
+def _attribute(path: str) -> Any:
+    """What ``module:attribute`` names, imported."""
+    module, _, attribute = path.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+BACKENDS: dict[str, Backend] = {
+    "torch": Backend("torch", "cpu", ("cpu", "cuda", "mps", "xpu"), ("fp32", "fp16", "bf16"), engine=False,
+                     tiles="idm_rt.tile_size:choose_for", replays=True, needs=("torch",)),
+    "onnxruntime": Backend("onnxruntime", "cpu", ("cpu", "cuda"), ("fp32", "fp16", "int8"), engine=True,
+                           tiles="idm_rt.backends.base:bucket_tile", threads=True,
+                           runner="idm_rt.backends.onnxruntime:OnnxRuntimeRunner", needs=("onnxruntime",),
+                           build_needs=("torch", "onnx", "onnxruntime")),
+    "tensorrt": Backend("tensorrt", "cuda", ("cuda",), ("fp16", "fp32"), engine=True,
+                        tiles="idm_rt.backends.base:bucket_tile", runner="idm_rt.backends.tensorrt:TensorRTRunner",
+                        needs=("tensorrt",), build_needs=("torch", "onnx", "tensorrt")),
+}
+ENGINE_BACKENDS = tuple(name for name, b in BACKENDS.items() if b.engine)
+
+INSTALL = {"torch": "pip install 'idm-rt[torch]' (the torch backend, engine builds and training need it)",
+           "onnxruntime": "pip install onnxruntime (or onnxruntime-gpu)",
+           "onnx": "pip install 'idm-rt[torch]'",
+           "tensorrt": "pip install 'idm-rt[gpu]'", "pycuda": "pip install 'idm-rt[gpu]'"}
+
+
+def backend(name: str) -> Backend:
+    """The backend ``name``; ValueError naming the choices."""
+    if not isinstance(name, str) or name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose from {tuple(BACKENDS)}")
+    return BACKENDS[name]
+
+
+def require(modules: tuple[str, ...], what: str) -> None:
+    """ImportError in one line, naming the first of ``modules`` that is not installed and how to install it."""
+    for module in modules:
+        if importlib.util.find_spec(module) is None:
+            raise ImportError(f"{what} needs {module}: {INSTALL.get(module, f'pip install {module}')}")
