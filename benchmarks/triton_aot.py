@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .common import add_replace_argument, write
+
 # Shared memory one block may use (opt-in maximum), bytes, per compute capability: the CUDA C++
 # Programming Guide's technical specifications (A100 8.0: 163 KB; RTX 30xx/A10 8.6 and L4/RTX 40xx 8.9:
 # 99 KB; H100 9.0: 227 KB).
@@ -220,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ci", action="store_true", help="only a representative few; print JSON, write nothing")
     ap.add_argument("--all-specialisations", action="store_true",
                     help="every specialisation of the integer arguments, not one per kernel variant (about 4x)")
+    add_replace_argument(ap)
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         print("triton_aot: unset TRITON_INTERPRET (interpreted kernels do not compile)", file=sys.stderr)
@@ -240,9 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.ci:
         print(json.dumps(result))
     else:
-        from .common import write
-
-        print(f"wrote {write('triton_aot', result, 'triton_aot')}")
+        print(f"wrote {write('triton_aot', result, 'triton_aot', args.replace)}")
     bad = [k for k, s in result["summary"].items() if s["failed"] or s["variants_without_a_fitting_config"]]
     return 1 if bad else 0
 
