@@ -54,7 +54,7 @@ class Launch:
 def layer_cases() -> Iterator[dict]:
     """(channels, source and target sizes, batch, dtype, relu, tf32) of the implicit levels to record."""
     from idm_rt import preset
-    from idm_rt.model.unet import level_sizes
+    from idm_rt.model.tables import level_sizes
 
     for name in ("official", "small"):
         cfg = preset(name)

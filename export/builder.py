@@ -70,6 +70,7 @@ class BuildOptions:
     calibration: str = "auto"  # int8: where the calibration images come from (see export.quantize)
     check_int8: bool = True  # int8: check the engine against the float32 model, BuildError when it falls short
     export_device: str = "cpu"  # where the graphs are traced: "cuda" traces a float16 U-Net in seconds, not minutes
+    static: bool = True  # also a static U-Net graph per bucket (False: dynamic sizes only, a smaller directory)
 
 
 def digest(*parts) -> str:
@@ -237,10 +238,10 @@ def _build(model: IDM, options: BuildOptions, log: Callable[[str], None]) -> int
     manifest = Manifest(model_hash=model_hash(model), model_path=str(Path(options.model_path).resolve()),
                         network=model.config.to_dict(), max_scale=model.max_scale, precision=options.precision,
                         backend=options.backend, opset=OPSET, buckets=options.buckets, graphs={}, identity=ident,
-                        build_flags=flags,
+                        build_flags=flags, static=options.static,
                         defaults=model.recommended.to_dict() if model.recommended else {})
     writer = _Writer(folder, manifest, old_files, log)
-    specs = graph_specs(options.buckets)
+    specs = graph_specs(options.buckets, options.static)
     for i, (kind, bucket) in enumerate(specs, 1):
         key = graph_key(kind, bucket)
         label = f"[{i}/{len(specs)}] {key}"

@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--export-device", default="cpu", metavar="DEVICE",
                     help="where the graphs are traced for export (default cpu; cuda traces a float16 U-Net in seconds "
                          "where a CPU takes minutes, the same graph)")
+    ap.add_argument("--no-static", action="store_true",
+                    help="the U-Net with dynamic sizes only, no static graph per bucket: about a third of the files' "
+                         "size (the bundled model's graphs are built so), every call on the dynamic graph")
     ap.add_argument("--force", action="store_true", help="rebuild everything, even what the manifest says matches")
     add_threads_argument(ap)
     ap.add_argument("--explain", action="store_true",
@@ -137,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         command = shlex.join(["python", "-m", "idm_rt.build", *(sys.argv[1:] if argv is None else argv)])
         options = BuildOptions(model_path, out, args.engine, args.backend, buckets, args.workspace, args.force,
                                command, conv, args.max_scale, args.calibration or "auto", not args.skip_int8_check,
-                               args.export_device)
+                               args.export_device, not args.no_static)
         return build(options)
     except (OSError, ValueError, RuntimeError, ImportError) as e:  # export's BuildError is a RuntimeError
         print(f"error: {e}", file=sys.stderr)

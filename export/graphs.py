@@ -34,7 +34,7 @@ from torch import nn
 from idm_rt.backends.engine_dir import graph_inputs, graph_outputs, table_names
 from idm_rt.buckets import Bucket
 from idm_rt.model import IDM, Conditioning
-from idm_rt.model.encoder import resize_tables
+from idm_rt.model.tables import resize_tables
 from idm_rt.model.unet import query_tables_for
 
 from .precision import keep_in_float32
@@ -117,7 +117,7 @@ def sample_inputs(model: IDM, kind: str, bucket: Bucket | None, batch: int = 1, 
         return (torch.randn(1, 3, *lr_size, generator=gen),)
     if kind == "encoder_block":
         feat = torch.randn(1, model.config.encoder_feats, *lr_size, generator=gen)
-        tables = resize_tables(model.config.encoder_upsampler, lr_size, (h, w))
+        tables = [torch.from_numpy(t.copy()) for t in resize_tables(model.config.encoder_upsampler, lr_size, (h, w))]
         cell = torch.tensor([lr_size[0] / h, lr_size[1] / w])
         return (feat, *tables, cell) if len(tables) == 4 else (feat, *tables)
     if kind == "conditioner":

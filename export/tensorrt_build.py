@@ -19,7 +19,7 @@ from idm_rt.backends.engine_dir import dim_size
 from idm_rt.backends.tensorrt import import_tensorrt
 from idm_rt.buckets import Bucket
 from idm_rt.fileio import atomic_write
-from idm_rt.model.encoder import BLOCK, FEATURE_TILE
+from idm_rt.model.pieces import BLOCK, FEATURE_TILE
 
 # The encoder's HR part runs in blocks of at most BLOCK + 2 (halo) pixels a side, reading at most as
 # many feature rows and columns (scales >= 1); its features in LR tiles of FEATURE_TILE plus their

@@ -13,7 +13,7 @@ import torch
 import idm_rt
 from idm_rt import Upscaler
 from idm_rt.backends import load_runner
-from idm_rt.backends.base import run_batched
+from idm_rt.backends.base import bucket_tile, run_batched
 from idm_rt.backends.engine_dir import graph_inputs, read_manifest
 from idm_rt.build import main
 from idm_rt.export import builder, tensorrt_build
@@ -69,7 +69,7 @@ def test_outputs_larger_than_every_bucket_are_tiled_like_torch(built):
     image = _image(16, 24, 3)  # 32x48 output, bucket 32x32: tiled with 32x32 tiles
     kw = dict(scale=2, steps=3, seed=1, progress=False, sampler="dpmpp_2m", init="noise")
     runner = load_runner(folder)
-    assert runner.auto_tile((32, 48)) == 32 and runner.auto_tile((32, 32)) is None
+    assert bucket_tile(runner, (32, 48)) == 32 and bucket_tile(runner, (32, 32)) is None
     got = Upscaler.from_engines(folder).upscale(image, **kw)
     want = Upscaler(model).upscale(image, tile=32, **kw)
     assert np.abs(got - want).max() < 2e-3

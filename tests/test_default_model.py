@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import idm_rt
+from idm_rt.arrays import Noise
 from idm_rt.pipeline import super_resolve
 from idm_rt.training.metrics import bicubic, make_pair, measure
 
@@ -41,7 +42,7 @@ def _scores(up: idm_rt.Upscaler, scale: int, settings: idm_rt.SamplingSettings) 
     for img in _crops():
         hr, lr = make_pair(img, scale)
         size = tuple(hr.shape[-2:])
-        out = super_resolve(up.model, lr, size, settings, scale=scale, generator=torch.Generator().manual_seed(0))
+        out = super_resolve(up.model, lr, size, settings, scale=scale, noise=Noise([0]))
         ours.append(measure(out, hr, lr, scale))
         bic.append(measure(bicubic(lr, size), hr, lr, scale))
     mean = lambda rows: {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
@@ -72,6 +73,6 @@ def test_the_readmes_low_level_calls_run_the_bundled_model(default_upscaler):
         cond = model.encode(lr, (32, 32))
         c = model.condition(cond, model.scale_fraction(4.0))
         eps = model.denoise(torch.randn(1, 3, 32, 32), c, torch.tensor([0.5]))
-        x0 = idm_rt.diffusion.sample(model, c, sampler="ddim", steps=2, x_T=torch.randn(1, 3, 32, 32))
+        x0 = idm_rt.diffusion.sampler("ddim").run(lambda x, g: model.denoise(x, c, g), torch.randn(1, 3, 32, 32), 2)
     assert cond.shape == eps.shape == x0.shape == (1, 3, 32, 32)
     assert torch.isfinite(x0).all() and float((cond - torch.nn.functional.interpolate(lr, 32)).abs().mean()) < 0.5

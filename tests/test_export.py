@@ -122,8 +122,9 @@ def test_implicit_encoder_graphs_in_blocks_match_torch(tmp_path, size):
     """The features graph, then the block graph over the blocks the runner gives it (with the
     features each reads and the whole image's cell size), plus bicubic: the torch encoder's image,
     also where several blocks meet (300 x 520)."""
-    from idm_rt.model.encoder import in_blocks, resize_tables
-    from idm_rt.resize import upscale
+    from idm_rt.model.pieces import in_blocks
+    from idm_rt.model.tables import resize_tables
+    from idm_rt.resize import bicubic_upscale
 
     torch.manual_seed(4)
     model = idm_rt.IDM(dataclasses.replace(TINY_32, encoder_upsampler="implicit"), max_scale=4.0).eval()
@@ -141,7 +142,7 @@ def test_implicit_encoder_graphs_in_blocks_match_torch(tmp_path, size):
         return torch.from_numpy(block_session.run(None, {n: t.numpy() for n, t in zip(names, inputs)})[0])
 
     feat = torch.from_numpy(_ort(features).run(None, {"lr": lr.numpy()})[0])
-    got = in_blocks(run_block, feat, *resize_tables("implicit", tuple(lr.shape[-2:]), size)) + upscale(lr, size)
+    got = in_blocks(run_block, feat, *resize_tables("implicit", tuple(lr.shape[-2:]), size)) + bicubic_upscale(lr, size)
     assert relative_error([got], [want]) < 1e-5
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import idm_rt
-from idm_rt.diffusion import LinearSchedule, ddpm_step, sample
+from idm_rt.diffusion import LinearSchedule, ddpm_step, sampler
 from idm_rt.released import infer_config
 
 from .helpers import rel_err
@@ -68,7 +68,7 @@ def test_ddim_200_whole_loop(golden_model, golden_cases):
     with torch.no_grad():
         cond = golden_model.encode(c["ddim200.lr"], (64, 64))
         cn = golden_model.condition(cond, torch.tensor([1.0]))
-    out = sample(golden_model, cn, "ddim", 200, x_T=c["ddim200.x_T"])
+        out = sampler("ddim").run(lambda x, g: golden_model.denoise(x, cn, g), c["ddim200.x_T"], 200)
     assert rel_err(out, c["ddim200.out"]) < TOL
 
 

@@ -70,7 +70,7 @@ def test_max_memory_bounds_the_tile_and_the_kept_conditionings(model, monkeypatc
     kw = dict(scale=4, steps=3, seed=0, progress=False)
     budget = 2 * peak_bytes(model, 136 * 136)
     up = idm_rt.Upscaler(model, max_memory=budget, sampler="ddim", init="bicubic", init_level=0.9)
-    tile = model.auto_tile((160, 160), budget // 2)
+    tile = up.choose_tile((160, 160))
     assert tile is not None and peak_bytes(model, tile * tile) <= budget // 2
     tiles = len(idm_rt.tiling.TilePlan.for_image((160, 160), tile, model.config.size_multiple).tiles)
     up.upscale(image, **kw)

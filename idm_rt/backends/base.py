@@ -46,7 +46,7 @@ class EngineRunner:
         self.config = self.manifest.config
         self.max_scale = float(self.manifest.max_scale)
         self.buckets = self.manifest.buckets
-        absent = [key for key in (graph_key(*spec) for spec in graph_specs(self.buckets))
+        absent = [key for key in (graph_key(*spec) for spec in graph_specs(self.buckets, self.manifest.static))
                   if key not in self.manifest.graphs]
         if absent:
             raise ValueError(f"{folder} is incomplete, it has no {', '.join(absent)} (a build was interrupted "
@@ -121,7 +121,7 @@ class EngineRunner:
         xp = namespace(x_t)
         g = xp.broadcast_to(xp.reshape(xp.astype(noise_level, xp.float32), (-1,)), (x_t.shape[0],))
         per_sample = self._inputs("unet", [x_t, conditioning.cond, *conditioning.flat(), g])
-        exact = next((b for b in self.buckets if (b.height, b.width) == size), None)
+        exact = next((b for b in self.buckets if (b.height, b.width) == size and self.manifest.static), None)
         if exact is not None:
             key = graph_key("unet", exact)
             return run_batched(lambda part: self.run_graph(key, part), per_sample, exact.max_batch,

@@ -91,10 +91,10 @@ def graph_key(kind: str, bucket: Bucket | None = None) -> str:
     return kind if bucket is None else f"{kind}/{bucket.name}"
 
 
-def graph_specs(buckets: list[Bucket]) -> list[tuple[str, Bucket | None]]:
+def graph_specs(buckets: list[Bucket], static: bool = True) -> list[tuple[str, Bucket | None]]:
     """(kind, bucket) of every graph of an engine directory: the encoder's two parts, the conditioner
-    and the dynamic U-Net once, then the U-Net per bucket."""
-    return [(kind, None) for kind in KINDS[:-1]] + [("unet", b) for b in buckets]
+    and the dynamic U-Net once, then (``static``) the U-Net per bucket."""
+    return [(kind, None) for kind in KINDS[:-1]] + [("unet", b) for b in buckets if static]
 
 
 @dataclass
@@ -128,6 +128,7 @@ class Manifest:
     identity: dict[str, Any] = field(default_factory=dict)
     build_flags: dict[str, Any] = field(default_factory=dict)
     complete: bool = False
+    static: bool = True  # the U-Net also in a static graph per bucket (False: every call on the dynamic graph)
     defaults: dict[str, Any] = field(default_factory=dict)  # the model's recommended sampling settings
     pending: list[str] = field(default_factory=list)  # files a build is writing (removed by the next one)
 
@@ -170,7 +171,8 @@ class Manifest:
         d = _known_fields(cls, d, "the manifest")
         for name, kind in (("model_hash", str), ("model_path", str), ("network", dict), ("backend", str),
                            ("precision", str), ("buckets", list), ("graphs", dict), ("identity", dict),
-                           ("build_flags", dict), ("complete", bool), ("defaults", dict), ("pending", list)):
+                           ("build_flags", dict), ("complete", bool), ("static", bool), ("defaults", dict),
+                           ("pending", list)):
             if name in d and not isinstance(d[name], kind):
                 raise ValueError(f"its {name} must be a JSON {_JSON_NAMES[kind]}, got {d[name]!r}")
         if not isinstance(d["opset"], int) or isinstance(d["opset"], bool):
@@ -185,7 +187,8 @@ class Manifest:
         if not 1 <= len(d["buckets"]) <= MAX_BUCKETS:
             raise ValueError(f"it lists {len(d['buckets'])} buckets; 1..{MAX_BUCKETS} expected")
         d["buckets"] = [Bucket.from_dict(b) for b in d["buckets"]]
-        d["graphs"] = {k: _graph_entry(k, g, d["buckets"], d["backend"]) for k, g in d["graphs"].items()}
+        d["graphs"] = {k: _graph_entry(k, g, d["buckets"], d["backend"], d.get("static", True))
+                       for k, g in d["graphs"].items()}
         for f in d.get("pending", []):
             if not isinstance(f, str) or not BUILT_FILE.fullmatch(f):
                 raise ValueError(f"its pending file {f!r} is not a file a build writes")
@@ -224,9 +227,9 @@ _NAME = r"(encoder(_block)?|conditioner(_\d+x\d+_b\d+-\d+)?|unet_dynamic|unet_\d
 BUILT_FILE = re.compile(rf"((onnx|onnxruntime)/{_NAME}\.onnx|tensorrt/{_NAME}\.plan)({re.escape(PARTIAL)})?")
 
 
-def _graph_entry(key: object, d: object, buckets: list[Bucket], backend: str) -> GraphEntry:
+def _graph_entry(key: object, d: object, buckets: list[Bucket], backend: str, static: bool) -> GraphEntry:
     """A graph of the manifest, checked: a key of these buckets, typed fields, the files a build names."""
-    if key not in {graph_key(*spec) for spec in graph_specs(buckets)}:
+    if key not in {graph_key(*spec) for spec in graph_specs(buckets, static)}:
         raise ValueError(f"it lists a graph {key!r} that its buckets do not have")
     entry = GraphEntry(**_known_fields(GraphEntry, d, f"graph {key!r}"))
     for name, kinds in (("onnx", (str,)), ("precision", (str,)), ("onnx_key", (str,)), ("engine", (str, type(None))),

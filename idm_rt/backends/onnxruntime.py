@@ -73,7 +73,7 @@ class OnnxRuntimeRunner(EngineRunner):
     def _check_graphs(self) -> None:
         """ValueError when a graph file does not take and give what its manifest entry says (a file copied
         over from another graph or another network): found now, not as a KeyError in the first call."""
-        for kind, bucket in graph_specs(self.buckets):
+        for kind, bucket in graph_specs(self.buckets, self.manifest.static):
             key = graph_key(kind, bucket)
             session = self._sessions[key]
             got = ([m.name for m in session.get_inputs()], [m.name for m in session.get_outputs()])
