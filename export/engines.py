@@ -63,7 +63,7 @@ def build_engines(model_path: str | os.PathLike | None, backend: str, precision:
                            + "; ".join(missing) + ". Use backend='onnxruntime', or build there with "
                            "python -m idm_rt.build --backend tensorrt")
     model_path = Path(model_path) if model_path is not None else upscaler.DEFAULT_MODEL
-    device = torch.device(device)
+    device = torch.device(str(device))
     conv = auto_conv(backend, precision, device.type)
     if out is None:
         where = hashlib.sha256(str(model_path.resolve()).encode()).hexdigest()[:8]

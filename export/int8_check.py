@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from idm_rt.arrays import Noise
+from idm_rt.arrays import Noise, to_host
 from idm_rt.backends import load_runner
 from idm_rt.model import IDM
 from idm_rt.pipeline import super_resolve
@@ -102,9 +102,9 @@ def check(folder: Path, model: IDM, calibration: quantize.Calibration,
         vs_fp32, fp32_vs_hr, worst = [], [], 0.0
         for k, hr in enumerate(hrs):
             lr = downscale(hr, (max(1, round(bucket.height / s)), max(1, round(bucket.width / s))))
-            ours, reference = (_unit(super_resolve(m, lr, (bucket.height, bucket.width), settings, scale=s,
-                                                   noise=Noise([k])))
-                               for m in (runner, model))
+            ours, reference = (_unit(torch.as_tensor(to_host(super_resolve(
+                m, m.asarray(lr.numpy()), (bucket.height, bucket.width), settings, scale=s, noise=Noise([k])))))
+                for m in (runner, model))
             vs_fp32.append(_psnr(ours, reference))
             fp32_vs_hr.append(_psnr(reference, _unit(hr)))
             worst = max(worst, float((ours - reference).abs().max()))

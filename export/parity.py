@@ -16,7 +16,8 @@ from collections.abc import Collection
 
 import torch
 
-from idm_rt.backends import BACKENDS, EngineRunner, load_runner
+from idm_rt.arrays import to_host
+from idm_rt.backends import ENGINE_BACKENDS, EngineRunner, load_runner
 from idm_rt.backends.engine_dir import graph_inputs
 from idm_rt.checkpoints import load_model, model_hash
 
@@ -53,7 +54,8 @@ def graph_errors(runner: EngineRunner, model, seed: int = 0,
             with torch.no_grad():
                 want = graph_module(model, kind)(*args)
             want = list(want) if isinstance(want, tuple) else [want]
-            got = runner.run_graph(key, dict(zip(graph_inputs(kind, model.config), args)))
+            feeds = dict(zip(graph_inputs(kind, model.config), args))
+            got = [torch.as_tensor(to_host(g)) for g in runner.run_graph(key, feeds)]
             shape = "x".join(map(str, args[0].shape[-2:] if kind != "encoder_block" else (len(args[1]), len(args[2]))))
             rows.append((key, entry.precision, f"{batch} x {shape}", relative_error([g.cpu() for g in got], want)))
     return rows
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                                  description=__doc__.split("\n\n")[0].replace("``", ""))
     ap.add_argument("folder", metavar="DIR", help="engine directory written by python -m idm_rt.build")
     ap.add_argument("--model", help="the torch model (default: the path recorded in the manifest)")
-    ap.add_argument("--backend", choices=BACKENDS, help="default: the directory's backend")
+    ap.add_argument("--backend", choices=ENGINE_BACKENDS, help="default: the directory's backend")
     ap.add_argument("--device", help="default: cuda for tensorrt, cpu for onnxruntime")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)

@@ -381,7 +381,7 @@ class Worker:
 
     def work(self, height: int, width: int, out: tuple[int, int], settings: SamplingSettings) -> float:
         """Estimated FLOPs of one upscale (:mod:`idm_rt.cost`)."""
-        from .model.encoder import FEATURE_TILE, receptive_radius
+        from .model.pieces import FEATURE_TILE, receptive_radius
 
         calls = calls_for(settings.sampler, settings.steps, t_start=settings.start_timestep)
         tile = self.up.tile or NOMINAL_TILE
@@ -391,7 +391,7 @@ class Worker:
 
     def sheet(self) -> dict:
         """What the frontend needs to check and estimate requests without the model."""
-        from .model.encoder import FEATURE_TILE, receptive_radius
+        from .model.pieces import FEATURE_TILE, receptive_radius
 
         up, config = self.up, self.up.model.config
         return {"max_pixels": up.max_pixels, "max_scale": float(up.model.max_scale), "device": str(up.device),

@@ -69,7 +69,7 @@ class Upscaler:
         check_options(settings)
         if not isinstance(model, SamplingModel):
             raise TypeError(f"model must be an idm_rt.IDM (load_model) or an engine runner, got {type(model).__name__}")
-        backend_named(model.backend).check_device(self.device.type)
+
         if sampling is not None and not isinstance(sampling, SamplingSettings):
             raise TypeError(f"sampling must be a SamplingSettings, got {type(sampling).__name__}")
         check("max_pixels", max_pixels)  # (NaN would be no limit at all)
@@ -77,7 +77,8 @@ class Upscaler:
         check("tile", tile)
         self.sampling = (sampling or SamplingSettings()).replace(**settings).check_for(model.config)
         backend_named(model.backend).check_precision(precision)
-        self.model = model.prepare(self.device)
+        self.model = model.prepare(self.device)  # (the torch model says first why a device cannot be used)
+        backend_named(model.backend).check_device(self.device.type)
         self.tile, self.max_pixels, self.max_memory = tile, max_pixels, max_memory
         self.denoise = self._denoiser(precision, cuda_graphs, compile)
 
@@ -172,8 +173,7 @@ class Upscaler:
         if path is not None and not Path(path).exists():
             raise FileNotFoundError(f"no model or engine directory at {path}")
         device = parse_device(device or chosen.default_device)
-        chosen.check_device(device.type)
-        chosen.runner_class().check_device(device)  # can it run there? Said before a build, not after it
+        chosen.check_device(device.type)  # can it run there? Said before a build, not after it
         from .backends.registry import require
 
         require(chosen.build_needs, f"building {backend} engines")

@@ -1446,7 +1446,7 @@ def test_onnxruntime_runner_options_are_checked(engine_dir: Path, options: dict)
 def test_torch_default_dtype_float64_changes_nothing() -> None:
     """With torch.set_default_dtype(torch.float64) (common in scientific code) an upscale at a size not seen
     before raised 'expected scalar type Float but found Double' from grid_sample in the implicit layers."""
-    from idm_rt.model.implicit import nearest_query
+    from idm_rt.model.tables import nearest_query
 
     up, image = tiny_upscaler(), (np.random.default_rng(0).random((7, 9, 3)) * 255).astype(np.uint8)
     want = up.upscale(image, scale=2.3, seed=0, tile=16, progress=False)

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 import idm_rt
-import idm_rt.model.encoder
+import idm_rt.model.pieces
 from idm_rt.cancel import Cancelled, cancel_when
 from idm_rt.http_api import INTERNAL_ERROR, Limits, UpscaleApp
 
@@ -137,7 +137,7 @@ def test_a_request_past_its_time_limit_gets_504_and_its_work_stops_within_one_ca
 
 def test_a_cancelled_upscale_stops_inside_the_encoder_between_its_tiles(upscaler, monkeypatch):
     """The work before the first U-Net call (the encoder over a large image, in LR tiles) stops at its next tile."""
-    monkeypatch.setattr(idm_rt.model.encoder, "FEATURE_TILE", 16)
+    monkeypatch.setattr(idm_rt.model.pieces, "FEATURE_TILE", 16)
     pieces, features = [], upscaler.model.encoder.features
     monkeypatch.setattr(upscaler.model.encoder, "features", lambda lr: pieces.append(1) or features(lr))
     lr = torch.zeros(1, 3, 64, 64)  # 16 tiles of 16x16

@@ -159,7 +159,7 @@ def test_clear_errors(model_dir, int8_dir, tmp_path, capsys, monkeypatch):
         quantize.prepare(transformed, tmp_path / "p.onnx")
     manifest = json.loads((int8_dir / "manifest.json").read_text())
     (tmp_path / "manifest.json").write_text(json.dumps(dict(manifest, backend="tensorrt")))
-    with pytest.raises(ValueError, match=r"precision must be one of \('fp32', 'fp16'\) for tensorrt"):
+    with pytest.raises(ValueError, match=r"precision must be one of \('fp16', 'fp32'\) for tensorrt"):
         read_manifest(tmp_path)
 
 

@@ -278,9 +278,11 @@ def test_onnxruntime_engines_run_in_a_replica_under_a_route_prefix(service, mode
 
 
 def test_serve_options_are_checked_before_anything_starts(capsys):
-    assert main(["serve", "--max-batch", "0", "--replicas", "2000"]) == 1
-    err = capsys.readouterr().err
-    assert "--max-batch: Input should be greater than or equal to 1" in err and "--replicas:" in err
+    for option, message in ((["--max-batch", "0"], "--max-batch: must be an integer in [1, 64], got '0'"),
+                            (["--replicas", "2000"], "--replicas: must be an integer in [1, 1024], got '2000'")):
+        with pytest.raises(SystemExit) as exit_:  # argument errors, before Ray starts
+            main(["serve", *option])
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["serve", "--help"])
     out = capsys.readouterr().out

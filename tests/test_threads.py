@@ -157,24 +157,6 @@ def _count_in_a_new_thread() -> int:
     return seen[0]
 
 
-@pytest.mark.slow
-def test_onnx_runtime_runners_in_several_threads_leave_torchs_thread_count_alone(model, tmp_path):
-    """Runners sample on numpy arrays: nothing of theirs touches torch's thread count, which several Python
-    threads' runners once left at 1 (a process-wide pin saved and restored without a lock)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from idm_rt.build import main as build
-
-    torch.set_num_threads(2)
-    assert build(["--engine", "fp32", "--backend", "onnxruntime", "--model", str(model), "--out",
-                  str(tmp_path / "eng"), "--tile", "32"]) == 0
-    up = idm_rt.Upscaler.from_engines(tmp_path / "eng", runner_options={"threads": 1})
-    with ThreadPoolExecutor(3) as pool:
-        list(pool.map(lambda i: up.upscale(np.full((8, 8, 3), 40 * i, np.uint8), scale=2, seed=i, progress=False),
-                      range(6)))
-    assert torch.get_num_threads() == 2 and _count_in_a_new_thread() == 2
-
-
 @pytest.mark.parametrize("load,cpus,n,spare", [
     (1.0, 2, 2, 1),  # one busy process on 2 CPUs: one of our 2 threads would have no free core
     (0.2, 2, 2, 2),  # idle

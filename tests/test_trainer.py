@@ -187,7 +187,8 @@ def test_resume_cli_uses_the_runs_saved_options(tmp_path, capsys):
     ('val_sampling={"sampler":"bogus"}', r"val_sampling: unknown sampler 'bogus'"),
     ("ckpt_every=0", "ckpt_every must be > 0"), ("lr=abc", "lr must be a finite number"),
     ("network.foo=1", "network options"), ("ema_decay=2", "ema_decay"), ("steps=-5", "steps must be >= 0"),
-    ("precision=fp8", "precision must be"), ("crop=20", "multiple of 8"), ("lr=NaN", "lr must be a finite number"),
+    ("precision=fp8", "torch runs in 'fp32', 'fp16' or 'bf16', not 'fp8'"),
+    ("crop=20", "multiple of 8"), ("lr=NaN", "lr must be a finite number"),
     ("lr_decay_steps=-1", "lr_decay_steps must be >= 0"),
     ('val_sampling={"sampler":"ddim","steps":1}', r"ddim steps must be in 2\.\.2000, got 1"),
 ])

@@ -74,9 +74,6 @@ class EngineRunner:
         """The context :func:`~idm_rt.pipeline.super_resolve` samples in (nothing by default)."""
         return contextlib.nullcontext()
 
-    @classmethod
-    def check_device(cls, device: Device) -> None:
-        """Raise where this runner cannot run on ``device`` on this machine (before any engine is built)."""
 
     def _inputs(self, kind: str, arrays) -> dict[str, Array]:
         return dict(zip(graph_inputs(kind, self.config), arrays))

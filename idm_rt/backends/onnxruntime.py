@@ -83,10 +83,6 @@ class OnnxRuntimeRunner(EngineRunner):
                                  f"network needs {want[0]} and {want[1]}: the files do not match manifest.json; "
                                  "rebuild the directory with python -m idm_rt.build --force")
 
-    @classmethod
-    def check_device(cls, device: Device) -> None:
-        execution_providers(device)
-
     def asarray(self, host: np.ndarray) -> Array:
         """numpy itself on a CPU; a CUDA array (torch's or CuPy's) on the runner's GPU."""
         if self._cuda is None:
@@ -179,6 +175,11 @@ def import_onnxruntime():
         raise ImportError("the onnxruntime backend needs the onnxruntime package: pip install 'idm-rt[onnx]' "
                           "(onnxruntime-gpu for CUDA)") from None
     return onnxruntime
+
+
+def check_device(device_type: str) -> None:
+    """Raise where ONNX Runtime cannot run on a device of ``device_type`` here (its execution providers)."""
+    execution_providers(Device(device_type))
 
 
 def execution_providers(device: Device) -> list:

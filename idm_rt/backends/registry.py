@@ -24,6 +24,7 @@ class Backend:
         threads: its runner takes a CPU thread count (a service or batch worker gives it its CPUs).
         replays: its U-Net call can be autocast, compiled and replayed from CUDA graphs (:mod:`idm_rt.cuda_graph`).
         tiles: ``module:function(model, size, max_memory)`` picking the tile side of an output (None: untiled).
+        device_check: ``module:function(device_type)`` raising where this machine cannot run it there.
         runner: ``module:attribute`` of its runner class (engines), imported when used.
         needs: the modules it needs to run, said in one line when missing.
         build_needs: the modules building its engines needs (with torch, for the export).
@@ -38,6 +39,7 @@ class Backend:
     threads: bool = False
     replays: bool = False
     runner: str = ""
+    device_check: str = ""
     needs: tuple[str, ...] = ()
     build_needs: tuple[str, ...] = ()
 
@@ -49,7 +51,10 @@ class Backend:
     def check_device(self, device_type: str) -> None:
         """ValueError when this backend cannot run on a device of ``device_type``."""
         if device_type not in self.devices:
-            raise ValueError(f"backend={self.name!r} runs on {' or '.join(self.devices)}, not {device_type}")
+            where = "a CUDA device" if self.gpu else " or ".join(self.devices)
+            raise ValueError(f"backend={self.name!r} runs on {where}, not {device_type}")
+        if self.device_check:
+            _attribute(self.device_check)(device_type)
 
     def check_precision(self, precision: str) -> str:
         """``precision`` if this backend runs in it, else ValueError naming the ones it does."""
@@ -79,18 +84,20 @@ BACKENDS: dict[str, Backend] = {
                      tiles="idm_rt.tile_size:choose_for", replays=True, needs=("torch",)),
     "onnxruntime": Backend("onnxruntime", "cpu", ("cpu", "cuda"), ("fp32", "fp16", "int8"), engine=True,
                            tiles="idm_rt.backends.base:bucket_tile", threads=True,
-                           runner="idm_rt.backends.onnxruntime:OnnxRuntimeRunner", needs=("onnxruntime",),
+                           runner="idm_rt.backends.onnxruntime:OnnxRuntimeRunner",
+                           device_check="idm_rt.backends.onnxruntime:check_device", needs=("onnxruntime",),
                            build_needs=("torch", "onnx", "onnxruntime")),
     "tensorrt": Backend("tensorrt", "cuda", ("cuda",), ("fp16", "fp32"), engine=True,
                         tiles="idm_rt.backends.base:bucket_tile", runner="idm_rt.backends.tensorrt:TensorRTRunner",
-                        needs=("tensorrt",), build_needs=("torch", "onnx", "tensorrt")),
+                        needs=("tensorrt",), build_needs=("torch", "onnx")),  # (export.tensorrt_build says the rest)
 }
 ENGINE_BACKENDS = tuple(name for name, b in BACKENDS.items() if b.engine)
 
 INSTALL = {"torch": "pip install 'idm-rt[torch]' (the torch backend, engine builds and training need it)",
            "onnxruntime": "pip install onnxruntime (or onnxruntime-gpu)",
            "onnx": "pip install 'idm-rt[torch]'",
-           "tensorrt": "pip install 'idm-rt[gpu]'", "pycuda": "pip install 'idm-rt[gpu]'"}
+           "tensorrt": "pip install 'idm-rt[gpu]' (TensorRT 10.x or 11.x, on a machine with an NVIDIA GPU)",
+           "cupy": "pip install 'idm-rt[gpu]'"}
 
 
 def backend(name: str) -> Backend:
