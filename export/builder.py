@@ -239,7 +239,8 @@ def _build(model: IDM, options: BuildOptions, log: Callable[[str], None]) -> int
                         network=model.config.to_dict(), max_scale=model.max_scale, precision=options.precision,
                         backend=options.backend, opset=OPSET, buckets=options.buckets, graphs={}, identity=ident,
                         build_flags=flags, static=options.static,
-                        defaults=model.recommended.to_dict() if model.recommended else {})
+                        defaults=model.recommended.to_dict() if model.recommended else {},
+                        presets={name: s.to_dict() for name, s in model.presets.items()})
     writer = _Writer(folder, manifest, old_files, log)
     specs = graph_specs(options.buckets, options.static)
     for i, (kind, bucket) in enumerate(specs, 1):

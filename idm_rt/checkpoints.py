@@ -30,7 +30,7 @@ from .released import (
     released_name,
     translate,
 )
-from .sampling import SamplingSettings
+from .sampling import SamplingSettings, presets_from_dict
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -116,6 +116,7 @@ def _load_project(path: Path, config: IDMConfig | None, max_scale: float | None)
     try:
         defaults = meta.get("defaults") or {}
         model.recommended = SamplingSettings.from_dict(defaults, "its defaults") if defaults else None
+        model.presets = presets_from_dict(meta.get("presets", {}), "its presets")
     except ValueError as e:
         raise CheckpointMismatch(f"{meta_path}: {e}") from None
     return model.eval()
@@ -164,6 +165,7 @@ def save_model(model: IDM, folder: str | os.PathLike, dtype: torch.dtype = torch
         "dtype": str(dtype).replace("torch.", ""),
         "provenance": provenance or model.provenance,
         "defaults": model.recommended.to_dict() if model.recommended else {},
+        "presets": {name: s.to_dict() for name, s in model.presets.items()},
     }
 
     def write(weights_tmp: str) -> None:

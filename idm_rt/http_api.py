@@ -42,7 +42,7 @@ from .cost import StageFlops, stage_flops
 from .diffusion import calls_for
 from .image_files import encode, read_image
 from .options import OPTIONS, parse_number
-from .sampling import SamplingSettings
+from .sampling import SamplingSettings, choose_preset, presets_from_dict
 from .sizes import output_size
 
 logger = logging.getLogger("ray.serve")  # Serve's replica logger (its access log too); a plain logger elsewhere
@@ -50,7 +50,7 @@ logger = logging.getLogger("ray.serve")  # Serve's replica logger (its access lo
 # format parameter -> (PIL format, media type, largest side the format can hold)
 FORMATS = {"png": ("PNG", "image/png", 2**31 - 1), "webp": ("WEBP", "image/webp", 16383),
            "jpeg": ("JPEG", "image/jpeg", 65500)}
-PARAMS = ("scale", "size", "steps", "sampler", "seed", "format")
+PARAMS = ("scale", "size", "quality", "steps", "sampler", "seed", "format")
 ENDPOINTS = {"/v1/upscale": "POST", "/v1/model": "GET", "/healthz": "GET"}
 INTERNAL_ERROR = "internal error while upscaling; the details are in the service's log"
 NOMINAL_TILE = 256  # the tile side the work estimate assumes when the worker has no fixed one
@@ -88,6 +88,7 @@ class Job:
     body: bytes
     scale: float | None
     size: tuple[int, int] | None
+    quality: str | None
     steps: int | None
     sampler: str | None
     seed: int
@@ -115,7 +116,8 @@ def parse_query(query: QueryParams, max_steps: int) -> dict:
     repeated = sorted({k for k in names if names.count(k) > 1})
     if repeated:
         raise ValueError(f"parameter(s) given more than once: {', '.join(repeated)}")
-    out = {"scale": None, "size": None, "steps": None, "sampler": query.get("sampler"), "format": "png"}
+    out = {"scale": None, "size": None, "steps": None, "sampler": query.get("sampler"), "format": "png",
+           "quality": query.get("quality")}
     for name in ("scale", "steps", "seed"):
         if name in query:
             out[name] = _number(name, query[name])
@@ -207,6 +209,7 @@ class Frontend:
         self.flops = StageFlops(**sheet["stage_flops"])
         self.flops_per_s = float(sheet["flops_per_s"])
         self.defaults = SamplingSettings.from_dict(sheet["defaults"])
+        self.presets = presets_from_dict(sheet["presets"], "the worker's presets")
 
     async def __call__(self, request: Request) -> Response:
         start = time.monotonic()
@@ -260,6 +263,7 @@ class Frontend:
         batching["replicas_answering"] = len(self.workers_stats)
         return {"model": self.info.get("model"), "backend": self.info.get("backend"),
                 "max_scale": sheet["max_scale"], "device": sheet["device"], "defaults": sheet["defaults"],
+                "presets": sheet["presets"],
                 "tile": sheet["tile"], "buckets": sheet["buckets"],
                 "limits": {"max_body_bytes": limits.max_body_bytes, "max_pixels": sheet["max_pixels"],
                            "max_steps": limits.max_steps, "timeout_s": limits.timeout_s,
@@ -290,7 +294,8 @@ class Frontend:
     def estimate(self, params: dict, height: int, width: int) -> tuple[tuple[int, int], float]:
         """(output size (H, W), estimated seconds) of a request; ValueError for a bad size or sampling."""
         out = output_size(height, width, params["scale"], params["size"], self.sheet["max_pixels"])
-        settings = self.defaults.replace(steps=params["steps"], sampler=params["sampler"])
+        settings = choose_preset(params["quality"], self.defaults, self.presets).replace(steps=params["steps"],
+                                                                                         sampler=params["sampler"])
         calls = calls_for(settings.sampler, settings.steps, t_start=settings.start_timestep)
         flops = self.flops.total((height, width), out, calls, self.sheet["tile"] or NOMINAL_TILE,
                                  self.sheet["multiple"], self.sheet["feature_tile"], self.sheet["radius"])
@@ -396,6 +401,7 @@ class Worker:
         up, config = self.up, self.up.model.config
         return {"max_pixels": up.max_pixels, "max_scale": float(up.model.max_scale), "device": str(up.device),
                 "defaults": up.sampling.to_dict(), "tile": up.tile,
+                "presets": {name: s.to_dict() for name, s in up.presets.items()},
                 "buckets": [b.name for b in up.model.buckets] if up.model.backend != "torch" else None,
                 "multiple": config.size_multiple, "feature_tile": FEATURE_TILE,
                 "radius": receptive_radius(config.encoder_blocks),
@@ -418,7 +424,7 @@ class Worker:
         groups: dict[tuple, list[int]] = defaultdict(list)
         for i, (job, image) in enumerate(zip(jobs, images)):
             if image is not None:
-                groups[(image.size, job.scale, job.size, job.steps, job.sampler)].append(i)
+                groups[(image.size, job.scale, job.size, job.quality, job.steps, job.sampler)].append(i)
         for idx in groups.values():
             for i, outcome in zip(idx, self._run_group([jobs[i] for i in idx], [images[i] for i in idx])):
                 outcomes[i] = outcome
@@ -441,7 +447,8 @@ class Worker:
         try:
             with cancel_when(abandoned):
                 results = self.up.upscale(images, scale=first.scale, size=first.size, steps=first.steps,
-                                          sampler=first.sampler, seed=[job.seed for job in jobs], progress=False)
+                                          sampler=first.sampler, quality=first.quality,
+                                          seed=[job.seed for job in jobs], progress=False)
         except ValueError as e:  # raised before any work: whose request is it? Each one alone says
             return [self._run_group([job], [im])[0] for job, im in zip(jobs, images)] if len(jobs) > 1 else [e]
         except Cancelled as e:
@@ -453,7 +460,8 @@ class Worker:
             return [Failed()] * len(jobs)
         seconds = time.perf_counter() - start
         out = (results[0].height, results[0].width)
-        settings = self.up.sampling.replace(steps=first.steps, sampler=first.sampler)
+        settings = choose_preset(first.quality, self.up.sampling, self.up.presets).replace(steps=first.steps,
+                                                                                           sampler=first.sampler)
         flops = self.work(images[0].height, images[0].width, out, settings) * len(jobs)
         with self._lock:
             self.stats["images"] += len(jobs)

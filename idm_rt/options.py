@@ -175,7 +175,8 @@ _OPTIONS = [
     Option("tile", int, None, "HR tile side for large outputs (0: off); rounded down to the model's size multiple",
            low=0, optional=True, default_text="the cheapest tiling whose tiles fit the memory; engines: their "
                                               "bucket rule"),
-    Option("steps", int, None, f"U-Net calls, 1..{MAX_STEPS}", low=1, high=MAX_STEPS, optional=True,
+    Option("steps", int, None, f"U-Net calls, 0..{MAX_STEPS} (0: the start image itself, back-projected: the model's "
+           "own estimate with init estimate)", low=0, high=MAX_STEPS, optional=True,
            default_text="the model's recommendation"),
     Option("init_level", float, None, "noise level in (0, 1) of a diffused start", above=0, below=1, optional=True,
            default_text="the model's recommendation", metavar="G"),

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from array_api_compat import device
 
 from .arrays import Array, Noise, namespace
-from .backprojection import back_projected
+from .backprojection import back_project, back_projected
 from .cancel import checkpoint
 from .diffusion import LinearSchedule, sampler
 from .model.protocol import SamplingModel
@@ -47,6 +47,9 @@ def super_resolve(model: SamplingModel, lr: Array, size: tuple[int, int], settin
     with model.sampling():
         checkpoint()
         cond = model.encode(lr, size)
+        if settings.steps == 0:  # the start itself: no conditioning, no U-Net call
+            start = namespace(cond).clip(bicubic_upscale(lr, size) if settings.init == "bicubic" else cond, -1.0, 1.0)
+            return namespace(cond).clip(back_project(start, lr, settings.back_projection), -1.0, 1.0)
         p = model.scale_fraction([scale] * b)
         plan = TilePlan.for_image(size, tile, model.config.size_multiple, overlap) if tile is not None else None
         if plan is not None and len(plan.tiles) > 1:

@@ -27,8 +27,9 @@ class SamplingSettings:
     Attributes:
         sampler: ``"dpmpp_2m"`` (few steps), ``"ddim"`` (the release's grid) or ``"ddpm"``
             (ancestral; 2000 steps from noise is the release's loop, fewer respace it).
-        steps: U-Net calls, 1..:data:`MAX_STEPS` (ddpm and ddim: at most the timesteps from the
-            start down to 0; ddim at least 2).
+        steps: U-Net calls, 0..:data:`MAX_STEPS` (ddpm and ddim: at most the timesteps from the
+            start down to 0; ddim at least 2). 0: no U-Net call, the start image itself (the encoder's HR
+            estimate, or the bicubic upscale) back-projected ``back_projection`` times: the fast path.
         init: ``"noise"`` starts from pure noise (the paper); ``"bicubic"`` from the bicubic upscale
             diffused to noise level ``init_level`` (Come-Closer-Diffuse-Faster, Chung et al. 2022);
             ``"estimate"`` from the encoder's condition image diffused the same way, for models whose
@@ -53,12 +54,16 @@ class SamplingSettings:
             check(name, getattr(self, name), required=True)
         if not isinstance(self.init, str) or self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        if self.steps == 0 and self.init == "noise":
+            raise ValueError("steps=0 gives the start image itself (back-projected), which pure noise is not: use "
+                             "init='estimate' (the model's own HR estimate) or 'bicubic'")
         object.__setattr__(self, "sampler", str(self.sampler))  # np.str_ -> str
         object.__setattr__(self, "init", str(self.init))
         object.__setattr__(self, "steps", int(self.steps))
         object.__setattr__(self, "init_level", float(self.init_level))
         object.__setattr__(self, "eta", float(self.eta))
-        chosen.grid(LinearSchedule(), self.steps, self.start_timestep)  # a step count its grid cannot take
+        if self.steps:
+            chosen.grid(LinearSchedule(), self.steps, self.start_timestep)  # a step count its grid cannot take
 
     @property
     def start_timestep(self) -> int | None:
@@ -100,22 +105,50 @@ class SamplingSettings:
             raise ValueError(f"{what}: {e}") from None
 
 
+def presets_from_dict(d: Any, what: str) -> dict[str, SamplingSettings]:
+    """Named sampling settings stored beside a model's recommended ones (``"presets"`` of its config.json or an
+    engine manifest: ``{"fast": {...}, "detailed": {...}}``); ValueError naming ``what`` and the preset for a bad
+    one."""
+    if not isinstance(d, dict) or not all(isinstance(k, str) and k.isidentifier() for k in d):
+        raise ValueError(f"{what}: presets must be an object of named sampling settings, got {d!r}")
+    if "default" in d:
+        raise ValueError(f"{what}: the preset 'default' is the model's recommended settings, stored apart")
+    return {name: SamplingSettings.from_dict(s, f"{what}, preset {name!r}") for name, s in d.items()}
+
+
 def add_arguments(parser: argparse.ArgumentParser, default: str = "the model's recommendation") -> None:
     """The command-line options of the settings (``--sampler``, ``--steps``, ``--init``, ``--init-level``,
     ``--back-projection``), for every command that samples; :func:`from_arguments` reads them back."""
     parser.add_argument("--sampler", choices=tuple(SAMPLERS),
                         help=f"dpmpp_2m (few steps), ddim, or ddpm (ancestral; --steps 2000 from noise is the "
                              f"release's loop); default: {default}")
+    parser.add_argument("--quality", metavar="PRESET",
+                        help="a sampling preset of the model (see its card): fast (its own estimate, no U-Net call), "
+                             "default, detailed, ...; the options below change single settings of it")
     parser.add_argument("--init", choices=INITS,
                         help="start from pure noise (the paper), or from the bicubic upscale or the model's own HR "
                              f"estimate diffused to --init-level; default: {default}")
     add_options(parser, "steps", "init_level", "back_projection")
 
 
-def from_arguments(args: argparse.Namespace, base: SamplingSettings | None) -> SamplingSettings:
-    """``base`` (or the defaults) with the options of :func:`add_arguments` that were given."""
-    return (base or SamplingSettings()).replace(sampler=args.sampler, steps=args.steps, init=args.init,
-                                                init_level=args.init_level, back_projection=args.back_projection)
+def from_arguments(args: argparse.Namespace, base: SamplingSettings | None,
+                   presets: dict[str, SamplingSettings] | None = None) -> SamplingSettings:
+    """``base`` (or the defaults), or the preset ``--quality`` names among ``presets``, with the options of
+    :func:`add_arguments` that were given."""
+    start = choose_preset(args.quality, base or SamplingSettings(), presets or {})
+    return start.replace(sampler=args.sampler, steps=args.steps, init=args.init, init_level=args.init_level,
+                         back_projection=args.back_projection)
+
+
+def choose_preset(name: str | None, default: SamplingSettings,
+                  presets: dict[str, SamplingSettings]) -> SamplingSettings:
+    """The sampling settings a preset name picks: ``default`` for None or "default", else ``presets[name]``;
+    ValueError naming the presets there are."""
+    if name is None or name == "default":
+        return default
+    if name not in presets:
+        raise ValueError(f"unknown sampling preset {name!r}; this model has: {', '.join(['default', *presets])}")
+    return presets[name]
 
 
 __all__ = ["SamplingSettings", "INITS", "MAX_STEPS"]

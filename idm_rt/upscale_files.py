@@ -24,7 +24,7 @@ def load_upscaler(args: argparse.Namespace, runner_options: dict | None = None) 
     """The Upscaler the ``upscale`` options ask for (model or engines, backend, device, precision, sampling
     settings); ``runner_options`` go to an engine runner (:meth:`~idm_rt.Upscaler.from_engines`)."""
     up = _load_upscaler(args, runner_options)
-    up.sampling = sampling.from_arguments(args, up.sampling)  # checked once, before any image
+    up.sampling = sampling.from_arguments(args, up.sampling, up.presets)  # checked once, before any image
     return up
 
 

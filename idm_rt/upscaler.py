@@ -26,7 +26,7 @@ from .images import ImageLike, from_array, is_tensor, resize_alpha, split_inputs
 from .model.protocol import SamplingModel
 from .options import OPTIONS, check
 from .pipeline import super_resolve
-from .sampling import SamplingSettings
+from .sampling import SamplingSettings, choose_preset
 from .tiling import CACHE_BYTES
 
 DEFAULT_MODEL = Path(__file__).parent / "weights" / "default"
@@ -61,7 +61,8 @@ class Upscaler:
     """
 
     def __init__(self, model: SamplingModel, device: str | Device = "cpu",
-                 sampling: SamplingSettings | None = None, tile: int | None = None,
+                 sampling: SamplingSettings | None = None, presets: dict[str, SamplingSettings] | None = None,
+                 tile: int | None = None,
                  max_pixels: int = OPTIONS["max_pixels"].default,
                  precision: str = "fp32", cuda_graphs: bool | None = None, compile: bool = False,
                  max_memory: int | None = None, **settings: Any):
@@ -76,6 +77,7 @@ class Upscaler:
         check("max_memory", max_memory)
         check("tile", tile)
         self.sampling = (sampling or SamplingSettings()).replace(**settings).check_for(model.config)
+        self.presets = {name: s.check_for(model.config) for name, s in (presets or {}).items()}
         backend_named(model.backend).check_precision(precision)
         self.model = model.prepare(self.device)  # (the torch model says first why a device cannot be used)
         backend_named(model.backend).check_device(self.device.type)
@@ -152,7 +154,7 @@ class Upscaler:
             raise FileNotFoundError(f"{path} is an engine directory, not a model: run it with "
                                     f"Upscaler.from_engines({str(path)!r}) or `python -m idm_rt upscale --engines`")
         model = load_model(path, max_scale=max_scale)
-        return cls(model, device=device or "cpu", sampling=model.recommended, **kwargs)
+        return cls(model, device=device or "cpu", sampling=model.recommended, presets=model.presets, **kwargs)
 
     @staticmethod
     def _engine_folder(path: str | os.PathLike | None, backend: str, device, precision: str | None,
@@ -197,7 +199,8 @@ class Upscaler:
         recommended sampling settings, recorded in the manifest, are the defaults.
         """
         runner = load_runner(folder, backend, device, **(runner_options or {}))
-        return cls(runner, device=runner.device, sampling=runner.manifest.recommended, **kwargs)
+        return cls(runner, device=runner.device, sampling=runner.manifest.recommended,
+                   presets=runner.manifest.named_presets, **kwargs)
 
     def output_size(self, height: int, width: int, scale: float | None = None,
                     size: tuple[int, int] | None = None) -> tuple[int, int]:
@@ -215,7 +218,7 @@ class Upscaler:
                 size: tuple[int, int] | None = None, steps: int | None = None, sampler: str | None = None,
                 seed: int | Sequence[int] | None = None, tile: int | None = None, eta: float | None = None,
                 progress: bool = True, init: str | None = None, init_level: float | None = None,
-                back_projection: int | None = None):
+                back_projection: int | None = None, quality: str | None = None):
         """Upscale one image, a list of them, or a batch tensor (same-size images run as one network batch).
 
         Args:
@@ -226,8 +229,10 @@ class Upscaler:
                 the command line reads files (:func:`idm_rt.images.upright`).
             scale: any real magnification > 1 (beyond the trained range extrapolates).
             size: explicit output size (width, height) instead of scale.
+            quality: a sampling preset of the model by name (``presets``; "default": the Upscaler's own settings;
+                the bundled model has "fast", its HR estimate with no U-Net call, and "detailed").
             steps, sampler, init, init_level, back_projection, eta: change these sampling settings of the
-                Upscaler's (see :class:`~idm_rt.SamplingSettings`) for this call.
+                Upscaler's (or of the preset; see :class:`~idm_rt.SamplingSettings`) for this call.
             seed: makes the result repeatable: one int for all images, or a list of one int per image;
                 each image of a list or batch gets the result it gets alone (to float rounding).
             tile: HR tile side (multiple of 8); 0 disables tiling; None uses the default (with engines
@@ -245,8 +250,9 @@ class Upscaler:
                 values, an empty image, an output above ``max_pixels``), named in the message.
             TypeError: a masked numpy array (its mask would be ignored).
         """
-        settings = self.sampling.replace(sampler=sampler, steps=steps, init=init, init_level=init_level,
-                                         back_projection=back_projection, eta=eta).check_for(self.model.config)
+        base = choose_preset(quality, self.sampling, self.presets)
+        settings = base.replace(sampler=sampler, steps=steps, init=init, init_level=init_level,
+                                back_projection=back_projection, eta=eta).check_for(self.model.config)
         tile = self.tile if tile is None else tile
         check("tile", tile)
         images, pack = split_inputs(image)

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..buckets import Bucket
 from ..config import IDMConfig, check_max_scale
-from ..sampling import SamplingSettings
+from ..sampling import SamplingSettings, presets_from_dict
 from .registry import BACKENDS, ENGINE_BACKENDS
 
 MANIFEST_NAME = "manifest.json"
@@ -130,6 +130,7 @@ class Manifest:
     complete: bool = False
     static: bool = True  # the U-Net also in a static graph per bucket (False: every call on the dynamic graph)
     defaults: dict[str, Any] = field(default_factory=dict)  # the model's recommended sampling settings
+    presets: dict[str, Any] = field(default_factory=dict)  # its other named ones (idm_rt.sampling.presets_from_dict)
     pending: list[str] = field(default_factory=list)  # files a build is writing (removed by the next one)
 
     @property
@@ -140,6 +141,11 @@ class Manifest:
     def recommended(self) -> SamplingSettings | None:
         """The model's recommended sampling settings, or None."""
         return SamplingSettings.from_dict(self.defaults, "defaults") if self.defaults else None
+
+    @property
+    def named_presets(self) -> dict[str, SamplingSettings]:
+        """The model's other named sampling settings."""
+        return presets_from_dict(self.presets, "presets")
 
     def graph_files(self) -> list[str]:
         """The graph and artifact files of the directory's graphs."""
@@ -172,7 +178,7 @@ class Manifest:
         for name, kind in (("model_hash", str), ("model_path", str), ("network", dict), ("backend", str),
                            ("precision", str), ("buckets", list), ("graphs", dict), ("identity", dict),
                            ("build_flags", dict), ("complete", bool), ("static", bool), ("defaults", dict),
-                           ("pending", list)):
+                           ("presets", dict), ("pending", list)):
             if name in d and not isinstance(d[name], kind):
                 raise ValueError(f"its {name} must be a JSON {_JSON_NAMES[kind]}, got {d[name]!r}")
         if not isinstance(d["opset"], int) or isinstance(d["opset"], bool):
@@ -193,7 +199,7 @@ class Manifest:
             if not isinstance(f, str) or not BUILT_FILE.fullmatch(f):
                 raise ValueError(f"its pending file {f!r} is not a file a build writes")
         manifest = cls(**d)
-        _ = manifest.recommended  # checked here, not when an image is sampled
+        _ = manifest.recommended, manifest.named_presets  # checked here, not when an image is sampled
         return manifest
 
 

@@ -183,6 +183,6 @@ def sampler(name: str) -> Sampler:
 
 
 def calls_for(name: str, steps: int, t_start: int | None = None, schedule: LinearSchedule = SCHEDULE) -> int:
-    """U-Net calls sampler ``name`` makes for ``steps`` from ``t_start``."""
+    """U-Net calls sampler ``name`` makes for ``steps`` from ``t_start`` (none for 0 steps: no sampling)."""
     s = sampler(name)
-    return s.calls(s.grid(schedule, steps, t_start))
+    return s.calls(s.grid(schedule, steps, t_start)) if steps else 0

@@ -59,6 +59,7 @@ class IDM(nn.Module):
         provenance: where the weights came from (saved with the project format).
         recommended: the :class:`~idm_rt.SamplingSettings` recommended for these weights (stored with
             them, used by ``Upscaler.from_pretrained``), or None.
+        presets: other named settings for these weights (``quality="fast"``, ...), stored with them.
     """
 
     def __init__(self, config: IDMConfig, max_scale: float = 4.0):
@@ -69,6 +70,7 @@ class IDM(nn.Module):
         self.max_scale = float(max_scale)
         self.provenance: dict = {}
         self.recommended: SamplingSettings | None = None
+        self.presets: dict[str, SamplingSettings] = {}
         self.encoder = EDSREncoder(config.encoder_blocks, config.encoder_feats, config.encoder_upsampler)
         self.conditioner = LRConditioner(config)
         self.unet = UNet(config)
