@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
             full = (run() + 1) / 2
             for o in overlaps:
                 plan = TilePlan.for_image(size, args.tile, model.config.size_multiple, o)
-                tiled = (run(tile=args.tile, overlap=o) + 1) / 2
+                tiled = (run(plan=plan) + 1) / 2
                 rows[o]["psnr_vs_untiled"].append(psnr_y(tiled.double(), full.double()))
                 rows[o]["seam_ratio"].append(seam_ratio(tiled, full, plan))
                 print(f"{name} seed {seed} overlap {o:3d}: PSNR vs untiled {rows[o]['psnr_vs_untiled'][-1]:.2f} dB, "

@@ -23,18 +23,16 @@ from .tiling import CACHE_BYTES, TilePlan, tiled_eps
 
 
 def super_resolve(model: SamplingModel, lr: Array, size: tuple[int, int], settings: SamplingSettings,
-                  scale: float | None = None, noise: Noise | None = None, tile: int | None = None,
-                  progress: bool = False, denoise: Callable | None = None, overlap: int | None = None,
-                  cache_bytes: int = CACHE_BYTES) -> Array:
+                  scale: float | None = None, noise: Noise | None = None, plan: TilePlan | None = None,
+                  progress: bool = False, denoise: Callable | None = None, cache_bytes: int = CACHE_BYTES) -> Array:
     """LR batch (B, 3, h, w) in [-1, 1] -> HR batch (B, 3, H, W) in [-1, 1], sampled as ``settings`` say.
 
     Args:
         scale: the magnification fed to the scale MLPs; by default the geometric mean of the
             per-axis ratios of ``size`` to the LR size.
         noise: the batch's noise (one seeded stream per image); default: unseeded.
-        tile: HR tile side; outputs larger than one tile are denoised in overlapping tiles
-            blended at every step (a tile covering the whole output changes nothing); None: untiled.
-        overlap: of the tiles, in HR pixels (default :data:`idm_rt.tiling.OVERLAP`).
+        plan: the HR tiles (:meth:`idm_rt.tiling.TilePlan.for_image`), denoised in overlap and blended
+            at every step; None, or a plan of one tile, denoises the whole output at once.
         denoise: the U-Net call, ``model.denoise`` by default (e.g. a CUDA-graph replay of it).
         cache_bytes: tiles' conditionings kept between steps (:func:`idm_rt.tiling.tiled_eps`).
     """
@@ -51,7 +49,6 @@ def super_resolve(model: SamplingModel, lr: Array, size: tuple[int, int], settin
             start = namespace(cond).clip(bicubic_upscale(lr, size) if settings.init == "bicubic" else cond, -1.0, 1.0)
             return namespace(cond).clip(back_project(start, lr, settings.back_projection), -1.0, 1.0)
         p = model.scale_fraction([scale] * b)
-        plan = TilePlan.for_image(size, tile, model.config.size_multiple, overlap) if tile is not None else None
         if plan is not None and len(plan.tiles) > 1:
             eps_fn = tiled_eps(model, cond, p, plan, denoise, cache_bytes)
         else:

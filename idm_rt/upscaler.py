@@ -27,7 +27,7 @@ from .model.protocol import SamplingModel
 from .options import OPTIONS, check
 from .pipeline import super_resolve
 from .sampling import SamplingSettings, choose_preset
-from .tiling import CACHE_BYTES
+from .tiling import CACHE_BYTES, TilePlan
 
 DEFAULT_MODEL = Path(__file__).parent / "weights" / "default"
 # The bundled model's ONNX graphs (dynamic sizes only), for where torch is not installed.
@@ -276,9 +276,10 @@ class Upscaler:
             lr = self.model.asarray(np.concatenate([prepared[i][0] for i in idx]))
             # one noise stream per image, with its seed: an image's result does not depend on its batch
             noise = Noise([seeds[i] if seeds is not None else None for i in idx])
-            group_tile = self.choose_tile(out) if tile is None else tile or None  # 0: untiled
+            group_tile = self.choose_tile(out) if tile is None else tile  # 0: untiled
+            plan = TilePlan.for_image(out, group_tile, self.model.config.size_multiple) if group_tile else None
             cache = self.max_memory // 2 if self.max_memory is not None else CACHE_BYTES  # (the tile has the rest)
-            sr = to_host(super_resolve(self.model, lr, out, settings, scale=scale, noise=noise, tile=group_tile,
+            sr = to_host(super_resolve(self.model, lr, out, settings, scale=scale, noise=noise, plan=plan,
                                        progress=progress, denoise=self.denoise, cache_bytes=cache))
             if not np.isfinite(sr).all():  # cast to an image it would come out black, or as noise
                 raise RuntimeError("the network's output holds NaN or infinite values: its weights overflow (or, "

@@ -99,7 +99,7 @@ def test_work_is_estimated_before_anything_runs(upscaler, monkeypatch):
     """Admission counts the encoder's LR pixels, not the output's alone: a 1.1x upscale of a large image costs
     more than a 2x upscale of a small one with a larger output."""
     app = UpscaleApp(upscaler, model="tiny", backend="torch", limits=Limits(timeout_s=10))
-    params = {"scale": None, "size": None, "steps": None, "sampler": None}
+    params = {"scale": None, "size": None, "steps": None, "sampler": None, "quality": None}
     _, wide = app.estimate({**params, "scale": 1.1}, 3000, 3000)  # 10.9 MP out, 9 MP into the encoder
     _, tall = app.estimate({**params, "scale": 4.0}, 800, 800)  # 10.2 MP out, 0.64 MP into the encoder
     _, more_steps = app.estimate({**params, "scale": 4.0, "steps": 20}, 800, 800)

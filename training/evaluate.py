@@ -28,6 +28,7 @@ from idm_rt.memory import configure_allocator
 from idm_rt.pipeline import super_resolve
 from idm_rt.sampling import SamplingSettings
 from idm_rt.threads import add_threads_argument, configure_threads
+from idm_rt.tiling import TilePlan
 
 from .data import center_crop, load_rgb, scan_folder
 from .metrics import as_saved, bicubic, detail_fractions, make_pair, measure, protocol_side
@@ -108,7 +109,8 @@ def evaluate(model: idm_rt.IDM, images: list[tuple[str, torch.Tensor]], scales: 
         for name, img in images:
             hr, lr = make_pair(img, s, device)
             size = tuple(hr.shape[-2:])
-            sr = super_resolve(model, lr, size, settings, scale=s, noise=Noise([seed]), tile=tile)
+            plan = TilePlan.for_image(size, tile, model.config.size_multiple) if tile else None
+            sr = super_resolve(model, lr, size, settings, scale=s, noise=Noise([seed]), plan=plan)
             bic = bicubic(lr, size)
             if outputs is not None:
                 outputs[s, name] = as_saved(sr)
@@ -175,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="seed of the sampler's noise, the same for every image and scale (default 0): the same seed "
                          "gives the same table")
     ap.add_argument("--device", default="cpu", help="where the model runs: cpu (default), cuda or cuda:N")
-    ap.add_argument("--tile", type=int, help="HR tile side for large images")
+    ap.add_argument("--tile", type=int, help="HR tile side for large images (default, or 0: untiled)")
     ap.add_argument("--save-dir", type=Path, help="write comparison grids (bicubic | ours | HR) here")
     ap.add_argument("--json", type=Path, help="write the results as JSON here")
     add_threads_argument(ap)
