@@ -6,9 +6,7 @@ like 128x128. Following PyTorch's CUDA Graphs recipe (warm up on a side stream, 
 keeps static buffers per tile shape and runs on them, replayed from a CUDA graph when ``graphs``:
 
 * :class:`StaticDenoiser`: one whole U-Net call; a drop-in for ``IDM.denoise`` under any sampler.
-* :class:`StaticDDIM`: a U-Net call plus the DDIM (eta = 0) update, the step's noise level and
-  coefficients read on the device from tables indexed by an on-device step counter, so a whole
-  sampling loop is ``steps`` replays with no host work and no host synchronisation.
+  (``benchmarks/gpu/static_ddim.py`` builds a whole DDIM loop of replays on the same pieces.)
 
 Options: fp16/bf16 autocast (``autocast=torch.float16``), ``torch.compile`` of the U-Net, and
 ``graphs=False`` to run the same static-buffer code eagerly (the only way it runs on a CPU).
@@ -18,24 +16,21 @@ Nothing here has run on a GPU in this repository's tests; ``python -m benchmarks
 from __future__ import annotations
 
 import contextlib
-import math
 from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
 
-from .diffusion.samplers import ddim_timesteps
-from .diffusion.schedule import LinearSchedule
 from .model import IDM, Conditioning
 from .model.unet import query_tables_for
 
 
-def _static_copy(c: Conditioning) -> Conditioning:
+def static_copy(c: Conditioning) -> Conditioning:
     """A conditioning with fresh buffers of the same shapes, for the graph to read from."""
     return Conditioning.from_flat(c.cond.clone(), [t.clone() for t in c.flat()])
 
 
-class _Replay:
+class Replay:
     """A function of static buffers only, captured into a CUDA graph on ``device`` (after a warm-up on a
     side stream, as the PyTorch docs prescribe) or, with ``graphs=False``, simply run each time.
 
@@ -68,7 +63,7 @@ class _Replay:
         return self.out
 
 
-class _Compiled:
+class CompiledUNet:
     """The model's U-Net as the graphs call it: optionally ``torch.compile``d, under optional autocast.
 
     A compiled U-Net is given the implicit layers' query tables, computed outside it: ``torch.compile``
@@ -85,13 +80,16 @@ class _Compiled:
     def eps(self, x: torch.Tensor, c: Conditioning, g: torch.Tensor) -> torch.Tensor:
         """Predicted noise in x's dtype; autocast without its weight cache, which graphs cannot replay."""
         tables = query_tables_for(tuple(x.shape[-2:]), self.model.config.levels, x.device) if self.compiled else None
-        ctx = (torch.autocast(x.device.type, self.autocast, cache_enabled=False) if self.autocast
-               else contextlib.nullcontext())
+        ctx = (
+            torch.autocast(x.device.type, self.autocast, cache_enabled=False)
+            if self.autocast
+            else contextlib.nullcontext()
+        )
         with torch.no_grad(), ctx:
             return self.unet(x, c, g, tables).to(x.dtype)
 
 
-def _use_graphs(graphs: bool | None, device: torch.device) -> bool:
+def use_graphs(graphs: bool | None, device: torch.device) -> bool:
     if graphs is None:
         return device.type == "cuda" and torch.cuda.is_available()
     if graphs and device.type != "cuda":
@@ -116,11 +114,12 @@ class StaticDenoiser:
         graphs: capture CUDA graphs; default on when the model's inputs are CUDA tensors.
     """
 
-    def __init__(self, model: IDM, autocast: str | torch.dtype | None = None, compile: bool = False,
-                 graphs: bool | None = None):
-        self.net = _Compiled(model, AUTOCAST.get(autocast, autocast), compile)
+    def __init__(
+        self, model: IDM, autocast: str | torch.dtype | None = None, compile: bool = False, graphs: bool | None = None
+    ):
+        self.net = CompiledUNet(model, AUTOCAST.get(autocast, autocast), compile)
         self.graphs = graphs
-        self._entries: OrderedDict[tuple, tuple[list[torch.Tensor], _Replay]] = OrderedDict()
+        self._entries: OrderedDict[tuple, tuple[list[torch.Tensor], Replay]] = OrderedDict()
         self._loaded: dict[tuple, Conditioning] = {}
 
     # Captured graphs kept at once (each holds its static buffers and memory pool): a folder of
@@ -147,79 +146,6 @@ class StaticDenoiser:
     def _build(self, x: torch.Tensor, conditioning: Conditioning, g: torch.Tensor):
         """Static buffers for this shape and the replayable U-Net call on them."""
         x_s, g_s = x.clone(), torch.zeros(x.shape[0], dtype=torch.float32, device=x.device)
-        c_s = _static_copy(conditioning)
-        replay = _Replay(lambda: self.net.eps(x_s, c_s, g_s), x.device, _use_graphs(self.graphs, x.device))
+        c_s = static_copy(conditioning)
+        replay = Replay(lambda: self.net.eps(x_s, c_s, g_s), x.device, use_graphs(self.graphs, x.device))
         return [x_s, g_s] + c_s.tensors(), replay
-
-
-def ddim_coefficients(sched: LinearSchedule, steps: int) -> tuple[list[float], list[float], list[float]]:
-    """Per network call of :func:`idm_rt.diffusion.samplers.ddim` with eta = 0: the noise level g and
-    (cx, ce) with ``x_next = cx x + ce eps``, i.e. sqrt(an) x0 + sqrt(1 - an) eps written in x and eps."""
-    seq = ddim_timesteps(sched, steps)
-    gs, cxs, ces = [], [], []
-    for i, j in zip(reversed(seq[1:]), reversed(seq[:-1])):
-        at, an = sched.ac(i), sched.ac(j)
-        gs.append(sched.noise_level(i))
-        cxs.append(math.sqrt(an / at))
-        ces.append(math.sqrt(1.0 - an) - math.sqrt(an * (1.0 - at) / at))
-    return gs, cxs, ces
-
-
-class StaticDDIM:
-    """Deterministic DDIM (eta = 0) on static buffers, whose every step, U-Net call and update, is one
-    graph replay (``graphs``).
-
-    Per shape: static x, the conditioning, an on-device step counter, and coefficient tables with
-    room for the longest schedule; a run copies its tables in, then replays ``steps - 1`` times.
-    Same arguments as :class:`StaticDenoiser`, plus the schedule.
-    """
-
-    def __init__(self, model: IDM, autocast: torch.dtype | None = None, compile: bool = False,
-                 graphs: bool | None = None, schedule: LinearSchedule | None = None):
-        self.net = _Compiled(model, autocast, compile)
-        self.graphs = graphs
-        self.sched = schedule or LinearSchedule()
-        self._entries: dict[tuple, tuple[dict[str, torch.Tensor], Conditioning, _Replay]] = {}
-        self._coefs: dict[tuple, torch.Tensor] = {}
-
-    @torch.no_grad()
-    def __call__(self, conditioning: Conditioning, x_T: torch.Tensor, steps: int = 200) -> torch.Tensor:
-        """x_0 from x_T, the same function as ``ddim(..., eta=0)`` on ``model.denoise``."""
-        key = (tuple(x_T.shape), x_T.dtype, x_T.device, tuple(t.shape for t in conditioning.tensors()))
-        if key not in self._entries:
-            self._entries[key] = self._build(x_T, conditioning)
-        s, c_s, replay = self._entries[key]
-        tables = self._tables(steps, x_T.device)
-        s["tables"][:, : tables.shape[1]].copy_(tables)
-        for dst, src in zip(c_s.tensors(), conditioning.tensors()):
-            dst.copy_(src)
-        s["x"].copy_(x_T)
-        s["k"].zero_()
-        for _ in range(tables.shape[1]):
-            replay()
-        return s["x"].clone()
-
-    def _tables(self, steps: int, device: torch.device) -> torch.Tensor:
-        """(3, calls) rows g, cx, ce on the device, uploaded once per step count."""
-        key = (steps, device)
-        if key not in self._coefs:
-            self._coefs[key] = torch.tensor(ddim_coefficients(self.sched, steps), dtype=torch.float32, device=device)
-        return self._coefs[key]
-
-    def _build(self, x_T: torch.Tensor, conditioning: Conditioning):
-        """Static state for this shape and the replayable step on it."""
-        dev = x_T.device
-        s = {"x": x_T.clone(), "k": torch.zeros(1, dtype=torch.long, device=dev),
-             "tables": torch.zeros(3, self.sched.timesteps, dtype=torch.float32, device=dev)}
-        c_s = _static_copy(conditioning)
-        batch = x_T.shape[0]
-
-        def step() -> torch.Tensor:
-            g, cx, ce = s["tables"].index_select(1, s["k"]).unbind(0)  # (1,) each, read on the device
-            eps = self.net.eps(s["x"], c_s, g.expand(batch))
-            s["x"].copy_(cx * s["x"] + ce * eps)
-            s["k"].add_(1)
-            return s["x"]
-
-        # the warm-up runs move x and k (on zero tables): both are reset before every sampling run
-        return s, c_s, _Replay(step, dev, _use_graphs(self.graphs, dev))

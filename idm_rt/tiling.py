@@ -76,25 +76,25 @@ class TilePlan:
         return axis(top, h, self.size[0])[:, None] * axis(left, w, self.size[1])[None, :]
 
 
-def tiled_eps(model: SamplingModel, cond: Array, p: Array, plan: TilePlan, denoise: Callable | None = None,
-              cache_bytes: int = CACHE_BYTES) -> EpsFn:
-    """A noise predictor over the whole image that runs the U-Net (``denoise``, by default
-    ``model.denoise``) tile by tile.
+def tiled_eps(
+    model: SamplingModel, cond: Array, p: Array, plan: TilePlan, denoise: Callable, cache_bytes: int = CACHE_BYTES
+) -> EpsFn:
+    """A noise predictor over the whole image that runs the U-Net (``denoise``: ``model.denoise`` or a replay
+    of it) tile by tile.
 
     Tile conditionings are computed once and kept while they fit in ``cache_bytes``; the tiles
     beyond that budget recompute theirs at every step, so memory stays bounded for huge outputs.
     """
-    denoise = denoise or model.denoise
     xp = namespace(cond)
     host_total = np.zeros(plan.size, dtype=np.float32)
-    for (t, l, h, w) in plan.tiles:
-        host_total[t:t + h, l:l + w] += plan.weight((t, l, h, w))
+    for t, l, h, w in plan.tiles:
+        host_total[t : t + h, l : l + w] += plan.weight((t, l, h, w))
     weights = [xp.astype(like(plan.weight(tile), cond), cond.dtype) for tile in plan.tiles]
     total = xp.astype(like(host_total, cond), cond.dtype)
 
     def tile_condition(i: int):
         t, l, h, w = plan.tiles[i]
-        return model.condition(cond[:, :, t:t + h, l:l + w], p)
+        return model.condition(cond[:, :, t : t + h, l : l + w], p)
 
     cached, used = {}, 0
     for i in range(len(plan.tiles)):
@@ -110,7 +110,7 @@ def tiled_eps(model: SamplingModel, cond: Array, p: Array, plan: TilePlan, denoi
         for i, ((t, l, h, w), wgt) in enumerate(zip(plan.tiles, weights)):
             checkpoint()
             c = cached[i] if i in cached else tile_condition(i)
-            acc[:, :, t:t + h, l:l + w] += denoise(x[:, :, t:t + h, l:l + w], c, g) * wgt
+            acc[:, :, t : t + h, l : l + w] += denoise(x[:, :, t : t + h, l : l + w], c, g) * wgt
         return acc / total
 
     return eps_fn

@@ -60,12 +60,20 @@ class Upscaler:
         max_pixels: largest output (H x W) accepted, a guard against typos such as ``scale=400``.
     """
 
-    def __init__(self, model: SamplingModel, device: str | Device = "cpu",
-                 sampling: SamplingSettings | None = None, presets: dict[str, SamplingSettings] | None = None,
-                 tile: int | None = None,
-                 max_pixels: int = OPTIONS["max_pixels"].default,
-                 precision: str = "fp32", cuda_graphs: bool | None = None, compile: bool = False,
-                 max_memory: int | None = None, **settings: Any):
+    def __init__(
+        self,
+        model: SamplingModel,
+        device: str | Device = "cpu",
+        sampling: SamplingSettings | None = None,
+        presets: dict[str, SamplingSettings] | None = None,
+        tile: int | None = None,
+        max_pixels: int = OPTIONS["max_pixels"].default,
+        precision: str = "fp32",
+        cuda_graphs: bool | None = None,
+        compile: bool = False,
+        max_memory: int | None = None,
+        **settings: Any,
+    ):
         self.device = parse_device(device)
         check_options(settings)
         if not isinstance(model, SamplingModel):
@@ -89,17 +97,21 @@ class Upscaler:
         of :mod:`idm_rt.cuda_graph` when graphs, autocast or compile are asked for (graphs by default on CUDA)."""
         if not backend_named(self.model.backend).replays:
             if precision != "fp32" or compile or cuda_graphs:
-                raise ValueError(f"precision, compile and cuda_graphs are for the torch backend: an engine "
-                                 f"directory's precision is fixed when it is built (this one: "
-                                 f"{self.model.manifest.precision}); TensorRT's CUDA graphs are "
-                                 "runner_options={'cuda_graph': True}")
-            return None
+                raise ValueError(
+                    f"precision, compile and cuda_graphs are for the torch backend: an engine "
+                    f"directory's precision is fixed when it is built (this one: "
+                    f"{self.model.manifest.precision}); TensorRT's CUDA graphs are "
+                    "runner_options={'cuda_graph': True}"
+                )
+            return self.model.denoise
         if precision != "fp32" and self.device.type == "cpu":
-            raise ValueError(f"precision={precision!r} is autocast for GPUs: on a CPU, without fast half-precision "
-                             "kernels, it runs many times slower than fp32 (15-30x measured); use 'fp32' on a CPU")
+            raise ValueError(
+                f"precision={precision!r} is autocast for GPUs: on a CPU, without fast half-precision "
+                "kernels, it runs many times slower than fp32 (15-30x measured); use 'fp32' on a CPU"
+            )
         graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
         if not (graphs or compile or precision != "fp32"):
-            return None
+            return self.model.denoise
         from .cuda_graph import StaticDenoiser
 
         return StaticDenoiser(self.model, precision, compile, graphs)
@@ -114,8 +126,14 @@ class Upscaler:
         return backend_named(self.model.backend).choose_tile(self.model, size, half)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike | None = None, device: str | Device | None = None,
-                        backend: str | None = None, max_scale: float | None = None, **kwargs) -> Upscaler:
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike | None = None,
+        device: str | Device | None = None,
+        backend: str | None = None,
+        max_scale: float | None = None,
+        **kwargs,
+    ) -> Upscaler:
         """Load a released ``.pth`` or a project-format folder; None loads the bundled default model.
 
         ``backend`` None is "torch" where torch is installed, else "onnxruntime" (the bundled model's own ONNX
@@ -148,23 +166,29 @@ class Upscaler:
             if not (DEFAULT_MODEL / "model.safetensors").exists():
                 raise FileNotFoundError(
                     "this build of idm-rt has no bundled default model yet; pass a checkpoint path "
-                    "(a released .pth or a folder written by `python -m idm_rt convert`)")
+                    "(a released .pth or a folder written by `python -m idm_rt convert`)"
+                )
             path = DEFAULT_MODEL
         if (Path(path) / MANIFEST_NAME).exists():
-            raise FileNotFoundError(f"{path} is an engine directory, not a model: run it with "
-                                    f"Upscaler.from_engines({str(path)!r}) or `python -m idm_rt upscale --engines`")
+            raise FileNotFoundError(
+                f"{path} is an engine directory, not a model: run it with "
+                f"Upscaler.from_engines({str(path)!r}) or `python -m idm_rt upscale --engines`"
+            )
         model = load_model(path, max_scale=max_scale)
         return cls(model, device=device or "cpu", sampling=model.recommended, presets=model.presets, **kwargs)
 
     @staticmethod
-    def _engine_folder(path: str | os.PathLike | None, backend: str, device, precision: str | None,
-                       max_scale: float | None) -> Path:
+    def _engine_folder(
+        path: str | os.PathLike | None, backend: str, device, precision: str | None, max_scale: float | None
+    ) -> Path:
         """``path`` itself when it is an engine directory, else the engine directory of model ``path``
         for ``backend``, built (or reused) in the cache; the options checked against either."""
         if max_scale is not None:
-            raise ValueError("max_scale cannot be given with an engine backend: engines record it when built; "
-                             "convert the checkpoint with it first (python -m idm_rt convert MODEL DIR "
-                             "--max-scale M) and pass DIR")
+            raise ValueError(
+                "max_scale cannot be given with an engine backend: engines record it when built; "
+                "convert the checkpoint with it first (python -m idm_rt convert MODEL DIR "
+                "--max-scale M) and pass DIR"
+            )
         if path is not None and (Path(path) / MANIFEST_NAME).exists():
             built = read_manifest(path).precision
             if precision not in (None, built):
@@ -184,8 +208,14 @@ class Upscaler:
         return build_engines(path, backend, precision, device)
 
     @classmethod
-    def from_engines(cls, folder: str | os.PathLike, device: str | Device | None = None,
-                     backend: str | None = None, runner_options: dict | None = None, **kwargs) -> Upscaler:
+    def from_engines(
+        cls,
+        folder: str | os.PathLike,
+        device: str | Device | None = None,
+        backend: str | None = None,
+        runner_options: dict | None = None,
+        **kwargs,
+    ) -> Upscaler:
         """Run an engine directory built by ``python -m idm_rt.build``.
 
         Args:
@@ -199,26 +229,44 @@ class Upscaler:
         recommended sampling settings, recorded in the manifest, are the defaults.
         """
         runner = load_runner(folder, backend, device, **(runner_options or {}))
-        return cls(runner, device=runner.device, sampling=runner.manifest.recommended,
-                   presets=runner.manifest.named_presets, **kwargs)
+        return cls(
+            runner,
+            device=runner.device,
+            sampling=runner.manifest.recommended,
+            presets=runner.manifest.named_presets,
+            **kwargs,
+        )
 
-    def output_size(self, height: int, width: int, scale: float | None = None,
-                    size: tuple[int, int] | None = None) -> tuple[int, int]:
+    def output_size(
+        self, height: int, width: int, scale: float | None = None, size: tuple[int, int] | None = None
+    ) -> tuple[int, int]:
         """(H, W) of the output: ``round(h * s) x round(w * s)``, or ``size`` given as (width, height)
         (:func:`idm_rt.sizes.output_size`, with this Upscaler's ``max_pixels``)."""
         return sizes.output_size(height, width, scale, size, self.max_pixels)
 
-    def check_output_pixels(self, height: int, width: int, scale: float | None = None,
-                            size: tuple[int, int] | None = None) -> None:
+    def check_output_pixels(
+        self, height: int, width: int, scale: float | None = None, size: tuple[int, int] | None = None
+    ) -> None:
         """ValueError when the output for an input of this size would be above ``max_pixels``; it can run on a
         file's stored size, before it is decoded (:func:`idm_rt.sizes.check_output_pixels`)."""
         sizes.check_output_pixels(height, width, scale, size, self.max_pixels)
 
-    def upscale(self, image: ImageLike | Sequence[ImageLike], scale: float | None = None,
-                size: tuple[int, int] | None = None, steps: int | None = None, sampler: str | None = None,
-                seed: int | Sequence[int] | None = None, tile: int | None = None, eta: float | None = None,
-                progress: bool = True, init: str | None = None, init_level: float | None = None,
-                back_projection: int | None = None, quality: str | None = None):
+    def upscale(
+        self,
+        image: ImageLike | Sequence[ImageLike],
+        scale: float | None = None,
+        size: tuple[int, int] | None = None,
+        steps: int | None = None,
+        sampler: str | None = None,
+        seed: int | Sequence[int] | None = None,
+        tile: int | None = None,
+        eta: float | None = None,
+        progress: bool = True,
+        init: str | None = None,
+        init_level: float | None = None,
+        back_projection: int | None = None,
+        quality: str | None = None,
+    ):
         """Upscale one image, a list of them, or a batch tensor (same-size images run as one network batch).
 
         Args:
@@ -251,8 +299,9 @@ class Upscaler:
             TypeError: a masked numpy array (its mask would be ignored).
         """
         base = choose_preset(quality, self.sampling, self.presets)
-        settings = base.replace(sampler=sampler, steps=steps, init=init, init_level=init_level,
-                                back_projection=back_projection, eta=eta).check_for(self.model.config)
+        settings = base.replace(
+            sampler=sampler, steps=steps, init=init, init_level=init_level, back_projection=back_projection, eta=eta
+        ).check_for(self.model.config)
         tile = self.tile if tile is None else tile
         check("tile", tile)
         images, pack = split_inputs(image)
@@ -262,8 +311,10 @@ class Upscaler:
         for im in images:  # before decoding or converting: a lazily opened file may be a decompression bomb, a
             h, w = _declared_size(im)  # broadcast array or expanded tensor may declare far more than it holds
             if h * w > self.max_pixels:
-                raise ValueError(f"image {w}x{h} has more pixels than the largest output allowed "
-                                 f"({self.max_pixels}; raise max_pixels to allow it)")
+                raise ValueError(
+                    f"image {w}x{h} has more pixels than the largest output allowed "
+                    f"({self.max_pixels}; raise max_pixels to allow it)"
+                )
             if h * w:  # so is too large an output
                 self.check_output_pixels(h, w, scale, size)
         prepared = [to_array(im) for im in images]
@@ -279,15 +330,29 @@ class Upscaler:
             group_tile = self.choose_tile(out) if tile is None else tile  # 0: untiled
             plan = TilePlan.for_image(out, group_tile, self.model.config.size_multiple) if group_tile else None
             cache = self.max_memory // 2 if self.max_memory is not None else CACHE_BYTES  # (the tile has the rest)
-            sr = to_host(super_resolve(self.model, lr, out, settings, scale=scale, noise=noise, plan=plan,
-                                       progress=progress, denoise=self.denoise, cache_bytes=cache))
+            sr = to_host(
+                super_resolve(
+                    self.model,
+                    lr,
+                    out,
+                    settings,
+                    scale=scale,
+                    noise=noise,
+                    plan=plan,
+                    progress=progress,
+                    denoise=self.denoise,
+                    cache_bytes=cache,
+                )
+            )
             if not np.isfinite(sr).all():  # cast to an image it would come out black, or as noise
-                raise RuntimeError("the network's output holds NaN or infinite values: its weights overflow (or, "
-                                   "with precision='fp16', its activations do); no image is returned")
+                raise RuntimeError(
+                    "the network's output holds NaN or infinite values: its weights overflow (or, "
+                    "with precision='fp16', its activations do); no image is returned"
+                )
             for k, i in enumerate(idx):
                 _, alpha, kind = prepared[i]
                 alpha = resize_alpha(alpha, out) if alpha is not None else None
-                results[i] = from_array(sr[k:k + 1], alpha, kind)
+                results[i] = from_array(sr[k : k + 1], alpha, kind)
                 if isinstance(images[i], Image.Image) and images[i].info.get("icc_profile"):
                     results[i].info["icc_profile"] = images[i].info["icc_profile"]  # its colours mean the same
         return pack(results)
@@ -300,8 +365,12 @@ def _declared_size(image: Any) -> tuple[int, int]:
         return image.height, image.width
     if isinstance(image, np.ndarray) and image.ndim in (2, 3):
         return image.shape[0], image.shape[1]
-    if is_tensor(image) and not image.is_nested and image.layout == sys.modules["torch"].strided \
-            and image.dim() in (2, 3):
+    if (
+        is_tensor(image)
+        and not image.is_nested
+        and image.layout == sys.modules["torch"].strided
+        and image.dim() in (2, 3)
+    ):
         return image.shape[-2], image.shape[-1]
     return 0, 0
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import idm_rt
-from idm_rt.cuda_graph import StaticDDIM, StaticDenoiser
+from benchmarks.gpu.static_ddim import StaticDDIM
+from idm_rt.cuda_graph import StaticDenoiser
 from idm_rt.diffusion import LinearSchedule, ddim
 
 from .helpers import rel_err
@@ -51,7 +52,7 @@ def test_table_driven_ddim_equals_ddim(tiny_model, steps):
     for seed in (0, 1):  # a second image reuses the static buffers and resets the step counter
         c = conditioning(tiny_model, seed)
         x_T = torch.randn(c.cond.shape, generator=torch.Generator().manual_seed(seed))
-        want = ddim(lambda x, g: tiny_model.denoise(x, c, g), sched, x_T, steps)  # noqa: B023 (called at once)
+        want = ddim(lambda x, g: tiny_model.denoise(x, c, g), x_T, steps, schedule=sched)  # noqa: B023 (called at once)
         assert rel_err(fast(c, x_T, steps), want) < 1e-5
 
 
@@ -64,8 +65,16 @@ def test_graphs_refused_off_cuda(tiny_model):
 
 
 def test_graph_cache_is_bounded():
-    cfg = idm_rt.IDMConfig(inner_channel=8, channel_multiplier=(1, 2), res_blocks=1, attn_levels=(1,), norm_groups=4,
-                           encoder_blocks=1, encoder_feats=8, implicit_hidden=8)
+    cfg = idm_rt.IDMConfig(
+        inner_channel=8,
+        channel_multiplier=(1, 2),
+        res_blocks=1,
+        attn_levels=(1,),
+        norm_groups=4,
+        encoder_blocks=1,
+        encoder_feats=8,
+        implicit_hidden=8,
+    )
     model = idm_rt.IDM(cfg).eval()
     den = StaticDenoiser(model, graphs=False)
     for n in range(4, 11):
@@ -75,7 +84,7 @@ def test_graph_cache_is_bounded():
 
 
 class _FakeCuda:
-    """torch.cuda's graph and stream calls as _Replay makes them, recording which device is current and
+    """torch.cuda's graph and stream calls as Replay makes them, recording which device is current and
     which device each stream belongs to (device 0 current unless a torch.cuda.device block says otherwise)."""
 
     def __init__(self):
@@ -101,8 +110,9 @@ class _FakeCuda:
 
         def device(d):
             before = fake.current
-            return Ctx(lambda: setattr(fake, "current", torch.device(d).index),
-                       lambda: setattr(fake, "current", before))
+            return Ctx(
+                lambda: setattr(fake, "current", torch.device(d).index), lambda: setattr(fake, "current", before)
+            )
 
         class Graph:
             def replay(self):
@@ -126,7 +136,7 @@ def test_graphs_are_warmed_captured_and_replayed_on_the_tensors_device(monkeypat
     for name in ("Stream", "device", "CUDAGraph", "graph", "current_stream", "stream"):
         monkeypatch.setattr(torch.cuda, name, getattr(fake, name))
     calls = []
-    replay = cuda_graph._Replay(lambda: calls.append(fake.current) or torch.zeros(1), torch.device("cuda", 1), True)
+    replay = cuda_graph.Replay(lambda: calls.append(fake.current) or torch.zeros(1), torch.device("cuda", 1), True)
     replay()
     assert calls == [1, 1, 1, 1]  # three warm-up runs and the captured one
     assert fake.events == [("wait", 1, 1), ("on stream", 1, 1), ("wait", 1, 1), ("capture", 1, 1), ("replay", 1)]

@@ -13,10 +13,11 @@ import numpy as np
 import torch
 
 import idm_rt
-from idm_rt.cuda_graph import StaticDDIM, StaticDenoiser
+from idm_rt.cuda_graph import StaticDenoiser
 from idm_rt.diffusion import LinearSchedule, ddim
 
 from .common import AUTOCAST_TOL, Run, conditioning, log, rel_max_err, release_style
+from .static_ddim import StaticDDIM
 from .tf32 import budget_for, derive, read_budgets
 
 AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -30,6 +31,7 @@ def _inputs(c: idm_rt.Conditioning) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _sides(model: idm_rt.IDM, size: int, steps: int) -> dict[str, Callable[[torch.dtype], torch.Tensor]]:
     """The float32 checks' sides as functions of the dtype, on the CPU, from the same seeds as the run."""
+
     def built(dtype: torch.dtype, literal: bool):
         net = copy.deepcopy(model).cpu().to(dtype)
         release_style(net, literal)
@@ -42,6 +44,7 @@ def _sides(model: idm_rt.IDM, size: int, steps: int) -> dict[str, Callable[[torc
             net, c, x, g = built(dtype, literal)
             with torch.no_grad():
                 return net.denoise(x, c, g)
+
         return side
 
     def loop(static: bool) -> Callable[[torch.dtype], torch.Tensor]:
@@ -50,15 +53,18 @@ def _sides(model: idm_rt.IDM, size: int, steps: int) -> dict[str, Callable[[torc
             with torch.no_grad():
                 if static:
                     return StaticDDIM(net, graphs=False)(c, x, steps)
-                return ddim(lambda x_, g_: net.denoise(x_, c, g_), LinearSchedule(), x, steps)
+                return ddim(lambda x_, g_: net.denoise(x_, c, g_), x, steps)
+
         return side
 
     return {"ours": denoise(False), "release": denoise(True), "graphed loop": loop(True), "loop": loop(False)}
 
 
 def check_ids(preset: str, size: int, steps: int) -> dict[str, str]:
-    return {"unet": f"U-Net {preset} {size}px: ours (kernels) vs release eager, fp32",
-            "ddim": f"DDIM {steps} steps {preset} {size}px: graphed loop vs eager, fp32"}
+    return {
+        "unet": f"U-Net {preset} {size}px: ours (kernels) vs release eager, fp32",
+        "ddim": f"DDIM {steps} steps {preset} {size}px: graphed loop vs eager, fp32",
+    }
 
 
 def unet_budgets(preset: str, size: int, steps: int, model: idm_rt.IDM | None = None) -> dict[str, dict]:
@@ -67,8 +73,10 @@ def unet_budgets(preset: str, size: int, steps: int, model: idm_rt.IDM | None = 
         torch.manual_seed(0)
         model = idm_rt.IDM(idm_rt.preset(preset), max_scale=4.0).eval()
     sides, ids = _sides(model, size, steps), check_ids(preset, size, steps)
-    return {ids["unet"]: derive(sides["ours"], sides["release"], lambda: sides["release"](torch.float64)),
-            ids["ddim"]: derive(sides["graphed loop"], sides["loop"], lambda: sides["loop"](torch.float64))}
+    return {
+        ids["unet"]: derive(sides["ours"], sides["release"], lambda: sides["release"](torch.float64)),
+        ids["ddim"]: derive(sides["graphed loop"], sides["loop"], lambda: sides["loop"](torch.float64)),
+    }
 
 
 def _graphs(run: Run) -> bool:
@@ -98,6 +106,7 @@ def check_model(run: Run) -> None:
             if not derived:
                 derived.update(unet_budgets(label, run.size, steps, model))
             return derived[ids[key]]
+
         return budget_for(ids[key], derive_now, stored)
 
     from .kernels import pinned
@@ -106,23 +115,35 @@ def check_model(run: Run) -> None:
     ref = model.denoise(x, c, g)
     release_style(model, False, kernels)
     with pinned(0):  # correctness on one config per kernel: one compilation per specialisation
-        run.variant("ours eager fp32", lambda: run.check(ids["unet"], rel_max_err(model.denoise(x, c, g), ref),
-                                                          budget("unet")["budget"], budget=budget("unet")))
-        run.variant("ours CUDA graph fp32", lambda: run.check(
-            ids["unet"].replace("ours (kernels)", "ours (kernels) + CUDA graph"),
-            rel_max_err(StaticDenoiser(model, graphs=_graphs(run))(x, c, g), ref), budget("unet")["budget"],
-            budget=budget("unet")))
+        run.variant(
+            "ours eager fp32",
+            lambda: run.check(
+                ids["unet"], rel_max_err(model.denoise(x, c, g), ref), budget("unet")["budget"], budget=budget("unet")
+            ),
+        )
+        run.variant(
+            "ours CUDA graph fp32",
+            lambda: run.check(
+                ids["unet"].replace("ours (kernels)", "ours (kernels) + CUDA graph"),
+                rel_max_err(StaticDenoiser(model, graphs=_graphs(run))(x, c, g), ref),
+                budget("unet")["budget"],
+                budget=budget("unet"),
+            ),
+        )
         for name, dtype in AUTOCAST.items():
+
             def autocast_check(dtype=dtype, name=name):
                 err = rel_max_err(StaticDenoiser(model, autocast=dtype, graphs=_graphs(run))(x, c, g), ref)
                 run.results.setdefault("autocast_error", {})[name] = err
                 run.check(f"U-Net {run.size}px: ours + CUDA graph {name} autocast (measured error)", err, AUTOCAST_TOL)
+
             run.variant(f"ours CUDA graph {name}", autocast_check)
 
         def loop_check():
-            eager = ddim(lambda x_, g_: model.denoise(x_, c, g_), LinearSchedule(), x, steps)
+            eager = ddim(lambda x_, g_: model.denoise(x_, c, g_), x, steps)
             graphed = StaticDDIM(model, graphs=_graphs(run))(c, x, steps)
             run.check(ids["ddim"], rel_max_err(graphed, eager), budget("ddim")["budget"], budget=budget("ddim"))
+
         run.variant(f"DDIM {steps} steps graphed", loop_check)
 
 
@@ -146,6 +167,7 @@ def time_unet(run: Run) -> None:
             base = times.get("release eager fp32", float("nan"))
             run.add("unet", {"size": run.size, "variant": name, "ms": ms, "speedup": base / ms})
             log(f"U-Net {run.size}px {name}: {ms:.3f} ms ({base / ms:.2f}x)")
+
         run.variant(f"U-Net call: {name}", measure, expected_s)
 
     def eager(literal: bool, dtype: torch.dtype | None = None) -> Callable[[], Callable[[], object]]:
@@ -155,17 +177,21 @@ def time_unet(run: Run) -> None:
             def call():
                 with _autocast(run, dtype):
                     return model.denoise(x, c, g)
+
             return call
+
         return setup
 
     timed("release eager fp32", eager(True))
     timed("ours eager fp32", eager(False))
     timed("ours eager fp16 autocast", eager(False, torch.float16))
     for name, dtype in {"fp32": None, **AUTOCAST}.items():
+
         def graphed(dtype=dtype):
             release_style(model, False, kernels)
             fast = StaticDenoiser(model, autocast=dtype, graphs=_graphs(run))
             return lambda: fast(x, c, g)
+
         timed(f"ours CUDA graph {name}", graphed)
 
 
@@ -190,14 +216,16 @@ def time_image(run: Run) -> None:
                 fn = setup()
                 ms = run.median_ms(fn, 1 if steps > 50 else 3, warmup=1)
                 base.setdefault("ref", ms)
-                run.add("image", {"size": run.size, "steps": steps, "variant": name, "ms": ms,
-                                  "speedup": base["ref"] / ms})
+                run.add(
+                    "image", {"size": run.size, "steps": steps, "variant": name, "ms": ms, "speedup": base["ref"] / ms}
+                )
                 log(f"image {run.size}px DDIM {steps} {name}: {ms:.1f} ms ({base['ref'] / ms:.2f}x)")
+
             run.variant(f"image DDIM {steps}: {name}", measure, expected_s=steps * 0.1)
 
         def eager(literal: bool, steps=steps):
             release_style(model, literal, kernels)
-            return lambda: ddim(lambda x, g: model.denoise(x, c, g), sched, x_T, steps)
+            return lambda: ddim(lambda x, g: model.denoise(x, c, g), x_T, steps, schedule=sched)
 
         def graphed(dtype: torch.dtype | None, steps=steps):
             release_style(model, False, kernels)
@@ -216,20 +244,34 @@ def time_upscaler(run: Run, model: idm_rt.IDM) -> None:
     eager form against ours in fp32 and fp16 (CUDA graphs by default on a GPU)."""
     image = np.random.default_rng(0).random((run.size // 4, run.size // 4, 3), dtype=np.float32)
     base: dict[str, float] = {}
-    variants = {"release eager fp32": (True, "fp32", False), "ours fp32": (False, "fp32", None),
-                "ours fp16": (False, "fp16", None)}
+    variants = {
+        "release eager fp32": (True, "fp32", False),
+        "ours fp32": (False, "fp32", None),
+        "ours fp16": (False, "fp16", None),
+    }
     if run.dry:  # the Upscaler refuses autocast on a CPU
         del variants["ours fp16"]
     for name, (literal, precision, graphs) in variants.items():
+
         def measure(literal=literal, precision=precision, graphs=graphs, name=name):
             release_style(model, literal, run.kernels)
-            up = idm_rt.Upscaler(model, device=run.device, precision=precision, cuda_graphs=graphs and _graphs(run),
-                                 tile=0)
+            up = idm_rt.Upscaler(
+                model, device=run.device, precision=precision, cuda_graphs=graphs and _graphs(run), tile=0
+            )
             ms = run.median_ms(lambda: up.upscale(image, scale=4, seed=0, progress=False), 3, warmup=1)
             base.setdefault("ref", ms)
-            run.add("image", {"size": run.size, "steps": "defaults", "variant": f"Upscaler {name}", "ms": ms,
-                              "speedup": base["ref"] / ms})
+            run.add(
+                "image",
+                {
+                    "size": run.size,
+                    "steps": "defaults",
+                    "variant": f"Upscaler {name}",
+                    "ms": ms,
+                    "speedup": base["ref"] / ms,
+                },
+            )
             log(f"Upscaler {run.size}px {name}: {ms:.1f} ms ({base['ref'] / ms:.2f}x)")
+
         run.variant(f"Upscaler: {name}", measure, expected_s=5.0)
 
 
@@ -248,8 +290,11 @@ def time_compile(run: Run) -> None:
         fast = StaticDenoiser(model, autocast=torch.float16, compile=True, graphs=_graphs(run))
         with _autocast(run, torch.float16):
             want = model.denoise(x, c, g).float()
-        run.check(f"U-Net {run.size}px: compiled + CUDA graph fp16 vs eager fp16 autocast",
-                  rel_max_err(fast(x, c, g), want), AUTOCAST_TOL)
+        run.check(
+            f"U-Net {run.size}px: compiled + CUDA graph fp16 vs eager fp16 autocast",
+            rel_max_err(fast(x, c, g), want),
+            AUTOCAST_TOL,
+        )
         out["ms"] = ms = run.median_ms(lambda: fast(x, c, g))
         run.add("unet", {"size": run.size, "variant": "ours compile + CUDA graph fp16", "ms": ms, "speedup": None})
         log(f"U-Net {run.size}px compiled + CUDA graph fp16: {ms:.3f} ms")
@@ -257,12 +302,23 @@ def time_compile(run: Run) -> None:
     def loop():
         fast = StaticDDIM(model, autocast=torch.float16, compile=True, graphs=_graphs(run))
         ms = run.median_ms(lambda: fast(c, x, steps), 3, warmup=1)
-        run.add("image", {"size": run.size, "steps": steps, "variant": "ours compile + graphed DDIM fp16", "ms": ms,
-                          "speedup": None})
+        run.add(
+            "image",
+            {
+                "size": run.size,
+                "steps": steps,
+                "variant": "ours compile + graphed DDIM fp16",
+                "ms": ms,
+                "speedup": None,
+            },
+        )
         log(f"image {run.size}px DDIM {steps} compiled + graphed fp16: {ms:.1f} ms")
 
     # a dry run traces with Dynamo but generates no code (Inductor on a CPU takes minutes)
-    with mock.patch.object(torch, "compile", functools.partial(torch.compile, backend="eager")) if run.dry \
-            else contextlib.nullcontext():
+    with (
+        mock.patch.object(torch, "compile", functools.partial(torch.compile, backend="eager"))
+        if run.dry
+        else contextlib.nullcontext()
+    ):
         run.variant("compile: U-Net call fp16", call, expected_s=60.0)
         run.variant(f"compile: DDIM {steps} fp16", loop, expected_s=30.0)
