@@ -15,7 +15,7 @@ from pathlib import Path
 from idm_rt import upscaler
 from idm_rt.backends import BACKENDS, ENGINE_BACKENDS
 from idm_rt.backends.engine_dir import PRECISIONS
-from idm_rt.buckets import DEFAULT_TILES, parse_batch, parse_list, parse_size, plan_buckets, route, rule_text
+from idm_rt.buckets import DEFAULT_TILES, RULE, parse_batch, parse_list, parse_size, plan_buckets, route
 from idm_rt.config import check_max_scale
 from idm_rt.threads import add_threads_argument, configure_threads
 
@@ -31,47 +31,84 @@ EXAMPLES = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m idm_rt.build", epilog=EXAMPLES,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 description="Export IDM to ONNX per bucket (HR tile shape + batch range) and build "
-                                             "ONNX Runtime or TensorRT engines with a manifest.")
-    ap.add_argument("--engine", choices=PRECISIONS,
-                    help="U-Net precision (encoder and conditioner stay fp32); default fp16 for TensorRT, fp32 for "
-                         "ONNX Runtime (as Upscaler builds them); int8 (ONNX Runtime on CPUs): each bucket's U-Net "
-                         "quantised after calibration on the model's own sampling (its dynamic U-Net stays fp32)")
-    ap.add_argument("--calibration", metavar="SOURCE",
-                    help="--engine int8: the calibration images, a folder, 'skimage', 'synthetic' or 'auto' (default: "
-                         "../shared/datasets/train beside a checkout, else scikit-image's photos, else synthetic)")
-    ap.add_argument("--skip-int8-check", action="store_true",
-                    help="--engine int8: keep the engine without checking it against the float32 model (parity and "
-                         "images on held-out photos; by default an engine that falls short is an error, exit 1)")
+    ap = argparse.ArgumentParser(
+        prog="python -m idm_rt.build",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Export IDM to ONNX per bucket (HR tile shape + batch range) and build "
+        "ONNX Runtime or TensorRT engines with a manifest.",
+    )
+    ap.add_argument(
+        "--engine",
+        choices=PRECISIONS,
+        help="U-Net precision (encoder and conditioner stay fp32); default fp16 for TensorRT, fp32 for "
+        "ONNX Runtime (as Upscaler builds them); int8 (ONNX Runtime on CPUs): each bucket's U-Net "
+        "quantised after calibration on the model's own sampling (its dynamic U-Net stays fp32)",
+    )
+    ap.add_argument(
+        "--calibration",
+        metavar="SOURCE",
+        help="--engine int8: the calibration images, a folder, 'skimage', 'synthetic' or 'auto' (default: "
+        "../shared/datasets/train beside a checkout, else scikit-image's photos, else synthetic)",
+    )
+    ap.add_argument(
+        "--skip-int8-check",
+        action="store_true",
+        help="--engine int8: keep the engine without checking it against the float32 model (parity and "
+        "images on held-out photos; by default an engine that falls short is an error, exit 1)",
+    )
     ap.add_argument("--model", help="checkpoint: released .pth or project folder (default: the bundled model)")
-    ap.add_argument("--max-scale", type=float, metavar="M",
-                    help="largest training scale M of the model (released .pth files do not record it: 8 unless "
-                         "given, 4 for the DIV2K models); engines record it")
+    ap.add_argument(
+        "--max-scale",
+        type=float,
+        metavar="M",
+        help="largest training scale M of the model (released .pth files do not record it: 8 unless "
+        "given, 4 for the DIV2K models); engines record it",
+    )
     ap.add_argument("--out", help="engine directory (default: engines/<model>-<backend>-<engine>)")
     ap.add_argument("--scales", help="magnifications to cover, e.g. 2,3,4,8 (with --input-size)")
     ap.add_argument("--input-size", help="LR input size WxH for --scales, e.g. 64x64")
-    ap.add_argument("--tile", help=f"square HR tile side(s), e.g. 128 or 128,256 (default "
-                                   f"{','.join(map(str, DEFAULT_TILES))} when no --scales)")
+    ap.add_argument(
+        "--tile",
+        help=f"square HR tile side(s), e.g. 128 or 128,256 (default "
+        f"{','.join(map(str, DEFAULT_TILES))} when no --scales)",
+    )
     ap.add_argument("--batch", default="1", help="batch size N or range MIN,MAX of every bucket (default 1)")
-    ap.add_argument("--backend", choices=ENGINE_BACKENDS, default="tensorrt",
-                    help="engines to build (default tensorrt; onnxruntime works on a CPU)")
+    ap.add_argument(
+        "--backend",
+        choices=ENGINE_BACKENDS,
+        default="tensorrt",
+        help="engines to build (default tensorrt; onnxruntime works on a CPU)",
+    )
     ap.add_argument("--workspace", type=int, default=4096, metavar="MiB", help="TensorRT workspace limit (MiB)")
-    ap.add_argument("--conv", choices=("auto", "direct", "winograd"), default="auto",
-                    help="the U-Net's wide 3x3 convolutions as Conv nodes or as Winograd transforms and products "
-                         "(fewer multiplications: faster with ONNX Runtime on a CPU, slower than cuDNN on a GPU); "
-                         "auto (default): winograd for --backend onnxruntime --engine fp32, else direct")
-    ap.add_argument("--export-device", default="cpu", metavar="DEVICE",
-                    help="where the graphs are traced for export (default cpu; cuda traces a float16 U-Net in seconds "
-                         "where a CPU takes minutes, the same graph)")
-    ap.add_argument("--no-static", action="store_true",
-                    help="the U-Net with dynamic sizes only, no static graph per bucket: about a third of the files' "
-                         "size (the bundled model's graphs are built so), every call on the dynamic graph")
+    ap.add_argument(
+        "--conv",
+        choices=("auto", "direct", "winograd"),
+        default="auto",
+        help="the U-Net's wide 3x3 convolutions as Conv nodes or as Winograd transforms and products "
+        "(fewer multiplications: faster with ONNX Runtime on a CPU, slower than cuDNN on a GPU); "
+        "auto (default): winograd for --backend onnxruntime --engine fp32, else direct",
+    )
+    ap.add_argument(
+        "--export-device",
+        default="cpu",
+        metavar="DEVICE",
+        help="where the graphs are traced for export (default cpu; cuda traces a float16 U-Net in seconds "
+        "where a CPU takes minutes, the same graph)",
+    )
+    ap.add_argument(
+        "--no-static",
+        action="store_true",
+        help="the U-Net with dynamic sizes only, no static graph per bucket: about a third of the files' "
+        "size (the bundled model's graphs are built so), every call on the dynamic graph",
+    )
     ap.add_argument("--force", action="store_true", help="rebuild everything, even what the manifest says matches")
     add_threads_argument(ap)
-    ap.add_argument("--explain", action="store_true",
-                    help="print the buckets and which bucket each --scales request uses, then stop")
+    ap.add_argument(
+        "--explain",
+        action="store_true",
+        help="print the buckets and which bucket each --scales request uses, then stop",
+    )
     return ap
 
 
@@ -92,7 +129,7 @@ def explain(buckets, scales, size, multiple: int | None) -> str:
         for s in scales:
             out = (round(size[1] * s), round(size[0] * s))
             lines.append(f"  {size[0]}x{size[1]} x{s:g}: " + route(buckets, out, multiple).describe())
-    lines += ["rule:", rule_text()]
+    lines += ["rule:", RULE]
     return "\n".join(lines)
 
 
@@ -113,19 +150,25 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--max-scale: {e}")
     args.engine = args.engine or BACKENDS[args.backend].precisions[0]
     if args.engine not in BACKENDS[args.backend].precisions:
-        ap.error(f"--engine {args.engine} is for --backend onnxruntime (TensorRT builds take "
-                 f"{' or '.join(BACKENDS['tensorrt'].precisions)})")
+        ap.error(
+            f"--engine {args.engine} is for --backend onnxruntime (TensorRT builds take "
+            f"{' or '.join(BACKENDS['tensorrt'].precisions)})"
+        )
     if (args.calibration is not None or args.skip_int8_check) and args.engine != "int8":
         ap.error(f"{'--calibration' if args.calibration is not None else '--skip-int8-check'} is for --engine int8")
     if args.conv == "winograd" and (args.backend, args.engine) != ("onnxruntime", "fp32"):
-        ap.error("--conv winograd is for --backend onnxruntime --engine fp32 (TensorRT chooses its own "
-                 "convolution algorithms, and the transforms lose too much in float16)")
+        ap.error(
+            "--conv winograd is for --backend onnxruntime --engine fp32 (TensorRT chooses its own "
+            "convolution algorithms, and the transforms lose too much in float16)"
+        )
     conv = args.conv if args.conv != "auto" else auto_conv(args.backend, args.engine)
     model_path = Path(args.model) if args.model else upscaler.DEFAULT_MODEL
     if not model_path.exists():
         hint = "this build of idm-rt has no bundled default model yet; " if not args.model else ""
-        print(f"error: {hint}no model at {model_path}; pass --model PATH (a released .pth or a project folder)",
-              file=sys.stderr)
+        print(
+            f"error: {hint}no model at {model_path}; pass --model PATH (a released .pth or a project folder)",
+            file=sys.stderr,
+        )
         return 1
     try:
         if args.explain:
@@ -138,9 +181,22 @@ def main(argv: list[str] | None = None) -> int:
 
         out = Path(args.out) if args.out else Path("engines") / f"{model_path.stem}-{args.backend}-{args.engine}"
         command = shlex.join(["python", "-m", "idm_rt.build", *(sys.argv[1:] if argv is None else argv)])
-        options = BuildOptions(model_path, out, args.engine, args.backend, buckets, args.workspace, args.force,
-                               command, conv, args.max_scale, args.calibration or "auto", not args.skip_int8_check,
-                               args.export_device, not args.no_static)
+        options = BuildOptions(
+            model_path,
+            out,
+            args.engine,
+            args.backend,
+            buckets,
+            args.workspace,
+            args.force,
+            command,
+            conv,
+            args.max_scale,
+            args.calibration or "auto",
+            not args.skip_int8_check,
+            args.export_device,
+            not args.no_static,
+        )
         return build(options)
     except (OSError, ValueError, RuntimeError, ImportError) as e:  # export's BuildError is a RuntimeError
         print(f"error: {e}", file=sys.stderr)

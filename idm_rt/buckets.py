@@ -6,15 +6,7 @@ serves every scale. Each bucket gets a U-Net graph of its static shape; one more
 with dynamic sizes (and the conditioner) runs every other size up to the largest bucket, at that
 size: nothing is ever padded, so every engine computes what the torch model computes.
 
-The rule that maps a request (input size h x w, scale s) onto the graphs:
-
-1. the output is ``H x W = round(h*s) x round(w*s)``, as :meth:`idm_rt.Upscaler.output_size`;
-2. when a bucket covers the output (``height >= H`` and ``width >= W``) it runs untiled: on that
-   bucket's static graph when it is exactly its size, else on the dynamic graph at its own size;
-3. when no bucket covers the output it is denoised in overlapping square tiles blended at every
-   step (:mod:`idm_rt.tiling`) whose side is the largest square inside the largest bucket,
-   rounded down to the U-Net's size multiple; each tile then follows rule 2. The torch backend
-   with the same ``tile`` computes the same tiles.
+The rule that maps a request (input size h x w, scale s) onto the graphs is :data:`RULE`.
 
 Batches larger than a bucket's maximum run in chunks, smaller than its minimum are padded by
 repeating the last sample (samples are independent, so the results do not change).
@@ -23,9 +15,17 @@ repeating the last sample (samples are independent, so the results do not change
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+RULE = """\
+1. the output is H x W = round(h*s) x round(w*s), as idm_rt.Upscaler.output_size;
+2. when a bucket covers the output (height >= H and width >= W) it runs untiled: on that
+   bucket's static graph when it is exactly its size, else on the dynamic graph at its own size;
+3. when no bucket covers the output it is denoised in overlapping square tiles blended at every
+   step (idm_rt.tiling) whose side is the largest square inside the largest bucket, rounded down
+   to the U-Net's size multiple; each tile then follows rule 2. The torch backend with the same
+   tile computes the same tiles."""
 
 MAX_SIDE, MAX_BATCH = 8192, 256  # far above what a tile or a batch of one GPU holds
 
@@ -45,8 +45,9 @@ class Bucket:
         if not 8 <= min(self.height, self.width) <= max(self.height, self.width) <= MAX_SIDE:
             raise ValueError(f"bucket {self.height}x{self.width} must be between 8x8 and {MAX_SIDE}x{MAX_SIDE}")
         if not 1 <= self.min_batch <= self.max_batch <= MAX_BATCH:
-            raise ValueError(f"batch range {self.min_batch}..{self.max_batch} must satisfy 1 <= min <= max <= "
-                             f"{MAX_BATCH}")
+            raise ValueError(
+                f"batch range {self.min_batch}..{self.max_batch} must satisfy 1 <= min <= max <= {MAX_BATCH}"
+            )
 
     @property
     def name(self) -> str:
@@ -77,8 +78,12 @@ class Bucket:
 DEFAULT_TILES = (256,)
 
 
-def plan_buckets(scales: Sequence[float] = (), input_size: tuple[int, int] | None = None,
-                 tiles: Sequence[int] = (), batch: tuple[int, int] = (1, 1)) -> list[Bucket]:
+def plan_buckets(
+    scales: Sequence[float] = (),
+    input_size: tuple[int, int] | None = None,
+    tiles: Sequence[int] = (),
+    batch: tuple[int, int] = (1, 1),
+) -> list[Bucket]:
     """The buckets to build: one per HR output of ``input_size`` (width, height) at each scale,
     one square bucket per tile side; all with the batch range ``batch`` (min, max).
     With neither given, :data:`DEFAULT_TILES`."""
@@ -110,8 +115,9 @@ def tile_side(buckets: Sequence[Bucket], multiple: int) -> int:
     largest = max(buckets, key=lambda b: (b.height * b.width, b.height))
     side = min(largest.height, largest.width) // multiple * multiple
     if side < 2 * multiple:
-        raise ValueError(f"the largest bucket {largest.name} is too small to tile with (needs a side of at "
-                         f"least {2 * multiple})")
+        raise ValueError(
+            f"the largest bucket {largest.name} is too small to tile with (needs a side of at least {2 * multiple})"
+        )
     return side
 
 
@@ -136,12 +142,6 @@ def route(buckets: Sequence[Bucket], size: tuple[int, int], multiple: int) -> Ro
     """Apply the rule to an HR output ``size`` (H, W)."""
     bucket = select_bucket(buckets, size)
     return Route(size, bucket, None if bucket is not None else tile_side(buckets, multiple))
-
-
-def rule_text() -> str:
-    """The numbered rule from this module's documentation, for ``--explain``, as plain text (no
-    reStructuredText roles or literals)."""
-    return re.sub(r":\w+:`([^`]+)`|``([^`]+)``", lambda m: m[1] or m[2], __doc__.split("\n\n")[3])
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -169,5 +169,16 @@ def parse_batch(text: str) -> tuple[int, int]:
     return values[0], values[-1]
 
 
-__all__ = ["Bucket", "Route", "plan_buckets", "select_bucket", "tile_side", "route", "parse_size", "parse_list",
-           "parse_batch", "rule_text", "DEFAULT_TILES"]
+__all__ = [
+    "Bucket",
+    "Route",
+    "plan_buckets",
+    "select_bucket",
+    "tile_side",
+    "route",
+    "parse_size",
+    "parse_list",
+    "parse_batch",
+    "RULE",
+    "DEFAULT_TILES",
+]

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from . import sampling
 from .file_jobs import Job, Plan
+from .options import per_image_seeds
 
 if TYPE_CHECKING:
     from .upscaler import Upscaler
@@ -33,29 +34,43 @@ def _load_upscaler(args: argparse.Namespace, runner_options: dict | None) -> Ups
 
     if args.engines:
         if args.precision or args.max_scale:
-            raise ValueError("--precision and --max-scale are fixed when engines are built; drop them with "
-                             "--engines")
+            raise ValueError("--precision and --max-scale are fixed when engines are built; drop them with --engines")
         if args.backend == "torch":
             raise ValueError("--engines runs engines; --backend torch is for --model")
-        return Upscaler.from_engines(args.engines, device=args.device, backend=args.backend,
-                                     max_pixels=args.max_pixels, max_memory=getattr(args, "max_memory", None),
-                                     runner_options=runner_options)
+        return Upscaler.from_engines(
+            args.engines,
+            device=args.device,
+            backend=args.backend,
+            max_pixels=args.max_pixels,
+            max_memory=getattr(args, "max_memory", None),
+            runner_options=runner_options,
+        )
     if args.backend not in (None, "torch"):
-        return Upscaler.from_pretrained(args.model, device=args.device, backend=args.backend,
-                                        max_pixels=args.max_pixels, precision=args.precision,
-                                        max_scale=args.max_scale, max_memory=getattr(args, "max_memory", None),
-                                        runner_options=runner_options)
-    return Upscaler.from_pretrained(args.model, device=args.device or "cpu", max_pixels=args.max_pixels,
-                                    precision=args.precision or "fp32", max_scale=args.max_scale,
-                                    max_memory=getattr(args, "max_memory", None))
+        return Upscaler.from_pretrained(
+            args.model,
+            device=args.device,
+            backend=args.backend,
+            max_pixels=args.max_pixels,
+            precision=args.precision,
+            max_scale=args.max_scale,
+            max_memory=getattr(args, "max_memory", None),
+            runner_options=runner_options,
+        )
+    return Upscaler.from_pretrained(
+        args.model,
+        device=args.device or "cpu",
+        max_pixels=args.max_pixels,
+        precision=args.precision or "fp32",
+        max_scale=args.max_scale,
+        max_memory=getattr(args, "max_memory", None),
+    )
 
 
 def check_call_options(up: Upscaler, args: argparse.Namespace) -> None:
     """ValueError for a ``--seed`` or ``--tile`` no image could use: said once, before any image is read."""
     from .tiling import TilePlan
-    from .upscaler import seed_list
 
-    seed_list(args.seed, 1)
+    per_image_seeds(args.seed, 1)
     if args.tile is not None and args.tile < 0:
         raise ValueError(f"--tile must be >= 0 (0: no tiling), got {args.tile}")
     if args.tile:
@@ -89,8 +104,9 @@ def run_job(up: Upscaler, job: Job, options: dict, overwrite: bool, progress: bo
     if not overwrite and job.dst.exists():
         return "exists", f"{job.dst} exists (use --overwrite to replace it); skipped {job.src}"
     try:  # too large an input or output is refused before decoding
-        image = job.src.read(up.max_pixels, lambda h, w: up.check_output_pixels(h, w, options["scale"],
-                                                                                   options["size"]))
+        image = job.src.read(
+            up.max_pixels, lambda h, w: up.check_output_pixels(h, w, options["scale"], options["size"])
+        )
     except ValueError as e:
         return "failed", f"{job.src}: {e}"
     except Exception as e:  # noqa: BLE001 (PIL raises several types for unreadable files)

@@ -24,7 +24,7 @@ from .backends.engine_dir import MANIFEST_NAME, read_manifest
 from .devices import Device, parse_device
 from .images import ImageLike, from_array, is_tensor, resize_alpha, split_inputs, to_array
 from .model.protocol import SamplingModel
-from .options import OPTIONS, check
+from .options import OPTIONS, check, per_image_seeds
 from .pipeline import super_resolve
 from .sampling import SamplingSettings, choose_preset
 from .tiling import CACHE_BYTES, TilePlan
@@ -307,7 +307,7 @@ class Upscaler:
         images, pack = split_inputs(image)
         if not images:
             raise ValueError("no image given")
-        seeds = seed_list(seed, len(images))
+        seeds = per_image_seeds(seed, len(images))
         for im in images:  # before decoding or converting: a lazily opened file may be a decompression bomb, a
             h, w = _declared_size(im)  # broadcast array or expanded tensor may declare far more than it holds
             if h * w > self.max_pixels:
@@ -373,18 +373,6 @@ def _declared_size(image: Any) -> tuple[int, int]:
     ):
         return image.shape[-2], image.shape[-1]
     return 0, 0
-
-
-def seed_list(seed: int | Sequence[int] | None, n: int) -> list[int] | None:
-    """``seed`` as one int per image (None: unseeded), each checked."""
-    if seed is None:
-        return None
-    many = isinstance(seed, (list, tuple))
-    if many and len(seed) != n:
-        raise ValueError(f"seed lists need one seed per image: got {len(seed)} seeds for {n} image(s)")
-    for s in seed if many else [seed]:
-        check("seed", s, required=True)
-    return [int(s) for s in seed] if many else [int(seed)] * n
 
 
 def check_options(options: dict[str, Any], extra: tuple[str, ...] = ()) -> None:

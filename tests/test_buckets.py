@@ -3,13 +3,13 @@
 import pytest
 
 from idm_rt.buckets import (
+    RULE,
     Bucket,
     parse_batch,
     parse_list,
     parse_size,
     plan_buckets,
     route,
-    rule_text,
     select_bucket,
     tile_side,
 )
@@ -35,16 +35,19 @@ def test_default_is_one_256_tile():
     assert plan_buckets() == [Bucket(256, 256)]
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"scales": [2]}, "go together"),
-    ({"input_size": (64, 64)}, "go together"),
-    ({"scales": [1.0], "input_size": (64, 64)}, "> 1"),
-    ({"scales": [float("inf")], "input_size": (64, 64)}, "> 1"),
-    ({"tiles": [4]}, "must be between 8x8 and 8192x8192"),
-    ({"tiles": [10**6]}, "must be between 8x8 and 8192x8192"),
-    ({"tiles": [64], "batch": (1, 10**6)}, "<= 256"),
-    ({"tiles": [64], "batch": (3, 2)}, "min <= max"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"scales": [2]}, "go together"),
+        ({"input_size": (64, 64)}, "go together"),
+        ({"scales": [1.0], "input_size": (64, 64)}, "> 1"),
+        ({"scales": [float("inf")], "input_size": (64, 64)}, "> 1"),
+        ({"tiles": [4]}, "must be between 8x8 and 8192x8192"),
+        ({"tiles": [10**6]}, "must be between 8x8 and 8192x8192"),
+        ({"tiles": [64], "batch": (1, 10**6)}, "<= 256"),
+        ({"tiles": [64], "batch": (3, 2)}, "min <= max"),
+    ],
+)
 def test_bad_plans_are_refused_with_a_reason(kwargs, message):
     with pytest.raises(ValueError, match=message):
         plan_buckets(**kwargs)
@@ -77,13 +80,20 @@ def test_parsers():
     assert parse_size("64x48") == (64, 48)
     assert parse_list("2,3.5", float) == [2.0, 3.5]
     assert parse_batch("4") == (4, 4) and parse_batch("1,4") == (1, 4)
-    for bad, fn in [("64", parse_size), ("2,x", lambda t: parse_list(t, int)), ("4,1", parse_batch),
-                    ("0", parse_batch)]:
+    for bad, fn in [
+        ("64", parse_size),
+        ("2,x", lambda t: parse_list(t, int)),
+        ("4,1", parse_batch),
+        ("0", parse_batch),
+    ]:
         with pytest.raises(ValueError):
             fn(bad)
 
 
-def test_rule_text_is_the_documented_rule():
-    text = rule_text()
-    assert text.startswith("1.") and "3. when no bucket covers" in text
-    assert "H x W = round(h*s)" in text and "(idm_rt.tiling)" in text and "`" not in text  # plain text
+def test_the_rule_is_what_routing_does():
+    """Each numbered clause of RULE, checked against route() on buckets of 64x64 and 32x48."""
+    buckets = [Bucket(64, 64), Bucket(32, 48)]
+    assert RULE.startswith("1.") and "`" not in RULE  # plain text, printed by --explain
+    assert "2. when a bucket covers" in RULE and route(buckets, (64, 64), 8).tile is None  # exact: static
+    assert route(buckets, (40, 40), 8).bucket is not None  # covered: untiled on the dynamic graph
+    assert "3. when no bucket covers" in RULE and route(buckets, (100, 30), 8).tile == 64  # tiled
