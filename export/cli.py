@@ -14,7 +14,7 @@ from pathlib import Path
 
 from idm_rt import upscaler
 from idm_rt.backends import BACKENDS, ENGINE_BACKENDS
-from idm_rt.backends.engine_dir import PRECISIONS
+from idm_rt.backends.engine_dir import ENGINE_PRECISIONS
 from idm_rt.buckets import DEFAULT_TILES, RULE, parse_batch, parse_list, parse_size, plan_buckets, route
 from idm_rt.config import check_max_scale
 from idm_rt.threads import add_threads_argument, configure_threads
@@ -22,10 +22,10 @@ from idm_rt.threads import add_threads_argument, configure_threads
 from .engines import auto_conv, require_packages
 
 EXAMPLES = """examples:
-  python -m idm_rt.build --engine fp32 --backend onnxruntime
-  python -m idm_rt.build --engine int8 --backend onnxruntime --tile 128
-  python -m idm_rt.build --engine fp16 --model models/face8x --scales 2,4,8 --input-size 16x16
-  python -m idm_rt.build --engine fp16 --tile 128,256 --batch 1,4 --out engines/face --workspace 8192
+  python -m idm_rt.build --precision fp32 --backend onnxruntime
+  python -m idm_rt.build --precision int8 --backend onnxruntime --tile 128
+  python -m idm_rt.build --precision fp16 --model models/face8x --scales 2,4,8 --input-size 16x16
+  python -m idm_rt.build --precision fp16 --tile 128,256 --batch 1,4 --out engines/face --workspace 8192
   python -m idm_rt.build --scales 2,3,4 --input-size 64x64 --tile 256 --explain
 """
 
@@ -39,22 +39,25 @@ def build_parser() -> argparse.ArgumentParser:
         "ONNX Runtime or TensorRT engines with a manifest.",
     )
     ap.add_argument(
+        "--precision",
         "--engine",
-        choices=PRECISIONS,
-        help="U-Net precision (encoder and conditioner stay fp32); default fp16 for TensorRT, fp32 for "
+        dest="precision",
+        choices=ENGINE_PRECISIONS,
+        help="U-Net precision (encoder and conditioner stay fp32; --engine is its earlier name); default fp16 for "
+        "TensorRT, fp32 for "
         "ONNX Runtime (as Upscaler builds them); int8 (ONNX Runtime on CPUs): each bucket's U-Net "
         "quantised after calibration on the model's own sampling (its dynamic U-Net stays fp32)",
     )
     ap.add_argument(
         "--calibration",
         metavar="SOURCE",
-        help="--engine int8: the calibration images, a folder, 'skimage', 'synthetic' or 'auto' (default: "
+        help="--precision int8: the calibration images, a folder, 'skimage', 'synthetic' or 'auto' (default: "
         "../shared/datasets/train beside a checkout, else scikit-image's photos, else synthetic)",
     )
     ap.add_argument(
         "--skip-int8-check",
         action="store_true",
-        help="--engine int8: keep the engine without checking it against the float32 model (parity and "
+        help="--precision int8: keep the engine without checking it against the float32 model (parity and "
         "images on held-out photos; by default an engine that falls short is an error, exit 1)",
     )
     ap.add_argument("--model", help="checkpoint: released .pth or project folder (default: the bundled model)")
@@ -87,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="the U-Net's wide 3x3 convolutions as Conv nodes or as Winograd transforms and products "
         "(fewer multiplications: faster with ONNX Runtime on a CPU, slower than cuDNN on a GPU); "
-        "auto (default): winograd for --backend onnxruntime --engine fp32, else direct",
+        "auto (default): winograd for --backend onnxruntime --precision fp32, else direct",
     )
     ap.add_argument(
         "--export-device",
@@ -148,20 +151,20 @@ def main(argv: list[str] | None = None) -> int:
             check_max_scale(args.max_scale)
         except ValueError as e:
             ap.error(f"--max-scale: {e}")
-    args.engine = args.engine or BACKENDS[args.backend].precisions[0]
-    if args.engine not in BACKENDS[args.backend].precisions:
+    args.precision = args.precision or BACKENDS[args.backend].precisions[0]
+    if args.precision not in BACKENDS[args.backend].precisions:
         ap.error(
-            f"--engine {args.engine} is for --backend onnxruntime (TensorRT builds take "
+            f"--precision {args.precision} is for --backend onnxruntime (TensorRT builds take "
             f"{' or '.join(BACKENDS['tensorrt'].precisions)})"
         )
-    if (args.calibration is not None or args.skip_int8_check) and args.engine != "int8":
-        ap.error(f"{'--calibration' if args.calibration is not None else '--skip-int8-check'} is for --engine int8")
-    if args.conv == "winograd" and (args.backend, args.engine) != ("onnxruntime", "fp32"):
+    if (args.calibration is not None or args.skip_int8_check) and args.precision != "int8":
+        ap.error(f"{'--calibration' if args.calibration is not None else '--skip-int8-check'} is for --precision int8")
+    if args.conv == "winograd" and (args.backend, args.precision) != ("onnxruntime", "fp32"):
         ap.error(
-            "--conv winograd is for --backend onnxruntime --engine fp32 (TensorRT chooses its own "
+            "--conv winograd is for --backend onnxruntime --precision fp32 (TensorRT chooses its own "
             "convolution algorithms, and the transforms lose too much in float16)"
         )
-    conv = args.conv if args.conv != "auto" else auto_conv(args.backend, args.engine)
+    conv = args.conv if args.conv != "auto" else auto_conv(args.backend, args.precision)
     model_path = Path(args.model) if args.model else upscaler.DEFAULT_MODEL
     if not model_path.exists():
         hint = "this build of idm-rt has no bundled default model yet; " if not args.model else ""
@@ -179,12 +182,12 @@ def main(argv: list[str] | None = None) -> int:
         require_packages(args.backend)
         from .builder import BuildOptions, build  # onnx and the exporter, only when building
 
-        out = Path(args.out) if args.out else Path("engines") / f"{model_path.stem}-{args.backend}-{args.engine}"
+        out = Path(args.out) if args.out else Path("engines") / f"{model_path.stem}-{args.backend}-{args.precision}"
         command = shlex.join(["python", "-m", "idm_rt.build", *(sys.argv[1:] if argv is None else argv)])
         options = BuildOptions(
             model_path,
             out,
-            args.engine,
+            args.precision,
             args.backend,
             buckets,
             args.workspace,

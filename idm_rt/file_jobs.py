@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .image_files import encode, image_format, read_image, save_image
+from .image_files import encode_image, image_format, read_image, save_image
 from .images import IMAGE_SUFFIXES
 
 MAX_LISTED = 5  # names listed in one note before "and N more"
@@ -69,7 +69,7 @@ class Place:
             save_image(image, self.path, replace)
             return
         buffer = io.BytesIO()
-        encode(image, image_format(self.path), buffer)
+        encode_image(image, image_format(self.path), buffer)
         parent = str(self.path.parent)
         self.fs.create_dir(parent, recursive=True)
         tmp = posixpath.join(parent, f".{self.path.stem}.{secrets.token_hex(4)}{self.path.suffix}.tmp")

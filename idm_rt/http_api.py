@@ -40,7 +40,7 @@ from .buckets import parse_size
 from .cancel import Cancelled, cancel_when
 from .cost import StageFlops, stage_flops
 from .diffusion import calls_for
-from .image_files import encode, read_image
+from .image_files import encode_image, read_image
 from .options import OPTIONS, parse_number
 from .sampling import SamplingSettings, choose_preset, presets_from_dict
 from .sizes import output_size
@@ -477,7 +477,7 @@ class Worker:
         fmt, media_type, _ = FORMATS[format]
         buffer = io.BytesIO()
         try:
-            encode(image, fmt, buffer)
+            encode_image(image, fmt, buffer)
         except Exception:
             logger.exception("encoding a %dx%d %s image as %s failed", *image.size, image.mode, fmt)
             return Failed()

@@ -72,7 +72,7 @@ def storable(image: Image.Image, fmt: str) -> Image.Image:
     return convert_mode(image, mode) if mode != image.mode else image
 
 
-def encode(image: Image.Image, fmt: str, fp: str | BinaryIO) -> None:
+def encode_image(image: Image.Image, fmt: str, fp: str | BinaryIO) -> None:
     """Write ``image`` to ``fp`` (a path or a binary file) in format ``fmt``: in a mode the format holds
     (:func:`storable`), JPEG and WebP at quality :data:`LOSSY_QUALITY`, with the image's ICC profile when its
     mode is kept (a converted image's profile would describe other colours)."""
@@ -91,7 +91,7 @@ def save_image(image: Image.Image, target: Path, replace: bool = True) -> None:
     if mode != image.mode:
         tqdm.write(f"note: {fmt} cannot store mode {image.mode}; saving {target.name} as {mode}"
                    + ("; its colour profile is dropped" if image.info.get("icc_profile") else ""), file=sys.stderr)
-    atomic_write(target, lambda tmp: encode(image, fmt, tmp), replace=replace)
+    atomic_write(target, lambda tmp: encode_image(image, fmt, tmp), replace=replace)
 
 
 def read_image(source: str | Path | BinaryIO, max_pixels: int | None = None,

@@ -18,8 +18,9 @@ from idm_rt.build import main
 from idm_rt.export import parity, quantize, winograd
 from idm_rt.export.graphs import export_graph
 
-TINY = idm_rt.IDMConfig(inner_channel=32, channel_multiplier=(1, 2, 4), res_blocks=1, attn_levels=(2,),
-                        encoder_blocks=2)
+TINY = idm_rt.IDMConfig(
+    inner_channel=32, channel_multiplier=(1, 2, 4), res_blocks=1, attn_levels=(2,), encoder_blocks=2
+)
 SAMPLING = idm_rt.SamplingSettings(sampler="dpmpp_2m", steps=3, init="bicubic", init_level=0.9)
 UNET = "unet/32x32_b1-2"
 
@@ -35,8 +36,29 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def int8_dir(model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("engines") / "int8"
-    assert main(["--engine", "int8", "--backend", "onnxruntime", "--model", str(model_dir), "--out", str(out),
-                 "--tile", "32", "--batch", "1,2", "--calibration", "synthetic", "--threads", "1"]) == 0
+    assert (
+        main(
+            [
+                "--engine",
+                "int8",
+                "--backend",
+                "onnxruntime",
+                "--model",
+                str(model_dir),
+                "--out",
+                str(out),
+                "--tile",
+                "32",
+                "--batch",
+                "1,2",
+                "--calibration",
+                "synthetic",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -47,9 +69,13 @@ def _nodes(path):
 def test_the_manifest_says_int8_and_only_the_static_unet_is_quantised(int8_dir):
     m = read_manifest(int8_dir)
     assert m.complete and m.precision == "int8" and m.backend == "onnxruntime"
-    assert {k: g.precision for k, g in m.graphs.items()} == {"encoder": "fp32", "encoder_block": "fp32",
-                                                             "conditioner": "fp32", "unet_dynamic": "fp32",
-                                                             UNET: "int8"}
+    assert {k: g.precision for k, g in m.graphs.items()} == {
+        "encoder": "fp32",
+        "encoder_block": "fp32",
+        "conditioner": "fp32",
+        "unet_dynamic": "fp32",
+        UNET: "int8",
+    }
     flags = m.build_flags["int8"]
     assert flags["calibration"] == "synthetic" and flags["method"] == "percentile" and flags["activations"] == "uint8"
     ops = {n.op_type for n in _nodes(int8_dir / m.graphs[UNET].onnx)}
@@ -66,8 +92,12 @@ def test_the_first_last_and_the_two_finest_decoder_levels_convolutions_stay_floa
     kept = named(quantize.excluded_nodes(onnx.load(str(fp32)), quantize.KEEP_FLOAT, TINY.levels))
     # three levels: the decoder's finest are up.2 and up.1, each two blocks; the implicit up-layers' 1x1 maps have
     # weights folded under the exporter's names, no module path
-    blocks = {f"unet.up.{level}.blocks.{b}.res.{conv}" for level in (1, 2) for b in (0, 1)
-              for conv in ("block1.conv", "block2.conv", "skip")}
+    blocks = {
+        f"unet.up.{level}.blocks.{b}.res.{conv}"
+        for level in (1, 2)
+        for b in (0, 1)
+        for conv in ("block1.conv", "block2.conv", "skip")
+    }
     assert kept == {"unet.input_conv", "unet.final.conv", "/unet/upsample/Conv", "/unet/upsample_1/Conv", *blocks}
     nodes = _nodes(int8_dir / read_manifest(int8_dir).graphs[UNET].onnx)
     producers = {o: n.op_type for n in nodes for o in n.output}
@@ -97,8 +127,22 @@ def test_the_upscaler_runs_int8_engines_close_to_float32(int8_dir, model_dir):
 def test_a_second_build_reuses_and_other_calibration_images_rebuild_the_unet(int8_dir, model_dir, tmp_path, capsys):
     folder = tmp_path / "copy"
     shutil.copytree(int8_dir, folder)
-    args = ["--engine", "int8", "--backend", "onnxruntime", "--model", str(model_dir), "--out", str(folder),
-            "--tile", "32", "--batch", "1,2", "--threads", "1"]
+    args = [
+        "--engine",
+        "int8",
+        "--backend",
+        "onnxruntime",
+        "--model",
+        str(model_dir),
+        "--out",
+        str(folder),
+        "--tile",
+        "32",
+        "--batch",
+        "1,2",
+        "--threads",
+        "1",
+    ]
     capsys.readouterr()
     assert main([*args, "--calibration", "synthetic"]) == 0
     log = capsys.readouterr().out
@@ -139,11 +183,14 @@ def test_calibration_inputs_are_every_unet_call_of_the_sampler_and_seeded(model_
 
 def test_clear_errors(model_dir, int8_dir, tmp_path, capsys, monkeypatch):
     base = ["--model", str(model_dir), "--out", str(tmp_path / "x"), "--tile", "32"]
-    for bad, message in ((["--engine", "int8", "--backend", "tensorrt"], "--engine int8 is for --backend onnxruntime"),
-                         (["--engine", "fp32", "--backend", "onnxruntime", "--calibration", "synthetic"],
-                          "--calibration is for --engine int8"),
-                         (["--engine", "int8", "--backend", "onnxruntime", "--conv", "winograd"],
-                          "--conv winograd is for")):
+    for bad, message in (
+        (["--engine", "int8", "--backend", "tensorrt"], "--precision int8 is for --backend onnxruntime"),
+        (
+            ["--precision", "fp32", "--backend", "onnxruntime", "--calibration", "synthetic"],
+            "--calibration is for --precision int8",
+        ),
+        (["--engine", "int8", "--backend", "onnxruntime", "--conv", "winograd"], "--conv winograd is for"),
+    ):
         with pytest.raises(SystemExit) as e:
             main([*base, *bad])
         assert e.value.code == 2 and message in capsys.readouterr().err
@@ -178,8 +225,22 @@ def test_an_int8_engine_that_falls_short_is_an_error_naming_the_numbers(model_di
     # activation ranges that keep only the central half of each tensor's values: a badly calibrated engine
     monkeypatch.setitem(quantize.METHOD_OPTIONS, "percentile", {"percentile": 50.0, "symmetric": False})
     out = tmp_path / "bad"
-    args = ["--engine", "int8", "--backend", "onnxruntime", "--model", str(model_dir), "--out", str(out),
-            "--tile", "32", "--calibration", "synthetic", "--threads", "1"]
+    args = [
+        "--engine",
+        "int8",
+        "--backend",
+        "onnxruntime",
+        "--model",
+        str(model_dir),
+        "--out",
+        str(out),
+        "--tile",
+        "32",
+        "--calibration",
+        "synthetic",
+        "--threads",
+        "1",
+    ]
     assert main(args) == 1
     captured = capsys.readouterr()
     assert "int8 calibration images: synthetic" in captured.out
@@ -200,8 +261,11 @@ def test_an_int8_engine_that_falls_short_is_an_error_naming_the_numbers(model_di
 def test_the_check_images_are_held_out_from_the_calibration(tmp_path):
     settings = quantize.QuantSettings()
     images, what = quantize.held_out_images("skimage", settings, 3)
-    assert what == "skimage: astronaut, coffee, chelsea" and not set(quantize.SKIMAGE_HELD_OUT) & set(
-        quantize.SKIMAGE_CALIBRATION) and [tuple(i.shape) for i in images][0] == (3, 512, 512)
+    assert (
+        what == "skimage: astronaut, coffee, chelsea"
+        and not set(quantize.SKIMAGE_HELD_OUT) & set(quantize.SKIMAGE_CALIBRATION)
+        and [tuple(i.shape) for i in images][0] == (3, 512, 512)
+    )
     from PIL import Image
 
     for k in range(6):

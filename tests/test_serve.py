@@ -22,7 +22,7 @@ from PIL import Image
 
 import idm_rt
 from idm_rt.cli import main
-from idm_rt.image_files import encode
+from idm_rt.image_files import encode_image
 
 from .helpers import ROOT, TINY, free_port, perturbed
 
@@ -127,7 +127,7 @@ def test_concurrent_requests_are_batched_and_equal_the_in_process_results(servic
             assert got.mode == want.mode and np.array_equal(np.asarray(got), np.asarray(want)), query
         else:  # the bytes the same encoder makes of the in-process result
             buffer = io.BytesIO()
-            encode(want, fmt, buffer)
+            encode_image(want, fmt, buffer)
             assert body == buffer.getvalue(), query
     batches = [int(headers["X-Batch-Size"]) for _, headers, _ in responses]
     assert max(batches) > 1, batches

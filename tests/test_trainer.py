@@ -168,8 +168,8 @@ def test_resume_cli_uses_the_runs_saved_options(tmp_path, capsys):
     assert main(["--resume", "--out", str(out), "--steps", "6", "--set", "network.res_blocks=2"]) == 2
     assert "holds another network than these options ask for (res_blocks: 1 there, 2 here)" in capsys.readouterr().err
     assert json.loads((out / "train_config.json").read_text())["network"].get("res_blocks") is None  # untouched
-    # with --preset the options are given in full: the small preset's network
-    assert main(["--resume", "--out", str(out), "--preset", "small", "--data", str(tmp_path / "data"), "--set",
+    # with --recipe the options are given in full: the small preset's network
+    assert main(["--resume", "--out", str(out), "--recipe", "small", "--data", str(tmp_path / "data"), "--set",
                  "crop=16", "val_holdout=1"]) == 2
     assert "holds another network" in capsys.readouterr().err
     saved = json.loads((out / "train_config.json").read_text())

@@ -36,7 +36,8 @@ MANIFEST_FORMAT = "idm-rt-engines/3"
 # dynamic sizes and once per bucket with the bucket's static shape (the exact fits; ONNX Runtime's
 # CPU graphs may use Winograd convolutions).
 KINDS = ("encoder", "encoder_block", "conditioner", "unet_dynamic", "unet")
-PRECISIONS = tuple(dict.fromkeys(p for name in ENGINE_BACKENDS for p in BACKENDS[name].precisions))  # any engine's
+# any engine's precision
+ENGINE_PRECISIONS = tuple(dict.fromkeys(p for name in ENGINE_BACKENDS for p in BACKENDS[name].precisions))
 
 
 def conditioning_names(levels: int) -> list[str]:
@@ -244,8 +245,8 @@ def _graph_entry(key: object, d: object, buckets: list[Bucket], backend: str, st
         value = getattr(entry, name)
         if not isinstance(value, kinds) or isinstance(value, bool) or (isinstance(value, int) and value < 0):
             raise ValueError(f"graph {key!r}: {name} {value!r} is not of the expected type")
-    if entry.precision not in PRECISIONS:
-        raise ValueError(f"graph {key!r}: precision {entry.precision!r} is not one of {PRECISIONS}")
+    if entry.precision not in ENGINE_PRECISIONS:
+        raise ValueError(f"graph {key!r}: precision {entry.precision!r} is not one of {ENGINE_PRECISIONS}")
     if entry.onnx != artifact_name(key) or entry.engine not in (None, artifact_name(key, backend)):
         raise ValueError(f"graph {key!r}: its files {entry.onnx!r}, {entry.engine!r} are not the ones a build writes "
                          f"({artifact_name(key)!r}, {artifact_name(key, backend)!r})")
