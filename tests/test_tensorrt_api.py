@@ -48,7 +48,8 @@ API = {
 }
 # Attribute names in those modules that TensorRT classes happen to have too, used there on other objects.
 NOT_TENSORRT = {"levels", "name", "shape", "dtype", "device", "index", "type", "split", "get", "items", "engine",
-                "exists", "read_bytes", "write_bytes", "config", "backend", "append", "clone", "node"}
+                "exists", "read_bytes", "write_bytes", "config", "backend", "append", "clone", "node",
+                "itemsize"}  # (numpy's dtype)
 
 CHECK = r"""
 import json, sys

@@ -26,7 +26,8 @@ class Backend:
         tiles: ``module:function(model, size, max_memory)`` picking the tile side of an output (None: untiled).
         device_check: ``module:function(device_type)`` raising where this machine cannot run it there.
         runner: ``module:attribute`` of its runner class (engines), imported when used.
-        needs: the modules it needs to run, said in one line when missing.
+        needs: the modules it needs to run, said in one line when missing; a tuple of names is met by any one of
+            them (see :func:`require`).
         build_needs: the modules building its engines needs (with torch, for the export).
     """
 
@@ -40,7 +41,7 @@ class Backend:
     replays: bool = False
     runner: str = ""
     device_check: str = ""
-    needs: tuple[str, ...] = ()
+    needs: tuple[str | tuple[str, ...], ...] = ()
     build_needs: tuple[str, ...] = ()
 
     @property
@@ -89,7 +90,8 @@ BACKENDS: dict[str, Backend] = {
                            build_needs=("torch", "onnx", "onnxruntime")),
     "tensorrt": Backend("tensorrt", "cuda", ("cuda",), ("fp16", "fp32"), engine=True,
                         tiles="idm_rt.backends.base:bucket_tile", runner="idm_rt.backends.tensorrt:TensorRTRunner",
-                        needs=("tensorrt",), build_needs=("torch", "onnx")),  # (export.tensorrt_build says the rest)
+                        needs=("tensorrt", ("torch", "cupy")),  # CUDA arrays: torch's where installed, else CuPy's
+                        build_needs=("torch", "onnx")),  # (export.tensorrt_build says the rest)
 }
 ENGINE_BACKENDS = tuple(name for name, b in BACKENDS.items() if b.engine)
 
@@ -97,7 +99,7 @@ INSTALL = {"torch": "pip install 'idm-rt[torch]' (the torch backend, engine buil
            "onnxruntime": "pip install onnxruntime (or onnxruntime-gpu)",
            "onnx": "pip install 'idm-rt[torch]'",
            "tensorrt": "pip install 'idm-rt[gpu]' (TensorRT 10.x or 11.x, on a machine with an NVIDIA GPU)",
-           "cupy": "pip install 'idm-rt[gpu]'"}
+           "cupy": "pip install 'idm-rt[gpu]' (CuPy, for CUDA arrays without torch)"}
 
 
 def backend(name: str) -> Backend:
@@ -107,8 +109,11 @@ def backend(name: str) -> Backend:
     return BACKENDS[name]
 
 
-def require(modules: tuple[str, ...], what: str) -> None:
-    """ImportError in one line, naming the first of ``modules`` that is not installed and how to install it."""
-    for module in modules:
-        if importlib.util.find_spec(module) is None:
-            raise ImportError(f"{what} needs {module}: {INSTALL.get(module, f'pip install {module}')}")
+def require(modules: tuple[str | tuple[str, ...], ...], what: str) -> None:
+    """ImportError in one line, naming the first of ``modules`` that is not installed and how to install it. A tuple
+    of names is met by any one of them; its hint is its last name's (list the lightest install last)."""
+    for need in modules:
+        choices = (need,) if isinstance(need, str) else need
+        if all(importlib.util.find_spec(module) is None for module in choices):
+            hint = INSTALL.get(choices[-1], f"pip install {choices[-1]}")
+            raise ImportError(f"{what} needs {' or '.join(choices)}: {hint}")
