@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from idm_rt import upscaler
-from idm_rt.backends import BACKENDS, ENGINE_BACKENDS
+from idm_rt.backends import BACKENDS, BUILD_BACKENDS
 from idm_rt.backends.engine_dir import PRECISIONS
 from idm_rt.buckets import DEFAULT_TILES, parse_batch, parse_list, parse_size, plan_buckets, route, rule_text
 from idm_rt.config import check_max_scale
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--tile", help=f"square HR tile side(s), e.g. 128 or 128,256 (default "
                                    f"{','.join(map(str, DEFAULT_TILES))} when no --scales)")
     ap.add_argument("--batch", default="1", help="batch size N or range MIN,MAX of every bucket (default 1)")
-    ap.add_argument("--backend", choices=ENGINE_BACKENDS, default="tensorrt",
+    ap.add_argument("--backend", choices=BUILD_BACKENDS, default="tensorrt",
                     help="engines to build (default tensorrt; onnxruntime works on a CPU)")
     ap.add_argument("--workspace", type=int, default=4096, metavar="MiB", help="TensorRT workspace limit (MiB)")
     ap.add_argument("--conv", choices=("auto", "direct", "winograd"), default="auto",

@@ -179,7 +179,7 @@ class Upscaler:
         require(chosen.build_needs, f"building {backend} engines")
         from .export.engines import build_engines  # the one call from the runtime into the export package
 
-        return build_engines(path, backend, precision, device)
+        return build_engines(path, chosen.builds, precision, device)
 
     @classmethod
     def from_engines(cls, folder: str | os.PathLike, device: str | Device | None = None,

@@ -20,6 +20,7 @@ the addresses it is given, when its stream runs the call.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib.machinery
 import importlib.util
 import itertools
@@ -47,6 +48,7 @@ class _State:
         self.memory: dict[int, tuple] = {}  # id(raw) -> (weakref to raw, device)
         self.handles: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         self.log: list[tuple] = []  # (what, ...) of stream and graph calls
+        self.allocations: dict[int, np.ndarray] = {}  # cudaMalloc's, by address, until cudaFree
 
 
 STATE = _State()
@@ -56,14 +58,15 @@ STATE.reset()
 # -- memory ------------------------------------------------------------------------------------------------------------
 
 
-def _allocate(nbytes: int, device: int) -> np.ndarray:
-    """``nbytes`` of fresh device memory (NaN bytes), aligned to ALIGN."""
+def _allocate(nbytes: int, device: int, on_stream: bool = True) -> np.ndarray:
+    """``nbytes`` of fresh device memory (NaN bytes), aligned to ALIGN; ``on_stream``: allocated on the current stream
+    (CuPy's pool), which other streams must wait for before they use it."""
     raw = np.empty(nbytes + ALIGN, np.uint8)
     raw.fill(0xFF)
     start = -raw.ctypes.data % ALIGN
     key = id(raw)
     STATE.memory[key] = (weakref.ref(raw, lambda _: STATE.memory.pop(key, None)), device)  # forgotten when freed
-    STATE.writes += 1
+    STATE.writes += on_stream
     return raw[start : start + nbytes]
 
 
@@ -325,18 +328,22 @@ class Stream:
         self.device_id = -1 if null else _current_device()
         self.pending, self.done, self.covered = [], 0, 0
         self.capture: list | None = None
+        self.host_fed = False  # its work reads host memory and its own cudaMalloc'd buffers only (no CuPy writes)
         if not null:
             STATE.handles[self.ptr] = self
 
     def __repr__(self) -> str:
         return f"<Stream {self.ptr:#x}>"
 
+    def __int__(self) -> int:  # (cuda-python's cudaStream_t: its handle)
+        return self.ptr
+
     def enqueue(self, op, what: str) -> None:
         """Queue ``op``; AssertionError where writes made on the current stream were not waited for first."""
         if self.capture is not None:
             self.capture.append(op)
             return
-        if self.ptr and self.covered < STATE.writes:
+        if self.ptr and self.covered < STATE.writes and not self.host_fed:
             raise AssertionError(f"{what} queued on {self} before it waited for the current stream's writes: a race")
         STATE.log.append(("run", what, self.ptr))
         if self.ptr == 0:
@@ -631,19 +638,121 @@ def cuda_session_class(ort):
     return CudaSession
 
 
+# -- cuda-python's CUDA runtime bindings ----------------------------------------------------------------------------
+
+
+class _CudartError(_Enum):
+    pass
+
+
+_CUDART_ERRORS = types.SimpleNamespace(
+    **{
+        n: _CudartError(n)
+        for n in ("cudaSuccess", "cudaErrorNoDevice", "cudaErrorInvalidDevice", "cudaErrorInvalidValue")
+    }
+)
+_SUCCESS = _CUDART_ERRORS.cudaSuccess
+
+
+def _cudart_module() -> types.ModuleType:
+    """``cuda.bindings.runtime``: devices, non-blocking streams, cudaMalloc'd memory (alive until cudaFree, in
+    STATE.allocations) and host/device copies queued on a stream, over the fake GPU's memory and streams. A copy to
+    the host fills its destination with NaN bytes when queued and writes it when its stream runs: read before the
+    stream is synchronised, it is NaN. Device addresses are checked to be live memory of the current device when the
+    copy is queued and when it runs; host ones cannot be."""
+
+    def get_device_count():
+        return (_SUCCESS, STATE.devices) if STATE.devices else (_CUDART_ERRORS.cudaErrorNoDevice, 0)
+
+    def set_device(device: int):
+        if not 0 <= device < STATE.devices:
+            return (_CUDART_ERRORS.cudaErrorInvalidDevice,)
+        STATE.current[-1] = device
+        return (_SUCCESS,)
+
+    def stream_create_with_flags(flags: int):
+        assert flags == runtime.cudaStreamNonBlocking
+        stream = Stream(non_blocking=True)
+        stream.host_fed = True
+        return _SUCCESS, stream
+
+    def malloc(nbytes: int):
+        memory = _allocate(nbytes, _current_device(), on_stream=False)  # cudaMalloc synchronises the device
+        STATE.allocations[memory.ctypes.data] = memory
+        STATE.log.append(("cudaMalloc", nbytes))
+        return _SUCCESS, memory.ctypes.data
+
+    def free(address: int):
+        return (
+            (_SUCCESS,) if STATE.allocations.pop(address, None) is not None else (_CUDART_ERRORS.cudaErrorInvalidValue,)
+        )
+
+    def memcpy_async(destination: int, source: int, nbytes: int, kind, stream: Stream):
+        device = _current_device()
+        to_device = kind is runtime.cudaMemcpyKind.cudaMemcpyHostToDevice
+        assert to_device or kind is runtime.cudaMemcpyKind.cudaMemcpyDeviceToHost, kind
+        resolve(destination if to_device else source, nbytes, device)
+        if not to_device:
+            ctypes.memset(destination, 0xFF, nbytes)
+
+        def copy() -> None:
+            resolve(destination if to_device else source, nbytes, device)
+            ctypes.memmove(destination, source, nbytes)
+
+        stream.enqueue(copy, "copy to the device" if to_device else "copy to the host")
+        return (_SUCCESS,)
+
+    def stream_synchronize(stream: Stream):
+        stream.synchronize()
+        STATE.log.append(("synchronize", stream.ptr))
+        return (_SUCCESS,)
+
+    runtime = _module(
+        "cuda.bindings.runtime",
+        cudaError_t=_CUDART_ERRORS,
+        cudaGetErrorName=lambda error: (_SUCCESS, error.name.encode()),
+        cudaGetDeviceCount=get_device_count,
+        cudaGetDevice=lambda: (_SUCCESS, _current_device()),
+        cudaSetDevice=set_device,
+        cudaStreamNonBlocking=1,
+        cudaStreamCreateWithFlags=stream_create_with_flags,
+        cudaStreamSynchronize=stream_synchronize,
+        cudaStreamDestroy=lambda stream: (_SUCCESS,),
+        cudaMalloc=malloc,
+        cudaFree=free,
+        cudaMemcpyKind=types.SimpleNamespace(
+            cudaMemcpyHostToDevice=_Enum("cudaMemcpyHostToDevice"),
+            cudaMemcpyDeviceToHost=_Enum("cudaMemcpyDeviceToHost"),
+        ),
+        cudaMemcpyAsync=memcpy_async,
+    )
+    return runtime
+
+
+CUDART = _cudart_module()
+CUDA_MODULES = {
+    "cuda": _module("cuda"),
+    "cuda.bindings": _module("cuda.bindings", runtime=CUDART),
+    "cuda.bindings.runtime": CUDART,
+}
+
+
 # -- installing them ---------------------------------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
 def installed(devices: int = 1, torch_absent: bool = True):
-    """The fakes in sys.modules (and ONNX Runtime's CUDA provider) while the block runs; torch looks absent to
+    """The fakes (CuPy, cuda-python's runtime, TensorRT) in sys.modules and ONNX Runtime's CUDA provider while the
+    block runs; torch looks absent to
     ``importlib.util.find_spec`` (what idm_rt asks) when ``torch_absent``."""
     import onnxruntime as ort
 
     STATE.reset(devices)
-    saved = {name: sys.modules.get(name) for name in [*CUPY_MODULES, "tensorrt", "array_api_compat.cupy"]}
+    names = [*CUPY_MODULES, *CUDA_MODULES, "tensorrt", "array_api_compat.cupy"]
+    saved = {name: sys.modules.get(name) for name in names}
     find_spec, providers, session = importlib.util.find_spec, ort.get_available_providers, ort.InferenceSession
     sys.modules.update(CUPY_MODULES)
+    sys.modules.update(CUDA_MODULES)
     sys.modules["tensorrt"] = TENSORRT
     if torch_absent:
         importlib.util.find_spec = _without_torch(find_spec)
@@ -689,8 +798,9 @@ def main_job() -> tuple[np.ndarray, dict]:
 
 def main(argv: list[str] | None = None) -> None:
     """ENGINES OUT: with torch unimportable, upscale images with the TensorRT runner (CUDA graphs on) and ONNX
-    Runtime on "cuda", both on fake CuPy arrays, and with ONNX Runtime on the CPU; OUT/images.npz holds the images,
-    OUT/report.json the torch modules imported and the import attempts."""
+    Runtime on "cuda", both on fake CuPy arrays, with the tensorrt_host runner (fake cuda-python, numpy arrays) and
+    with ONNX Runtime on the CPU; OUT/images.npz holds the images, OUT/report.json the torch modules imported and the
+    import attempts."""
     engines, out = (Path(a) for a in (argv or sys.argv[1:]))
     blocker = TorchBlocker()
     sys.meta_path.insert(0, blocker)
@@ -700,6 +810,7 @@ def main(argv: list[str] | None = None) -> None:
         image, kw = main_job()
         images = {
             "tensorrt": Upscaler.from_engines(engines, runner_options={"cuda_graph": True}).upscale(image, **kw),
+            "tensorrt_host": Upscaler.from_engines(engines, backend="tensorrt_host").upscale(image, **kw),
             "onnxruntime_cuda": Upscaler.from_engines(engines, "cuda", "onnxruntime").upscale(image, **kw),
             "onnxruntime_cpu": Upscaler.from_engines(engines, "cpu", "onnxruntime").upscale(image, **kw),
         }

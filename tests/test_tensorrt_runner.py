@@ -5,6 +5,7 @@ compared with ONNX Runtime's on the CPU, which runs the same graphs."""
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import json
 import shutil
@@ -18,8 +19,10 @@ import torch
 import idm_rt
 from idm_rt import Upscaler
 from idm_rt.backends import load_runner
-from idm_rt.backends.engine_dir import MANIFEST_NAME, graph_inputs, read_manifest
+from idm_rt.backends.engine_dir import MANIFEST_NAME, graph_inputs, graph_key, read_manifest
 from idm_rt.backends.onnxruntime import cuda_arrays
+from idm_rt.backends.tensorrt import TensorRTRunner
+from idm_rt.backends.tensorrt_host import TensorRTHostRunner
 from idm_rt.build import main
 from idm_rt.export import tensorrt_build
 from idm_rt.export.graphs import sample_inputs
@@ -228,13 +231,14 @@ def test_clear_errors_where_the_tensorrt_runner_cannot_run(built, tmp_path, monk
             importlib.util, "find_spec", lambda name, *a: None if name == "cupy" else find_spec(name, *a)
         )
         with pytest.raises(ImportError, match=r"the tensorrt backend needs torch or cupy: pip install 'idm-rt\[gpu\]'"):
-            load_runner(folder)
+            load_runner(folder, "tensorrt")  # (by default, tensorrt_host: see below)
 
 
 def test_the_gpu_path_runs_where_torch_cannot_be_imported(built, reference, tmp_path):
     """A process in which ``import torch`` fails (each attempt recorded) upscales with the TensorRT runner (CUDA
-    graphs on) and with ONNX Runtime on "cuda", on fake CuPy arrays, and on the CPU: the images of this process's
-    ONNX Runtime, no torch module loaded, no import of one tried."""
+    graphs on) and with ONNX Runtime on "cuda", on fake CuPy arrays, with the tensorrt_host runner (numpy arrays,
+    fake cuda-python), and on the CPU: the images of this process's ONNX Runtime, no torch module loaded, no import of
+    one tried."""
     run = subprocess.run(
         [sys.executable, "-m", "tests.fake_cuda", str(built[1]), str(tmp_path)],
         cwd=ROOT,
@@ -248,5 +252,139 @@ def test_the_gpu_path_runs_where_torch_cannot_be_imported(built, reference, tmp_
     images = np.load(tmp_path / "images.npz")
     image, kw = fake_cuda.main_job()
     want = Upscaler.from_engines(built[1], "cpu", "onnxruntime").upscale(image, **kw)
-    for name in ("tensorrt", "onnxruntime_cuda", "onnxruntime_cpu"):
+    for name in ("tensorrt", "tensorrt_host", "onnxruntime_cuda", "onnxruntime_cpu"):
         _close([images[name]], [want])
+
+
+# -- tensorrt_host: numpy arrays, device memory and the stream from cuda-python ------------------------------------
+
+
+def _host_runner(folder, **kw):
+    return load_runner(folder, "tensorrt_host", **kw)
+
+
+def test_tensorrt_host_runner_gives_onnx_runtimes_images_on_numpy_arrays(built, reference):
+    with installed() as state:
+        up = Upscaler.from_engines(built[1], backend="tensorrt_host")
+        assert isinstance(up.model, TensorRTHostRunner) and up.model.device == idm_rt.devices.Device("cuda", 0)
+        assert isinstance(up.model.asarray(np.zeros(2, np.float32)), np.ndarray)
+        _close(up.upscale(_images(), **KW), reference)
+        allocated = len(state.allocations)
+        _close(up.upscale(_images(), **KW), reference)
+        assert len(state.allocations) == allocated  # the buffers of the first call, reused
+
+
+def _buffer_bytes(runner, key: str) -> dict[str, int]:
+    """Bytes of device memory behind each tensor of graph ``key`` (the fake's record of cudaMalloc)."""
+    return {name: fake_cuda.STATE.allocations[address].nbytes for name, address in runner._graphs[key][1].items()}
+
+
+def test_tensorrt_host_buffers_are_sized_for_the_manifests_largest_tile_and_batch(built):
+    """Each graph's buffers, allocated on its first call, hold its largest input and output: for the U-Net, the
+    largest batch at the bucket's size (static graph) or at the largest bucket extents (dynamic graph), whatever the
+    size of the call that allocated them."""
+    model, folder = built
+    manifest = read_manifest(folder)
+    bucket = manifest.buckets[0]
+    with installed():
+        runner = _host_runner(folder)
+        key = graph_key("unet", bucket)
+        runner.run_graph(key, _unet_inputs(model, runner, 1))  # batch 1 of 1..2
+        sizes = _buffer_bytes(runner, key)
+        n = bucket.max_batch
+        assert sizes["x_t"] == sizes["eps"] == n * 3 * bucket.height * bucket.width * 4  # float32 RGB
+        assert sizes["g"] == n * 4
+        runner._prepared("unet_dynamic")
+        sizes = _buffer_bytes(runner, "unet_dynamic")
+        n = max(b.max_batch for b in manifest.buckets)
+        height, width = max(b.height for b in manifest.buckets), max(b.width for b in manifest.buckets)
+        assert sizes["x_t"] == sizes["eps"] == n * 3 * height * width * 4
+
+
+def test_tensorrt_host_copies_in_runs_copies_out_and_waits_on_one_stream(built, monkeypatch):
+    """A call queues its inputs' copies, the engine and its outputs' copies on the runner's stream, in that order, and
+    synchronises it before the outputs are read; without the wait they would be unwritten (NaN in the fake)."""
+    model, folder = built
+    key = "unet/32x32_b1-2"
+    with installed() as state:
+        runner = _host_runner(folder)
+        inputs = {k: v.get() for k, v in _unet_inputs(model, load_runner(folder), 2).items()}
+        want = load_runner(folder).run_graph(key, _unet_inputs(model, load_runner(folder), 2))[0].get()
+        state.log.clear()
+        got = runner.run_graph(key, inputs)[0]
+        assert isinstance(got, np.ndarray) and np.array_equal(got, want)
+        stream = int(runner._stream)
+        calls = [e for e in state.log if e[0] != "cudaMalloc"]
+        assert [e[0] for e in calls] == ["run"] * (len(inputs) + 2) + ["synchronize"]
+        assert [e[1] for e in calls[:-1]] == (["copy to the device"] * len(inputs) + [calls[len(inputs)][1]]
+                                              + ["copy to the host"])
+        assert calls[len(inputs)][1].endswith(" run") and {e[-1] for e in calls} == {stream}
+        monkeypatch.setattr(fake_cuda.CUDART, "cudaStreamSynchronize", lambda stream: (fake_cuda._SUCCESS,))
+        assert np.isnan(runner.run_graph(key, inputs)[0]).all()
+
+
+def test_tensorrt_host_names_shapes_outside_the_profile_before_copying(built):
+    model, folder = built
+    with installed() as state:
+        runner = _host_runner(folder)
+        inputs = {k: v.get() for k, v in _unet_inputs(model, load_runner(folder), 3).items()}
+        state.log.clear()
+        with pytest.raises(ValueError, match=r"unet/32x32_b1-2: input \w+ of shape \(3,[^)]*\) is outside what its "
+                                             r"engine was built for, \(1,[^)]*\) to \(2,[^)]*\)"):
+            runner.run_graph("unet/32x32_b1-2", inputs)
+        assert not [e for e in state.log if e[0] == "run"]
+
+
+def test_tensorrt_host_on_a_second_gpu_and_its_memory_freed_with_it(built, reference):
+    """cuda:1: engines, stream and memory on device 1 (the fake checks each address and stream against the current
+    device); the memory and stream freed when the runner is collected."""
+    with installed(devices=2) as state:
+        up = Upscaler.from_engines(built[1], "cuda:1", "tensorrt_host")
+        assert {e.device for e in up.model._engines.values()} == {1}
+        _close(up.upscale(_images()[2:3], **KW), reference[2:3])
+        assert state.allocations
+        del up
+        gc.collect()
+        assert state.allocations == {}
+
+
+def test_clear_errors_where_the_tensorrt_host_runner_cannot_run(built, monkeypatch):
+    _, folder = built
+    with installed() as state:
+        with pytest.raises(ValueError, match="the tensorrt_host backend runs on a CUDA device, not cpu"):
+            _host_runner(folder, device="cpu")
+        with pytest.raises(ValueError, match="there is no CUDA device cuda:3; the CUDA runtime finds 1"):
+            _host_runner(folder, device="cuda:3")
+        state.devices = 0
+        with pytest.raises(RuntimeError, match=r"needs a CUDA device, and the CUDA runtime finds none "
+                                               r"\(cudaErrorNoDevice\)"):
+            _host_runner(folder)
+        state.devices = 1
+        monkeypatch.setattr(fake_cuda.CUDART, "cudaMalloc", lambda n: (fake_cuda._CUDART_ERRORS.cudaErrorInvalidValue,
+                                                                      0))
+        runner = _host_runner(folder)
+        with pytest.raises(RuntimeError, match="CUDA cudaMalloc failed: cudaErrorInvalidValue"):
+            runner.run_graph("conditioner", {"cond": np.zeros((1, 3, 8, 8), np.float32),
+                                             "p": np.zeros(1, np.float32)})
+        find_spec = importlib.util.find_spec
+        for absent, message in (("cuda", r"needs cuda.bindings: pip install 'cuda-python>=12.8,<13'"),
+                                ("tensorrt", r"needs tensorrt: pip install 'idm-rt\[gpu\]'")):
+            monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, absent=absent: None if name.split(".")[
+                0] == absent else find_spec(name, *a))
+            monkeypatch.delitem(sys.modules, "cuda.bindings")  # (found in sys.modules before find_spec is asked)
+            with pytest.raises(ImportError, match=f"the tensorrt_host backend {message}"):
+                _host_runner(folder)
+            monkeypatch.undo()
+
+
+def test_a_tensorrt_directory_runs_on_tensorrt_host_by_default_without_torch_or_cupy(built, monkeypatch):
+    _, folder = built
+    with installed():
+        assert isinstance(load_runner(folder), TensorRTRunner)
+        find_spec = importlib.util.find_spec
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "cupy" else find_spec(name,
+                                                                                                                 *a))
+        assert isinstance(load_runner(folder), TensorRTHostRunner)
+        assert isinstance(load_runner(folder, "tensorrt_host"), TensorRTHostRunner)
+        with pytest.raises(ImportError, match="the tensorrt backend needs torch or cupy"):
+            load_runner(folder, "tensorrt")  # asked for by name: no fallback

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,7 @@ import numpy as np
 from ..arrays import Array
 from ..devices import Device
 from .base import EngineRunner
-from .engine_dir import artifact, graph_outputs
+from .engine_dir import Manifest, artifact, graph_outputs
 from .onnxruntime import cuda_arrays
 from .registry import BACKENDS, require
 
@@ -84,29 +85,13 @@ class TensorRTRunner(EngineRunner):
         if self.device.type != "cuda":
             raise ValueError(f"the tensorrt backend runs on a CUDA device, not {self.device}")
         require(BACKENDS[self.backend].needs, f"the {self.backend} backend")  # (constructed without the registry)
-        trt = import_tensorrt()
-        if self.manifest.backend != "tensorrt" or not self.manifest.complete:
-            raise ValueError(f"{folder} holds no TensorRT engines; build them with "
-                             f"`python -m idm_rt.build --backend tensorrt --out {folder}` on this machine")
-        built = self.manifest.identity.get("tensorrt")
-        if built != trt.__version__:
-            raise RuntimeError(f"engines in {folder} were built with TensorRT {built}, this is {trt.__version__}; "
-                               f"rebuild them with `python -m idm_rt.build --backend tensorrt --out {folder}`")
+        trt = self._trt = import_tensorrt()
+        check_directory(self.manifest, folder, trt)
         self._cuda = _cuda_library(self.device.index)
         self.device = Device("cuda", self._cuda.index)
-        self._trt = trt
-        self._dtypes = {trt.float32: "float32", trt.float16: "float16", trt.int64: "int64", trt.int32: "int32"}
-        self._logger = trt.Logger(trt.Logger.WARNING)  # kept with the runtime, which its engines need alive
         with self._cuda.on_device():  # engines, contexts and the stream belong to the device current when made
-            self._runtime = trt.Runtime(self._logger)
+            self._runtime, self._engines = deserialize(trt, self.folder, self.manifest)
             self._stream = self._cuda.new_stream()
-            self._engines = {}
-            for key, entry in self.manifest.graphs.items():
-                plan = artifact(self.folder, entry.engine, entry.engine_bytes).read_bytes()
-                engine = self._runtime.deserialize_cuda_engine(plan)
-                if engine is None:
-                    raise RuntimeError(f"TensorRT could not deserialize {entry.engine}; rebuild with --force")
-                self._engines[key] = engine
         self._contexts = {}  # created on first use: only the buckets (and modes) used hold activation memory
         self._cuda_graph = cuda_graph
         self._graphs: dict[tuple, tuple] = {}
@@ -121,26 +106,14 @@ class TensorRTRunner(EngineRunner):
         return self._cuda.on_device()
 
     def _new_context(self, key: str):
-        ctx = self._engines[key].create_execution_context()
-        if ctx is None:
-            raise RuntimeError(f"TensorRT could not create an execution context for {key} (out of GPU memory?)")
-        return ctx
+        return new_context(self._engines[key], key)
 
     def _io(self, key: str) -> tuple[list[str], list[str]]:
-        """Input names in the engine's order; output names in the exported graph's order, which is
-        the order run_graph returns (the engine's own order of I/O tensors is not specified)."""
-        engine = self._engines[key]
-        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-        inputs = [n for n in names if engine.get_tensor_mode(n) == self._trt.TensorIOMode.INPUT]
-        return inputs, graph_outputs(key.split("/")[0], self.config.levels)
+        return io_names(self._trt, self._engines[key], key, self.config.levels)
 
     def _dtype(self, key: str, name: str):
         """The array library's dtype of tensor ``name`` of engine ``key``."""
-        trt_dtype = self._engines[key].get_tensor_dtype(name)
-        if trt_dtype not in self._dtypes:
-            raise ValueError(f"{key}: tensor {name} is of TensorRT type {trt_dtype}, which this runner does not "
-                             "handle; rebuild the directory with this version of idm-rt")
-        return getattr(self._cuda.xp, self._dtypes[trt_dtype])
+        return getattr(self._cuda.xp, dtype_name(self._trt, self._engines[key], key, name))
 
     def _bind(self, ctx, key: str, inputs: dict[str, Array], own: bool) -> tuple[dict[str, Array], list[Array]]:
         """Inputs in the engine's dtypes, dense, at aligned addresses (in fresh buffers when ``own``: a captured graph
@@ -222,6 +195,58 @@ class TensorRTRunner(EngineRunner):
             self._graphs[gkey] = (graph, ctx, static_in, static_out)
 
         return run_and_capture, static_in, static_out
+
+
+def check_directory(manifest: Manifest, folder: str | os.PathLike, trt) -> None:
+    """ValueError where ``folder`` holds no complete TensorRT build; RuntimeError where another TensorRT version built
+    it (a plan runs only on the version that wrote it)."""
+    if manifest.backend != "tensorrt" or not manifest.complete:
+        raise ValueError(f"{folder} holds no TensorRT engines; build them with "
+                         f"`python -m idm_rt.build --backend tensorrt --out {folder}` on this machine")
+    built = manifest.identity.get("tensorrt")
+    if built != trt.__version__:
+        raise RuntimeError(f"engines in {folder} were built with TensorRT {built}, this is {trt.__version__}; "
+                           f"rebuild them with `python -m idm_rt.build --backend tensorrt --out {folder}`")
+
+
+def deserialize(trt, folder: Path, manifest: Manifest) -> tuple[tuple, dict[str, Any]]:
+    """((logger, runtime), engine of each graph key), deserialized on the current device; the caller keeps the
+    first as long as it uses the engines, which need both alive."""
+    logger = trt.Logger(trt.Logger.WARNING)
+    runtime = trt.Runtime(logger)
+    engines = {}
+    for key, entry in manifest.graphs.items():
+        plan = artifact(folder, entry.engine, entry.engine_bytes).read_bytes()
+        engines[key] = runtime.deserialize_cuda_engine(plan)
+        if engines[key] is None:
+            raise RuntimeError(f"TensorRT could not deserialize {entry.engine}; rebuild with --force")
+    return (logger, runtime), engines
+
+
+def new_context(engine, key: str):
+    """An execution context of ``engine`` (its activation memory allocated now)."""
+    ctx = engine.create_execution_context()
+    if ctx is None:
+        raise RuntimeError(f"TensorRT could not create an execution context for {key} (out of GPU memory?)")
+    return ctx
+
+
+def io_names(trt, engine, key: str, levels: int) -> tuple[list[str], list[str]]:
+    """Input names of graph ``key``'s engine in the engine's order; output names in the exported graph's order, which
+    is the order run_graph returns (the engine's own order of I/O tensors is not specified)."""
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+    return inputs, graph_outputs(key.split("/")[0], levels)
+
+
+def dtype_name(trt, engine, key: str, name: str) -> str:
+    """The dtype of tensor ``name`` of engine ``key``, as numpy and the Array API name it."""
+    dtypes = {trt.float32: "float32", trt.float16: "float16", trt.int64: "int64", trt.int32: "int32"}
+    trt_dtype = engine.get_tensor_dtype(name)
+    if trt_dtype not in dtypes:
+        raise ValueError(f"{key}: tensor {name} is of TensorRT type {trt_dtype}, which this runner does not "
+                         "handle; rebuild the directory with this version of idm-rt")
+    return dtypes[trt_dtype]
 
 
 def _address(a: Array) -> int | None:
