@@ -316,8 +316,9 @@ def test_tensorrt_host_copies_in_runs_copies_out_and_waits_on_one_stream(built, 
         stream = int(runner._stream)
         calls = [e for e in state.log if e[0] != "cudaMalloc"]
         assert [e[0] for e in calls] == ["run"] * (len(inputs) + 2) + ["synchronize"]
-        assert [e[1] for e in calls[:-1]] == (["copy to the device"] * len(inputs) + [calls[len(inputs)][1]]
-                                              + ["copy to the host"])
+        assert [e[1] for e in calls[:-1]] == (
+            ["copy to the device"] * len(inputs) + [calls[len(inputs)][1]] + ["copy to the host"]
+        )
         assert calls[len(inputs)][1].endswith(" run") and {e[-1] for e in calls} == {stream}
         monkeypatch.setattr(fake_cuda.CUDART, "cudaStreamSynchronize", lambda stream: (fake_cuda._SUCCESS,))
         assert np.isnan(runner.run_graph(key, inputs)[0]).all()
@@ -329,8 +330,11 @@ def test_tensorrt_host_names_shapes_outside_the_profile_before_copying(built):
         runner = _host_runner(folder)
         inputs = {k: v.get() for k, v in _unet_inputs(model, load_runner(folder), 3).items()}
         state.log.clear()
-        with pytest.raises(ValueError, match=r"unet/32x32_b1-2: input \w+ of shape \(3,[^)]*\) is outside what its "
-                                             r"engine was built for, \(1,[^)]*\) to \(2,[^)]*\)"):
+        with pytest.raises(
+            ValueError,
+            match=r"unet/32x32_b1-2: input \w+ of shape \(3,[^)]*\) is outside what its "
+            r"engine was built for, \(1,[^)]*\) to \(2,[^)]*\)",
+        ):
             runner.run_graph("unet/32x32_b1-2", inputs)
         assert not [e for e in state.log if e[0] == "run"]
 
@@ -356,22 +360,29 @@ def test_clear_errors_where_the_tensorrt_host_runner_cannot_run(built, monkeypat
         with pytest.raises(ValueError, match="there is no CUDA device cuda:3; the CUDA runtime finds 1"):
             _host_runner(folder, device="cuda:3")
         state.devices = 0
-        with pytest.raises(RuntimeError, match=r"needs a CUDA device, and the CUDA runtime finds none "
-                                               r"\(cudaErrorNoDevice\)"):
+        with pytest.raises(
+            RuntimeError,
+            match=r"needs a CUDA device, and the CUDA runtime finds none "
+            r"\(cudaErrorNoDevice\)",
+        ):
             _host_runner(folder)
         state.devices = 1
-        monkeypatch.setattr(fake_cuda.CUDART, "cudaMalloc", lambda n: (fake_cuda._CUDART_ERRORS.cudaErrorInvalidValue,
-                                                                      0))
+        monkeypatch.setattr(
+            fake_cuda.CUDART, "cudaMalloc", lambda n: (fake_cuda._CUDART_ERRORS.cudaErrorInvalidValue, 0)
+        )
         runner = _host_runner(folder)
         with pytest.raises(RuntimeError, match="CUDA cudaMalloc failed: cudaErrorInvalidValue"):
-            runner.run_graph("conditioner", {"cond": np.zeros((1, 3, 8, 8), np.float32),
-                                             "p": np.zeros(1, np.float32)})
+            runner.run_graph("conditioner", {"cond": np.zeros((1, 3, 8, 8), np.float32), "p": np.zeros(1, np.float32)})
         find_spec = importlib.util.find_spec
-        for absent, message in (("cuda", r"needs cuda.bindings: pip install 'cuda-python>=12.8,<13'"),
-                                ("tensorrt", r"needs tensorrt: pip install 'idm-rt\[gpu\]'")):
-            monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, absent=absent: None if name.split(".")[
-                0] == absent else find_spec(name, *a))
-            monkeypatch.delitem(sys.modules, "cuda.bindings")  # (found in sys.modules before find_spec is asked)
+        for absent, message in (
+            ("cuda", r"needs cuda.bindings: pip install 'cuda-python>=12.8,<13'"),
+            ("tensorrt", r"needs tensorrt: pip install 'idm-rt\[gpu\]'"),
+        ):
+            monkeypatch.setattr(
+                importlib.util,
+                "find_spec",
+                lambda name, *a, absent=absent: None if name.split(".")[0] == absent else find_spec(name, *a),
+            )
             with pytest.raises(ImportError, match=f"the tensorrt_host backend {message}"):
                 _host_runner(folder)
             monkeypatch.undo()
@@ -382,8 +393,9 @@ def test_a_tensorrt_directory_runs_on_tensorrt_host_by_default_without_torch_or_
     with installed():
         assert isinstance(load_runner(folder), TensorRTRunner)
         find_spec = importlib.util.find_spec
-        monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "cupy" else find_spec(name,
-                                                                                                                 *a))
+        monkeypatch.setattr(
+            importlib.util, "find_spec", lambda name, *a: None if name == "cupy" else find_spec(name, *a)
+        )
         assert isinstance(load_runner(folder), TensorRTHostRunner)
         assert isinstance(load_runner(folder, "tensorrt_host"), TensorRTHostRunner)
         with pytest.raises(ImportError, match="the tensorrt backend needs torch or cupy"):

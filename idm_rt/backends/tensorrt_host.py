@@ -60,9 +60,12 @@ class CudaRuntime:
 
     def device(self, index: int | None) -> int:
         """``index`` (None: the current device) checked against the devices the runtime finds, made current."""
-        error, count = self.rt.cudaGetDeviceCount()
-        if error != self.rt.cudaError_t.cudaSuccess or count == 0:
+        try:
+            error, count = self.rt.cudaGetDeviceCount()
             why = "" if error == self.rt.cudaError_t.cudaSuccess else f" ({self._name(error)})"
+        except RuntimeError as e:  # cuda-bindings 12.8 without a driver: "Failed to dlopen libcuda.so.1"
+            count, why = 0, f" ({e})"
+        if why or count == 0:
             raise RuntimeError(f"the tensorrt_host backend needs a CUDA device, and the CUDA runtime finds none{why}")
         if index is None:
             index = self("cudaGetDevice", self.rt.cudaGetDevice())
