@@ -303,7 +303,8 @@ def test_tensorrt_host_buffers_are_sized_for_the_manifests_largest_tile_and_batc
 
 def test_tensorrt_host_copies_in_runs_copies_out_and_waits_on_one_stream(built, monkeypatch):
     """A call queues its inputs' copies, the engine and its outputs' copies on the runner's stream, in that order, and
-    synchronises it before the outputs are read; without the wait they would be unwritten (NaN in the fake)."""
+    synchronises it before the outputs are read; without the wait they would be unwritten (NaN in the fake). A failed
+    launch still waits for the copies queued before it."""
     model, folder = built
     key = "unet/32x32_b1-2"
     with installed() as state:
@@ -322,6 +323,12 @@ def test_tensorrt_host_copies_in_runs_copies_out_and_waits_on_one_stream(built, 
         assert calls[len(inputs)][1].endswith(" run") and {e[-1] for e in calls} == {stream}
         monkeypatch.setattr(fake_cuda.CUDART, "cudaStreamSynchronize", lambda stream: (fake_cuda._SUCCESS,))
         assert np.isnan(runner.run_graph(key, inputs)[0]).all()
+        monkeypatch.undo()
+        ctx = runner._graphs[key][0]
+        monkeypatch.setattr(ctx, "execute_async_v3", lambda handle: False)
+        with pytest.raises(RuntimeError, match="TensorRT failed to run unet/32x32_b1-2"):
+            runner.run_graph(key, inputs)
+        assert state.log[-1] == ("synchronize", stream) and not runner._stream.pending  # the copies in done first
 
 
 def test_tensorrt_host_names_shapes_outside_the_profile_before_copying(built):

@@ -19,6 +19,7 @@ GPU in this project: tests/fake_cuda.py stands in for both on a CPU.
 from __future__ import annotations
 
 import os
+import threading
 import weakref
 
 import numpy as np
@@ -110,6 +111,7 @@ class TensorRTHostRunner(EngineRunner):
         self._stream = self._cuda("cudaStreamCreateWithFlags", rt.cudaStreamCreateWithFlags(rt.cudaStreamNonBlocking))
         self._graphs: dict[str, tuple] = {}  # key -> (context, buffers by tensor name), made on first use
         self._memory: list[int] = []  # every address allocated, freed with the runner
+        self._lock = threading.Lock()
         weakref.finalize(self, _release, self._cuda, self.device.index, self._stream, self._memory)
 
     def asarray(self, host: np.ndarray) -> np.ndarray:
@@ -144,6 +146,10 @@ class TensorRTHostRunner(EngineRunner):
         return address
 
     def run_graph(self, key: str, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        with self._lock:  # one call at a time: a graph's context and buffers are shared by its calls
+            return self._run(key, inputs)
+
+    def _run(self, key: str, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         cuda, engine = self._cuda, self._engines[key]
         cuda("cudaSetDevice", cuda.rt.cudaSetDevice(self.device.index))  # the current device is per host thread
         ctx, buffers = self._prepared(key)
@@ -158,16 +164,16 @@ class TensorRTHostRunner(EngineRunner):
                     f"for, {low} to {high}"
                 )
             typed.append(host)
-        for name, host in zip(names_in, typed):
-            cuda.copy(buffers[name], host.ctypes.data, host.nbytes, True, self._stream)
-        if not ctx.execute_async_v3(int(self._stream)):
-            raise RuntimeError(f"TensorRT failed to run {key}")
-        outputs = []
-        for name in names_out:
-            out = np.empty(tuple(ctx.get_tensor_shape(name)), dtype_name(self._trt, engine, key, name))
-            cuda.copy(out.ctypes.data, buffers[name], out.nbytes, False, self._stream)
-            outputs.append(out)
-        cuda("cudaStreamSynchronize", cuda.rt.cudaStreamSynchronize(self._stream))
+        outputs = [np.empty(tuple(ctx.get_tensor_shape(n)), dtype_name(self._trt, engine, key, n)) for n in names_out]
+        try:
+            for name, host in zip(names_in, typed):
+                cuda.copy(buffers[name], host.ctypes.data, host.nbytes, True, self._stream)
+            if not ctx.execute_async_v3(int(self._stream)):
+                raise RuntimeError(f"TensorRT failed to run {key}")
+            for name, out in zip(names_out, outputs):
+                cuda.copy(out.ctypes.data, buffers[name], out.nbytes, False, self._stream)
+        finally:  # also after a failure: nothing queued may outlive the host arrays it reads or writes
+            cuda("cudaStreamSynchronize", cuda.rt.cudaStreamSynchronize(self._stream))
         return [out.astype(np.float32, copy=False) for out in outputs]
 
 
