@@ -407,3 +407,26 @@ def test_a_tensorrt_directory_runs_on_tensorrt_host_by_default_without_torch_or_
         assert isinstance(load_runner(folder, "tensorrt_host"), TensorRTHostRunner)
         with pytest.raises(ImportError, match="the tensorrt backend needs torch or cupy"):
             load_runner(folder, "tensorrt")  # asked for by name: no fallback
+
+
+def test_the_upscale_command_runs_a_tensorrt_directory_without_torch_or_cupy(built, tmp_path, monkeypatch):
+    """``python -m idm_rt upscale IN -o OUT --engines DIR``, no --backend or --device, with neither torch nor CuPy: the
+    tensorrt_host runner on cuda, the PNG of ONNX Runtime's on the CPU within one level."""
+    from PIL import Image
+
+    from idm_rt.cli import main as cli
+
+    _, folder = built
+    Image.fromarray((fake_cuda.main_job()[0] * 255).round().astype(np.uint8)).save(tmp_path / "in.png")
+    common = [str(tmp_path / "in.png"), "--scale", "2", "--steps", "2", "--seed", "3", "--engines", str(folder)]
+    cpu = ["-o", str(tmp_path / "cpu.png"), "--backend", "onnxruntime", "--device", "cpu"]
+    assert cli(["upscale", *common, *cpu]) == 0
+    with installed() as state:
+        find_spec = importlib.util.find_spec
+        monkeypatch.setattr(
+            importlib.util, "find_spec", lambda name, *a: None if name == "cupy" else find_spec(name, *a)
+        )
+        assert cli(["upscale", *common, "-o", str(tmp_path / "gpu.png")]) == 0
+        assert any(e[0] == "cudaMalloc" for e in state.log)  # (the fake's cuda-python ran it)
+    got, want = (np.asarray(Image.open(tmp_path / f"{n}.png"), dtype=np.int16) for n in ("gpu", "cpu"))
+    assert got.shape == want.shape == (32, 48, 3) and np.abs(got - want).max() <= 1
