@@ -1,5 +1,6 @@
 """Stand-ins for the device calls of the GPU runtime, so that a CPU runs its code: a fake CuPy (``cupy``), a fake
-TensorRT (``tensorrt``) and ONNX Runtime's CUDA provider (IO binding on device memory), all over host memory.
+cuda-python runtime (``cuda.bindings.runtime``, :func:`_cudart_module`), a fake TensorRT (``tensorrt``) and ONNX
+Runtime's CUDA provider (IO binding on device memory), all over host memory.
 
 Fake CuPy: arrays live in "device memory", host allocations aligned as CuPy's pool aligns them and found by address
 while alive. Like CuPy, an array does not turn into a numpy array (``.get()`` copies it to the host), refuses numpy
