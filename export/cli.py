@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from idm_rt import upscaler
-from idm_rt.backends import BACKENDS, ENGINE_BACKENDS
+from idm_rt.backends import BACKENDS, BUILD_BACKENDS
 from idm_rt.backends.engine_dir import ENGINE_PRECISIONS
 from idm_rt.buckets import DEFAULT_TILES, RULE, parse_batch, parse_list, parse_size, plan_buckets, route
 from idm_rt.config import check_max_scale
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch", default="1", help="batch size N or range MIN,MAX of every bucket (default 1)")
     ap.add_argument(
         "--backend",
-        choices=ENGINE_BACKENDS,
+        choices=BUILD_BACKENDS,
         default="tensorrt",
         help="engines to build (default tensorrt; onnxruntime works on a CPU)",
     )

@@ -205,7 +205,7 @@ class Upscaler:
         require(chosen.build_needs, f"building {backend} engines")
         from .export.engines import build_engines  # the one call from the runtime into the export package
 
-        return build_engines(path, backend, precision, device)
+        return build_engines(path, chosen.builds, precision, device)
 
     @classmethod
     def from_engines(
@@ -219,8 +219,9 @@ class Upscaler:
         """Run an engine directory built by ``python -m idm_rt.build``.
 
         Args:
-            backend: "onnxruntime" or "tensorrt"; default: the one the directory was built for
-                (the ONNX graphs of a TensorRT directory also run with "onnxruntime").
+            backend: "onnxruntime", "tensorrt" or "tensorrt_host" (TensorRT's engines on numpy arrays, with
+                cuda-python; what a TensorRT directory runs on by default without torch or CuPy); default: the one
+                the directory was built for (the ONNX graphs of a TensorRT directory also run with "onnxruntime").
             device: default "cuda" for TensorRT, "cpu" for ONNX Runtime.
             runner_options: ``threads`` (onnxruntime, see :class:`~idm_rt.backends.onnxruntime.OnnxRuntimeRunner`)
                 or ``cuda_graph`` (tensorrt).

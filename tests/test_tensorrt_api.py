@@ -22,7 +22,8 @@ import pytest
 from idm_rt.backends import tensorrt as trt_backend
 
 ROOT = Path(__file__).resolve().parent.parent
-USERS = [ROOT / "idm_rt/backends/tensorrt.py", ROOT / "export/tensorrt_build.py"]
+USERS = [ROOT / f"{module}.py" for module in ("idm_rt/backends/tensorrt", "idm_rt/backends/tensorrt_host",
+                                                "export/tensorrt_build")]
 # The oldest and newest 10.x and the newest 11.x on the package index when this was written.
 VERSIONS = ["10.0.1", "10.16.1.11", "11.4.0.106"]
 # Everything the runner and the builder call, by owner, written from the TensorRT Python API documentation;
@@ -48,7 +49,8 @@ API = {
 }
 # Attribute names in those modules that TensorRT classes happen to have too, used there on other objects.
 NOT_TENSORRT = {"levels", "name", "shape", "dtype", "device", "index", "type", "split", "get", "items", "engine",
-                "exists", "read_bytes", "write_bytes", "config", "backend", "append", "clone", "node"}
+                "exists", "read_bytes", "write_bytes", "config", "backend", "append", "clone", "node",
+                "itemsize", "nbytes", "data", "update"}  # (numpy's arrays, dtypes and ctypes; dicts)
 
 CHECK = r"""
 import json, sys

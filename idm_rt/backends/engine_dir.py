@@ -24,7 +24,7 @@ from typing import Any
 from ..buckets import Bucket
 from ..config import IDMConfig, check_max_scale
 from ..sampling import SamplingSettings, presets_from_dict
-from .registry import BACKENDS, ENGINE_BACKENDS
+from .registry import BACKENDS, BUILD_BACKENDS, ENGINE_BACKENDS
 
 MANIFEST_NAME = "manifest.json"
 # 2: one conditioner and one dynamic U-Net graph for every size, no padding; 3: the encoder's HR part
@@ -184,8 +184,8 @@ class Manifest:
                 raise ValueError(f"its {name} must be a JSON {_JSON_NAMES[kind]}, got {d[name]!r}")
         if not isinstance(d["opset"], int) or isinstance(d["opset"], bool):
             raise ValueError(f"its opset must be an integer, got {d['opset']!r}")
-        if d["backend"] not in ENGINE_BACKENDS:
-            raise ValueError(f"its backend must be one of {ENGINE_BACKENDS}, got {d['backend']!r}")
+        if d["backend"] not in BUILD_BACKENDS:
+            raise ValueError(f"its backend must be one of {BUILD_BACKENDS}, got {d['backend']!r}")
         if d["precision"] not in BACKENDS[d["backend"]].precisions:
             raise ValueError(f"its precision must be one of {BACKENDS[d['backend']].precisions} for "
                              f"{d['backend']}, got {d['precision']!r}")

@@ -26,8 +26,10 @@ class Backend:
         tiles: ``module:function(model, size, max_memory)`` picking the tile side of an output (None: untiled).
         device_check: ``module:function(device_type)`` raising where this machine cannot run it there.
         runner: ``module:attribute`` of its runner class (engines), imported when used.
-        needs: the modules it needs to run, said in one line when missing.
+        needs: the modules it needs to run, said in one line when missing; a tuple of names is met by any one of
+            them (see :func:`require`).
         build_needs: the modules building its engines needs (with torch, for the export).
+        engines_of: the backend whose engine directories it runs, where not its own (it builds none of its own).
     """
 
     name: str
@@ -40,8 +42,14 @@ class Backend:
     replays: bool = False
     runner: str = ""
     device_check: str = ""
-    needs: tuple[str, ...] = ()
+    needs: tuple[str | tuple[str, ...], ...] = ()
     build_needs: tuple[str, ...] = ()
+    engines_of: str = ""
+
+    @property
+    def builds(self) -> str:
+        """The backend whose engines it runs, and so whose engines a build for it makes."""
+        return self.engines_of or self.name
 
     @property
     def gpu(self) -> bool:
@@ -67,6 +75,11 @@ class Backend:
         """The tile side this backend picks for an output of ``size`` (H, W) within ``max_memory`` (None: untiled)."""
         return _attribute(self.tiles)(model, size, max_memory)
 
+    @property
+    def installed(self) -> bool:
+        """Every module it needs to run is installed."""
+        return first_missing(self.needs) is None
+
     def runner_class(self) -> Any:
         """The runner class (ImportError naming what to install when a module is missing)."""
         require(self.needs, f"the {self.name} backend")
@@ -89,15 +102,24 @@ BACKENDS: dict[str, Backend] = {
                            build_needs=("torch", "onnx", "onnxruntime")),
     "tensorrt": Backend("tensorrt", "cuda", ("cuda",), ("fp16", "fp32"), engine=True,
                         tiles="idm_rt.backends.base:bucket_tile", runner="idm_rt.backends.tensorrt:TensorRTRunner",
-                        needs=("tensorrt",), build_needs=("torch", "onnx")),  # (export.tensorrt_build says the rest)
+                        needs=("tensorrt", ("torch", "cupy")),  # CUDA arrays: torch's where installed, else CuPy's
+                        build_needs=("torch", "onnx")),  # (export.tensorrt_build says the rest)
+    # TensorRT's engines with the loop's arrays on the host: the lightest GPU install, no torch or CuPy
+    "tensorrt_host": Backend("tensorrt_host", "cuda", ("cuda",), ("fp16", "fp32"), engine=True,
+                             tiles="idm_rt.backends.base:bucket_tile",
+                             runner="idm_rt.backends.tensorrt_host:TensorRTHostRunner",
+                             needs=("tensorrt", "cuda.bindings"), build_needs=("torch", "onnx"),
+                             engines_of="tensorrt"),
 }
-ENGINE_BACKENDS = tuple(name for name, b in BACKENDS.items() if b.engine)
+ENGINE_BACKENDS = tuple(name for name, b in BACKENDS.items() if b.engine)  # what runs engine directories
+BUILD_BACKENDS = tuple(name for name in ENGINE_BACKENDS if BACKENDS[name].builds == name)  # what a build makes
 
 INSTALL = {"torch": "pip install 'idm-rt[torch]' (the torch backend, engine builds and training need it)",
            "onnxruntime": "pip install onnxruntime (or onnxruntime-gpu)",
            "onnx": "pip install 'idm-rt[torch]'",
            "tensorrt": "pip install 'idm-rt[gpu]' (TensorRT 10.x or 11.x, on a machine with an NVIDIA GPU)",
-           "cupy": "pip install 'idm-rt[gpu]'"}
+           "cupy": "pip install 'idm-rt[gpu]' (CuPy, for CUDA arrays without torch)",
+           "cuda.bindings": "pip install 'cuda-python>=12.8,<13' (or 'idm-rt[gpu]')"}
 
 
 def backend(name: str) -> Backend:
@@ -107,8 +129,28 @@ def backend(name: str) -> Backend:
     return BACKENDS[name]
 
 
-def require(modules: tuple[str, ...], what: str) -> None:
-    """ImportError in one line, naming the first of ``modules`` that is not installed and how to install it."""
-    for module in modules:
-        if importlib.util.find_spec(module) is None:
-            raise ImportError(f"{what} needs {module}: {INSTALL.get(module, f'pip install {module}')}")
+def require(modules: tuple[str | tuple[str, ...], ...], what: str) -> None:
+    """ImportError in one line, naming the first of ``modules`` that is not installed and how to install it. A tuple
+    of names is met by any one of them; its hint is its last name's (list the lightest install last)."""
+    choices = first_missing(modules)
+    if choices is not None:
+        hint = INSTALL.get(choices[-1], f"pip install {choices[-1]}")
+        raise ImportError(f"{what} needs {' or '.join(choices)}: {hint}")
+
+
+def first_missing(modules: tuple[str | tuple[str, ...], ...]) -> tuple[str, ...] | None:
+    """The first of ``modules`` (a name, or a tuple of names any one of which will do) not installed, as a tuple;
+    None when all are."""
+    for need in modules:
+        choices = (need,) if isinstance(need, str) else need
+        if not any(installed(module) for module in choices):
+            return choices
+    return None
+
+
+def installed(module: str) -> bool:
+    """``module`` can be imported (a dotted name whose parent package is absent is not)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
