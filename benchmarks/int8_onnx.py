@@ -46,6 +46,7 @@ import numpy as np
 import onnx
 import torch
 
+from idm_rt import DEFAULT_MODEL
 from idm_rt.backends import load_runner
 from idm_rt.backends.engine_dir import graph_key, read_manifest
 from idm_rt.buckets import Bucket
@@ -57,7 +58,6 @@ from idm_rt.fileio import atomic_write
 from idm_rt.sampling import SamplingSettings
 from idm_rt.training.evaluate import evaluate, large_enough, load_images
 from idm_rt.training.metrics import psnr_y
-from idm_rt.upscaler import DEFAULT_MODEL
 
 from .common import ORT_SETTLE_S, add_replace_argument, interleaved, machine, results_dir
 from .latency_onnx import _session, summarise

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from idm_rt.upscaler import DEFAULT_MODEL
+from idm_rt import DEFAULT_MODEL
 
 from .common import add_replace_argument, machine, results_dir, write
 

@@ -12,7 +12,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from idm_rt import upscaler
+import idm_rt
 from idm_rt.backends import BACKENDS, BUILD_BACKENDS
 from idm_rt.backends.engine_dir import ENGINE_PRECISIONS
 from idm_rt.buckets import DEFAULT_TILES, RULE, parse_batch, parse_list, parse_size, plan_buckets, route
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             "convolution algorithms, and the transforms lose too much in float16)"
         )
     conv = args.conv if args.conv != "auto" else auto_conv(args.backend, args.precision)
-    model_path = Path(args.model) if args.model else upscaler.DEFAULT_MODEL
+    model_path = Path(args.model) if args.model else idm_rt.DEFAULT_MODEL
     if not model_path.exists():
         hint = "this build of idm-rt has no bundled default model yet; " if not args.model else ""
         print(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from idm_rt import upscaler
+import idm_rt
 from idm_rt.buckets import DEFAULT_TILES, plan_buckets
 
 
@@ -42,9 +42,14 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "idm_rt"
 
 
-def build_engines(model_path: str | os.PathLike | None, backend: str, precision: str,
-                  device: str | torch.device = "cpu", out: str | os.PathLike | None = None,
-                  tiles: Sequence[int] = DEFAULT_TILES) -> Path:
+def build_engines(
+    model_path: str | os.PathLike | None,
+    backend: str,
+    precision: str,
+    device: str | torch.device = "cpu",
+    out: str | os.PathLike | None = None,
+    tiles: Sequence[int] = DEFAULT_TILES,
+) -> Path:
     """Build (or reuse, as the manifest allows) the engine directory of a model with the default
     buckets, as ``python -m idm_rt.build`` would, for ``device`` (TensorRT builds on it), and
     return it; progress goes to stderr.
@@ -59,10 +64,13 @@ def build_engines(model_path: str | os.PathLike | None, backend: str, precision:
 
     missing = tensorrt_build.missing_requirements() if backend == "tensorrt" else []
     if missing:
-        raise RuntimeError("backend='tensorrt' builds its engines on the machine that runs them, and this one lacks "
-                           + "; ".join(missing) + ". Use backend='onnxruntime', or build there with "
-                           "python -m idm_rt.build --backend tensorrt")
-    model_path = Path(model_path) if model_path is not None else upscaler.DEFAULT_MODEL
+        raise RuntimeError(
+            "backend='tensorrt' builds its engines on the machine that runs them, and this one lacks "
+            + "; ".join(missing)
+            + ". Use backend='onnxruntime', or build there with "
+            "python -m idm_rt.build --backend tensorrt"
+        )
+    model_path = Path(model_path) if model_path is not None else idm_rt.DEFAULT_MODEL
     device = torch.device(str(device))
     conv = auto_conv(backend, precision, device.type)
     if out is None:

@@ -1,5 +1,5 @@
 """``python -m idm_rt.export.package``: the bundled model's ONNX graphs, shipped in the package so that an install
-without torch runs the bundled model with ONNX Runtime (``idm_rt.upscaler.DEFAULT_ENGINES``).
+without torch runs the bundled model with ONNX Runtime (``idm_rt.DEFAULT_ENGINES``).
 
 An ONNX Runtime fp32 build of the bundled model with the U-Net in dynamic sizes only (``--no-static``, direct
 convolutions: the static Winograd graph alone is 47 MB), of which only the plain ONNX graphs are kept (ONNX Runtime
@@ -15,9 +15,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from idm_rt import DEFAULT_ENGINES, DEFAULT_MODEL
 from idm_rt.backends.engine_dir import MANIFEST_NAME, read_manifest
 from idm_rt.buckets import Bucket
-from idm_rt.upscaler import DEFAULT_ENGINES, DEFAULT_MODEL
 
 from .builder import BuildOptions, build
 
@@ -28,8 +28,16 @@ def package(model: Path = DEFAULT_MODEL, target: Path = DEFAULT_ENGINES) -> Path
         raise FileExistsError(f"{target} exists and is not an engine directory; move it away (it was left alone)")
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
         out = Path(tmp) / "engines"
-        options = BuildOptions(model, out, "fp32", "onnxruntime", [Bucket(256, 256)], conv="direct", static=False,
-                               command="python -m idm_rt.export.package")
+        options = BuildOptions(
+            model,
+            out,
+            "fp32",
+            "onnxruntime",
+            [Bucket(256, 256)],
+            conv="direct",
+            static=False,
+            command="python -m idm_rt.export.package",
+        )
         if build(options, log=lambda msg: print(msg, file=sys.stderr)) != 0:
             raise RuntimeError("the build failed")
         manifest = json.loads((out / MANIFEST_NAME).read_text())

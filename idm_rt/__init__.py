@@ -14,15 +14,32 @@ from .memory import configure_allocator
 from .model import Conditioning
 from .sampling import SamplingSettings
 from .threads import configure_threads
-from .upscaler import Upscaler
+from .upscaler import DEFAULT_ENGINES, DEFAULT_MODEL, Upscaler
 
-__all__ = ["Upscaler", "SamplingSettings", "IDM", "IDMConfig", "Conditioning", "CheckpointMismatch", "load_model",
-           "save_model", "preset", "configure_threads", "configure_allocator"]
+__all__ = [
+    "Upscaler",
+    "DEFAULT_MODEL",
+    "DEFAULT_ENGINES",
+    "SamplingSettings",
+    "IDM",
+    "IDMConfig",
+    "Conditioning",
+    "CheckpointMismatch",
+    "load_model",
+    "save_model",
+    "preset",
+    "configure_threads",
+    "configure_allocator",
+]
 __version__ = "0.1.0"
 
 # The torch network and its checkpoints load when first asked for: engines run without torch installed.
-_WITH_TORCH = {"IDM": ".model", "CheckpointMismatch": ".checkpoints", "load_model": ".checkpoints",
-               "save_model": ".checkpoints"}
+_WITH_TORCH = {
+    "IDM": ".model",
+    "CheckpointMismatch": ".checkpoints",
+    "load_model": ".checkpoints",
+    "save_model": ".checkpoints",
+}
 
 
 def __getattr__(name: str):

@@ -17,8 +17,7 @@ from pathlib import Path
 import torch
 
 import idm_rt
-from idm_rt import sampling
-from idm_rt.upscaler import DEFAULT_MODEL
+from idm_rt import DEFAULT_MODEL, sampling
 
 MAX_BYTES = 25 * 1024 * 1024
 
@@ -79,8 +78,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     run = args.checkpoint.parent.parent
     seconds = training_time(run, batch)
-    prov.update({"weights": "EMA", "source_checkpoint": args.checkpoint.name, "note": args.note,
-                 "training_seconds_estimate": seconds, "images_seen_per_process": batch * step})
+    prov.update(
+        {
+            "weights": "EMA",
+            "source_checkpoint": args.checkpoint.name,
+            "note": args.note,
+            "training_seconds_estimate": seconds,
+            "images_seen_per_process": batch * step,
+        }
+    )
     staging = args.out.with_name(f".{args.out.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
     try:
