@@ -29,7 +29,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from ray import serve
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.exceptions import NodeDiedError, ObjectLostError, RayActorError, WorkerCrashedError
 
 from .http_api import Frontend, Job, Limits, Result, Worker
 from .memory import configure_allocator
@@ -37,7 +37,12 @@ from .options import OPTIONS
 from .upscaler import DEFAULT_MODEL, Upscaler
 
 APP_NAME = "idm_rt"
-RETRIES = 2  # times a request is sent again after the worker running it died
+RETRIES = 3  # times a request is sent again after the worker running it died
+# Seconds before the n-th resend, times n: time for Serve to mark a dead replica so that the resend goes elsewhere.
+RETRY_WAIT_S = 1.0
+# What a request meets when the worker running it, or its node, went away (not a fault of the request): the actor
+# died or is unreachable, its process crashed, its node died, or the result was lost with the node's object store.
+WORKER_LOST = (RayActorError, WorkerCrashedError, NodeDiedError, ObjectLostError)
 logger = logging.getLogger("ray.serve")
 
 
@@ -127,13 +132,14 @@ class HttpFrontend(Frontend):
             except asyncio.CancelledError:
                 response.cancel()
                 raise
-            except (ActorDiedError, ActorUnavailableError, RayActorError) as e:
+            except WORKER_LOST as e:
                 if attempt == RETRIES or time.time() > job.deadline:
                     logger.error("a worker died running request %s: %s", job.id, e.__class__.__name__)
                     return e
                 self.stats["retried"] += 1
                 logger.warning("a worker died running request %s (%s); sending it again", job.id,
                                e.__class__.__name__)
+                await asyncio.sleep(RETRY_WAIT_S * (attempt + 1))
         raise AssertionError("unreachable")
 
 
