@@ -25,7 +25,7 @@ MARGINS = {2: (3.0, 2.7), 4: (2.2, 2.1), 8: (1.3, None)}
 
 @pytest.fixture(scope="module")
 def default_upscaler():
-    if not (idm_rt.upscaler.DEFAULT_MODEL / "model.safetensors").exists():
+    if not (idm_rt.DEFAULT_MODEL / "model.safetensors").exists():
         pytest.skip("no bundled default model in this build")
     return idm_rt.Upscaler.from_pretrained()
 
@@ -66,7 +66,7 @@ def test_the_network_alone_is_above_bicubic(default_upscaler, scale):
 
 
 def test_the_readmes_low_level_calls_run_the_bundled_model(default_upscaler):
-    model = idm_rt.load_model(idm_rt.upscaler.DEFAULT_MODEL)
+    model = idm_rt.load_model(idm_rt.DEFAULT_MODEL)
     assert model.recommended == default_upscaler.sampling
     lr = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1  # images in [-1, 1]
     with torch.no_grad():
