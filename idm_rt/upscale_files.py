@@ -45,7 +45,8 @@ def _load_upscaler(args: argparse.Namespace, runner_options: dict | None) -> Ups
                                         max_pixels=args.max_pixels, precision=args.precision,
                                         max_scale=args.max_scale, max_memory=getattr(args, "max_memory", None),
                                         runner_options=runner_options)
-    return Upscaler.from_pretrained(args.model, device=args.device or "cpu", max_pixels=args.max_pixels,
+    return Upscaler.from_pretrained(args.model, device=args.device or "cpu", backend=args.backend,
+                                    max_pixels=args.max_pixels,
                                     precision=args.precision or "fp32", max_scale=args.max_scale,
                                     max_memory=getattr(args, "max_memory", None))
 

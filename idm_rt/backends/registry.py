@@ -107,8 +107,18 @@ def backend(name: str) -> Backend:
     return BACKENDS[name]
 
 
-def require(modules: tuple[str, ...], what: str) -> None:
-    """ImportError in one line, naming the first of ``modules`` that is not installed and how to install it."""
+def default_backend() -> str:
+    """The backend a model runs on unless told: "torch" where torch is installed, else "onnxruntime" (the bundled
+    model's shipped graphs, or engines built elsewhere)."""
+    return "torch" if importlib.util.find_spec("torch") is not None else "onnxruntime"
+
+
+def require(modules: tuple[str, ...], what: str, package: str | None = None) -> None:
+    """ImportError in one line, naming the first of ``modules`` that is not installed and how to install it.
+
+    ``package``: the package whose import this check guards (``idm_rt.training``); the error then carries its name,
+    as for a package that is missing, so that ``python -m`` of a module inside prints the message in one line
+    instead of a traceback."""
     for module in modules:
         if importlib.util.find_spec(module) is None:
-            raise ImportError(f"{what} needs {module}: {INSTALL.get(module, f'pip install {module}')}")
+            raise ImportError(f"{what} needs {module}: {INSTALL.get(module, f'pip install {module}')}", name=package)
