@@ -11,6 +11,7 @@ has another size (an interrupted copy), or ``--force`` is given.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import shlex
@@ -36,6 +37,7 @@ from idm_rt.backends.engine_dir import (
 from idm_rt.backends.tensorrt import PIP_REQUIREMENT
 from idm_rt.buckets import Bucket, tile_side
 from idm_rt.checkpoints import is_project, load_model, model_hash
+from idm_rt.cost import stage_flops
 from idm_rt.fileio import atomic_write
 from idm_rt.model import IDM
 
@@ -240,7 +242,8 @@ def _build(model: IDM, options: BuildOptions, log: Callable[[str], None]) -> int
                         backend=options.backend, opset=OPSET, buckets=options.buckets, graphs={}, identity=ident,
                         build_flags=flags, static=options.static,
                         defaults=model.recommended.to_dict() if model.recommended else {},
-                        presets={name: s.to_dict() for name, s in model.presets.items()})
+                        presets={name: s.to_dict() for name, s in model.presets.items()},
+                        stage_flops=dataclasses.asdict(stage_flops(model.config)))
     writer = _Writer(folder, manifest, old_files, log)
     specs = graph_specs(options.buckets, options.static)
     for i, (kind, bucket) in enumerate(specs, 1):
@@ -309,6 +312,14 @@ def graph_precision(precision: str, kind: str) -> str:
     return "fp32"
 
 
+def onnx_key(mhash: str, kind: str, bucket: Bucket | None, precision: str, *conv_and_calibration) -> str:
+    """The key of graph ``kind`` exported from the model of hash ``mhash``: the model, the graph, its bucket and
+    precision, the opset and :data:`EXPORT_VERSION` (and, when they apply, the Winograd transform's version and the
+    int8 calibration)."""
+    return digest(mhash, kind, bucket.to_dict() if bucket else None, precision, OPSET, EXPORT_VERSION,
+                  *conv_and_calibration)
+
+
 def _onnx_stage(model: IDM, mhash: str, kind: str, bucket: Bucket | None, options: BuildOptions,
                 old: Manifest | None, label: str, writer: _Writer,
                 calibration: quantize.Calibration | None = None) -> GraphEntry:
@@ -320,11 +331,10 @@ def _onnx_stage(model: IDM, mhash: str, kind: str, bucket: Bucket | None, option
     winograd_key = [conv, winograd.VERSION] if conv == "winograd" else []  # direct graphs keep their old keys
     sampling = model.recommended.to_dict() if model.recommended else None  # what calibration samples with
     int8_key = [calibration.key(), sampling] if precision == "int8" else []
-    onnx_key = digest(mhash, kind, bucket.to_dict() if bucket else None, precision, OPSET, EXPORT_VERSION,
-                      *winograd_key, *int8_key)
+    key_of_onnx = onnx_key(mhash, kind, bucket, precision, *winograd_key, *int8_key)
     prev = old.graphs.get(key) if old else None
     path = options.out / rel
-    if reusable(options.out, prev and prev.onnx, prev and prev.onnx_bytes, prev and prev.onnx_key, onnx_key,
+    if reusable(options.out, prev and prev.onnx, prev and prev.onnx_bytes, prev and prev.onnx_key, key_of_onnx,
                 options.force):
         writer.log(f"{label}: ONNX {precision} reused")
     elif precision == "int8":
@@ -342,7 +352,7 @@ def _onnx_stage(model: IDM, mhash: str, kind: str, bucket: Bucket | None, option
     problems = check_graph(path, OPSET)
     if problems:
         raise BuildError(f"{rel} fails the ONNX/TensorRT operator check:\n  " + "\n  ".join(problems))
-    return GraphEntry(onnx=rel, precision=precision, onnx_key=onnx_key, onnx_bytes=path.stat().st_size)
+    return GraphEntry(onnx=rel, precision=precision, onnx_key=key_of_onnx, onnx_bytes=path.stat().st_size)
 
 
 def _engine_stage(entry: GraphEntry, kind: str, bucket: Bucket | None, options: BuildOptions, ident: dict,

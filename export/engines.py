@@ -16,17 +16,13 @@ from pathlib import Path
 import torch
 
 import idm_rt
+from idm_rt.backends.registry import BACKENDS, require
 from idm_rt.buckets import DEFAULT_TILES, plan_buckets
 
 
 def require_packages(backend: str) -> None:
-    """ImportError naming the pip extra when the packages a build needs are missing."""
-    import importlib.util
-
-    needed = ["onnx"] + (["onnxruntime"] if backend == "onnxruntime" else [])
-    missing = [name for name in needed if importlib.util.find_spec(name) is None]
-    if missing:
-        raise ImportError(f"building engines needs {' and '.join(missing)}: pip install 'idm-rt[onnx]'")
+    """ImportError naming the package a build for ``backend`` needs and how to install it, when one is missing."""
+    require(BACKENDS[backend].build_needs, f"building {backend} engines")
 
 
 def auto_conv(backend: str, precision: str, device: str = "cpu") -> str:

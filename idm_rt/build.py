@@ -7,7 +7,13 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .export.cli import main as build
+    try:
+        from .export.cli import main as build
+    except ImportError as e:
+        if e.name != f"{__package__}.export":  # not the export package's own check (torch, onnx)
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
     return build(argv)
 

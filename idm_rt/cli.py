@@ -9,6 +9,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from . import sampling
+from .backends.engine_dir import read_manifest
 from .file_jobs import check_writable, plan_jobs
 from .memory import configure_allocator
 from .options import OPTIONS, add_arguments
@@ -72,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="an engine directory built by python -m idm_rt.build, run with its backend "
                           "(ONNX Runtime or TensorRT) instead of torch")
     up.add_argument("--backend", choices=("torch", *BACKENDS),
-                    help="torch (default); onnxruntime or tensorrt run engines, built for --model on first use "
+                    help="torch (default where torch is installed; else onnxruntime, the bundled model's shipped "
+                         "graphs); onnxruntime or tensorrt run engines, built for --model on first use "
                          "into ~/.cache/idm_rt ($IDM_RT_CACHE) and reused after; with --engines, default: the "
                          "directory's own")
     up.add_argument("--max-scale", type=float, metavar="M",
@@ -96,10 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
                                     "format=png|webp|jpeg) with the image file as the body, GET /v1/model and "
                                     "GET /healthz, with Ray Serve: replicas, requests batched across clients. Needs "
                                     "the serve extra: pip install 'idm-rt[serve]'.")
-    sv.add_argument("--model", help="checkpoint, model folder, or engine directory with --backend (default: the "
-                                    "bundled model)")
-    sv.add_argument("--backend", choices=("torch", *BACKENDS), default="torch",
-                    help="torch (default); onnxruntime or tensorrt run engines, built for --model on first use")
+    sv_src = sv.add_mutually_exclusive_group()
+    sv_src.add_argument("--model", help="checkpoint, model folder, or engine directory with --backend (default: the "
+                                        "bundled model)")
+    sv_src.add_argument("--engines", metavar="DIR", help="an engine directory, served with its backend (or --backend)")
+    sv.add_argument("--backend", choices=("torch", *BACKENDS),
+                    help="torch (default where torch is installed; else onnxruntime); onnxruntime or tensorrt run "
+                         "engines: --model an engine directory, or a model they are built for on first use")
     sv.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cpu; cuda for tensorrt)")
     add_arguments(sv, "replicas", "replica_cpus", "replica_gpus", "max_batch", "batch_wait_ms")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
@@ -175,6 +180,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError:
         print("error: serving needs Ray Serve: pip install 'idm-rt[serve]'", file=sys.stderr)
         return 1
+    if args.engines:  # the directory as --model, with its own backend unless told
+        try:
+            args.backend = args.backend or read_manifest(args.engines).backend
+        except (FileNotFoundError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        if args.backend == "torch":
+            print("error: --engines runs engines; --backend torch is for --model", file=sys.stderr)
+            return 1
+        args.model = args.engines
     if args.model and not Path(args.model).exists():  # said now rather than by each replica
         print(f"error: no checkpoint at {args.model}", file=sys.stderr)
         return 1
@@ -189,6 +204,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    from .backends.registry import require
+
+    try:
+        require(("torch", "safetensors"), "python -m idm_rt convert")
+    except ImportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     import torch
 
     from .checkpoints import CheckpointMismatch, load_model, model_hash, save_model

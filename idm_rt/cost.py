@@ -2,20 +2,21 @@
 calls and the tiling, so that a service admits a request by the work it asks for, not by its pixels alone (a 1.1x
 upscale of a large photo costs its encoder far more than its U-Net calls).
 
-The FLOPs per pixel of each stage are counted once per network shape on the meta device (no memory, no
+The FLOPs per pixel of each stage are counted once per network shape with torch on the meta device (no memory, no
 weights): the encoder's body per LR pixel it computes (its tiles' halos included), its HR part per output pixel,
 the conditioning per pixel of every tile, and one U-Net call per pixel of every tile, ``a + b * area`` (the
 self-attention's share grows with the tile, :func:`idm_rt.tile_size.cost_per_pixel`). Back-projection and the
-sampler's arithmetic cost a few FLOPs per pixel and are left out.
+sampler's arithmetic cost a few FLOPs per pixel and are left out. An engine build records the counts in its
+manifest, so that engines estimate without torch (:func:`flops_of`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 from dataclasses import dataclass
-
-import torch
-from torch.utils.flop_counter import FlopCounterMode
+from typing import Any
 
 from .config import IDMConfig
 from .tiling import TilePlan
@@ -32,6 +33,18 @@ class StageFlops:
     condition: float  # conditioning, per pixel of each tile
     unet: float  # one U-Net call, per pixel of each tile ...
     unet_area: float  # ... plus this times the tile's area
+
+    @classmethod
+    def from_dict(cls, d: Any) -> StageFlops:
+        """The costs a manifest or a worker's sheet records; ValueError naming what is wrong with them."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        if not isinstance(d, dict) or sorted(d) != sorted(names):
+            raise ValueError(f"stage FLOPs must be an object of {', '.join(names)}, got {d!r}")
+        bad = [k for k, v in d.items() if isinstance(v, bool) or not isinstance(v, (int, float))
+               or not math.isfinite(v) or v < 0]
+        if bad:
+            raise ValueError(f"stage FLOPs {', '.join(bad)} must be finite numbers >= 0, got {d!r}")
+        return cls(**{k: float(v) for k, v in d.items()})
 
     def total(self, lr_size: tuple[int, int], size: tuple[int, int], calls: int, tile: int | None = None,
               multiple: int = 8, feature_tile: int = 0, radius: int = 0) -> float:
@@ -53,9 +66,22 @@ def _with_halos(n: int, tile: int, radius: int) -> int:
     return sum(min(a + tile + radius, n) - max(a - radius, 0) for a in range(0, n, tile))
 
 
+def flops_of(model: Any) -> StageFlops:
+    """The stage costs of a model the sampling loop runs: those an engine runner's build recorded (no torch needed),
+    else counted for its network (:func:`stage_flops`, with torch)."""
+    recorded = getattr(model, "recorded_flops", None)
+    return recorded if recorded is not None else stage_flops(model.config)
+
+
 @functools.lru_cache(maxsize=16)
 def stage_flops(config: IDMConfig) -> StageFlops:
-    """The stage costs of a network of ``config``, counted on the meta device."""
+    """The stage costs of a network of ``config``, counted with torch on the meta device."""
+    from .backends.registry import require
+
+    require(("torch",), "counting a network's FLOPs (engines built by this version record them)")
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
     from .model import IDM
     from .tile_size import cost_per_pixel
 

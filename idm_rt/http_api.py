@@ -20,6 +20,7 @@ failure a 500 with a generic message (the details go to the log).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import logging
 import math
@@ -38,7 +39,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from .buckets import parse_size
 from .cancel import Cancelled, cancel_when
-from .cost import StageFlops, stage_flops
+from .cost import StageFlops, flops_of
 from .diffusion import calls_for
 from .image_files import encode_image, read_image
 from .options import OPTIONS, parse_number
@@ -206,7 +207,7 @@ class Frontend:
     def set_sheet(self, sheet: dict) -> None:
         """What the worker serves and its costs (:meth:`Worker.sheet`)."""
         self.sheet = sheet
-        self.flops = StageFlops(**sheet["stage_flops"])
+        self.flops = StageFlops.from_dict(sheet["stage_flops"])
         self.flops_per_s = float(sheet["flops_per_s"])
         self.defaults = SamplingSettings.from_dict(sheet["defaults"])
         self.presets = presets_from_dict(sheet["presets"], "the worker's presets")
@@ -390,9 +391,8 @@ class Worker:
 
         calls = calls_for(settings.sampler, settings.steps, t_start=settings.start_timestep)
         tile = self.up.tile or NOMINAL_TILE
-        return stage_flops(self.up.model.config).total((height, width), out, calls, tile,
-                                                        self.up.model.config.size_multiple, FEATURE_TILE,
-                                                        receptive_radius(self.up.model.config.encoder_blocks))
+        return flops_of(self.up.model).total((height, width), out, calls, tile, self.up.model.config.size_multiple,
+                                             FEATURE_TILE, receptive_radius(self.up.model.config.encoder_blocks))
 
     def sheet(self) -> dict:
         """What the frontend needs to check and estimate requests without the model."""
@@ -405,7 +405,7 @@ class Worker:
                 "buckets": [b.name for b in up.model.buckets] if up.model.backend != "torch" else None,
                 "multiple": config.size_multiple, "feature_tile": FEATURE_TILE,
                 "radius": receptive_radius(config.encoder_blocks),
-                "stage_flops": vars(stage_flops(config)), "flops_per_s": self.flops_per_s}
+                "stage_flops": dataclasses.asdict(flops_of(up.model)), "flops_per_s": self.flops_per_s}
 
     def cancel(self, job_id: str) -> None:
         """Stop ``job_id``'s work at its next piece (its client is gone)."""

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from ray import serve
 from ray.exceptions import NodeDiedError, ObjectLostError, RayActorError, WorkerCrashedError
 
+from .backends.registry import default_backend
 from .http_api import Frontend, Job, Limits, Result, Worker
 from .memory import configure_allocator
 from .options import OPTIONS
@@ -53,7 +54,8 @@ class _Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = Field(None, description="checkpoint, model folder or engine directory; None: bundled")
-    backend: Literal["torch", "onnxruntime", "tensorrt"] = "torch"
+    backend: Literal["torch", "onnxruntime", "tensorrt"] | None = Field(
+        None, description="None: torch where it is installed, else onnxruntime (idm_rt.backends.default_backend)")
     device: str | None = Field(None, description="cpu, cuda, cuda:1, ...; default cpu (cuda for tensorrt)")
 
     @property
@@ -85,9 +87,10 @@ class UpscaleWorker:
     def __init__(self, settings: ServeSettings):
         configure_allocator()  # a replica is a process of its own: freed memory kept for the next request
         threads = {"runner_options": {"threads": max(1, round(settings.replica_cpus))}}  # not every core
-        up = Upscaler.from_pretrained(settings.model, device=settings.device, backend=settings.backend,
+        backend = settings.backend or default_backend()
+        up = Upscaler.from_pretrained(settings.model, device=settings.device, backend=backend,
                                       max_pixels=settings.max_pixels, max_memory=settings.max_memory,
-                                      **(threads if settings.backend == "onnxruntime" else {}))
+                                      **(threads if backend == "onnxruntime" else {}))
         self.worker = Worker(up, name=serve.get_replica_context().replica_tag)
         self._batched = serve.batch(max_batch_size=settings.max_batch,
                                     batch_wait_timeout_s=settings.batch_wait_ms / 1000)(self._run_jobs)
@@ -116,7 +119,7 @@ class HttpFrontend(Frontend):
                     "replicas": settings.replicas}
         super().__init__(self._send, None, settings.limits,
                          {"model": settings.model or f"bundled default ({DEFAULT_MODEL.name})",
-                          "backend": settings.backend, "batching": batching},
+                          "backend": settings.backend or default_backend(), "batching": batching},
                          workers=settings.replicas, fetch_sheet=self._sheet)
         self.stats["retried"] = 0
 

@@ -59,6 +59,7 @@ def _load_upscaler(args: argparse.Namespace, runner_options: dict | None) -> Ups
     return Upscaler.from_pretrained(
         args.model,
         device=args.device or "cpu",
+        backend=args.backend,
         max_pixels=args.max_pixels,
         precision=args.precision or "fp32",
         max_scale=args.max_scale,

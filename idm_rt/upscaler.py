@@ -21,6 +21,7 @@ from .arrays import Noise, to_host
 from .backends import backend as backend_named
 from .backends import load_runner
 from .backends.engine_dir import MANIFEST_NAME, read_manifest
+from .backends.registry import default_backend
 from .devices import Device, parse_device
 from .images import ImageLike, from_array, is_tensor, resize_alpha, split_inputs, to_array
 from .model.protocol import SamplingModel
@@ -149,12 +150,12 @@ class Upscaler:
         (released ``.pth`` files do not store it; default 8). ``device`` defaults to "cpu", "cuda" for
         TensorRT.
         """
-        if backend is None:
-            backend = "torch" if importlib.util.find_spec("torch") is not None else "onnxruntime"
+        backend = backend or default_backend()
         if backend_named(backend).engine:
             check_options(kwargs, ("runner_options",))  # before a build that may take minutes
-            if path is None and importlib.util.find_spec("torch") is None:
-                path = DEFAULT_ENGINES  # (built with the package: nothing to build here)
+            bundled = path is None or Path(path).resolve() == DEFAULT_MODEL.resolve()
+            if bundled and importlib.util.find_spec("torch") is None:
+                path = DEFAULT_ENGINES  # its shipped graphs: nothing to build (and no torch to build with)
             path = cls._engine_folder(path, backend, device, kwargs.pop("precision", None), max_scale)
             return cls.from_engines(path, device=device, backend=backend, **kwargs)
         from .backends.registry import require

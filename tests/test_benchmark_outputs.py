@@ -16,15 +16,16 @@ from benchmarks import common
 
 from .helpers import TINY, make_folder
 
-# Each module with a command line that writes results; gpu_check writes only into the folder it is given.
+# Each module with a command line that writes results; gpu_check writes only into the folder it is given (common and
+# installs are helpers).
 WRITERS = sorted(m.name for m in pkgutil.iter_modules(benchmarks.__path__)
-                 if not m.ispkg and m.name not in ("common", "release_style", "gpu_check"))
+                 if not m.ispkg and m.name not in ("common", "installs", "release_style", "gpu_check"))
 
 
 def test_every_benchmark_writing_results_is_listed():
     assert WRITERS == ["allocator", "busy_threads", "detail_measures", "int8_onnx", "latency", "latency_onnx",
                        "model_grids", "niqe_variants", "quality_steps", "serve_faults", "serve_load", "size_scaling",
-                       "tile_overlap", "triton_aot"]
+                       "tile_overlap", "torch_free", "triton_aot"]
 
 
 @pytest.mark.parametrize("name", WRITERS)

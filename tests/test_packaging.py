@@ -4,10 +4,17 @@ kernels as its subpackages), so nothing collides with another distribution's top
 from __future__ import annotations
 
 import ast
+import dataclasses
 import shutil
 import subprocess
 import sys
 import zipfile
+
+from idm_rt.backends.engine_dir import artifact, read_manifest
+from idm_rt.checkpoints import load_model, model_hash
+from idm_rt.cost import stage_flops
+from idm_rt.export.builder import onnx_key
+from idm_rt import DEFAULT_ENGINES, DEFAULT_MODEL
 
 from .helpers import ROOT
 
@@ -26,6 +33,33 @@ def test_the_wheel_holds_no_top_level_module_but_idm_rt(tmp_path):
                 "training/niqe_model.json"):
         assert any(n.startswith(f"idm_rt/{sub}") for n in names), sub
     assert "idm_rt/weights/default/model.safetensors" in names
+    shipped = ["manifest.json", *read_manifest(DEFAULT_ENGINES).graph_files()]  # the bundled model without torch
+    assert {f"idm_rt/weights/default/onnxruntime/{f}" for f in shipped} <= set(names)
+    (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+    requires = [line.split(":", 1)[1].strip() for line in zipfile.ZipFile(wheel).read(metadata).decode().splitlines()
+                if line.startswith("Requires-Dist:")]
+    base = [r for r in requires if "extra ==" not in r]
+    assert "onnxruntime" in base and not [r for r in base if r.startswith("torch")], base
+    with_torch = [r.split(";")[0].strip() for r in requires if "extra == \"torch\"" in r]
+    assert {"torch", "onnx", "safetensors"} <= set(with_torch), requires  # the backend, builds, training
+
+
+def test_the_shipped_graphs_are_those_of_the_shipped_model():
+    """The bundled model's ONNX graphs, which an install without torch runs, are what ``python -m
+    idm_rt.export.package`` makes of the weights and settings beside them with this version of the export: a
+    retrained bundled model, new recommended settings or a changed export without running it again fail here."""
+    manifest = read_manifest(DEFAULT_ENGINES)
+    model = load_model(DEFAULT_MODEL)
+    again = "run python -m idm_rt.export.package again"
+    assert manifest.model_hash == model_hash(model), f"the shipped graphs are another model's: {again}"
+    assert manifest.network == model.config.to_dict() and manifest.max_scale == model.max_scale
+    assert manifest.defaults == model.recommended.to_dict(), f"the shipped graphs sample otherwise: {again}"
+    assert manifest.stage_flops == dataclasses.asdict(stage_flops(model.config)), again
+    assert manifest.complete and not manifest.static and manifest.backend == "onnxruntime"
+    for key, entry in manifest.graphs.items():  # (dynamic graphs only: each graph's key is its kind)
+        assert entry.onnx_key == onnx_key(manifest.model_hash, key, None, entry.precision), \
+            f"{key} was exported by another version of the export: {again}"
+        artifact(DEFAULT_ENGINES, entry.onnx, entry.onnx_bytes)  # there, at the size its build wrote
 
 
 LAYERS = {"kernels": 0, "idm_rt": 1, "export": 2, "training": 2}  # kernels <- idm_rt <- export, training

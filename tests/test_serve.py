@@ -292,6 +292,18 @@ def test_serve_options_are_checked_before_anything_starts(capsys):
         assert option in out
 
 
+def test_serve_engines_must_be_an_engine_directory_run_by_an_engine_backend(tmp_path, capsys):
+    """``serve --engines DIR`` (as ``upscale --engines``), refused in one line before Ray starts."""
+    assert main(["serve", "--engines", str(tmp_path)]) == 1
+    assert f"{tmp_path} is not an engine directory" in capsys.readouterr().err
+    shipped = str(ROOT / "idm_rt" / "weights" / "default" / "onnxruntime")
+    assert main(["serve", "--engines", shipped, "--backend", "torch"]) == 1
+    assert "--engines runs engines; --backend torch is for --model" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--engines", shipped, "--model", shipped])
+    assert exit_.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
 @pytest.fixture
 def folder(tmp_path):
     src = tmp_path / "in"

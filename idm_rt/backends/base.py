@@ -19,6 +19,7 @@ import numpy as np
 
 from ..arrays import Array, namespace
 from ..buckets import Bucket, route, select_bucket
+from ..cost import StageFlops
 from ..devices import Device, parse_device
 from ..model.pieces import Conditioning, features_in_tiles, in_blocks, receptive_radius, scale_fraction
 from ..model.tables import query_tables_for, resize_tables
@@ -46,6 +47,8 @@ class EngineRunner:
         self.config = self.manifest.config
         self.max_scale = float(self.manifest.max_scale)
         self.buckets = self.manifest.buckets
+        # what the work of an upscale costs (idm_rt.cost.flops_of), as the build counted it
+        self.recorded_flops = StageFlops.from_dict(self.manifest.stage_flops) if self.manifest.stage_flops else None
         absent = [key for key in (graph_key(*spec) for spec in graph_specs(self.buckets, self.manifest.static))
                   if key not in self.manifest.graphs]
         if absent:

@@ -23,6 +23,7 @@ from typing import Any
 
 from ..buckets import Bucket
 from ..config import IDMConfig, check_max_scale
+from ..cost import StageFlops
 from ..sampling import SamplingSettings, presets_from_dict
 from .registry import BACKENDS, BUILD_BACKENDS, ENGINE_BACKENDS
 
@@ -133,6 +134,9 @@ class Manifest:
     defaults: dict[str, Any] = field(default_factory=dict)  # the model's recommended sampling settings
     presets: dict[str, Any] = field(default_factory=dict)  # its other named ones (idm_rt.sampling.presets_from_dict)
     pending: list[str] = field(default_factory=list)  # files a build is writing (removed by the next one)
+    # FLOPs per pixel of each stage (idm_rt.cost.StageFlops), counted by the build: a service estimates a request's
+    # work from them without torch; empty in directories built before they were recorded
+    stage_flops: dict[str, float] = field(default_factory=dict)
 
     @property
     def config(self) -> IDMConfig:
@@ -179,7 +183,7 @@ class Manifest:
         for name, kind in (("model_hash", str), ("model_path", str), ("network", dict), ("backend", str),
                            ("precision", str), ("buckets", list), ("graphs", dict), ("identity", dict),
                            ("build_flags", dict), ("complete", bool), ("static", bool), ("defaults", dict),
-                           ("presets", dict), ("pending", list)):
+                           ("presets", dict), ("pending", list), ("stage_flops", dict)):
             if name in d and not isinstance(d[name], kind):
                 raise ValueError(f"its {name} must be a JSON {_JSON_NAMES[kind]}, got {d[name]!r}")
         if not isinstance(d["opset"], int) or isinstance(d["opset"], bool):
@@ -196,6 +200,8 @@ class Manifest:
         d["buckets"] = [Bucket.from_dict(b) for b in d["buckets"]]
         d["graphs"] = {k: _graph_entry(k, g, d["buckets"], d["backend"], d.get("static", True))
                        for k, g in d["graphs"].items()}
+        if d.get("stage_flops"):
+            StageFlops.from_dict(d["stage_flops"])
         for f in d.get("pending", []):
             if not isinstance(f, str) or not BUILT_FILE.fullmatch(f):
                 raise ValueError(f"its pending file {f!r} is not a file a build writes")

@@ -17,6 +17,7 @@ from ..threads import MAX_THREADS
 from ..threads import threads as default_threads
 from .base import EngineRunner
 from .engine_dir import INT8_CHECK, artifact, dim_size, graph_inputs, graph_key, graph_outputs, graph_specs
+from .registry import INSTALL
 
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
 
@@ -172,8 +173,7 @@ def import_onnxruntime():
     try:
         import onnxruntime
     except ImportError:
-        raise ImportError("the onnxruntime backend needs the onnxruntime package: pip install 'idm-rt[onnx]' "
-                          "(onnxruntime-gpu for CUDA)") from None
+        raise ImportError(f"the onnxruntime backend needs onnxruntime: {INSTALL['onnxruntime']}") from None
     return onnxruntime
 
 

@@ -129,13 +129,23 @@ def backend(name: str) -> Backend:
     return BACKENDS[name]
 
 
-def require(modules: tuple[str | tuple[str, ...], ...], what: str) -> None:
+def default_backend() -> str:
+    """The backend a model runs on unless told: "torch" where torch is installed, else "onnxruntime" (the bundled
+    model's shipped graphs, or engines built elsewhere)."""
+    return "torch" if installed("torch") else "onnxruntime"
+
+
+def require(modules: tuple[str | tuple[str, ...], ...], what: str, package: str | None = None) -> None:
     """ImportError in one line, naming the first of ``modules`` that is not installed and how to install it. A tuple
-    of names is met by any one of them; its hint is its last name's (list the lightest install last)."""
+    of names is met by any one of them; its hint is its last name's (list the lightest install last).
+
+    ``package``: the package whose import this check guards (``idm_rt.training``); the error then carries its name,
+    as for a package that is missing, so that ``python -m`` of a module inside prints the message in one line
+    instead of a traceback."""
     choices = first_missing(modules)
     if choices is not None:
         hint = INSTALL.get(choices[-1], f"pip install {choices[-1]}")
-        raise ImportError(f"{what} needs {' or '.join(choices)}: {hint}")
+        raise ImportError(f"{what} needs {' or '.join(choices)}: {hint}", name=package)
 
 
 def first_missing(modules: tuple[str | tuple[str, ...], ...]) -> tuple[str, ...] | None:
