@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from .backends.registry import runner_threads, worker_gpus
 from .file_jobs import Job, Place, plan_jobs
 from .memory import configure_allocator
 from .ray_session import ray_session
@@ -30,9 +31,8 @@ class UpscaleWorker:
     def __init__(self, args: argparse.Namespace, filesystems: list[tuple[Any, str]]):
         configure_allocator()  # a worker is a process of its own: freed memory kept for the next image
         self.options, self.overwrite, self.filesystems = upscale_options(args), args.overwrite, filesystems
-        threads = {"threads": max(1, round(args.worker_cpus or 1))}  # ONNX Runtime would take every core
         try:
-            self.up, self.error = load_upscaler(args, threads if args.backend == "onnxruntime" else None), ""
+            self.up, self.error = load_upscaler(args, runner_threads(args.backend, args.worker_cpus or 1)), ""
         except Exception as e:  # noqa: BLE001 (said by the driver, once, instead of a traceback per retry)
             self.up, self.error = None, describe(e)
 
@@ -40,8 +40,10 @@ class UpscaleWorker:
         return Place(Path(path)) if fs < 0 else Place(PurePosixPath(path), *self.filesystems[fs])
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        done = [self.run(Job(self._place(s, int(sf)), self._place(d, int(df))))
-                for s, sf, d, df in zip(batch["src"], batch["src_fs"], batch["dst"], batch["dst_fs"])]
+        done = [
+            self.run(Job(self._place(s, int(sf)), self._place(d, int(df))))
+            for s, sf, d, df in zip(batch["src"], batch["src_fs"], batch["dst"], batch["dst_fs"])
+        ]
         return {"status": np.array([d[0] for d in done]), "message": np.array([d[1] for d in done])}
 
     def run(self, job: Job) -> tuple[str, str]:
@@ -87,10 +89,10 @@ def _run(args: argparse.Namespace, todo: list[Job]) -> int:
             filesystems.append(key)
         return filesystems.index(key)
 
-    rows = [{"src": str(j.src.path), "src_fs": index(j.src), "dst": str(j.dst.path), "dst_fs": index(j.dst)}
-            for j in todo]
-    cuda = (args.device or "").startswith("cuda") or args.backend == "tensorrt"
-    gpus = args.worker_gpus if args.worker_gpus is not None else (1.0 if cuda else 0.0)
+    rows = [
+        {"src": str(j.src.path), "src_fs": index(j.src), "dst": str(j.dst.path), "dst_fs": index(j.dst)} for j in todo
+    ]
+    gpus = args.worker_gpus if args.worker_gpus is not None else worker_gpus(args.backend, args.device)
     cpus = args.worker_cpus or 1.0
     with ray_session(args.address):
         import ray
@@ -100,8 +102,13 @@ def _run(args: argparse.Namespace, todo: list[Job]) -> int:
         slots = int(resources.get("GPU", 0) / gpus if gpus else resources.get("CPU", 1) / cpus)
         workers = min(args.workers or max(1, slots), len(rows))
         results = ray.data.from_items(rows, override_num_blocks=min(len(rows), 1024)).map_batches(
-            UpscaleWorker, fn_constructor_kwargs={"args": args, "filesystems": filesystems}, batch_size=1,
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers), num_cpus=cpus, num_gpus=gpus)
+            UpscaleWorker,
+            fn_constructor_kwargs={"args": args, "filesystems": filesystems},
+            batch_size=1,
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
+            num_cpus=cpus,
+            num_gpus=gpus,
+        )
         failed = 0
         with tqdm(total=len(rows), desc="images", unit="img") as bar:
             for row in results.iter_rows():

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from ray import serve
 from ray.exceptions import NodeDiedError, ObjectLostError, RayActorError, WorkerCrashedError
 
-from .backends.registry import default_backend
+from .backends.registry import BACKENDS, default_backend, runner_threads, worker_gpus
 from .http_api import Frontend, Job, Limits, Result, Worker
 from .memory import configure_allocator
 from .options import OPTIONS
@@ -54,30 +54,50 @@ class _Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = Field(None, description="checkpoint, model folder or engine directory; None: bundled")
-    backend: Literal["torch", "onnxruntime", "tensorrt"] | None = Field(
-        None, description="None: torch where it is installed, else onnxruntime (idm_rt.backends.default_backend)")
+    backend: Literal[tuple(BACKENDS)] | None = Field(
+        None, description="None: torch where it is installed, else onnxruntime (idm_rt.backends.default_backend)"
+    )
     device: str | None = Field(None, description="cpu, cuda, cuda:1, ...; default cpu (cuda for tensorrt)")
 
     @property
     def gpus(self) -> float:
-        """GPUs per replica: ``replica_gpus``, else one for a CUDA device or TensorRT."""
-        if self.replica_gpus is not None:
-            return self.replica_gpus
-        return 1.0 if self.backend == "tensorrt" or (self.device or "").startswith("cuda") else 0.0
+        """GPUs per replica: ``replica_gpus``, else one for a CUDA device or a GPU-only backend."""
+        return self.replica_gpus if self.replica_gpus is not None else worker_gpus(self.backend, self.device)
 
     @property
     def limits(self) -> Limits:
-        return Limits(max_body_bytes=int(self.max_body_mb * 2**20), timeout_s=self.timeout_s,
-                      max_steps=self.max_steps, body_timeout_s=self.body_timeout_s, max_uploads=self.max_uploads,
-                      max_client_requests=self.max_client_requests)
+        return Limits(
+            max_body_bytes=int(self.max_body_mb * 2**20),
+            timeout_s=self.timeout_s,
+            max_steps=self.max_steps,
+            body_timeout_s=self.body_timeout_s,
+            max_uploads=self.max_uploads,
+            max_client_requests=self.max_client_requests,
+        )
 
 
-SERVICE_OPTIONS = ("replicas", "replica_cpus", "replica_gpus", "max_batch", "batch_wait_ms", "max_body_mb",
-                   "max_pixels", "max_steps", "max_memory", "timeout_s", "body_timeout_s", "max_uploads",
-                   "max_client_requests", "max_queued")
-ServeSettings = create_model("ServeSettings", __base__=_Settings, __doc__="What a deployment serves and its limits: "
-                             "``python -m idm_rt serve`` options, or a config file's ``args``.",
-                             **{name: OPTIONS[name].field() for name in SERVICE_OPTIONS})
+SERVICE_OPTIONS = (
+    "replicas",
+    "replica_cpus",
+    "replica_gpus",
+    "max_batch",
+    "batch_wait_ms",
+    "max_body_mb",
+    "max_pixels",
+    "max_steps",
+    "max_memory",
+    "timeout_s",
+    "body_timeout_s",
+    "max_uploads",
+    "max_client_requests",
+    "max_queued",
+)
+ServeSettings = create_model(
+    "ServeSettings",
+    __base__=_Settings,
+    __doc__="What a deployment serves and its limits: ``python -m idm_rt serve`` options, or a config file's ``args``.",
+    **{name: OPTIONS[name].field() for name in SERVICE_OPTIONS},
+)
 
 
 @serve.deployment
@@ -86,14 +106,19 @@ class UpscaleWorker:
 
     def __init__(self, settings: ServeSettings):
         configure_allocator()  # a replica is a process of its own: freed memory kept for the next request
-        threads = {"runner_options": {"threads": max(1, round(settings.replica_cpus))}}  # not every core
         backend = settings.backend or default_backend()
-        up = Upscaler.from_pretrained(settings.model, device=settings.device, backend=backend,
-                                      max_pixels=settings.max_pixels, max_memory=settings.max_memory,
-                                      **(threads if backend == "onnxruntime" else {}))
+        up = Upscaler.from_pretrained(
+            settings.model,
+            device=settings.device,
+            backend=backend,
+            max_pixels=settings.max_pixels,
+            max_memory=settings.max_memory,
+            runner_options=runner_threads(backend, settings.replica_cpus),
+        )
         self.worker = Worker(up, name=serve.get_replica_context().replica_tag)
-        self._batched = serve.batch(max_batch_size=settings.max_batch,
-                                    batch_wait_timeout_s=settings.batch_wait_ms / 1000)(self._run_jobs)
+        self._batched = serve.batch(
+            max_batch_size=settings.max_batch, batch_wait_timeout_s=settings.batch_wait_ms / 1000
+        )(self._run_jobs)
 
     def sheet(self) -> dict:
         return self.worker.sheet()
@@ -115,12 +140,23 @@ class HttpFrontend(Frontend):
 
     def __init__(self, workers, settings: ServeSettings):
         self.workers_handle = workers
-        batching = {"max_batch": settings.max_batch, "batch_wait_ms": settings.batch_wait_ms,
-                    "replicas": settings.replicas}
-        super().__init__(self._send, None, settings.limits,
-                         {"model": settings.model or f"bundled default ({DEFAULT_MODEL.name})",
-                          "backend": settings.backend or default_backend(), "batching": batching},
-                         workers=settings.replicas, fetch_sheet=self._sheet)
+        batching = {
+            "max_batch": settings.max_batch,
+            "batch_wait_ms": settings.batch_wait_ms,
+            "replicas": settings.replicas,
+        }
+        super().__init__(
+            self._send,
+            None,
+            settings.limits,
+            {
+                "model": settings.model or f"bundled default ({DEFAULT_MODEL.name})",
+                "backend": settings.backend or default_backend(),
+                "batching": batching,
+            },
+            workers=settings.replicas,
+            fetch_sheet=self._sheet,
+        )
         self.stats["retried"] = 0
 
     async def _sheet(self) -> dict:
@@ -140,8 +176,7 @@ class HttpFrontend(Frontend):
                     logger.error("a worker died running request %s: %s", job.id, e.__class__.__name__)
                     return e
                 self.stats["retried"] += 1
-                logger.warning("a worker died running request %s (%s); sending it again", job.id,
-                               e.__class__.__name__)
+                logger.warning("a worker died running request %s (%s); sending it again", job.id, e.__class__.__name__)
                 await asyncio.sleep(RETRY_WAIT_S * (attempt + 1))
         raise AssertionError("unreachable")
 
@@ -171,8 +206,7 @@ def build_app(args: dict | ServeSettings) -> serve.Application:
 app = build_app({})  # the bundled default model with default settings: serve run idm_rt.serve:app
 
 
-def run_service(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000,
-                address: str | None = None) -> int:
+def run_service(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, address: str | None = None) -> int:
     """Serve until SIGINT or SIGTERM, then drain: refuse new requests (503, ``/healthz`` 503), answer the ones in
     flight (up to ``timeout_s``), then remove the application (and stop a local Ray instance)."""
     from .ray_session import ray_session
@@ -185,15 +219,17 @@ def run_service(settings: ServeSettings, host: str = "127.0.0.1", port: int = 80
             except RuntimeError as e:  # Serve gave up on the replicas; their errors are in the log above
                 print(f"error: {str(e).splitlines()[0]} (the replicas' errors are above)", file=sys.stderr)
                 return 1
-            print(f"idm-rt: serving {settings.model or 'the bundled default model'} on http://{host}:{port} "
-                  f"({settings.replicas} replica(s)): POST /v1/upscale, GET /v1/model, GET /healthz; "
-                  "Ctrl-C stops", flush=True)
+            print(
+                f"idm-rt: serving {settings.model or 'the bundled default model'} on http://{host}:{port} "
+                f"({settings.replicas} replica(s)): POST /v1/upscale, GET /v1/model, GET /healthz; "
+                "Ctrl-C stops",
+                flush=True,
+            )
             while not stop.wait(0.5):
                 pass
             print("idm-rt: draining: new requests get 503, the ones in flight are answered", flush=True)
             left = handle.drain.remote(settings.timeout_s + 5).result()
-            print(f"idm-rt: stopping ({left} request(s) still in flight)" if left else "idm-rt: stopping",
-                  flush=True)
+            print(f"idm-rt: stopping ({left} request(s) still in flight)" if left else "idm-rt: stopping", flush=True)
         finally:  # (a local instance stops with its Ray: a controller shut down separately logs a failed task)
             serve.delete(APP_NAME)
     return 0

@@ -9,6 +9,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from . import sampling
+from .backends.registry import BACKENDS
 from .file_jobs import Job, Plan
 from .options import per_image_seeds
 
@@ -35,8 +36,8 @@ def _load_upscaler(args: argparse.Namespace, runner_options: dict | None) -> Ups
     if args.engines:
         if args.precision or args.max_scale:
             raise ValueError("--precision and --max-scale are fixed when engines are built; drop them with --engines")
-        if args.backend == "torch":
-            raise ValueError("--engines runs engines; --backend torch is for --model")
+        if args.backend is not None and not BACKENDS[args.backend].engine:
+            raise ValueError(f"--engines runs engines; --backend {args.backend} is for --model")
         return Upscaler.from_engines(
             args.engines,
             device=args.device,
@@ -45,7 +46,7 @@ def _load_upscaler(args: argparse.Namespace, runner_options: dict | None) -> Ups
             max_memory=getattr(args, "max_memory", None),
             runner_options=runner_options,
         )
-    if args.backend not in (None, "torch"):
+    if args.backend is not None and BACKENDS[args.backend].engine:
         return Upscaler.from_pretrained(
             args.model,
             device=args.device,

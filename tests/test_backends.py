@@ -390,3 +390,14 @@ def test_missing_or_damaged_engine_files_are_named(built, tmp_path):
     with pytest.raises(FileNotFoundError,
                        match="needs both model.safetensors and config.json .it holds: .*manifest.json"):
         idm_rt.load_model(folder)
+
+
+def test_worker_resources_come_from_the_registry():
+    """A service or batch worker takes a GPU for GPU-only backends (tensorrt_host as tensorrt) or a CUDA device,
+    and gives its CPUs as threads only to runners that take a count."""
+    from idm_rt.backends.registry import runner_threads, worker_gpus
+
+    assert worker_gpus("tensorrt", None) == worker_gpus("tensorrt_host", None) == worker_gpus("torch", "cuda:1") == 1
+    assert worker_gpus("onnxruntime", "cpu") == worker_gpus(None, None) == 0
+    assert runner_threads("onnxruntime", 2.4) == {"threads": 2} and runner_threads("onnxruntime", 0.2) == {"threads": 1}
+    assert all(runner_threads(name, 4) is None for name in ("torch", "tensorrt", None))

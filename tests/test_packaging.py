@@ -10,11 +10,11 @@ import subprocess
 import sys
 import zipfile
 
+from idm_rt import DEFAULT_ENGINES, DEFAULT_MODEL
 from idm_rt.backends.engine_dir import artifact, read_manifest
 from idm_rt.checkpoints import load_model, model_hash
 from idm_rt.cost import stage_flops
 from idm_rt.export.builder import onnx_key
-from idm_rt import DEFAULT_ENGINES, DEFAULT_MODEL
 
 from .helpers import ROOT
 

@@ -93,33 +93,77 @@ def _attribute(path: str) -> Any:
 
 
 BACKENDS: dict[str, Backend] = {
-    "torch": Backend("torch", "cpu", ("cpu", "cuda", "mps", "xpu"), ("fp32", "fp16", "bf16"), engine=False,
-                     tiles="idm_rt.tile_size:choose_for", replays=True, needs=("torch",)),
-    "onnxruntime": Backend("onnxruntime", "cpu", ("cpu", "cuda"), ("fp32", "fp16", "int8"), engine=True,
-                           tiles="idm_rt.backends.base:bucket_tile", threads=True,
-                           runner="idm_rt.backends.onnxruntime:OnnxRuntimeRunner",
-                           device_check="idm_rt.backends.onnxruntime:check_device", needs=("onnxruntime",),
-                           build_needs=("torch", "onnx", "onnxruntime")),
-    "tensorrt": Backend("tensorrt", "cuda", ("cuda",), ("fp16", "fp32"), engine=True,
-                        tiles="idm_rt.backends.base:bucket_tile", runner="idm_rt.backends.tensorrt:TensorRTRunner",
-                        needs=("tensorrt", ("torch", "cupy")),  # CUDA arrays: torch's where installed, else CuPy's
-                        build_needs=("torch", "onnx")),  # (export.tensorrt_build says the rest)
+    "torch": Backend(
+        "torch",
+        "cpu",
+        ("cpu", "cuda", "mps", "xpu"),
+        ("fp32", "fp16", "bf16"),
+        engine=False,
+        tiles="idm_rt.tile_size:choose_for",
+        replays=True,
+        needs=("torch",),
+    ),
+    "onnxruntime": Backend(
+        "onnxruntime",
+        "cpu",
+        ("cpu", "cuda"),
+        ("fp32", "fp16", "int8"),
+        engine=True,
+        tiles="idm_rt.backends.base:bucket_tile",
+        threads=True,
+        runner="idm_rt.backends.onnxruntime:OnnxRuntimeRunner",
+        device_check="idm_rt.backends.onnxruntime:check_device",
+        needs=("onnxruntime",),
+        build_needs=("torch", "onnx", "onnxruntime"),
+    ),
+    "tensorrt": Backend(
+        "tensorrt",
+        "cuda",
+        ("cuda",),
+        ("fp16", "fp32"),
+        engine=True,
+        tiles="idm_rt.backends.base:bucket_tile",
+        runner="idm_rt.backends.tensorrt:TensorRTRunner",
+        needs=("tensorrt", ("torch", "cupy")),  # CUDA arrays: torch's where installed, else CuPy's
+        build_needs=("torch", "onnx"),
+    ),  # (export.tensorrt_build says the rest)
     # TensorRT's engines with the loop's arrays on the host: the lightest GPU install, no torch or CuPy
-    "tensorrt_host": Backend("tensorrt_host", "cuda", ("cuda",), ("fp16", "fp32"), engine=True,
-                             tiles="idm_rt.backends.base:bucket_tile",
-                             runner="idm_rt.backends.tensorrt_host:TensorRTHostRunner",
-                             needs=("tensorrt", "cuda.bindings"), build_needs=("torch", "onnx"),
-                             engines_of="tensorrt"),
+    "tensorrt_host": Backend(
+        "tensorrt_host",
+        "cuda",
+        ("cuda",),
+        ("fp16", "fp32"),
+        engine=True,
+        tiles="idm_rt.backends.base:bucket_tile",
+        runner="idm_rt.backends.tensorrt_host:TensorRTHostRunner",
+        needs=("tensorrt", "cuda.bindings"),
+        build_needs=("torch", "onnx"),
+        engines_of="tensorrt",
+    ),
 }
 ENGINE_BACKENDS = tuple(name for name, b in BACKENDS.items() if b.engine)  # what runs engine directories
 BUILD_BACKENDS = tuple(name for name in ENGINE_BACKENDS if BACKENDS[name].builds == name)  # what a build makes
 
-INSTALL = {"torch": "pip install 'idm-rt[torch]' (the torch backend, engine builds and training need it)",
-           "onnxruntime": "pip install onnxruntime (or onnxruntime-gpu)",
-           "onnx": "pip install 'idm-rt[torch]'",
-           "tensorrt": "pip install 'idm-rt[gpu]' (TensorRT 10.x or 11.x, on a machine with an NVIDIA GPU)",
-           "cupy": "pip install 'idm-rt[gpu]' (CuPy, for CUDA arrays without torch)",
-           "cuda.bindings": "pip install 'cuda-python>=12.8,<13' (or 'idm-rt[gpu]')"}
+INSTALL = {
+    "torch": "pip install 'idm-rt[torch]' (the torch backend, engine builds and training need it)",
+    "onnxruntime": "pip install onnxruntime (or onnxruntime-gpu)",
+    "onnx": "pip install 'idm-rt[torch]'",
+    "tensorrt": "pip install 'idm-rt[gpu]' (TensorRT 10.x or 11.x, on a machine with an NVIDIA GPU)",
+    "cupy": "pip install 'idm-rt[gpu]' (CuPy, for CUDA arrays without torch)",
+    "cuda.bindings": "pip install 'cuda-python>=12.8,<13' (or 'idm-rt[gpu]')",
+}
+
+
+def worker_gpus(backend: str | None, device: str | None) -> float:
+    """GPUs a service or batch worker takes unless told: one where it runs on a CUDA device or its backend runs on
+    GPUs only."""
+    return 1.0 if (device or "").startswith("cuda") or (backend is not None and BACKENDS[backend].gpu) else 0.0
+
+
+def runner_threads(backend: str | None, cpus: float) -> dict[str, int] | None:
+    """Runner options giving a worker's runner its ``cpus`` as threads where the backend's runner takes a count
+    (ONNX Runtime would otherwise take every core of the machine); None where it takes none."""
+    return {"threads": max(1, round(cpus))} if backend is not None and BACKENDS[backend].threads else None
 
 
 def backend(name: str) -> Backend:
