@@ -87,14 +87,16 @@ def reusable(folder: Path, file: str | None, size: int | None, old_key: str | No
             and (folder / file).stat().st_size == size)
 
 
+# The engine builders, one module per backend a build makes (idm_rt.backends.BUILD_BACKENDS), each with
+# missing_requirements(), identity(), manifest_flags(options), key_flags(options) and write_engine(...).
+ENGINE_BUILDERS = {"onnxruntime": ort_build, "tensorrt": tensorrt_build}
+
+
 def backend_identity(options: BuildOptions) -> tuple[dict, list[str]]:
     """(identity, missing requirements) of the backend on this machine."""
-    if options.backend == "onnxruntime":
-        import onnxruntime
-
-        return {"onnxruntime": onnxruntime.__version__}, []
-    missing = tensorrt_build.missing_requirements()
-    return ({} if missing else tensorrt_build.identity()), missing
+    engines = ENGINE_BUILDERS[options.backend]
+    missing = engines.missing_requirements()
+    return ({} if missing else engines.identity()), missing
 
 
 def build(options: BuildOptions, log: Callable[[str], None] = print) -> int:
@@ -229,8 +231,7 @@ def _build(model: IDM, options: BuildOptions, log: Callable[[str], None]) -> int
             f"graphs only, for a machine that has them (exit status {EXIT_NEEDS_GPU} at the end); --backend "
             "onnxruntime builds engines that run here")
     flags = {"opset": OPSET, "conv": options.conv, "command": options.command}
-    if options.backend == "tensorrt":
-        flags |= {"workspace_mb": options.workspace_mb, "strongly_typed": options.precision == "fp16", "tf32": False}
+    flags |= ENGINE_BUILDERS[options.backend].manifest_flags(options)
     calibration = quantize.Calibration.load(options.calibration) if options.precision == "int8" else None
     if calibration is not None:
         flags["int8"] = {**calibration.settings.to_dict(), "calibration": calibration.source}
@@ -358,7 +359,7 @@ def _onnx_stage(model: IDM, mhash: str, kind: str, bucket: Bucket | None, option
 def _engine_stage(entry: GraphEntry, kind: str, bucket: Bucket | None, options: BuildOptions, ident: dict,
                   prev: GraphEntry | None, label: str, writer: _Writer) -> None:
     key = graph_key(kind, bucket)
-    flags = [options.workspace_mb, tensorrt_build.VERSION] if options.backend == "tensorrt" else []
+    flags = ENGINE_BUILDERS[options.backend].key_flags(options)
     entry.engine_key = digest(entry.onnx_key, options.backend, ident, flags)
     entry.engine = artifact_name(key, options.backend)
     if reusable(options.out, prev and prev.engine, prev and prev.engine_bytes, prev and prev.engine_key,
@@ -368,13 +369,9 @@ def _engine_stage(entry: GraphEntry, kind: str, bucket: Bucket | None, options: 
         return
     start = time.perf_counter()
     onnx_path = options.out / entry.onnx
-    if options.backend == "onnxruntime":
-        writer.write(entry.engine, lambda tmp: ort_build.optimise(onnx_path, Path(tmp)))
-    else:
-        profile = tensorrt_build.profile_shapes(kind, bucket, onnx_path, options.buckets)
-        writer.write(entry.engine, lambda tmp: tensorrt_build.build_engine(
-            onnx_path, Path(tmp), profile, fp16=entry.precision == "fp16", workspace_mb=options.workspace_mb,
-            timing_cache=inside(options.out, f"{options.backend}/timing.cache")))
+    engines = ENGINE_BUILDERS[options.backend]
+    writer.write(entry.engine, lambda tmp: engines.write_engine(onnx_path, Path(tmp), kind, bucket, entry.precision,
+                                                                 options))
     entry.engine_bytes = (options.out / entry.engine).stat().st_size
     writer.log(f"{label}: {options.backend} artifact built in {time.perf_counter() - start:.1f} s")
 

@@ -55,16 +55,14 @@ def build_engines(
     TensorRT cannot build here.
     """
     require_packages(backend)
-    from . import tensorrt_build
-    from .builder import BuildOptions, build
+    from .builder import ENGINE_BUILDERS, BuildOptions, build
 
-    missing = tensorrt_build.missing_requirements() if backend == "tensorrt" else []
+    missing = ENGINE_BUILDERS[backend].missing_requirements()
     if missing:
         raise RuntimeError(
-            "backend='tensorrt' builds its engines on the machine that runs them, and this one lacks "
+            f"backend={backend!r} builds its engines on the machine that runs them, and this one lacks "
             + "; ".join(missing)
-            + ". Use backend='onnxruntime', or build there with "
-            "python -m idm_rt.build --backend tensorrt"
+            + f". Use backend='onnxruntime', or build there with python -m idm_rt.build --backend {backend}"
         )
     model_path = Path(model_path) if model_path is not None else idm_rt.DEFAULT_MODEL
     device = torch.device(str(device))
@@ -72,7 +70,7 @@ def build_engines(
     if out is None:
         where = hashlib.sha256(str(model_path.resolve()).encode()).hexdigest()[:8]
         name = f"{model_path.stem}-{where}-{backend}-{precision}-{conv}"
-        if backend == "tensorrt":  # engines hold for one GPU model: a cache shared by machines keeps one per GPU
+        if BACKENDS[backend].gpu:  # engines hold for one GPU model: a cache shared by machines keeps one per GPU
             name += "-" + re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
         out = cache_dir() / "engines" / name
     options = BuildOptions(model_path, Path(out), precision, backend, plan_buckets(tiles=tiles), conv=conv)

@@ -11,11 +11,12 @@ float32 layers keep float32 accuracy.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import onnx
 import torch
 
-from idm_rt.backends.engine_dir import dim_size
+from idm_rt.backends.engine_dir import dim_size, inside
 from idm_rt.backends.tensorrt import import_tensorrt
 from idm_rt.buckets import Bucket
 from idm_rt.fileio import atomic_write
@@ -81,6 +82,24 @@ def profile_shapes(kind: str, bucket: Bucket | None, onnx_path: Path, buckets: l
         shapes[inp.name] = tuple(tuple(dim_size(d, {"batch": b, "h_0": hw[0], "w_0": hw[1]}) for d in dims)
                                  for b, hw in zip(batch, extents))
     return shapes
+
+
+def manifest_flags(options: Any) -> dict[str, Any]:
+    """Build settings recorded in the manifest: the workspace limit, strong typing (fp16) and TF32 (off)."""
+    return {"workspace_mb": options.workspace_mb, "strongly_typed": options.precision == "fp16", "tf32": False}
+
+
+def key_flags(options: Any) -> list:
+    """Settings an engine's key depends on: the workspace limit and this builder's VERSION."""
+    return [options.workspace_mb, VERSION]
+
+
+def write_engine(onnx_path: Path, out_path: Path, kind: str, bucket: Bucket | None, precision: str,
+                 options: Any) -> None:
+    """The engine of one graph, profiled for ``options.buckets``, with the directory's shared timing cache."""
+    profile = profile_shapes(kind, bucket, onnx_path, options.buckets)
+    build_engine(onnx_path, out_path, profile, fp16=precision == "fp16", workspace_mb=options.workspace_mb,
+                 timing_cache=inside(options.out, "tensorrt/timing.cache"))
 
 
 def build_engine(onnx_path: Path, engine_path: Path, profile: dict[str, tuple], fp16: bool, workspace_mb: int,

@@ -168,7 +168,7 @@ def test_tensorrt_engines_are_reused_until_gpu_or_version_changes(models, tmp_pa
 
 
 def test_missing_default_model_and_bad_arguments(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(idm_rt.upscaler, "DEFAULT_MODEL", tmp_path / "absent")
+    monkeypatch.setattr(idm_rt, "DEFAULT_MODEL", tmp_path / "absent")
     assert main(["--engine", "fp32", "--backend", "onnxruntime"]) == 1
     assert "no bundled default model" in capsys.readouterr().err
     for bad in (["--scales", "2"], ["--tile", "x"], ["--batch", "4,1"], ["--engine", "int8"], ["--workspace", "1"],
@@ -179,7 +179,7 @@ def test_missing_default_model_and_bad_arguments(monkeypatch, tmp_path, capsys):
     capsys.readouterr()
     with pytest.raises(SystemExit):
         main(["--conv", "winograd", "--backend", "onnxruntime", "--engine", "fp16"])
-    assert "--conv winograd is for --backend onnxruntime --engine fp32" in capsys.readouterr().err
+    assert "--conv winograd is for --backend onnxruntime --precision fp32" in capsys.readouterr().err
 
 
 def test_explain_shows_the_bucket_of_each_request(models, capsys):
@@ -473,3 +473,15 @@ def test_graph_dimensions_are_sized_from_the_inputs_or_the_unet_levels():
     for bad, names in (("unk__7", known), ("h_1", {"w_0": 4}), (None, known), (0, known)):
         with pytest.raises(ValueError, match="cannot size a graph dimension"):
             dim_size(bad, names)
+
+
+def test_every_backend_a_build_makes_has_one_engine_builder():
+    """The build dispatches on ENGINE_BUILDERS alone: one module per backend of BUILD_BACKENDS, each with the whole
+    interface."""
+    from idm_rt.backends import BUILD_BACKENDS
+    from idm_rt.export.builder import ENGINE_BUILDERS
+
+    assert set(ENGINE_BUILDERS) == set(BUILD_BACKENDS)
+    for module in ENGINE_BUILDERS.values():
+        for name in ("missing_requirements", "identity", "manifest_flags", "key_flags", "write_engine"):
+            assert callable(getattr(module, name)), (module.__name__, name)
