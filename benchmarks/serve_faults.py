@@ -37,6 +37,7 @@ from .common import add_replace_argument, write
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB_TIMEOUT_S = 300
+WARMUP_LIMIT_S = 300
 
 
 def picture(h: int, w: int, seed: int) -> Image.Image:
@@ -90,9 +91,15 @@ def service_under_node_loss(cluster, worker_node, model: str, clients: int, warm
     for t in threads:
         t.start()
     try:
-        while sum(s == 200 for *_, s in log) < warmup:
-            time.sleep(0.05)
-        before = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/model", timeout=30).read())
+        # the kill waits for ``warmup`` answers and for both workers to have answered (the frontend's router may
+        # send the first requests of a busy machine to one of them), at most WARMUP_LIMIT_S
+        deadline, before = time.monotonic() + WARMUP_LIMIT_S, {}
+        while time.monotonic() < deadline:
+            if sum(s == 200 for *_, s in log) >= warmup:
+                before = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/model", timeout=30).read())
+                if before["batching"]["replicas_answering"] >= 2:
+                    break
+            time.sleep(0.2)
         killed = time.monotonic()
         cluster.remove_node(worker_node, allow_graceful=False)
         time.sleep(after_s)
