@@ -62,8 +62,9 @@ def post(url: str, body: bytes, timeout: float) -> int:
         return -1  # no answer at all
 
 
-def service_under_node_loss(cluster, worker_node, model: str, clients: int, warmup: int, after_s: float,
-                            steps: int) -> dict:
+def service_under_node_loss(
+    cluster, worker_node, model: str, clients: int, warmup: int, after_s: float, steps: int
+) -> dict:
     """The service part (see the module's docstring)."""
     from ray import serve
 
@@ -71,8 +72,21 @@ def service_under_node_loss(cluster, worker_node, model: str, clients: int, warm
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
-    serve.run(build_app({"model": model, "replicas": 2, "replica_cpus": 1, "timeout_s": 60, "max_batch": 4,
-                         "max_client_requests": 64}), name="faults", route_prefix="/", blocking=False)
+    serve.run(
+        build_app(
+            {
+                "model": model,
+                "replicas": 2,
+                "replica_cpus": 1,
+                "timeout_s": 60,
+                "max_batch": 4,
+                "max_client_requests": 64,
+            }
+        ),
+        name="faults",
+        route_prefix="/",
+        blocking=False,
+    )
     url = f"http://127.0.0.1:{port}/v1/upscale?scale=2&steps={steps}"
     body = png(picture(32, 40, 0))
     log: list[tuple[float, float, int]] = []
@@ -113,14 +127,20 @@ def service_under_node_loss(cluster, worker_node, model: str, clients: int, warm
     in_flight = [(t0, t1, s) for t0, t1, s in log if t0 <= killed < t1]
     first_ok = min((t1 for t0, t1, s in after if s == 200), default=None)
     # (one CPU per node, one per worker: the two workers that answered before the kill ran on both nodes)
-    return {"workers_answering_before_kill": before["batching"]["replicas_answering"], "requests_sent": len(log),
-            "answered": sum(s == 200 for *_, s in log), "failed": sum(s != 200 for *_, s in log),
-            "failed_statuses": sorted({s for *_, s in log if s != 200}),
-            "retried_by_frontend": described["requests"].get("retried", 0),
-            "in_flight_at_kill": len(in_flight), "in_flight_answered": sum(s == 200 for *_, s in in_flight),
-            "sent_after_kill": len(after), "answered_after_kill": sum(s == 200 for *_, s in after),
-            "recovery_s": None if first_ok is None else round(first_ok - killed, 2),
-            "slowest_request_s": round(max(t1 - t0 for t0, t1, _ in log), 2)}
+    return {
+        "workers_answering_before_kill": before.get("batching", {}).get("replicas_answering", 0),
+        "requests_sent": len(log),
+        "answered": sum(s == 200 for *_, s in log),
+        "failed": sum(s != 200 for *_, s in log),
+        "failed_statuses": sorted({s for *_, s in log if s != 200}),
+        "retried_by_frontend": described["requests"].get("retried", 0),
+        "in_flight_at_kill": len(in_flight),
+        "in_flight_answered": sum(s == 200 for *_, s in in_flight),
+        "sent_after_kill": len(after),
+        "answered_after_kill": sum(s == 200 for *_, s in after),
+        "recovery_s": None if first_ok is None else round(first_ok - killed, 2),
+        "slowest_request_s": round(max(t1 - t0 for t0, t1, _ in log), 2),
+    }
 
 
 def batch_job_under_node_loss(cluster, worker_node, model: str, images: int, steps: int, work: Path) -> dict:
@@ -132,8 +152,26 @@ def batch_job_under_node_loss(cluster, worker_node, model: str, images: int, ste
     for i in range(images):
         picture(48, 48, 1000 + i).save(src / f"im{i:02d}.png")
     env = {**os.environ, "RAY_ADDRESS": cluster.address, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "idm_rt", "upscale", str(src), "-o", str(out), "--scale", "2", "--steps",
-           str(steps), "--seed", "7", "--model", model, "--ray", "--workers", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "idm_rt",
+        "upscale",
+        str(src),
+        "-o",
+        str(out),
+        "--scale",
+        "2",
+        "--steps",
+        str(steps),
+        "--seed",
+        "7",
+        "--model",
+        model,
+        "--ray",
+        "--workers",
+        "2",
+    ]
     start = time.monotonic()
     with open(work / "job.log", "w") as log:
         job = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -150,12 +188,24 @@ def batch_job_under_node_loss(cluster, worker_node, model: str, images: int, ste
     up = idm_rt.Upscaler.from_pretrained(model)
     names = sorted(p.name for p in out.iterdir())
     want = [f"im{i:02d}.png" for i in range(images)]
-    equal = sum(np.array_equal(np.asarray(Image.open(out / n)),
-                               np.asarray(up.upscale(Image.open(src / n), scale=2, steps=steps, seed=7,
-                                                     progress=False))) for n in want if (out / n).exists())
-    return {"images": images, "outputs_when_node_killed": killed_after, "returncode": returncode,
-            "outputs": len(names), "outputs_as_expected": names == want, "outputs_equal_in_process": equal,
-            "seconds": round(time.monotonic() - start, 1), "log_tail": (work / "job.log").read_text()[-1500:]}
+    equal = sum(
+        np.array_equal(
+            np.asarray(Image.open(out / n)),
+            np.asarray(up.upscale(Image.open(src / n), scale=2, steps=steps, seed=7, progress=False)),
+        )
+        for n in want
+        if (out / n).exists()
+    )
+    return {
+        "images": images,
+        "outputs_when_node_killed": killed_after,
+        "returncode": returncode,
+        "outputs": len(names),
+        "outputs_as_expected": names == want,
+        "outputs_equal_in_process": equal,
+        "seconds": round(time.monotonic() - start, 1),
+        "log_tail": (work / "job.log").read_text()[-1500:],
+    }
 
 
 def free_port() -> int:
@@ -173,16 +223,25 @@ def tiny_model(path: Path) -> str:
     import idm_rt
 
     torch.manual_seed(0)
-    config = idm_rt.IDMConfig(inner_channel=8, channel_multiplier=(1, 2, 2), res_blocks=1, attn_levels=(2,),
-                              norm_groups=4, encoder_blocks=1, encoder_feats=8, implicit_hidden=16)
+    config = idm_rt.IDMConfig(
+        inner_channel=8,
+        channel_multiplier=(1, 2, 2),
+        res_blocks=1,
+        attn_levels=(2,),
+        norm_groups=4,
+        encoder_blocks=1,
+        encoder_feats=8,
+        implicit_hidden=16,
+    )
     model = idm_rt.IDM(config, max_scale=4.0)
     model.recommended = idm_rt.SamplingSettings(sampler="dpmpp_2m", steps=2)
     idm_rt.save_model(model, path)
     return str(path)
 
 
-def run(clients: int = 2, warmup: int = 10, after_s: float = 20.0, steps: int = 20, images: int = 10,
-        batch_steps: int = 100) -> dict:
+def run(
+    clients: int = 2, warmup: int = 10, after_s: float = 20.0, steps: int = 20, images: int = 10, batch_steps: int = 100
+) -> dict:
     """Both parts, each on a fresh two-node cluster."""
     import ray
     from ray.cluster_utils import Cluster
@@ -208,8 +267,11 @@ def run(clients: int = 2, warmup: int = 10, after_s: float = 20.0, steps: int = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.serve_faults", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks.serve_faults",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--clients", type=int, default=2)
     ap.add_argument("--after-s", type=float, default=20.0, help="load kept up after the node is killed")
     ap.add_argument("--images", type=int, default=10, help="images of the batch job")
