@@ -23,6 +23,7 @@ from ..devices import Device, parse_device
 from ..model.pieces import Conditioning, features_in_tiles, in_blocks, receptive_radius, scale_fraction
 from ..model.tables import query_tables_for, resize_tables
 from ..resize import bicubic_upscale
+from ..stage_timing import ENGINE_ARRAYS, stage
 from .engine_dir import (
     Manifest,
     graph_inputs,
@@ -116,15 +117,17 @@ class EngineRunner:
         size = tuple(x_t.shape[-2:])
         self._covering_bucket(size)
         xp = namespace(x_t)
-        g = xp.broadcast_to(xp.reshape(xp.astype(noise_level, xp.float32), (-1,)), (x_t.shape[0],))
-        per_sample = self._inputs("unet", [x_t, conditioning.cond, *conditioning.flat(), g])
+        with stage(ENGINE_ARRAYS):
+            g = xp.broadcast_to(xp.reshape(xp.astype(noise_level, xp.float32), (-1,)), (x_t.shape[0],))
+            per_sample = self._inputs("unet", [x_t, conditioning.cond, *conditioning.flat(), g])
         exact = next((b for b in self.buckets if (b.height, b.width) == size and self.manifest.static), None)
         if exact is not None:
             key = graph_key("unet", exact)
             return run_batched(lambda part: self.run_graph(key, part), per_sample, exact.max_batch,
                                exact.min_batch)[0]
-        tables = [self.asarray(t) for four in query_tables_for(size, self.config.levels) for t in four]
-        shared = dict(zip(table_names(self.config.levels), tables))  # per size, not per sample
+        with stage(ENGINE_ARRAYS):
+            tables = [self.asarray(t) for four in query_tables_for(size, self.config.levels) for t in four]
+            shared = dict(zip(table_names(self.config.levels), tables))  # per size, not per sample
         return run_batched(lambda part: self.run_graph("unet_dynamic", {**part, **shared}), per_sample,
                            max(b.max_batch for b in self.buckets), 1)[0]
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..arrays import Array, to_host
 from ..devices import Device
+from ..stage_timing import ENGINE_ARRAYS, stage
 from ..threads import MAX_THREADS
 from ..threads import threads as default_threads
 from .base import EngineRunner
@@ -98,9 +99,12 @@ class OnnxRuntimeRunner(EngineRunner):
         metas = {m.name: m for m in session.get_inputs()}
         if self._io_binding:
             return self._run_bound(session, metas, inputs)
-        outs = session.run(None, {name: np.ascontiguousarray(to_host(a), dtype=_DTYPES[metas[name].type])
-                                  for name, a in inputs.items()})
-        return [o.astype(np.float32, copy=False) for o in outs]
+        with stage(ENGINE_ARRAYS):
+            feeds = {name: np.ascontiguousarray(to_host(a), dtype=_DTYPES[metas[name].type])
+                     for name, a in inputs.items()}
+        outs = session.run(None, feeds)
+        with stage(ENGINE_ARRAYS):
+            return [o.astype(np.float32, copy=False) for o in outs]
 
     def _run_bound(self, session, metas, inputs: dict[str, Array]) -> list[Array]:
         """IO binding: inputs and preallocated outputs stay in the array library's memory on the runner's device
