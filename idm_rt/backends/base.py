@@ -39,6 +39,9 @@ class EngineRunner:
     :func:`idm_rt.pipeline.super_resolve` and tiling use (:class:`~idm_rt.model.protocol.SamplingModel`)."""
 
     backend: str  # each runner's own; the SamplingModel protocol (idm_rt.model.protocol)
+    # How many times faster per pixel the static U-Net graphs run than the dynamic one (the tile rule weighs it,
+    # idm_rt.buckets.fitted_tile).
+    static_speedup = 1.0
 
     def __init__(self, folder: str | os.PathLike, device: str | Device):
         self.folder = Path(folder)
@@ -144,7 +147,7 @@ class EngineRunner:
 def bucket_tile(runner: EngineRunner, size: tuple[int, int], max_memory: int | None = None) -> int | None:
     """The tile side the bucket rule picks for an HR output ``size`` (None: no tiling); the buckets, built for their
     batches, already set the memory."""
-    return route(runner.buckets, size, runner.config.size_multiple).tile
+    return route(runner.buckets, size, runner.config.size_multiple, runner.static_speedup).tile
 
 
 def run_batched(run: Callable[[dict[str, Array]], list[Array]], inputs: dict[str, Array], max_batch: int,

@@ -20,6 +20,10 @@ from .base import EngineRunner
 from .engine_dir import INT8_CHECK, artifact, dim_size, graph_inputs, graph_key, graph_outputs, graph_specs
 
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
+# Per pixel, the static Winograd U-Net graph against the dynamic direct one on a CPU: 1.3x (192-px tiles against
+# 256) and 1.45x (232 against 256) per image in benchmarks.engine_sizes, 1.28-1.57x per call in
+# benchmarks.latency_onnx.
+WINOGRAD_SPEEDUP = 1.4
 
 
 class OnnxRuntimeRunner(EngineRunner):
@@ -70,6 +74,8 @@ class OnnxRuntimeRunner(EngineRunner):
                 raise RuntimeError(f"ONNX Runtime cannot load {path}: {e}\n(a damaged file: rebuild the directory "
                                    f"with python -m idm_rt.build --force)") from None
         self._check_graphs()
+        if self.manifest.static and self.manifest.build_flags.get("conv") == "winograd":
+            self.static_speedup = WINOGRAD_SPEEDUP
 
     def _check_graphs(self) -> None:
         """ValueError when a graph file does not take and give what its manifest entry says (a file copied
