@@ -103,7 +103,8 @@ def test_one_tile_changes_nothing(up):
     (dict(scale=2, size=(20, 20)), "exactly one of scale or size"),
     (dict(size=(5, 20)), "must be larger than the input"),
     (dict(scale=2, sampler="euler"), "unknown sampler"),
-    (dict(scale=2, steps=0), r"steps must be an integer in \[1, 2000\]"),
+    (dict(scale=2, steps=-1), r"steps must be an integer in \[0, 2000\]"),
+    (dict(scale=2, steps=0, init="noise"), "steps=0 gives the start image itself"),
     (dict(scale=2, tile=6), "tile must be at least"),
     (dict(scale=2, eta=1.5), r"eta must be a number in \[0, 1\]"),
     (dict(scale=2, eta="0.5"), r"eta must be a number in \[0, 1\]"),
@@ -113,8 +114,8 @@ def test_one_tile_changes_nothing(up):
     (dict(scale=2, init="bicubic", init_level="0.5"), r"init_level must be a number in \(0, 1\)"),
     (dict(scale=2, tile="16"), "tile must be an integer"),
     (dict(size={20, 21}), r"size must be \(width, height\)"),
-    (dict(scale=2, steps=True), r"steps must be an integer in \[1, 2000\]"),
-    (dict(scale=2, steps=10**9), r"steps must be an integer in \[1, 2000\]"),
+    (dict(scale=2, steps=True), r"steps must be an integer in \[0, 2000\]"),
+    (dict(scale=2, steps=10**9), r"steps must be an integer in \[0, 2000\]"),
     (dict(scale=2, back_projection=10**9), r"back_projection must be an integer in \[0, 100\]"),
     (dict(scale=2, sampler="ddpm", steps=1500, init="bicubic", init_level=0.9), r"ddpm steps must be in 1\.\.\d+"),
     (dict(scale=1.01), "too small to change the size"),
@@ -255,7 +256,7 @@ def test_numpy_integers_are_accepted_for_steps_and_seed(up):
 
 @pytest.mark.parametrize("defaults, message", [
     ({"sampler": "euler", "steps": 3}, "unknown sampler 'euler'"),
-    ({"steps": 10**9}, r"steps must be an integer in \[1, 2000\]"),
+    ({"steps": 10**9}, r"steps must be an integer in \[0, 2000\]"),
     ({"device": "cuda", "max_pixels": 10**12}, r"unknown keys \['device', 'max_pixels'\]"),  # not Upscaler options
     (["dpmpp_2m"], "must be a JSON object"),
 ])
