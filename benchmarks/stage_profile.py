@@ -79,9 +79,14 @@ def summarise(runs: list[dict]) -> dict:
     names = sorted({n for r in runs for n in r["stages"]}, key=lambda n: ORDER.index(n))
     stages = {n: statistics.median(r["stages"].get(n, 0.0) for r in runs) for n in names}
     calls = runs[0]["calls"].get(UNET, 0)
-    return {"stages_s": stages, "wall_s": statistics.median(r["wall_s"] for r in runs),
-            "wall_all_s": [r["wall_s"] for r in runs], "unet_calls_per_image": calls,
-            "unet_call_mean_s": stages.get(UNET, 0.0) / calls if calls else None, "rounds": len(runs)}
+    return {
+        "stages_s": stages,
+        "wall_s": statistics.median(r["wall_s"] for r in runs),
+        "wall_all_s": [r["wall_s"] for r in runs],
+        "unet_calls_per_image": calls,
+        "unet_call_mean_s": stages.get(UNET, 0.0) / calls if calls else None,
+        "rounds": len(runs),
+    }
 
 
 def table(result: dict) -> str:
@@ -91,12 +96,18 @@ def table(result: dict) -> str:
     names = [n for n in ORDER if any(n in p["stages_s"] for p in profiles)]
     lines = ["| stage | " + " | ".join(f"{b}, {q}" for b, q in columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for n in names:
-        cells = [f"{p['stages_s'].get(n, 0.0):.2f} ({100 * p['stages_s'].get(n, 0.0) / p['wall_s']:.0f}%)"
-                 for p in profiles]
+        cells = [
+            f"{p['stages_s'].get(n, 0.0):.2f} ({100 * p['stages_s'].get(n, 0.0) / p['wall_s']:.0f}%)" for p in profiles
+        ]
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
-    lines.append("| U-Net calls x mean s | " + " | ".join(
-        f"{p['unet_calls_per_image']} x {p['unet_call_mean_s']:.3f}" if p["unet_calls_per_image"] else "0"
-        for p in profiles) + " |")
+    lines.append(
+        "| U-Net calls x mean s | "
+        + " | ".join(
+            f"{p['unet_calls_per_image']} x {p['unet_call_mean_s']:.3f}" if p["unet_calls_per_image"] else "0"
+            for p in profiles
+        )
+        + " |"
+    )
     lines.append("| **total (wall)** | " + " | ".join(f"**{p['wall_s']:.2f}**" for p in profiles) + " |")
     return "\n".join(lines)
 
@@ -125,18 +136,25 @@ def main(argv: list[str] | None = None) -> dict:
                 runs[b][q].append(profile_once(up, png, q))
                 print(f"round {r + 1}: {b}, {q}: {runs[b][q][-1]['wall_s']:.2f} s", flush=True)
     up = next(iter(ups.values()))
-    result = {"input": f"scikit-image astronaut resized to {args.side // 4}x{args.side // 4}, PNG",
-              "output": f"{args.side}x{args.side}", "threads": args.threads, "note": args.note,
-              "backends": backends, "qualities": qualities,
-              "tiles": {b: u.choose_tile((args.side, args.side)) for b, u in ups.items()},
-              "settings": {q: idm_rt.sampling.choose_preset(q, up.sampling, up.presets).to_dict() for q in qualities},
-              "profile": {b: {q: summarise(runs[b][q]) for q in qualities} for b in backends}}
+    result = {
+        "input": f"scikit-image astronaut resized to {args.side // 4}x{args.side // 4}, PNG",
+        "output": f"{args.side}x{args.side}",
+        "threads": args.threads,
+        "note": args.note,
+        "backends": backends,
+        "qualities": qualities,
+        "tiles": {b: u.choose_tile((args.side, args.side)) for b, u in ups.items()},
+        "settings": {q: idm_rt.sampling.choose_preset(q, up.sampling, up.presets).to_dict() for q in qualities},
+        "profile": {b: {q: summarise(runs[b][q]) for q in qualities} for b in backends},
+    }
     result["table"] = table(result)
     print(result["table"])
     path = write("stage_profile", result, "stage_profile", args.replace)
-    text = (f"# Stage profile, {result['output']} output\n\n`{json.loads(path.read_text())['command']}`\n\n"
-            f"Threads: {args.threads}. {args.note}\n\nMedian seconds (share of the total) over {args.repeats} "
-            f"interleaved rounds; each stage's own time.\n\n{result['table']}\n")
+    text = (
+        f"# Stage profile, {result['output']} output\n\n`{json.loads(path.read_text())['command']}`\n\n"
+        f"Threads: {args.threads}. {args.note}\n\nMedian seconds (share of the total) over {args.repeats} "
+        f"interleaved rounds; each stage's own time.\n\n{result['table']}\n"
+    )
     atomic_write(path.with_suffix(".md"), lambda p: Path(p).write_text(text))
     print(f"wrote {path} and {path.with_suffix('.md')}")
     return result

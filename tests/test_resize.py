@@ -18,8 +18,11 @@ def test_the_gathers_compute_what_interpolate_does(small, large):
     rng = np.random.default_rng(0)
     lr, hr = (rng.uniform(-1, 1, (2, 3, *s)).astype(np.float32) for s in (small, large))
     up = F.interpolate(torch.from_numpy(lr), size=large, mode="bicubic", align_corners=False).numpy()
-    down = F.interpolate(torch.from_numpy(hr), size=small, mode="bicubic", align_corners=False,
-                         antialias=True).clamp(-1, 1).numpy()
+    down = (
+        F.interpolate(torch.from_numpy(hr), size=small, mode="bicubic", align_corners=False, antialias=True)
+        .clamp(-1, 1)
+        .numpy()
+    )
     assert np.abs(bicubic_upscale(lr, large) - up).max() < 1e-5
     assert np.abs(downscale(hr, small) - down).max() < 1e-5
 
