@@ -14,13 +14,15 @@ from __future__ import annotations
 from .arrays import Array, namespace
 from .diffusion.samplers import EpsFn
 from .resize import bicubic_upscale, downscale
+from .stage_timing import BACK_PROJECTION, stage
 
 
 def back_project(x0: Array, lr: Array, iterations: int) -> Array:
     """``iterations`` passes of ``x0 += upscale(lr - downscale(x0))``; images in [-1, 1]."""
-    for _ in range(iterations):
-        x0 = x0 + bicubic_upscale(lr - downscale(x0, tuple(lr.shape[-2:])), tuple(x0.shape[-2:]))
-    return x0
+    with stage(BACK_PROJECTION):
+        for _ in range(iterations):
+            x0 = x0 + bicubic_upscale(lr - downscale(x0, tuple(lr.shape[-2:])), tuple(x0.shape[-2:]))
+        return x0
 
 
 def back_projected(eps_fn: EpsFn, lr: Array, iterations: int) -> EpsFn:
@@ -30,9 +32,10 @@ def back_projected(eps_fn: EpsFn, lr: Array, iterations: int) -> EpsFn:
     def eps_back_projected(x: Array, g: Array) -> Array:
         xp = namespace(x)
         eps = eps_fn(x, g)
-        alpha = xp.reshape(xp.astype(g, xp.float32), (-1, 1, 1, 1))  # float32 even for half inputs: sigma -> 0
-        sigma = xp.sqrt(xp.clip(1.0 - alpha * alpha, 1e-12, None))
-        x0 = back_project(xp.clip((x - sigma * eps) / alpha, -1.0, 1.0), lr, iterations)
-        return (x - alpha * x0) / sigma
+        with stage(BACK_PROJECTION):  # the noise's conversion to the clean image and back
+            alpha = xp.reshape(xp.astype(g, xp.float32), (-1, 1, 1, 1))  # float32 even for half inputs: sigma -> 0
+            sigma = xp.sqrt(xp.clip(1.0 - alpha * alpha, 1e-12, None))
+            x0 = back_project(xp.clip((x - sigma * eps) / alpha, -1.0, 1.0), lr, iterations)
+            return (x - alpha * x0) / sigma
 
     return eps_back_projected

@@ -23,9 +23,11 @@ RULE = """\
 2. when a bucket covers the output (height >= H and width >= W) it runs untiled: on that
    bucket's static graph when it is exactly its size, else on the dynamic graph at its own size;
 3. when no bucket covers the output it is denoised in overlapping square tiles blended at every
-   step (idm_rt.tiling) whose side is the largest square inside the largest bucket, rounded down
-   to the U-Net's size multiple; each tile then follows rule 2. The torch backend with the same
-   tile computes the same tiles."""
+   step (idm_rt.tiling) whose side, a multiple of the U-Net's size multiple no larger than the
+   largest square inside the largest bucket (nor smaller than half of it), covers the output at the
+   least cost: its tiled pixels, those of tiles no static graph takes counted as many times slower as
+   the engines' static graphs are faster per pixel (ONNX Runtime's Winograd graphs), the larger side on
+   a tie; each tile then follows rule 2. The torch backend with the same tile computes the same tiles."""
 
 MAX_SIDE, MAX_BATCH = 8192, 256  # far above what a tile or a batch of one GPU holds
 
@@ -73,8 +75,9 @@ class Bucket:
         return cls(d["height"], d["width"], d["min_batch"], d["max_batch"])
 
 
-# 256: outputs up to 256x256 run untiled (the dynamic graph below it); larger ones in 256 tiles, whose 32-px
-# overlaps add 31 % pixels (128 tiles added 78 %) while the attention's share of a call stays small.
+# 256: outputs up to 256x256 run untiled (the dynamic graph below it); larger ones in tiles of at most 256 (rule 3),
+# whose 32-px overlaps add 31 % pixels on large images (128 tiles added 78 %) while the attention's share of a call
+# stays small.
 DEFAULT_TILES = (256,)
 
 
@@ -121,6 +124,25 @@ def tile_side(buckets: Sequence[Bucket], multiple: int) -> int:
     return side
 
 
+def fitted_tile(buckets: Sequence[Bucket], size: tuple[int, int], multiple: int, static_speedup: float = 1.0) -> int:
+    """Rule 3: the tile side for an output of ``size`` (H, W) that no bucket covers. The largest square alone can
+    waste most of a call on overlaps (a 512x512 output in 256 tiles: 9 tiles, 2.25 tiled pixels per output pixel;
+    in 192 tiles, the same 9 tiles and 1.27); sides under half of it spend still more of each tile on overlaps.
+    ``static_speedup``: how many times faster per pixel a tile runs on a bucket's static graph (a tile of exactly
+    its size) than on the dynamic graph; 1 where the engines have none or run both alike."""
+    from .tiling import TilePlan  # (tiling needs the array libraries; the rule's text and the buckets do not)
+
+    largest = tile_side(buckets, multiple)
+    static = {(b.height, b.width) for b in buckets}
+
+    def cost(tile: int) -> float:
+        return sum(h * w * (1.0 if (h, w) in static else static_speedup)
+                   for _, _, h, w in TilePlan.for_image(size, tile, multiple).tiles)
+
+    sides = range(largest, max(largest // 2, 2 * multiple) - 1, -multiple)  # largest first: it wins ties
+    return min(sides, key=cost)
+
+
 @dataclass(frozen=True)
 class Route:
     """How one output size runs: on ``bucket`` directly, or in tiles of side ``tile``."""
@@ -138,10 +160,10 @@ class Route:
         return f"{w}x{h} output -> tiles of {self.tile}x{self.tile}, each on the smallest bucket covering it"
 
 
-def route(buckets: Sequence[Bucket], size: tuple[int, int], multiple: int) -> Route:
-    """Apply the rule to an HR output ``size`` (H, W)."""
+def route(buckets: Sequence[Bucket], size: tuple[int, int], multiple: int, static_speedup: float = 1.0) -> Route:
+    """Apply the rule to an HR output ``size`` (H, W) (``static_speedup``: see :func:`fitted_tile`)."""
     bucket = select_bucket(buckets, size)
-    return Route(size, bucket, None if bucket is not None else tile_side(buckets, multiple))
+    return Route(size, bucket, None if bucket is not None else fitted_tile(buckets, size, multiple, static_speedup))
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -175,6 +197,7 @@ __all__ = [
     "plan_buckets",
     "select_bucket",
     "tile_side",
+    "fitted_tile",
     "route",
     "parse_size",
     "parse_list",

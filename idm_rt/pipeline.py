@@ -19,6 +19,7 @@ from .diffusion import LinearSchedule, sampler
 from .model.protocol import SamplingModel
 from .resize import bicubic_upscale
 from .sampling import SamplingSettings
+from .stage_timing import CONDITIONING, ENCODER, SAMPLER, UNET, stage, timed
 from .tiling import CACHE_BYTES, TilePlan, tiled_eps
 
 
@@ -37,33 +38,38 @@ def super_resolve(model: SamplingModel, lr: Array, size: tuple[int, int], settin
         cache_bytes: tiles' conditionings kept between steps (:func:`idm_rt.tiling.tiled_eps`).
     """
     settings.check_for(model.config)
-    denoise = denoise or model.denoise
+    denoise = timed(UNET, denoise or model.denoise)
     b, _, h, w = lr.shape
     noise = noise or Noise([None] * b)
     if scale is None:
         scale = (size[0] / h * size[1] / w) ** 0.5
     with model.sampling():
         checkpoint()
-        cond = model.encode(lr, size)
+        with stage(ENCODER):
+            cond = model.encode(lr, size)
         if settings.steps == 0:  # the start itself: no conditioning, no U-Net call
-            start = namespace(cond).clip(bicubic_upscale(lr, size) if settings.init == "bicubic" else cond, -1.0, 1.0)
+            with stage(SAMPLER):
+                start = namespace(cond).clip(bicubic_upscale(lr, size) if settings.init == "bicubic" else cond,
+                                             -1.0, 1.0)
             return namespace(cond).clip(back_project(start, lr, settings.back_projection), -1.0, 1.0)
         p = model.scale_fraction([scale] * b)
         if plan is not None and len(plan.tiles) > 1:
             eps_fn = tiled_eps(model, cond, p, plan, denoise, cache_bytes)
         else:
             checkpoint()
-            conditioning = model.condition(cond, p)
+            with stage(CONDITIONING):
+                conditioning = model.condition(cond, p)
 
             def eps_fn(x: Array, g: Array) -> Array:
                 checkpoint()
                 return denoise(x, conditioning, g)
         if settings.back_projection:
             eps_fn = back_projected(eps_fn, lr, settings.back_projection)
-        x_T = initial_state(lr, cond, settings, noise)
-        x_0 = sampler(settings.sampler).run(eps_fn, x_T, settings.steps, t_start=settings.start_timestep,
-                                            eta=settings.eta, noise=noise, progress=progress)
-        return namespace(x_0).clip(x_0, -1.0, 1.0)
+        with stage(SAMPLER):  # the U-Net calls and back-projection inside are their own stages
+            x_T = initial_state(lr, cond, settings, noise)
+            x_0 = sampler(settings.sampler).run(eps_fn, x_T, settings.steps, t_start=settings.start_timestep,
+                                                eta=settings.eta, noise=noise, progress=progress)
+            return namespace(x_0).clip(x_0, -1.0, 1.0)
 
 
 def initial_state(lr: Array, cond: Array, settings: SamplingSettings, noise: Noise) -> Array:

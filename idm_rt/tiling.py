@@ -17,6 +17,7 @@ from .arrays import Array, like, namespace
 from .cancel import checkpoint
 from .diffusion.samplers import EpsFn
 from .model.protocol import SamplingModel
+from .stage_timing import CONDITIONING, TILES, stage
 
 # The overlap of neighbouring tiles, in HR pixels: the smallest that leaves no seam. With the tiles blended
 # at every step, the mean step between pixels across tile edges is 1.04x the untiled image's at 8 px,
@@ -86,15 +87,17 @@ def tiled_eps(
     beyond that budget recompute theirs at every step, so memory stays bounded for huge outputs.
     """
     xp = namespace(cond)
-    host_total = np.zeros(plan.size, dtype=np.float32)
-    for t, l, h, w in plan.tiles:
-        host_total[t : t + h, l : l + w] += plan.weight((t, l, h, w))
-    weights = [xp.astype(like(plan.weight(tile), cond), cond.dtype) for tile in plan.tiles]
-    total = xp.astype(like(host_total, cond), cond.dtype)
+    with stage(TILES):
+        host_total = np.zeros(plan.size, dtype=np.float32)
+        for (t, l, h, w) in plan.tiles:
+            host_total[t:t + h, l:l + w] += plan.weight((t, l, h, w))
+        weights = [xp.astype(like(plan.weight(tile), cond), cond.dtype) for tile in plan.tiles]
+        total = xp.astype(like(host_total, cond), cond.dtype)
 
     def tile_condition(i: int):
         t, l, h, w = plan.tiles[i]
-        return model.condition(cond[:, :, t : t + h, l : l + w], p)
+        with stage(CONDITIONING):
+            return model.condition(cond[:, :, t:t + h, l:l + w], p)
 
     cached, used = {}, 0
     for i in range(len(plan.tiles)):
@@ -106,11 +109,12 @@ def tiled_eps(
         cached[i], used = c, used + size
 
     def eps_fn(x: Array, g: Array) -> Array:
-        acc = xp.zeros_like(x)
-        for i, ((t, l, h, w), wgt) in enumerate(zip(plan.tiles, weights)):
-            checkpoint()
-            c = cached[i] if i in cached else tile_condition(i)
-            acc[:, :, t : t + h, l : l + w] += denoise(x[:, :, t : t + h, l : l + w], c, g) * wgt
-        return acc / total
+        with stage(TILES):  # the crops and the weighted sums; the U-Net calls inside are their own stage
+            acc = xp.zeros_like(x)
+            for i, ((t, l, h, w), wgt) in enumerate(zip(plan.tiles, weights)):
+                checkpoint()
+                c = cached[i] if i in cached else tile_condition(i)
+                acc[:, :, t:t + h, l:l + w] += denoise(x[:, :, t:t + h, l:l + w], c, g) * wgt
+            return acc / total
 
     return eps_fn

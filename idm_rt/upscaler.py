@@ -28,6 +28,7 @@ from .model.protocol import SamplingModel
 from .options import OPTIONS, check, per_image_seeds
 from .pipeline import super_resolve
 from .sampling import SamplingSettings, choose_preset
+from .stage_timing import TILES, stage
 from .tiling import CACHE_BYTES, TilePlan
 
 DEFAULT_MODEL = Path(__file__).parent / "weights" / "default"
@@ -329,8 +330,9 @@ class Upscaler:
             lr = self.model.asarray(np.concatenate([prepared[i][0] for i in idx]))
             # one noise stream per image, with its seed: an image's result does not depend on its batch
             noise = Noise([seeds[i] if seeds is not None else None for i in idx])
-            group_tile = self.choose_tile(out) if tile is None else tile  # 0: untiled
-            plan = TilePlan.for_image(out, group_tile, self.model.config.size_multiple) if group_tile else None
+            with stage(TILES):
+                group_tile = self.choose_tile(out) if tile is None else tile  # 0: untiled
+                plan = TilePlan.for_image(out, group_tile, self.model.config.size_multiple) if group_tile else None
             cache = self.max_memory // 2 if self.max_memory is not None else CACHE_BYTES  # (the tile has the rest)
             sr = to_host(
                 super_resolve(

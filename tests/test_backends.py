@@ -77,17 +77,34 @@ def test_outputs_larger_than_every_bucket_are_tiled_like_torch(built):
     assert np.abs(got - want).max() < 2e-3
 
 
+def test_the_tile_rule_weighs_static_winograd_graphs_only_where_there_are_some(built):
+    """A default ONNX Runtime fp32 build on a CPU has static Winograd graphs; the bundled engines only the dynamic
+    graph, whose tiles all cost alike."""
+    from idm_rt.backends.onnxruntime import WINOGRAD_SPEEDUP
+    from idm_rt.upscaler import DEFAULT_ENGINES
+
+    _, folder = built
+    runner = load_runner(folder)
+    assert runner.manifest.build_flags.get("conv") == "winograd" and runner.static_speedup == WINOGRAD_SPEEDUP > 1
+    if (DEFAULT_ENGINES / "manifest.json").exists():
+        assert load_runner(DEFAULT_ENGINES).static_speedup == 1.0
+
+
 @pytest.mark.parametrize("size, scale", [((12, 12), 2), ((10, 9), 3), ((20, 12), 2), ((13, 21), 3), ((16, 16), 2),
                                          ((40, 40), 3)])
 def test_engines_give_the_torch_image_at_every_output_size(built, size, scale):
     """Outputs smaller than the 32x32 bucket (24x24, 30x27: the dynamic graph at their own size), wider
     than it in one direction (40x24 in 32x24 tiles), tiled in both with remainders (39x63), an exact
-    fit (32x32) and 120x120: 8-bit images within 1/255 of the torch backend with the same tiling."""
+    fit (32x32) and 120x120: 8-bit images within 1/255 of the torch backend with the same tiling (the engines'
+    choice: a side of at most 32 that fits the output)."""
     model, folder = built
     image = (_image(*size, 11) * 255).round().astype(np.uint8)
     kw = dict(scale=scale, steps=3, seed=5, progress=False, sampler="dpmpp_2m", init="bicubic", init_level=0.8)
-    got = Upscaler.from_engines(folder, runner_options={"threads": 1}).upscale(image, **kw)
-    want = Upscaler(model).upscale(image, tile=32, **kw)
+    engines = Upscaler.from_engines(folder, runner_options={"threads": 1})
+    got = engines.upscale(image, **kw)
+    tile = engines.choose_tile((round(size[0] * scale), round(size[1] * scale)))
+    assert tile is None or tile <= 32
+    want = Upscaler(model).upscale(image, tile=tile or 32, **kw)
     assert got.shape == want.shape == (round(size[0] * scale), round(size[1] * scale), 3)
     assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
 

@@ -23,9 +23,9 @@ WRITERS = sorted(m.name for m in pkgutil.iter_modules(benchmarks.__path__)
 
 
 def test_every_benchmark_writing_results_is_listed():
-    assert WRITERS == ["allocator", "busy_threads", "detail_measures", "int8_onnx", "latency", "latency_onnx",
-                       "model_grids", "niqe_variants", "quality_steps", "serve_faults", "serve_load", "size_scaling",
-                       "tile_overlap", "torch_free", "triton_aot"]
+    assert WRITERS == ["allocator", "busy_threads", "detail_measures", "engine_sizes", "int8_onnx", "latency",
+                       "latency_onnx", "model_grids", "niqe_variants", "quality_cost", "quality_steps", "serve_faults",
+                       "serve_load", "size_scaling", "stage_profile", "tile_overlap", "torch_free", "triton_aot"]
 
 
 @pytest.mark.parametrize("name", WRITERS)

@@ -24,6 +24,7 @@ from ..devices import Device, parse_device
 from ..model.pieces import Conditioning, features_in_tiles, in_blocks, receptive_radius, scale_fraction
 from ..model.tables import query_tables_for, resize_tables
 from ..resize import bicubic_upscale
+from ..stage_timing import ENGINE_ARRAYS, stage
 from .engine_dir import (
     Manifest,
     graph_inputs,
@@ -39,6 +40,9 @@ class EngineRunner:
     :func:`idm_rt.pipeline.super_resolve` and tiling use (:class:`~idm_rt.model.protocol.SamplingModel`)."""
 
     backend: str  # each runner's own; the SamplingModel protocol (idm_rt.model.protocol)
+    # How many times faster per pixel the static U-Net graphs run than the dynamic one (the tile rule weighs it,
+    # idm_rt.buckets.fitted_tile).
+    static_speedup = 1.0
 
     def __init__(self, folder: str | os.PathLike, device: str | Device):
         self.folder = Path(folder)
@@ -119,15 +123,17 @@ class EngineRunner:
         size = tuple(x_t.shape[-2:])
         self._covering_bucket(size)
         xp = namespace(x_t)
-        g = xp.broadcast_to(xp.reshape(xp.astype(noise_level, xp.float32), (-1,)), (x_t.shape[0],))
-        per_sample = self._inputs("unet", [x_t, conditioning.cond, *conditioning.flat(), g])
+        with stage(ENGINE_ARRAYS):
+            g = xp.broadcast_to(xp.reshape(xp.astype(noise_level, xp.float32), (-1,)), (x_t.shape[0],))
+            per_sample = self._inputs("unet", [x_t, conditioning.cond, *conditioning.flat(), g])
         exact = next((b for b in self.buckets if (b.height, b.width) == size and self.manifest.static), None)
         if exact is not None:
             key = graph_key("unet", exact)
             return run_batched(lambda part: self.run_graph(key, part), per_sample, exact.max_batch,
                                exact.min_batch)[0]
-        tables = [self.asarray(t) for four in query_tables_for(size, self.config.levels) for t in four]
-        shared = dict(zip(table_names(self.config.levels), tables))  # per size, not per sample
+        with stage(ENGINE_ARRAYS):
+            tables = [self.asarray(t) for four in query_tables_for(size, self.config.levels) for t in four]
+            shared = dict(zip(table_names(self.config.levels), tables))  # per size, not per sample
         return run_batched(lambda part: self.run_graph("unet_dynamic", {**part, **shared}), per_sample,
                            max(b.max_batch for b in self.buckets), 1)[0]
 
@@ -144,7 +150,7 @@ class EngineRunner:
 def bucket_tile(runner: EngineRunner, size: tuple[int, int], max_memory: int | None = None) -> int | None:
     """The tile side the bucket rule picks for an HR output ``size`` (None: no tiling); the buckets, built for their
     batches, already set the memory."""
-    return route(runner.buckets, size, runner.config.size_multiple).tile
+    return route(runner.buckets, size, runner.config.size_multiple, runner.static_speedup).tile
 
 
 def run_batched(run: Callable[[dict[str, Array]], list[Array]], inputs: dict[str, Array], max_batch: int,

@@ -17,6 +17,7 @@ from array_api_compat import device
 
 from ..arrays import Array, like, namespace
 from ..cancel import checkpoint
+from ..stage_timing import ENCODER_FEATURES, ENCODER_HR, timed
 
 # HR rows and columns of the encoder's tail computed at once: memory bounded by the block, whatever the image.
 BLOCK = 256
@@ -54,6 +55,7 @@ def features_in_tiles(features: Callable[[Array], Array], lr: Array, radius: int
     padding never reaches what is kept): the same numbers as one pass, memory bounded by the tile."""
     h, w = lr.shape[-2:]
     size = size or FEATURE_TILE
+    features = timed(ENCODER_FEATURES, features)
     if (h <= size and w <= size) or not (h and w):  # one tile (or an empty image): one call
         return features(lr)
     return stitched(lambda r, c: features(lr[:, :, r, c]), h, w, size, radius)
@@ -70,6 +72,7 @@ def in_blocks(block: Callable[..., Array], feat: Array, rows: np.ndarray, cols: 
     if not (height and width):
         raise ValueError(f"the output size must be at least 1x1, got {width}x{height}")
     implicit = rel_rows is not None
+    block = timed(ENCODER_HR, block)
     cell = like(np.array([feat.shape[-2] / height, feat.shape[-1] / width], dtype=np.float32), feat)
 
     def one(r: slice, c: slice) -> Array:
