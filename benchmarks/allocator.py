@@ -59,12 +59,21 @@ def child(size: int, steps: int, repeats: int, threads: int, allocator: bool) ->
                 before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
                 fn()
                 wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
-                runs[name].append({"wall_s": wall, "user_s": after.ru_utime - before.ru_utime,
-                                   "sys_s": after.ru_stime - before.ru_stime,
-                                   "minor_faults": after.ru_minflt - before.ru_minflt})
+                runs[name].append(
+                    {
+                        "wall_s": wall,
+                        "user_s": after.ru_utime - before.ru_utime,
+                        "sys_s": after.ru_stime - before.ru_stime,
+                        "minor_faults": after.ru_minflt - before.ru_minflt,
+                    }
+                )
     medians = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}
-    return {"allocator": "idm_rt.configure_allocator" if applied else "glibc default", "per_image": medians,
-            "peak_rss_mib": peak_rss_mib(), "runs": repeats}
+    return {
+        "allocator": "idm_rt.configure_allocator" if applied else "glibc default",
+        "per_image": medians,
+        "peak_rss_mib": peak_rss_mib(),
+        "runs": repeats,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict | None:
@@ -81,18 +90,39 @@ def main(argv: list[str] | None = None) -> dict | None:
         return None
     settings = {}
     for name in ("glibc", "configured"):
-        cmd = [sys.executable, "-m", "benchmarks.allocator", "--child", name, "--size", str(args.size), "--steps",
-               str(args.steps), "--repeats", str(args.repeats), "--threads", str(args.threads)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.allocator",
+            "--child",
+            name,
+            "--size",
+            str(args.size),
+            "--steps",
+            str(args.steps),
+            "--repeats",
+            str(args.repeats),
+            "--threads",
+            str(args.threads),
+        ]
         settings[name] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
         for variant, m in settings[name]["per_image"].items():
-            print(f"{settings[name]['allocator']:28s} {variant:14s} {m['wall_s']:.2f} s (user {m['user_s']:.2f}, "
-                  f"sys {m['sys_s']:.2f}), {m['minor_faults']:.0f} faults; peak {settings[name]['peak_rss_mib']:.0f}"
-                  f" MiB", flush=True)
+            print(
+                f"{settings[name]['allocator']:28s} {variant:14s} {m['wall_s']:.2f} s (user {m['user_s']:.2f}, "
+                f"sys {m['sys_s']:.2f}), {m['minor_faults']:.0f} faults; peak {settings[name]['peak_rss_mib']:.0f}"
+                f" MiB",
+                flush=True,
+            )
     wall = {name: {v: m["wall_s"] for v, m in s["per_image"].items()} for name, s in settings.items()}
-    result = {"network": "small (the bundled model's shape), random weights", "output": f"{args.size}x{args.size}",
-              "sampler": f"ddim, {args.steps} steps", "threads": args.threads, "settings": settings,
-              "allocator_gain": {v: wall["glibc"][v] / wall["configured"][v] for v in wall["glibc"]},
-              "ours_vs_release": {name: w["release_style"] / w["ours"] for name, w in wall.items()}}
+    result = {
+        "network": "small (the bundled model's shape), random weights",
+        "output": f"{args.size}x{args.size}",
+        "sampler": f"ddim, {args.steps} steps",
+        "threads": args.threads,
+        "settings": settings,
+        "allocator_gain": {v: wall["glibc"][v] / wall["configured"][v] for v in wall["glibc"]},
+        "ours_vs_release": {name: w["release_style"] / w["ours"] for name, w in wall.items()},
+    }
     print(f"wrote {write('allocator', result, 'allocator', args.replace)}")
     return result
 

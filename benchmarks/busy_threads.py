@@ -30,15 +30,17 @@ from .common import add_replace_argument, write
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "idm_rt" / "samples" / "chelsea_128.png"
 CPUS = str(os.cpu_count() or 1)
-SETTINGS = {f"--threads {CPUS}": (["--threads", CPUS], {}), "--threads 1": (["--threads", "1"], {}),
-            f"--threads {CPUS}, OMP_WAIT_POLICY=PASSIVE": (["--threads", CPUS], {"OMP_WAIT_POLICY": "PASSIVE"}),
-            "default": ([], {})}
+SETTINGS = {
+    f"--threads {CPUS}": (["--threads", CPUS], {}),
+    "--threads 1": (["--threads", "1"], {}),
+    f"--threads {CPUS}, OMP_WAIT_POLICY=PASSIVE": (["--threads", CPUS], {"OMP_WAIT_POLICY": "PASSIVE"}),
+    "default": ([], {}),
+}
 
 
 def run_once(out: Path, args: list[str], env: dict[str, str]) -> float:
     """Seconds from start to exit of one upscale command."""
-    cmd = [sys.executable, "-m", "idm_rt", "upscale", str(SAMPLE), "-o", str(out), "--scale", "4", "--overwrite",
-           *args]
+    cmd = [sys.executable, "-m", "idm_rt", "upscale", str(SAMPLE), "-o", str(out), "--scale", "4", "--overwrite", *args]
     start = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, env={**os.environ, **env}, check=True, capture_output=True)
     return time.perf_counter() - start
@@ -65,8 +67,13 @@ def measure(load: int, repeats: int, out: Path) -> dict:
             p.wait()
     medians = {name: statistics.median(t) for name, t in times.items()}
     base = medians[f"--threads {CPUS}"]
-    return {"busy_loops": load, "load_average_after": os.getloadavg(), "seconds": times, "median_s": medians,
-            "speedup_vs_all_cpus": {name: base / m for name, m in medians.items()}}
+    return {
+        "busy_loops": load,
+        "load_average_after": os.getloadavg(),
+        "seconds": times,
+        "median_s": medians,
+        "speedup_vs_all_cpus": {name: base / m for name, m in medians.items()},
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -79,12 +86,20 @@ def main(argv: list[str] | None = None) -> dict:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         rows = [measure(int(n), args.repeats, Path(tmp) / "out.png") for n in args.loads.split(",")]
-    result = {"command_timed": f"python -m idm_rt upscale {SAMPLE.relative_to(ROOT)} -o OUT --scale 4 --overwrite "
-                               "[--threads N]", "cpus": os.cpu_count(), "load_average_before": load_before,
-              "rows": rows}
+    result = {
+        "command_timed": f"python -m idm_rt upscale {SAMPLE.relative_to(ROOT)} -o OUT --scale 4 --overwrite "
+        "[--threads N]",
+        "cpus": os.cpu_count(),
+        "load_average_before": load_before,
+        "rows": rows,
+    }
     for row in rows:
-        print(f"{row['busy_loops']} busy loops: " + ", ".join(
-            f"{name} {row['median_s'][name]:.1f} s (x{row['speedup_vs_all_cpus'][name]:.2f})" for name in SETTINGS))
+        print(
+            f"{row['busy_loops']} busy loops: "
+            + ", ".join(
+                f"{name} {row['median_s'][name]:.1f} s (x{row['speedup_vs_all_cpus'][name]:.2f})" for name in SETTINGS
+            )
+        )
     print(f"wrote {write('busy_threads', result, 'busy_threads', args.replace)}")
     return result
 

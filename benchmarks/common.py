@@ -53,8 +53,13 @@ def machine() -> dict[str, object]:
     return info
 
 
-def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
-                sync: Callable[[], object] = lambda: None, settle_s: float = 0.0) -> dict[str, list[float]]:
+def interleaved(
+    fns: dict[str, Callable[[], object]],
+    repeats: int,
+    warmup: int = 1,
+    sync: Callable[[], object] = lambda: None,
+    settle_s: float = 0.0,
+) -> dict[str, list[float]]:
     """Time each function ``repeats`` times, alternating between them so that load changes on a
     noisy machine hit all of them alike; returns seconds per run (``sync`` waits for a GPU,
     ``settle_s`` is an untimed pause before each call)."""
@@ -79,9 +84,12 @@ def summary(times: list[float]) -> dict[str, float]:
 
 def add_replace_argument(parser: argparse.ArgumentParser) -> None:
     """The ``--replace`` option of every benchmark that writes results."""
-    parser.add_argument("--replace", action="store_true",
-                        help=f"write into {RESULTS.parent.name}/{RESULTS.name}/, replacing the committed results "
-                             f"(default: {RESULTS.parent.name}/{SCRATCH.name}/, which git ignores)")
+    parser.add_argument(
+        "--replace",
+        action="store_true",
+        help=f"write into {RESULTS.parent.name}/{RESULTS.name}/, replacing the committed results "
+        f"(default: {RESULTS.parent.name}/{SCRATCH.name}/, which git ignores)",
+    )
 
 
 def results_dir(replace: bool) -> Path:

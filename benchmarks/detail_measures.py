@@ -64,8 +64,9 @@ def candidates(model: idm_rt.IDM, img: torch.Tensor, s: float, seed: int) -> dic
     return {**out, "hr": hr}
 
 
-def measure_all(images: list[tuple[str, torch.Tensor]], model: idm_rt.IDM, scales: list[float],
-                niqe: NIQEModel, seed: int) -> dict:
+def measure_all(
+    images: list[tuple[str, torch.Tensor]], model: idm_rt.IDM, scales: list[float], niqe: NIQEModel, seed: int
+) -> dict:
     """PSNR(Y) (None for the HR itself), detail fractions and NIQE of every candidate: per crop, and the medians
     over the crops, by scale ("2x") and candidate."""
     per_crop: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
@@ -75,12 +76,23 @@ def measure_all(images: list[tuple[str, torch.Tensor]], model: idm_rt.IDM, scale
             hr = outs["hr"]
             for cand, out in outs.items():
                 psnr = psnr_y((out[0].double() + 1) / 2, (hr[0].double() + 1) / 2, math.ceil(s))
-                values = {"psnr": psnr if math.isfinite(psnr) else None,  # the HR's own: JSON has no infinity
-                          **detail_and_naturalness(out, hr, s, niqe)}
+                values = {
+                    "psnr": psnr if math.isfinite(psnr) else None,  # the HR's own: JSON has no infinity
+                    **detail_and_naturalness(out, hr, s, niqe),
+                }
                 per_crop.setdefault(f"{s:g}x", {}).setdefault(cand, {})[name] = values
-    medians = {sc: {cand: {m: None if any(v[m] is None for v in crops.values())
-                           else statistics.median(v[m] for v in crops.values()) for m in MEASURES}
-                    for cand, crops in by_cand.items()} for sc, by_cand in per_crop.items()}
+    medians = {
+        sc: {
+            cand: {
+                m: None
+                if any(v[m] is None for v in crops.values())
+                else statistics.median(v[m] for v in crops.values())
+                for m in MEASURES
+            }
+            for cand, crops in by_cand.items()
+        }
+        for sc, by_cand in per_crop.items()
+    }
     return {"per_crop": per_crop, "medians": medians}
 
 
@@ -97,33 +109,49 @@ def checks(medians: dict) -> dict[str, dict[str, bool]]:
             if cand.startswith("estimate+"):
                 group = out["required" if cand.endswith("_full") else "also"]
                 # not real detail: the correlated fraction moves by less than 0.05 (the HR's is 1)
-                group[f"{sc} {_label(cand)}: correlated detail within 0.05 of the estimate's"] = \
+                group[f"{sc} {_label(cand)}: correlated detail within 0.05 of the estimate's"] = (
                     abs(v["detail_corr"] - est["detail_corr"]) < 0.05
+                )
                 group[f"{sc} {_label(cand)}: NIQE worse than the estimate's"] = v["niqe"] > est["niqe"]
     return out
 
 
 def markdown(result: dict) -> str:
-    lines = [f"# Detail and naturalness measures: validation ({result['data']})", "",
-             f"Command: `{result['command']}`", "",
-             f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores. NIQE model: "
-             f"`{result['niqe_model']}` (patch {result['niqe_patch']}). Medians over the crops "
-             f"({', '.join(result['images'])}):", "",
-             "| scale | candidate | PSNR(Y) | detail | correlated detail | NIQE |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"# Detail and naturalness measures: validation ({result['data']})",
+        "",
+        f"Command: `{result['command']}`",
+        "",
+        f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores. NIQE model: "
+        f"`{result['niqe_model']}` (patch {result['niqe_patch']}). Medians over the crops "
+        f"({', '.join(result['images'])}):",
+        "",
+        "| scale | candidate | PSNR(Y) | detail | correlated detail | NIQE |",
+        "|---|---|---|---|---|---|",
+    ]
     for sc, m in result["medians"].items():
         for cand, v in m.items():
             psnr = "-" if v["psnr"] is None else f"{v['psnr']:.2f}"
-            lines.append(f"| {sc} | {_label(cand)} | {psnr} | {v['detail']:.3f} | {v['detail_corr']:.3f} "
-                         f"| {v['niqe']:.2f} |")
-    lines += ["", "The detail fraction counts any energy in the band, noise included (the noisy estimates reach the "
-              "HR's 1 and beyond); the correlated detail fraction keeps only what lies along the HR, and NIQE judges "
-              "how natural the result looks without the HR."]
+            lines.append(
+                f"| {sc} | {_label(cand)} | {psnr} | {v['detail']:.3f} | {v['detail_corr']:.3f} | {v['niqe']:.2f} |"
+            )
+    lines += [
+        "",
+        "The detail fraction counts any energy in the band, noise included (the noisy estimates reach the "
+        "HR's 1 and beyond); the correlated detail fraction keeps only what lies along the HR, and NIQE judges "
+        "how natural the result looks without the HR.",
+    ]
     for group, title in (("required", "Checks (issue 29)"), ("also", "Also measured (not required)")):
-        lines += ["", f"{title}:", ""] + [f"- {'pass' if ok else 'FAIL'}: {k}"
-                                          for k, ok in result["checks"][group].items()]
-    lines += ["", "Per crop (detail / correlated detail / NIQE):", "",
-              "| scale | candidate | " + " | ".join(result["images"]) + " |",
-              "|---|---|" + "---|" * len(result["images"])]
+        lines += ["", f"{title}:", ""] + [
+            f"- {'pass' if ok else 'FAIL'}: {k}" for k, ok in result["checks"][group].items()
+        ]
+    lines += [
+        "",
+        "Per crop (detail / correlated detail / NIQE):",
+        "",
+        "| scale | candidate | " + " | ".join(result["images"]) + " |",
+        "|---|---|" + "---|" * len(result["images"]),
+    ]
     for sc, by_cand in result["per_crop"].items():
         for cand, crops in by_cand.items():
             cells = [f"{v['detail']:.3f} / {v['detail_corr']:.3f} / {v['niqe']:.2f}" for v in crops.values()]
@@ -154,9 +182,16 @@ def main(argv: list[str] | None = None) -> dict:
     model = idm_rt.Upscaler.from_pretrained(args.model).model
     images = load_images(args.data, args.crop)
     niqe = NIQEModel.load(args.niqe_model)
-    result = {"data": args.data, "crop": args.crop, "images": [n for n, _ in images], "model": args.model or "default",
-              "niqe_model": args.niqe_model.name, "niqe_patch": niqe.patch, "seed": args.seed,
-              **measure_all(images, model, [float(v) for v in args.scales.split(",")], niqe, args.seed)}
+    result = {
+        "data": args.data,
+        "crop": args.crop,
+        "images": [n for n, _ in images],
+        "model": args.model or "default",
+        "niqe_model": args.niqe_model.name,
+        "niqe_patch": niqe.patch,
+        "seed": args.seed,
+        **measure_all(images, model, [float(v) for v in args.scales.split(",")], niqe, args.seed),
+    }
     result["checks"] = checks(result["medians"])
     path = write(args.out, result, "detail_measures", args.replace)
     full = json.loads(path.read_text())  # with the command and machine

@@ -40,8 +40,15 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 # Expected seconds per section on one H100 host with an empty Triton cache (estimates from CPU-side
 # compile times until a run measures them: a previous results file of the same card replaces them).
-SECTIONS = {"kernels": 45, "unet_checks": 60, "unet_timing": 70, "image_timing": 60, "levels_timing": 30,
-            "engines": 30, "compile": 120}
+SECTIONS = {
+    "kernels": 45,
+    "unet_checks": 60,
+    "unet_timing": 70,
+    "image_timing": 60,
+    "levels_timing": 30,
+    "engines": 30,
+    "compile": 120,
+}
 CHILD_START_S = 8  # a section's process: imports, CUDA context, model
 
 
@@ -54,15 +61,22 @@ def section_function(name: str):
     from .gpu.kernels import check_kernels, time_levels
     from .gpu.unet import check_model, time_compile, time_image, time_unet
 
-    return {"kernels": check_kernels, "unet_checks": check_model, "unet_timing": time_unet,
-            "image_timing": time_image, "levels_timing": time_levels, "engines": check_engines,
-            "compile": time_compile}[name]
+    return {
+        "kernels": check_kernels,
+        "unet_checks": check_model,
+        "unet_timing": time_unet,
+        "image_timing": time_image,
+        "levels_timing": time_levels,
+        "engines": check_engines,
+        "compile": time_compile,
+    }[name]
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("out_dir", type=Path, nargs="?", default=RESULTS, help="folder of the results (default "
-                    "benchmarks/results)")
+    ap.add_argument(
+        "out_dir", type=Path, nargs="?", default=RESULTS, help="folder of the results (default benchmarks/results)"
+    )
     ap.add_argument("--preset", default="official", help="network of the torch sections (random weights)")
     ap.add_argument("--engine-preset", default="small", help="network the engines are built from")
     ap.add_argument("--size", type=int, default=128, help="output side of the U-Net and image sections")
@@ -101,9 +115,19 @@ def run_section(args: argparse.Namespace, path: Path, name: str, deadline: float
     torch.backends.cuda.matmul.allow_tf32 = FLAGS["matmul_allow_tf32"]
     results = json.loads(path.read_text())
     device = torch.device("cpu" if args.dry_run else "cuda")
-    run = Run(path, results, name, device, args.dry_run, args.preset, 16 if args.dry_run else args.size,
-              1 if args.dry_run else 10 if args.quick else 30, time.monotonic() + deadline - time.time(), args.quick,
-              {"engine_preset": args.engine_preset})
+    run = Run(
+        path,
+        results,
+        name,
+        device,
+        args.dry_run,
+        args.preset,
+        16 if args.dry_run else args.size,
+        1 if args.dry_run else 10 if args.quick else 30,
+        time.monotonic() + deadline - time.time(),
+        args.quick,
+        {"engine_preset": args.engine_preset},
+    )
     log(f"== {name}")
     section_function(name)(run)
     run.save()
@@ -115,9 +139,15 @@ def header(args: argparse.Namespace) -> tuple[dict, str] | str:
 
     from .gpu.tf32 import FLAGS
 
-    info = {"command": "python -m benchmarks.gpu_check " + " ".join(sys.argv[1:]), "torch": torch.__version__,
-            "preset": "dry" if args.dry_run else args.preset, "engine_preset": args.engine_preset,
-            "size": 16 if args.dry_run else args.size, "tf32": FLAGS, "budget_s": args.budget_s}
+    info = {
+        "command": "python -m benchmarks.gpu_check " + " ".join(sys.argv[1:]),
+        "torch": torch.__version__,
+        "preset": "dry" if args.dry_run else args.preset,
+        "engine_preset": args.engine_preset,
+        "size": 16 if args.dry_run else args.size,
+        "tf32": FLAGS,
+        "budget_s": args.budget_s,
+    }
     try:
         import triton
 
@@ -128,11 +158,16 @@ def header(args: argparse.Namespace) -> tuple[dict, str] | str:
     if args.dry_run:
         return info, "cpu dry run"
     if not torch.cuda.is_available():
-        return ("gpu_check: no CUDA device visible to torch (torch.cuda.is_available() is False); run it on an "
-                "NVIDIA GPU machine with a CUDA build of torch, or with --dry-run")
+        return (
+            "gpu_check: no CUDA device visible to torch (torch.cuda.is_available() is False); run it on an "
+            "NVIDIA GPU machine with a CUDA build of torch, or with --dry-run"
+        )
     name = torch.cuda.get_device_name()
-    info |= {"device": name, "capability": ".".join(map(str, torch.cuda.get_device_capability())),
-             "cuda": torch.version.cuda}
+    info |= {
+        "device": name,
+        "capability": ".".join(map(str, torch.cuda.get_device_capability())),
+        "cuda": torch.version.cuda,
+    }
     return info, name
 
 
@@ -142,15 +177,31 @@ def expected_times(path: Path) -> dict[str, float]:
         previous = json.loads(path.read_text()).get("sections", {})
     except (OSError, ValueError):
         previous = {}
-    return {n: previous.get(n, {}).get("wall_s") if previous.get(n, {}).get("status") == "ok" else s
-            for n, s in SECTIONS.items()}
+    return {
+        n: previous.get(n, {}).get("wall_s") if previous.get(n, {}).get("status") == "ok" else s
+        for n, s in SECTIONS.items()
+    }
 
 
 def child_command(args: argparse.Namespace, path: Path, name: str, deadline: float) -> list[str]:
-    cmd = [sys.executable, "-m", "benchmarks.gpu_check", str(args.out_dir), "--results", str(path), "--preset",
-           args.preset,
-           "--engine-preset", args.engine_preset, "--size", str(args.size), "--section", name,
-           "--deadline", f"{deadline:.3f}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.gpu_check",
+        str(args.out_dir),
+        "--results",
+        str(path),
+        "--preset",
+        args.preset,
+        "--engine-preset",
+        args.engine_preset,
+        "--size",
+        str(args.size),
+        "--section",
+        name,
+        "--deadline",
+        f"{deadline:.3f}",
+    ]
     return cmd + ["--quick"] * args.quick + ["--dry-run"] * args.dry_run
 
 
@@ -167,8 +218,13 @@ def supervise(args: argparse.Namespace, path: Path, name: str, expected: float, 
         except Exception as e:  # noqa: BLE001 (a section's failure is its recorded result)
             record |= {"status": "failed", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
     else:
-        proc = subprocess.Popen(child_command(args, path, name, limit - 2), stderr=subprocess.PIPE, text=True,
-                                cwd=Path(__file__).resolve().parent.parent, start_new_session=True)
+        proc = subprocess.Popen(
+            child_command(args, path, name, limit - 2),
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+            start_new_session=True,
+        )
         try:
             _, err = proc.communicate(timeout=max(limit - time.time(), 1))
             record |= {"status": "ok" if proc.returncode == 0 else "crashed", "exit_status": proc.returncode}
@@ -188,7 +244,8 @@ def verdict(results: dict) -> str:
     if any(not c["ok"] for c in checks):
         return "FAIL (a check failed)"
     if any(s["status"] != "ok" for s in sections.values()) or any(
-            v.get("status") != "ok" for v in results.get("variants", [])):
+        v.get("status") != "ok" for v in results.get("variants", [])
+    ):
         return "INCOMPLETE (all checks that ran passed; see the sections and variants not completed)"
     return "PASS"
 
@@ -214,10 +271,18 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     end = start + args.budget_s
     plan = [{"section": n, "expected_s": expected[n] + CHILD_START_S * (not args.in_process)} for n in args.names]
-    results = {**info, "device": info.get("device", device_name), "plan": plan, "sections": {}, "checks": [],
-               "variants": []}
-    log(f"gpu_check on {device_name}, budget {args.budget_s:.0f} s; plan (expected seconds"
-        f"{', GPU estimates' if args.dry_run else ''}):")
+    results = {
+        **info,
+        "device": info.get("device", device_name),
+        "plan": plan,
+        "sections": {},
+        "checks": [],
+        "variants": [],
+    }
+    log(
+        f"gpu_check on {device_name}, budget {args.budget_s:.0f} s; plan (expected seconds"
+        f"{', GPU estimates' if args.dry_run else ''}):"
+    )
     for p in plan:
         log(f"  {p['section']:<14} {p['expected_s']:6.0f}")
     log(f"  {'total':<14} {sum(p['expected_s'] for p in plan):6.0f}")
@@ -238,8 +303,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def save(path: Path, results: dict, markdown) -> None:
-    for target, text in ((path, json.dumps(results, indent=1, default=str) + "\n"),
-                         (path.with_suffix(".md"), markdown(results))):
+    for target, text in (
+        (path, json.dumps(results, indent=1, default=str) + "\n"),
+        (path.with_suffix(".md"), markdown(results)),
+    ):
         tmp = target.with_name(f".{target.name}.partial")
         tmp.write_text(text)
         tmp.replace(target)

@@ -74,8 +74,16 @@ def build_engines(model_path: Path, folder: Path, bucket: Bucket, calibration: s
     out = {}
     for name, (precision, conv) in ENGINES.items():
         out[name] = folder / name
-        options = BuildOptions(model_path, out[name], precision, "onnxruntime", [bucket], conv=conv,
-                               calibration=calibration, check_int8=False)  # measured here, at more length
+        options = BuildOptions(
+            model_path,
+            out[name],
+            precision,
+            "onnxruntime",
+            [bucket],
+            conv=conv,
+            calibration=calibration,
+            check_int8=False,
+        )  # measured here, at more length
         build(options, lambda line: print(f"  {name}: {line}"))
     return out
 
@@ -89,12 +97,14 @@ def eps_report(session, feeds: list[dict], wants: list[np.ndarray]) -> dict:
         diff = session.run(None, feed)[0] - want
         g = float(feed["g"][0])
         per_step.setdefault(f"{g:.5f}", []).append(float(np.linalg.norm(diff) / np.linalg.norm(want)))
-        num, den = num + float((diff ** 2).sum()), den + float((want ** 2).sum())
-        x0_se += (1 - g * g) / (g * g) * float((diff ** 2).sum())
+        num, den = num + float((diff**2).sum()), den + float((want**2).sum())
+        x0_se += (1 - g * g) / (g * g) * float((diff**2).sum())
     n = sum(w.size for w in wants)
-    return {"eps_rel_error": (num / den) ** 0.5,
-            "eps_rel_error_per_g": {k: statistics.mean(v) for k, v in per_step.items()},
-            "x0_psnr_db": 10 * math.log10(4 / (x0_se / n))}
+    return {
+        "eps_rel_error": (num / den) ** 0.5,
+        "eps_rel_error_per_g": {k: statistics.mean(v) for k, v in per_step.items()},
+        "x0_psnr_db": 10 * math.log10(4 / (x0_se / n)),
+    }
 
 
 def variants(fp32_onnx: Path, cal_feeds: list[dict], levels: int, methods: bool, work: Path) -> dict[str, Path]:
@@ -117,8 +127,11 @@ def variants(fp32_onnx: Path, cal_feeds: list[dict], levels: int, methods: bool,
         if method != base.method:  # the shipped method's graph is the int8 engine's
             cases = {f"int8_{method}": (quantize.QuantSettings(method=method), keep)}
         else:
-            cases = {"int8_int8_activations": (quantize.QuantSettings(activations="int8"), keep),
-                     "int8_all_convs": (base, []), "int8_first_last_skips": (base, first_last_skips)}
+            cases = {
+                "int8_int8_activations": (quantize.QuantSettings(activations="int8"), keep),
+                "int8_all_convs": (base, []),
+                "int8_first_last_skips": (base, first_last_skips),
+            }
         for name, (settings, exclude) in cases.items():
             out[name] = work / f"{name}.onnx"
             quantize.quantize(prepared, out[name], ranges, settings, exclude)
@@ -136,8 +149,13 @@ def sensitivity(fp32_onnx: Path, work: Path, feeds: list[dict], wants: list[np.n
     for node in [n.name for n in proto.graph.node if n.op_type == "Conv"]:
         path = work / "one.onnx"
         quantize.quantize(prepared, path, ranges, base, [node])
-        rows.append({"node": node, "module": paths.get(node, "?"),
-                     "x0_psnr_db": eps_report(_session(path, 1), feeds, wants)["x0_psnr_db"]})
+        rows.append(
+            {
+                "node": node,
+                "module": paths.get(node, "?"),
+                "x0_psnr_db": eps_report(_session(path, 1), feeds, wants)["x0_psnr_db"],
+            }
+        )
         print(f"    {rows[-1]['module']:<45} {rows[-1]['x0_psnr_db']:.2f} dB")
     return sorted(rows, key=lambda r: -r["x0_psnr_db"])
 
@@ -165,8 +183,10 @@ def timing(graphs: dict[str, Path], feed: dict, threads: list[int], repeats: int
         sessions = {name: _session(path, n) for name, path in graphs.items()}
         fns = {name: (lambda s=s: s.run(None, feed)) for name, s in sessions.items()}
         out[str(n)] = summarise(interleaved(fns, repeats, warmup=2, settle_s=ORT_SETTLE_S), "fp32")
-        print(f"  {n} thread(s): " + ", ".join(f"{k} {v['median_ms']:.1f} ms (x{v['speedup_vs_fp32']:.2f})"
-                                               for k, v in out[str(n)].items()))
+        print(
+            f"  {n} thread(s): "
+            + ", ".join(f"{k} {v['median_ms']:.1f} ms (x{v['speedup_vs_fp32']:.2f})" for k, v in out[str(n)].items())
+        )
     return out
 
 
@@ -177,26 +197,46 @@ def image_quality(folders: dict[str, Path], scales: list[float], crop: int, tile
     for name in ("fp32", "int8"):
         runner = load_runner(folders[name], threads=1)
         outputs[name] = {}
-        rows[name] = evaluate(runner, images, scales, runner.manifest.recommended or SamplingSettings(), seed,
-                              tile=tile, outputs=outputs[name])
+        rows[name] = evaluate(
+            runner,
+            images,
+            scales,
+            runner.manifest.recommended or SamplingSettings(),
+            seed,
+            tile=tile,
+            outputs=outputs[name],
+        )
     table = []
     for s, r32, r8 in zip(scales, rows["fp32"], rows["int8"]):
         vs = [psnr_y(outputs["int8"][s, n], outputs["fp32"][s, n], math.ceil(s)) for n, _ in images]
-        table.append({"scale": s, "psnr_hr_fp32": r32["psnr"], "psnr_hr_int8": r8["psnr"],
-                      "psnr_hr_delta": r8["psnr"] - r32["psnr"], "psnr_int8_vs_fp32": statistics.mean(vs),
-                      "psnr_int8_vs_fp32_min": min(vs), "ssim_hr_fp32": r32["ssim"], "ssim_hr_int8": r8["ssim"],
-                      "images": len(images)})
+        table.append(
+            {
+                "scale": s,
+                "psnr_hr_fp32": r32["psnr"],
+                "psnr_hr_int8": r8["psnr"],
+                "psnr_hr_delta": r8["psnr"] - r32["psnr"],
+                "psnr_int8_vs_fp32": statistics.mean(vs),
+                "psnr_int8_vs_fp32_min": min(vs),
+                "ssim_hr_fp32": r32["ssim"],
+                "ssim_hr_int8": r8["ssim"],
+                "images": len(images),
+            }
+        )
     return table
 
 
 def verdict(times: dict, quality: list[dict]) -> dict:
     """Whether int8 ships, with the reason of each check."""
     faster = {n: t["int8"]["speedup_vs_fp32"] for n, t in times.items()}
-    checks = {"faster at every thread count": all(v > 1 for v in faster.values()),
-              f"PSNR int8 vs fp32 >= PSNR fp32 vs HR + {MARGIN_DB:.1f} dB at every scale":
-                  all(q["psnr_int8_vs_fp32"] >= q["psnr_hr_fp32"] + MARGIN_DB for q in quality),
-              f"PSNR vs HR within {HR_TOLERANCE_DB} dB of fp32 at every scale":
-                  all(q["psnr_hr_delta"] >= -HR_TOLERANCE_DB for q in quality)}
+    checks = {
+        "faster at every thread count": all(v > 1 for v in faster.values()),
+        f"PSNR int8 vs fp32 >= PSNR fp32 vs HR + {MARGIN_DB:.1f} dB at every scale": all(
+            q["psnr_int8_vs_fp32"] >= q["psnr_hr_fp32"] + MARGIN_DB for q in quality
+        ),
+        f"PSNR vs HR within {HR_TOLERANCE_DB} dB of fp32 at every scale": all(
+            q["psnr_hr_delta"] >= -HR_TOLERANCE_DB for q in quality
+        ),
+    }
     return {"ship": all(checks.values()), "checks": checks, "speedup_vs_fp32": faster}
 
 
@@ -207,47 +247,78 @@ def fmt_load(loads: list) -> str:
 def markdown(r: dict) -> str:
     """The results as a Markdown report."""
     m = r["machine"]
-    lines = [f"# INT8 U-Net (ONNX Runtime, CPU) against float32: {'SHIP' if r['verdict']['ship'] else 'DO NOT SHIP'}",
-             "", f"`{r['command']}`", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, ONNX Runtime {m.get('onnxruntime')}, torch {m['torch']}; "
-             f"background job paused during timing: {r['paused']}; load average (1, 5, 15 min) before and after "
-             f"timing: {fmt_load(r['load_average_before_after_timing'])}. Model: `{r['model']}`, bucket {r['bucket']}.",
-             f"Quantisation: {json.dumps(r['int8_settings'])}; calibration images: {r['calibration']}; "
-             f"{len(r['kept_float'])} convolutions kept in float32: {', '.join(r['kept_float_modules'])}.", "",
-             "## Time per U-Net call (median ms; speed-up: median of per-round ratios against fp32)", "",
-             "| threads | " + " | ".join(r["timing"][next(iter(r["timing"]))]) + " |",
-             "|---|" + "---|" * len(r["timing"][next(iter(r["timing"]))])]
+    lines = [
+        f"# INT8 U-Net (ONNX Runtime, CPU) against float32: {'SHIP' if r['verdict']['ship'] else 'DO NOT SHIP'}",
+        "",
+        f"`{r['command']}`",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, ONNX Runtime {m.get('onnxruntime')}, torch {m['torch']}; "
+        f"background job paused during timing: {r['paused']}; load average (1, 5, 15 min) before and after "
+        f"timing: {fmt_load(r['load_average_before_after_timing'])}. Model: `{r['model']}`, bucket {r['bucket']}.",
+        f"Quantisation: {json.dumps(r['int8_settings'])}; calibration images: {r['calibration']}; "
+        f"{len(r['kept_float'])} convolutions kept in float32: {', '.join(r['kept_float_modules'])}.",
+        "",
+        "## Time per U-Net call (median ms; speed-up: median of per-round ratios against fp32)",
+        "",
+        "| threads | " + " | ".join(r["timing"][next(iter(r["timing"]))]) + " |",
+        "|---|" + "---|" * len(r["timing"][next(iter(r["timing"]))]),
+    ]
     for n, t in r["timing"].items():
-        lines.append(f"| {n} | " + " | ".join(f"{v['median_ms']:.1f} (x{v['speedup_vs_fp32']:.2f})"
-                                              for v in t.values()) + " |")
-    lines += ["", f"## Noise prediction on held-out trajectories ({r['held_out']['calls']} U-Net calls; "
-              f"{r['held_out']['images']}; scales {', '.join(f'{s:g}' for s in r['held_out']['scales'])})", "",
-              "Against the fp32 graph with direct convolutions (the one quantised). x0 PSNR: of the estimate "
-              "(x_t - sqrt(1 - g^2) eps) / g, images in [-1, 1]: how much of the eps error reaches the image "
-              "(late steps, g near 1, have large relative eps errors that reach it scaled by sqrt(1 - g^2) / g).", "",
-              f"int8: the engine's graph ({r['int8_settings']['method']} calibration, uint8 activations, "
-              "the convolutions above in float32); the others change one thing.", "",
-              "| graph | eps rel. error | per noise level g | x0 PSNR (dB) |", "|---|---|---|---|"]
+        lines.append(
+            f"| {n} | " + " | ".join(f"{v['median_ms']:.1f} (x{v['speedup_vs_fp32']:.2f})" for v in t.values()) + " |"
+        )
+    lines += [
+        "",
+        f"## Noise prediction on held-out trajectories ({r['held_out']['calls']} U-Net calls; "
+        f"{r['held_out']['images']}; scales {', '.join(f'{s:g}' for s in r['held_out']['scales'])})",
+        "",
+        "Against the fp32 graph with direct convolutions (the one quantised). x0 PSNR: of the estimate "
+        "(x_t - sqrt(1 - g^2) eps) / g, images in [-1, 1]: how much of the eps error reaches the image "
+        "(late steps, g near 1, have large relative eps errors that reach it scaled by sqrt(1 - g^2) / g).",
+        "",
+        f"int8: the engine's graph ({r['int8_settings']['method']} calibration, uint8 activations, "
+        "the convolutions above in float32); the others change one thing.",
+        "",
+        "| graph | eps rel. error | per noise level g | x0 PSNR (dB) |",
+        "|---|---|---|---|",
+    ]
     for name, e in r["eps"].items():
         steps = ", ".join(f"{g}: {v:.3f}" for g, v in e["eps_rel_error_per_g"].items())
         lines.append(f"| {name} | {e['eps_rel_error']:.4f} | {steps} | {e['x0_psnr_db']:.2f} |")
-    lines += ["", f"## Images ({r['quality'][0]['images']} scikit-image photos, {r['crop']} px central crops, "
-              f"{r['sampling']}, seed {r['seed']})", "",
-              "training.evaluate's protocol; the default fp32 engine and the int8 engine, both tiled in tiles of the "
-              "bucket's size (the static graphs).", "",
-              "| scale | PSNR(Y) fp32 vs HR | PSNR(Y) int8 vs HR | difference | PSNR(Y) int8 vs fp32 (mean, min) |",
-              "|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"## Images ({r['quality'][0]['images']} scikit-image photos, {r['crop']} px central crops, "
+        f"{r['sampling']}, seed {r['seed']})",
+        "",
+        "training.evaluate's protocol; the default fp32 engine and the int8 engine, both tiled in tiles of the "
+        "bucket's size (the static graphs).",
+        "",
+        "| scale | PSNR(Y) fp32 vs HR | PSNR(Y) int8 vs HR | difference | PSNR(Y) int8 vs fp32 (mean, min) |",
+        "|---|---|---|---|---|",
+    ]
     for q in r["quality"]:
-        lines.append(f"| {q['scale']:g}x | {q['psnr_hr_fp32']:.3f} | {q['psnr_hr_int8']:.3f} | "
-                     f"{q['psnr_hr_delta']:+.3f} | {q['psnr_int8_vs_fp32']:.2f}, {q['psnr_int8_vs_fp32_min']:.2f} |")
-    lines += ["", "## Verdict", "",
-              f"The {MARGIN_DB:.1f} dB margin keeps the MSE of int8's deviation from the fp32 images at most "
-              f"{100 * 10 ** (-MARGIN_DB / 10):.1f} % of fp32's MSE against HR, which moves PSNR against HR by at most "
-              f"{HR_TOLERANCE_DB} dB when the two are uncorrelated; the second image check measures it directly.", ""]
+        lines.append(
+            f"| {q['scale']:g}x | {q['psnr_hr_fp32']:.3f} | {q['psnr_hr_int8']:.3f} | "
+            f"{q['psnr_hr_delta']:+.3f} | {q['psnr_int8_vs_fp32']:.2f}, {q['psnr_int8_vs_fp32_min']:.2f} |"
+        )
+    lines += [
+        "",
+        "## Verdict",
+        "",
+        f"The {MARGIN_DB:.1f} dB margin keeps the MSE of int8's deviation from the fp32 images at most "
+        f"{100 * 10 ** (-MARGIN_DB / 10):.1f} % of fp32's MSE against HR, which moves PSNR against HR by at most "
+        f"{HR_TOLERANCE_DB} dB when the two are uncorrelated; the second image check measures it directly.",
+        "",
+    ]
     lines += [f"- {'pass' if ok else 'FAIL'}: {c}" for c, ok in r["verdict"]["checks"].items()]
     if r.get("sensitivity"):
-        lines += ["", "## Sensitivity: x0 PSNR with all convolutions quantised but one", "",
-                  "| kept in float32 | x0 PSNR (dB) |", "|---|---|"]
+        lines += [
+            "",
+            "## Sensitivity: x0 PSNR with all convolutions quantised but one",
+            "",
+            "| kept in float32 | x0 PSNR (dB) |",
+            "|---|---|",
+        ]
         lines += [f"| {s['module']} | {s['x0_psnr_db']:.2f} |" for s in r["sensitivity"]]
     return "\n".join(lines) + "\n"
 
@@ -282,8 +353,9 @@ def main(argv: list[str] | None = None) -> int:
         calibration = quantize.Calibration.load(args.calibration, settings)
         sampling = model.recommended or SamplingSettings()
         print("recording U-Net inputs")
-        cal_feeds = quantize.record_unet_inputs(model, calibration.images, bucket, settings.scales, sampling,
-                                                settings.seed)
+        cal_feeds = quantize.record_unet_inputs(
+            model, calibration.images, bucket, settings.scales, sampling, settings.seed
+        )
         held, held_what = quantize.held_out_images(args.calibration, settings, 4)
         feeds = quantize.record_unet_inputs(model, held, bucket, HELD_OUT_SCALES, sampling, settings.seed + 1)
         graphs = {"int8": artifact["int8"], **variants(fp32_onnx, cal_feeds, model.config.levels, args.methods, work)}
@@ -297,22 +369,38 @@ def main(argv: list[str] | None = None) -> int:
         kept = quantize.excluded_nodes(onnx.load(str(fp32_onnx)), settings.keep_float, model.config.levels)
         paths = quantize.module_paths(onnx.load(str(fp32_onnx)))  # while the graph exists (a temp folder's)
         print("timing")
-        contestants = {"fp32": artifact["fp32"], "fp32_direct": artifact["fp32_direct"], "int8": artifact["int8"],
-                       "int8_int8_activations": graphs["int8_int8_activations"]}
+        contestants = {
+            "fp32": artifact["fp32"],
+            "fp32_direct": artifact["fp32_direct"],
+            "int8": artifact["int8"],
+            "int8_int8_activations": graphs["int8_int8_activations"],
+        }
         with paused(args.pause_pid_file) as was_paused:
             load_before = os.getloadavg()
             times = timing(contestants, feeds[0], threads, args.repeats)
             load_after = os.getloadavg()
         print("images")
         quality = image_quality(folders, scales, args.crop, args.tile, args.seed)
-    result = {"command": " ".join(["python -m benchmarks.int8_onnx", *(sys.argv[1:] if argv is None else argv)]),
-              "machine": machine(), "paused": was_paused, "load_average_before_after_timing": [load_before, load_after],
-              "model": str(args.model), "bucket": bucket.name,
-              "int8_settings": settings.to_dict(), "calibration": calibration.source,
-              "kept_float": kept, "kept_float_modules": [paths.get(n, n) for n in kept],
-              "held_out": {"images": held_what, "scales": HELD_OUT_SCALES, "calls": len(feeds)},
-              "sampling": sampling.to_dict(), "seed": args.seed, "crop": args.crop,
-              "eps": eps, "timing": times, "quality": quality, "sensitivity": sens}
+    result = {
+        "command": " ".join(["python -m benchmarks.int8_onnx", *(sys.argv[1:] if argv is None else argv)]),
+        "machine": machine(),
+        "paused": was_paused,
+        "load_average_before_after_timing": [load_before, load_after],
+        "model": str(args.model),
+        "bucket": bucket.name,
+        "int8_settings": settings.to_dict(),
+        "calibration": calibration.source,
+        "kept_float": kept,
+        "kept_float_modules": [paths.get(n, n) for n in kept],
+        "held_out": {"images": held_what, "scales": HELD_OUT_SCALES, "calls": len(feeds)},
+        "sampling": sampling.to_dict(),
+        "seed": args.seed,
+        "crop": args.crop,
+        "eps": eps,
+        "timing": times,
+        "quality": quality,
+        "sensitivity": sens,
+    }
     result["verdict"] = verdict(times, quality)
     folder = results_dir(args.replace)
     atomic_write(folder / "int8_onnx.json", lambda p: Path(p).write_text(json.dumps(result, indent=2) + "\n"))

@@ -50,8 +50,25 @@ def onnxruntime_runners(model: idm_rt.IDM, side: int, stack: contextlib.ExitStac
     tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
     idm_rt.save_model(model, tmp / "model")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    if build(["--engine", "fp32", "--backend", "onnxruntime", "--model", str(tmp / "model"), "--out",
-              str(tmp / "engines"), "--tile", str(side), "--conv", auto_conv("onnxruntime", "fp32", device)]) != 0:
+    if (
+        build(
+            [
+                "--engine",
+                "fp32",
+                "--backend",
+                "onnxruntime",
+                "--model",
+                str(tmp / "model"),
+                "--out",
+                str(tmp / "engines"),
+                "--tile",
+                str(side),
+                "--conv",
+                auto_conv("onnxruntime", "fp32", device),
+            ]
+        )
+        != 0
+    ):
         raise RuntimeError("building the ONNX Runtime engine failed")
     return {"onnxruntime": load_runner(tmp / "engines", device=device)}
 
@@ -74,8 +91,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.sizes:
         from .size_scaling import main as scaling
 
-        return scaling(["--sides", args.sizes, "--backends", args.backends, "--threads", str(args.threads or 2)]
-                       + ["--replace"] * args.replace)
+        return scaling(
+            ["--sides", args.sizes, "--backends", args.backends, "--threads", str(args.threads or 2)]
+            + ["--replace"] * args.replace
+        )
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.no_allocator:
@@ -101,14 +120,17 @@ def main(argv: list[str] | None = None) -> dict:
 
         def release_image():
             c = model.encode(lr, size)
-            return sampler("ddim").run(lambda xt, lv: release.denoise(xt, c, p, lv), torch.randn(1, 3, *size),
-                                       args.steps)
+            return sampler("ddim").run(
+                lambda xt, lv: release.denoise(xt, c, p, lv), torch.randn(1, 3, *size), args.steps
+            )
 
         def our_image():
             return super_resolve(model, lr, size, settings, scale=args.scale)
 
-        calls = {"release_style": lambda: release.denoise(x, cond, p, g),
-                 "ours": lambda: model.denoise(x, conditioning, g)}
+        calls = {
+            "release_style": lambda: release.denoise(x, cond, p, g),
+            "ours": lambda: model.denoise(x, conditioning, g),
+        }
         images = {"release_style": release_image, "ours": our_image}
         if runner is not None:  # (its arrays are numpy's on a CPU)
             host = {name: t.numpy() for name, t in (("x", x), ("g", g), ("lr", lr), ("cond", cond), ("p", p))}
@@ -121,7 +143,9 @@ def main(argv: list[str] | None = None) -> dict:
         image = interleaved(images, max(2, args.repeats // 2), settle_s=settle)
 
     res = {
-        "preset": args.preset, "output": f"{args.size}x{args.size}", "dtype": "float32",
+        "preset": args.preset,
+        "output": f"{args.size}x{args.size}",
+        "dtype": "float32",
         "allocator": "glibc default" if args.no_allocator else "idm_rt.configure_allocator",
         "unet_call": {k: summary(v) for k, v in call.items()},
         "image": {k: summary(v) for k, v in image.items()},
@@ -137,8 +161,10 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{args.preset} {args.size}x{args.size} float32, {torch.get_num_threads()} threads")
     for part in ("unet_call", "image"):
         r = res[part]
-        line = (f"  {part:9s} release-style {r['release_style']['median_s']:.3f} s   ours {r['ours']['median_s']:.3f} s"
-                f" ({r['speedup']:.2f}x)")
+        line = (
+            f"  {part:9s} release-style {r['release_style']['median_s']:.3f} s   ours {r['ours']['median_s']:.3f} s"
+            f" ({r['speedup']:.2f}x)"
+        )
         if runner is not None:
             line += f"   onnxruntime {r['onnxruntime']['median_s']:.3f} s ({r['speedup_onnxruntime']:.2f}x)"
         print(line)

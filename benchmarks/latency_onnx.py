@@ -41,11 +41,13 @@ from idm_rt.fileio import atomic_write
 from .common import ORT_SETTLE_S, add_replace_argument, interleaved, machine, results_dir
 
 SUMMARY = "latency_onnx.json"  # in common.results_dir: every run's record, appended
-ABOUT = ("One U-Net call, batch 1, random weights: torch eager against ONNX Runtime's CPU provider with direct Conv "
-         "nodes (ort_cpu) and with Winograd convolutions (ort_cpu_winograd), timed in interleaved rounds. Per run: "
-         "median ms of each, and speedup_vs_torch_eager, the median of the per-round ratios. winograd_version is "
-         "idm_rt.export.winograd.VERSION, the Winograd graph the run timed (null: no Winograd graph yet); dates are "
-         "the machine's local time.")
+ABOUT = (
+    "One U-Net call, batch 1, random weights: torch eager against ONNX Runtime's CPU provider with direct Conv "
+    "nodes (ort_cpu) and with Winograd convolutions (ort_cpu_winograd), timed in interleaved rounds. Per run: "
+    "median ms of each, and speedup_vs_torch_eager, the median of the per-round ratios. winograd_version is "
+    "idm_rt.export.winograd.VERSION, the Winograd graph the run timed (null: no Winograd graph yet); dates are "
+    "the machine's local time."
+)
 
 
 def summarise(times: dict[str, list[float]], base: str) -> dict:
@@ -53,8 +55,11 @@ def summarise(times: dict[str, list[float]], base: str) -> dict:
     out = {}
     for name, ts in times.items():
         ratios = [b / t for b, t in zip(times[base], ts)]
-        out[name] = {"median_ms": 1e3 * statistics.median(ts), "all_ms": [1e3 * t for t in ts],
-                     "speedup_vs_" + base: statistics.median(ratios)}
+        out[name] = {
+            "median_ms": 1e3 * statistics.median(ts),
+            "all_ms": [1e3 * t for t in ts],
+            "speedup_vs_" + base: statistics.median(ratios),
+        }
     return out
 
 
@@ -64,8 +69,14 @@ def run_record(result: dict, date: str, winograd_version: int | None) -> dict:
     record = {"date": date, "winograd_version": winograd_version}
     for key, value in result.items():
         if key in ("cpu", "gpu") and value is not None:
-            value = {name: {"median_ms": r["median_ms"], "rounds": len(r["all_ms"]),
-                            **{k: v for k, v in r.items() if k.startswith("speedup")}} for name, r in value.items()}
+            value = {
+                name: {
+                    "median_ms": r["median_ms"],
+                    "rounds": len(r["all_ms"]),
+                    **{k: v for k, v in r.items() if k.startswith("speedup")},
+                }
+                for name, r in value.items()
+            }
         record[key] = value
     return record
 
@@ -84,13 +95,19 @@ def markdown(summary: dict) -> str:
     """latency_onnx.md: the ranges per Winograd graph version, preset, tile and thread count, then every run
     and the --profile runs' convolution throughput."""
     runs = summary["runs"]
-    lines = ["# ONNX Runtime against torch eager, one U-Net call", "",
-             f"Written by `python -m benchmarks.latency_onnx` from `latency_onnx.json` beside it: {summary['about']}",
-             *(["", summary["history"]] if summary.get("history") else []), "", "## Ranges over the runs", "",
-             "Ratios are each run's median per-round speed-up over torch eager; in brackets, their median over the "
-             "runs.", "",
-             "| Winograd graph | preset, tile | threads | runs | torch eager ms | ORT direct Conv | ORT Winograd |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "# ONNX Runtime against torch eager, one U-Net call",
+        "",
+        f"Written by `python -m benchmarks.latency_onnx` from `latency_onnx.json` beside it: {summary['about']}",
+        *(["", summary["history"]] if summary.get("history") else []),
+        "",
+        "## Ranges over the runs",
+        "",
+        "Ratios are each run's median per-round speed-up over torch eager; in brackets, their median over the runs.",
+        "",
+        "| Winograd graph | preset, tile | threads | runs | torch eager ms | ORT direct Conv | ORT Winograd |",
+        "|---|---|---|---|---|---|---|",
+    ]
     groups: dict[tuple, list[dict]] = {}
     for run in runs:
         groups.setdefault((run["winograd_version"] or 0, run["preset"], run["tile"], run["threads"]), []).append(run)
@@ -100,41 +117,67 @@ def markdown(summary: dict) -> str:
             ratios = [r for r in (_ratio(run, "cpu", name) for run in group) if r is not None]
             cells.append(f"{_span(ratios, '.2f')}x ({statistics.median(ratios):.2f}x)" if ratios else "")
         torch_ms = [run["cpu"]["torch_eager"]["median_ms"] for run in group]
-        lines.append(f"| {f'version {version}' if version else 'none'} | {shape}, {tile} | {threads} | {len(group)} "
-                     f"| {_span(torch_ms, '.0f')} | {cells[0]} | {cells[1]} |")
-    lines += ["", "## Every run", "",
-              "| date | command | Winograd graph | threads | rounds | torch eager ms | ORT direct Conv | ORT Winograd "
-              "| load average |", "|---|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {f'version {version}' if version else 'none'} | {shape}, {tile} | {threads} | {len(group)} "
+            f"| {_span(torch_ms, '.0f')} | {cells[0]} | {cells[1]} |"
+        )
+    lines += [
+        "",
+        "## Every run",
+        "",
+        "| date | command | Winograd graph | threads | rounds | torch eager ms | ORT direct Conv | ORT Winograd "
+        "| load average |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for run in runs:
         cpu = run["cpu"]
-        cells = [f"{cpu[n]['median_ms']:.1f} ms, {_ratio(run, 'cpu', n):.2f}x" if n in cpu else ""
-                 for n in ("ort_cpu", "ort_cpu_winograd")]
+        cells = [
+            f"{cpu[n]['median_ms']:.1f} ms, {_ratio(run, 'cpu', n):.2f}x" if n in cpu else ""
+            for n in ("ort_cpu", "ort_cpu_winograd")
+        ]
         load = run["machine"].get("load_average")
-        lines.append(f"| {run['date']} | `{run['command']}` | {run['winograd_version'] or 'none'} | {run['threads']} "
-                     f"| {cpu['torch_eager']['rounds']} | {cpu['torch_eager']['median_ms']:.1f} | {cells[0]} "
-                     f"| {cells[1]} | {f'{load[0]:.2f}' if load else ''} |")
+        lines.append(
+            f"| {run['date']} | `{run['command']}` | {run['winograd_version'] or 'none'} | {run['threads']} "
+            f"| {cpu['torch_eager']['rounds']} | {cpu['torch_eager']['median_ms']:.1f} | {cells[0]} "
+            f"| {cells[1]} | {f'{load[0]:.2f}' if load else ''} |"
+        )
     profiled = [run for run in runs if run.get("profile")]
     if profiled:
-        lines += ["", "## Convolution throughput (`--profile`)", "",
-                  "ONNX Runtime's Conv kernels in the direct graph (their share of its kernel time, GFLOP/s) against "
-                  "a 2048^3 float32 matmul in torch on the same threads.", "",
-                  "| date | threads | Conv share | Conv GFLOP/s | per thread | matmul GFLOP/s |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Convolution throughput (`--profile`)",
+            "",
+            "ONNX Runtime's Conv kernels in the direct graph (their share of its kernel time, GFLOP/s) against "
+            "a 2048^3 float32 matmul in torch on the same threads.",
+            "",
+            "| date | threads | Conv share | Conv GFLOP/s | per thread | matmul GFLOP/s |",
+            "|---|---|---|---|---|---|",
+        ]
         for run in profiled:
             p = run["profile"]
-            lines.append(f"| {run['date']} | {run['threads']} | {100 * p['conv_share']:.0f} % "
-                         f"| {p['conv_gflop_per_s']:.1f} | {p['conv_gflop_per_s'] / run['threads']:.1f} "
-                         f"| {p['matmul_2048_gflop_per_s']:.0f} |")
-    machines = sorted({f"{r['machine']['cpu']}, {r['machine']['cores']} cores, torch {r['machine']['torch']}, "
-                       f"ONNX Runtime {r['machine'].get('onnxruntime')}" for r in runs})
+            lines.append(
+                f"| {run['date']} | {run['threads']} | {100 * p['conv_share']:.0f} % "
+                f"| {p['conv_gflop_per_s']:.1f} | {p['conv_gflop_per_s'] / run['threads']:.1f} "
+                f"| {p['matmul_2048_gflop_per_s']:.0f} |"
+            )
+    machines = sorted(
+        {
+            f"{r['machine']['cpu']}, {r['machine']['cores']} cores, torch {r['machine']['torch']}, "
+            f"ONNX Runtime {r['machine'].get('onnxruntime')}"
+            for r in runs
+        }
+    )
     lines += ["", "Machines: " + "; ".join(machines) + ".", ""]
     return "\n".join(lines)
 
 
 def save_run(record: dict, path: Path) -> None:
     """Append ``record`` to the summary at ``path`` (created if missing) and rewrite its Markdown tables."""
-    summary = json.loads(path.read_text()) if path.exists() else {"benchmark": "python -m benchmarks.latency_onnx",
-                                                                  "about": ABOUT, "runs": []}
+    summary = (
+        json.loads(path.read_text())
+        if path.exists()
+        else {"benchmark": "python -m benchmarks.latency_onnx", "about": ABOUT, "runs": []}
+    )
     summary["runs"].append(record)
     atomic_write(path, lambda p: Path(p).write_text(json.dumps(summary, indent=1) + "\n"))
     atomic_write(path.with_suffix(".md"), lambda p: Path(p).write_text(markdown(summary)))
@@ -214,9 +257,13 @@ def profile_section(model: IDM, graphs: dict[str, Path], args_t: tuple, threads:
     torch.set_num_threads(threads)
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     mm = statistics.median(interleaved({"mm": lambda: a @ b}, 5)["mm"])
-    return {**out, "conv_share": conv_ms / sum(ms.values()), "conv_gflop": conv_gflop,
-            "conv_gflop_per_s": conv_gflop / (conv_ms / 1e3) if conv_ms else None,
-            "matmul_2048_gflop_per_s": 2 * 2048**3 / mm / 1e9}
+    return {
+        **out,
+        "conv_share": conv_ms / sum(ms.values()),
+        "conv_gflop": conv_gflop,
+        "conv_gflop_per_s": conv_gflop / (conv_ms / 1e3) if conv_ms else None,
+        "matmul_2048_gflop_per_s": 2 * 2048**3 / mm / 1e9,
+    }
 
 
 def winograd_error(model: IDM, onnx_path: Path, args_t: tuple) -> float:
@@ -262,28 +309,41 @@ def main(argv: list[str] | None = None) -> int:
     model = IDM(preset(args.preset)).eval()
     bucket = Bucket(args.tile, args.tile)
     args_t = sample_inputs(model, "unet", bucket)
-    result = {"command": " ".join(["python -m benchmarks.latency_onnx", *(sys.argv[1:] if argv is None else argv)]),
-              "machine": machine(), "preset": args.preset, "tile": args.tile, "batch": 1, "threads": args.threads,
-              "weights": "random (torch.manual_seed(0))"}
+    result = {
+        "command": " ".join(["python -m benchmarks.latency_onnx", *(sys.argv[1:] if argv is None else argv)]),
+        "machine": machine(),
+        "preset": args.preset,
+        "tile": args.tile,
+        "batch": 1,
+        "threads": args.threads,
+        "weights": "random (torch.manual_seed(0))",
+    }
     with tempfile.TemporaryDirectory() as tmp:
-        graphs = {"ort_cpu": export_graph(model, "unet", bucket, Path(tmp) / "unet.onnx"),
-                  "ort_cpu_winograd": export_graph(model, "unet", bucket, Path(tmp) / "unet_wg.onnx", conv="winograd")}
+        graphs = {
+            "ort_cpu": export_graph(model, "unet", bucket, Path(tmp) / "unet.onnx"),
+            "ort_cpu_winograd": export_graph(model, "unet", bucket, Path(tmp) / "unet_wg.onnx", conv="winograd"),
+        }
         result["winograd_max_abs_vs_torch"] = winograd_error(model, graphs["ort_cpu_winograd"], args_t)
         result["cpu"] = cpu_section(model, graphs, args_t, args.repeats, args.threads)
         if args.profile:
             result["profile"] = profile_section(model, graphs, args_t, args.threads)
-        result["gpu"] = (gpu_section(model, graphs["ort_cpu"], args_t, args.repeats) if torch.cuda.is_available()
-                         else None)
-    print(f"U-Net call, {args.preset} shape, {args.tile}x{args.tile} tile, batch 1, {args.threads} threads "
-          f"(Winograd graph max abs vs torch: {result['winograd_max_abs_vs_torch']:.1e})")
+        result["gpu"] = (
+            gpu_section(model, graphs["ort_cpu"], args_t, args.repeats) if torch.cuda.is_available() else None
+        )
+    print(
+        f"U-Net call, {args.preset} shape, {args.tile}x{args.tile} tile, batch 1, {args.threads} threads "
+        f"(Winograd graph max abs vs torch: {result['winograd_max_abs_vs_torch']:.1e})"
+    )
     for section in ("cpu", "gpu"):
         for name, r in (result[section] or {}).items():
             speedup = next(v for k, v in r.items() if k.startswith("speedup"))
             print(f"  {name:<18} {r['median_ms']:>10.1f} ms   x{speedup:.2f}")
     if args.profile:
         prof = result["profile"]
-        print(f"  ORT Conv: {100 * prof['conv_share']:.0f}% of kernel time, {prof['conv_gflop']:.1f} GFLOP at "
-              f"{prof['conv_gflop_per_s']:.0f} GFLOP/s (2048^3 matmul: {prof['matmul_2048_gflop_per_s']:.0f} GFLOP/s)")
+        print(
+            f"  ORT Conv: {100 * prof['conv_share']:.0f}% of kernel time, {prof['conv_gflop']:.1f} GFLOP at "
+            f"{prof['conv_gflop_per_s']:.0f} GFLOP/s (2048^3 matmul: {prof['matmul_2048_gflop_per_s']:.0f} GFLOP/s)"
+        )
     from idm_rt.export.winograd import VERSION
 
     path = results_dir(args.replace) / SUMMARY

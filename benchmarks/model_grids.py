@@ -28,8 +28,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--name", default="default_model_grid", help="files: <name>_x<scale>.png")
     add_replace_argument(ap)
     args = ap.parse_args(argv)
-    models = [(name, idm_rt.Upscaler.from_pretrained(path)) for name, path in
-              (item.split("=", 1) for item in args.models.split(","))]
+    models = [
+        (name, idm_rt.Upscaler.from_pretrained(path))
+        for name, path in (item.split("=", 1) for item in args.models.split(","))
+    ]
     wanted = args.images.split(",")
     images = [(n, img) for n, img in load_images("skimage", args.crop) if n in wanted]
     for s in (float(v) for v in args.scales.split(",")):

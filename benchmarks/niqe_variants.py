@@ -30,9 +30,15 @@ from .common import add_replace_argument, write
 from .detail_measures import candidates
 
 NOISY = ("estimate+white_full", "estimate+band_full", "estimate+white_to_hr", "estimate+band_to_hr")
-SHORT = {"bicubic": "bicubic", "estimate": "estimate", "hr": "HR", "estimate+white_full": "white, band's energy",
-         "estimate+band_full": "band, band's energy", "estimate+white_to_hr": "white, to HR's",
-         "estimate+band_to_hr": "band, to HR's"}
+SHORT = {
+    "bicubic": "bicubic",
+    "estimate": "estimate",
+    "hr": "HR",
+    "estimate+white_full": "white, band's energy",
+    "estimate+band_full": "band, band's energy",
+    "estimate+white_to_hr": "white, to HR's",
+    "estimate+band_to_hr": "band, to HR's",
+}
 
 
 def score(mean: np.ndarray, cov: np.ndarray, feats: np.ndarray) -> float:
@@ -54,14 +60,22 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     configure_threads(args.threads)
     model = idm_rt.Upscaler.from_pretrained().model
-    train, held_out = split_holdout(scan_folder(args.data, min_size=max(map(int, args.patches.split(",")))).images,
-                                    args.holdout, args.data)
-    sets = {"held-out": [(p.stem, center_crop(load_rgb(p), args.crop)) for p in held_out],
-            "skimage": load_images("skimage", args.crop)}
+    train, held_out = split_holdout(
+        scan_folder(args.data, min_size=max(map(int, args.patches.split(",")))).images, args.holdout, args.data
+    )
+    sets = {
+        "held-out": [(p.stem, center_crop(load_rgb(p), args.crop)) for p in held_out],
+        "skimage": load_images("skimage", args.crop),
+    }
     scales = [float(v) for v in args.scales.split(",")]
     # every candidate image, (3, H, W) in [0, 1], by (set, scale, candidate, image name)
-    images = {(name, s, cand, n): (t[0].double() + 1) / 2 for name, crops in sets.items() for s in scales
-              for n, img in crops for cand, t in candidates(model, img, s, 0).items()}
+    images = {
+        (name, s, cand, n): (t[0].double() + 1) / 2
+        for name, crops in sets.items()
+        for s in scales
+        for n, img in crops
+        for cand, t in candidates(model, img, s, 0).items()
+    }
     rows = []
     for patch in map(int, args.patches.split(",")):
         per_image = image_patches(train, patch)
@@ -73,15 +87,29 @@ def main(argv: list[str] | None = None) -> dict:
                     for s in scales:
                         by = {c: [score(mean, cov, feats[name, s, c, n]) for n, _ in crops] for c in SHORT}
                         med = {c: statistics.median(v) for c, v in by.items()}
-                        rows.append({"patch": patch, "stride": stride, "threshold": threshold, "set": name,
-                                     "scale": s, "medians": med,
-                                     "ranked": med["bicubic"] > med["estimate"] > med["hr"],
-                                     "noise_worse": {c: med[c] > med["estimate"] for c in NOISY},
-                                     "noise_worse_crops": {c: sum(a > b for a, b in zip(by[c], by["estimate"]))
-                                                           for c in NOISY}})
+                        rows.append(
+                            {
+                                "patch": patch,
+                                "stride": stride,
+                                "threshold": threshold,
+                                "set": name,
+                                "scale": s,
+                                "medians": med,
+                                "ranked": med["bicubic"] > med["estimate"] > med["hr"],
+                                "noise_worse": {c: med[c] > med["estimate"] for c in NOISY},
+                                "noise_worse_crops": {
+                                    c: sum(a > b for a, b in zip(by[c], by["estimate"])) for c in NOISY
+                                },
+                            }
+                        )
                         print(_line(rows[-1]), flush=True)
-    result = {"data": args.data, "held_out": [p.name for p in held_out], "train_images": len(train),
-              "crop": args.crop, "rows": rows}
+    result = {
+        "data": args.data,
+        "held_out": [p.name for p in held_out],
+        "train_images": len(train),
+        "crop": args.crop,
+        "rows": rows,
+    }
     path = write(args.out, result, "niqe_variants", args.replace)
     full = json.loads(path.read_text())  # with the command and machine
     atomic_write(path.with_suffix(".md"), lambda p: Path(p).write_text(markdown(full)))
@@ -90,21 +118,32 @@ def main(argv: list[str] | None = None) -> dict:
 
 def _line(r: dict) -> str:
     noise = " ".join(f"{'+' if r['noise_worse'][c] else '-'}{r['noise_worse_crops'][c]}" for c in NOISY)
-    return (f"| {r['patch']} | {'side by side' if r['stride'] == r['patch'] else 'half overlap'} | {r['threshold']:g} "
-            f"| {r['set']} | {r['scale']:g}x | " + " | ".join(f"{r['medians'][c]:.2f}" for c in SHORT)
-            + f" | {'yes' if r['ranked'] else 'NO'} | {noise} |")
+    return (
+        f"| {r['patch']} | {'side by side' if r['stride'] == r['patch'] else 'half overlap'} | {r['threshold']:g} "
+        f"| {r['set']} | {r['scale']:g}x | "
+        + " | ".join(f"{r['medians'][c]:.2f}" for c in SHORT)
+        + f" | {'yes' if r['ranked'] else 'NO'} | {noise} |"
+    )
 
 
 def markdown(result: dict) -> str:
-    lines = ["# NIQE variants for 192 px crops", "", f"Command: `{result['command']}`", "",
-             f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores. Pristine model: "
-             f"{result['train_images']} training images of `{result['data']}`; held out: "
-             f"{', '.join(result['held_out'])}. NIQE medians over the {result['crop']} px crops (lower is more "
-             "natural); 'ranked': bicubic > estimate > HR; 'noise worse': each noisy estimate scores worse than "
-             "the estimate's, in the order of the noise columns (+ yes, - no; then on how many crops). The "
-             "bundled model (`training/niqe_model.json`) is the row 96 / half overlap / 0.", "",
-             "| patch | scored patches | threshold | crops | scale | " + " | ".join(SHORT.values())
-             + " | ranked | noise worse |", "|---" * (7 + len(SHORT)) + "|"]
+    lines = [
+        "# NIQE variants for 192 px crops",
+        "",
+        f"Command: `{result['command']}`",
+        "",
+        f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores. Pristine model: "
+        f"{result['train_images']} training images of `{result['data']}`; held out: "
+        f"{', '.join(result['held_out'])}. NIQE medians over the {result['crop']} px crops (lower is more "
+        "natural); 'ranked': bicubic > estimate > HR; 'noise worse': each noisy estimate scores worse than "
+        "the estimate's, in the order of the noise columns (+ yes, - no; then on how many crops). The "
+        "bundled model (`training/niqe_model.json`) is the row 96 / half overlap / 0.",
+        "",
+        "| patch | scored patches | threshold | crops | scale | "
+        + " | ".join(SHORT.values())
+        + " | ranked | noise worse |",
+        "|---" * (7 + len(SHORT)) + "|",
+    ]
     lines += [_line(r) for r in result["rows"]]
     return "\n".join(lines) + "\n"
 

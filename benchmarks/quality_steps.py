@@ -24,9 +24,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--scales", default="4", help="comma-separated scales, each a curve")
     ap.add_argument("--steps", default="5,10,20,50")
     ap.add_argument("--samplers", default="ddim,dpmpp_2m")
-    ap.add_argument("--inits", default="noise,bicubic:0.5,bicubic:0.7",
-                    help="starts to compare: noise, or bicubic:LEVEL / estimate:LEVEL for the bicubic upscale or the "
-                         "model's HR estimate diffused to noise level LEVEL")
+    ap.add_argument(
+        "--inits",
+        default="noise,bicubic:0.5,bicubic:0.7",
+        help="starts to compare: noise, or bicubic:LEVEL / estimate:LEVEL for the bicubic upscale or the "
+        "model's HR estimate diffused to noise level LEVEL",
+    )
     ap.add_argument("--back-projection", default="0", help="comma-separated back-projection passes per step to compare")
     ap.add_argument("--data", default="skimage", help="'skimage' or a folder of HR images")
     ap.add_argument("--crop", type=int, default=192)
@@ -42,18 +45,24 @@ def main(argv: list[str] | None = None) -> dict:
         for passes in (int(n) for n in args.back_projection.split(",")):
             for sampler in args.samplers.split(","):
                 for steps in (int(s) for s in args.steps.split(",")):
-                    settings = idm_rt.SamplingSettings(sampler=sampler, steps=steps, init=init,
-                                                       init_level=float(level or 0.5), back_projection=passes)
+                    settings = idm_rt.SamplingSettings(
+                        sampler=sampler, steps=steps, init=init, init_level=float(level or 0.5), back_projection=passes
+                    )
                     for row in evaluate(model, images, scales, settings):
-                        curve.append({"init": start, "back_projection": passes, "sampler": sampler, "steps": steps,
-                                      **row})
-                        print(f"{row['scale']:g}x {start:12s} bp{passes} {sampler:9s} {steps:3d} steps: PSNR(Y) "
-                              f"{row['psnr']:.2f} (bicubic {row['psnr_bic']:.2f})  SSIM {row['ssim']:.4f} (bicubic "
-                              f"{row['ssim_bic']:.4f})  Consistency {row['cons']:.2f}e-5")
-    names = "scikit-image photos: " + ", ".join(SKIMAGE_PHOTOS) if args.data == "skimage" else \
-        f"{args.data}: " + ", ".join(name for name, _ in images)
-    res = {"model": args.model or "default", "images": names,
-           "crop": args.crop, "scales": scales, "curve": curve}
+                        curve.append(
+                            {"init": start, "back_projection": passes, "sampler": sampler, "steps": steps, **row}
+                        )
+                        print(
+                            f"{row['scale']:g}x {start:12s} bp{passes} {sampler:9s} {steps:3d} steps: PSNR(Y) "
+                            f"{row['psnr']:.2f} (bicubic {row['psnr_bic']:.2f})  SSIM {row['ssim']:.4f} (bicubic "
+                            f"{row['ssim_bic']:.4f})  Consistency {row['cons']:.2f}e-5"
+                        )
+    names = (
+        "scikit-image photos: " + ", ".join(SKIMAGE_PHOTOS)
+        if args.data == "skimage"
+        else f"{args.data}: " + ", ".join(name for name, _ in images)
+    )
+    res = {"model": args.model or "default", "images": names, "crop": args.crop, "scales": scales, "curve": curve}
     print(f"wrote {write(args.out, res, 'quality_steps', args.replace)}")
     return res
 

@@ -98,13 +98,20 @@ def main(argv: list[str] | None = None) -> dict:
         t0 = time.perf_counter()
         up.upscale(image, scale=args.scale, seed=i, progress=False)
         times.append(time.perf_counter() - t0)
-    in_process = {"images_per_s": 1 / statistics.median(times), "latency_median_s": statistics.median(times),
-                  "torch_threads": torch.get_num_threads()}
+    in_process = {
+        "images_per_s": 1 / statistics.median(times),
+        "latency_median_s": statistics.median(times),
+        "torch_threads": torch.get_num_threads(),
+    }
     sampling = up.sampling.to_dict()
     del up
 
-    ray.init(num_cpus=cores, include_dashboard=False, _node_ip_address="127.0.0.1",
-             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})  # replicas import this checkout
+    ray.init(
+        num_cpus=cores,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
+    )  # replicas import this checkout
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -114,8 +121,13 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         for replicas in [int(r) for r in args.replicas.split(",")]:
             for batching in (True, False):
-                settings = {"model": args.model, "replicas": replicas, "replica_cpus": cores / replicas,
-                            "max_batch": args.max_batch if batching else 1, "batch_wait_ms": args.batch_wait_ms}
+                settings = {
+                    "model": args.model,
+                    "replicas": replicas,
+                    "replica_cpus": cores / replicas,
+                    "max_batch": args.max_batch if batching else 1,
+                    "batch_wait_ms": args.batch_wait_ms,
+                }
                 serve.run(build_app(settings), name="bench", route_prefix="/", blocking=False)
                 load(url, body, 2 * replicas, 1, 10**6)  # warm-up: every replica's first call
                 rounds: dict[int, list] = {c: [] for c in clients_list}
@@ -126,20 +138,36 @@ def main(argv: list[str] | None = None) -> dict:
                 for clients, results in rounds.items():
                     latencies = [lat for lats, _, _ in results for lat in lats]
                     batches = [b for _, _, bs in results for b in bs]
-                    rows.append({"replicas": replicas, "batching": batching, "clients": clients,
-                                 "images_per_s": statistics.median(len(lats) / wall for lats, wall, _ in results),
-                                 "p50_s": percentile(latencies, 0.5), "p95_s": percentile(latencies, 0.95),
-                                 "mean_batch": sum(batches) / len(batches), "requests": len(latencies)})
+                    rows.append(
+                        {
+                            "replicas": replicas,
+                            "batching": batching,
+                            "clients": clients,
+                            "images_per_s": statistics.median(len(lats) / wall for lats, wall, _ in results),
+                            "p50_s": percentile(latencies, 0.5),
+                            "p95_s": percentile(latencies, 0.95),
+                            "mean_batch": sum(batches) / len(batches),
+                            "requests": len(latencies),
+                        }
+                    )
                     print(rows[-1], flush=True)
                 serve.delete("bench")
     finally:
         serve.shutdown()
         ray.shutdown()
-    result = {"model": args.model or "bundled default", "sampling": sampling,
-              "input": f"{args.size}x{args.size}", "scale": args.scale, "cores": cores,
-              "replica_cpus": {r: cores / r for r in {row['replicas'] for row in rows}},
-              "max_batch": args.max_batch, "batch_wait_ms": args.batch_wait_ms, "repeats": args.repeats,
-              "in_process": in_process, "rows": rows}
+    result = {
+        "model": args.model or "bundled default",
+        "sampling": sampling,
+        "input": f"{args.size}x{args.size}",
+        "scale": args.scale,
+        "cores": cores,
+        "replica_cpus": {r: cores / r for r in {row["replicas"] for row in rows}},
+        "max_batch": args.max_batch,
+        "batch_wait_ms": args.batch_wait_ms,
+        "repeats": args.repeats,
+        "in_process": in_process,
+        "rows": rows,
+    }
     path = write("serve_load", result, "serve_load", args.replace)
     write_markdown(path.with_suffix(".md"), result)
     return result
@@ -150,19 +178,28 @@ def write_markdown(path: Path, result: dict) -> None:
 
     saved = json.loads(path.with_suffix(".json").read_text())
     m = saved["machine"]
-    about = (f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}, Python {m['python']}, 1-minute load average at "
-             f"the end {m['load_average'][0]:.2f} (other jobs share the machine). Model: {result['model']} "
-             f"({result['sampling']}), {result['input']} at "
-             f"{result['scale']:g}x. Replicas share the {result['cores']} cores; batching on = at most "
-             f"{result['max_batch']} requests, waiting at most {result['batch_wait_ms']:g} ms. In process, one image "
-             f"after the other: {result['in_process']['images_per_s']:.2f} images/s "
-             f"({result['in_process']['latency_median_s']:.2f} s each).")
-    lines = [f"# `{saved['command']}`", "", about, "",
-             "| replicas | batching | clients | images/s | p50 latency | p95 latency | mean batch |",
-             "|---|---|---|---|---|---|---|"]
+    about = (
+        f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}, Python {m['python']}, 1-minute load average at "
+        f"the end {m['load_average'][0]:.2f} (other jobs share the machine). Model: {result['model']} "
+        f"({result['sampling']}), {result['input']} at "
+        f"{result['scale']:g}x. Replicas share the {result['cores']} cores; batching on = at most "
+        f"{result['max_batch']} requests, waiting at most {result['batch_wait_ms']:g} ms. In process, one image "
+        f"after the other: {result['in_process']['images_per_s']:.2f} images/s "
+        f"({result['in_process']['latency_median_s']:.2f} s each)."
+    )
+    lines = [
+        f"# `{saved['command']}`",
+        "",
+        about,
+        "",
+        "| replicas | batching | clients | images/s | p50 latency | p95 latency | mean batch |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in result["rows"]:
-        lines.append(f"| {r['replicas']} | {'on' if r['batching'] else 'off'} | {r['clients']} | "
-                     f"{r['images_per_s']:.2f} | {r['p50_s']:.2f} s | {r['p95_s']:.2f} s | {r['mean_batch']:.1f} |")
+        lines.append(
+            f"| {r['replicas']} | {'on' if r['batching'] else 'off'} | {r['clients']} | "
+            f"{r['images_per_s']:.2f} | {r['p50_s']:.2f} s | {r['p95_s']:.2f} s | {r['mean_batch']:.1f} |"
+        )
     path.write_text("\n".join(lines) + "\n")
 
 

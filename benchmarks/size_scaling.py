@@ -44,10 +44,17 @@ def child(backend: str, side: int, model: str | None, engines: str | None, threa
     up.upscale(lr, scale=4, seed=0, progress=False)
     seconds = time.perf_counter() - start
     tile = up.choose_tile((side, side))
-    return {"backend": backend, "side": side, "megapixels": side * side / 1e6, "seconds": seconds,
-            "seconds_per_megapixel": seconds / (side * side / 1e6), "tile": tile,
-            "peak_rss_mib": peak_rss_mib(),
-            "torch_threads": torch.get_num_threads(), "sampling": dataclasses.asdict(up.sampling)}
+    return {
+        "backend": backend,
+        "side": side,
+        "megapixels": side * side / 1e6,
+        "seconds": seconds,
+        "seconds_per_megapixel": seconds / (side * side / 1e6),
+        "tile": tile,
+        "peak_rss_mib": peak_rss_mib(),
+        "torch_threads": torch.get_num_threads(),
+        "sampling": dataclasses.asdict(up.sampling),
+    }
 
 
 def peak_rss_mib() -> float:
@@ -75,8 +82,16 @@ def run(sides: list[int], backends: list[str], model: str | None, threads: int) 
         folders = {b: build_engines(model, engines[b], Path(tmp) / b) for b in backends if b in engines}
         for backend in backends:
             for side in sides:
-                cmd = [sys.executable, "-m", "benchmarks.size_scaling", "--child", backend, str(side),
-                       "--threads", str(threads)]
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.size_scaling",
+                    "--child",
+                    backend,
+                    str(side),
+                    "--threads",
+                    str(threads),
+                ]
                 if model:
                     cmd += ["--model", model]
                 if backend in folders:
@@ -87,17 +102,24 @@ def run(sides: list[int], backends: list[str], model: str | None, threads: int) 
                 out = done.stdout
                 rows.append(json.loads(out.strip().splitlines()[-1]))
                 r = rows[-1]
-                print(f"{backend:17s} {side}x{side} ({r['megapixels']:.2f} MP, tile {r['tile']}): "
-                      f"{r['seconds']:.1f} s, {r['seconds_per_megapixel']:.1f} s/MP, peak {r['peak_rss_mib']:.0f} MiB",
-                      flush=True)
+                print(
+                    f"{backend:17s} {side}x{side} ({r['megapixels']:.2f} MP, tile {r['tile']}): "
+                    f"{r['seconds']:.1f} s, {r['seconds_per_megapixel']:.1f} s/MP, peak {r['peak_rss_mib']:.0f} MiB",
+                    flush=True,
+                )
     for backend in backends:
         mine = [r for r in rows if r["backend"] == backend]
         for r in mine:
             r["vs_smallest"] = r["seconds_per_megapixel"] / mine[0]["seconds_per_megapixel"]
     folder = Path(model) if model else DEFAULT_MODEL
     provenance = json.loads((folder / "config.json").read_text()).get("provenance", {}) if folder.is_dir() else {}
-    return {"model": model or "bundled default", "model_step": provenance.get("step"), "scale": 4,
-            "threads": threads, "rows": rows}
+    return {
+        "model": model or "bundled default",
+        "model_step": provenance.get("step"),
+        "scale": 4,
+        "threads": threads,
+        "rows": rows,
+    }
 
 
 def plot(result: dict, path: Path) -> None:
@@ -108,8 +130,9 @@ def plot(result: dict, path: Path) -> None:
     draw = ImageDraw.Draw(image)
     rows = result["rows"]
     x_max = max(r["megapixels"] for r in rows) * 1.05
-    for panel, (key, label) in enumerate((("seconds_per_megapixel", "seconds per output megapixel"),
-                                          ("peak_rss_mib", "peak resident memory (MiB)"))):
+    for panel, (key, label) in enumerate(
+        (("seconds_per_megapixel", "seconds per output megapixel"), ("peak_rss_mib", "peak resident memory (MiB)"))
+    ):
         top = panel * height
         y_max = max(r[key] for r in rows) * 1.15
         sx = lambda v: pad + (width - 2 * pad) * v / x_max

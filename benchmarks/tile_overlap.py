@@ -57,24 +57,41 @@ def main(argv: list[str] | None = None) -> dict:
         hr, lr = make_pair(img, args.scale)
         size = tuple(hr.shape[-2:])
         for seed in (int(s) for s in args.seeds.split(",")):
-            run = lambda **kw: super_resolve(model, lr, size, settings, scale=args.scale,
-                                             noise=Noise([seed]), **kw)[0]
+            run = lambda **kw: super_resolve(model, lr, size, settings, scale=args.scale, noise=Noise([seed]), **kw)[0]
             full = (run() + 1) / 2
             for o in overlaps:
                 plan = TilePlan.for_image(size, args.tile, model.config.size_multiple, o)
                 tiled = (run(plan=plan) + 1) / 2
                 rows[o]["psnr_vs_untiled"].append(psnr_y(tiled.double(), full.double()))
                 rows[o]["seam_ratio"].append(seam_ratio(tiled, full, plan))
-                print(f"{name} seed {seed} overlap {o:3d}: PSNR vs untiled {rows[o]['psnr_vs_untiled'][-1]:.2f} dB, "
-                      f"seam ratio {rows[o]['seam_ratio'][-1]:.3f}", flush=True)
-    table = [{"overlap": o, "psnr_vs_untiled": sum(r["psnr_vs_untiled"]) / len(r["psnr_vs_untiled"]),
-              "seam_ratio": sum(r["seam_ratio"]) / len(r["seam_ratio"]),
-              "seam_ratio_max": max(r["seam_ratio"])} for o, r in rows.items()]
+                print(
+                    f"{name} seed {seed} overlap {o:3d}: PSNR vs untiled {rows[o]['psnr_vs_untiled'][-1]:.2f} dB, "
+                    f"seam ratio {rows[o]['seam_ratio'][-1]:.3f}",
+                    flush=True,
+                )
+    table = [
+        {
+            "overlap": o,
+            "psnr_vs_untiled": sum(r["psnr_vs_untiled"]) / len(r["psnr_vs_untiled"]),
+            "seam_ratio": sum(r["seam_ratio"]) / len(r["seam_ratio"]),
+            "seam_ratio_max": max(r["seam_ratio"]),
+        }
+        for o, r in rows.items()
+    ]
     for r in table:
-        print(f"overlap {r['overlap']:3d}: PSNR vs untiled {r['psnr_vs_untiled']:.2f} dB, seam ratio "
-              f"{r['seam_ratio']:.3f} (max {r['seam_ratio_max']:.3f})")
-    res = {"model": args.model or "default", "sampling": settings.to_dict(), "images": list(SKIMAGE_PHOTOS[:3]),
-           "output": f"{args.crop}x{args.crop}", "scale": args.scale, "tile": args.tile, "rows": table}
+        print(
+            f"overlap {r['overlap']:3d}: PSNR vs untiled {r['psnr_vs_untiled']:.2f} dB, seam ratio "
+            f"{r['seam_ratio']:.3f} (max {r['seam_ratio_max']:.3f})"
+        )
+    res = {
+        "model": args.model or "default",
+        "sampling": settings.to_dict(),
+        "images": list(SKIMAGE_PHOTOS[:3]),
+        "output": f"{args.crop}x{args.crop}",
+        "scale": args.scale,
+        "tile": args.tile,
+        "rows": table,
+    }
     print(f"wrote {write('tile_overlap', res, 'tile_overlap', args.replace)}")
     return res
 

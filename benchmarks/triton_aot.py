@@ -37,8 +37,12 @@ from .common import add_replace_argument, write
 SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
 KERNELS = ("_mlp_kernel", "_map_kernel", "_gather_kernel")
 # --ci: (kernel, dtype, relu, config index, capability), a few of each kernel, each dtype and both targets
-CI_PICKS = [("_mlp_kernel", "float32", False, 0, 90), ("_mlp_kernel", "float16", True, 3, 80),
-            ("_map_kernel", "bfloat16", False, 2, 80), ("_gather_kernel", "float32", False, 2, 90)]
+CI_PICKS = [
+    ("_mlp_kernel", "float32", False, 0, 90),
+    ("_mlp_kernel", "float16", True, 3, 80),
+    ("_map_kernel", "bfloat16", False, 2, 80),
+    ("_gather_kernel", "float32", False, 2, 90),
+]
 
 
 @dataclass
@@ -62,11 +66,18 @@ def layer_cases() -> Iterator[dict]:
             sizes = level_sizes(tile, cfg.levels)
             for i in range(1, cfg.levels):
                 for batch in (1, 2):
-                    for dtype, tf32 in (("float32", False), ("float32", True), ("float16", False),
-                                        ("bfloat16", False)):
+                    for dtype, tf32 in (("float32", False), ("float32", True), ("float16", False), ("bfloat16", False)):
                         for relu in (False, True):
-                            yield {"preset": name, "channels": cfg.channels[i], "src": sizes[i], "dst": sizes[i - 1],
-                                   "batch": batch, "dtype": dtype, "tf32": tf32, "relu": relu}
+                            yield {
+                                "preset": name,
+                                "channels": cfg.channels[i],
+                                "src": sizes[i],
+                                "dst": sizes[i - 1],
+                                "batch": batch,
+                                "dtype": dtype,
+                                "tf32": tf32,
+                                "relu": relu,
+                            }
 
 
 def record(cases: Iterator[dict]) -> list[Launch]:
@@ -134,8 +145,12 @@ def distinct(launches: list[Launch], every_specialisation: bool) -> list[Launch]
     for launch in launches:
         src, _, options = specialise(launch, _configs(launch.kernel)[0], 90)
         spec = f"{src.hash()[:12]}-{options.hash()[:12]}"
-        variant = (launch.kernel, launch.case["dtype"], launch.case["relu"] and launch.kernel == "_mlp_kernel",
-                   launch.kwargs.get("PRECISION"))
+        variant = (
+            launch.kernel,
+            launch.case["dtype"],
+            launch.case["relu"] and launch.kernel == "_mlp_kernel",
+            launch.kwargs.get("PRECISION"),
+        )
         key = spec if every_specialisation else variant
         if key not in seen:
             seen.add(key)
@@ -156,9 +171,14 @@ def compile_one(launch: Launch, index: int, capability: int) -> dict:
     import triton
 
     config = _configs(launch.kernel)[index]
-    row = {"kernel": launch.kernel, "config": index, "capability": capability,
-           "case": {k: launch.case[k] for k in ("dtype", "tf32", "relu", "channels", "src", "dst", "batch",
-                                                "specialisation")}}
+    row = {
+        "kernel": launch.kernel,
+        "config": index,
+        "capability": capability,
+        "case": {
+            k: launch.case[k] for k in ("dtype", "tf32", "relu", "channels", "src", "dst", "batch", "specialisation")
+        },
+    }
     start = time.perf_counter()
     try:
         src, target, options = specialise(launch, config, capability)
@@ -167,8 +187,12 @@ def compile_one(launch: Launch, index: int, capability: int) -> dict:
     except Exception as e:  # noqa: BLE001 (a failed compilation is this sweep's result, whatever raised it)
         return row | {"ok": False, "error": f"{type(e).__name__}: {e}"[:2000], "seconds": time.perf_counter() - start}
     shared = int(kernel.metadata.shared)
-    return row | {"ok": bool(kernel.asm.get("cubin")), "shared_bytes": shared,
-                  "fits": shared <= SHARED_LIMIT[capability], "seconds": time.perf_counter() - start}
+    return row | {
+        "ok": bool(kernel.asm.get("cubin")),
+        "shared_bytes": shared,
+        "fits": shared <= SHARED_LIMIT[capability],
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def sweep(capabilities: list[int], ci: bool, every_specialisation: bool = False, log=print) -> dict:
@@ -177,8 +201,11 @@ def sweep(capabilities: list[int], ci: bool, every_specialisation: bool = False,
     jobs = []
     if ci:
         for kernel, dtype, relu, index, cap in CI_PICKS:
-            launch = next(la for la in launches if la.kernel == kernel and la.case["dtype"] == dtype
-                          and la.case["relu"] == relu and not la.case["tf32"])
+            launch = next(
+                la
+                for la in launches
+                if la.kernel == kernel and la.case["dtype"] == dtype and la.case["relu"] == relu and not la.case["tf32"]
+            )
             jobs.append((launch, index, cap))
     else:
         jobs = [(la, i, cap) for cap in capabilities for la in launches for i in range(len(_configs(la.kernel)))]
@@ -187,11 +214,21 @@ def sweep(capabilities: list[int], ci: bool, every_specialisation: bool = False,
     for n, (launch, index, cap) in enumerate(jobs, 1):
         rows.append(compile_one(launch, index, cap))
         r = rows[-1]
-        log(f"[{n}/{len(jobs)}] sm_{cap} {r['kernel']} config {index} {r['case']['dtype']}: "
-            + (f"{r['shared_bytes']} B shared{'' if r['fits'] else ' OVER THE LIMIT'}" if r["ok"]
-               else f"FAILED {r.get('error', 'no cubin')}") + f" ({r['seconds']:.1f} s)")
-    return {"rows": rows, "summary": summarise(rows), "variants": len(launches),
-            "every_specialisation": every_specialisation}
+        log(
+            f"[{n}/{len(jobs)}] sm_{cap} {r['kernel']} config {index} {r['case']['dtype']}: "
+            + (
+                f"{r['shared_bytes']} B shared{'' if r['fits'] else ' OVER THE LIMIT'}"
+                if r["ok"]
+                else f"FAILED {r.get('error', 'no cubin')}"
+            )
+            + f" ({r['seconds']:.1f} s)"
+        )
+    return {
+        "rows": rows,
+        "summary": summarise(rows),
+        "variants": len(launches),
+        "every_specialisation": every_specialisation,
+    }
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -207,21 +244,30 @@ def summarise(rows: list[dict]) -> dict:
             specs[spec] = specs.get(spec, False) or r["fits"]
         over = sorted({r["config"] for r in ok if not r["fits"]})
         out[f"{key[0]} sm_{key[1]}"] = {
-            "compiled": len(ok), "failed": len(part) - len(ok), "configs_over_shared_limit": over,
+            "compiled": len(ok),
+            "failed": len(part) - len(ok),
+            "configs_over_shared_limit": over,
             "max_shared_bytes": max((r["shared_bytes"] for r in ok), default=0),
             "shared_limit_bytes": SHARED_LIMIT[key[1]],
             "variants_without_a_fitting_config": sum(not fits for fits in specs.values()),
-            "median_compile_s": statistics.median(r["seconds"] for r in part)}
+            "median_compile_s": statistics.median(r["seconds"] for r in part),
+        }
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--capabilities", default="80,90",
-                    help=f"compute capabilities, of {sorted(SHARED_LIMIT)} (default 80,90: A100, H100)")
+    ap.add_argument(
+        "--capabilities",
+        default="80,90",
+        help=f"compute capabilities, of {sorted(SHARED_LIMIT)} (default 80,90: A100, H100)",
+    )
     ap.add_argument("--ci", action="store_true", help="only a representative few; print JSON, write nothing")
-    ap.add_argument("--all-specialisations", action="store_true",
-                    help="every specialisation of the integer arguments, not one per kernel variant (about 4x)")
+    ap.add_argument(
+        "--all-specialisations",
+        action="store_true",
+        help="every specialisation of the integer arguments, not one per kernel variant (about 4x)",
+    )
     add_replace_argument(ap)
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
@@ -232,14 +278,19 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         caps = []
     if not caps or any(c not in SHARED_LIMIT for c in caps):
-        print(f"triton_aot: --capabilities takes some of {sorted(SHARED_LIMIT)}, got {args.capabilities!r}",
-              file=sys.stderr)
+        print(
+            f"triton_aot: --capabilities takes some of {sorted(SHARED_LIMIT)}, got {args.capabilities!r}",
+            file=sys.stderr,
+        )
         return 2
     import triton
 
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.ci else (lambda msg: print(msg, flush=True))
-    result = {"triton": triton.__version__, "shared_limit_bytes": SHARED_LIMIT,
-              **sweep(caps, args.ci, args.all_specialisations, log)}
+    result = {
+        "triton": triton.__version__,
+        "shared_limit_bytes": SHARED_LIMIT,
+        **sweep(caps, args.ci, args.all_specialisations, log),
+    }
     if args.ci:
         print(json.dumps(result))
     else:

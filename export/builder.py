@@ -83,8 +83,14 @@ def digest(*parts) -> str:
 def reusable(folder: Path, file: str | None, size: int | None, old_key: str | None, key: str, force: bool) -> bool:
     """Whether an artifact recorded with ``old_key`` and ``size`` bytes at ``file`` can stand in for one
     with ``key``."""
-    return (not force and file is not None and size is not None and old_key == key and (folder / file).is_file()
-            and (folder / file).stat().st_size == size)
+    return (
+        not force
+        and file is not None
+        and size is not None
+        and old_key == key
+        and (folder / file).is_file()
+        and (folder / file).stat().st_size == size
+    )
 
 
 # The engine builders, one module per backend a build makes (idm_rt.backends.BUILD_BACKENDS), each with
@@ -109,8 +115,10 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> int:
     others read untouched."""
     model = load_model(options.model_path, max_scale=options.max_scale)
     if options.max_scale is None and not is_project(options.model_path):
-        log(f"note: released checkpoints do not record their largest training scale; assuming M = "
-            f"{model.max_scale:g} (--max-scale M to change it)")
+        log(
+            f"note: released checkpoints do not record their largest training scale; assuming M = "
+            f"{model.max_scale:g} (--max-scale M to change it)"
+        )
     try:
         tile_side(options.buckets, model.config.size_multiple)
     except ValueError as e:
@@ -138,8 +146,10 @@ def check_folder(folder: Path) -> None:
     if (folder / MANIFEST_NAME).exists():
         owned_files(folder)  # an engine directory this version can read: ours
     elif any(p.name != LOCK_NAME for p in folder.iterdir()):
-        raise BuildError(f"{folder} is not empty and is not an engine directory (no {MANIFEST_NAME}); build into a "
-                         f"new or empty folder (nothing in {folder} was changed)")
+        raise BuildError(
+            f"{folder} is not empty and is not an engine directory (no {MANIFEST_NAME}); build into a "
+            f"new or empty folder (nothing in {folder} was changed)"
+        )
 
 
 def owned_files(folder: Path) -> tuple[Manifest | None, list[str]]:
@@ -153,13 +163,16 @@ def owned_files(folder: Path) -> tuple[Manifest | None, list[str]]:
         try:  # an earlier version's directory: its files are ours to replace, nothing is reused
             d = json.loads(path.read_text())
             if isinstance(d, dict) and d.get("format") in LEGACY_FORMATS and isinstance(d.get("graphs"), dict):
-                files = [f for g in d["graphs"].values() if isinstance(g, dict)
-                         for f in (g.get("onnx"), g.get("engine"))]
+                files = [
+                    f for g in d["graphs"].values() if isinstance(g, dict) for f in (g.get("onnx"), g.get("engine"))
+                ]
                 return None, [f for f in files if isinstance(f, str) and BUILT_FILE.fullmatch(f)]
         except (ValueError, OSError):
             pass
-        raise BuildError(f"{path} is not a manifest this version of idm-rt can read ({e}); build into a new folder "
-                         f"(nothing was changed)") from None
+        raise BuildError(
+            f"{path} is not a manifest this version of idm-rt can read ({e}); build into a new folder "
+            f"(nothing was changed)"
+        ) from None
 
 
 LEGACY_FORMATS = ("idm-rt-engines/1", "idm-rt-engines/2")
@@ -201,8 +214,10 @@ class _Writer:
         """Write ``folder/rel`` through ``write(tmp_path)``: listed first, then atomically renamed into place."""
         path = inside(self.folder, rel)
         if path.exists() and rel not in self.owned:
-            raise BuildError(f"{path} exists, but no build of {self.folder} wrote it (its manifest does not list it); "
-                             f"move it away and build again")
+            raise BuildError(
+                f"{path} exists, but no build of {self.folder} wrote it (its manifest does not list it); "
+                f"move it away and build again"
+            )
         new = [f for f in (rel, rel + PARTIAL) if f not in self.manifest.pending]
         if new:
             self.manifest.pending += new
@@ -227,9 +242,11 @@ def _build(model: IDM, options: BuildOptions, log: Callable[[str], None]) -> int
     old, old_files = owned_files(folder) if (folder / MANIFEST_NAME).exists() else (None, [])
     ident, missing = backend_identity(options)
     if missing:  # said before minutes of export, not only after them
-        log(f"TensorRT engines cannot be built on this machine; it lacks: {'; '.join(missing)}. Exporting the ONNX "
+        log(
+            f"TensorRT engines cannot be built on this machine; it lacks: {'; '.join(missing)}. Exporting the ONNX "
             f"graphs only, for a machine that has them (exit status {EXIT_NEEDS_GPU} at the end); --backend "
-            "onnxruntime builds engines that run here")
+            "onnxruntime builds engines that run here"
+        )
     flags = {"opset": OPSET, "conv": options.conv, "command": options.command}
     flags |= ENGINE_BUILDERS[options.backend].manifest_flags(options)
     calibration = quantize.Calibration.load(options.calibration) if options.precision == "int8" else None
@@ -238,13 +255,23 @@ def _build(model: IDM, options: BuildOptions, log: Callable[[str], None]) -> int
         log(f"int8 calibration images: {calibration.source}")
         if options.check_int8:  # the images the engine is checked on: a folder too small for them is said now
             quantize.held_out_images(calibration.origin, calibration.settings, int8_check.IMAGES)
-    manifest = Manifest(model_hash=model_hash(model), model_path=str(Path(options.model_path).resolve()),
-                        network=model.config.to_dict(), max_scale=model.max_scale, precision=options.precision,
-                        backend=options.backend, opset=OPSET, buckets=options.buckets, graphs={}, identity=ident,
-                        build_flags=flags, static=options.static,
-                        defaults=model.recommended.to_dict() if model.recommended else {},
-                        presets={name: s.to_dict() for name, s in model.presets.items()},
-                        stage_flops=dataclasses.asdict(stage_flops(model.config)))
+    manifest = Manifest(
+        model_hash=model_hash(model),
+        model_path=str(Path(options.model_path).resolve()),
+        network=model.config.to_dict(),
+        max_scale=model.max_scale,
+        precision=options.precision,
+        backend=options.backend,
+        opset=OPSET,
+        buckets=options.buckets,
+        graphs={},
+        identity=ident,
+        build_flags=flags,
+        static=options.static,
+        defaults=model.recommended.to_dict() if model.recommended else {},
+        presets={name: s.to_dict() for name, s in model.presets.items()},
+        stage_flops=dataclasses.asdict(stage_flops(model.config)),
+    )
     writer = _Writer(folder, manifest, old_files, log)
     specs = graph_specs(options.buckets, options.static)
     for i, (kind, bucket) in enumerate(specs, 1):
@@ -278,30 +305,41 @@ def _int8_graphs(manifest: Manifest) -> dict[str, str | None]:
 def _reuse_int8_check(manifest: Manifest, old: Manifest | None) -> None:
     """Carry the int8 check's result over from ``old`` when it measured the int8 graphs ``manifest`` has."""
     record = old.build_flags.get(INT8_CHECK) if old is not None else None
-    if (isinstance(record, dict) and record.get("version") == int8_check.VERSION
-            and record.get("graphs") == _int8_graphs(manifest) and isinstance(record.get("passed"), bool)
-            and isinstance(record.get("report"), str)):
+    if (
+        isinstance(record, dict)
+        and record.get("version") == int8_check.VERSION
+        and record.get("graphs") == _int8_graphs(manifest)
+        and isinstance(record.get("passed"), bool)
+        and isinstance(record.get("report"), str)
+    ):
         manifest.build_flags[INT8_CHECK] = record
 
 
-def _check_int8(model: IDM, options: BuildOptions, calibration: quantize.Calibration, writer: _Writer,
-                log: Callable[[str], None]) -> None:
+def _check_int8(
+    model: IDM, options: BuildOptions, calibration: quantize.Calibration, writer: _Writer, log: Callable[[str], None]
+) -> None:
     """:func:`.int8_check.check` of the directory just built, recorded in its manifest (a build that reuses the
     int8 graphs reuses it); BuildError naming the numbers when the engine falls short."""
     record = writer.manifest.build_flags.get(INT8_CHECK)
     if record is None:
         result = int8_check.check(options.out, model, calibration, log)
-        record = {"version": int8_check.VERSION, "graphs": _int8_graphs(writer.manifest), "passed": result.passed,
-                  "report": result.report()}
+        record = {
+            "version": int8_check.VERSION,
+            "graphs": _int8_graphs(writer.manifest),
+            "passed": result.passed,
+            "report": result.report(),
+        }
         writer.manifest.build_flags[INT8_CHECK] = record
         writer.save()
     else:
         log("int8 check: measured before on these int8 graphs")
     log(record["report"])
     if not record["passed"]:
-        raise BuildError(f"the int8 engine in {options.out} falls short of the float32 model it was built from (the "
-                         "FAIL lines above): its images would not be the model's. Use --engine fp32, or calibrate on "
-                         "images like yours (--calibration DIR); --skip-int8-check keeps such an engine, to measure it")
+        raise BuildError(
+            f"the int8 engine in {options.out} falls short of the float32 model it was built from (the "
+            "FAIL lines above): its images would not be the model's. Use --engine fp32, or calibrate on "
+            "images like yours (--calibration DIR); --skip-int8-check keeps such an engine, to measure it"
+        )
 
 
 def graph_precision(precision: str, kind: str) -> str:
@@ -317,13 +355,22 @@ def onnx_key(mhash: str, kind: str, bucket: Bucket | None, precision: str, *conv
     """The key of graph ``kind`` exported from the model of hash ``mhash``: the model, the graph, its bucket and
     precision, the opset and :data:`EXPORT_VERSION` (and, when they apply, the Winograd transform's version and the
     int8 calibration)."""
-    return digest(mhash, kind, bucket.to_dict() if bucket else None, precision, OPSET, EXPORT_VERSION,
-                  *conv_and_calibration)
+    return digest(
+        mhash, kind, bucket.to_dict() if bucket else None, precision, OPSET, EXPORT_VERSION, *conv_and_calibration
+    )
 
 
-def _onnx_stage(model: IDM, mhash: str, kind: str, bucket: Bucket | None, options: BuildOptions,
-                old: Manifest | None, label: str, writer: _Writer,
-                calibration: quantize.Calibration | None = None) -> GraphEntry:
+def _onnx_stage(
+    model: IDM,
+    mhash: str,
+    kind: str,
+    bucket: Bucket | None,
+    options: BuildOptions,
+    old: Manifest | None,
+    label: str,
+    writer: _Writer,
+    calibration: quantize.Calibration | None = None,
+) -> GraphEntry:
     precision = graph_precision(options.precision, kind)
     # Winograd transforms need static shapes and float32; int8 graphs are quantised from direct ones
     conv = options.conv if kind == "unet" and precision != "int8" else "direct"
@@ -335,58 +382,82 @@ def _onnx_stage(model: IDM, mhash: str, kind: str, bucket: Bucket | None, option
     key_of_onnx = onnx_key(mhash, kind, bucket, precision, *winograd_key, *int8_key)
     prev = old.graphs.get(key) if old else None
     path = options.out / rel
-    if reusable(options.out, prev and prev.onnx, prev and prev.onnx_bytes, prev and prev.onnx_key, key_of_onnx,
-                options.force):
+    if reusable(
+        options.out, prev and prev.onnx, prev and prev.onnx_bytes, prev and prev.onnx_key, key_of_onnx, options.force
+    ):
         writer.log(f"{label}: ONNX {precision} reused")
     elif precision == "int8":
         start = time.perf_counter()
         kept = []
         writer.write(rel, lambda tmp: kept.extend(quantize.build_unet(model, bucket, Path(tmp), calibration)))
-        writer.log(f"{label}: ONNX int8 calibrated and quantised in {time.perf_counter() - start:.1f} s "
-                   f"({len(kept)} convolutions kept in float32)")
+        writer.log(
+            f"{label}: ONNX int8 calibrated and quantised in {time.perf_counter() - start:.1f} s "
+            f"({len(kept)} convolutions kept in float32)"
+        )
     else:
         start = time.perf_counter()
-        writer.write(rel, lambda tmp: export_graph(model, kind, bucket, Path(tmp), precision, conv,
-                                                   options.export_device))
-        writer.log(f"{label}: ONNX {precision} exported{' with Winograd convolutions' if conv == 'winograd' else ''} "
-                   f"in {time.perf_counter() - start:.1f} s")
+        writer.write(
+            rel, lambda tmp: export_graph(model, kind, bucket, Path(tmp), precision, conv, options.export_device)
+        )
+        writer.log(
+            f"{label}: ONNX {precision} exported{' with Winograd convolutions' if conv == 'winograd' else ''} "
+            f"in {time.perf_counter() - start:.1f} s"
+        )
     problems = check_graph(path, OPSET)
     if problems:
         raise BuildError(f"{rel} fails the ONNX/TensorRT operator check:\n  " + "\n  ".join(problems))
     return GraphEntry(onnx=rel, precision=precision, onnx_key=key_of_onnx, onnx_bytes=path.stat().st_size)
 
 
-def _engine_stage(entry: GraphEntry, kind: str, bucket: Bucket | None, options: BuildOptions, ident: dict,
-                  prev: GraphEntry | None, label: str, writer: _Writer) -> None:
+def _engine_stage(
+    entry: GraphEntry,
+    kind: str,
+    bucket: Bucket | None,
+    options: BuildOptions,
+    ident: dict,
+    prev: GraphEntry | None,
+    label: str,
+    writer: _Writer,
+) -> None:
     key = graph_key(kind, bucket)
     flags = ENGINE_BUILDERS[options.backend].key_flags(options)
     entry.engine_key = digest(entry.onnx_key, options.backend, ident, flags)
     entry.engine = artifact_name(key, options.backend)
-    if reusable(options.out, prev and prev.engine, prev and prev.engine_bytes, prev and prev.engine_key,
-                entry.engine_key, options.force):
+    if reusable(
+        options.out,
+        prev and prev.engine,
+        prev and prev.engine_bytes,
+        prev and prev.engine_key,
+        entry.engine_key,
+        options.force,
+    ):
         entry.engine_bytes = (options.out / entry.engine).stat().st_size
         writer.log(f"{label}: {options.backend} artifact reused")
         return
     start = time.perf_counter()
     onnx_path = options.out / entry.onnx
     engines = ENGINE_BUILDERS[options.backend]
-    writer.write(entry.engine, lambda tmp: engines.write_engine(onnx_path, Path(tmp), kind, bucket, entry.precision,
-                                                                 options))
+    writer.write(
+        entry.engine, lambda tmp: engines.write_engine(onnx_path, Path(tmp), kind, bucket, entry.precision, options)
+    )
     entry.engine_bytes = (options.out / entry.engine).stat().st_size
     writer.log(f"{label}: {options.backend} artifact built in {time.perf_counter() - start:.1f} s")
 
 
 def _missing_message(folder: Path, missing: list[str], options: BuildOptions) -> str:
-    lines = [f"ONNX graphs written to {folder} and checked (onnx.checker, TensorRT operator list); "
-             "TensorRT engines NOT built. This machine lacks:"]
+    lines = [
+        f"ONNX graphs written to {folder} and checked (onnx.checker, TensorRT operator list); "
+        "TensorRT engines NOT built. This machine lacks:"
+    ]
     lines += [f"  - {m}" for m in missing]
     # --force would export the graphs again instead of reusing them
     again = shlex.join(t for t in shlex.split(options.command) if t != "--force") or "python -m idm_rt.build ..."
-    lines += ["To finish on the target machine (NVIDIA GPU, driver, TensorRT 10.x or 11.x):",
-              f"  1. bring {folder} and the model ({options.model_path}) there, then: pip install "
-              f"'{PIP_REQUIREMENT}'",
-              f"  2. run the same command again: {again}",
-              "     (the ONNX graphs are reused; only the engines are built, for that GPU and TensorRT version)",
-              f"Meanwhile the ONNX graphs run with ONNX Runtime: "
-              f"Upscaler.from_engines({str(folder)!r}, backend='onnxruntime')"]
+    lines += [
+        "To finish on the target machine (NVIDIA GPU, driver, TensorRT 10.x or 11.x):",
+        f"  1. bring {folder} and the model ({options.model_path}) there, then: pip install '{PIP_REQUIREMENT}'",
+        f"  2. run the same command again: {again}",
+        "     (the ONNX graphs are reused; only the engines are built, for that GPU and TensorRT version)",
+        f"Meanwhile the ONNX graphs run with ONNX Runtime: "
+        f"Upscaler.from_engines({str(folder)!r}, backend='onnxruntime')",
+    ]
     return "\n".join(lines)

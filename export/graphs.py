@@ -97,13 +97,20 @@ class UNetGraph(nn.Module):
         self.with_tables = with_tables
 
     def forward(self, x_t: torch.Tensor, cond: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
-        flat, g, tables = rest[:self.n_flat], rest[self.n_flat], rest[self.n_flat + 1:]
-        grouped = [tuple(tables[k:k + 4]) for k in range(0, len(tables), 4)] if self.with_tables else None
+        flat, g, tables = rest[: self.n_flat], rest[self.n_flat], rest[self.n_flat + 1 :]
+        grouped = [tuple(tables[k : k + 4]) for k in range(0, len(tables), 4)] if self.with_tables else None
         return self.model.unet(x_t, Conditioning.from_flat(cond, list(flat)), g, grouped)
 
 
-def sample_inputs(model: IDM, kind: str, bucket: Bucket | None, batch: int = 1, seed: int = 0,
-                  dtype: torch.dtype = torch.float32, size: tuple[int, int] | None = None) -> tuple[torch.Tensor, ...]:
+def sample_inputs(
+    model: IDM,
+    kind: str,
+    bucket: Bucket | None,
+    batch: int = 1,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    size: tuple[int, int] | None = None,
+) -> tuple[torch.Tensor, ...]:
     """Random inputs of graph ``kind`` at ``size`` (default: the bucket's; without a bucket 40 x 24,
     a size no power of two divides); the encoder's LR is a third of it, and so are the features of
     the encoder's block (whose tables go from them to the size); the U-Net's conditioning comes from
@@ -127,8 +134,11 @@ def sample_inputs(model: IDM, kind: str, bucket: Bucket | None, batch: int = 1, 
     x_t, g = torch.randn(batch, 3, h, w, generator=gen), torch.rand(batch, generator=gen)
     tensors = tuple(t.to(dtype) for t in (x_t, cond, *flat)) + (g.to(dtype),)
     if kind == "unet_dynamic":
-        tensors += tuple(t.to(dtype) if t.is_floating_point() else t
-                         for tables in query_tables_for((h, w), model.config.levels) for t in tables)
+        tensors += tuple(
+            t.to(dtype) if t.is_floating_point() else t
+            for tables in query_tables_for((h, w), model.config.levels)
+            for t in tables
+        )
     return tensors
 
 
@@ -136,8 +146,12 @@ def graph_module(model: IDM, kind: str) -> nn.Module:
     """The wrapper module of graph ``kind`` in eval mode."""
     if kind == "unet_dynamic":
         return UNetGraph(model, with_tables=True).eval()
-    graphs = {"encoder": EncoderGraph, "encoder_block": EncoderBlockGraph, "conditioner": ConditionerGraph,
-              "unet": UNetGraph}
+    graphs = {
+        "encoder": EncoderGraph,
+        "encoder_block": EncoderBlockGraph,
+        "conditioner": ConditionerGraph,
+        "unet": UNetGraph,
+    }
     return graphs[kind](model).eval()
 
 
@@ -148,8 +162,14 @@ def io_spec(model: IDM, kind: str, bucket: Bucket | None) -> tuple[list[str], li
     if kind == "encoder":
         return names_in, names_out, {"lr": {2: "lr_h", 3: "lr_w"}, "feat": {2: "lr_h", 3: "lr_w"}}
     if kind == "encoder_block":
-        axes = {"feat": {2: "feat_h", 3: "feat_w"}, "rows": {0: "out_h"}, "cols": {0: "out_w"},
-                "rel_rows": {0: "out_h"}, "rel_cols": {0: "out_w"}, "cond": {2: "out_h", 3: "out_w"}}
+        axes = {
+            "feat": {2: "feat_h", 3: "feat_w"},
+            "rows": {0: "out_h"},
+            "cols": {0: "out_w"},
+            "rel_rows": {0: "out_h"},
+            "rel_cols": {0: "out_w"},
+            "cond": {2: "out_h", 3: "out_w"},
+        }
         return names_in, names_out, {n: a for n, a in axes.items() if n in names_in + names_out}
     if kind == "conditioner":
         axes = {"cond": {2: "h_0", 3: "w_0"}}
@@ -163,13 +183,24 @@ def io_spec(model: IDM, kind: str, bucket: Bucket | None) -> tuple[list[str], li
         axes[n] |= {2: "h_0", 3: "w_0"}
     for i in range(1, levels):
         axes[f"shift_{i}"] |= {2: f"h_{i}", 3: f"w_{i}"}
-        axes |= {f"rows_{i}": {0: f"h_{i - 1}"}, f"rel_rows_{i}": {0: f"h_{i - 1}"},
-                 f"cols_{i}": {0: f"w_{i - 1}"}, f"rel_cols_{i}": {0: f"w_{i - 1}"}}
+        axes |= {
+            f"rows_{i}": {0: f"h_{i - 1}"},
+            f"rel_rows_{i}": {0: f"h_{i - 1}"},
+            f"cols_{i}": {0: f"w_{i - 1}"},
+            f"rel_cols_{i}": {0: f"w_{i - 1}"},
+        }
     return names_in, names_out, axes
 
 
-def export_graph(model: IDM, kind: str, bucket: Bucket | None, path: Path, precision: str = "fp32",
-                 conv: str = "direct", device: str | torch.device = "cpu") -> Path:
+def export_graph(
+    model: IDM,
+    kind: str,
+    bucket: Bucket | None,
+    path: Path,
+    precision: str = "fp32",
+    conv: str = "direct",
+    device: str | torch.device = "cpu",
+) -> Path:
     """Export graph ``kind`` (:data:`~idm_rt.backends.engine_dir.KINDS`) of ``model`` (for ``bucket``:
     the static U-Net) to ``path`` (written directly: the build writes it under a temp name it records).
 
@@ -203,8 +234,17 @@ def export_graph(model: IDM, kind: str, bucket: Bucket | None, path: Path, preci
     buf = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about the sizes made constant on purpose
-        torch.onnx.export(module, args, buf, dynamo=False, opset_version=OPSET, input_names=names_in,
-                          output_names=names_out, dynamic_axes=axes or None, do_constant_folding=True)
+        torch.onnx.export(
+            module,
+            args,
+            buf,
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=names_in,
+            output_names=names_out,
+            dynamic_axes=axes or None,
+            do_constant_folding=True,
+        )
     proto = onnx.load_from_string(buf.getvalue())
     inline_constant_identities(proto)
     if half:

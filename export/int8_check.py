@@ -64,19 +64,25 @@ class Int8Check:
 
     @property
     def passed(self) -> bool:
-        return (all(err < parity.LIMITS["int8"] for _, _, err in self.parity)
-                and all(s.passed for s in self.scales))
+        return all(err < parity.LIMITS["int8"] for _, _, err in self.parity) and all(s.passed for s in self.scales)
 
     def report(self) -> str:
         """The numbers, one line each, marked ok or FAIL."""
         limit = parity.LIMITS["int8"]
-        lines = [f"int8 check against the torch float32 model (calibration: {self.calibration}; held-out images: "
-                 f"{self.held_out})"]
-        lines += [f"  parity {key} {case}: relative error {err:.2e} (limit {limit:.0e}) {_ok(err < limit)}"
-                  for key, case, err in self.parity]
-        lines += [f"  images at {s.scale:g}x: {s.psnr_vs_fp32:.1f} dB from the float32 image (needed "
-                  f"{s.psnr_fp32_vs_hr + MARGIN_DB:.1f}: the float32 image's {s.psnr_fp32_vs_hr:.1f} dB against HR + "
-                  f"{MARGIN_DB:.1f}), max error {s.max_error}/255 {_ok(s.passed)}" for s in self.scales]
+        lines = [
+            f"int8 check against the torch float32 model (calibration: {self.calibration}; held-out images: "
+            f"{self.held_out})"
+        ]
+        lines += [
+            f"  parity {key} {case}: relative error {err:.2e} (limit {limit:.0e}) {_ok(err < limit)}"
+            for key, case, err in self.parity
+        ]
+        lines += [
+            f"  images at {s.scale:g}x: {s.psnr_vs_fp32:.1f} dB from the float32 image (needed "
+            f"{s.psnr_fp32_vs_hr + MARGIN_DB:.1f}: the float32 image's {s.psnr_fp32_vs_hr:.1f} dB against HR + "
+            f"{MARGIN_DB:.1f}), max error {s.max_error}/255 {_ok(s.passed)}"
+            for s in self.scales
+        ]
         return "\n".join(lines)
 
 
@@ -84,16 +90,17 @@ def _ok(passed: bool) -> str:
     return "ok" if passed else "FAIL"
 
 
-def check(folder: Path, model: IDM, calibration: quantize.Calibration,
-          log: Callable[[str], None] = print) -> Int8Check:
+def check(folder: Path, model: IDM, calibration: quantize.Calibration, log: Callable[[str], None] = print) -> Int8Check:
     """Measure the int8 engine directory ``folder`` built from ``model`` with ``calibration`` (see the module)."""
     runner = load_runner(folder, "onnxruntime", "cpu")
     keys = [key for key, entry in runner.manifest.graphs.items() if entry.precision == "int8"]
     bucket = max(runner.buckets, key=lambda b: b.height * b.width)
     images, held_out = quantize.held_out_images(calibration.origin, calibration.settings, IMAGES)
     result = Int8Check(calibration.source, held_out)
-    log(f"checking the int8 engine: parity of {', '.join(keys)}, then {len(images)} held-out images at "
-        f"{', '.join(f'{s:g}x' for s in SCALES)} against the torch float32 model")
+    log(
+        f"checking the int8 engine: parity of {', '.join(keys)}, then {len(images)} held-out images at "
+        f"{', '.join(f'{s:g}x' for s in SCALES)} against the torch float32 model"
+    )
     result.parity = [(key, case, err) for key, _, case, err in parity.graph_errors(runner, model, keys=keys)]
     settings = model.recommended or SamplingSettings()
     gen = torch.Generator().manual_seed(calibration.settings.seed)
@@ -102,14 +109,29 @@ def check(folder: Path, model: IDM, calibration: quantize.Calibration,
         vs_fp32, fp32_vs_hr, worst = [], [], 0.0
         for k, hr in enumerate(hrs):
             lr = downscale(hr, (max(1, round(bucket.height / s)), max(1, round(bucket.width / s))))
-            ours, reference = (_unit(torch.as_tensor(to_host(super_resolve(
-                m, m.asarray(lr.numpy()), (bucket.height, bucket.width), settings, scale=s, noise=Noise([k])))))
-                for m in (runner, model))
+            ours, reference = (
+                _unit(
+                    torch.as_tensor(
+                        to_host(
+                            super_resolve(
+                                m,
+                                m.asarray(lr.numpy()),
+                                (bucket.height, bucket.width),
+                                settings,
+                                scale=s,
+                                noise=Noise([k]),
+                            )
+                        )
+                    )
+                )
+                for m in (runner, model)
+            )
             vs_fp32.append(_psnr(ours, reference))
             fp32_vs_hr.append(_psnr(reference, _unit(hr)))
             worst = max(worst, float((ours - reference).abs().max()))
-        result.scales.append(ScaleResult(s, sum(vs_fp32) / len(vs_fp32), sum(fp32_vs_hr) / len(fp32_vs_hr),
-                                         round(worst * 255)))
+        result.scales.append(
+            ScaleResult(s, sum(vs_fp32) / len(vs_fp32), sum(fp32_vs_hr) / len(fp32_vs_hr), round(worst * 255))
+        )
     return result
 
 

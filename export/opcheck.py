@@ -13,7 +13,8 @@ from google.protobuf.message import DecodeError
 # https://docs.nvidia.com/deeplearning/tensorrt/latest/reference/onnx-opset-guide.html), as of the
 # TensorRT 8.5 release (opset 17). Later parsers, all of 10.x included, keep these and add more,
 # so a graph passing this list is parsed by every TensorRT this project targets.
-TENSORRT_OPS = frozenset("""
+TENSORRT_OPS = frozenset(
+    """
 Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization Cast Ceil
 Celu Clip Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum DepthToSpace
 DequantizeLinear Div Dropout Einsum Elu Equal Erf Exp Expand EyeLike Flatten Floor Gather
@@ -27,11 +28,18 @@ ReduceMin ReduceProd ReduceSum ReduceSumSquare Relu Reshape Resize ReverseSequen
 ScaledTanh Scan Scatter ScatterElements ScatterND Selu Shape Shrink Sigmoid Sign Sin Sinh Size Slice
 Softmax Softplus Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh ThresholdedRelu Tile TopK
 Transpose Trilu Unsqueeze Upsample Where Xor
-""".split())
+""".split()
+)
 
 # Restrictions from the same table: these inputs must be initializers (or Constant outputs).
-CONSTANT_INPUTS = {"InstanceNormalization": (1, 2), "Slice": (3,), "Squeeze": (1,), "Unsqueeze": (1,),
-                   "ConvTranspose": (1,), "TopK": (1,)}
+CONSTANT_INPUTS = {
+    "InstanceNormalization": (1, 2),
+    "Slice": (3,),
+    "Squeeze": (1,),
+    "Unsqueeze": (1,),
+    "ConvTranspose": (1,),
+    "TopK": (1,),
+}
 
 
 def check_graph(model: onnx.ModelProto | str | os.PathLike, opset: int) -> list[str]:

@@ -34,8 +34,9 @@ def key_flags(options: Any) -> list:
     return []
 
 
-def write_engine(onnx_path: Path, out_path: Path, kind: str, bucket: Bucket | None, precision: str,
-                 options: Any) -> None:
+def write_engine(
+    onnx_path: Path, out_path: Path, kind: str, bucket: Bucket | None, precision: str, options: Any
+) -> None:
     """The artifact of one graph: the graph optimised (see :func:`optimise`)."""
     optimise(onnx_path, out_path)
 

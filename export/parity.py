@@ -34,8 +34,9 @@ def relative_error(got: list[torch.Tensor], want: list[torch.Tensor]) -> float:
     return (diff / max(ref, 1e-30)) ** 0.5
 
 
-def graph_errors(runner: EngineRunner, model, seed: int = 0,
-                 keys: Collection[str] | None = None) -> list[tuple[str, str, str, float]]:
+def graph_errors(
+    runner: EngineRunner, model, seed: int = 0, keys: Collection[str] | None = None
+) -> list[tuple[str, str, str, float]]:
     """(graph, precision, batch x size, relative error) for every graph (or those of ``keys``): the static
     U-Nets at each end of their batch range, the graphs with dynamic sizes at a few sizes no power of two
     divides."""
@@ -62,8 +63,9 @@ def graph_errors(runner: EngineRunner, model, seed: int = 0,
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m idm_rt.export.parity",
-                                 description=__doc__.split("\n\n")[0].replace("``", ""))
+    ap = argparse.ArgumentParser(
+        prog="python -m idm_rt.export.parity", description=__doc__.split("\n\n")[0].replace("``", "")
+    )
     ap.add_argument("folder", metavar="DIR", help="engine directory written by python -m idm_rt.build")
     ap.add_argument("--model", help="the torch model (default: the path recorded in the manifest)")
     ap.add_argument("--backend", choices=ENGINE_BACKENDS, help="default: the directory's backend")
@@ -82,8 +84,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}{hint}", file=sys.stderr)
         return 1
     if model_hash(model) != runner.manifest.model_hash:
-        print(f"error: the model (hash {model_hash(model)}) is not the one {args.folder} was built from "
-              f"({runner.manifest.model_hash})", file=sys.stderr)
+        print(
+            f"error: the model (hash {model_hash(model)}) is not the one {args.folder} was built from "
+            f"({runner.manifest.model_hash})",
+            file=sys.stderr,
+        )
         return 1
     failed = 0
     print(f"{'graph':<32} {'precision':<9} {'batch x size':>14} {'rel. error':>11}  limit")

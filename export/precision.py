@@ -12,8 +12,11 @@ def keep_in_float32(model: onnx.ModelProto, op_types: tuple[str, ...]) -> int:
     needs some of them constant. Returns the number of nodes wrapped."""
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
-    inits |= {n.output[0]: helper.get_attribute_value(n.attribute[0]) for n in graph.node
-              if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"}
+    inits |= {
+        n.output[0]: helper.get_attribute_value(n.attribute[0])
+        for n in graph.node
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"
+    }
     nodes, wrapped = [], 0
     for node in graph.node:
         if node.op_type not in op_types:
@@ -27,8 +30,9 @@ def keep_in_float32(model: onnx.ModelProto, op_types: tuple[str, ...]) -> int:
             init = inits.get(name)
             if init is not None:
                 if init.data_type == TensorProto.FLOAT16:
-                    graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(init).astype("float32"),
-                                                                     fp32))
+                    graph.initializer.append(
+                        numpy_helper.from_array(numpy_helper.to_array(init).astype("float32"), fp32)
+                    )
                     node.input[k] = fp32
                 continue
             nodes.append(helper.make_node("Cast", [name], [fp32], to=TensorProto.FLOAT, name=f"{fp32}_cast"))

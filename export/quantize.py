@@ -47,8 +47,11 @@ ACTIVATIONS = ("uint8", "int8")
 # of each tensor, asymmetrically (most activations here follow SiLU or a skip sum: not centred on 0;
 # chosen over ONNX Runtime's default, 99.999 % symmetric, in an exploratory run on the bundled model:
 # x0 PSNR 46.2 against 45.4 dB with every convolution quantised).
-METHOD_OPTIONS = {"minmax": {}, "entropy": {"num_bins": 2048, "num_quantized_bins": 128},
-                  "percentile": {"percentile": 99.99, "symmetric": False}}
+METHOD_OPTIONS = {
+    "minmax": {},
+    "entropy": {"num_bins": 2048, "num_quantized_bins": 128},
+    "percentile": {"percentile": 99.99, "symmetric": False},
+}
 # Regular expressions over module paths ("unet.up.3.blocks.1.res.skip"; {last} and {prev}: the indices of the
 # decoder's full-resolution level and the one before it) of the convolutions kept in float32: the first and the
 # last, and every convolution of the decoder's two finest levels. A model sampled from little noise (the bundled
@@ -146,11 +149,15 @@ def held_out_images(source: str | Path, settings: QuantSettings, count: int) -> 
     total = len([p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()])
     count = min(count, total - settings.images)
     if count < 1:
-        raise ValueError(f"calibration folder {folder} holds {total} images, all calibrated on: none left to check "
-                         f"the engine with ({settings.images + 1} needed)")
+        raise ValueError(
+            f"calibration folder {folder} holds {total} images, all calibrated on: none left to check "
+            f"the engine with ({settings.images + 1} needed)"
+        )
     images, _ = calibration_images(folder, settings.images + count, settings.seed)
-    return images[settings.images:], (f"{folder}: images {settings.images + 1}-{settings.images + count} of the "
-                                      f"seeded draw whose first {settings.images} the build calibrates on")
+    return images[settings.images :], (
+        f"{folder}: images {settings.images + 1}-{settings.images + count} of the "
+        f"seeded draw whose first {settings.images} the build calibrates on"
+    )
 
 
 def _skimage_photos(names: Sequence[str]) -> list[torch.Tensor]:
@@ -171,11 +178,12 @@ def _load_rgb(path: Path) -> torch.Tensor:
 def _synthetic(seed: int, side: int = 256) -> torch.Tensor:
     """A smooth random colour field with a few flat rectangles (sharp edges) and mild noise, (3, side, side) uint8."""
     gen = torch.Generator().manual_seed(seed)
-    img = F.interpolate(torch.rand(1, 3, 8, 8, generator=gen), size=(side, side), mode="bicubic",
-                        align_corners=False)[0]
+    img = F.interpolate(torch.rand(1, 3, 8, 8, generator=gen), size=(side, side), mode="bicubic", align_corners=False)[
+        0
+    ]
     for _ in range(6):
         top, left, h, w = (int(v) for v in torch.randint(0, side // 2, (4,), generator=gen))
-        img[:, top:top + h + 8, left:left + w + 8] = torch.rand(3, 1, 1, generator=gen)
+        img[:, top : top + h + 8, left : left + w + 8] = torch.rand(3, 1, 1, generator=gen)
     img += 0.03 * torch.randn(img.shape, generator=gen)
     return (img.clamp(0, 1) * 255).round().to(torch.uint8)
 
@@ -196,17 +204,25 @@ def random_crop(img: torch.Tensor, size: tuple[int, int], gen: torch.Generator) 
     h, w = hr.shape[-2:]
     if h < size[0] or w < size[1]:
         f = max(size[0] / h, size[1] / w)
-        hr = F.interpolate(hr, size=(max(size[0], round(h * f)), max(size[1], round(w * f))), mode="bicubic",
-                           align_corners=False).clamp(-1, 1)
+        hr = F.interpolate(
+            hr, size=(max(size[0], round(h * f)), max(size[1], round(w * f))), mode="bicubic", align_corners=False
+        ).clamp(-1, 1)
         h, w = hr.shape[-2:]
     top = int(torch.randint(h - size[0] + 1, (1,), generator=gen))
     left = int(torch.randint(w - size[1] + 1, (1,), generator=gen))
-    return hr[0, :, top:top + size[0], left:left + size[1]]
+    return hr[0, :, top : top + size[0], left : left + size[1]]
 
 
 @torch.no_grad()
-def record_unet_inputs(model: IDM, images: Sequence[torch.Tensor], bucket: Bucket, scales: Sequence[float],
-                       settings: SamplingSettings, seed: int = 0, progress: bool = True) -> list[dict[str, np.ndarray]]:
+def record_unet_inputs(
+    model: IDM,
+    images: Sequence[torch.Tensor],
+    bucket: Bucket,
+    scales: Sequence[float],
+    settings: SamplingSettings,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[dict[str, np.ndarray]]:
     """The inputs (by graph input name) of every U-Net call the torch sampler makes when it
     super-resolves a random crop of the bucket's size of each image, at each scale of ``scales``;
     crops go in batches of ``bucket.min_batch``."""
@@ -221,14 +237,13 @@ def record_unet_inputs(model: IDM, images: Sequence[torch.Tensor], bucket: Bucke
 
     gen = torch.Generator().manual_seed(seed)
     size = (bucket.height, bucket.width)
-    batches = [list(images[k:k + bucket.min_batch]) for k in range(0, len(images), bucket.min_batch)]
+    batches = [list(images[k : k + bucket.min_batch]) for k in range(0, len(images), bucket.min_batch)]
     runs = [(batch, s) for batch in batches for s in scales]
     for batch, s in tqdm(runs, desc=f"calibration {bucket.name}", unit="image", disable=not progress, leave=False):
         batch += batch[-1:] * (bucket.min_batch - len(batch))  # a short last batch repeats its last image
         hr = torch.stack([random_crop(img, size, gen) for img in batch])
         lr = downscale(hr, (max(1, round(size[0] / s)), max(1, round(size[1] / s))))
-        super_resolve(model, lr, size, settings, scale=s, noise=Noise([seed]),
-                      denoise=denoise)
+        super_resolve(model, lr, size, settings, scale=s, noise=Noise([seed]), denoise=denoise)
     return feeds
 
 
@@ -250,8 +265,9 @@ def module_paths(proto: onnx.ModelProto) -> dict[str, str]:
     constant inputs derive from the model's weights (initializers ``model.<path>.<name>``): the
     longest path common to those weights (``unet.up.0.upsample`` for its folded ``fc2 @ fc1``)."""
     graph = proto.graph
-    constant: dict[str, list[str]] = {i.name: [i.name] if i.name.startswith("model.") else []
-                                      for i in graph.initializer}  # constant tensor -> the weights it derives from
+    constant: dict[str, list[str]] = {
+        i.name: [i.name] if i.name.startswith("model.") else [] for i in graph.initializer
+    }  # constant tensor -> the weights it derives from
     paths = {}
     for node in graph.node:  # topological order
         sources = [w for name in node.input if name in constant for w in constant[name]]
@@ -302,36 +318,54 @@ def calibrate(prepared: Path, feeds: Sequence[dict[str, np.ndarray]], method: st
     if not feeds:
         raise ValueError("no calibration inputs")
     with tempfile.TemporaryDirectory() as tmp:
-        calibrator = create_calibrator(prepared, ["Conv"], augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-                                       calibrate_method=_calibration_method(method),
-                                       extra_options=METHOD_OPTIONS[method])
+        calibrator = create_calibrator(
+            prepared,
+            ["Conv"],
+            augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+            calibrate_method=_calibration_method(method),
+            extra_options=METHOD_OPTIONS[method],
+        )
         with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their settings
             calibrator.collect_data(FeedReader(feeds))
             save_tensors_data(calibrator.compute_data(), ranges_path)
 
 
-def quantize(prepared: Path, out_path: Path, ranges_path: Path, settings: QuantSettings,
-             exclude: Sequence[str]) -> None:
+def quantize(
+    prepared: Path, out_path: Path, ranges_path: Path, settings: QuantSettings, exclude: Sequence[str]
+) -> None:
     """Write the QDQ graph of ``prepared`` with the ranges of :func:`calibrate`: every Conv quantised but
     those named in ``exclude``, weights per channel (symmetric int8), activations ``settings.activations``."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    quantize_static(str(prepared), str(out_path), None, quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"],
-                    per_channel=True, weight_type=QuantType.QInt8,
-                    activation_type=QuantType.QUInt8 if settings.activations == "uint8" else QuantType.QInt8,
-                    nodes_to_exclude=list(exclude), calibrate_method=_calibration_method(settings.method),
-                    extra_options={"WeightSymmetric": True}, calibration_cache_path=str(ranges_path))
+    quantize_static(
+        str(prepared),
+        str(out_path),
+        None,
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=["Conv"],
+        per_channel=True,
+        weight_type=QuantType.QInt8,
+        activation_type=QuantType.QUInt8 if settings.activations == "uint8" else QuantType.QInt8,
+        nodes_to_exclude=list(exclude),
+        calibrate_method=_calibration_method(settings.method),
+        extra_options={"WeightSymmetric": True},
+        calibration_cache_path=str(ranges_path),
+    )
 
 
 def _calibration_method(name: str):
     from onnxruntime.quantization import CalibrationMethod
 
-    return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-            "percentile": CalibrationMethod.Percentile}[name]
+    return {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[name]
 
 
-def quantize_unet(fp32_path: Path, out_path: Path, feeds: Sequence[dict[str, np.ndarray]], settings: QuantSettings,
-                  levels: int) -> list[str]:
+def quantize_unet(
+    fp32_path: Path, out_path: Path, feeds: Sequence[dict[str, np.ndarray]], settings: QuantSettings, levels: int
+) -> list[str]:
     """The INT8 graph of the float32 static U-Net at ``fp32_path`` (direct convolutions) calibrated on
     ``feeds``, written to ``out_path``; returns the names of the convolutions kept in float32."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -365,8 +399,12 @@ class Calibration:
         """What the quantised graphs depend on besides the model and the bucket."""
         import onnxruntime
 
-        return {"version": VERSION, **self.settings.to_dict(), "images": images_digest(self.images),
-                "onnxruntime": onnxruntime.__version__}
+        return {
+            "version": VERSION,
+            **self.settings.to_dict(),
+            "images": images_digest(self.images),
+            "onnxruntime": onnxruntime.__version__,
+        }
 
 
 def build_unet(model: IDM, bucket: Bucket, path: Path, calibration: Calibration) -> list[str]:
@@ -376,8 +414,9 @@ def build_unet(model: IDM, bucket: Bucket, path: Path, calibration: Calibration)
     from .graphs import export_graph
 
     settings = calibration.settings
-    feeds = record_unet_inputs(model, calibration.images, bucket, settings.scales,
-                               model.recommended or SamplingSettings(), settings.seed)
+    feeds = record_unet_inputs(
+        model, calibration.images, bucket, settings.scales, model.recommended or SamplingSettings(), settings.seed
+    )
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = export_graph(model, "unet", bucket, Path(tmp) / "unet_fp32.onnx")
         return quantize_unet(fp32, path, feeds, settings, model.config.levels)

@@ -47,8 +47,12 @@ def identity() -> dict[str, str]:
     """TensorRT version and GPU of this machine: engines are only valid for both."""
     trt = import_tensorrt()
     major, minor = torch.cuda.get_device_capability()
-    return {"tensorrt": trt.__version__, "gpu": torch.cuda.get_device_name(), "compute_capability": f"{major}.{minor}",
-            "cuda": str(torch.version.cuda)}
+    return {
+        "tensorrt": trt.__version__,
+        "gpu": torch.cuda.get_device_name(),
+        "compute_capability": f"{major}.{minor}",
+        "cuda": str(torch.version.cuda),
+    }
 
 
 def profile_shapes(kind: str, bucket: Bucket | None, onnx_path: Path, buckets: list[Bucket]) -> dict[str, tuple]:
@@ -64,8 +68,14 @@ def profile_shapes(kind: str, bucket: Bucket | None, onnx_path: Path, buckets: l
     if kind == "encoder_block":
         c = next(i for i in graph.input if i.name == "feat").type.tensor_type.shape.dim[1].dim_value
         table = ((1,), (BLOCK_MAX,), (BLOCK_MAX,))
-        shapes = {"feat": ((1, c, 1, 1), (1, c, 64, 64), (1, c, BLOCK_MAX, BLOCK_MAX)), "rows": table, "cols": table,
-                  "rel_rows": table, "rel_cols": table, "cell": ((2,), (2,), (2,))}
+        shapes = {
+            "feat": ((1, c, 1, 1), (1, c, 64, 64), (1, c, BLOCK_MAX, BLOCK_MAX)),
+            "rows": table,
+            "cols": table,
+            "rel_rows": table,
+            "rel_cols": table,
+            "cell": ((2,), (2,), (2,)),
+        }
         return {i.name: shapes[i.name] for i in graph.input}  # the nearest upsampler has no rel_* or cell
     if kind == "unet":
         shapes = {}
@@ -79,8 +89,9 @@ def profile_shapes(kind: str, bucket: Bucket | None, onnx_path: Path, buckets: l
     shapes = {}
     for inp in graph.input:  # every size follows from the image's: level i is ceil(n / 2^i)
         dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
-        shapes[inp.name] = tuple(tuple(dim_size(d, {"batch": b, "h_0": hw[0], "w_0": hw[1]}) for d in dims)
-                                 for b, hw in zip(batch, extents))
+        shapes[inp.name] = tuple(
+            tuple(dim_size(d, {"batch": b, "h_0": hw[0], "w_0": hw[1]}) for d in dims) for b, hw in zip(batch, extents)
+        )
     return shapes
 
 
@@ -94,16 +105,24 @@ def key_flags(options: Any) -> list:
     return [options.workspace_mb, VERSION]
 
 
-def write_engine(onnx_path: Path, out_path: Path, kind: str, bucket: Bucket | None, precision: str,
-                 options: Any) -> None:
+def write_engine(
+    onnx_path: Path, out_path: Path, kind: str, bucket: Bucket | None, precision: str, options: Any
+) -> None:
     """The engine of one graph, profiled for ``options.buckets``, with the directory's shared timing cache."""
     profile = profile_shapes(kind, bucket, onnx_path, options.buckets)
-    build_engine(onnx_path, out_path, profile, fp16=precision == "fp16", workspace_mb=options.workspace_mb,
-                 timing_cache=inside(options.out, "tensorrt/timing.cache"))
+    build_engine(
+        onnx_path,
+        out_path,
+        profile,
+        fp16=precision == "fp16",
+        workspace_mb=options.workspace_mb,
+        timing_cache=inside(options.out, "tensorrt/timing.cache"),
+    )
 
 
-def build_engine(onnx_path: Path, engine_path: Path, profile: dict[str, tuple], fp16: bool, workspace_mb: int,
-                 timing_cache: Path) -> None:
+def build_engine(
+    onnx_path: Path, engine_path: Path, profile: dict[str, tuple], fp16: bool, workspace_mb: int, timing_cache: Path
+) -> None:
     """Parse ``onnx_path``, build a serialized engine with one optimisation profile, write it to
     ``engine_path``; the timing cache is read first and written back (atomically) after the build."""
     trt = import_tensorrt()

@@ -29,14 +29,30 @@ from torch import nn
 # plus the point at infinity (Lavin & Gray 2016, section 4); float64 so U = G g G^T is exact to
 # float32 precision.
 _MATRICES = {
-    2: ([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
+    2: (
+        [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
         [[1, 0, 0], [1 / 2, 1 / 2, 1 / 2], [1 / 2, -1 / 2, 1 / 2], [0, 0, 1]],
-        [[1, 1, 1, 0], [0, 1, -1, -1]]),
-    4: ([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0],
-         [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]],
-        [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
-         [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]],
-        [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]),
+        [[1, 1, 1, 0], [0, 1, -1, -1]],
+    ),
+    4: (
+        [
+            [4, 0, -5, 0, 1, 0],
+            [0, -4, -4, 1, 1, 0],
+            [0, 4, -4, -1, 1, 0],
+            [0, -2, -1, 2, 1, 0],
+            [0, 2, -1, -2, 1, 0],
+            [0, 4, 0, -5, 0, 1],
+        ],
+        [
+            [1 / 4, 0, 0],
+            [-1 / 6, -1 / 6, -1 / 6],
+            [-1 / 6, 1 / 6, -1 / 6],
+            [1 / 24, 1 / 12, 1 / 6],
+            [1 / 24, -1 / 12, 1 / 6],
+            [0, 0, 1],
+        ],
+        [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
+    ),
 }
 
 # The rule of when it pays off (tile_size): Winograd where the image's smaller side is at least MIN_SIDE and the
@@ -60,8 +76,14 @@ def tile_size(conv: nn.Conv2d, height: int, width: int) -> int | None:
     """The Winograd output tile m for ``conv`` at an input of ``height`` x ``width``, or None to
     keep the direct convolution (other kernels, strides or groups; too few channels for the image
     size, see benchmarks/results/winograd.md)."""
-    plain = (conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.dilation == (1, 1)
-             and conv.padding == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros")
+    plain = (
+        conv.kernel_size == (3, 3)
+        and conv.stride == (1, 1)
+        and conv.dilation == (1, 1)
+        and conv.padding == (1, 1)
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+    )
     side = min(height, width)
     reduced = conv.in_channels * conv.out_channels / (conv.in_channels + conv.out_channels)
     if not plain or side < MIN_SIDE or reduced < max(MIN_REDUCED_CHANNELS, REDUCED_CHANNELS_TIMES_SIDE / side):

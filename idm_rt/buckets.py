@@ -136,8 +136,10 @@ def fitted_tile(buckets: Sequence[Bucket], size: tuple[int, int], multiple: int,
     static = {(b.height, b.width) for b in buckets}
 
     def cost(tile: int) -> float:
-        return sum(h * w * (1.0 if (h, w) in static else static_speedup)
-                   for _, _, h, w in TilePlan.for_image(size, tile, multiple).tiles)
+        return sum(
+            h * w * (1.0 if (h, w) in static else static_speedup)
+            for _, _, h, w in TilePlan.for_image(size, tile, multiple).tiles
+        )
 
     sides = range(largest, max(largest // 2, 2 * multiple) - 1, -multiple)  # largest first: it wins ties
     return min(sides, key=cost)

@@ -59,8 +59,10 @@ def load_model(path: str | os.PathLike, config: IDMConfig | None = None, max_sca
     with open(path, "rb") as f:
         magic = f.read(2)
     if magic != b"PK" and magic[:1] != b"\x80":  # torch's zip format, or a legacy pickle (protocol >= 2)
-        raise CheckpointMismatch(f"{path} is not a torch checkpoint file; pass a released IDM .pth or a project "
-                                 f"folder (model.safetensors + config.json)")
+        raise CheckpointMismatch(
+            f"{path} is not a torch checkpoint file; pass a released IDM .pth or a project "
+            f"folder (model.safetensors + config.json)"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors, truncated files, non-checkpoint files
@@ -69,11 +71,24 @@ def load_model(path: str | os.PathLike, config: IDMConfig | None = None, max_sca
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     # a crafted file may hold other keys and values than a state dict's (weights_only allows them)
-    odd = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)
-           or v.layout != torch.strided or v.is_meta or v.is_quantized] if isinstance(state, dict) else []
+    odd = (
+        [
+            k
+            for k, v in state.items()
+            if not isinstance(k, str)
+            or not isinstance(v, torch.Tensor)
+            or v.layout != torch.strided
+            or v.is_meta
+            or v.is_quantized
+        ]
+        if isinstance(state, dict)
+        else []
+    )
     if odd:
-        raise CheckpointMismatch(f"{path} holds entries that are not named tensors of values: "
-                                 f"{', '.join(repr(k) for k in odd[:5])}{' and more' if len(odd) > 5 else ''}")
+        raise CheckpointMismatch(
+            f"{path} holds entries that are not named tensors of values: "
+            f"{', '.join(repr(k) for k in odd[:5])}{' and more' if len(odd) > 5 else ''}"
+        )
     if not isinstance(state, dict) or not is_released(state):
         raise CheckpointMismatch(f"{path} is not a released IDM checkpoint (no 'denoise_fn.*' keys)")
     try:
@@ -98,8 +113,9 @@ def _load_project(path: Path, config: IDMConfig | None, max_scale: float | None)
     meta_path = folder / CONFIG_NAME
     if not weights.exists() or not meta_path.exists():
         held = sorted(p.name for p in folder.iterdir())[:8] if folder.is_dir() else []
-        raise FileNotFoundError(f"{folder} needs both {WEIGHTS_NAME} and {CONFIG_NAME} (it holds: "
-                                f"{', '.join(held) or 'nothing'})")
+        raise FileNotFoundError(
+            f"{folder} needs both {WEIGHTS_NAME} and {CONFIG_NAME} (it holds: {', '.join(held) or 'nothing'})"
+        )
     try:
         meta = json.loads(meta_path.read_text())
         config = config or IDMConfig.from_dict(meta["network"])
@@ -122,15 +138,19 @@ def _load_project(path: Path, config: IDMConfig | None, max_scale: float | None)
     return model.eval()
 
 
-def _load_state(model: IDM, state: dict[str, torch.Tensor], source: str, unexpected: list[str] | None = None,
-                rename=lambda key: key) -> None:
+def _load_state(
+    model: IDM, state: dict[str, torch.Tensor], source: str, unexpected: list[str] | None = None, rename=lambda key: key
+) -> None:
     """load_state_dict with every missing, unexpected and mis-shaped key named in one error; keys are
     reported under the file's own names (``rename`` maps ours back for released checkpoints)."""
     own = model.state_dict()
     missing = sorted(rename(k) for k in set(own) - set(state))
     unexpected = sorted(set(state) - set(own)) + sorted(unexpected or [])
-    shapes = [f"{rename(k)}: checkpoint {tuple(state[k].shape)} vs network {tuple(own[k].shape)}"
-              for k in own if k in state and state[k].shape != own[k].shape]
+    shapes = [
+        f"{rename(k)}: checkpoint {tuple(state[k].shape)} vs network {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
     if missing or unexpected or shapes:
         parts = []
         if missing:
@@ -143,13 +163,16 @@ def _load_state(model: IDM, state: dict[str, torch.Tensor], source: str, unexpec
     # damaged or crafted weights would make every output NaN (a black image), or be cast silently
     unusable = [rename(k) for k in own if not state[k].is_floating_point() or not torch.isfinite(state[k]).all()]
     if unusable:
-        raise CheckpointMismatch(f"{source} holds weights that are not finite floating-point numbers: "
-                                 f"{unusable[:5]}{' and more' if len(unusable) > 5 else ''}")
+        raise CheckpointMismatch(
+            f"{source} holds weights that are not finite floating-point numbers: "
+            f"{unusable[:5]}{' and more' if len(unusable) > 5 else ''}"
+        )
     model.load_state_dict(state)
 
 
-def save_model(model: IDM, folder: str | os.PathLike, dtype: torch.dtype = torch.float32,
-               provenance: dict[str, Any] | None = None) -> Path:
+def save_model(
+    model: IDM, folder: str | os.PathLike, dtype: torch.dtype = torch.float32, provenance: dict[str, Any] | None = None
+) -> Path:
     """Write ``folder/model.safetensors`` and ``folder/config.json``, each via a temp file.
 
     Raises:

@@ -50,81 +50,141 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m idm_rt", description="IDM continuous-scale super-resolution")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    up = sub.add_parser("upscale", help="upscale images", epilog=UPSCALE_EXAMPLES,
-                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                        description="Upscale image files by any real factor (or to a given size).")
+    up = sub.add_parser(
+        "upscale",
+        help="upscale images",
+        epilog=UPSCALE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Upscale image files by any real factor (or to a given size).",
+    )
     up.add_argument("inputs", nargs="+", metavar="IN", help="image files, folders (all images inside) or globs")
-    up.add_argument("-o", "--output", required=True, metavar="OUT",
-                    help="output file (one input) or folder (written as OUT/<name>.png; several inputs need one)")
+    up.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT",
+        help="output file (one input) or folder (written as OUT/<name>.png; several inputs need one)",
+    )
     g = up.add_mutually_exclusive_group(required=True)
     OPTIONS["scale"].add_to(g)
     g.add_argument("--size", type=_size, metavar="WxH", help="explicit output size, e.g. 1920x1080")
     sampling.add_arguments(up)
     add_arguments(up, "seed", "tile", "max_memory")
     up.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cpu; cuda for TensorRT --engines)")
-    up.add_argument("--precision", choices=("fp32", "fp16", "bf16", "int8"),
-                    help="U-Net precision: fp32 (default) or fp16/bf16 autocast (GPUs only: many times slower on "
-                         "a CPU, so refused there); with --backend, the precision its engines are built in (fp32 or "
-                         "fp16, int8 for onnxruntime; default fp32 for onnxruntime, fp16 for tensorrt); --engines "
-                         "keep their build's")
+    up.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "bf16", "int8"),
+        help="U-Net precision: fp32 (default) or fp16/bf16 autocast (GPUs only: many times slower on "
+        "a CPU, so refused there); with --backend, the precision its engines are built in (fp32 or "
+        "fp16, int8 for onnxruntime; default fp32 for onnxruntime, fp16 for tensorrt); --engines "
+        "keep their build's",
+    )
     src = up.add_mutually_exclusive_group()
     src.add_argument("--model", help="checkpoint: released .pth or project folder (default: the bundled model)")
-    src.add_argument("--engines", metavar="DIR",
-                     help="an engine directory built by python -m idm_rt.build, run with its backend "
-                          "(ONNX Runtime or TensorRT) instead of torch")
-    up.add_argument("--backend", choices=("torch", *BACKENDS),
-                    help="torch (default where torch is installed; else onnxruntime, the bundled model's shipped "
-                         "graphs); onnxruntime or tensorrt run engines, built for --model on first use "
-                         "into ~/.cache/idm_rt ($IDM_RT_CACHE) and reused after; with --engines, default: the "
-                         "directory's own")
-    up.add_argument("--max-scale", type=float, metavar="M",
-                    help="largest training scale of a released .pth (8 for the face model, 4 for DIV2K; default 8)")
+    src.add_argument(
+        "--engines",
+        metavar="DIR",
+        help="an engine directory built by python -m idm_rt.build, run with its backend "
+        "(ONNX Runtime or TensorRT) instead of torch",
+    )
+    up.add_argument(
+        "--backend",
+        choices=("torch", *BACKENDS),
+        help="torch (default where torch is installed; else onnxruntime, the bundled model's shipped "
+        "graphs); onnxruntime or tensorrt run engines, built for --model on first use "
+        "into ~/.cache/idm_rt ($IDM_RT_CACHE) and reused after; with --engines, default: the "
+        "directory's own",
+    )
+    up.add_argument(
+        "--max-scale",
+        type=float,
+        metavar="M",
+        help="largest training scale of a released .pth (8 for the face model, 4 for DIV2K; default 8)",
+    )
     up.add_argument("--overwrite", action="store_true", help="replace existing output files (never an input)")
-    up.add_argument("--follow-links", action="store_true",
-                    help="upscale links found in an input folder that lead out of it (default: skipped, said)")
+    up.add_argument(
+        "--follow-links",
+        action="store_true",
+        help="upscale links found in an input folder that lead out of it (default: skipped, said)",
+    )
     add_arguments(up, "max_pixels", "threads")
     ray = up.add_argument_group("Ray Data (the serve extra: pip install 'idm-rt[serve]')")
-    ray.add_argument("--ray", action="store_true",
-                     help="run on Ray Data with a pool of Upscaler workers; inputs and OUT may also be URIs that "
-                          "pyarrow reads (s3://, gs://, ...); existing outputs are skipped (a rerun continues an "
-                          "interrupted job) unless --overwrite")
-    ray.add_argument("--address", help="the Ray cluster: auto (the one `ray start` runs here), HOST:PORT or "
-                                       "ray://HOST:PORT (default: $RAY_ADDRESS, else a local Ray instance)")
+    ray.add_argument(
+        "--ray",
+        action="store_true",
+        help="run on Ray Data with a pool of Upscaler workers; inputs and OUT may also be URIs that "
+        "pyarrow reads (s3://, gs://, ...); existing outputs are skipped (a rerun continues an "
+        "interrupted job) unless --overwrite",
+    )
+    ray.add_argument(
+        "--address",
+        help="the Ray cluster: auto (the one `ray start` runs here), HOST:PORT or "
+        "ray://HOST:PORT (default: $RAY_ADDRESS, else a local Ray instance)",
+    )
     add_arguments(ray, "workers", "worker_cpus", "worker_gpus")
 
-    sv = sub.add_parser("serve", help="serve upscaling over HTTP with Ray Serve", epilog=SERVE_EXAMPLES,
-                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                        description="Serve POST /v1/upscale?scale=S (or size=WxH; steps, sampler, seed, "
-                                    "format=png|webp|jpeg) with the image file as the body, GET /v1/model and "
-                                    "GET /healthz, with Ray Serve: replicas, requests batched across clients. Needs "
-                                    "the serve extra: pip install 'idm-rt[serve]'.")
+    sv = sub.add_parser(
+        "serve",
+        help="serve upscaling over HTTP with Ray Serve",
+        epilog=SERVE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Serve POST /v1/upscale?scale=S (or size=WxH; steps, sampler, seed, "
+        "format=png|webp|jpeg) with the image file as the body, GET /v1/model and "
+        "GET /healthz, with Ray Serve: replicas, requests batched across clients. Needs "
+        "the serve extra: pip install 'idm-rt[serve]'.",
+    )
     sv_src = sv.add_mutually_exclusive_group()
-    sv_src.add_argument("--model", help="checkpoint, model folder, or engine directory with --backend (default: the "
-                                        "bundled model)")
+    sv_src.add_argument(
+        "--model", help="checkpoint, model folder, or engine directory with --backend (default: the bundled model)"
+    )
     sv_src.add_argument("--engines", metavar="DIR", help="an engine directory, served with its backend (or --backend)")
-    sv.add_argument("--backend", choices=("torch", *BACKENDS),
-                    help="torch (default where torch is installed; else onnxruntime); onnxruntime or tensorrt run "
-                         "engines: --model an engine directory, or a model they are built for on first use")
+    sv.add_argument(
+        "--backend",
+        choices=("torch", *BACKENDS),
+        help="torch (default where torch is installed; else onnxruntime); onnxruntime or tensorrt run "
+        "engines: --model an engine directory, or a model they are built for on first use",
+    )
     sv.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cpu; cuda for tensorrt)")
     add_arguments(sv, "replicas", "replica_cpus", "replica_gpus", "max_batch", "batch_wait_ms")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
     add_arguments(sv, "port")
-    sv.add_argument("--address", help="the Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: $RAY_ADDRESS, "
-                                      "else a local Ray instance, stopped with the service)")
-    add_arguments(sv, "max_body_mb", "max_pixels", "max_steps", "timeout_s", "body_timeout_s", "max_uploads",
-                  "max_client_requests", "max_queued", "max_memory",
-                  max_memory={"help": "memory each worker replica's calls may plan, e.g. 4GiB; with several "
-                                      "replicas on one machine, give each its share"})
+    sv.add_argument(
+        "--address",
+        help="the Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: $RAY_ADDRESS, "
+        "else a local Ray instance, stopped with the service)",
+    )
+    add_arguments(
+        sv,
+        "max_body_mb",
+        "max_pixels",
+        "max_steps",
+        "timeout_s",
+        "body_timeout_s",
+        "max_uploads",
+        "max_client_requests",
+        "max_queued",
+        "max_memory",
+        max_memory={
+            "help": "memory each worker replica's calls may plan, e.g. 4GiB; with several "
+            "replicas on one machine, give each its share"
+        },
+    )
 
-    cv = sub.add_parser("convert", help="convert a released .pth checkpoint to the project format",
-                        description="Convert a released IDM .pth into a folder with model.safetensors and "
-                                    "config.json.",
-                        epilog="example:\n  python -m idm_rt convert idm_face_8x.pth models/face8x --max-scale 8",
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    cv = sub.add_parser(
+        "convert",
+        help="convert a released .pth checkpoint to the project format",
+        description="Convert a released IDM .pth into a folder with model.safetensors and config.json.",
+        epilog="example:\n  python -m idm_rt convert idm_face_8x.pth models/face8x --max-scale 8",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     cv.add_argument("input", metavar="IN.pth")
     cv.add_argument("output", metavar="OUT", help="output folder")
-    cv.add_argument("--max-scale", type=float, required=True,
-                    help="largest training magnification M of that model (8 for faces, 4 for DIV2K)")
+    cv.add_argument(
+        "--max-scale",
+        type=float,
+        required=True,
+        help="largest training magnification M of that model (8 for faces, 4 for DIV2K)",
+    )
     cv.add_argument("--fp16", action="store_true", help="store the weights as float16")
     cv.add_argument("--overwrite", action="store_true", help="replace an existing model in OUT")
     return ap
@@ -164,8 +224,9 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     options = upscale_options(args)
     for job in tqdm(jobs, desc="images", unit="img", disable=len(jobs) == 1):
         status, message = run_job(up, job, options, args.overwrite, progress=True)
-        tqdm.write(message if status == "done" else f"error: {message}", file=sys.stdout if status == "done"
-                   else sys.stderr)
+        tqdm.write(
+            message if status == "done" else f"error: {message}", file=sys.stdout if status == "done" else sys.stderr
+        )
         failed += status != "done"
     if failed:
         print(f"{failed} input(s) failed", file=sys.stderr)

@@ -58,8 +58,14 @@ class IDMConfig:
     encoder_upsampler: str = "nearest"
 
     def __post_init__(self) -> None:
-        for name in ("inner_channel", "res_blocks", "norm_groups", "encoder_blocks", "encoder_feats",
-                     "implicit_hidden"):
+        for name in (
+            "inner_channel",
+            "res_blocks",
+            "norm_groups",
+            "encoder_blocks",
+            "encoder_feats",
+            "implicit_hidden",
+        ):
             low = 0 if name == "encoder_blocks" else 1
             if not _is_int(getattr(self, name)) or getattr(self, name) < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {getattr(self, name)!r}")
@@ -75,8 +81,10 @@ class IDMConfig:
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
         if not 2 <= len(self.channel_multiplier) <= MAX_LEVELS or min(self.channel_multiplier) < 1:
-            raise ValueError(f"channel_multiplier needs 2..{MAX_LEVELS} levels (at least one implicit up-layer) of "
-                             f"positive multipliers, got {list(self.channel_multiplier)}")
+            raise ValueError(
+                f"channel_multiplier needs 2..{MAX_LEVELS} levels (at least one implicit up-layer) of "
+                f"positive multipliers, got {list(self.channel_multiplier)}"
+            )
         for name, limit in (("res_blocks", MAX_RES_BLOCKS), ("encoder_blocks", MAX_ENCODER_BLOCKS)):
             if getattr(self, name) > limit:
                 raise ValueError(f"{name} {getattr(self, name)} is above the limit of {limit}")
@@ -122,8 +130,7 @@ def check_max_scale(value: Any) -> float:
     except OverflowError:
         number = math.inf
     if not 1 < number < math.inf:
-        raise ValueError(f"max_scale (the largest training magnification M) must be a finite number > 1, "
-                         f"got {value!r}")
+        raise ValueError(f"max_scale (the largest training magnification M) must be a finite number > 1, got {value!r}")
     return number
 
 

@@ -40,14 +40,25 @@ class StageFlops:
         names = [f.name for f in dataclasses.fields(cls)]
         if not isinstance(d, dict) or sorted(d) != sorted(names):
             raise ValueError(f"stage FLOPs must be an object of {', '.join(names)}, got {d!r}")
-        bad = [k for k, v in d.items() if isinstance(v, bool) or not isinstance(v, (int, float))
-               or not math.isfinite(v) or v < 0]
+        bad = [
+            k
+            for k, v in d.items()
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0
+        ]
         if bad:
             raise ValueError(f"stage FLOPs {', '.join(bad)} must be finite numbers >= 0, got {d!r}")
         return cls(**{k: float(v) for k, v in d.items()})
 
-    def total(self, lr_size: tuple[int, int], size: tuple[int, int], calls: int, tile: int | None = None,
-              multiple: int = 8, feature_tile: int = 0, radius: int = 0) -> float:
+    def total(
+        self,
+        lr_size: tuple[int, int],
+        size: tuple[int, int],
+        calls: int,
+        tile: int | None = None,
+        multiple: int = 8,
+        feature_tile: int = 0,
+        radius: int = 0,
+    ) -> float:
         """FLOPs of one upscale of an ``lr_size`` (h, w) image to ``size`` (H, W) with ``calls`` U-Net calls in
         tiles of side ``tile`` (None: untiled); ``feature_tile`` and ``radius``: the encoder's LR tiles and the
         halo each is computed with (0: one pass)."""
@@ -55,8 +66,7 @@ class StageFlops:
         lr_pixels = _with_halos(lr_size[0], feature_tile, radius) * _with_halos(lr_size[1], feature_tile, radius)
         per_call = sum(h * w * (self.unet + self.unet_area * h * w) for h, w in tiles)
         conditioned = sum(h * w for h, w in tiles)
-        return (lr_pixels * self.features + size[0] * size[1] * self.hr + conditioned * self.condition
-                + calls * per_call)
+        return lr_pixels * self.features + size[0] * size[1] * self.hr + conditioned * self.condition + calls * per_call
 
 
 def _with_halos(n: int, tile: int, radius: int) -> int:
@@ -89,10 +99,16 @@ def stage_flops(config: IDMConfig) -> StageFlops:
         model = IDM(config)
     counted = []
     with torch.no_grad():
-        lr, x, p = (torch.zeros(1, 3, PROBE, PROBE, device="meta"), torch.zeros(1, 3, 2 * PROBE, 2 * PROBE,
-                    device="meta"), torch.zeros(1, device="meta"))
-        for call in (lambda: model.encoder.features(lr), lambda: model.encode(lr, x.shape[-2:]),
-                     lambda: model.condition(x, p)):
+        lr, x, p = (
+            torch.zeros(1, 3, PROBE, PROBE, device="meta"),
+            torch.zeros(1, 3, 2 * PROBE, 2 * PROBE, device="meta"),
+            torch.zeros(1, device="meta"),
+        )
+        for call in (
+            lambda: model.encoder.features(lr),
+            lambda: model.encode(lr, x.shape[-2:]),
+            lambda: model.condition(x, p),
+        ):
             counter = FlopCounterMode(display=False)
             with counter:
                 call()

@@ -175,8 +175,9 @@ class _Finder:
         if kind == FileType.Directory:
             entries = [e for e in fs.get_file_info(FileSelector(path)) if e.is_file]
             found = sorted(e.path for e in entries if PurePosixPath(e.path).suffix.lower() in IMAGE_SUFFIXES)
-            self.not_images += sorted(f"{scheme}://{e.path}" for e in entries
-                                      if PurePosixPath(e.path).suffix.lower() not in IMAGE_SUFFIXES)
+            self.not_images += sorted(
+                f"{scheme}://{e.path}" for e in entries if PurePosixPath(e.path).suffix.lower() not in IMAGE_SUFFIXES
+            )
             problem = "no images in this folder"
         elif kind == FileType.File:
             found, problem = [path], ""
@@ -198,10 +199,13 @@ def find_inputs(items: list[str], follow_links: bool = False) -> tuple[list[Plac
         finder.uri(item) if "://" in item else finder.local(item)
     notes = []
     if finder.not_images:
-        notes.append(f"skipped {len(finder.not_images)} file(s) that are not images ({_listed(finder.not_images)}); "
-                     f"images end in {', '.join(sorted(IMAGE_SUFFIXES))}")
-    problems = finder.problems + [f"{link} leads out of its folder; skipped (--follow-links upscales such files)"
-                                  for link in finder.links_out]
+        notes.append(
+            f"skipped {len(finder.not_images)} file(s) that are not images ({_listed(finder.not_images)}); "
+            f"images end in {', '.join(sorted(IMAGE_SUFFIXES))}"
+        )
+    problems = finder.problems + [
+        f"{link} leads out of its folder; skipped (--follow-links upscales such files)" for link in finder.links_out
+    ]
     unique: dict[str, Place] = {}
     for place in finder.places:
         unique.setdefault(place.identity, place)
@@ -222,20 +226,29 @@ def output_names(sources: list[PurePosixPath | Path]) -> tuple[list[str], list[s
             n += 1
             name = f"{base}-{n}.png"
         names.append(name)
-    notes = [f"inputs sharing a name ({_listed(shared)}) keep their suffix in the output's name, e.g. "
-             f"{shared[0]} -> {shared[0]}.png"] if shared else []
+    notes = (
+        [
+            f"inputs sharing a name ({_listed(shared)}) keep their suffix in the output's name, e.g. "
+            f"{shared[0]} -> {shared[0]}.png"
+        ]
+        if shared
+        else []
+    )
     return names, notes
 
 
-def plan_outputs(sources: list[PurePosixPath | Path], out: PurePosixPath | Path, out_is_dir: bool
-                 ) -> tuple[list[PurePosixPath | Path], list[str]]:
+def plan_outputs(
+    sources: list[PurePosixPath | Path], out: PurePosixPath | Path, out_is_dir: bool
+) -> tuple[list[PurePosixPath | Path], list[str]]:
     """(each source's output, notes): OUT itself for one source and an OUT with an image suffix, else files in the
     folder OUT (:func:`output_names`). ValueError for several sources and an image file name, or an output file of
     a type no format is known for."""
     named_image = out.suffix.lower() in IMAGE_SUFFIXES and not out_is_dir
     if len(sources) > 1 and named_image:
-        raise ValueError(f"{len(sources)} input images need an output folder, not the file name {out} (-o FOLDER "
-                         "writes FOLDER/<name>.png)")
+        raise ValueError(
+            f"{len(sources)} input images need an output folder, not the file name {out} (-o FOLDER "
+            "writes FOLDER/<name>.png)"
+        )
     if not (len(sources) > 1 or out_is_dir or not out.suffix):
         if not named_image:
             raise ValueError(f"unknown output image type {out.suffix!r} (use one of {sorted(IMAGE_SUFFIXES)})")
@@ -251,8 +264,9 @@ def output_place(text: str) -> tuple[Place, bool]:
     from pyarrow.fs import FileType
 
     fs, path, scheme = remote(text)
-    return Place(PurePosixPath(path), fs, scheme), fs.get_file_info(path).type == FileType.Directory or \
-        text.endswith("/")
+    return Place(PurePosixPath(path), fs, scheme), fs.get_file_info(path).type == FileType.Directory or text.endswith(
+        "/"
+    )
 
 
 def plan_jobs(inputs: list[str], output: str, follow_links: bool = False) -> Plan:

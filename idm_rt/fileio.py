@@ -8,8 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def atomic_write(target: str | os.PathLike, write: Callable[[str], None],
-                 temp: str | os.PathLike | None = None, replace: bool = True) -> Path:
+def atomic_write(
+    target: str | os.PathLike, write: Callable[[str], None], temp: str | os.PathLike | None = None, replace: bool = True
+) -> Path:
     """Call ``write(tmp_path)`` for a temporary file beside ``target``, then rename it into place.
 
     The file gets the usual permissions (0666 less the umask); on any error the temporary file

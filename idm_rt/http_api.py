@@ -49,8 +49,11 @@ from .sizes import output_size
 logger = logging.getLogger("ray.serve")  # Serve's replica logger (its access log too); a plain logger elsewhere
 
 # format parameter -> (PIL format, media type, largest side the format can hold)
-FORMATS = {"png": ("PNG", "image/png", 2**31 - 1), "webp": ("WEBP", "image/webp", 16383),
-           "jpeg": ("JPEG", "image/jpeg", 65500)}
+FORMATS = {
+    "png": ("PNG", "image/png", 2**31 - 1),
+    "webp": ("WEBP", "image/webp", 16383),
+    "jpeg": ("JPEG", "image/jpeg", 65500),
+}
 PARAMS = ("scale", "size", "quality", "steps", "sampler", "seed", "format")
 ENDPOINTS = {"/v1/upscale": "POST", "/v1/model": "GET", "/healthz": "GET"}
 INTERNAL_ERROR = "internal error while upscaling; the details are in the service's log"
@@ -117,8 +120,14 @@ def parse_query(query: QueryParams, max_steps: int) -> dict:
     repeated = sorted({k for k in names if names.count(k) > 1})
     if repeated:
         raise ValueError(f"parameter(s) given more than once: {', '.join(repeated)}")
-    out = {"scale": None, "size": None, "steps": None, "sampler": query.get("sampler"), "format": "png",
-           "quality": query.get("quality")}
+    out = {
+        "scale": None,
+        "size": None,
+        "steps": None,
+        "sampler": query.get("sampler"),
+        "format": "png",
+        "quality": query.get("quality"),
+    }
     for name in ("scale", "steps", "seed"):
         if name in query:
             out[name] = _number(name, query[name])
@@ -192,8 +201,15 @@ class Frontend:
         workers: workers the admitted work is shared by.
     """
 
-    def __init__(self, run: Callable[[Job], Awaitable[Result | Exception]], sheet: dict | None, limits: Limits,
-                 info: dict, workers: int = 1, fetch_sheet: Callable[[], Awaitable[dict]] | None = None):
+    def __init__(
+        self,
+        run: Callable[[Job], Awaitable[Result | Exception]],
+        sheet: dict | None,
+        limits: Limits,
+        info: dict,
+        workers: int = 1,
+        fetch_sheet: Callable[[], Awaitable[dict]] | None = None,
+    ):
         self.run, self.limits, self.info, self.workers, self.fetch_sheet = run, limits, info, workers, fetch_sheet
         if sheet is not None:
             self.set_sheet(sheet)
@@ -217,14 +233,15 @@ class Frontend:
         path = request.url.path.removeprefix(request.scope.get("root_path", "")) or "/"
         response = await self._route(request, path)
         client = request.client.host if request.client else "-"
-        logger.info('%s "%s %s" %d %.3fs', client, request.method, path, response.status_code,
-                        time.monotonic() - start)
+        logger.info('%s "%s %s" %d %.3fs', client, request.method, path, response.status_code, time.monotonic() - start)
         return response
 
     async def _route(self, request: Request, path: str) -> Response:
         if path not in ENDPOINTS:
-            return JSONResponse({"error": f"no endpoint {path}; the API is POST /v1/upscale, GET /v1/model and "
-                                          "GET /healthz"}, status_code=404)
+            return JSONResponse(
+                {"error": f"no endpoint {path}; the API is POST /v1/upscale, GET /v1/model and GET /healthz"},
+                status_code=404,
+            )
         if request.method != ENDPOINTS[path]:
             return JSONResponse({"error": f"{path} takes {ENDPOINTS[path]}, not {request.method}"}, status_code=405)
         if path == "/healthz":
@@ -236,12 +253,15 @@ class Frontend:
         client = request.client.host if request.client else "-"
         try:
             if self.draining:
-                raise HTTPError(503, "the service is shutting down; retry on another instance",
-                                {"Retry-After": "1"})
+                raise HTTPError(503, "the service is shutting down; retry on another instance", {"Retry-After": "1"})
             if self.clients[client] >= self.limits.max_client_requests:
                 self.stats["refused_client"] += 1
-                raise HTTPError(429, f"this client has {self.clients[client]} requests open, the most one may "
-                                     "have; wait for one to finish", {"Retry-After": "1"})
+                raise HTTPError(
+                    429,
+                    f"this client has {self.clients[client]} requests open, the most one may "
+                    "have; wait for one to finish",
+                    {"Retry-After": "1"},
+                )
             self.clients[client] += 1
             self.in_flight += 1
             try:
@@ -258,29 +278,45 @@ class Frontend:
         """What is served: model, sampling defaults, backend, tile or buckets, limits, and the service's
         counters (batching from each worker, refusals and time-outs here)."""
         sheet, limits = self.sheet, self.limits
-        batching = {k: sum(s.get(k, 0) for s in self.workers_stats.values()) for k in ("images", "batches",
-                                                                                        "stopped_batches")}
+        batching = {
+            k: sum(s.get(k, 0) for s in self.workers_stats.values()) for k in ("images", "batches", "stopped_batches")
+        }
         batching["largest_batch"] = max((s.get("largest_batch", 0) for s in self.workers_stats.values()), default=0)
         batching["replicas_answering"] = len(self.workers_stats)
-        return {"model": self.info.get("model"), "backend": self.info.get("backend"),
-                "max_scale": sheet["max_scale"], "device": sheet["device"], "defaults": sheet["defaults"],
-                "presets": sheet["presets"],
-                "tile": sheet["tile"], "buckets": sheet["buckets"],
-                "limits": {"max_body_bytes": limits.max_body_bytes, "max_pixels": sheet["max_pixels"],
-                           "max_steps": limits.max_steps, "timeout_s": limits.timeout_s,
-                           "body_timeout_s": limits.body_timeout_s, "max_uploads": limits.max_uploads,
-                           "max_client_requests": limits.max_client_requests},
-                "formats": list(FORMATS), "work": {"flops_per_s": self.flops_per_s,
-                                                   "admitted_s": round(self.admitted_s, 3)},
-                "batching": {**self.info.get("batching", {}), **batching}, "requests": dict(self.stats),
-                "draining": self.draining}
+        return {
+            "model": self.info.get("model"),
+            "backend": self.info.get("backend"),
+            "max_scale": sheet["max_scale"],
+            "device": sheet["device"],
+            "defaults": sheet["defaults"],
+            "presets": sheet["presets"],
+            "tile": sheet["tile"],
+            "buckets": sheet["buckets"],
+            "limits": {
+                "max_body_bytes": limits.max_body_bytes,
+                "max_pixels": sheet["max_pixels"],
+                "max_steps": limits.max_steps,
+                "timeout_s": limits.timeout_s,
+                "body_timeout_s": limits.body_timeout_s,
+                "max_uploads": limits.max_uploads,
+                "max_client_requests": limits.max_client_requests,
+            },
+            "formats": list(FORMATS),
+            "work": {"flops_per_s": self.flops_per_s, "admitted_s": round(self.admitted_s, 3)},
+            "batching": {**self.info.get("batching", {}), **batching},
+            "requests": dict(self.stats),
+            "draining": self.draining,
+        }
 
     async def read(self, request: Request) -> bytes:
         """The body, within ``body_timeout_s`` and the cap on uploads in progress."""
         if self.uploads >= self.limits.max_uploads:
             self.stats["refused_busy"] += 1
-            raise HTTPError(503, f"{self.uploads} uploads are in progress, the most this service takes at once; "
-                                 "retry shortly", {"Retry-After": "1"})
+            raise HTTPError(
+                503,
+                f"{self.uploads} uploads are in progress, the most this service takes at once; retry shortly",
+                {"Retry-After": "1"},
+            )
         self.uploads += 1
         try:
             return await asyncio.wait_for(read_body(request, self.limits.max_body_bytes), self.limits.body_timeout_s)
@@ -295,11 +331,19 @@ class Frontend:
     def estimate(self, params: dict, height: int, width: int) -> tuple[tuple[int, int], float]:
         """(output size (H, W), estimated seconds) of a request; ValueError for a bad size or sampling."""
         out = output_size(height, width, params["scale"], params["size"], self.sheet["max_pixels"])
-        settings = choose_preset(params["quality"], self.defaults, self.presets).replace(steps=params["steps"],
-                                                                                         sampler=params["sampler"])
+        settings = choose_preset(params["quality"], self.defaults, self.presets).replace(
+            steps=params["steps"], sampler=params["sampler"]
+        )
         calls = calls_for(settings.sampler, settings.steps, t_start=settings.start_timestep)
-        flops = self.flops.total((height, width), out, calls, self.sheet["tile"] or NOMINAL_TILE,
-                                 self.sheet["multiple"], self.sheet["feature_tile"], self.sheet["radius"])
+        flops = self.flops.total(
+            (height, width),
+            out,
+            calls,
+            self.sheet["tile"] or NOMINAL_TILE,
+            self.sheet["multiple"],
+            self.sheet["feature_tile"],
+            self.sheet["radius"],
+        )
         return out, flops / self.flops_per_s
 
     async def upscale(self, request: Request) -> Response:
@@ -309,8 +353,9 @@ class Frontend:
         try:
             height, width = upright_size(body)
         except UnidentifiedImageError:
-            raise HTTPError(400, "cannot read the body as an image: not a format PIL knows (PNG, JPEG, WebP, TIFF, "
-                                 "BMP, ...)") from None
+            raise HTTPError(
+                400, "cannot read the body as an image: not a format PIL knows (PNG, JPEG, WebP, TIFF, BMP, ...)"
+            ) from None
         except Exception as e:  # noqa: BLE001 (PIL raises several types for damaged data)
             raise HTTPError(400, f"cannot read the body as an image: {e}") from None
         if height * width > self.sheet["max_pixels"]:
@@ -318,19 +363,27 @@ class Frontend:
         (out_h, out_w), seconds = self.estimate(params, height, width)
         fmt, _, side = FORMATS[params["format"]]
         if max(out_h, out_w) > side:
-            raise ValueError(f"{fmt} images are at most {side} pixels wide and high; the output is {out_w}x{out_h} "
-                             "(ask for format=png)")
+            raise ValueError(
+                f"{fmt} images are at most {side} pixels wide and high; the output is {out_w}x{out_h} "
+                "(ask for format=png)"
+            )
         budget = self.limits.timeout_s
         if seconds > budget:
             self.stats["refused_work"] += 1
-            raise HTTPError(413, f"this request needs about {seconds:.0f} s of computation here ({width}x{height} -> "
-                                 f"{out_w}x{out_h}), above this service's limit of {budget:g} s: ask for a smaller "
-                                 "output or fewer steps")
+            raise HTTPError(
+                413,
+                f"this request needs about {seconds:.0f} s of computation here ({width}x{height} -> "
+                f"{out_w}x{out_h}), above this service's limit of {budget:g} s: ask for a smaller "
+                "output or fewer steps",
+            )
         if self.admitted_s / self.workers + seconds > budget:
             self.stats["refused_busy"] += 1
             wait = max(1, math.ceil(self.admitted_s / self.workers))
-            raise HTTPError(503, f"the service is busy: the work already admitted takes about {wait} s; retry "
-                                 "later", {"Retry-After": str(wait)})
+            raise HTTPError(
+                503,
+                f"the service is busy: the work already admitted takes about {wait} s; retry later",
+                {"Retry-After": str(wait)},
+            )
         job = Job(body=body, deadline=deadline, **params)
         self.admitted_s += seconds
         try:
@@ -351,8 +404,11 @@ class Frontend:
                 self.stats["timed_out"] += 1
                 raise self._too_late()
             raise outcome
-        return Response(outcome.data, media_type=outcome.media_type,
-                        headers={"X-Seed": str(job.seed), "X-Batch-Size": str(outcome.batch)})
+        return Response(
+            outcome.data,
+            media_type=outcome.media_type,
+            headers={"X-Seed": str(job.seed), "X-Batch-Size": str(outcome.batch)},
+        )
 
     def _too_late(self) -> HTTPError:
         return HTTPError(504, f"the request took longer than this service's limit of {self.limits.timeout_s:g} s")
@@ -391,21 +447,35 @@ class Worker:
 
         calls = calls_for(settings.sampler, settings.steps, t_start=settings.start_timestep)
         tile = self.up.tile or NOMINAL_TILE
-        return flops_of(self.up.model).total((height, width), out, calls, tile, self.up.model.config.size_multiple,
-                                             FEATURE_TILE, receptive_radius(self.up.model.config.encoder_blocks))
+        return flops_of(self.up.model).total(
+            (height, width),
+            out,
+            calls,
+            tile,
+            self.up.model.config.size_multiple,
+            FEATURE_TILE,
+            receptive_radius(self.up.model.config.encoder_blocks),
+        )
 
     def sheet(self) -> dict:
         """What the frontend needs to check and estimate requests without the model."""
         from .model.pieces import FEATURE_TILE, receptive_radius
 
         up, config = self.up, self.up.model.config
-        return {"max_pixels": up.max_pixels, "max_scale": float(up.model.max_scale), "device": str(up.device),
-                "defaults": up.sampling.to_dict(), "tile": up.tile,
-                "presets": {name: s.to_dict() for name, s in up.presets.items()},
-                "buckets": [b.name for b in up.model.buckets] if up.model.backend != "torch" else None,
-                "multiple": config.size_multiple, "feature_tile": FEATURE_TILE,
-                "radius": receptive_radius(config.encoder_blocks),
-                "stage_flops": dataclasses.asdict(flops_of(up.model)), "flops_per_s": self.flops_per_s}
+        return {
+            "max_pixels": up.max_pixels,
+            "max_scale": float(up.model.max_scale),
+            "device": str(up.device),
+            "defaults": up.sampling.to_dict(),
+            "tile": up.tile,
+            "presets": {name: s.to_dict() for name, s in up.presets.items()},
+            "buckets": [b.name for b in up.model.buckets] if up.model.backend != "torch" else None,
+            "multiple": config.size_multiple,
+            "feature_tile": FEATURE_TILE,
+            "radius": receptive_radius(config.encoder_blocks),
+            "stage_flops": dataclasses.asdict(flops_of(up.model)),
+            "flops_per_s": self.flops_per_s,
+        }
 
     def cancel(self, job_id: str) -> None:
         """Stop ``job_id``'s work at its next piece (its client is gone)."""
@@ -433,8 +503,11 @@ class Worker:
 
     def _decode(self, job: Job) -> Image.Image:
         try:
-            return read_image(io.BytesIO(job.body), self.up.max_pixels,
-                              lambda h, w: self.up.check_output_pixels(h, w, job.scale, job.size))
+            return read_image(
+                io.BytesIO(job.body),
+                self.up.max_pixels,
+                lambda h, w: self.up.check_output_pixels(h, w, job.scale, job.size),
+            )
         except (ValueError, Cancelled):
             raise
         except Exception as e:  # noqa: BLE001 (PIL raises several types for damaged data)
@@ -446,9 +519,16 @@ class Worker:
         start = time.perf_counter()
         try:
             with cancel_when(abandoned):
-                results = self.up.upscale(images, scale=first.scale, size=first.size, steps=first.steps,
-                                          sampler=first.sampler, quality=first.quality,
-                                          seed=[job.seed for job in jobs], progress=False)
+                results = self.up.upscale(
+                    images,
+                    scale=first.scale,
+                    size=first.size,
+                    steps=first.steps,
+                    sampler=first.sampler,
+                    quality=first.quality,
+                    seed=[job.seed for job in jobs],
+                    progress=False,
+                )
         except ValueError as e:  # raised before any work: whose request is it? Each one alone says
             return [self._run_group([job], [im])[0] for job, im in zip(jobs, images)] if len(jobs) > 1 else [e]
         except Cancelled as e:
@@ -460,20 +540,21 @@ class Worker:
             return [Failed()] * len(jobs)
         seconds = time.perf_counter() - start
         out = (results[0].height, results[0].width)
-        settings = choose_preset(first.quality, self.up.sampling, self.up.presets).replace(steps=first.steps,
-                                                                                           sampler=first.sampler)
+        settings = choose_preset(first.quality, self.up.sampling, self.up.presets).replace(
+            steps=first.steps, sampler=first.sampler
+        )
         flops = self.work(images[0].height, images[0].width, out, settings) * len(jobs)
         with self._lock:
             self.stats["images"] += len(jobs)
             self.stats["batches"] += 1
             self.stats["largest_batch"] = max(self.stats["largest_batch"], len(jobs))
             stats = (self.name, dict(self.stats))
-        return [self._encode(image, job.format, len(jobs), stats, seconds, flops) for image, job in
-                zip(results, jobs)]
+        return [self._encode(image, job.format, len(jobs), stats, seconds, flops) for image, job in zip(results, jobs)]
 
     @staticmethod
-    def _encode(image: Image.Image, format: str, batch: int, stats: tuple[str, dict], seconds: float,
-                flops: float) -> Result | Exception:
+    def _encode(
+        image: Image.Image, format: str, batch: int, stats: tuple[str, dict], seconds: float, flops: float
+    ) -> Result | Exception:
         fmt, media_type, _ = FORMATS[format]
         buffer = io.BytesIO()
         try:

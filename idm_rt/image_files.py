@@ -17,18 +17,21 @@ from .images import HIGH_BIT_MODES, upright
 
 
 def image_format(path: Path) -> str:
-    return {".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}.get(path.suffix.lower(),
-                                                                                   path.suffix[1:].upper())
+    return {".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}.get(
+        path.suffix.lower(), path.suffix[1:].upper()
+    )
 
 
 # The modes each output format is saved in (all Pillow's writers hold); an image in another mode is
 # saved in the nearest of them (save_mode): JPEG has no alpha and no 16-bit, WebP only 8-bit RGB(A),
 # BMP no 16-bit or gray alpha, PNG no float or colour spaces other than RGB; TIFF holds most.
-FORMAT_MODES = {"PNG": ("L", "LA", "RGB", "RGBA", "I;16", "I;16B"),
-                "JPEG": ("L", "RGB", "RGBX", "CMYK", "YCbCr"),
-                "WEBP": ("RGB", "RGBA"),
-                "BMP": ("L", "RGB"),  # Pillow writes no BMP header that holds alpha
-                "TIFF": ("L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "I", "I;16", "I;16L", "I;16B", "F")}
+FORMAT_MODES = {
+    "PNG": ("L", "LA", "RGB", "RGBA", "I;16", "I;16B"),
+    "JPEG": ("L", "RGB", "RGBX", "CMYK", "YCbCr"),
+    "WEBP": ("RGB", "RGBA"),
+    "BMP": ("L", "RGB"),  # Pillow writes no BMP header that holds alpha
+    "TIFF": ("L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "I", "I;16", "I;16L", "I;16B", "F"),
+}
 
 
 # JPEG and WebP quality: Pillow's default of 75 blurs away much of the detail an upscale adds.
@@ -89,13 +92,17 @@ def save_image(image: Image.Image, target: Path, replace: bool = True) -> None:
     fmt = image_format(target)
     mode = save_mode(image.mode, fmt)
     if mode != image.mode:
-        tqdm.write(f"note: {fmt} cannot store mode {image.mode}; saving {target.name} as {mode}"
-                   + ("; its colour profile is dropped" if image.info.get("icc_profile") else ""), file=sys.stderr)
+        tqdm.write(
+            f"note: {fmt} cannot store mode {image.mode}; saving {target.name} as {mode}"
+            + ("; its colour profile is dropped" if image.info.get("icc_profile") else ""),
+            file=sys.stderr,
+        )
     atomic_write(target, lambda tmp: encode_image(image, fmt, tmp), replace=replace)
 
 
-def read_image(source: str | Path | BinaryIO, max_pixels: int | None = None,
-               check_size: Callable[[int, int], object] | None = None) -> Image.Image:
+def read_image(
+    source: str | Path | BinaryIO, max_pixels: int | None = None, check_size: Callable[[int, int], object] | None = None
+) -> Image.Image:
     """An image file (path or binary file object) decoded and turned upright as viewers show it (EXIF
     orientation); ``max_pixels`` refuses larger images, and ``check_size(height, width)`` (the stored size,
     before the EXIF turn; e.g. :meth:`~idm_rt.Upscaler.check_output_pixels`) runs, before decoding.
@@ -107,7 +114,6 @@ def read_image(source: str | Path | BinaryIO, max_pixels: int | None = None,
             check_size(im.height, im.width)
         if getattr(im, "n_frames", 1) > 1:
             what = source if isinstance(source, (str, Path)) else "the image"
-            tqdm.write(f"note: {what} holds {im.n_frames} frames or pages; only the first is upscaled",
-                       file=sys.stderr)
+            tqdm.write(f"note: {what} holds {im.n_frames} frames or pages; only the first is upscaled", file=sys.stderr)
         im.load()
         return upright(im)  # as viewers show it, and as the API reads it

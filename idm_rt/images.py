@@ -26,8 +26,14 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}  # 
 _INT_MAX = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}
 _FLOATS = {np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)}
 # The numpy dtype each supported torch dtype (by name) is converted through (numpy has no bfloat16).
-_TORCH_AS_NUMPY = {"uint8": np.uint8, "uint16": np.uint16, "float16": np.float16, "bfloat16": np.float32,
-                   "float32": np.float32, "float64": np.float64}
+_TORCH_AS_NUMPY = {
+    "uint8": np.uint8,
+    "uint16": np.uint16,
+    "float16": np.float16,
+    "bfloat16": np.float32,
+    "float32": np.float32,
+    "float64": np.float64,
+}
 
 # PIL modes: (the mode an image is read in, the mode its result comes back in). The result is
 # converted back by Pillow; where that would lose what the upscale made, it comes back in the
@@ -48,8 +54,12 @@ PIL_MODES: dict[str, tuple[str, str]] = {
     "LAB": ("RGB", "LAB"),  # through sRGB (ImageCms)
     "HSV": ("RGB", "HSV"),
     # high-bit gray, read and given back as it is: I and I;16* in 0..65535, F in [0, 1]
-    "I": ("I", "I"), "I;16": ("I;16", "I;16"), "I;16L": ("I;16L", "I;16L"), "I;16B": ("I;16B", "I;16B"),
-    "I;16N": ("I;16N", "I;16N"), "F": ("F", "F"),
+    "I": ("I", "I"),
+    "I;16": ("I;16", "I;16"),
+    "I;16L": ("I;16L", "I;16L"),
+    "I;16B": ("I;16B", "I;16B"),
+    "I;16N": ("I;16N", "I;16N"),
+    "F": ("F", "F"),
 }
 HIGH_BIT_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
 _U16_BYTES = {"I;16": "<u2", "I;16L": "<u2", "I;16B": ">u2", "I;16N": "=u2"}  # byte order of the 16-bit modes
@@ -134,7 +144,7 @@ def _split(hwc: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """(H, W, C) float32 in [0, 1] with C in 1..4 -> rgb (1, 3, H, W) in [-1, 1] and alpha (1, 1, H, W)."""
     x = np.moveaxis(hwc, -1, 0)[None]
     c = x.shape[1]
-    alpha = np.ascontiguousarray(x[:, c - 1:]) if c in (2, 4) else None
+    alpha = np.ascontiguousarray(x[:, c - 1 :]) if c in (2, 4) else None
     color = x[:, : c - 1] if alpha is not None else x
     if color.shape[1] == 1:
         color = np.broadcast_to(color, (1, 3, *color.shape[2:]))
@@ -197,8 +207,9 @@ def _from_pil(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None, ImageKind
     arr = np.asarray(im if im.mode == read else im.convert(read))
     if im.mode == "I":  # 32-bit signed: read in the 16-bit range that 16-bit files decode to
         if arr.size and (arr.min() < 0 or arr.max() > 65535):
-            raise ValueError(f"mode I images must hold values in 0..65535 (16-bit), got values in "
-                             f"[{arr.min()}, {arr.max()}]")
+            raise ValueError(
+                f"mode I images must hold values in 0..65535 (16-bit), got values in [{arr.min()}, {arr.max()}]"
+            )
         arr = arr.astype(np.uint16)
     hwc = arr[..., None] if arr.ndim == 2 else arr
     c = hwc.shape[2]
@@ -224,8 +235,10 @@ def _check_tensor(t: Any) -> None:
     import torch
 
     if t.is_nested or t.layout != torch.strided:
-        raise ValueError(f"image tensors must be dense, got a {'nested' if t.is_nested else t.layout} tensor "
-                         "(convert it with .to_dense())")
+        raise ValueError(
+            f"image tensors must be dense, got a {'nested' if t.is_nested else t.layout} tensor "
+            "(convert it with .to_dense())"
+        )
     if t.is_meta:
         raise ValueError("a meta tensor has no values to upscale")
     if t.is_quantized:
@@ -238,16 +251,19 @@ def _from_torch(t: Any) -> tuple[np.ndarray, np.ndarray | None, ImageKind]:
 
     _check_tensor(t)
     if t.dim() not in (2, 3) or (t.dim() == 3 and t.shape[0] not in (1, 2, 3, 4)):
-        raise ValueError(f"image tensor must be HxW or CxHxW with C in 1..4 (channels first; a batch is one "
-                         f"N x C x H x W tensor), got shape {tuple(t.shape)}")
+        raise ValueError(
+            f"image tensor must be HxW or CxHxW with C in 1..4 (channels first; a batch is one "
+            f"N x C x H x W tensor), got shape {tuple(t.shape)}"
+        )
     if str(t.dtype).removeprefix("torch.") not in _TORCH_AS_NUMPY:
         raise _unsupported_dtype(t.dtype)
     src = t.detach().cpu().resolve_neg()  # a negated view (x.conj().imag) has no numpy form until resolved
     arr = (src.float() if t.dtype == torch.bfloat16 else src).numpy()
     hwc = arr[..., None] if t.dim() == 2 else np.moveaxis(arr, 0, -1)
     c = hwc.shape[2]
-    kind = ImageKind("torch", t.dtype, gray=c <= 2, alpha=c in (2, 4), layout="HW" if t.dim() == 2 else "CHW",
-                     device=t.device)
+    kind = ImageKind(
+        "torch", t.dtype, gray=c <= 2, alpha=c in (2, 4), layout="HW" if t.dim() == 2 else "CHW", device=t.device
+    )
     return (*_split(_to_float(hwc)), kind)
 
 

@@ -23,9 +23,18 @@ from .stage_timing import CONDITIONING, ENCODER, SAMPLER, UNET, stage, timed
 from .tiling import CACHE_BYTES, TilePlan, tiled_eps
 
 
-def super_resolve(model: SamplingModel, lr: Array, size: tuple[int, int], settings: SamplingSettings,
-                  scale: float | None = None, noise: Noise | None = None, plan: TilePlan | None = None,
-                  progress: bool = False, denoise: Callable | None = None, cache_bytes: int = CACHE_BYTES) -> Array:
+def super_resolve(
+    model: SamplingModel,
+    lr: Array,
+    size: tuple[int, int],
+    settings: SamplingSettings,
+    scale: float | None = None,
+    noise: Noise | None = None,
+    plan: TilePlan | None = None,
+    progress: bool = False,
+    denoise: Callable | None = None,
+    cache_bytes: int = CACHE_BYTES,
+) -> Array:
     """LR batch (B, 3, h, w) in [-1, 1] -> HR batch (B, 3, H, W) in [-1, 1], sampled as ``settings`` say.
 
     Args:
@@ -49,8 +58,9 @@ def super_resolve(model: SamplingModel, lr: Array, size: tuple[int, int], settin
             cond = model.encode(lr, size)
         if settings.steps == 0:  # the start itself: no conditioning, no U-Net call
             with stage(SAMPLER):
-                start = namespace(cond).clip(bicubic_upscale(lr, size) if settings.init == "bicubic" else cond,
-                                             -1.0, 1.0)
+                start = namespace(cond).clip(
+                    bicubic_upscale(lr, size) if settings.init == "bicubic" else cond, -1.0, 1.0
+                )
             return namespace(cond).clip(back_project(start, lr, settings.back_projection), -1.0, 1.0)
         p = model.scale_fraction([scale] * b)
         if plan is not None and len(plan.tiles) > 1:
@@ -63,12 +73,20 @@ def super_resolve(model: SamplingModel, lr: Array, size: tuple[int, int], settin
             def eps_fn(x: Array, g: Array) -> Array:
                 checkpoint()
                 return denoise(x, conditioning, g)
+
         if settings.back_projection:
             eps_fn = back_projected(eps_fn, lr, settings.back_projection)
         with stage(SAMPLER):  # the U-Net calls and back-projection inside are their own stages
             x_T = initial_state(lr, cond, settings, noise)
-            x_0 = sampler(settings.sampler).run(eps_fn, x_T, settings.steps, t_start=settings.start_timestep,
-                                                eta=settings.eta, noise=noise, progress=progress)
+            x_0 = sampler(settings.sampler).run(
+                eps_fn,
+                x_T,
+                settings.steps,
+                t_start=settings.start_timestep,
+                eta=settings.eta,
+                noise=noise,
+                progress=progress,
+            )
             return namespace(x_0).clip(x_0, -1.0, 1.0)
 
 

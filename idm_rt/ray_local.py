@@ -25,8 +25,17 @@ READY = "ready"
 def head_command(temp: str, port: int) -> list[str]:
     """``ray start`` for a head node on this machine only."""
     ray = shutil.which("ray") or "ray"
-    return [ray, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
-            "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"]
+    return [
+        ray,
+        "start",
+        "--head",
+        "--block",
+        f"--port={port}",
+        "--node-ip-address=127.0.0.1",
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+        f"--temp-dir={temp}",
+    ]
 
 
 def session_processes(sid: int) -> list[int]:
@@ -61,8 +70,13 @@ def main(argv: list[str]) -> int:
     temp, port = argv[0], int(argv[1])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the command's to handle; it ends us by the pipe
     with open(Path(temp) / "ray_start.log", "w") as log:
-        head = subprocess.Popen(head_command(temp, port), stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        head = subprocess.Popen(
+            head_command(temp, port),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 120
         while head.poll() is None and time.monotonic() < deadline:

@@ -55,14 +55,22 @@ def local_instance() -> Iterator[str]:
     from ray._raylet import Config
 
     Config.initialize("")  # Ray read its settings when imported: read them again (as ray.init does for tokens)
-    watcher = subprocess.Popen([sys.executable, "-m", "idm_rt.ray_local", temp, str(port)], stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, text=True, start_new_session=True)
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "idm_rt.ray_local", temp, str(port)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         line = watcher.stdout.readline().strip()
         if line != READY:
             raise RuntimeError(f"the local Ray instance did not start: {line or 'no answer'}")
-        print(f"note: started a local Ray instance (GCS port {port}, a new access token, files in {temp}); it stops "
-              "with this command", file=sys.stderr)
+        print(
+            f"note: started a local Ray instance (GCS port {port}, a new access token, files in {temp}); it stops "
+            "with this command",
+            file=sys.stderr,
+        )
         yield f"127.0.0.1:{port}"
     finally:
         watcher.stdin.close()  # (a killed command closes it too: the watcher then stops Ray)

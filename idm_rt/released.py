@@ -112,11 +112,13 @@ def infer_config(state: Mapping[str, torch.Tensor], **overrides) -> IDMConfig:
         enc_feats = state["encoder.head.0.weight"].shape[0]
         hidden = state[f"denoise_fn.ups.{res_blocks + 1}.imnet.0.weight"].shape[0]
     except (KeyError, IndexError) as e:
-        raise CheckpointMismatch(f"not a released IDM checkpoint: cannot infer the network shape "
-                                 f"({e!r} missing)") from e
+        raise CheckpointMismatch(
+            f"not a released IDM checkpoint: cannot infer the network shape ({e!r} missing)"
+        ) from e
     except ZeroDivisionError:  # no pyramid levels, or a first layer without channels
-        raise CheckpointMismatch("not a released IDM checkpoint: cannot infer the network shape (no levels or "
-                                 "no channels)") from None
+        raise CheckpointMismatch(
+            "not a released IDM checkpoint: cannot infer the network shape (no levels or no channels)"
+        ) from None
     params = dict(
         inner_channel=inner,
         channel_multiplier=mult,

@@ -71,7 +71,7 @@ def _axis(x: Array, axis: int, n_out: int, antialias: bool) -> Array:
     rows = max(1, CHUNK // max(1, k * other))
     parts = []
     for start in range(0, n_out, rows):
-        part_idx, part_w = idx[start:start + rows], w[start:start + rows]
+        part_idx, part_w = idx[start : start + rows], w[start : start + rows]
         gathered = xp.take(x, like(part_idx.reshape(-1), x), axis=axis)  # (..., n * k, ...) along the axis
         if axis == -2:
             shape = (*x.shape[:-2], part_idx.shape[0], k, x.shape[-1])

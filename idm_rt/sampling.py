@@ -55,8 +55,10 @@ class SamplingSettings:
         if not isinstance(self.init, str) or self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
         if self.steps == 0 and self.init == "noise":
-            raise ValueError("steps=0 gives the start image itself (back-projected), which pure noise is not: use "
-                             "init='estimate' (the model's own HR estimate) or 'bicubic'")
+            raise ValueError(
+                "steps=0 gives the start image itself (back-projected), which pure noise is not: use "
+                "init='estimate' (the model's own HR estimate) or 'bicubic'"
+            )
         object.__setattr__(self, "sampler", str(self.sampler))  # np.str_ -> str
         object.__setattr__(self, "init", str(self.init))
         object.__setattr__(self, "steps", int(self.steps))
@@ -83,9 +85,11 @@ class SamplingSettings:
         ``init="estimate"`` needs an encoder trained as an HR estimate (``encoder_upsampler="implicit"``);
         the others' condition image is a feature map, and starting from it gives a wrong image."""
         if self.init == "estimate" and config.encoder_upsampler != "implicit":
-            raise ValueError(f"init='estimate' starts from the encoder's HR estimate, which only models with "
-                             f"encoder_upsampler='implicit' give; this model's encoder is "
-                             f"{config.encoder_upsampler!r}: use init='bicubic' (or 'noise')")
+            raise ValueError(
+                f"init='estimate' starts from the encoder's HR estimate, which only models with "
+                f"encoder_upsampler='implicit' give; this model's encoder is "
+                f"{config.encoder_upsampler!r}: use init='bicubic' (or 'noise')"
+            )
         return self
 
     @classmethod
@@ -119,29 +123,45 @@ def presets_from_dict(d: Any, what: str) -> dict[str, SamplingSettings]:
 def add_arguments(parser: argparse.ArgumentParser, default: str = "the model's recommendation") -> None:
     """The command-line options of the settings (``--sampler``, ``--steps``, ``--init``, ``--init-level``,
     ``--back-projection``), for every command that samples; :func:`from_arguments` reads them back."""
-    parser.add_argument("--sampler", choices=tuple(SAMPLERS),
-                        help=f"dpmpp_2m (few steps), ddim, or ddpm (ancestral; --steps 2000 from noise is the "
-                             f"release's loop); default: {default}")
-    parser.add_argument("--quality", metavar="PRESET",
-                        help="a sampling preset of the model (see its card): fast (its own estimate, no U-Net call), "
-                             "default, detailed, ...; the options below change single settings of it")
-    parser.add_argument("--init", choices=INITS,
-                        help="start from pure noise (the paper), or from the bicubic upscale or the model's own HR "
-                             f"estimate diffused to --init-level; default: {default}")
+    parser.add_argument(
+        "--sampler",
+        choices=tuple(SAMPLERS),
+        help=f"dpmpp_2m (few steps), ddim, or ddpm (ancestral; --steps 2000 from noise is the "
+        f"release's loop); default: {default}",
+    )
+    parser.add_argument(
+        "--quality",
+        metavar="PRESET",
+        help="a sampling preset of the model (see its card): fast (its own estimate, no U-Net call), "
+        "default, detailed, ...; the options below change single settings of it",
+    )
+    parser.add_argument(
+        "--init",
+        choices=INITS,
+        help="start from pure noise (the paper), or from the bicubic upscale or the model's own HR "
+        f"estimate diffused to --init-level; default: {default}",
+    )
     add_options(parser, "steps", "init_level", "back_projection")
 
 
-def from_arguments(args: argparse.Namespace, base: SamplingSettings | None,
-                   presets: dict[str, SamplingSettings] | None = None) -> SamplingSettings:
+def from_arguments(
+    args: argparse.Namespace, base: SamplingSettings | None, presets: dict[str, SamplingSettings] | None = None
+) -> SamplingSettings:
     """``base`` (or the defaults), or the preset ``--quality`` names among ``presets``, with the options of
     :func:`add_arguments` that were given."""
     start = choose_preset(args.quality, base or SamplingSettings(), presets or {})
-    return start.replace(sampler=args.sampler, steps=args.steps, init=args.init, init_level=args.init_level,
-                         back_projection=args.back_projection)
+    return start.replace(
+        sampler=args.sampler,
+        steps=args.steps,
+        init=args.init,
+        init_level=args.init_level,
+        back_projection=args.back_projection,
+    )
 
 
-def choose_preset(name: str | None, default: SamplingSettings,
-                  presets: dict[str, SamplingSettings]) -> SamplingSettings:
+def choose_preset(
+    name: str | None, default: SamplingSettings, presets: dict[str, SamplingSettings]
+) -> SamplingSettings:
     """The sampling settings a preset name picks: ``default`` for None or "default", else ``presets[name]``;
     ValueError naming the presets there are."""
     if name is None or name == "default":

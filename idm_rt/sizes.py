@@ -8,8 +8,9 @@ import numbers
 from typing import Any
 
 
-def output_size(height: int, width: int, scale: float | None, size: tuple[int, int] | None,
-                max_pixels: int) -> tuple[int, int]:
+def output_size(
+    height: int, width: int, scale: float | None, size: tuple[int, int] | None, max_pixels: int
+) -> tuple[int, int]:
     """(H, W) of the output of an ``height`` x ``width`` input; ValueError naming what is wrong (both or neither
     of scale and size, a scale that is not > 1 or does not change the size, a size smaller than the input, an
     output above ``max_pixels``)."""
@@ -32,8 +33,9 @@ def output_size(height: int, width: int, scale: float | None, size: tuple[int, i
     return out
 
 
-def check_output_pixels(height: int, width: int, scale: float | None, size: tuple[int, int] | None,
-                        max_pixels: int) -> None:
+def check_output_pixels(
+    height: int, width: int, scale: float | None, size: tuple[int, int] | None, max_pixels: int
+) -> None:
     """ValueError when the output for an input of this size would be above ``max_pixels``. The count is the same
     whichever way up the input is, so this can run on a file's stored size before it is decoded and turned by its
     EXIF orientation (:func:`output_size` checks the rest afterwards)."""
@@ -47,14 +49,19 @@ def check_pixels(out: tuple[int, int], scale: float | None, max_pixels: int) -> 
     if scale is not None and out[0] * out[1] > 1000 * max_pixels:  # not worth a hundred-digit number
         raise ValueError(f"scale {scale} gives an output far above the limit of {max_pixels} pixels")
     if out[0] * out[1] > max_pixels:
-        raise ValueError(f"output {out[1]}x{out[0]} has {out[0] * out[1]} pixels, above the limit of "
-                         f"{max_pixels} (raise max_pixels to allow it)")
+        raise ValueError(
+            f"output {out[1]}x{out[0]} has {out[0] * out[1]} pixels, above the limit of "
+            f"{max_pixels} (raise max_pixels to allow it)"
+        )
 
 
 def size_hw(size: Any) -> tuple[int, int]:
     """An output ``size`` given as (width, height) integers, as (H, W); ValueError for anything else."""
-    if not isinstance(size, (tuple, list)) or len(size) != 2 or any(
-            not isinstance(v, numbers.Integral) or isinstance(v, bool) for v in size):
+    if (
+        not isinstance(size, (tuple, list))
+        or len(size) != 2
+        or any(not isinstance(v, numbers.Integral) or isinstance(v, bool) for v in size)
+    ):
         raise ValueError(f"size must be (width, height) integers, got {size!r}")
     return int(size[1]), int(size[0])
 

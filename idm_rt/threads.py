@@ -79,9 +79,11 @@ def spare_threads(threads: int) -> tuple[int, str | None]:
     if threads < 2 or load + threads <= cores + 0.5:
         return threads, None
     spare = max(1, min(threads - 1, math.floor(cores - load + 0.5)))
-    return spare, (f"note: this machine is busy (load average {load:.1f} over the last minute on {cores} CPUs): "
-                   f"{spare} torch thread{'s' * (spare > 1)} instead of {threads}, which can run several times "
-                   "slower while other work holds the cores (--threads N chooses)")
+    return spare, (
+        f"note: this machine is busy (load average {load:.1f} over the last minute on {cores} CPUs): "
+        f"{spare} torch thread{'s' * (spare > 1)} instead of {threads}, which can run several times "
+        "slower while other work holds the cores (--threads N chooses)"
+    )
 
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:

@@ -89,15 +89,15 @@ def tiled_eps(
     xp = namespace(cond)
     with stage(TILES):
         host_total = np.zeros(plan.size, dtype=np.float32)
-        for (t, l, h, w) in plan.tiles:
-            host_total[t:t + h, l:l + w] += plan.weight((t, l, h, w))
+        for t, l, h, w in plan.tiles:
+            host_total[t : t + h, l : l + w] += plan.weight((t, l, h, w))
         weights = [xp.astype(like(plan.weight(tile), cond), cond.dtype) for tile in plan.tiles]
         total = xp.astype(like(host_total, cond), cond.dtype)
 
     def tile_condition(i: int):
         t, l, h, w = plan.tiles[i]
         with stage(CONDITIONING):
-            return model.condition(cond[:, :, t:t + h, l:l + w], p)
+            return model.condition(cond[:, :, t : t + h, l : l + w], p)
 
     cached, used = {}, 0
     for i in range(len(plan.tiles)):
@@ -114,7 +114,7 @@ def tiled_eps(
             for i, ((t, l, h, w), wgt) in enumerate(zip(plan.tiles, weights)):
                 checkpoint()
                 c = cached[i] if i in cached else tile_condition(i)
-                acc[:, :, t:t + h, l:l + w] += denoise(x[:, :, t:t + h, l:l + w], c, g) * wgt
+                acc[:, :, t : t + h, l : l + w] += denoise(x[:, :, t : t + h, l : l + w], c, g) * wgt
             return acc / total
 
     return eps_fn

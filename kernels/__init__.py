@@ -33,16 +33,27 @@ def triton_runs_on(device: torch.device) -> bool:
 
 def _launcher(device: torch.device):
     if not triton_runs_on(device):
-        raise RuntimeError(f"the Triton kernels need CUDA tensors or TRITON_INTERPRET=1 (got {device}), and Triton "
-                           "installed")
+        raise RuntimeError(
+            f"the Triton kernels need CUDA tensors or TRITON_INTERPRET=1 (got {device}), and Triton installed"
+        )
     from . import triton_implicit
 
     return triton_implicit
 
 
-def mlp_upsample(x: torch.Tensor, shift: torch.Tensor, a1: torch.Tensor, a2: torch.Tensor, bias: torch.Tensor,
-                 w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, tables: Tables,
-                 relu: bool = False) -> torch.Tensor:
+def mlp_upsample(
+    x: torch.Tensor,
+    shift: torch.Tensor,
+    a1: torch.Tensor,
+    a2: torch.Tensor,
+    bias: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+    tables: Tables,
+    relu: bool = False,
+) -> torch.Tensor:
     """The layer with the coordinate-MLP evaluated per target pixel, fused.
 
     Args:
@@ -61,9 +72,18 @@ def mlp_upsample(x: torch.Tensor, shift: torch.Tensor, a1: torch.Tensor, a2: tor
     return ti.mlp_upsample(x, shift, a1, a2, bias, w1, b1, w2, b2, _contiguous(tables), relu)
 
 
-def folded_upsample(x: torch.Tensor, shift: torch.Tensor, a1: torch.Tensor, a2: torch.Tensor, bias: torch.Tensor,
-                    m: torch.Tensor, u: torch.Tensor, v: torch.Tensor, d: torch.Tensor,
-                    tables: Tables) -> torch.Tensor:
+def folded_upsample(
+    x: torch.Tensor,
+    shift: torch.Tensor,
+    a1: torch.Tensor,
+    a2: torch.Tensor,
+    bias: torch.Tensor,
+    m: torch.Tensor,
+    u: torch.Tensor,
+    v: torch.Tensor,
+    d: torch.Tensor,
+    tables: Tables,
+) -> torch.Tensor:
     """The layer for linear weights, folded (:func:`idm_rt.model.implicit.fold`): ``m`` h + d at the source
     resolution with the modulation in the GEMM's prologue, then one pass that gathers the nearest source
     pixel and adds ``u`` rel_row + ``v`` rel_col. Arguments as :func:`mlp_upsample`."""

@@ -43,8 +43,12 @@ def _over_shared_memory(config: triton.Config, named_args: dict) -> bool:
     never tried in float32, rather than compiled to fail (every other config fits both cards)."""
     x = named_args.get("x_ptr")
     kw = config.kwargs
-    return (getattr(x, "dtype", None) == torch.float32 and "BLOCK_P" in kw and config.num_stages >= 3
-            and kw["BLOCK_P"] * kw["BLOCK_K"] >= 64 * 64)
+    return (
+        getattr(x, "dtype", None) == torch.float32
+        and "BLOCK_P" in kw
+        and config.num_stages >= 3
+        and kw["BLOCK_P"] * kw["BLOCK_K"] >= 64 * 64
+    )
 
 
 @contextlib.contextmanager
@@ -52,6 +56,7 @@ def pinned_config(index: int):
     """Inside the block every kernel runs autotune config ``index`` (modulo its number of configs), with no
     tuning: one compilation per specialisation instead of one per config, and a way to check every config
     (under the interpreter too). Tuning choices made before or inside the block are forgotten at both ends."""
+
     def forget():
         for kernel in (_mlp_kernel, _map_kernel, _gather_kernel):
             kernel.cache.clear()
@@ -108,10 +113,34 @@ def _modulated(x_ptr, s_ptr, a1_ptr, a2_ptr, bias_ptr, batch, C, HS, chan, src, 
     key=["C", "HW", "HIDDEN"],
 )
 @triton.jit
-def _mlp_kernel(x_ptr, s_ptr, a1_ptr, a2_ptr, bias_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
-                ri_ptr, rr_ptr, ci_ptr, cr_ptr, out_ptr, C, HS, WS, W, HW, HIDDEN,
-                RELU: tl.constexpr, HIDDEN_P: tl.constexpr, PRECISION: tl.constexpr,
-                BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_O: tl.constexpr):
+def _mlp_kernel(
+    x_ptr,
+    s_ptr,
+    a1_ptr,
+    a2_ptr,
+    bias_ptr,
+    w1_ptr,
+    b1_ptr,
+    w2_ptr,
+    b2_ptr,
+    ri_ptr,
+    rr_ptr,
+    ci_ptr,
+    cr_ptr,
+    out_ptr,
+    C,
+    HS,
+    WS,
+    W,
+    HW,
+    HIDDEN,
+    RELU: tl.constexpr,
+    HIDDEN_P: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_O: tl.constexpr,
+):
     batch = tl.program_id(1)
     p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)  # flat target pixels
     pm = p < HW
@@ -127,8 +156,9 @@ def _mlp_kernel(x_ptr, s_ptr, a1_ptr, a2_ptr, bias_ptr, w1_ptr, b1_ptr, w2_ptr, 
     for k0 in range(0, C, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         km = k < C
-        h = _modulated(x_ptr, s_ptr, a1_ptr, a2_ptr, bias_ptr, batch, C, HS, k[None, :], src[:, None],
-                       pm[:, None] & km[None, :])
+        h = _modulated(
+            x_ptr, s_ptr, a1_ptr, a2_ptr, bias_ptr, batch, C, HS, k[None, :], src[:, None], pm[:, None] & km[None, :]
+        )
         w1t = tl.load(w1_ptr + n[None, :] * (C + 2) + k[:, None], mask=km[:, None] & nm[None, :], other=0.0)
         hidden = tl.dot(h.to(wdt), w1t, hidden, input_precision=PRECISION)
     w_r = tl.load(w1_ptr + n * (C + 2) + C, mask=nm, other=0.0).to(tl.float32)
@@ -144,8 +174,11 @@ def _mlp_kernel(x_ptr, s_ptr, a1_ptr, a2_ptr, bias_ptr, w1_ptr, b1_ptr, w2_ptr, 
         w2t = tl.load(w2_ptr + o[None, :] * HIDDEN + n[:, None], mask=nm[:, None] & om[None, :], other=0.0)
         b2 = tl.load(b2_ptr + o, mask=om, other=0.0).to(tl.float32)
         y = tl.dot(hidden_w, w2t, input_precision=PRECISION) + b2[None, :]
-        tl.store(out_ptr + _plane(batch, C, o[None, :], HW) + p[:, None], y.to(out_ptr.dtype.element_ty),
-                 mask=pm[:, None] & om[None, :])
+        tl.store(
+            out_ptr + _plane(batch, C, o[None, :], HW) + p[:, None],
+            y.to(out_ptr.dtype.element_ty),
+            mask=pm[:, None] & om[None, :],
+        )
 
 
 @_autotune(
@@ -158,8 +191,22 @@ def _mlp_kernel(x_ptr, s_ptr, a1_ptr, a2_ptr, bias_ptr, w1_ptr, b1_ptr, w2_ptr, 
     key=["C", "HS"],
 )
 @triton.jit
-def _map_kernel(x_ptr, s_ptr, a1_ptr, a2_ptr, bias_ptr, m_ptr, d_ptr, y_ptr, C, HS,
-                PRECISION: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_K: tl.constexpr):
+def _map_kernel(
+    x_ptr,
+    s_ptr,
+    a1_ptr,
+    a2_ptr,
+    bias_ptr,
+    m_ptr,
+    d_ptr,
+    y_ptr,
+    C,
+    HS,
+    PRECISION: tl.constexpr,
+    BLOCK_O: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     """y[b, :, s] = M modulate(x, shift)[b, :, s] + d at the source resolution."""
     batch = tl.program_id(2)
     o = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
@@ -171,12 +218,16 @@ def _map_kernel(x_ptr, s_ptr, a1_ptr, a2_ptr, bias_ptr, m_ptr, d_ptr, y_ptr, C, 
         k = k0 + tl.arange(0, BLOCK_K)
         km = k < C
         m = tl.load(m_ptr + o[:, None] * C + k[None, :], mask=om[:, None] & km[None, :], other=0.0)
-        h = _modulated(x_ptr, s_ptr, a1_ptr, a2_ptr, bias_ptr, batch, C, HS, k[:, None], s[None, :],
-                       km[:, None] & sm[None, :])
+        h = _modulated(
+            x_ptr, s_ptr, a1_ptr, a2_ptr, bias_ptr, batch, C, HS, k[:, None], s[None, :], km[:, None] & sm[None, :]
+        )
         acc = tl.dot(m, h.to(mdt), acc, input_precision=PRECISION)
     acc += tl.load(d_ptr + o, mask=om, other=0.0)[:, None]
-    tl.store(y_ptr + _plane(batch, C, o[:, None], HS) + s[None, :], acc.to(y_ptr.dtype.element_ty),
-             mask=om[:, None] & sm[None, :])
+    tl.store(
+        y_ptr + _plane(batch, C, o[:, None], HS) + s[None, :],
+        acc.to(y_ptr.dtype.element_ty),
+        mask=om[:, None] & sm[None, :],
+    )
 
 
 @_autotune(
@@ -188,8 +239,7 @@ def _map_kernel(x_ptr, s_ptr, a1_ptr, a2_ptr, bias_ptr, m_ptr, d_ptr, y_ptr, C, 
     key=["HW"],
 )
 @triton.jit
-def _gather_kernel(y_ptr, u_ptr, v_ptr, ri_ptr, rr_ptr, ci_ptr, cr_ptr, out_ptr, C, HS, WS, W, HW,
-                   BLOCK: tl.constexpr):
+def _gather_kernel(y_ptr, u_ptr, v_ptr, ri_ptr, rr_ptr, ci_ptr, cr_ptr, out_ptr, C, HS, WS, W, HW, BLOCK: tl.constexpr):
     """out[b, o, i, j] = y[b, o, ri[i], ci[j]] + rr[i] u[o] + cr[j] v[o]."""
     o, batch = tl.program_id(1), tl.program_id(2)
     p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -197,8 +247,11 @@ def _gather_kernel(y_ptr, u_ptr, v_ptr, ri_ptr, rr_ptr, ci_ptr, cr_ptr, out_ptr,
     row, col = p // W, p % W
     src = tl.load(ri_ptr + row, mask=pm, other=0) * WS + tl.load(ci_ptr + col, mask=pm, other=0)
     y = tl.load(y_ptr + _plane(batch, C, o, HS) + src, mask=pm, other=0.0).to(tl.float32)
-    val = y + tl.load(rr_ptr + row, mask=pm, other=0.0) * tl.load(u_ptr + o) \
+    val = (
+        y
+        + tl.load(rr_ptr + row, mask=pm, other=0.0) * tl.load(u_ptr + o)
         + tl.load(cr_ptr + col, mask=pm, other=0.0) * tl.load(v_ptr + o)
+    )
     tl.store(out_ptr + _plane(batch, C, o, HW) + p, val.to(out_ptr.dtype.element_ty), mask=pm)
 
 
@@ -212,9 +265,19 @@ def _empty(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
     return torch.empty(shape, device=like.device, dtype=like.dtype)
 
 
-def mlp_upsample(x: torch.Tensor, shift: torch.Tensor, a1: torch.Tensor, a2: torch.Tensor, bias: torch.Tensor,
-                 w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
-                 tables: tuple[torch.Tensor, ...], relu: bool) -> torch.Tensor:
+def mlp_upsample(
+    x: torch.Tensor,
+    shift: torch.Tensor,
+    a1: torch.Tensor,
+    a2: torch.Tensor,
+    bias: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+    tables: tuple[torch.Tensor, ...],
+    relu: bool,
+) -> torch.Tensor:
     """Fused per-target MLP; all tensors contiguous, x/shift/w1/w2 of one dtype (the caller's job)."""
     b, c, hs, ws = x.shape
     hidden = w1.shape[0]
@@ -222,15 +285,43 @@ def mlp_upsample(x: torch.Tensor, shift: torch.Tensor, a1: torch.Tensor, a2: tor
     out = _empty((b, c, *out_size), x)
     hw = out_size[0] * out_size[1]
     grid = lambda meta: (triton.cdiv(hw, meta["BLOCK_P"]), b)
-    _mlp_kernel[grid](x, shift, a1, a2, bias, w1, b1, w2, b2, *tables, out,
-                      c, hs * ws, ws, out_size[1], hw, hidden, RELU=relu,
-                      HIDDEN_P=max(16, triton.next_power_of_2(hidden)), PRECISION=_precision(x.dtype))
+    _mlp_kernel[grid](
+        x,
+        shift,
+        a1,
+        a2,
+        bias,
+        w1,
+        b1,
+        w2,
+        b2,
+        *tables,
+        out,
+        c,
+        hs * ws,
+        ws,
+        out_size[1],
+        hw,
+        hidden,
+        RELU=relu,
+        HIDDEN_P=max(16, triton.next_power_of_2(hidden)),
+        PRECISION=_precision(x.dtype),
+    )
     return out
 
 
-def folded_upsample(x: torch.Tensor, shift: torch.Tensor, a1: torch.Tensor, a2: torch.Tensor, bias: torch.Tensor,
-                    m: torch.Tensor, u: torch.Tensor, v: torch.Tensor, d: torch.Tensor,
-                    tables: tuple[torch.Tensor, ...]) -> torch.Tensor:
+def folded_upsample(
+    x: torch.Tensor,
+    shift: torch.Tensor,
+    a1: torch.Tensor,
+    a2: torch.Tensor,
+    bias: torch.Tensor,
+    m: torch.Tensor,
+    u: torch.Tensor,
+    v: torch.Tensor,
+    d: torch.Tensor,
+    tables: tuple[torch.Tensor, ...],
+) -> torch.Tensor:
     """Fused refactored form for linear weights: modulate + C x C map, then gather + coordinate terms."""
     b, c, hs, ws = x.shape
     out_size = (tables[0].shape[0], tables[2].shape[0])

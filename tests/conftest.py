@@ -23,8 +23,10 @@ def idle_machine(monkeypatch):
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
     if not (GOLDEN / "checkpoint.pth").exists():
-        pytest.skip(f"golden fixtures not found at {GOLDEN}: parity with the release not checked (README, "
-                    "'Release parity', says where they come from; IDM_RT_GOLDEN=DIR points at a copy)")
+        pytest.skip(
+            f"golden fixtures not found at {GOLDEN}: parity with the release not checked (README, "
+            "'Release parity', says where they come from; IDM_RT_GOLDEN=DIR points at a copy)"
+        )
     return GOLDEN
 
 

@@ -20,11 +20,20 @@ ROOT = Path(__file__).resolve().parents[1]
 # IDM_RT_GOLDEN says; the repository does not hold them.
 GOLDEN = Path(os.environ.get("IDM_RT_GOLDEN") or ROOT.parent / "shared" / "golden" / "official_small")
 
-TINY = idm_rt.IDMConfig(inner_channel=8, channel_multiplier=(1, 2, 2), res_blocks=1, attn_levels=(2,), norm_groups=4,
-                        encoder_blocks=1, encoder_feats=8, implicit_hidden=16)
+TINY = idm_rt.IDMConfig(
+    inner_channel=8,
+    channel_multiplier=(1, 2, 2),
+    res_blocks=1,
+    attn_levels=(2,),
+    norm_groups=4,
+    encoder_blocks=1,
+    encoder_feats=8,
+    implicit_hidden=16,
+)
 # The export and engine tests' network: 32 channels, the default 32 normalisation groups.
-TINY_32 = idm_rt.IDMConfig(inner_channel=32, channel_multiplier=(1, 2, 4), res_blocks=1, attn_levels=(2,),
-                           encoder_blocks=2)
+TINY_32 = idm_rt.IDMConfig(
+    inner_channel=32, channel_multiplier=(1, 2, 4), res_blocks=1, attn_levels=(2,), encoder_blocks=2
+)
 
 
 def perturbed(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -82,17 +91,39 @@ def train_config(tmp_path, **kw):
     ``tmp_path / "run"``; ``kw`` overrides options."""
     from idm_rt.training.config import resolve
 
-    opts = [f'data="{tmp_path / "data"}"', f'out="{tmp_path / "run"}"', "crop=16", "batch=2", "steps=6",
-            "ckpt_every=3", "keep_last=2", "val_every=0", "log_every=1", "lr=0.001", "fixed_scale_steps=3",
-            "threads=1", "val_holdout=1"] + [f"{k}={v}" for k, v in kw.items()]
+    opts = [
+        f'data="{tmp_path / "data"}"',
+        f'out="{tmp_path / "run"}"',
+        "crop=16",
+        "batch=2",
+        "steps=6",
+        "ckpt_every=3",
+        "keep_last=2",
+        "val_every=0",
+        "log_every=1",
+        "lr=0.001",
+        "fixed_scale_steps=3",
+        "threads=1",
+        "val_holdout=1",
+    ] + [f"{k}={v}" for k, v in kw.items()]
     cfg = resolve("small", overrides=opts)
     cfg.network = dict(TINY.to_dict())
     return cfg
 
 
 # --set options of a small, quick run for the training command line.
-TINY_SET = ["crop=16", "batch=2", "threads=1", "val_holdout=1", "val_every=0", "ckpt_every=2", "log_every=1",
-            "network.channel_multiplier=[1,2,4]", "network.attn_levels=[2]", "network.encoder_blocks=2"]
+TINY_SET = [
+    "crop=16",
+    "batch=2",
+    "threads=1",
+    "val_holdout=1",
+    "val_every=0",
+    "ckpt_every=2",
+    "log_every=1",
+    "network.channel_multiplier=[1,2,4]",
+    "network.attn_levels=[2]",
+    "network.encoder_blocks=2",
+]
 
 
 def safetensors_no_space(state, path, *args, **kwargs):
@@ -114,5 +145,6 @@ def skip_summary(reasons: list[str]) -> str | None:
     if not reasons:
         return None
     counts = Counter(reasons)
-    return (f"NOT CHECKED: {len(reasons)} test{'s' * (len(reasons) > 1)} skipped: "
-            + "; ".join(f"{n} x {reason}" for reason, n in counts.most_common()))
+    return f"NOT CHECKED: {len(reasons)} test{'s' * (len(reasons) > 1)} skipped: " + "; ".join(
+        f"{n} x {reason}" for reason, n in counts.most_common()
+    )

@@ -36,8 +36,25 @@ def built(tmp_path_factory):
     model.recommended = idm_rt.SamplingSettings(sampler="ddim", steps=5, init="bicubic", init_level=0.7)
     idm_rt.save_model(model, root / "model")
     out = root / "engines"
-    assert main(["--engine", "fp32", "--backend", "onnxruntime", "--model", str(root / "model"), "--out", str(out),
-                 "--tile", "32", "--batch", "1,2"]) == 0
+    assert (
+        main(
+            [
+                "--engine",
+                "fp32",
+                "--backend",
+                "onnxruntime",
+                "--model",
+                str(root / "model"),
+                "--out",
+                str(out),
+                "--tile",
+                "32",
+                "--batch",
+                "1,2",
+            ]
+        )
+        == 0
+    )
     return idm_rt.load_model(root / "model"), out
 
 
@@ -61,8 +78,9 @@ def test_engine_directory_keeps_the_models_sampling_defaults(built):
     up = Upscaler.from_engines(folder)
     assert up.sampling == idm_rt.SamplingSettings(sampler="ddim", steps=5, init="bicubic", init_level=0.7)
     got = up.upscale(_image(16, 16, 5), scale=2, seed=3, progress=False)
-    want = Upscaler.from_pretrained(folder.parent / "model", tile=0).upscale(_image(16, 16, 5), scale=2, seed=3,
-                                                                              progress=False)
+    want = Upscaler.from_pretrained(folder.parent / "model", tile=0).upscale(
+        _image(16, 16, 5), scale=2, seed=3, progress=False
+    )
     assert np.abs(got - want).max() < 2e-3
 
 
@@ -90,8 +108,9 @@ def test_the_tile_rule_weighs_static_winograd_graphs_only_where_there_are_some(b
         assert load_runner(DEFAULT_ENGINES).static_speedup == 1.0
 
 
-@pytest.mark.parametrize("size, scale", [((12, 12), 2), ((10, 9), 3), ((20, 12), 2), ((13, 21), 3), ((16, 16), 2),
-                                         ((40, 40), 3)])
+@pytest.mark.parametrize(
+    "size, scale", [((12, 12), 2), ((10, 9), 3), ((20, 12), 2), ((13, 21), 3), ((16, 16), 2), ((40, 40), 3)]
+)
 def test_engines_give_the_torch_image_at_every_output_size(built, size, scale):
     """Outputs smaller than the 32x32 bucket (24x24, 30x27: the dynamic graph at their own size), wider
     than it in one direction (40x24 in 32x24 tiles), tiled in both with remainders (39x63), an exact
@@ -142,8 +161,23 @@ def test_the_implicit_encoder_through_engines_is_the_torch_encoders(tmp_path):
     torch.manual_seed(2)
     model = idm_rt.IDM(dataclasses.replace(TINY_32, encoder_upsampler="implicit"), max_scale=4.0).eval()
     idm_rt.save_model(model, tmp_path / "model")
-    assert main(["--engine", "fp32", "--backend", "onnxruntime", "--model", str(tmp_path / "model"), "--out",
-                 str(tmp_path / "engines"), "--tile", "32"]) == 0
+    assert (
+        main(
+            [
+                "--engine",
+                "fp32",
+                "--backend",
+                "onnxruntime",
+                "--model",
+                str(tmp_path / "model"),
+                "--out",
+                str(tmp_path / "engines"),
+                "--tile",
+                "32",
+            ]
+        )
+        == 0
+    )
     runner = load_runner(tmp_path / "engines")
     lr = torch.rand(1, 3, 70, 530) * 2 - 1
     with torch.no_grad():
@@ -302,8 +336,9 @@ def test_onnxruntime_runners_in_several_python_threads_leave_torchs_thread_count
     def upscale(runner):
         try:
             for _ in range(3):
-                idm_rt.pipeline.super_resolve(runner, np.zeros((1, 3, 16, 16), np.float32), (32, 32),
-                                              idm_rt.SamplingSettings(steps=2))
+                idm_rt.pipeline.super_resolve(
+                    runner, np.zeros((1, 3, 16, 16), np.float32), (32, 32), idm_rt.SamplingSettings(steps=2)
+                )
         except Exception as e:  # noqa: BLE001 (reported below, in the test's thread)
             errors.append(e)
 
@@ -381,8 +416,10 @@ def test_tile_0_runs_engines_untiled_and_says_when_no_bucket_covers(built):
         up.upscale(_image(16, 24, 5), scale=2, steps=2, tile=0, progress=False)
 
 
-@pytest.mark.skipif("CUDAExecutionProvider" in onnxruntime.get_available_providers(),
-                    reason="checks the message of an ONNX Runtime without CUDA")
+@pytest.mark.skipif(
+    "CUDAExecutionProvider" in onnxruntime.get_available_providers(),
+    reason="checks the message of an ONNX Runtime without CUDA",
+)
 def test_a_cuda_device_without_cuda_is_refused_before_building(built, tmp_path, monkeypatch):
     _, folder = built
     monkeypatch.setenv("IDM_RT_CACHE", str(tmp_path / "cache"))
@@ -404,8 +441,9 @@ def test_missing_or_damaged_engine_files_are_named(built, tmp_path):
         Upscaler.from_engines(copy)
     with pytest.raises(FileNotFoundError, match="is an engine directory, not a model"):
         Upscaler.from_pretrained(folder)
-    with pytest.raises(FileNotFoundError,
-                       match="needs both model.safetensors and config.json .it holds: .*manifest.json"):
+    with pytest.raises(
+        FileNotFoundError, match="needs both model.safetensors and config.json .it holds: .*manifest.json"
+    ):
         idm_rt.load_model(folder)
 
 

@@ -72,8 +72,9 @@ def test_upscaler_outputs_downscale_to_their_input(tiny_model):
 
 
 def test_model_defaults_carry_the_pass_count_and_an_explicit_zero_wins(tiny_model, tmp_path):
-    tiny_model.recommended = idm_rt.SamplingSettings(sampler="ddim", steps=4, init="bicubic", init_level=0.9,
-                                                     back_projection=2)
+    tiny_model.recommended = idm_rt.SamplingSettings(
+        sampler="ddim", steps=4, init="bicubic", init_level=0.9, back_projection=2
+    )
     idm_rt.save_model(tiny_model, tmp_path / "m")
     up = idm_rt.Upscaler.from_pretrained(tmp_path / "m")
     image = np.random.default_rng(1).random((8, 8, 3)).astype(np.float32)

@@ -18,14 +18,34 @@ from .helpers import TINY, make_folder
 
 # Each module with a command line that writes results; gpu_check writes only into the folder it is given (common and
 # installs are helpers).
-WRITERS = sorted(m.name for m in pkgutil.iter_modules(benchmarks.__path__)
-                 if not m.ispkg and m.name not in ("common", "installs", "release_style", "gpu_check"))
+WRITERS = sorted(
+    m.name
+    for m in pkgutil.iter_modules(benchmarks.__path__)
+    if not m.ispkg and m.name not in ("common", "installs", "release_style", "gpu_check")
+)
 
 
 def test_every_benchmark_writing_results_is_listed():
-    assert WRITERS == ["allocator", "busy_threads", "detail_measures", "engine_sizes", "int8_onnx", "latency",
-                       "latency_onnx", "model_grids", "niqe_variants", "quality_cost", "quality_steps", "serve_faults",
-                       "serve_load", "size_scaling", "stage_profile", "tile_overlap", "torch_free", "triton_aot"]
+    assert WRITERS == [
+        "allocator",
+        "busy_threads",
+        "detail_measures",
+        "engine_sizes",
+        "int8_onnx",
+        "latency",
+        "latency_onnx",
+        "model_grids",
+        "niqe_variants",
+        "quality_cost",
+        "quality_steps",
+        "serve_faults",
+        "serve_load",
+        "size_scaling",
+        "stage_profile",
+        "tile_overlap",
+        "torch_free",
+        "triton_aot",
+    ]
 
 
 @pytest.mark.parametrize("name", WRITERS)
@@ -55,8 +75,22 @@ def test_a_run_writes_to_scratch_and_replaces_the_results_only_when_told(folders
     make_folder(tmp_path / "data", n=1, size=24)
     (tmp_path / "data" / "broken.jpg").unlink()
     (tmp_path / "data" / "tiny.png").unlink()
-    args = ["--model", str(tmp_path / "model"), "--data", str(tmp_path / "data"), "--scales", "2", "--steps", "2",
-            "--samplers", "ddim", "--inits", "noise", "--crop", "16"]
+    args = [
+        "--model",
+        str(tmp_path / "model"),
+        "--data",
+        str(tmp_path / "data"),
+        "--scales",
+        "2",
+        "--steps",
+        "2",
+        "--samplers",
+        "ddim",
+        "--inits",
+        "noise",
+        "--crop",
+        "16",
+    ]
     main(args)
     assert (results / "quality_steps.json").read_text() == "committed\n"
     assert json.loads((scratch / "quality_steps.json").read_text())["curve"]

@@ -18,12 +18,29 @@ def test_bundle_ships_fp16_ema_with_defaults_and_respects_the_budget(tmp_path, m
     Trainer(train_config(tmp_path, steps=3, ckpt_every=3)).fit()
     ckpt = tmp_path / "run" / "checkpoints" / "step_00000003"
     out = tmp_path / "default"
-    assert bundle.main([str(ckpt), "--out", str(out), "--sampler", "ddim", "--steps", "7", "--init", "bicubic",
-                        "--init-level", "0.6"]) == 0
+    assert (
+        bundle.main(
+            [
+                str(ckpt),
+                "--out",
+                str(out),
+                "--sampler",
+                "ddim",
+                "--steps",
+                "7",
+                "--init",
+                "bicubic",
+                "--init-level",
+                "0.6",
+            ]
+        )
+        == 0
+    )
     up = idm_rt.Upscaler.from_pretrained(out)
     assert up.sampling == idm_rt.SamplingSettings(sampler="ddim", steps=7, init="bicubic", init_level=0.6)
     assert up.model.provenance["step"] == 3 and up.model.provenance["weights"] == "EMA"
     from safetensors.torch import load_file
+
     assert all(t.dtype == torch.float16 for t in load_file(out / "model.safetensors").values())
     before = (out / "model.safetensors").read_bytes()
     monkeypatch.setattr(bundle, "MAX_BYTES", 10)

@@ -52,8 +52,11 @@ def test_a_crafted_checkpoint_is_refused_before_the_network_is_built(tmp_path):
     assert parameter_count(huge) > MAX_PARAMETERS
     with torch.device("meta"):
         shapes = {}
-        for part in (idm_rt.model.encoder.EDSREncoder(huge.encoder_blocks, huge.encoder_feats),
-                     idm_rt.model.conditioning.LRConditioner(huge), idm_rt.model.unet.UNet(huge)):
+        for part in (
+            idm_rt.model.encoder.EDSREncoder(huge.encoder_blocks, huge.encoder_feats),
+            idm_rt.model.conditioning.LRConditioner(huge),
+            idm_rt.model.unet.UNet(huge),
+        ):
             prefix = {"EDSREncoder": "encoder", "LRConditioner": "conditioner", "UNet": "unet"}[type(part).__name__]
             shapes |= {f"{prefix}.{k}": v.shape for k, v in part.state_dict().items()}
     inverse = {ours: theirs for theirs, ours in key_table(huge).items()}
@@ -70,17 +73,20 @@ def test_a_crafted_checkpoint_is_refused_before_the_network_is_built(tmp_path):
         idm_rt.load_model(tmp_path / "crafted.pth")
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"inner_channel": 1048576}, "above the limit"),
-    ({"res_blocks": 10_000_000}, "res_blocks 10000000 is above the limit of 16"),
-    ({"norm_groups": 0}, "norm_groups must be an integer >= 1, got 0"),
-    ({"inner_channel": -8}, "inner_channel must be an integer >= 1"),
-    ({"channel_multiplier": [1, 0]}, "positive multipliers"),
-    ({"channel_multiplier": [1] * 40}, "2..8 levels"),
-    ({"dropout": "x"}, "dropout must be a number"),
-    ({"attn_levels": [7]}, "outside the 3 U-Net levels"),
-    ({"encoder_upsampler": "magic"}, "encoder_upsampler must be one of"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"inner_channel": 1048576}, "above the limit"),
+        ({"res_blocks": 10_000_000}, "res_blocks 10000000 is above the limit of 16"),
+        ({"norm_groups": 0}, "norm_groups must be an integer >= 1, got 0"),
+        ({"inner_channel": -8}, "inner_channel must be an integer >= 1"),
+        ({"channel_multiplier": [1, 0]}, "positive multipliers"),
+        ({"channel_multiplier": [1] * 40}, "2..8 levels"),
+        ({"dropout": "x"}, "dropout must be a number"),
+        ({"attn_levels": [7]}, "outside the 3 U-Net levels"),
+        ({"encoder_upsampler": "magic"}, "encoder_upsampler must be one of"),
+    ],
+)
 def test_a_crafted_config_is_refused_with_the_loaders_error(tiny_model, tmp_path, change, message):
     idm_rt.save_model(tiny_model, tmp_path / "m")
     meta = json.loads((tmp_path / "m" / "config.json").read_text())

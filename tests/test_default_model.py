@@ -32,8 +32,10 @@ def default_upscaler():
 
 def _crops() -> list[torch.Tensor]:
     """Two 192x192 crops (a face with texture, a cup with smooth areas) as (3, H, W) uint8."""
-    return [torch.from_numpy(skdata.astronaut()[100:292, 160:352].copy()).permute(2, 0, 1),
-            torch.from_numpy(skdata.coffee()[100:292, 200:392].copy()).permute(2, 0, 1)]
+    return [
+        torch.from_numpy(skdata.astronaut()[100:292, 160:352].copy()).permute(2, 0, 1),
+        torch.from_numpy(skdata.coffee()[100:292, 200:392].copy()).permute(2, 0, 1),
+    ]
 
 
 def _scores(up: idm_rt.Upscaler, scale: int, settings: idm_rt.SamplingSettings) -> tuple[dict, dict]:

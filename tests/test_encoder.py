@@ -47,8 +47,9 @@ def test_hr_blocks_with_a_one_pixel_halo_are_one_pass(encoders, upsampler, lr_si
         return enc.block(part, rows, cols, *extra)
 
     with torch.no_grad():
-        whole = enc.block(feat, *(torch.from_numpy(t.copy()) for t in tables),
-                          *((cell,) if upsampler == "implicit" else ()))
+        whole = enc.block(
+            feat, *(torch.from_numpy(t.copy()) for t in tables), *((cell,) if upsampler == "implicit" else ())
+        )
         got = in_blocks(block, feat, *tables, size=16)
     assert got.shape == whole.shape == (1, 3, *size)
     assert (got - whole).abs().max() < 1e-5

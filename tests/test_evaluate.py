@@ -19,9 +19,27 @@ def test_evaluate_cli_writes_a_table_and_json(tmp_path, tiny_model, capsys):
 
     idm_rt.save_model(tiny_model, tmp_path / "m")
     make_folder(tmp_path / "data", n=2)
-    assert evaluate.main(["--model", str(tmp_path / "m"), "--data", str(tmp_path / "data"), "--scales", "2,3",
-                          "--steps", "2", "--crop", "24", "--json", str(tmp_path / "r.json"), "--save-dir",
-                          str(tmp_path / "grids")]) == 0
+    assert (
+        evaluate.main(
+            [
+                "--model",
+                str(tmp_path / "m"),
+                "--data",
+                str(tmp_path / "data"),
+                "--scales",
+                "2,3",
+                "--steps",
+                "2",
+                "--crop",
+                "24",
+                "--json",
+                str(tmp_path / "r.json"),
+                "--save-dir",
+                str(tmp_path / "grids"),
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     table = captured.out
     assert "| 2x |" in table and "| 3x |" in table and "bicubic" in table
@@ -35,11 +53,14 @@ def test_evaluate_cli_writes_a_table_and_json(tmp_path, tiny_model, capsys):
     assert "NIQE not measured on img0, img1: smaller than its 96x96 patch" in captured.err
     assert (tmp_path / "grids" / "x2" / "img0_grid.png").exists()
     base = ["--model", str(tmp_path / "m"), "--data", str(tmp_path / "data")]
-    for bad, message in ((["--scales", "1"], "scales must be"), (["--scales", "nan"], "scales must be"),
-                         (["--steps", "-1"], "--steps: must be an integer in [0, 2000]"),
-                         (["--init", "bicubic", "--init-level", "2"], "--init-level: must be a number in (0, 1)"),
-                         (["--tile", "5"], "--tile must be"),
-                         (["--scales", "8", "--crop", "16"], "no image is large enough")):
+    for bad, message in (
+        (["--scales", "1"], "scales must be"),
+        (["--scales", "nan"], "scales must be"),
+        (["--steps", "-1"], "--steps: must be an integer in [0, 2000]"),
+        (["--init", "bicubic", "--init-level", "2"], "--init-level: must be a number in (0, 1)"),
+        (["--tile", "5"], "--tile must be"),
+        (["--scales", "8", "--crop", "16"], "no image is large enough"),
+    ):
         try:  # argparse refuses some itself (exit status 2 as well)
             status = evaluate.main([*base, *bad])
         except SystemExit as e:

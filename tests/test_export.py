@@ -30,12 +30,18 @@ def model():
 @pytest.fixture(scope="module")
 def graphs(model, tmp_path_factory):
     folder = tmp_path_factory.mktemp("onnx")
-    specs = {"encoder": ("encoder", None, "fp32"), "encoder_block": ("encoder_block", None, "fp32"),
-             "conditioner": ("conditioner", None, "fp32"),
-             "unet": ("unet", BUCKET, "fp32"), "unet16": ("unet", Bucket(32, 32), "fp16"),
-             "unet_dynamic": ("unet_dynamic", None, "fp32")}
-    return {name: export_graph(model, kind, bucket, folder / f"{name}.onnx", prec)
-            for name, (kind, bucket, prec) in specs.items()}
+    specs = {
+        "encoder": ("encoder", None, "fp32"),
+        "encoder_block": ("encoder_block", None, "fp32"),
+        "conditioner": ("conditioner", None, "fp32"),
+        "unet": ("unet", BUCKET, "fp32"),
+        "unet16": ("unet", Bucket(32, 32), "fp16"),
+        "unet_dynamic": ("unet_dynamic", None, "fp32"),
+    }
+    return {
+        name: export_graph(model, kind, bucket, folder / f"{name}.onnx", prec)
+        for name, (kind, bucket, prec) in specs.items()
+    }
 
 
 def _ort(path):
@@ -52,8 +58,10 @@ def test_every_graph_passes_checker_and_tensorrt_operator_list(graphs):
 
 @pytest.mark.slow
 def test_unet_has_static_spatial_shapes_and_dynamic_batch(graphs):
-    dims = [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
-            for i in onnx.load(str(graphs["unet"])).graph.input]
+    dims = [
+        [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
+        for i in onnx.load(str(graphs["unet"])).graph.input
+    ]
     assert dims[0] == ["batch", 3, 32, 48]
     assert all(d[0] == "batch" for d in dims)
     static = onnx.load(str(graphs["unet16"])).graph.input[0].type.tensor_type.shape.dim
@@ -93,8 +101,11 @@ def test_ort_matches_torch_fp32_per_graph(model, graphs):
         tensors = [t.detach().repeat(batch, *[1] * (t.dim() - 1)) for t in (x, cond, *flat, g)]
         got = session.run(None, dict(zip(names, (t.numpy() for t in tensors))))[0]
         with torch.no_grad():
-            want = model.denoise(tensors[0], c.__class__(tensors[1], [None, *tensors[2:4]], [None, *tensors[4:6]],
-                                                         [None, *tensors[6:8]]), tensors[8])
+            want = model.denoise(
+                tensors[0],
+                c.__class__(tensors[1], [None, *tensors[2:4]], [None, *tensors[4:6]], [None, *tensors[6:8]]),
+                tensors[8],
+            )
         assert relative_error([torch.from_numpy(got)], [want]) < 1e-4
 
 
@@ -128,8 +139,9 @@ def test_implicit_encoder_graphs_in_blocks_match_torch(tmp_path, size):
 
     torch.manual_seed(4)
     model = idm_rt.IDM(dataclasses.replace(TINY_32, encoder_upsampler="implicit"), max_scale=4.0).eval()
-    features, block = (export_graph(model, kind, None, tmp_path / f"{kind}.onnx") for kind in ("encoder",
-                                                                                                 "encoder_block"))
+    features, block = (
+        export_graph(model, kind, None, tmp_path / f"{kind}.onnx") for kind in ("encoder", "encoder_block")
+    )
     assert check_graph(features, OPSET) == [] and check_graph(block, OPSET) == []
     lr = torch.rand(1, 3, max(size[0] // 3, 1), max(size[1] // 3, 1)) * 2 - 1
     with torch.no_grad():
@@ -180,8 +192,9 @@ def test_operator_check_names_unsupported_operators_and_non_constant_inputs():
     assert any("Det is not in TensorRT's ONNX operator list" in p for p in check_graph(det, OPSET))
     scale = helper.make_tensor_value_info("s", TensorProto.FLOAT, [4])
     bias = onnx.numpy_helper.from_array(torch.zeros(4).numpy(), "b")
-    inorm = _graph([helper.make_node("InstanceNormalization", ["x", "s", "b"], ["y"], name="norm")], [scale],
-                   initializers=[bias])
+    inorm = _graph(
+        [helper.make_node("InstanceNormalization", ["x", "s", "b"], ["y"], name="norm")], [scale], initializers=[bias]
+    )
     problems = check_graph(inorm, OPSET)
     assert problems == ["norm: TensorRT needs input 1 of InstanceNormalization to be a constant"]
     relu = _graph([helper.make_node("Relu", ["x"], ["y"])], [], opset=13)
@@ -193,8 +206,9 @@ def test_operator_check_names_unsupported_operators_and_non_constant_inputs():
 def test_keep_in_float32_wraps_only_the_listed_operators():
     x16 = helper.make_tensor_value_info("x", TensorProto.FLOAT16, [2, 3])
     y16 = helper.make_tensor_value_info("y", TensorProto.FLOAT16, [2, 3])
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Softmax", ["r"], ["y"])],
-                              "g", [x16], [y16])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Softmax", ["r"], ["y"])], "g", [x16], [y16]
+    )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     assert keep_in_float32(proto, ("Softmax",)) == 1
     assert [n.op_type for n in proto.graph.node] == ["Relu", "Cast", "Softmax", "Cast"]
@@ -212,17 +226,32 @@ def test_inline_constant_identities_resolves_chains_and_spares_outputs_and_subgr
     from idm_rt.export.graphs import inline_constant_identities
 
     w = numpy_helper.from_array(torch.ones(2).numpy(), "w")
-    sub = helper.make_graph([helper.make_node("Add", ["x", "id_sub"], ["s"])], "then", [],
-                            [helper.make_tensor_value_info("s", TensorProto.FLOAT, [2])])
-    nodes = [helper.make_node("Identity", ["w"], ["id1"]), helper.make_node("Identity", ["id1"], ["id2"]),
-             helper.make_node("Identity", ["x"], ["id_x"]), helper.make_node("Identity", ["w"], ["id_out"]),
-             helper.make_node("Identity", ["w"], ["id_sub"]),
-             helper.make_node("Add", ["id_x", "id2"], ["y"]),
-             helper.make_node("If", ["c"], ["z"], then_branch=sub, else_branch=sub)]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2]),
-                                           helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
-                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2]) for n in ("y", "id_out", "z")],
-                              [w], value_info=[helper.make_tensor_value_info("id1", TensorProto.FLOAT, [2])])
+    sub = helper.make_graph(
+        [helper.make_node("Add", ["x", "id_sub"], ["s"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("s", TensorProto.FLOAT, [2])],
+    )
+    nodes = [
+        helper.make_node("Identity", ["w"], ["id1"]),
+        helper.make_node("Identity", ["id1"], ["id2"]),
+        helper.make_node("Identity", ["x"], ["id_x"]),
+        helper.make_node("Identity", ["w"], ["id_out"]),
+        helper.make_node("Identity", ["w"], ["id_sub"]),
+        helper.make_node("Add", ["id_x", "id2"], ["y"]),
+        helper.make_node("If", ["c"], ["z"], then_branch=sub, else_branch=sub),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2]),
+            helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+        ],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2]) for n in ("y", "id_out", "z")],
+        [w],
+        value_info=[helper.make_tensor_value_info("id1", TensorProto.FLOAT, [2])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     inline_constant_identities(model)
     onnx.checker.check_model(model, full_check=True)

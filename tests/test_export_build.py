@@ -33,8 +33,22 @@ def models(tmp_path_factory):
 @pytest.fixture(scope="module")
 def ort_dir(models, tmp_path_factory):
     out = tmp_path_factory.mktemp("engines") / "ort"
-    rc = main(["--engine", "fp32", "--backend", "onnxruntime", "--model", str(models[0]), "--out", str(out),
-               "--tile", "32", "--batch", "1,2"])
+    rc = main(
+        [
+            "--engine",
+            "fp32",
+            "--backend",
+            "onnxruntime",
+            "--model",
+            str(models[0]),
+            "--out",
+            str(out),
+            "--tile",
+            "32",
+            "--batch",
+            "1,2",
+        ]
+    )
     assert rc == 0
     return out
 
@@ -64,8 +78,20 @@ def _op_types(path):
 def test_winograd_unet_passes_parity_and_conv_direct_reexports_only_it(models, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(winograd, "MIN_REDUCED_CHANNELS", 16)  # so that the tiny network has some
     monkeypatch.setattr(winograd, "REDUCED_CHANNELS_TIMES_SIDE", 128)
-    args = ["--engine", "fp32", "--backend", "onnxruntime", "--model", str(models[0]), "--out", str(tmp_path),
-            "--tile", "44", "--batch", "1,2"]  # levels 44, 22, 11: the last tiles overhang
+    args = [
+        "--engine",
+        "fp32",
+        "--backend",
+        "onnxruntime",
+        "--model",
+        str(models[0]),
+        "--out",
+        str(tmp_path),
+        "--tile",
+        "44",
+        "--batch",
+        "1,2",
+    ]  # levels 44, 22, 11: the last tiles overhang
     assert main(args) == 0
     m = read_manifest(tmp_path)
     assert "DepthToSpace" in _op_types(tmp_path / m.graphs["unet/44x44_b1-2"].onnx)  # places the output tiles
@@ -106,8 +132,11 @@ def test_second_run_reuses_and_another_model_rebuilds(ort_dir, models, capsys):
 
 @pytest.mark.slow
 def test_fp16_without_gpu_writes_onnx_explains_and_exits_3(models, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(builder.tensorrt_build, "missing_requirements",
-                        lambda: ["an NVIDIA GPU visible to torch", "the tensorrt Python package, 10.x"])
+    monkeypatch.setattr(
+        builder.tensorrt_build,
+        "missing_requirements",
+        lambda: ["an NVIDIA GPU visible to torch", "the tensorrt Python package, 10.x"],
+    )
     out = tmp_path / "trt"
     rc = main(["--engine", "fp16", "--model", str(models[0]), "--out", str(out), "--tile", "32", "--force"])
     assert rc == 3
@@ -139,9 +168,13 @@ def test_tensorrt_engines_are_reused_until_gpu_or_version_changes(models, tmp_pa
     monkeypatch.setattr(builder.tensorrt_build, "build_engine", fake_build)
     args = ["--engine", "fp16", "--model", str(models[0]), "--out", str(tmp_path), "--tile", "32", "--batch", "1,4"]
     assert main(args) == 0
-    assert sorted(n for n, _ in built) == ["conditioner.plan.partial", "encoder.plan.partial",
-                                           "encoder_block.plan.partial", "unet_32x32_b1-4.plan.partial",
-                                           "unet_dynamic.plan.partial"]
+    assert sorted(n for n, _ in built) == [
+        "conditioner.plan.partial",
+        "encoder.plan.partial",
+        "encoder_block.plan.partial",
+        "unet_32x32_b1-4.plan.partial",
+        "unet_dynamic.plan.partial",
+    ]
     profiles = dict(built)
     assert profiles["unet_32x32_b1-4.plan.partial"]["x_t"] == ((1, 3, 32, 32), (4, 3, 32, 32), (4, 3, 32, 32))
     # the graphs with dynamic sizes take every tile up to the bucket, 1x1 upwards
@@ -152,10 +185,18 @@ def test_tensorrt_engines_are_reused_until_gpu_or_version_changes(models, tmp_pa
     # of at most 256 + 2 (halo) pixels a side, whatever the image
     assert profiles["encoder.plan.partial"] == {"lr": ((1, 3, 1, 1), (1, 3, 64, 64), (1, 3, 524, 524))}
     block = profiles["encoder_block.plan.partial"]
-    assert block == {"feat": ((1, 64, 1, 1), (1, 64, 64, 64), (1, 64, 258, 258)), "rows": ((1,), (258,), (258,)),
-                     "cols": ((1,), (258,), (258,))}  # a nearest upsampler: no relative coordinates, no cell
+    assert block == {
+        "feat": ((1, 64, 1, 1), (1, 64, 64, 64), (1, 64, 258, 258)),
+        "rows": ((1,), (258,), (258,)),
+        "cols": ((1,), (258,), (258,)),
+    }  # a nearest upsampler: no relative coordinates, no cell
     assert sorted(p.name for p in (tmp_path / "tensorrt").iterdir()) == [
-        "conditioner.plan", "encoder.plan", "encoder_block.plan", "unet_32x32_b1-4.plan", "unet_dynamic.plan"]
+        "conditioner.plan",
+        "encoder.plan",
+        "encoder_block.plan",
+        "unet_32x32_b1-4.plan",
+        "unet_dynamic.plan",
+    ]
     assert read_manifest(tmp_path).identity == gpu
     built.clear()
     assert main(args) == 0 and built == []
@@ -171,8 +212,15 @@ def test_missing_default_model_and_bad_arguments(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(idm_rt, "DEFAULT_MODEL", tmp_path / "absent")
     assert main(["--engine", "fp32", "--backend", "onnxruntime"]) == 1
     assert "no bundled default model" in capsys.readouterr().err
-    for bad in (["--scales", "2"], ["--tile", "x"], ["--batch", "4,1"], ["--engine", "int8"], ["--workspace", "1"],
-                ["--conv", "winograd"], ["--conv", "winograd", "--backend", "onnxruntime", "--engine", "fp16"]):
+    for bad in (
+        ["--scales", "2"],
+        ["--tile", "x"],
+        ["--batch", "4,1"],
+        ["--engine", "int8"],
+        ["--workspace", "1"],
+        ["--conv", "winograd"],
+        ["--conv", "winograd", "--backend", "onnxruntime", "--engine", "fp16"],
+    ):
         with pytest.raises(SystemExit) as e:
             main(bad)
         assert e.value.code == 2
@@ -183,20 +231,32 @@ def test_missing_default_model_and_bad_arguments(monkeypatch, tmp_path, capsys):
 
 
 def test_explain_shows_the_bucket_of_each_request(models, capsys):
-    assert main(["--model", str(models[0]), "--scales", "2,3", "--input-size", "16x16", "--tile", "32",
-                 "--explain"]) == 0
+    assert (
+        main(["--model", str(models[0]), "--scales", "2,3", "--input-size", "16x16", "--tile", "32", "--explain"]) == 0
+    )
     out = capsys.readouterr().out
     assert "32x32_b1-1" in out and "48x48_b1-1" in out
     assert "16x16 x2: 32x32 output -> bucket 32x32_b1-1 (exact fit, its static graph)" in out
     assert idm_rt.buckets.route([idm_rt.buckets.Bucket(32, 32)], (15, 24), 8).describe() == (
-        "24x15 output -> the dynamic graph at 24x15 (inside bucket 32x32_b1-1)")
+        "24x15 output -> the dynamic graph at 24x15 (inside bucket 32x32_b1-1)"
+    )
     assert "rule:" in out
 
 
 @pytest.mark.slow
 def test_a_build_that_reuses_everything_leaves_the_manifest_alone(models, tmp_path, monkeypatch):
-    args = ["--engine", "fp32", "--backend", "onnxruntime", "--model", str(models[0]), "--out", str(tmp_path),
-            "--tile", "32"]
+    args = [
+        "--engine",
+        "fp32",
+        "--backend",
+        "onnxruntime",
+        "--model",
+        str(models[0]),
+        "--out",
+        str(tmp_path),
+        "--tile",
+        "32",
+    ]
     assert main(args) == 0
     writes = []
     monkeypatch.setattr(builder._Writer, "save", lambda self: writes.append(self.manifest.complete))
@@ -237,8 +297,9 @@ def test_builds_of_one_folder_take_turns(models, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_cut_short_file_is_rebuilt_and_an_interrupted_builds_files_are_removed(ort_dir, tmp_path, capsys,
-                                                                                  monkeypatch):
+def test_a_cut_short_file_is_rebuilt_and_an_interrupted_builds_files_are_removed(
+    ort_dir, tmp_path, capsys, monkeypatch
+):
     folder = tmp_path / "copy"
     shutil.copytree(ort_dir, folder)
     m = read_manifest(folder)
@@ -270,8 +331,13 @@ def test_a_cut_short_file_is_rebuilt_and_an_interrupted_builds_files_are_removed
     monkeypatch.setattr(builder, "export_graph", real_export)
     assert main([*args, "--tile", "48"]) == 0
     assert sorted(p.name for p in (folder / "onnx").iterdir()) == [
-        "conditioner.onnx", "encoder.onnx", "encoder_block.onnx", "my_own_model.onnx", "unet_48x48_b1-1.onnx",
-        "unet_dynamic.onnx"]
+        "conditioner.onnx",
+        "encoder.onnx",
+        "encoder_block.onnx",
+        "my_own_model.onnx",
+        "unet_48x48_b1-1.onnx",
+        "unet_dynamic.onnx",
+    ]
     assert read_manifest(folder).pending == [] and theirs.read_bytes() == b"mine"
 
 
@@ -288,7 +354,10 @@ def test_a_build_never_touches_files_it_did_not_write(models, tmp_path, capsys):
     assert main([*args, "--out", str(mine)]) == 1
     assert "is not empty and is not an engine directory" in capsys.readouterr().err
     assert sorted(str(p.relative_to(mine)) for p in mine.rglob("*") if p.is_file()) == [
-        "onnx/encoder.onnx", "onnx/unet_mine.onnx", "onnxruntime/conditioner_v2.onnx"]
+        "onnx/encoder.onnx",
+        "onnx/unet_mine.onnx",
+        "onnxruntime/conditioner_v2.onnx",
+    ]
     assert all(p.read_text() == "x" for p in mine.rglob("*") if p.is_file())
 
     elsewhere = tmp_path / "elsewhere"
@@ -333,29 +402,40 @@ def test_an_unreadable_graph_is_reported_not_raised(ort_dir, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("change, message", [
-    (lambda d: d.pop("buckets"), "has no buckets"), (lambda d: d.update(buckets=[]), "lists 0 buckets"),
-    (lambda d: d.update(graphs=None), "graphs must be a JSON object"),
-    (lambda d: d["graphs"]["encoder"].pop("onnx_key"), "graph 'encoder' has no onnx_key"),
-    (lambda d: d.update(max_scale=1), "max_scale .* must be a finite number > 1"),
-    (lambda d: d.update(max_scale="8"), "max_scale"), (lambda d: d.update(opset=17.5), "opset must be an integer"),
-    (lambda d: d.update(backend="openvino"), "backend must be one of"),
-    (lambda d: d["network"].update(norm_groups=0), "norm_groups must be an integer >= 1"),
-    (lambda d: d["network"].update(inner_channel=1048576), "divisible|above the limit"),
-    (lambda d: d["buckets"][0].update(height=10**9), "must be between 8x8 and 8192x8192"),
-    (lambda d: d["buckets"][0].update(height="32"), "must be integers"),
-    (lambda d: d["graphs"]["encoder"].update(onnx="/etc/passwd"), "not the ones a build writes"),
-    (lambda d: d["graphs"]["encoder"].update(engine="../../outside.onnx"), "not the ones a build writes"),
-    (lambda d: d["graphs"]["encoder"].update(onnx_bytes=-1), "onnx_bytes -1 is not of the expected type"),
-    (lambda d: d["graphs"].update({"unet/../../x": d["graphs"]["encoder"]}), "a graph 'unet/../../x' that its bucket"),
-    (lambda d: d.update(pending=["../victim.txt"]), "not a file a build writes"),
-    (lambda d: d.update(defaults={"steps": 10**9}), r"steps must be an integer in \[1, 2000\]"),
-    (lambda d: d.update(defaults={"device": "cuda"}), r"unknown keys \['device'\]"),
-    (lambda d: d.update(format="idm-rt-engines/9"), "written by another version of idm-rt"),
-    (lambda d: d.update(format="other"), "not an idm-rt engine manifest of this version"),
-    (lambda d: d.update(format="idm-rt-engines/2"),
-     r"written by another version of idm-rt \(format 'idm-rt-engines/2'; this one reads 'idm-rt-engines/3'\): build"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d.pop("buckets"), "has no buckets"),
+        (lambda d: d.update(buckets=[]), "lists 0 buckets"),
+        (lambda d: d.update(graphs=None), "graphs must be a JSON object"),
+        (lambda d: d["graphs"]["encoder"].pop("onnx_key"), "graph 'encoder' has no onnx_key"),
+        (lambda d: d.update(max_scale=1), "max_scale .* must be a finite number > 1"),
+        (lambda d: d.update(max_scale="8"), "max_scale"),
+        (lambda d: d.update(opset=17.5), "opset must be an integer"),
+        (lambda d: d.update(backend="openvino"), "backend must be one of"),
+        (lambda d: d["network"].update(norm_groups=0), "norm_groups must be an integer >= 1"),
+        (lambda d: d["network"].update(inner_channel=1048576), "divisible|above the limit"),
+        (lambda d: d["buckets"][0].update(height=10**9), "must be between 8x8 and 8192x8192"),
+        (lambda d: d["buckets"][0].update(height="32"), "must be integers"),
+        (lambda d: d["graphs"]["encoder"].update(onnx="/etc/passwd"), "not the ones a build writes"),
+        (lambda d: d["graphs"]["encoder"].update(engine="../../outside.onnx"), "not the ones a build writes"),
+        (lambda d: d["graphs"]["encoder"].update(onnx_bytes=-1), "onnx_bytes -1 is not of the expected type"),
+        (
+            lambda d: d["graphs"].update({"unet/../../x": d["graphs"]["encoder"]}),
+            "a graph 'unet/../../x' that its bucket",
+        ),
+        (lambda d: d.update(pending=["../victim.txt"]), "not a file a build writes"),
+        (lambda d: d.update(defaults={"steps": 10**9}), r"steps must be an integer in \[1, 2000\]"),
+        (lambda d: d.update(defaults={"device": "cuda"}), r"unknown keys \['device'\]"),
+        (lambda d: d.update(format="idm-rt-engines/9"), "written by another version of idm-rt"),
+        (lambda d: d.update(format="other"), "not an idm-rt engine manifest of this version"),
+        (
+            lambda d: d.update(format="idm-rt-engines/2"),
+            r"written by another version of idm-rt \(format 'idm-rt-engines/2'; "
+            r"this one reads 'idm-rt-engines/3'\): build",
+        ),
+    ],
+)
 def test_manifest_errors_name_what_is_wrong(ort_dir, tmp_path, change, message):
     d = json.loads((ort_dir / "manifest.json").read_text())
     change(d)
@@ -404,8 +484,10 @@ def test_a_directory_of_an_earlier_version_is_rebuilt_and_its_files_replaced(mod
     folder = tmp_path / f"v{version}"
     (folder / "onnx").mkdir(parents=True)
     (folder / "onnxruntime").mkdir()
-    old = {"encoder": ("onnx/encoder.onnx", "onnxruntime/encoder.onnx"),
-           "conditioner/32x32_b1-1": ("onnx/conditioner_32x32_b1-1.onnx", "onnxruntime/conditioner_32x32_b1-1.onnx")}
+    old = {
+        "encoder": ("onnx/encoder.onnx", "onnxruntime/encoder.onnx"),
+        "conditioner/32x32_b1-1": ("onnx/conditioner_32x32_b1-1.onnx", "onnxruntime/conditioner_32x32_b1-1.onnx"),
+    }
     for onnx_file, engine in old.values():
         (folder / onnx_file).write_text("old")
         (folder / engine).write_text("old")
@@ -414,8 +496,13 @@ def test_a_directory_of_an_earlier_version_is_rebuilt_and_its_files_replaced(mod
     (folder / "manifest.json").write_text(json.dumps({"format": f"idm-rt-engines/{version}", "graphs": graphs}))
     assert main(["--backend", "onnxruntime", "--model", str(models[0]), "--out", str(folder), "--tile", "32"]) == 0
     assert sorted(p.name for p in (folder / "onnx").iterdir()) == [
-        "conditioner.onnx", "encoder.onnx", "encoder_block.onnx", "notes.txt", "unet_32x32_b1-1.onnx",
-        "unet_dynamic.onnx"]
+        "conditioner.onnx",
+        "encoder.onnx",
+        "encoder_block.onnx",
+        "notes.txt",
+        "unet_32x32_b1-1.onnx",
+        "unet_dynamic.onnx",
+    ]
     assert (folder / "onnx" / "notes.txt").read_text() == "mine"
     load_runner(folder)
 
@@ -428,11 +515,18 @@ def test_build_options_and_their_errors(models, tmp_path, capsys, monkeypatch):
     assert m.max_scale == 3 and m.precision == "fp32"
     capsys.readouterr()
     torch.manual_seed(0)
-    deeper = idm_rt.save_model(idm_rt.IDM(idm_rt.IDMConfig(inner_channel=32, channel_multiplier=(1, 1, 1, 1),
-                                                           res_blocks=1, attn_levels=(), encoder_blocks=1)),
-                               tmp_path / "deeper")  # size multiple 8
-    assert main(["--backend", "onnxruntime", "--model", str(deeper), "--out", str(tmp_path / "small"),
-                 "--tile", "12"]) == 0
+    deeper = idm_rt.save_model(
+        idm_rt.IDM(
+            idm_rt.IDMConfig(
+                inner_channel=32, channel_multiplier=(1, 1, 1, 1), res_blocks=1, attn_levels=(), encoder_blocks=1
+            )
+        ),
+        tmp_path / "deeper",
+    )  # size multiple 8
+    assert (
+        main(["--backend", "onnxruntime", "--model", str(deeper), "--out", str(tmp_path / "small"), "--tile", "12"])
+        == 0
+    )
     assert "12x12_b1-1 is too small to tile with" in capsys.readouterr().out  # 8 < 2 x 8
     (tmp_path / "file").write_text("")
     assert main([*base, "--out", str(tmp_path / "file")]) == 1
@@ -446,8 +540,9 @@ def test_build_options_and_their_errors(models, tmp_path, capsys, monkeypatch):
     import importlib.util
 
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "onnxruntime" else find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else find_spec(name, *a)
+    )
     assert main([*base, "--out", str(tmp_path / "no-ort")]) == 1
     assert "needs onnxruntime: pip install onnxruntime" in capsys.readouterr().err
     assert not (tmp_path / "no-ort").exists()

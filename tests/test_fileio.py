@@ -14,6 +14,7 @@ def _write(text: str):
     def write(tmp: str) -> None:
         with open(tmp, "w") as f:
             f.write(text)
+
     return write
 
 

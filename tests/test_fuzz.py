@@ -61,22 +61,34 @@ PACKAGE = ROOT / "idm_rt"
 def test_fuzz_upscale_and_cli(tmp_path: Path) -> None:
     """Every case of the seeded run gives a correct output or a clear error (see the module docstring)."""
     report = tmp_path / "report.jsonl"
-    env = {**os.environ, "IDM_RT_FUZZ_SEED": str(SEED), "PYTHONPATH": os.pathsep.join(
-        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env = {
+        **os.environ,
+        "IDM_RT_FUZZ_SEED": str(SEED),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    }
     env.pop("IDM_RT_FUZZ_CASE", None)
-    proc = subprocess.run([sys.executable, "-m", "tests.test_fuzz", "--report", str(report), "--work", str(tmp_path)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=20 * 60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.test_fuzz", "--report", str(report), "--work", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=20 * 60,
+    )
     records = [json.loads(line) for line in report.read_text().splitlines()] if report.exists() else []
     done = [r for r in records if "outcome" in r]
     failures = [r for r in done if r["outcome"] == "FAIL"]
     started = [r for r in records if "started" in r]
     if proc.returncode != 0 and not failures:
         last = started[-1]["started"] if started else "(none)"
-        raise AssertionError(f"the fuzz process ended with status {proc.returncode} during case {last} "
-                             f"(seed {SEED}; {reproduce(last)}):\n{proc.stderr[-4000:]}")
+        raise AssertionError(
+            f"the fuzz process ended with status {proc.returncode} during case {last} "
+            f"(seed {SEED}; {reproduce(last)}):\n{proc.stderr[-4000:]}"
+        )
     assert not failures, f"{len(failures)} fuzz case(s) failed (seed {SEED}):\n\n" + "\n\n".join(
         f"{r['case']}: {r['description']}\n  -> {r['detail']}\n  reproduce: {reproduce(r['case'])}"
-        for r in failures[:10])
+        for r in failures[:10]
+    )
     assert len(done) == API_CASES + CLI_CASES, proc.stderr[-4000:]
     outcomes = [r["outcome"] for r in done]
     # the draw is not degenerate: both correct outputs and refusals are exercised
@@ -89,6 +101,7 @@ def reproduce(case: str) -> str:
 
 # ---------------------------------------------------------------------------------------------------------------
 # shared bits: validity flags, descriptions, outcome checks
+
 
 def combine(*flags: bool | None) -> bool | None:
     """False if any part is invalid, else None if any is unsure, else True."""
@@ -108,14 +121,25 @@ class CaseTimeout(BaseException):
 def describe(obj: Any, depth: int = 0) -> str:
     """A short, reproducible-enough description of an argument."""
     if isinstance(obj, np.ndarray):
-        extra = "" if obj.dtype.kind not in "fc" or obj.size == 0 else \
-            f", finite={bool(np.isfinite(obj).all())}, range=[{np.nanmin(obj):.3g}, {np.nanmax(obj):.3g}]"
-        return (f"{type(obj).__name__}(shape={obj.shape}, dtype={obj.dtype.str}, strides={obj.strides}, "
-                f"writeable={obj.flags.writeable}{extra})")
+        extra = (
+            ""
+            if obj.dtype.kind not in "fc" or obj.size == 0
+            else f", finite={bool(np.isfinite(obj).all())}, range=[{np.nanmin(obj):.3g}, {np.nanmax(obj):.3g}]"
+        )
+        return (
+            f"{type(obj).__name__}(shape={obj.shape}, dtype={obj.dtype.str}, strides={obj.strides}, "
+            f"writeable={obj.flags.writeable}{extra})"
+        )
     if isinstance(obj, torch.Tensor):
-        flags = [f for f, on in (("requires_grad", obj.requires_grad), ("neg", obj.is_neg()),
-                                 ("contiguous", obj.layout == torch.strided and not obj.is_meta
-                                  and obj.is_contiguous())) if on]
+        flags = [
+            f
+            for f, on in (
+                ("requires_grad", obj.requires_grad),
+                ("neg", obj.is_neg()),
+                ("contiguous", obj.layout == torch.strided and not obj.is_meta and obj.is_contiguous()),
+            )
+            if on
+        ]
         return f"Tensor(shape={tuple(obj.shape)}, dtype={obj.dtype}, layout={obj.layout}, {'/'.join(flags)})"
     if isinstance(obj, Image.Image):
         info = {k: (v if not isinstance(v, bytes) else f"<{len(v)} bytes>") for k, v in obj.info.items()}
@@ -270,8 +294,9 @@ def draw_numpy(rng: random.Random, nrng: np.random.Generator) -> Item:
     elif dtype.kind == "f":
         arr = nrng.random(n).astype(dtype)
         if n and rng.random() < 0.15:
-            arr[rng.randrange(n)] = rng.choice([np.nan, np.inf, -np.inf, -0.5, 1.5, 255.0, 1 + 5e-4, -5e-4, 1e-40,
-                                                -0.0])
+            arr[rng.randrange(n)] = rng.choice(
+                [np.nan, np.inf, -np.inf, -0.5, 1.5, 255.0, 1 + 5e-4, -5e-4, 1e-40, -0.0]
+            )
     else:
         try:
             arr = np.zeros(n, dtype)
@@ -289,8 +314,11 @@ def draw_numpy(rng: random.Random, nrng: np.random.Generator) -> Item:
         arr = np.broadcast_to(arr.reshape(-1)[:1].reshape((1,) * arr.ndim) if arr.size else arr, arr.shape)
     elif layout < 0.42:  # unaligned and read-only
         buf = bytearray(arr.nbytes + 1)
-        arr = np.frombuffer(bytes(buf[:1]) + np.ascontiguousarray(arr).tobytes(), arr.dtype, offset=1).reshape(
-            arr.shape) if arr.dtype.kind != "O" else arr
+        arr = (
+            np.frombuffer(bytes(buf[:1]) + np.ascontiguousarray(arr).tobytes(), arr.dtype, offset=1).reshape(arr.shape)
+            if arr.dtype.kind != "O"
+            else arr
+        )
     elif arr.ndim == 2 and layout < 0.45:
         arr = np.matrix(arr)
     elif layout < 0.48:
@@ -302,8 +330,28 @@ def draw_numpy(rng: random.Random, nrng: np.random.Generator) -> Item:
     return Item(arr, valid)
 
 
-PIL_MODES_OK = ["1", "L", "P", "PA", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "I",
-                "I;16", "I;16B", "I;16L", "I;16N", "F"]
+PIL_MODES_OK = [
+    "1",
+    "L",
+    "P",
+    "PA",
+    "LA",
+    "La",
+    "RGB",
+    "RGBA",
+    "RGBa",
+    "RGBX",
+    "CMYK",
+    "YCbCr",
+    "LAB",
+    "HSV",
+    "I",
+    "I;16",
+    "I;16B",
+    "I;16L",
+    "I;16N",
+    "F",
+]
 HIGH_BIT = {"I": "<i4", "I;16": "<u2", "I;16L": "<u2", "I;16B": ">u2", "I;16N": "=u2", "F": "<f4"}
 
 
@@ -323,7 +371,7 @@ def draw_pil(rng: random.Random, nrng: np.random.Generator) -> Item:
         else:
             values = (g * 65535).astype(np.int64)
             if mode == "I" and g.size and rng.random() < 0.2:
-                values.flat[rng.randrange(g.size)] = rng.choice([-1, 70000, -2**31])
+                values.flat[rng.randrange(g.size)] = rng.choice([-1, 70000, -(2**31)])
                 valid = False
         im = Image.frombytes(mode, (w, h), values.astype(HIGH_BIT[mode]).tobytes())
     elif mode == "P":
@@ -360,8 +408,16 @@ def draw_pil(rng: random.Random, nrng: np.random.Generator) -> Item:
 
 
 TORCH_OK = [torch.uint8, torch.uint16, torch.float16, torch.bfloat16, torch.float32, torch.float32, torch.float64]
-TORCH_BAD = [torch.bool, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint32, torch.complex64,
-             torch.float8_e4m3fn]
+TORCH_BAD = [
+    torch.bool,
+    torch.int8,
+    torch.int16,
+    torch.int32,
+    torch.int64,
+    torch.uint32,
+    torch.complex64,
+    torch.float8_e4m3fn,
+]
 
 
 def draw_tensor(rng: random.Random, nrng: np.random.Generator, batch: bool = False) -> Item:
@@ -374,8 +430,13 @@ def draw_tensor(rng: random.Random, nrng: np.random.Generator, batch: bool = Fal
         shape_ok = 1 <= c <= 4 and n >= 1
     else:
         r = rng.random()
-        shape, shape_ok = ((*hw,), True) if r < 0.3 else ((c, *hw), 1 <= c <= 4) if r < 0.92 else \
-            (rng.choice([(), (5,), (1, 1, 3, *hw), (hw[0] + 5, hw[1], 3)]), False)
+        shape, shape_ok = (
+            ((*hw,), True)
+            if r < 0.3
+            else ((c, *hw), 1 <= c <= 4)
+            if r < 0.92
+            else (rng.choice([(), (5,), (1, 1, 3, *hw), (hw[0] + 5, hw[1], 3)]), False)
+        )
     x = torch.from_numpy(nrng.random(shape).astype(np.float32))
     if dtype.is_floating_point and x.numel() and rng.random() < 0.12:
         x.view(-1)[rng.randrange(x.numel())] = rng.choice([math.nan, math.inf, -0.5, 2.0, -1e-4])
@@ -403,8 +464,22 @@ def draw_tensor(rng: random.Random, nrng: np.random.Generator, batch: bool = Fal
     return Item(t, valid)
 
 
-NON_IMAGES = [None, 5, 2.5, "photo.png", b"\x89PNG\r\n", Path("photo.png"), {"image": 1}, {1, 2}, object(),
-              Image, np, range(3), np.float32(0.5), torch.float32]
+NON_IMAGES = [
+    None,
+    5,
+    2.5,
+    "photo.png",
+    b"\x89PNG\r\n",
+    Path("photo.png"),
+    {"image": 1},
+    {1, 2},
+    object(),
+    Image,
+    np,
+    range(3),
+    np.float32(0.5),
+    torch.float32,
+]
 
 
 def draw_huge_view(rng: random.Random) -> Item:
@@ -455,8 +530,12 @@ def draw_image_argument(rng: random.Random, nrng: np.random.Generator) -> Drawn:
         if rng.random() < 0.05:
             items.append(Item([items[0].obj] if items else [], False))  # a nested list
         seq = [i.obj for i in items]
-        return Drawn(tuple(seq) if rng.random() < 0.2 else seq, items, "list",
-                     combine(*(i.valid for i in items)) if items else False)
+        return Drawn(
+            tuple(seq) if rng.random() < 0.2 else seq,
+            items,
+            "list",
+            combine(*(i.valid for i in items)) if items else False,
+        )
     gen = (i for i in [np.zeros((4, 4), np.uint8)])
     return Drawn(gen, [Item(gen, False)], "one", False)
 
@@ -473,8 +552,26 @@ def pick(rng: random.Random, good: list, bad: list, p_bad: float = 0.1) -> tuple
 
 
 SCALES_OK = [1.5, 2, 2, 2.5, 3, 3.3, 4, np.float32(2.5), np.float64(1.7), fractions.Fraction(5, 2), 1.2]
-SCALES_BAD = [1, 1.0, 0.5, 0, -2, math.nan, math.inf, -math.inf, True, "2", 1e308, 1e20, 2 + 0j, np.array(2.0),
-              torch.tensor(2.0), [2], np.float64("nan"), None]
+SCALES_BAD = [
+    1,
+    1.0,
+    0.5,
+    0,
+    -2,
+    math.nan,
+    math.inf,
+    -math.inf,
+    True,
+    "2",
+    1e308,
+    1e20,
+    2 + 0j,
+    np.array(2.0),
+    torch.tensor(2.0),
+    [2],
+    np.float64("nan"),
+    None,
+]
 
 
 def draw_scale_size(rng: random.Random, items: list[Item]) -> tuple[dict, bool | None]:
@@ -497,11 +594,27 @@ def draw_scale_size(rng: random.Random, items: list[Item]) -> tuple[dict, bool |
             size: Any = (w + rng.randint(0, 30), h + rng.randint(1, 30))
             if rng.random() < 0.2:
                 size = [np.int64(size[0]), np.uint16(size[1])]
-            outs_ok = all(size[1] >= hh and size[0] >= ww and (int(size[1]), int(size[0])) != (hh, ww)
-                          for hh, ww in sizes) and int(size[0]) * int(size[1]) <= MAX_PIXELS
+            outs_ok = (
+                all(size[1] >= hh and size[0] >= ww and (int(size[1]), int(size[0])) != (hh, ww) for hh, ww in sizes)
+                and int(size[0]) * int(size[1]) <= MAX_PIXELS
+            )
             return {"size": size}, outs_ok
-        size = rng.choice([(w,), (0, 0), (-1, h + 1), (w + 1.5, h + 2), f"{w + 2}x{h + 2}", {w + 3, h + 4},
-                           (True, h + 3), (2**70, 2), (w, h), (w + 5, h - 1), np.array([w + 2, h + 2]), (10**6, 10**6)])
+        size = rng.choice(
+            [
+                (w,),
+                (0, 0),
+                (-1, h + 1),
+                (w + 1.5, h + 2),
+                f"{w + 2}x{h + 2}",
+                {w + 3, h + 4},
+                (True, h + 3),
+                (2**70, 2),
+                (w, h),
+                (w + 5, h - 1),
+                np.array([w + 2, h + 2]),
+                (10**6, 10**6),
+            ]
+        )
         return {"size": size}, False
     if r < 0.96:
         return {"scale": 2, "size": (40, 40)}, False
@@ -509,8 +622,10 @@ def draw_scale_size(rng: random.Random, items: list[Item]) -> tuple[dict, bool |
 
 
 STEPS_OK, STEPS_BAD = [None, 1, 1, 2, np.int64(1)], [0, -1, 2001, True, 1.5, "1", 10**18, np.float64(1.0)]
-SAMPLERS_OK, SAMPLERS_BAD = [None, None, "dpmpp_2m", "ddim", "ddpm"], ["euler", "", "DDIM", 5, ["ddim"],
-                                                                        np.array(["ddim"]), b"ddim"]
+SAMPLERS_OK, SAMPLERS_BAD = (
+    [None, None, "dpmpp_2m", "ddim", "ddpm"],
+    ["euler", "", "DDIM", 5, ["ddim"], np.array(["ddim"]), b"ddim"],
+)
 # "estimate" needs an encoder trained as an HR estimate; the fuzz model's is a nearest one: refused
 INITS_OK, INITS_BAD = [None, None, "noise", "bicubic"], ["zeros", 1, ["noise"], "Noise", "estimate"]
 LEVELS_OK = [None, 0.5, 0.9, 0.01, 0.999, np.float32(0.3), fractions.Fraction(1, 3)]
@@ -523,10 +638,15 @@ SEED_OK, SEED_BAD = [None, None, 0, 7, 2**63 - 1, np.int64(3), np.uint8(9)], [-1
 
 def draw_kwargs(rng: random.Random, drawn: Drawn) -> tuple[dict, bool | None]:
     kwargs, flags, steps_ok = {}, [], True
-    for name, good, bad in (("steps", STEPS_OK, STEPS_BAD), ("sampler", SAMPLERS_OK, SAMPLERS_BAD),
-                            ("init", INITS_OK, INITS_BAD), ("init_level", LEVELS_OK, LEVELS_BAD),
-                            ("back_projection", CONSISTENCY_OK, CONSISTENCY_BAD), ("eta", ETA_OK, ETA_BAD),
-                            ("tile", TILE_OK, TILE_BAD)):
+    for name, good, bad in (
+        ("steps", STEPS_OK, STEPS_BAD),
+        ("sampler", SAMPLERS_OK, SAMPLERS_BAD),
+        ("init", INITS_OK, INITS_BAD),
+        ("init_level", LEVELS_OK, LEVELS_BAD),
+        ("back_projection", CONSISTENCY_OK, CONSISTENCY_BAD),
+        ("eta", ETA_OK, ETA_BAD),
+        ("tile", TILE_OK, TILE_BAD),
+    ):
         value, ok = pick(rng, good, bad, 0.04)
         if value is not None or rng.random() < 0.3:
             kwargs[name] = value
@@ -583,6 +703,7 @@ def fingerprint(obj: Any) -> Any:
 
 def check_api_output(out: Any, drawn: Drawn, kwargs: dict) -> None:
     """The output is what ``upscale``'s docstring promises for this input."""
+
     def hw_out(hw: tuple[int, int]) -> tuple[int, int]:
         if "scale" in kwargs:
             s = float(kwargs["scale"])
@@ -616,8 +737,10 @@ def api_case(seed: int, index: int) -> tuple[str, Callable[[Any], str]]:
     drawn = draw_image_argument(rng, nrng)
     kwargs, args_valid = draw_kwargs(rng, drawn)
     valid = combine(drawn.valid, args_valid)
-    text = f"upscale({describe(drawn.image)}, {', '.join(f'{k}={describe(v)}' for k, v in kwargs.items())})" \
-           f" [expected: {({True: 'output', False: 'refusal', None: 'either'})[valid]}]"
+    text = (
+        f"upscale({describe(drawn.image)}, {', '.join(f'{k}={describe(v)}' for k, v in kwargs.items())})"
+        f" [expected: {({True: 'output', False: 'refusal', None: 'either'})[valid]}]"
+    )
 
     def run(up: Any) -> str:
         before = fingerprint(drawn.image)
@@ -649,8 +772,11 @@ def api_case(seed: int, index: int) -> tuple[str, Callable[[Any], str]]:
 def png_bytes(h: int, w: int, mode: str = "RGB", fmt: str = "PNG", exif: int | None = None) -> bytes:
     """A real image file's bytes."""
     arr = (np.random.default_rng(h * 131 + w).random((h, w, 4)) * 255).astype(np.uint8)
-    im = Image.fromarray(arr, "RGBA").convert("RGB").convert(mode) if mode not in ("LA", "RGBA") else \
-        Image.fromarray(arr, "RGBA").convert(mode)
+    im = (
+        Image.fromarray(arr, "RGBA").convert("RGB").convert(mode)
+        if mode not in ("LA", "RGBA")
+        else Image.fromarray(arr, "RGBA").convert(mode)
+    )
     if mode == "I;16":
         im = Image.fromarray(arr[..., 0].astype(np.uint16) * 257)
     if mode == "F":
@@ -689,27 +815,43 @@ def draw_input_file(rng: random.Random, index: int) -> InputFile:
     r = rng.random()
     h, w = rng.randint(2, 12), rng.randint(2, 12)
     if r < 0.75:
-        fmt, suffix, mode = rng.choice([("PNG", ".png", "RGB"), ("PNG", ".png", "L"), ("PNG", ".png", "RGBA"),
-                                        ("PNG", ".png", "LA"), ("PNG", ".png", "P"), ("PNG", ".png", "I;16"),
-                                        ("PNG", ".png", "1"), ("JPEG", ".jpg", "RGB"), ("JPEG", ".jpeg", "L"),
-                                        ("JPEG", ".jpg", "CMYK"), ("WEBP", ".webp", "RGBA"), ("BMP", ".bmp", "RGB"),
-                                        ("TIFF", ".tif", "F"), ("TIFF", ".tiff", "I;16"), ("PNG", ".jpg", "RGB")])
+        fmt, suffix, mode = rng.choice(
+            [
+                ("PNG", ".png", "RGB"),
+                ("PNG", ".png", "L"),
+                ("PNG", ".png", "RGBA"),
+                ("PNG", ".png", "LA"),
+                ("PNG", ".png", "P"),
+                ("PNG", ".png", "I;16"),
+                ("PNG", ".png", "1"),
+                ("JPEG", ".jpg", "RGB"),
+                ("JPEG", ".jpeg", "L"),
+                ("JPEG", ".jpg", "CMYK"),
+                ("WEBP", ".webp", "RGBA"),
+                ("BMP", ".bmp", "RGB"),
+                ("TIFF", ".tif", "F"),
+                ("TIFF", ".tiff", "I;16"),
+                ("PNG", ".jpg", "RGB"),
+            ]
+        )
         orientation = rng.choice([None, None, None, 1, 6, 8, 3]) if fmt in ("JPEG", "PNG") else None
         hw = (w, h) if orientation in (6, 8) else (h, w)
         return InputFile(f"in{index}{suffix}", png_bytes(h, w, mode, fmt, orientation), True, hw)
     good = png_bytes(h, w)
-    bad = rng.choice([
-        ("trunc.png", good[: rng.randrange(1, len(good))]),  # Pillow reads some (only the end chunk cut)
-        ("trunc.jpg", png_bytes(h, w, fmt="JPEG")[:rng.randrange(1, 60)]),
-        ("empty.png", b""),
-        ("text.png", b"hello, world\n"),
-        ("noise.jpg", bytes(rng.randrange(256) for _ in range(200))),
-        ("bomb.png", bomb_png(9000, 9000)),
-        ("bomb2.png", bomb_png(100_000, 100_000)),
-        ("wide.png", bomb_png(2**31 - 1, 1)),
-        ("zero.png", bomb_png(0, 0)),
-        ("folder.png", None),
-    ])
+    bad = rng.choice(
+        [
+            ("trunc.png", good[: rng.randrange(1, len(good))]),  # Pillow reads some (only the end chunk cut)
+            ("trunc.jpg", png_bytes(h, w, fmt="JPEG")[: rng.randrange(1, 60)]),
+            ("empty.png", b""),
+            ("text.png", b"hello, world\n"),
+            ("noise.jpg", bytes(rng.randrange(256) for _ in range(200))),
+            ("bomb.png", bomb_png(9000, 9000)),
+            ("bomb2.png", bomb_png(100_000, 100_000)),
+            ("wide.png", bomb_png(2**31 - 1, 1)),
+            ("zero.png", bomb_png(0, 0)),
+            ("folder.png", None),
+        ]
+    )
     name = f"{index}-{bad[0]}"
     if bad[0] == "trunc.png":
         return InputFile(name, bad[1], None, (h, w))
@@ -810,8 +952,11 @@ def draw_cli(rng: random.Random, index: int, model: str) -> CliCase:
         scale = float(value) if ok else None
     elif how < 0.92:
         good = rng.random() < 0.8
-        value = f"{rng.randint(24, 40)}x{rng.randint(24, 40)}" if good else rng.choice(
-            ["0x0", "axb", "99999x99999", "-5x5", "1e3x5", "20", "20x20x20", ""])
+        value = (
+            f"{rng.randint(24, 40)}x{rng.randint(24, 40)}"
+            if good
+            else rng.choice(["0x0", "axb", "99999x99999", "-5x5", "1e3x5", "20", "20x20x20", ""])
+        )
         argv += ["--size", value]
         flags.append(good)
         size = (int(value.split("x")[0]), int(value.split("x")[1])) if good else None
@@ -843,8 +988,11 @@ def draw_cli(rng: random.Random, index: int, model: str) -> CliCase:
 
 def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
     """Every file under ``folder``: (sha256, mtime_ns)."""
-    return {str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def cli_case(seed: int, index: int, work: Path, model: Path) -> tuple[str, Callable[[Any], str]]:
@@ -853,8 +1001,10 @@ def cli_case(seed: int, index: int, work: Path, model: Path) -> tuple[str, Calla
     case = draw_cli(rng, index, str(model))
     folder = work / f"cli-{index}"
     files_text = ", ".join(f"{f.name}({'folder' if f.data is None else f'{len(f.data)} bytes'})" for f in case.files)
-    text = f"cli {case.argv} with files [{files_text}] and existing {sorted(case.pre_existing)}" \
-           f" [expected: {({True: 'success', False: 'failure', None: 'either'})[case.valid]}]"
+    text = (
+        f"cli {case.argv} with files [{files_text}] and existing {sorted(case.pre_existing)}"
+        f" [expected: {({True: 'success', False: 'failure', None: 'either'})[case.valid]}]"
+    )
 
     def run(_: Any) -> str:
         import idm_rt.cli
@@ -892,12 +1042,19 @@ def cli_case(seed: int, index: int, work: Path, model: Path) -> tuple[str, Calla
     return text, run
 
 
-OS_ERRORS = ("OSError", "FileExistsError", "NotADirectoryError", "IsADirectoryError", "PermissionError",
-             "FileNotFoundError")
+OS_ERRORS = (
+    "OSError",
+    "FileExistsError",
+    "NotADirectoryError",
+    "IsADirectoryError",
+    "PermissionError",
+    "FileNotFoundError",
+)
 
 
-def check_cli_outcome(case: CliCase, rc: int, stdout: str, stderr: str, before: dict, after: dict,
-                      folder: Path) -> None:
+def check_cli_outcome(
+    case: CliCase, rc: int, stdout: str, stderr: str, before: dict, after: dict, folder: Path
+) -> None:
     """Exit status, messages and files as the command line promises."""
     both = stdout + stderr
     if "Traceback" in both:
@@ -997,8 +1154,12 @@ def run_case(name: str, build: Callable[[], tuple[str, Callable]], up: Any) -> d
     try:
         text, run = build()
     except Exception:  # noqa: BLE001 (a bug in the fuzz test itself)
-        return {"case": name, "description": "(could not be drawn)", "outcome": "FAIL",
-                "detail": f"drawing the case failed: {traceback.format_exc()[-1500:]}"}
+        return {
+            "case": name,
+            "description": "(could not be drawn)",
+            "outcome": "FAIL",
+            "detail": f"drawing the case failed: {traceback.format_exc()[-1500:]}",
+        }
     faulthandler.dump_traceback_later(HARD_TIMEOUT_S, exit=True)
     signal.setitimer(signal.ITIMER_REAL, SOFT_TIMEOUT_S)
     try:
@@ -1076,13 +1237,16 @@ def test_a_tensor_view_with_the_negative_bit_is_read_like_its_values() -> None:
     assert torch.equal(out, up.upscale(values, scale=2, seed=0, progress=False))
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"scale": 1e308}, "gives an output far above the limit of 20000 pixels"),
-    ({"scale": 10**400}, "scale must be a finite number > 1"),
-    ({"scale": fractions.Fraction(10**400, 3)}, "scale must be a finite number > 1"),
-    ({"scale": 2, "eta": 10**400}, r"eta must be a number in \[0, 1\]"),
-    ({"scale": 2, "init": "bicubic", "init_level": -10**400}, r"init_level must be a number in \(0, 1\)"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"scale": 1e308}, "gives an output far above the limit of 20000 pixels"),
+        ({"scale": 10**400}, "scale must be a finite number > 1"),
+        ({"scale": fractions.Fraction(10**400, 3)}, "scale must be a finite number > 1"),
+        ({"scale": 2, "eta": 10**400}, r"eta must be a number in \[0, 1\]"),
+        ({"scale": 2, "init": "bicubic", "init_level": -(10**400)}, r"init_level must be a number in \(0, 1\)"),
+    ],
+)
 def test_numbers_too_large_for_a_float_are_refused(kwargs: dict, message: str) -> None:
     """They raised OverflowError from round() or math.isfinite inside upscale."""
     with pytest.raises(ValueError, match=message):
@@ -1103,11 +1267,14 @@ def test_a_max_scale_too_large_for_a_float_is_refused(tmp_path: Path) -> None:
         idm_rt.load_model(tmp_path / "m")
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"sampler": np.array(["ddim"]), "steps": 2}, "unknown sampler"),
-    ({"sampler": np.array(["ddim", "ddpm"])}, "unknown sampler"),
-    ({"init": np.array(["bicubic"])}, "init must be one of"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"sampler": np.array(["ddim"]), "steps": 2}, "unknown sampler"),
+        ({"sampler": np.array(["ddim", "ddpm"])}, "unknown sampler"),
+        ({"init": np.array(["bicubic"])}, "init must be one of"),
+    ],
+)
 def test_sampler_and_init_must_be_strings(kwargs: dict, message: str) -> None:
     """A one-element numpy array passed the ``in SAMPLERS`` check (== element-wise) and was sampled with;
     a longer one raised numpy's 'truth value of an array is ambiguous'."""
@@ -1129,8 +1296,24 @@ def test_the_command_line_refuses_an_image_above_max_pixels_before_decoding_it(t
     (tmp_path / "bomb.png").write_bytes(bomb_png(9000, 9000))
     idm_rt.save_model(tiny_upscaler().model, tmp_path / "m")
     for limit in (["--max-pixels", "1000"], []):  # the default limit, 64e6, is below 81e6 too
-        assert main(["upscale", str(tmp_path / "bomb.png"), "-o", str(tmp_path / "out.png"), "--scale", "2",
-                     "--model", str(tmp_path / "m"), "--threads", "1", *limit]) == 1
+        assert (
+            main(
+                [
+                    "upscale",
+                    str(tmp_path / "bomb.png"),
+                    "-o",
+                    str(tmp_path / "out.png"),
+                    "--scale",
+                    "2",
+                    "--model",
+                    str(tmp_path / "m"),
+                    "--threads",
+                    "1",
+                    *limit,
+                ]
+            )
+            == 1
+        )
         err = capsys.readouterr().err
         assert "image 9000x9000 has more than" in err and "truncated" not in err, err
     with pytest.raises(ValueError, match="image 9000x9000 has more than 1000 pixels"):
@@ -1148,10 +1331,13 @@ def address_space_headroom(extra: int = 2**30):
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
-@pytest.mark.parametrize("make", [
-    lambda: np.broadcast_to(np.uint8(0), (50_000, 50_000, 3)),  # 7.5 GB declared, 1 byte held
-    lambda: torch.zeros(3, 1, 1, dtype=torch.uint8).expand(3, 50_000, 50_000),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: np.broadcast_to(np.uint8(0), (50_000, 50_000, 3)),  # 7.5 GB declared, 1 byte held
+        lambda: torch.zeros(3, 1, 1, dtype=torch.uint8).expand(3, 50_000, 50_000),
+    ],
+)
 def test_a_broadcast_image_above_max_pixels_is_refused_before_converting(make: Callable[[], Any]) -> None:
     """A zero-stride view declaring 50000 x 50000 pixels was converted to float (28 GB) before the output was
     refused: MemoryError, or the machine's memory exhausted."""
@@ -1164,18 +1350,24 @@ def test_a_lazily_opened_image_above_max_pixels_is_refused_before_decoding() -> 
     """``upscale(Image.open(bomb))`` decoded (and converted) the whole image before refusing the output."""
     up = tiny_upscaler()
     with Image.open(io.BytesIO(bomb_png(9000, 9000))) as im:
-        with pytest.raises(ValueError, match=r"image 9000x9000 has more pixels than the largest output allowed "
-                                             r"\(20000; raise max_pixels"):
+        with pytest.raises(
+            ValueError,
+            match=r"image 9000x9000 has more pixels than the largest output allowed "
+            r"\(20000; raise max_pixels",
+        ):
             up.upscale(im, scale=2, progress=False)  # before: "cannot read the image (... truncated)", decoded
     assert up.upscale(Image.new("L", (100, 100)), size=(100, 200), progress=False).size == (100, 200)  # 20000
 
 
-@pytest.mark.parametrize("device, message", [
-    ("meta", "device 'meta' holds no values"),
-    ("foo", "unknown device 'foo'"),
-    (None, "unknown device None"),
-    ("xla", "device 'xla' cannot be used here"),
-])
+@pytest.mark.parametrize(
+    "device, message",
+    [
+        ("meta", "device 'meta' holds no values"),
+        ("foo", "unknown device 'foo'"),
+        (None, "unknown device None"),
+        ("xla", "device 'xla' cannot be used here"),
+    ],
+)
 def test_an_unusable_device_is_refused_before_the_model_moves(device: Any, message: str) -> None:
     """``Upscaler(model, device="meta")`` moved the caller's model to meta (its weights gone for good) and then
     failed inside torch; unknown device strings raised torch's RuntimeError."""
@@ -1188,13 +1380,16 @@ def test_an_unusable_device_is_refused_before_the_model_moves(device: Any, messa
     assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())  # still on the CPU, unchanged
 
 
-@pytest.mark.parametrize("kwargs, error, message", [
-    ({"max_pixels": float("nan")}, ValueError, "max_pixels must be an integer >= 1, got nan"),
-    ({"max_pixels": "1e6"}, ValueError, "max_pixels must be an integer >= 1"),
-    ({"max_pixels": 0}, ValueError, "max_pixels must be an integer >= 1"),
-    ({"sampling": {"steps": 1}}, TypeError, "sampling must be a SamplingSettings, got dict"),
-    ({"model": "models/face8x"}, TypeError, "model must be an idm_rt.IDM"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"max_pixels": float("nan")}, ValueError, "max_pixels must be an integer >= 1, got nan"),
+        ({"max_pixels": "1e6"}, ValueError, "max_pixels must be an integer >= 1"),
+        ({"max_pixels": 0}, ValueError, "max_pixels must be an integer >= 1"),
+        ({"sampling": {"steps": 1}}, TypeError, "sampling must be a SamplingSettings, got dict"),
+        ({"model": "models/face8x"}, TypeError, "model must be an idm_rt.IDM"),
+    ],
+)
 def test_upscaler_arguments_are_checked_when_it_is_made(kwargs: dict, error: type, message: str) -> None:
     """max_pixels=NaN switched the output limit off (every comparison with NaN is false); a dict of sampling
     settings or a path as the model failed later with AttributeError."""
@@ -1258,21 +1453,29 @@ def test_deeply_nested_json_in_a_model_folder_or_an_engine_manifest_is_a_clear_e
     with pytest.raises(idm_rt.CheckpointMismatch, match="is not an idm-rt model config"):
         idm_rt.load_model(tmp_path / "m")
     (tmp_path / "e").mkdir()
-    (tmp_path / "e" / "manifest.json").write_text("{\"a\": " * 100_000 + "1" + "}" * 100_000)
+    (tmp_path / "e" / "manifest.json").write_text('{"a": ' * 100_000 + "1" + "}" * 100_000)
     with pytest.raises(ValueError, match="manifest.json is unreadable"):
         read_manifest(tmp_path / "e")
 
 
-@pytest.mark.parametrize("entry, message", [
-    ({"denoise_fn.downs.0.weight": 5}, "not named tensors of values: 'denoise_fn.downs.0.weight'"),
-    ({"denoise_fn.x.bias": [1.0, 2.0]}, "not named tensors of values: 'denoise_fn.x.bias'"),
-    ({7: torch.zeros(1)}, "not named tensors of values: 7"),
-    ({"denoise_fn.x.bias": torch.zeros(3).to_sparse()}, "not named tensors of values"),
-    ({"denoise_fn.x.bias": torch.empty(3, device="meta")}, "not named tensors of values"),
-    ({"denoise_fn.downs.0.weight": torch.zeros(8, 3, 3, 3)}, "cannot infer the network shape"),
-    ({"denoise_fn.downs.0.weight": torch.zeros(0, 3, 3, 3), "denoise_fn.condition_scale1.0.weight": torch.zeros(8)},
-     "cannot infer the network shape"),
-])
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"denoise_fn.downs.0.weight": 5}, "not named tensors of values: 'denoise_fn.downs.0.weight'"),
+        ({"denoise_fn.x.bias": [1.0, 2.0]}, "not named tensors of values: 'denoise_fn.x.bias'"),
+        ({7: torch.zeros(1)}, "not named tensors of values: 7"),
+        ({"denoise_fn.x.bias": torch.zeros(3).to_sparse()}, "not named tensors of values"),
+        ({"denoise_fn.x.bias": torch.empty(3, device="meta")}, "not named tensors of values"),
+        ({"denoise_fn.downs.0.weight": torch.zeros(8, 3, 3, 3)}, "cannot infer the network shape"),
+        (
+            {
+                "denoise_fn.downs.0.weight": torch.zeros(0, 3, 3, 3),
+                "denoise_fn.condition_scale1.0.weight": torch.zeros(8),
+            },
+            "cannot infer the network shape",
+        ),
+    ],
+)
 def test_crafted_released_checkpoints_are_clear_errors(tmp_path: Path, entry: dict, message: str) -> None:
     """A .pth that ``torch.load(weights_only=True)`` reads may hold ints, lists, int keys, sparse or meta tensors, or
     no levels: they raised AttributeError, NotImplementedError, RuntimeError or ZeroDivisionError."""
@@ -1292,15 +1495,20 @@ def engine_dir(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("engines")
     idm_rt.save_model(tiny_upscaler().model, root / "model")
-    assert main(["--backend", "onnxruntime", "--tile", "32", "--model", str(root / "model"), "--out",
-                 str(root / "engines")]) == 0
+    assert (
+        main(
+            ["--backend", "onnxruntime", "--tile", "32", "--model", str(root / "model"), "--out", str(root / "engines")]
+        )
+        == 0
+    )
     return root / "engines"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", ["swapped file", "other network"])
-def test_engine_files_that_do_not_match_their_manifest_are_refused_when_loaded(engine_dir: Path, tmp_path: Path,
-                                                                               damage: str) -> None:
+def test_engine_files_that_do_not_match_their_manifest_are_refused_when_loaded(
+    engine_dir: Path, tmp_path: Path, damage: str
+) -> None:
     """A graph file copied over from another graph (its size recorded), or a manifest whose network has other
     levels than its graphs, failed in the first upscale with KeyError('lr') or KeyError of a table name."""
     import shutil
@@ -1333,13 +1541,17 @@ def fake_checkpoint(root: Path, provenance: Any = None, log: str | None = None) 
     return checkpoint
 
 
-@pytest.mark.parametrize("damage, status, message", [
-    ("weights", 2, "model.safetensors cannot be read"),
-    ("provenance", 2, "has no usable provenance"),
-    ("log", 0, "log.csv cannot be read"),
-])
-def test_bundle_reports_a_damaged_checkpoint_or_log(tmp_path: Path, capsys, damage: str, status: int,
-                                                     message: str) -> None:
+@pytest.mark.parametrize(
+    "damage, status, message",
+    [
+        ("weights", 2, "model.safetensors cannot be read"),
+        ("provenance", 2, "has no usable provenance"),
+        ("log", 0, "log.csv cannot be read"),
+    ],
+)
+def test_bundle_reports_a_damaged_checkpoint_or_log(
+    tmp_path: Path, capsys, damage: str, status: int, message: str
+) -> None:
     """training.bundle raised CheckpointMismatch for damaged EMA weights, AttributeError or ValueError for odd
     provenance, ValueError or KeyError for a damaged log.csv (which only feeds the training-time estimate)."""
     import idm_rt
@@ -1357,8 +1569,9 @@ def test_bundle_reports_a_damaged_checkpoint_or_log(tmp_path: Path, capsys, dama
 
 
 @pytest.mark.parametrize("out", ["file", ".", ""])
-def test_bundle_refuses_an_out_that_is_no_folder_and_leaves_nothing_behind(tmp_path: Path, monkeypatch, capsys,
-                                                                            out: str) -> None:
+def test_bundle_refuses_an_out_that_is_no_folder_and_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch, capsys, out: str
+) -> None:
     """``--out`` naming a file raised FileExistsError after writing the staging folder beside it (left behind);
     ``--out .`` or ``--out ''`` raised pathlib's ValueError ('has an empty name')."""
     from idm_rt.training.bundle import main
@@ -1373,14 +1586,18 @@ def test_bundle_refuses_an_out_that_is_no_folder_and_leaves_nothing_behind(tmp_p
     assert sorted(p.name for p in (tmp_path / "work").iterdir()) == (["file"] if out == "file" else [])
 
 
-@pytest.mark.parametrize("option, value, message", [
-    ("--json", "data", "--json .*data cannot be written"),
-    ("--json", "afile/x.json", "--json .*x.json cannot be written"),
-    ("--save-dir", "afile", "--save-dir .*afile is a file"),
-    ("--seed", str(2**70), r"--seed must be an integer in \[0, 2\*\*63\)"),
-])
-def test_evaluate_refuses_unusable_outputs_and_seeds_before_evaluating(tmp_path: Path, capsys, option: str,
-                                                                       value: str, message: str) -> None:
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--json", "data", "--json .*data cannot be written"),
+        ("--json", "afile/x.json", "--json .*x.json cannot be written"),
+        ("--save-dir", "afile", "--save-dir .*afile is a file"),
+        ("--seed", str(2**70), r"--seed must be an integer in \[0, 2\*\*63\)"),
+    ],
+)
+def test_evaluate_refuses_unusable_outputs_and_seeds_before_evaluating(
+    tmp_path: Path, capsys, option: str, value: str, message: str
+) -> None:
     """These raised IsADirectoryError, FileExistsError, NotADirectoryError or torch's 'Overflow when unpacking
     long long' with a traceback, after (or during) the whole evaluation."""
     import re
@@ -1393,8 +1610,25 @@ def test_evaluate_refuses_unusable_outputs_and_seeds_before_evaluating(tmp_path:
     Image.fromarray(np.zeros((40, 44, 3), np.uint8)).save(tmp_path / "data" / "a.png")
     (tmp_path / "afile").write_text("mine")
     value = value if option == "--seed" else str(tmp_path / value)
-    assert main(["--model", str(tmp_path / "m"), "--data", str(tmp_path / "data"), "--scales", "2", "--steps", "1",
-                 "--threads", "1", option, value]) == 2
+    assert (
+        main(
+            [
+                "--model",
+                str(tmp_path / "m"),
+                "--data",
+                str(tmp_path / "data"),
+                "--scales",
+                "2",
+                "--steps",
+                "1",
+                "--threads",
+                "1",
+                option,
+                value,
+            ]
+        )
+        == 2
+    )
     assert re.search(message, capsys.readouterr().err)
     assert (tmp_path / "afile").read_text() == "mine"
 
@@ -1431,10 +1665,17 @@ def test_an_unknown_device_for_engines_is_a_value_error(call: str, engine_dir: P
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("options,message", [({"threads": 10**10}, "runner option threads must be None or an integer"),
-                                             ({"threads": "2"}, "runner option threads must be None or an integer"),
-                                             ({"sampling_torch_threads": 0}, "unknown runner option.s. "
-                                              "sampling_torch_threads for onnxruntime; it takes threads")])
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"threads": 10**10}, "runner option threads must be None or an integer"),
+        ({"threads": "2"}, "runner option threads must be None or an integer"),
+        (
+            {"sampling_torch_threads": 0},
+            "unknown runner option.s. sampling_torch_threads for onnxruntime; it takes threads",
+        ),
+    ],
+)
 def test_onnxruntime_runner_options_are_checked(engine_dir: Path, options: dict, message: str) -> None:
     """threads=10**10 or '2' raised ONNX Runtime's TypeError 'incompatible function arguments'; an option the
     runner does not take (sampling_torch_threads, gone with the torch-free loop) raised a TypeError from its
@@ -1442,8 +1683,9 @@ def test_onnxruntime_runner_options_are_checked(engine_dir: Path, options: dict,
     import idm_rt
 
     with pytest.raises(ValueError, match=message):
-        idm_rt.Upscaler.from_engines(engine_dir, runner_options=options).upscale(np.zeros((5, 5), np.uint8),
-                                                                                  scale=2, progress=False)
+        idm_rt.Upscaler.from_engines(engine_dir, runner_options=options).upscale(
+            np.zeros((5, 5), np.uint8), scale=2, progress=False
+        )
 
 
 def test_torch_default_dtype_float64_changes_nothing() -> None:

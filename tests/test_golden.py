@@ -22,8 +22,10 @@ TOL = 1e-4
 # Released parameters the forward pass never uses (final_down1, final_down2, final_linear, final_styleconv, and each
 # implicit layer's style.modulated_conv and style.weight), plus pyramid level 0 and conv_body_down[L-1] (computed,
 # never consumed).
-NEVER_USED = re.compile(r"final_down1|final_down2|final_linear|final_styleconv|style\.modulated_conv|style\.weight"
-                         r"|condition_(shift|scale1|scale2)\.0\.|conv_body_down\.4\.")
+NEVER_USED = re.compile(
+    r"final_down1|final_down2|final_linear|final_styleconv|style\.modulated_conv|style\.weight"
+    r"|condition_(shift|scale1|scale2)\.0\.|conv_body_down\.4\."
+)
 
 
 def test_config_inferred_from_keys_matches_release_config(golden_dir, golden_model):
@@ -44,8 +46,9 @@ def test_denoiser_cases(golden_model, golden_cases, case, form):
     try:
         with torch.no_grad():
             cond = m.encode(c[f"{case}.lr"], tuple(c[f"{case}.x_t"].shape[-2:]))
-            eps = m.denoise(c[f"{case}.x_t"], m.condition(c[f"{case}.cond"], c[f"{case}.scaler"]),
-                            c[f"{case}.noise_level"].view(-1))
+            eps = m.denoise(
+                c[f"{case}.x_t"], m.condition(c[f"{case}.cond"], c[f"{case}.scaler"]), c[f"{case}.noise_level"].view(-1)
+            )
     finally:
         m.set_implicit_form("fast")
     assert rel_err(cond, c[f"{case}.cond"]) < TOL

@@ -18,8 +18,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 def test_dry_run_runs_every_section_and_writes_a_complete_verdict(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", str(tmp_path), "--dry-run"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=900)
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu_check", str(tmp_path), "--dry-run"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "plan (expected seconds" in run.stdout
     results = json.loads((tmp_path / "gpu_check_cpu_dry_run.json").read_text())

@@ -38,14 +38,23 @@ def upscaler():
     return idm_rt.Upscaler(model, sampling=idm_rt.SamplingSettings(sampler="dpmpp_2m", steps=2))
 
 
-def asgi_request(chunks: list[bytes], query: str, declare_length: bool = True, client: str = "10.0.0.1",
-                 stall: asyncio.Event | None = None, path: str = "/v1/upscale", method: str = "POST"):
+def asgi_request(
+    chunks: list[bytes],
+    query: str,
+    declare_length: bool = True,
+    client: str = "10.0.0.1",
+    stall: asyncio.Event | None = None,
+    path: str = "/v1/upscale",
+    method: str = "POST",
+):
     """A Starlette request whose body arrives in ``chunks``; with ``stall`` the body stops after them until the
     event is set (a slow client)."""
     from starlette.requests import Request
 
-    messages = [{"type": "http.request", "body": c, "more_body": i + 1 < len(chunks) or stall is not None}
-                for i, c in enumerate(chunks)]
+    messages = [
+        {"type": "http.request", "body": c, "more_body": i + 1 < len(chunks) or stall is not None}
+        for i, c in enumerate(chunks)
+    ]
 
     async def receive():
         if messages:
@@ -53,17 +62,29 @@ def asgi_request(chunks: list[bytes], query: str, declare_length: bool = True, c
         await stall.wait()
         return {"type": "http.disconnect"}
 
-    headers = [(b"content-length", str(sum(map(len, chunks)) + (10**6 if stall else 0)).encode())] \
-        if declare_length else []
-    return Request({"type": "http", "method": method, "path": path, "root_path": "", "client": (client, 1234),
-                    "query_string": query.encode(), "headers": headers}, receive)
+    headers = (
+        [(b"content-length", str(sum(map(len, chunks)) + (10**6 if stall else 0)).encode())] if declare_length else []
+    )
+    return Request(
+        {
+            "type": "http",
+            "method": method,
+            "path": path,
+            "root_path": "",
+            "client": (client, 1234),
+            "query_string": query.encode(),
+            "headers": headers,
+        },
+        receive,
+    )
 
 
 def test_an_internal_failure_is_a_500_without_details_and_the_api_keeps_serving(upscaler, monkeypatch):
     """A failure inside the Upscaler, a body that streams past the limit undeclared, an input above the pixel
     limit."""
-    app = UpscaleApp(upscaler, model="tiny", backend="torch", limits=Limits(max_body_bytes=10_000, timeout_s=60,
-                                                                              max_steps=100))
+    app = UpscaleApp(
+        upscaler, model="tiny", backend="torch", limits=Limits(max_body_bytes=10_000, timeout_s=60, max_steps=100)
+    )
 
     def broken(*args, **kwargs):
         raise RuntimeError("secret internals")
@@ -81,14 +102,15 @@ def test_an_internal_failure_is_a_500_without_details_and_the_api_keeps_serving(
     assert failed.status_code == 500 and json.loads(failed.body) == {"error": INTERNAL_ERROR}
     assert b"secret" not in failed.body and b"Traceback" not in failed.body
     assert ok.status_code == 200 and ok.headers["x-seed"] == "1" and ok.headers["x-batch-size"] == "1"
-    assert np.array_equal(np.asarray(Image.open(io.BytesIO(ok.body))),
-                          np.asarray(upscaler.upscale(Image.open(io.BytesIO(GOOD)), scale=2, seed=1, progress=False)))
+    assert np.array_equal(
+        np.asarray(Image.open(io.BytesIO(ok.body))),
+        np.asarray(upscaler.upscale(Image.open(io.BytesIO(GOOD)), scale=2, seed=1, progress=False)),
+    )
     assert streamed.status_code == 413 and b"longer than the limit of 10000 bytes" in streamed.body
     assert large.status_code == 400 and b"image 20x16 has more than 300 pixels" in large.body  # refused undecoded
 
 
-@pytest.mark.parametrize("query", ["scale=2_0", "scale=2&seed=1_0", "scale=2&steps=1_0", "scale=0x10",
-                                   "scale=1e999"])
+@pytest.mark.parametrize("query", ["scale=2_0", "scale=2&seed=1_0", "scale=2&steps=1_0", "scale=0x10", "scale=1e999"])
 def test_numbers_with_digit_separators_or_beyond_a_float_are_refused(upscaler, query):
     app = UpscaleApp(upscaler, model="tiny", backend="torch")
     response = asyncio.run(app(asgi_request([GOOD], query)))
@@ -155,8 +177,10 @@ def test_slow_clients_get_408_and_cannot_take_the_service(upscaler):
 
     async def scenario():
         stall = asyncio.Event()
-        stalled = [asyncio.create_task(app(asgi_request([b"x" * 10], "scale=2", client=f"10.0.1.{i}", stall=stall)))
-                   for i in range(4)]
+        stalled = [
+            asyncio.create_task(app(asgi_request([b"x" * 10], "scale=2", client=f"10.0.1.{i}", stall=stall)))
+            for i in range(4)
+        ]
         await asyncio.sleep(0.1)
         refused = await app(asgi_request([b"x" * 10], "scale=2", client="10.0.2.1", stall=stall))
         health = await app(asgi_request([], "", path="/healthz", method="GET"))
@@ -177,8 +201,9 @@ def test_one_client_cannot_open_more_than_its_share(upscaler):
 
     async def scenario():
         stall = asyncio.Event()
-        mine = [asyncio.create_task(app(asgi_request([b"x"], "scale=2", client="10.0.0.9", stall=stall)))
-                for _ in range(2)]
+        mine = [
+            asyncio.create_task(app(asgi_request([b"x"], "scale=2", client="10.0.0.9", stall=stall))) for _ in range(2)
+        ]
         await asyncio.sleep(0.1)
         third = await app(asgi_request([GOOD], "scale=2", client="10.0.0.9"))
         other = await app(asgi_request([GOOD], "scale=2", client="10.0.0.10"))

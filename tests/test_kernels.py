@@ -46,8 +46,18 @@ def random_cases(n: int, seed: int) -> list[tuple]:
     for _ in range(n):
         hs, ws = rng.randint(2, 8), rng.randint(2, 8)
         act = rng.choice([None, "relu"])
-        out.append((rng.randint(1, 3), rng.randint(32, 160), hs, ws, rng.randint(hs, int(3.3 * hs)),
-                    rng.randint(ws, int(3.3 * ws)), act, rng.choice(["mlp", "folded"]) if act is None else "mlp"))
+        out.append(
+            (
+                rng.randint(1, 3),
+                rng.randint(32, 160),
+                hs,
+                ws,
+                rng.randint(hs, int(3.3 * hs)),
+                rng.randint(ws, int(3.3 * ws)),
+                act,
+                rng.choice(["mlp", "folded"]) if act is None else "mlp",
+            )
+        )
     return out
 
 
@@ -60,9 +70,17 @@ def layer_inputs(b: int, c: int, hs: int, ws: int, hidden: int = 256, seed: int 
 
     s1, s2 = randn(b, c), randn(b, c)
     norm = torch.sqrt(s1 * s1 + s2 * s2 + 1e-8)
-    return [randn(b, c, hs, ws), randn(b, c, hs, ws), s1 / norm, s2 / norm, randn(c, scale=0.1),
-            randn(hidden, c + 2, scale=(c + 2) ** -0.5), randn(hidden, scale=0.1),
-            randn(c, hidden, scale=hidden ** -0.5), randn(c, scale=0.1)]
+    return [
+        randn(b, c, hs, ws),
+        randn(b, c, hs, ws),
+        s1 / norm,
+        s2 / norm,
+        randn(c, scale=0.1),
+        randn(hidden, c + 2, scale=(c + 2) ** -0.5),
+        randn(hidden, scale=0.1),
+        randn(c, hidden, scale=hidden**-0.5),
+        randn(c, scale=0.1),
+    ]
 
 
 def literal(inputs: list[torch.Tensor], size: tuple[int, int], act: str | None) -> torch.Tensor:
@@ -196,7 +214,6 @@ def test_model_with_triton_kernels_matches_torch(relu):
     assert rel_max_err(got, want.double()) < 1e-5
     with pytest.raises(ValueError):
         model.set_kernels("cuda")
-
 
 
 if kernels.triton_available():

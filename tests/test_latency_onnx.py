@@ -11,14 +11,26 @@ from benchmarks.latency_onnx import markdown, run_record, save_run
 
 def result(threads: int, torch_ms: list[float], winograd_ms: list[float]) -> dict:
     """What one run of the benchmark measures, in the shape its main() builds."""
-    return {"command": f"python -m benchmarks.latency_onnx --threads {threads}",
-            "machine": {"cpu": "test CPU", "cores": 2, "torch": "2.x", "onnxruntime": "1.x",
-                        "load_average": [0.5, 0.5, 0.5]},
-            "preset": "official", "tile": 128, "batch": 1, "threads": threads, "weights": "random",
-            "cpu": {"torch_eager": {"median_ms": torch_ms[1], "all_ms": torch_ms, "speedup_vs_torch_eager": 1.0},
-                    "ort_cpu_winograd": {"median_ms": winograd_ms[1], "all_ms": winograd_ms,
-                                         "speedup_vs_torch_eager": 1.5}},
-            "gpu": None}
+    return {
+        "command": f"python -m benchmarks.latency_onnx --threads {threads}",
+        "machine": {
+            "cpu": "test CPU",
+            "cores": 2,
+            "torch": "2.x",
+            "onnxruntime": "1.x",
+            "load_average": [0.5, 0.5, 0.5],
+        },
+        "preset": "official",
+        "tile": 128,
+        "batch": 1,
+        "threads": threads,
+        "weights": "random",
+        "cpu": {
+            "torch_eager": {"median_ms": torch_ms[1], "all_ms": torch_ms, "speedup_vs_torch_eager": 1.0},
+            "ort_cpu_winograd": {"median_ms": winograd_ms[1], "all_ms": winograd_ms, "speedup_vs_torch_eager": 1.5},
+        },
+        "gpu": None,
+    }
 
 
 def test_runs_are_appended_to_one_summary_with_its_tables(tmp_path):

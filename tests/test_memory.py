@@ -73,6 +73,12 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 def test_the_allocator_setting_keeps_freed_memory_for_the_next_call():
     """Without it every 64 MiB block is mapped again and faults in page by page (16384 pages each, six
     times); with it the freed block is reused (at most one block's pages fault in once, as the heap grows)."""
-    faults = [int(subprocess.run([sys.executable, "-c", CHILD, flag], capture_output=True, text=True, check=True,
-                                 timeout=120).stdout) for flag in ("0", "1")]
+    faults = [
+        int(
+            subprocess.run(
+                [sys.executable, "-c", CHILD, flag], capture_output=True, text=True, check=True, timeout=120
+            ).stdout
+        )
+        for flag in ("0", "1")
+    ]
     assert faults[0] > 6 * 16384 * 0.9 and faults[1] < 1.5 * 16384, faults

@@ -38,8 +38,9 @@ def test_psnr_y_matches_scikit_image(border):
 def test_ssim_y_matches_scikit_image():
     out, ref = pair(1)
     y_out, y_ref = rgb2ycbcr(out)[..., 0] / 255, rgb2ycbcr(ref)[..., 0] / 255
-    want = structural_similarity(y_ref, y_out, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-                                 data_range=1.0)
+    want = structural_similarity(
+        y_ref, y_out, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0
+    )
     assert ssim_y(t(out), t(ref)) == pytest.approx(want, abs=1e-4)
 
 
@@ -57,6 +58,7 @@ def test_consistency_is_zero_for_the_source_and_the_mse_of_a_change():
 
 
 # The detail fractions: the band 1/s <= r <= 1 of Nyquist, the Hann window, the correlated part.
+
 
 def grey(y: np.ndarray) -> torch.Tensor:
     """An RGB image whose luma is an affine function of ``y`` (H, W)."""

@@ -66,7 +66,7 @@ def photo(name: str = "astronaut", side: int = 192) -> torch.Tensor:
     img = getattr(skimage.data, name)()
     h, w = img.shape[:2]
     top, left = (h - side) // 2, (w - side) // 2
-    return torch.from_numpy(img[top:top + side, left:left + side].astype(np.float64) / 255).permute(2, 0, 1)
+    return torch.from_numpy(img[top : top + side, left : left + side].astype(np.float64) / 255).permute(2, 0, 1)
 
 
 def test_patch_features_are_36_per_patch_at_two_scales_and_refuse_small_images():
@@ -110,7 +110,8 @@ def test_niqe_fit_writes_a_model_from_a_folder_and_replaces_only_its_own(tmp_pat
     data.mkdir()
     for i, name in enumerate(("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")):
         Image.fromarray((photo(name, 128).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(
-            data / f"{i}.png")
+            data / f"{i}.png"
+        )
     out = tmp_path / "m.json"
     args = ["--data", str(data), "--out", str(out), "--patch", "16", "--holdout", "1"]
     assert niqe_fit.main([*args, "--threshold", "0"]) == 0
@@ -122,13 +123,15 @@ def test_niqe_fit_writes_a_model_from_a_folder_and_replaces_only_its_own(tmp_pat
     assert niqe_fit.main([*args, "--threshold", "0.5"]) == 0
     assert 36 < json.loads(out.read_text())["data"]["patches_kept"] < 4 * 64
     (tmp_path / "mine.json").write_text('{"mine": 1}')
-    for bad, message in ((["--out", str(tmp_path / "mine.json")], "not a NIQE model this command wrote"),
-                         (["--patch", "30"], "--patch must be a multiple of 4"),
-                         (["--threshold", "0.99"], "too few for a 36-dimensional covariance"),
-                         (["--threshold", "1"], "--threshold must be in"),
-                         (["--out", str(tmp_path / "mine.json" / "m.json")], "lies under a file"),
-                         (["--out", str(tmp_path)], "is a folder"),
-                         (["--patch", "256"], "no usable training image")):
+    for bad, message in (
+        (["--out", str(tmp_path / "mine.json")], "not a NIQE model this command wrote"),
+        (["--patch", "30"], "--patch must be a multiple of 4"),
+        (["--threshold", "0.99"], "too few for a 36-dimensional covariance"),
+        (["--threshold", "1"], "--threshold must be in"),
+        (["--out", str(tmp_path / "mine.json" / "m.json")], "lies under a file"),
+        (["--out", str(tmp_path)], "is a folder"),
+        (["--patch", "256"], "no usable training image"),
+    ):
         assert niqe_fit.main([*args, *bad]) == 2
         assert message in capsys.readouterr().err
     assert (tmp_path / "mine.json").read_text() == '{"mine": 1}'

@@ -21,26 +21,52 @@ from .helpers import ROOT
 
 def test_the_wheel_holds_no_top_level_module_but_idm_rt(tmp_path):
     source = tmp_path / "src"  # a copy: building writes build/ and *.egg-info beside the sources
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", "build", "*.egg-info", "runs", "engines",
-                                                                "__pycache__", ".pytest_cache"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(tmp_path)], check=True, timeout=300, cwd=tmp_path)
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(".git", "build", "*.egg-info", "runs", "engines", "__pycache__", ".pytest_cache"),
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(source),
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+        ],
+        check=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     (wheel,) = tmp_path.glob("idm_rt-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names}
     assert {t for t in tops if not t.endswith(".dist-info")} == {"idm_rt"}
-    for sub in ("training/train.py", "export/builder.py", "kernels/triton_implicit.py", "training/recipes/",
-                "training/niqe_model.json"):
+    for sub in (
+        "training/train.py",
+        "export/builder.py",
+        "kernels/triton_implicit.py",
+        "training/recipes/",
+        "training/niqe_model.json",
+    ):
         assert any(n.startswith(f"idm_rt/{sub}") for n in names), sub
     assert "idm_rt/weights/default/model.safetensors" in names
     shipped = ["manifest.json", *read_manifest(DEFAULT_ENGINES).graph_files()]  # the bundled model without torch
     assert {f"idm_rt/weights/default/onnxruntime/{f}" for f in shipped} <= set(names)
     (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
-    requires = [line.split(":", 1)[1].strip() for line in zipfile.ZipFile(wheel).read(metadata).decode().splitlines()
-                if line.startswith("Requires-Dist:")]
+    requires = [
+        line.split(":", 1)[1].strip()
+        for line in zipfile.ZipFile(wheel).read(metadata).decode().splitlines()
+        if line.startswith("Requires-Dist:")
+    ]
     base = [r for r in requires if "extra ==" not in r]
     assert "onnxruntime" in base and not [r for r in base if r.startswith("torch")], base
-    with_torch = [r.split(";")[0].strip() for r in requires if "extra == \"torch\"" in r]
+    with_torch = [r.split(";")[0].strip() for r in requires if 'extra == "torch"' in r]
     assert {"torch", "onnx", "safetensors"} <= set(with_torch), requires  # the backend, builds, training
 
 
@@ -57,8 +83,9 @@ def test_the_shipped_graphs_are_those_of_the_shipped_model():
     assert manifest.stage_flops == dataclasses.asdict(stage_flops(model.config)), again
     assert manifest.complete and not manifest.static and manifest.backend == "onnxruntime"
     for key, entry in manifest.graphs.items():  # (dynamic graphs only: each graph's key is its kind)
-        assert entry.onnx_key == onnx_key(manifest.model_hash, key, None, entry.precision), \
+        assert entry.onnx_key == onnx_key(manifest.model_hash, key, None, entry.precision), (
             f"{key} was exported by another version of the export: {again}"
+        )
         artifact(DEFAULT_ENGINES, entry.onnx, entry.onnx_bytes)  # there, at the size its build wrote
 
 
@@ -84,7 +111,7 @@ def _imports(path, package: str) -> list[tuple[str, bool]]:
         if isinstance(node, ast.Import):
             names = [a.name.split(".") for a in node.names]
         elif isinstance(node, ast.ImportFrom):
-            base = here[:len(here) - node.level + 1] if node.level else []
+            base = here[: len(here) - node.level + 1] if node.level else []
             module = (node.module or "").split(".") if node.module else []
             names = [base + module + [a.name] for a in node.names]
         else:
@@ -110,11 +137,13 @@ def test_a_checkout_finds_its_subpackages_without_an_editable_install():
     """`python -m idm_rt` run from the repository root imports the checkout's idm_rt, ahead of what pip
     installed; with a plain (not editable) install nothing maps training/, export/ and kernels/ into it, so
     the package must find them beside itself. Simulated by dropping any editable-install finder."""
-    code = ("import sys\n"
-            "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in type(f).__module__.lower()\n"
-            "                    and 'editable' not in getattr(f, '__name__', '').lower()]\n"
-            "import idm_rt, idm_rt.kernels, idm_rt.training.train, idm_rt.export.builder\n"
-            "print(idm_rt.kernels.__file__)")
+    code = (
+        "import sys\n"
+        "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in type(f).__module__.lower()\n"
+        "                    and 'editable' not in getattr(f, '__name__', '').lower()]\n"
+        "import idm_rt, idm_rt.kernels, idm_rt.training.train, idm_rt.export.builder\n"
+        "print(idm_rt.kernels.__file__)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(ROOT / "kernels" / "__init__.py")

@@ -34,7 +34,8 @@ def gaussian_eps(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 def ode_solution(x_T: torch.Tensor, g_from: float, g_to: float) -> torch.Tensor:
     """The probability-flow ODE maps quantiles to quantiles: an affine map for Gaussian data."""
     return g_to * MU + math.sqrt(g_to**2 * S**2 + 1 - g_to**2) / math.sqrt(g_from**2 * S**2 + 1 - g_from**2) * (
-        x_T - g_from * MU)
+        x_T - g_from * MU
+    )
 
 
 def test_schedule_matches_numpy_float64():

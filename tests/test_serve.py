@@ -78,8 +78,13 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cluster():
     """Local Ray on 127.0.0.1 for this module (its workers import this checkout); yields its address."""
-    ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", object_store_memory=150 * 2**20,
-             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    ray.init(
+        num_cpus=4,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        object_store_memory=150 * 2**20,
+        runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
+    )
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
@@ -92,9 +97,22 @@ def service(cluster, model_dir):
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
-        serve.run(build_app({"model": str(model_dir), "max_batch": 8, "batch_wait_ms": 200, "timeout_s": TIMEOUT_S,
-                             "max_body_mb": 0.1, "max_client_requests": 16,
-                             "body_timeout_s": SLOW_BODY_S}), name="idm_rt_test", route_prefix="/", blocking=False)
+        serve.run(
+            build_app(
+                {
+                    "model": str(model_dir),
+                    "max_batch": 8,
+                    "batch_wait_ms": 200,
+                    "timeout_s": TIMEOUT_S,
+                    "max_body_mb": 0.1,
+                    "max_client_requests": 16,
+                    "body_timeout_s": SLOW_BODY_S,
+                }
+            ),
+            name="idm_rt_test",
+            route_prefix="/",
+            blocking=False,
+        )
         yield f"http://127.0.0.1:{port}"
     finally:
         serve.delete("idm_rt_test")
@@ -103,11 +121,16 @@ def service(cluster, model_dir):
 @pytest.mark.slow
 def test_concurrent_requests_are_batched_and_equal_the_in_process_results(service, model_dir):
     cases = [(picture(16, 20, i), f"scale=2&seed={i}", {"scale": 2, "seed": i}) for i in range(8)]
-    cases += [(picture(16, 20, 8, "L"), "scale=2&seed=80", {"scale": 2, "seed": 80}),  # joins the batch above
-              (picture(12, 12, 9, "RGBA"), "size=30x30&seed=90", {"size": (30, 30), "seed": 90}),
-              (picture(16, 20, 10), "scale=2.5&steps=3&sampler=ddim&seed=100&format=jpeg",
-               {"scale": 2.5, "steps": 3, "sampler": "ddim", "seed": 100}),
-              (picture(10, 14, 11), "scale=3&seed=110&format=webp", {"scale": 3, "seed": 110})]
+    cases += [
+        (picture(16, 20, 8, "L"), "scale=2&seed=80", {"scale": 2, "seed": 80}),  # joins the batch above
+        (picture(12, 12, 9, "RGBA"), "size=30x30&seed=90", {"size": (30, 30), "seed": 90}),
+        (
+            picture(16, 20, 10),
+            "scale=2.5&steps=3&sampler=ddim&seed=100&format=jpeg",
+            {"scale": 2.5, "steps": 3, "sampler": "ddim", "seed": 100},
+        ),
+        (picture(10, 14, 11), "scale=3&seed=110&format=webp", {"scale": 3, "seed": 110}),
+    ]
     start = threading.Barrier(len(cases))
 
     def send(case):
@@ -263,32 +286,51 @@ def test_onnxruntime_engines_run_in_a_replica_under_a_route_prefix(service, mode
     from idm_rt.serve import build_app
 
     engines = tmp_path / "engines"
-    assert build(["--engine", "fp32", "--backend", "onnxruntime", "--model", str(model_dir), "--out",
-                  str(engines)]) == 0
-    serve.run(build_app({"model": str(engines), "backend": "onnxruntime"}), name="idm_rt_ort", route_prefix="/ort",
-              blocking=False)
+    assert (
+        build(["--engine", "fp32", "--backend", "onnxruntime", "--model", str(model_dir), "--out", str(engines)]) == 0
+    )
+    serve.run(
+        build_app({"model": str(engines), "backend": "onnxruntime"}),
+        name="idm_rt_ort",
+        route_prefix="/ort",
+        blocking=False,
+    )
     try:
         code, _, body = post(f"{service}/ort/v1/upscale?scale=2&seed=4", GOOD)
         described = json.loads(get(f"{service}/ort/v1/model")[1])
     finally:
         serve.delete("idm_rt_ort")
     want = idm_rt.Upscaler.from_pretrained(engines, backend="onnxruntime").upscale(
-        Image.open(io.BytesIO(GOOD)), scale=2, seed=4, progress=False)
+        Image.open(io.BytesIO(GOOD)), scale=2, seed=4, progress=False
+    )
     assert code == 200 and np.array_equal(np.asarray(Image.open(io.BytesIO(body))), np.asarray(want))
     assert described["backend"] == "onnxruntime" and described["buckets"] and described["model"] == str(engines)
 
 
 def test_serve_options_are_checked_before_anything_starts(capsys):
-    for option, message in ((["--max-batch", "0"], "--max-batch: must be an integer in [1, 64], got '0'"),
-                            (["--replicas", "2000"], "--replicas: must be an integer in [1, 1024], got '2000'")):
+    for option, message in (
+        (["--max-batch", "0"], "--max-batch: must be an integer in [1, 64], got '0'"),
+        (["--replicas", "2000"], "--replicas: must be an integer in [1, 1024], got '2000'"),
+    ):
         with pytest.raises(SystemExit) as exit_:  # argument errors, before Ray starts
             main(["serve", *option])
         assert exit_.value.code == 2 and message in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["serve", "--help"])
     out = capsys.readouterr().out
-    for option in ("--model", "--backend", "--device", "--replicas", "--max-batch", "--batch-wait-ms", "--host",
-                   "--port", "--timeout-s", "--max-body-mb", "examples:"):
+    for option in (
+        "--model",
+        "--backend",
+        "--device",
+        "--replicas",
+        "--max-batch",
+        "--batch-wait-ms",
+        "--host",
+        "--port",
+        "--timeout-s",
+        "--max-body-mb",
+        "examples:",
+    ):
         assert option in out
 
 
@@ -353,7 +395,9 @@ def test_a_batch_job_never_writes_over_its_inputs_nor_follows_links_out(cluster,
     err = capsys.readouterr().err
     assert f"{same / 'a.png'} is an input" in err and "link.png" in err and "leads out of its folder" in err
     assert {p: p.read_bytes() for p in before} == before and sorted(p.name for p in same.iterdir()) == [
-        "a.png", "link.png"]
+        "a.png",
+        "link.png",
+    ]
     assert main(["upscale", str(same), "-o", str(tmp_path / "out"), "--follow-links", *common]) == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "link.png"]  # named after the link
 
@@ -364,13 +408,29 @@ def test_a_batch_job_killed_halfway_finishes_only_the_rest_when_rerun(cluster, m
     src.mkdir()
     for i in range(n):
         picture(40, 40, i).save(src / f"im{i}.png")
-    args = ["upscale", str(src), "-o", str(out), "--scale", "2", "--steps", "16", "--seed", "0", "--model",
-            str(model_dir), "--ray", "--workers", "1"]
+    args = [
+        "upscale",
+        str(src),
+        "-o",
+        str(out),
+        "--scale",
+        "2",
+        "--steps",
+        "16",
+        "--seed",
+        "0",
+        "--model",
+        str(model_dir),
+        "--ray",
+        "--workers",
+        "1",
+    ]
     cpus = ray.available_resources().get("CPU", 0)
     env = {**os.environ, "RAY_ADDRESS": cluster, "PYTHONPATH": str(ROOT)}  # joins this module's cluster
     with open(tmp_path / "job.log", "w") as log:
-        job = subprocess.Popen([sys.executable, "-m", "idm_rt", *args], env=env, stdout=log, stderr=subprocess.STDOUT,
-                               cwd=ROOT)
+        job = subprocess.Popen(
+            [sys.executable, "-m", "idm_rt", *args], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+        )
         try:
             deadline = time.monotonic() + 180
             while not list(out.glob("*.png")) and job.poll() is None and time.monotonic() < deadline:
@@ -403,8 +463,24 @@ def test_a_killed_batch_job_leaves_no_ray_process_behind(model_dir, tmp_path):
     for i in range(4):
         picture(40, 40, i).save(src / f"im{i}.png")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    cmd = [sys.executable, "-m", "idm_rt", "upscale", str(src), "-o", str(tmp_path / "out"), "--scale", "2",
-           "--steps", "200", "--model", str(model_dir), "--ray", "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "idm_rt",
+        "upscale",
+        str(src),
+        "-o",
+        str(tmp_path / "out"),
+        "--scale",
+        "2",
+        "--steps",
+        "200",
+        "--model",
+        str(model_dir),
+        "--ray",
+        "--workers",
+        "1",
+    ]
     job = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         line = ""
@@ -443,8 +519,20 @@ def test_the_serve_command_says_where_it_listens_and_stops_on_sigterm(model_dir,
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # Ray on 127.0.0.1
     env.pop("RAY_ADDRESS", None)
-    cmd = [sys.executable, "-m", "idm_rt", "serve", "--model", str(model_dir), "--port", str(port), "--address",
-           "local", "--replica-cpus", "0.5"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "idm_rt",
+        "serve",
+        "--model",
+        str(model_dir),
+        "--port",
+        str(port),
+        "--address",
+        "local",
+        "--replica-cpus",
+        "0.5",
+    ]
     with open(tmp_path / "serve.log", "w") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         try:
@@ -459,8 +547,11 @@ def test_the_serve_command_says_where_it_listens_and_stops_on_sigterm(model_dir,
             code = post(f"http://127.0.0.1:{port}/v1/upscale?scale=2&seed=0", GOOD)[0]
             get(f"http://127.0.0.1:{port}/nope")
             slow = {}
-            flying = threading.Thread(target=lambda: slow.update(r=post(
-                f"http://127.0.0.1:{port}/v1/upscale?scale=2&seed=1&steps=2000", GOOD, timeout=120)))
+            flying = threading.Thread(
+                target=lambda: slow.update(
+                    r=post(f"http://127.0.0.1:{port}/v1/upscale?scale=2&seed=1&steps=2000", GOOD, timeout=120)
+                )
+            )
             flying.start()
             time.sleep(2)  # in flight
             proc.send_signal(signal.SIGTERM)

@@ -21,9 +21,25 @@ def test_skip_summary_counts_each_reason_once():
 @pytest.mark.slow
 def test_a_run_without_the_golden_fixtures_ends_with_a_line_saying_so(tmp_path):
     env = {**os.environ, "IDM_RT_GOLDEN": str(tmp_path / "nowhere")}
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_golden.py", "-k",
-                        "config_inferred or ddpm_step"], cwd=ROOT, env=env, capture_output=True, text=True,
-                       timeout=300, check=False)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/test_golden.py",
+            "-k",
+            "config_inferred or ddpm_step",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     line = next(x for x in r.stdout.splitlines() if x.startswith("NOT CHECKED"))
     assert line.startswith("NOT CHECKED: 5 tests skipped: 5 x golden fixtures not found at ")

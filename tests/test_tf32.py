@@ -55,10 +55,12 @@ def test_tf32_moves_the_unets_two_forms_apart_and_the_budget_covers_it(tiny_mode
             net = tiny_model.to(dtype)
             net.set_implicit_form("literal" if literal else "fast")
             with torch.no_grad():
-                out = net.denoise(x.to(dtype), net.condition(cond.to(dtype), torch.tensor([0.5], dtype=dtype)),
-                                  g.to(dtype))
+                out = net.denoise(
+                    x.to(dtype), net.condition(cond.to(dtype), torch.tensor([0.5], dtype=dtype)), g.to(dtype)
+                )
             tiny_model.float()
             return out
+
         return run
 
     budget = derive(side(False), side(True), lambda: side(True)(torch.float64))

@@ -43,21 +43,27 @@ def machine(tmp_path, monkeypatch):
     return write
 
 
-@pytest.mark.parametrize("files,proc,cpus", [
-    ({}, "0::/\n", 64),  # no cgroup files: the affinity mask
-    ({"cpu.max": "max 100000\n"}, "0::/\n", 64),  # v2, unlimited
-    ({"cpu.max": "200000 100000\n"}, "0::/\n", 2),  # v2: 2 CPUs' worth
-    ({"cpu.max": "150000 100000\n"}, "0::/\n", 2),  # 1.5 CPUs: rounded up
-    ({"cpu.max": "20000 100000\n"}, "0::/\n", 1),  # a fifth of a CPU: still one thread
-    ({"job.slice/cpu.max": "300000 100000\n", "job.slice/run/cpu.max": "max 100000\n"}, "0::/job.slice/run\n", 3),
-    ({"cpu.max": "800000 100000\n", "job/cpu.max": "400000 100000\n"}, "0::/job\n", 4),  # the tightest
-    ({"cpu/cpu.cfs_quota_us": "400000\n", "cpu/cpu.cfs_period_us": "100000\n"}, "3:cpu:/\n", 4),  # v1
-    ({"cpu,cpuacct/cpu.cfs_quota_us": "50000\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"},
-     "4:cpu,cpuacct:/docker/abc\n", 1),  # v1 in a container: its cgroup at the mount's root
-    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, "3:cpu:/\n", 64),  # v1, unlimited
-    ({"cpu.max": "lots of CPUs\n"}, "0::/\n", 64),  # unreadable: ignored
-    ({"cpu.max": "0 100000\n"}, "garbage\n", 64),
-])
+@pytest.mark.parametrize(
+    "files,proc,cpus",
+    [
+        ({}, "0::/\n", 64),  # no cgroup files: the affinity mask
+        ({"cpu.max": "max 100000\n"}, "0::/\n", 64),  # v2, unlimited
+        ({"cpu.max": "200000 100000\n"}, "0::/\n", 2),  # v2: 2 CPUs' worth
+        ({"cpu.max": "150000 100000\n"}, "0::/\n", 2),  # 1.5 CPUs: rounded up
+        ({"cpu.max": "20000 100000\n"}, "0::/\n", 1),  # a fifth of a CPU: still one thread
+        ({"job.slice/cpu.max": "300000 100000\n", "job.slice/run/cpu.max": "max 100000\n"}, "0::/job.slice/run\n", 3),
+        ({"cpu.max": "800000 100000\n", "job/cpu.max": "400000 100000\n"}, "0::/job\n", 4),  # the tightest
+        ({"cpu/cpu.cfs_quota_us": "400000\n", "cpu/cpu.cfs_period_us": "100000\n"}, "3:cpu:/\n", 4),  # v1
+        (
+            {"cpu,cpuacct/cpu.cfs_quota_us": "50000\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"},
+            "4:cpu,cpuacct:/docker/abc\n",
+            1,
+        ),  # v1 in a container: its cgroup at the mount's root
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, "3:cpu:/\n", 64),  # v1, unlimited
+        ({"cpu.max": "lots of CPUs\n"}, "0::/\n", 64),  # unreadable: ignored
+        ({"cpu.max": "0 100000\n"}, "garbage\n", 64),
+    ],
+)
 def test_available_cpus_follow_the_cgroup_quota(machine, tmp_path, files, proc, cpus):
     (tmp_path / "proc_self_cgroup").write_text(proc)
     for path, text in files.items():
@@ -83,11 +89,20 @@ def test_configure_threads(machine, monkeypatch):
 
 
 def test_importing_idm_rt_leaves_torch_threads_alone():
-    code = ("import torch; n = torch.get_num_threads(); "
-            "import idm_rt, idm_rt.training.train, idm_rt.training.evaluate; "
-            "assert torch.get_num_threads() == n, (n, torch.get_num_threads())")
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False)
+    code = (
+        "import torch; n = torch.get_num_threads(); "
+        "import idm_rt, idm_rt.training.train, idm_rt.training.evaluate; "
+        "assert torch.get_num_threads() == n, (n, torch.get_num_threads())"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        check=False,
+    )
     assert r.returncode == 0, r.stderr
 
 
@@ -128,8 +143,10 @@ def test_train_threads_flag_is_the_threads_option(machine, tmp_path):
     make_folder(tmp_path / "data")
     out = tmp_path / "run"
     set_ = [s for s in TINY_SET if not s.startswith("threads=")]
-    assert main(["--data", str(tmp_path / "data"), "--out", str(out), "--steps", "1", "--threads", "1",
-                 "--set", *set_]) == 0
+    assert (
+        main(["--data", str(tmp_path / "data"), "--out", str(out), "--steps", "1", "--threads", "1", "--set", *set_])
+        == 0
+    )
     assert torch.get_num_threads() == 1 and json.loads((out / "train_config.json").read_text())["threads"] == 1
     machine("cpu.max", "200000 100000\n")
     assert main(["--resume", "--out", str(out), "--steps", "2", "--set", "threads=0"]) == 0
@@ -157,15 +174,18 @@ def _count_in_a_new_thread() -> int:
     return seen[0]
 
 
-@pytest.mark.parametrize("load,cpus,n,spare", [
-    (1.0, 2, 2, 1),  # one busy process on 2 CPUs: one of our 2 threads would have no free core
-    (0.2, 2, 2, 2),  # idle
-    (1.0, 2, 1, 1),  # one thread cannot stall another
-    (9.5, 2, 2, 1),  # at least one
-    (4.0, 8, 8, 4),  # the free cores
-    (30.0, 64, 2, 2),  # a 2-CPU container on a 64-CPU host half busy: cores to spare
-    (63.0, 64, 2, 1),
-])
+@pytest.mark.parametrize(
+    "load,cpus,n,spare",
+    [
+        (1.0, 2, 2, 1),  # one busy process on 2 CPUs: one of our 2 threads would have no free core
+        (0.2, 2, 2, 2),  # idle
+        (1.0, 2, 1, 1),  # one thread cannot stall another
+        (9.5, 2, 2, 1),  # at least one
+        (4.0, 8, 8, 4),  # the free cores
+        (30.0, 64, 2, 2),  # a 2-CPU container on a 64-CPU host half busy: cores to spare
+        (63.0, 64, 2, 1),
+    ],
+)
 def test_a_busy_machine_gets_its_free_cores_with_a_note(monkeypatch, load, cpus, n, spare):
     monkeypatch.setattr(threads.os, "getloadavg", lambda: (load, load, load))
     monkeypatch.setattr(threads.os, "cpu_count", lambda: cpus)

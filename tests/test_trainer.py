@@ -30,8 +30,21 @@ def losses(run) -> list[float]:
 
 def test_cli_reports_bad_data_folder(tmp_path):
     (tmp_path / "empty").mkdir()
-    r = subprocess.run([sys.executable, "-m", "idm_rt.training.train", "--data", str(tmp_path / "empty"), "--out",
-                        str(tmp_path / "run")], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "idm_rt.training.train",
+            "--data",
+            str(tmp_path / "empty"),
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert r.returncode == 2 and "no usable training image" in r.stderr
 
 
@@ -135,14 +148,18 @@ def test_the_run_says_what_it_trains_and_validates_on_and_where_its_checkpoint_i
     assert main(["--data", str(tmp_path / "data"), "--out", str(out), "--steps", "2", "--set", *options]) == 0
     said = capsys.readouterr().out
     assert "warning: 4 of the 5 images are held out for validation, not trained on" in said
-    assert (f"data: training on 1 of the 5 usable images in {tmp_path / 'data'}; validation on the last 4 "
-            "(val_holdout=4; --set val_holdout=N changes it") in said and "--val-data DIR" in said
+    assert (
+        f"data: training on 1 of the 5 usable images in {tmp_path / 'data'}; validation on the last 4 "
+        "(val_holdout=4; --set val_holdout=N changes it"
+    ) in said and "--val-data DIR" in said
     last = out / "checkpoints" / "step_00000002"
     assert (last / "ema").is_dir() and f"step 2 of 2; last checkpoint: {last} (the model: {last / 'ema'}" in said
     for name in ("img0.png", "img1.png"):
         (tmp_path / "data" / name).unlink()
-    assert main(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "run2"), "--steps", "2", "--set",
-                 *options]) == 2
+    assert (
+        main(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "run2"), "--steps", "2", "--set", *options])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "has 3 usable images: too few to hold out 4" in err and "--set val_holdout=2" in err
     assert "--val-data DIR" in err
@@ -169,8 +186,23 @@ def test_resume_cli_uses_the_runs_saved_options(tmp_path, capsys):
     assert "holds another network than these options ask for (res_blocks: 1 there, 2 here)" in capsys.readouterr().err
     assert json.loads((out / "train_config.json").read_text())["network"].get("res_blocks") is None  # untouched
     # with --recipe the options are given in full: the small preset's network
-    assert main(["--resume", "--out", str(out), "--recipe", "small", "--data", str(tmp_path / "data"), "--set",
-                 "crop=16", "val_holdout=1"]) == 2
+    assert (
+        main(
+            [
+                "--resume",
+                "--out",
+                str(out),
+                "--recipe",
+                "small",
+                "--data",
+                str(tmp_path / "data"),
+                "--set",
+                "crop=16",
+                "val_holdout=1",
+            ]
+        )
+        == 2
+    )
     assert "holds another network" in capsys.readouterr().err
     saved = json.loads((out / "train_config.json").read_text())
     del saved["lr_decay_steps"]  # a run saved before the option existed: a change to it is printed too
@@ -183,15 +215,22 @@ def test_resume_cli_uses_the_runs_saved_options(tmp_path, capsys):
     assert (out / "train_config.json").read_text() == before
 
 
-@pytest.mark.parametrize("override,message", [
-    ('val_sampling={"sampler":"bogus"}', r"val_sampling: unknown sampler 'bogus'"),
-    ("ckpt_every=0", "ckpt_every must be > 0"), ("lr=abc", "lr must be a finite number"),
-    ("network.foo=1", "network options"), ("ema_decay=2", "ema_decay"), ("steps=-5", "steps must be >= 0"),
-    ("precision=fp8", "torch runs in 'fp32', 'fp16' or 'bf16', not 'fp8'"),
-    ("crop=20", "multiple of 8"), ("lr=NaN", "lr must be a finite number"),
-    ("lr_decay_steps=-1", "lr_decay_steps must be >= 0"),
-    ('val_sampling={"sampler":"ddim","steps":1}', r"ddim steps must be in 2\.\.2000, got 1"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ('val_sampling={"sampler":"bogus"}', r"val_sampling: unknown sampler 'bogus'"),
+        ("ckpt_every=0", "ckpt_every must be > 0"),
+        ("lr=abc", "lr must be a finite number"),
+        ("network.foo=1", "network options"),
+        ("ema_decay=2", "ema_decay"),
+        ("steps=-5", "steps must be >= 0"),
+        ("precision=fp8", "torch runs in 'fp32', 'fp16' or 'bf16', not 'fp8'"),
+        ("crop=20", "multiple of 8"),
+        ("lr=NaN", "lr must be a finite number"),
+        ("lr_decay_steps=-1", "lr_decay_steps must be >= 0"),
+        ('val_sampling={"sampler":"ddim","steps":1}', r"ddim steps must be in 2\.\.2000, got 1"),
+    ],
+)
 def test_bad_options_fail_before_training(override, message):
     with pytest.raises(ValueError, match=message):
         resolve("small", overrides=override.split())
@@ -201,8 +240,7 @@ def test_the_learning_rate_decays_linearly_over_the_last_steps_and_follows_more_
     make_folder(tmp_path / "data")
     cfg = train_config(tmp_path, steps=10, fixed_scale_steps=2, lr=0.4, lr_stage2=0.2, lr_decay_steps=4)
     trainer = Trainer(cfg)
-    assert [trainer.lr_at(s) for s in range(10)] == pytest.approx([0.4, 0.4, 0.2, 0.2, 0.2, 0.2, 0.2, 0.15, 0.1,
-                                                                    0.05])
+    assert [trainer.lr_at(s) for s in range(10)] == pytest.approx([0.4, 0.4, 0.2, 0.2, 0.2, 0.2, 0.2, 0.15, 0.1, 0.05])
     trainer.cfg.steps = 20  # a resumed run given more steps decays over its new end
     assert trainer.lr_at(9) == 0.2 and trainer.lr_at(18) == pytest.approx(0.1)
     trainer.cfg.lr_decay_steps = 0
@@ -232,10 +270,24 @@ def test_two_process_gloo_ranks_stay_identical(tmp_path):
     port = free_port()
     procs = []
     for rank in range(2):
-        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2",
-               "RANK": str(rank), "LOCAL_RANK": str(rank)}
-        procs.append(subprocess.Popen([sys.executable, "-c", DDP_SCRIPT, str(tmp_path)], env=env, cwd=ROOT,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        env = {
+            **os.environ,
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "WORLD_SIZE": "2",
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", DDP_SCRIPT, str(tmp_path)],
+                env=env,
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     w0, w1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
@@ -296,8 +348,9 @@ def _damage(kind: str, state, tmp_path):
         torch.save({"step": _Mkdir(tmp_path / "PWNED")}, state)
 
 
-@pytest.mark.parametrize("kind", ["truncated", "empty", "random", "a list", "missing keys", "a bad step",
-                                  "a malicious pickle"])
+@pytest.mark.parametrize(
+    "kind", ["truncated", "empty", "random", "a list", "missing keys", "a bad step", "a malicious pickle"]
+)
 def test_a_damaged_trainer_state_is_one_line_naming_the_file(tmp_path, capsys, kind):
     from idm_rt.training.train import main
 
@@ -323,8 +376,12 @@ def test_rotation_and_resume_leave_what_is_not_a_checkpoint_alone(tmp_path):
     (ckpts / "step_99999999").mkdir()
     trainer = Trainer(train_config(tmp_path, steps=6, ckpt_every=2, keep_last=1))
     trainer.fit()
-    assert sorted(p.name for p in ckpts.iterdir()) == ["step_00000000_notes.txt", "step_00000001", "step_00000006",
-                                                       "step_99999999"]
+    assert sorted(p.name for p in ckpts.iterdir()) == [
+        "step_00000000_notes.txt",
+        "step_00000001",
+        "step_00000006",
+        "step_99999999",
+    ]
     assert (ckpts / "step_00000001" / "keep.txt").read_text() == "mine too"
     resumed = Trainer(train_config(tmp_path, steps=6, ckpt_every=2, keep_last=1))
     assert resumed.resume() and resumed.step == 6

@@ -20,13 +20,23 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.skipif(not kernels.triton_available(), reason="triton is not installed")
 def test_each_kernel_compiles_for_sm80_and_sm90_within_the_shared_memory_of_the_card():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # test_kernels sets it for its process
-    run = subprocess.run([sys.executable, "-m", "benchmarks.triton_aot", "--ci"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks.triton_aot", "--ci"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout)
     rows = result["rows"]
     assert {(r["kernel"], r["capability"]) for r in rows} == {
-        ("_mlp_kernel", 90), ("_mlp_kernel", 80), ("_map_kernel", 80), ("_gather_kernel", 90)}
+        ("_mlp_kernel", 90),
+        ("_mlp_kernel", 80),
+        ("_map_kernel", 80),
+        ("_gather_kernel", 90),
+    }
     assert {r["case"]["dtype"] for r in rows} == {"float32", "float16", "bfloat16"}
     for r in rows:
         assert r["ok"] and r["fits"], r

@@ -95,45 +95,51 @@ def test_one_tile_changes_nothing(up):
     assert np.array_equal(a, b)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(scale=1.0), "scale must be a finite number > 1"),
-    (dict(scale=0.5), "scale must be a finite number > 1"),
-    (dict(scale=float("nan")), "scale must be a finite number > 1"),
-    (dict(), "exactly one of scale or size"),
-    (dict(scale=2, size=(20, 20)), "exactly one of scale or size"),
-    (dict(size=(5, 20)), "must be larger than the input"),
-    (dict(scale=2, sampler="euler"), "unknown sampler"),
-    (dict(scale=2, steps=-1), r"steps must be an integer in \[0, 2000\]"),
-    (dict(scale=2, steps=0, init="noise"), "steps=0 gives the start image itself"),
-    (dict(scale=2, tile=6), "tile must be at least"),
-    (dict(scale=2, eta=1.5), r"eta must be a number in \[0, 1\]"),
-    (dict(scale=2, eta="0.5"), r"eta must be a number in \[0, 1\]"),
-    (dict(scale=2, seed=1.5), "seed must be an integer"),
-    (dict(scale=2, seed="1"), "seed must be an integer"),
-    (dict(scale=2, seed=2**70), "seed must be an integer"),
-    (dict(scale=2, init="bicubic", init_level="0.5"), r"init_level must be a number in \(0, 1\)"),
-    (dict(scale=2, tile="16"), "tile must be an integer"),
-    (dict(size={20, 21}), r"size must be \(width, height\)"),
-    (dict(scale=2, steps=True), r"steps must be an integer in \[0, 2000\]"),
-    (dict(scale=2, steps=10**9), r"steps must be an integer in \[0, 2000\]"),
-    (dict(scale=2, back_projection=10**9), r"back_projection must be an integer in \[0, 100\]"),
-    (dict(scale=2, sampler="ddpm", steps=1500, init="bicubic", init_level=0.9), r"ddpm steps must be in 1\.\.\d+"),
-    (dict(scale=1.01), "too small to change the size"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(scale=1.0), "scale must be a finite number > 1"),
+        (dict(scale=0.5), "scale must be a finite number > 1"),
+        (dict(scale=float("nan")), "scale must be a finite number > 1"),
+        (dict(), "exactly one of scale or size"),
+        (dict(scale=2, size=(20, 20)), "exactly one of scale or size"),
+        (dict(size=(5, 20)), "must be larger than the input"),
+        (dict(scale=2, sampler="euler"), "unknown sampler"),
+        (dict(scale=2, steps=-1), r"steps must be an integer in \[0, 2000\]"),
+        (dict(scale=2, steps=0, init="noise"), "steps=0 gives the start image itself"),
+        (dict(scale=2, tile=6), "tile must be at least"),
+        (dict(scale=2, eta=1.5), r"eta must be a number in \[0, 1\]"),
+        (dict(scale=2, eta="0.5"), r"eta must be a number in \[0, 1\]"),
+        (dict(scale=2, seed=1.5), "seed must be an integer"),
+        (dict(scale=2, seed="1"), "seed must be an integer"),
+        (dict(scale=2, seed=2**70), "seed must be an integer"),
+        (dict(scale=2, init="bicubic", init_level="0.5"), r"init_level must be a number in \(0, 1\)"),
+        (dict(scale=2, tile="16"), "tile must be an integer"),
+        (dict(size={20, 21}), r"size must be \(width, height\)"),
+        (dict(scale=2, steps=True), r"steps must be an integer in \[0, 2000\]"),
+        (dict(scale=2, steps=10**9), r"steps must be an integer in \[0, 2000\]"),
+        (dict(scale=2, back_projection=10**9), r"back_projection must be an integer in \[0, 100\]"),
+        (dict(scale=2, sampler="ddpm", steps=1500, init="bicubic", init_level=0.9), r"ddpm steps must be in 1\.\.\d+"),
+        (dict(scale=1.01), "too small to change the size"),
+    ],
+)
 def test_bad_arguments_raise_value_error(up, kwargs, match):
     with pytest.raises(ValueError, match=match):
         up.upscale(rgb(10, 10), progress=False, **kwargs)
 
 
-@pytest.mark.parametrize("image,match", [
-    (np.zeros((0, 5, 3), np.uint8), "image too small \\(5x0\\)"),
-    (np.zeros((1, 1, 3), np.uint8), "image too small \\(1x1\\): it needs at least 2 pixels"),
-    (np.full((4, 4, 3), np.nan, np.float32), "NaN"),
-    (np.zeros((4, 4, 3), np.int32), "unsupported image dtype"),
-    (np.full((4, 4, 3), 2.0, np.float32), r"must be in \[0, 1\]"),
-    (np.zeros((4, 4, 5), np.uint8), "HxW or HxWxC"),
-    ("photo.png", "unsupported image type"),
-])
+@pytest.mark.parametrize(
+    "image,match",
+    [
+        (np.zeros((0, 5, 3), np.uint8), "image too small \\(5x0\\)"),
+        (np.zeros((1, 1, 3), np.uint8), "image too small \\(1x1\\): it needs at least 2 pixels"),
+        (np.full((4, 4, 3), np.nan, np.float32), "NaN"),
+        (np.zeros((4, 4, 3), np.int32), "unsupported image dtype"),
+        (np.full((4, 4, 3), 2.0, np.float32), r"must be in \[0, 1\]"),
+        (np.zeros((4, 4, 5), np.uint8), "HxW or HxWxC"),
+        ("photo.png", "unsupported image type"),
+    ],
+)
 def test_bad_images_raise_value_error(up, image, match):
     with pytest.raises(ValueError, match=match):
         up.upscale(image, scale=2, progress=False)
@@ -182,8 +188,9 @@ def test_bicubic_and_estimate_starts_are_the_diffused_upscale_and_condition_imag
     assert t == start_timestep(0.7) and abs(LinearSchedule().noise_level(t) - 0.7) < 1e-3
     ac = LinearSchedule().ac(t)
     up = F.interpolate(lr, size=(12, 21), mode="bicubic", align_corners=False).clamp(-1, 1)
-    z = torch.from_numpy(np.stack([np.random.default_rng(seed).standard_normal((3, 12, 21), dtype=np.float32)
-                                   for seed in (0, 1)]))  # one numpy stream per image
+    z = torch.from_numpy(
+        np.stack([np.random.default_rng(seed).standard_normal((3, 12, 21), dtype=np.float32) for seed in (0, 1)])
+    )  # one numpy stream per image
     assert torch.allclose(x, ac**0.5 * up + (1 - ac) ** 0.5 * z, atol=1e-5)
     x = initial_state(lr, cond, settings.replace(init="estimate"), Noise([0, 1]))
     assert torch.allclose(x, ac**0.5 * cond.clamp(-1, 1) + (1 - ac) ** 0.5 * z, atol=1e-6)
@@ -221,8 +228,15 @@ def test_bf16_autocast_path_stays_close_to_fp32(tiny_model):
     lr = torch.from_numpy(rgb(8, 8)).permute(2, 0, 1)[None].float() / 127.5 - 1
     settings = idm_rt.SamplingSettings(steps=3, init="bicubic", init_level=0.9)  # no 1/g amplification
     ref = super_resolve(tiny_model, lr, (16, 16), settings, scale=2.0, noise=Noise([0]))
-    out = super_resolve(tiny_model, lr, (16, 16), settings, scale=2.0, noise=Noise([0]),
-                        denoise=StaticDenoiser(tiny_model, "bf16", graphs=False))
+    out = super_resolve(
+        tiny_model,
+        lr,
+        (16, 16),
+        settings,
+        scale=2.0,
+        noise=Noise([0]),
+        denoise=StaticDenoiser(tiny_model, "bf16", graphs=False),
+    )
     assert 0 < (out - ref).abs().max() < 0.04  # bf16 keeps ~3 significant digits (0.04 of [-1, 1])
     with pytest.raises(ValueError, match="torch runs in 'fp32', 'fp16' or 'bf16', not 'int8'"):
         idm_rt.Upscaler(tiny_model, precision="int8")
@@ -254,12 +268,15 @@ def test_numpy_integers_are_accepted_for_steps_and_seed(up):
     assert np.array_equal(a, b)
 
 
-@pytest.mark.parametrize("defaults, message", [
-    ({"sampler": "euler", "steps": 3}, "unknown sampler 'euler'"),
-    ({"steps": 10**9}, r"steps must be an integer in \[0, 2000\]"),
-    ({"device": "cuda", "max_pixels": 10**12}, r"unknown keys \['device', 'max_pixels'\]"),  # not Upscaler options
-    (["dpmpp_2m"], "must be a JSON object"),
-])
+@pytest.mark.parametrize(
+    "defaults, message",
+    [
+        ({"sampler": "euler", "steps": 3}, "unknown sampler 'euler'"),
+        ({"steps": 10**9}, r"steps must be an integer in \[0, 2000\]"),
+        ({"device": "cuda", "max_pixels": 10**12}, r"unknown keys \['device', 'max_pixels'\]"),  # not Upscaler options
+        (["dpmpp_2m"], "must be a JSON object"),
+    ],
+)
 def test_bad_stored_defaults_are_refused_when_loading(tiny_model, tmp_path, defaults, message):
     import json
 
@@ -272,10 +289,23 @@ def test_bad_stored_defaults_are_refused_when_loading(tiny_model, tmp_path, defa
 
 
 # The documented policy: PIL mode -> (what it is upscaled as, the mode it comes back in).
-PIL_POLICY = {"1": ("L", "L"), "L": ("L", "L"), "LA": ("LA", "LA"), "La": ("LA", "La"), "P": ("RGB", "RGB"),
-              "P+transparency": ("RGBA", "RGBA"), "PA": ("RGBA", "RGBA"), "RGB": ("RGB", "RGB"),
-              "RGBA": ("RGBA", "RGBA"), "RGBa": ("RGBA", "RGBa"), "RGBX": ("RGB", "RGBX"), "CMYK": ("RGB", "CMYK"),
-              "YCbCr": ("RGB", "YCbCr"), "LAB": ("RGB", "LAB"), "HSV": ("RGB", "HSV")}
+PIL_POLICY = {
+    "1": ("L", "L"),
+    "L": ("L", "L"),
+    "LA": ("LA", "LA"),
+    "La": ("LA", "La"),
+    "P": ("RGB", "RGB"),
+    "P+transparency": ("RGBA", "RGBA"),
+    "PA": ("RGBA", "RGBA"),
+    "RGB": ("RGB", "RGB"),
+    "RGBA": ("RGBA", "RGBA"),
+    "RGBa": ("RGBA", "RGBa"),
+    "RGBX": ("RGB", "RGBX"),
+    "CMYK": ("RGB", "CMYK"),
+    "YCbCr": ("RGB", "YCbCr"),
+    "LAB": ("RGB", "LAB"),
+    "HSV": ("RGB", "HSV"),
+}
 
 
 @pytest.mark.parametrize("mode", list(PIL_POLICY))
@@ -329,20 +359,23 @@ def test_tensors_that_require_grad_are_detached(up, channels):
     assert torch.equal(out, up.upscale(image.detach(), scale=2, seed=0, progress=False))
 
 
-@pytest.mark.parametrize("make,match", [
-    (lambda: torch.empty(3, 8, 8, device="meta"), "meta tensor has no values"),
-    (lambda: torch.rand(3, 8, 8).to_sparse(), "must be dense, got a torch.sparse_coo tensor"),
-    (lambda: torch.rand(8, 8).to_sparse_csr(), "must be dense, got a torch.sparse_csr tensor"),
-    (lambda: torch.nested.nested_tensor([torch.rand(3, 8, 8)]), "must be dense, got a nested tensor"),
-    (lambda: torch.quantize_per_tensor(torch.rand(3, 8, 8), 0.1, 0, torch.quint8), "quantized image tensors"),
-    (lambda: torch.rand(3, 8, 8, dtype=torch.complex64), "unsupported image dtype torch.complex64"),
-    (lambda: torch.ones(3, 8, 8, dtype=torch.bool), "unsupported image dtype torch.bool"),
-    (lambda: torch.ones(3, 8, 8, dtype=torch.int32), "unsupported image dtype torch.int32"),
-    (lambda: torch.rand(8, 8, 3), r"channels first.*got shape \(8, 8, 3\)"),
-    (lambda: torch.rand(1, 1, 3, 8, 8), r"got shape \(1, 1, 3, 8, 8\)"),
-    (lambda: torch.rand(2, 5, 8, 8), r"got shape \(5, 8, 8\)"),
-    (lambda: torch.empty(0, 3, 8, 8), "no image given"),
-])
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: torch.empty(3, 8, 8, device="meta"), "meta tensor has no values"),
+        (lambda: torch.rand(3, 8, 8).to_sparse(), "must be dense, got a torch.sparse_coo tensor"),
+        (lambda: torch.rand(8, 8).to_sparse_csr(), "must be dense, got a torch.sparse_csr tensor"),
+        (lambda: torch.nested.nested_tensor([torch.rand(3, 8, 8)]), "must be dense, got a nested tensor"),
+        (lambda: torch.quantize_per_tensor(torch.rand(3, 8, 8), 0.1, 0, torch.quint8), "quantized image tensors"),
+        (lambda: torch.rand(3, 8, 8, dtype=torch.complex64), "unsupported image dtype torch.complex64"),
+        (lambda: torch.ones(3, 8, 8, dtype=torch.bool), "unsupported image dtype torch.bool"),
+        (lambda: torch.ones(3, 8, 8, dtype=torch.int32), "unsupported image dtype torch.int32"),
+        (lambda: torch.rand(8, 8, 3), r"channels first.*got shape \(8, 8, 3\)"),
+        (lambda: torch.rand(1, 1, 3, 8, 8), r"got shape \(1, 1, 3, 8, 8\)"),
+        (lambda: torch.rand(2, 5, 8, 8), r"got shape \(5, 8, 8\)"),
+        (lambda: torch.empty(0, 3, 8, 8), "no image given"),
+    ],
+)
 @pytest.mark.filterwarnings("ignore::UserWarning")  # torch's notes on prototype and deprecated layouts
 def test_tensors_without_plain_pixel_values_are_refused(up, make, match):
     with pytest.raises(ValueError, match=match):
@@ -399,16 +432,19 @@ def test_thin_images_upscale(up, h, w):
     assert out.shape == (2 * h, 2 * w, 3)
 
 
-@pytest.mark.parametrize("image,match", [
-    (np.array(3, np.uint8), r"HxW or HxWxC with C in 1\.\.4, got shape \(\)"),
-    (np.zeros((1, 1, 4, 4, 3), np.uint8), r"got shape \(1, 1, 4, 4, 3\)"),
-    (np.zeros((4, 4, 3), bool), "unsupported image dtype bool"),
-    (np.zeros((4, 4, 3), np.int64), "unsupported image dtype int64"),
-    (np.zeros((4, 4, 3), object), "unsupported image dtype object"),
-    (np.zeros((4, 4, 3), np.complex64), "unsupported image dtype complex64"),
+@pytest.mark.parametrize(
+    "image,match",
+    [
+        (np.array(3, np.uint8), r"HxW or HxWxC with C in 1\.\.4, got shape \(\)"),
+        (np.zeros((1, 1, 4, 4, 3), np.uint8), r"got shape \(1, 1, 4, 4, 3\)"),
+        (np.zeros((4, 4, 3), bool), "unsupported image dtype bool"),
+        (np.zeros((4, 4, 3), np.int64), "unsupported image dtype int64"),
+        (np.zeros((4, 4, 3), object), "unsupported image dtype object"),
+        (np.zeros((4, 4, 3), np.complex64), "unsupported image dtype complex64"),
         (np.full((4, 4), 1e300), "float images must be in"),
-    (Image.new("F", (4, 4), 255.0), r"float images must be in \[0, 1\]"),
-])
+        (Image.new("F", (4, 4), 255.0), r"float images must be in \[0, 1\]"),
+    ],
+)
 def test_odd_arrays_are_refused_by_name(up, image, match):
     with pytest.raises(ValueError, match=match):
         up.upscale(image, scale=2, progress=False)
@@ -432,9 +468,11 @@ def test_the_estimate_start_needs_an_encoder_trained_as_one(tiny_model):
         up.upscale(np.zeros((8, 8, 3), np.uint8), scale=2, init="estimate", progress=False)
     with pytest.raises(ValueError, match="encoder_upsampler='implicit'"):
         TrainConfig.from_dict({"val_sampling": {"init": "estimate", "init_level": 0.9}})
-    TrainConfig.from_dict({"network": {"encoder_upsampler": "implicit"},
-                           "val_sampling": {"init": "estimate", "init_level": 0.9}})
+    TrainConfig.from_dict(
+        {"network": {"encoder_upsampler": "implicit"}, "val_sampling": {"init": "estimate", "init_level": 0.9}}
+    )
     implicit = idm_rt.IDM(idm_rt.IDMConfig(**{**tiny_model.config.to_dict(), "encoder_upsampler": "implicit"}))
     out = idm_rt.Upscaler(implicit, steps=2, init="estimate", init_level=0.9).upscale(
-        np.zeros((8, 8, 3), np.uint8), scale=2, progress=False)
+        np.zeros((8, 8, 3), np.uint8), scale=2, progress=False
+    )
     assert out.shape == (16, 16, 3)

@@ -19,7 +19,7 @@ def test_matrices_compute_a_1d_correlation_exactly(m):
     bt, g, at = matrices(m)
     gen = torch.Generator().manual_seed(m)
     d, k = torch.randn(m + 2, generator=gen, dtype=torch.float64), torch.randn(3, generator=gen, dtype=torch.float64)
-    direct = torch.stack([(d[i:i + 3] * k).sum() for i in range(m)])
+    direct = torch.stack([(d[i : i + 3] * k).sum() for i in range(m)])
     torch.testing.assert_close(at @ ((g @ k) * (bt @ d)), direct, rtol=0, atol=1e-12)
 
 
@@ -49,8 +49,13 @@ def test_tile_size_rule():
     # the measured losses
     assert pick(64, 64, 128) is None and pick(128, 64, 128) is None and pick(256, 128, 16) is None
     assert pick(256, 256, 8) is None and pick(512, 512, 4) is None
-    for kw in ({"stride": 2}, {"groups": 2}, {"dilation": 2, "padding": 2}, {"padding": 0},
-               {"padding_mode": "reflect"}):
+    for kw in (
+        {"stride": 2},
+        {"groups": 2},
+        {"dilation": 2, "padding": 2},
+        {"padding": 0},
+        {"padding_mode": "reflect"},
+    ):
         assert pick(512, 512, 32, **kw) is None, kw
     assert tile_size(nn.Conv2d(512, 512, 1), 32, 32) is None
 
@@ -102,8 +107,16 @@ def test_onnx_export_runs_in_onnxruntime_with_a_dynamic_batch(m, size):
     conv = nn.Conv2d(16, 16, 3, padding=1)
     module = WinogradConv2d(conv, m).eval()
     buf = io.BytesIO()
-    torch.onnx.export(module, (torch.randn(1, 16, *size),), buf, dynamo=False, opset_version=17,
-                      input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+    torch.onnx.export(
+        module,
+        (torch.randn(1, 16, *size),),
+        buf,
+        dynamo=False,
+        opset_version=17,
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+    )
     session = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
     x = torch.randn(3, 16, *size)
     with torch.no_grad():

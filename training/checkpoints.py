@@ -26,8 +26,12 @@ class CheckpointError(OSError):
 def is_checkpoint(path: Path) -> bool:
     """Whether ``path`` is a checkpoint folder as :func:`write_checkpoint` writes them: named
     ``step_NNNNNNNN`` and holding ``ema/``, ``raw/`` and the trainer state."""
-    return (CHECKPOINT_NAME.fullmatch(path.name) is not None and (path / "ema").is_dir()
-            and (path / "raw").is_dir() and (path / STATE_NAME).is_file())
+    return (
+        CHECKPOINT_NAME.fullmatch(path.name) is not None
+        and (path / "ema").is_dir()
+        and (path / "raw").is_dir()
+        and (path / STATE_NAME).is_file()
+    )
 
 
 def list_checkpoints(folder: Path) -> list[Path]:
@@ -36,8 +40,9 @@ def list_checkpoints(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if is_checkpoint(p)) if folder.exists() else []
 
 
-def write_checkpoint(folder: Path, step: int, ema: IDM, raw: IDM, state: dict, provenance: dict,
-                     keep_last: int) -> Path:
+def write_checkpoint(
+    folder: Path, step: int, ema: IDM, raw: IDM, state: dict, provenance: dict, keep_last: int
+) -> Path:
     """``folder/step_N`` with both models and the trainer ``state``; then only the last ``keep_last``
     checkpoints are kept.
 
@@ -70,11 +75,16 @@ def check_same_network(path: Path, saved: IDMConfig, ours: IDMConfig) -> None:
     (dropout may change: it has no weights)."""
     ours = dataclasses.replace(ours, dropout=saved.dropout)
     if saved != ours:
-        changed = {k: (v, getattr(ours, k)) for k, v in saved.to_dict().items()
-                   if getattr(ours, k) != (tuple(v) if isinstance(v, list) else v)}
-        raise ValueError(f"{path} holds another network than these options ask for "
-                         f"({', '.join(f'{k}: {a} there, {b} here' for k, (a, b) in changed.items())}); a "
-                         f"resumed run keeps its network's shape")
+        changed = {
+            k: (v, getattr(ours, k))
+            for k, v in saved.to_dict().items()
+            if getattr(ours, k) != (tuple(v) if isinstance(v, list) else v)
+        }
+        raise ValueError(
+            f"{path} holds another network than these options ask for "
+            f"({', '.join(f'{k}: {a} there, {b} here' for k, (a, b) in changed.items())}); a "
+            f"resumed run keeps its network's shape"
+        )
 
 
 @contextlib.contextmanager
@@ -84,8 +94,9 @@ def restoring(file: Path):
     try:
         yield
     except Exception as e:  # noqa: BLE001 (torch.load and the load_state_dicts raise many types)
-        raise CheckpointError(f"{file} cannot be resumed from ({_why(e)}); it is damaged or not a trainer "
-                              "state") from None
+        raise CheckpointError(
+            f"{file} cannot be resumed from ({_why(e)}); it is damaged or not a trainer state"
+        ) from None
 
 
 def _why(e: Exception) -> str:

@@ -67,8 +67,9 @@ class TrainConfig:
         before ``val_sampling`` gave its fields as ``val_sampler``, ``val_steps``, ... and called the network's
         shape ``preset`` (read as such)."""
         d = {"network_preset" if k == "preset" else k: v for k, v in d.items()}  # its name in older runs
-        legacy = {k: d.pop(f"val_{k}") for k in ("sampler", "steps", "init", "init_level", "consistency")
-                  if f"val_{k}" in d}  # (consistency: the back-projection count's old name, SamplingSettings.from_dict)
+        legacy = {
+            k: d.pop(f"val_{k}") for k in ("sampler", "steps", "init", "init_level", "consistency") if f"val_{k}" in d
+        }  # (consistency: the back-projection count's old name, SamplingSettings.from_dict)
         if legacy:
             d["val_sampling"] = {**d.get("val_sampling", {}), **legacy}
         cfg = strict_from_dict(cls, d, "training options")
@@ -82,18 +83,44 @@ class TrainConfig:
             if isinstance(default, bool):
                 if not isinstance(value, bool):
                     raise ValueError(f"{f.name} must be true or false, got {value!r}")
-            elif isinstance(default, (int, float)) and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                                     or isinstance(default, int) and not isinstance(value, int)
-                                                     or not math.isfinite(value)):
-                raise ValueError(f"{f.name} must be {'an integer' if isinstance(default, int) else 'a finite number'}"
-                                 f", got {value!r}")
-        positive = ("crop", "batch", "max_timestep", "log_every", "ckpt_every", "keep_last", "val_crop", "lr",
-                    "lr_stage2")
+            elif isinstance(default, (int, float)) and (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or isinstance(default, int)
+                and not isinstance(value, int)
+                or not math.isfinite(value)
+            ):
+                raise ValueError(
+                    f"{f.name} must be {'an integer' if isinstance(default, int) else 'a finite number'}, got {value!r}"
+                )
+        positive = (
+            "crop",
+            "batch",
+            "max_timestep",
+            "log_every",
+            "ckpt_every",
+            "keep_last",
+            "val_crop",
+            "lr",
+            "lr_stage2",
+        )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("steps", "fixed_scale_steps", "val_every", "val_holdout", "threads", "grad_clip", "snr_gamma",
-                     "aux_weight", "regression_steps", "lr_decay_steps", "lr_patch", "max_crop"):
+        for name in (
+            "steps",
+            "fixed_scale_steps",
+            "val_every",
+            "val_holdout",
+            "threads",
+            "grad_clip",
+            "snr_gamma",
+            "aux_weight",
+            "regression_steps",
+            "lr_decay_steps",
+            "lr_patch",
+            "max_crop",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if not 0 <= self.ema_decay < 1:
@@ -108,8 +135,9 @@ class TrainConfig:
         if self.lr_patch and self.max_crop < 8:
             raise ValueError(f"max_crop must be >= 8 when lr_patch is set, got {self.max_crop}")
         if self.freeze_encoder and (self.regression_steps or self.aux_weight):
-            raise ValueError("freeze_encoder keeps the encoder's weights, which regression_steps and aux_weight train: "
-                             "set both to 0")
+            raise ValueError(
+                "freeze_encoder keeps the encoder's weights, which regression_steps and aux_weight train: set both to 0"
+            )
         if self.init_from is not None and not isinstance(self.init_from, str):
             raise ValueError(f"init_from must be a model folder, got {self.init_from!r}")
         check_max_scale(self.max_scale)
@@ -145,8 +173,12 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def resolve(recipe: str = "small", config_file: str | None = None, overrides: list[str] | None = None,
-            base: dict[str, Any] | None = None) -> TrainConfig:
+def resolve(
+    recipe: str = "small",
+    config_file: str | None = None,
+    overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> TrainConfig:
     """A recipe (:func:`recipes`), then the config file's keys, then ``key=value`` overrides
     (``network.dropout=0``); ``base`` (a saved run's options) replaces the recipe and the file."""
     if base is not None:

@@ -86,8 +86,9 @@ class PairSampler:
             return self.crop
         return max(8, min(round(lr_patch * scale), max_crop, max(min(img.shape[1:]) for img in self.images)))
 
-    def batch(self, n: int, scale: float, gen: torch.Generator, crop: int | None = None
-              ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    def batch(
+        self, n: int, scale: float, gen: torch.Generator, crop: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, float]:
         """(hr, lr, effective scale): hr (n, 3, crop, crop) (``crop`` defaults to the sampler's; each crop comes
         from an image at least that large) and lr in [-1, 1], ``round(crop / scale)`` a side."""
         crop = crop or self.crop
@@ -98,7 +99,7 @@ class PairSampler:
             _, h, w = img.shape
             top = int(torch.randint(h - crop + 1, (1,), generator=gen))
             left = int(torch.randint(w - crop + 1, (1,), generator=gen))
-            c = img[:, top:top + crop, left:left + crop]
+            c = img[:, top : top + crop, left : left + crop]
             flip, rot = torch.randint(2, (1,), generator=gen).item(), torch.randint(4, (1,), generator=gen).item()
             if flip:
                 c = c.flip(-1)
@@ -113,9 +114,11 @@ def split_holdout(images: list[Path], n: int, folder: str | Path) -> tuple[list[
     if not n:
         return images, []
     if len(images) <= n:
-        raise ValueError(f"{folder} has {len(images)} usable images: too few to hold out {n} for validation and "
-                         f"train on the rest; hold out fewer (--set val_holdout={max(len(images) - 1, 0)}; 0: no "
-                         "validation) or validate on another folder (--val-data DIR)")
+        raise ValueError(
+            f"{folder} has {len(images)} usable images: too few to hold out {n} for validation and "
+            f"train on the rest; hold out fewer (--set val_holdout={max(len(images) - 1, 0)}; 0: no "
+            "validation) or validate on another folder (--val-data DIR)"
+        )
     return images[:-n], images[-n:]
 
 
@@ -124,17 +127,21 @@ def describe_split(train: int, held_out: int, data: str | Path, val_data: str | 
     first when validation keeps more than a quarter of the images from training."""
     if val_data:
         return [f"data: training on {train} images of {data}; validation on {held_out} of {val_data} (--val-data)"]
-    lines = [f"data: training on {train} of the {train + held_out} usable images in {data}; validation on the last "
-             f"{held_out} (val_holdout={held_out}; --set val_holdout=N changes it, 0 turns validation off; --val-data "
-             "DIR validates on another folder)"]
+    lines = [
+        f"data: training on {train} of the {train + held_out} usable images in {data}; validation on the last "
+        f"{held_out} (val_holdout={held_out}; --set val_holdout=N changes it, 0 turns validation off; --val-data "
+        "DIR validates on another folder)"
+    ]
     if held_out > (train + held_out) / 4:
-        lines.insert(0, f"warning: {held_out} of the {train + held_out} images are held out for validation, not "
-                        f"trained on")
+        lines.insert(
+            0, f"warning: {held_out} of the {train + held_out} images are held out for validation, not trained on"
+        )
     return lines
 
 
-def sample_scale(step: int, max_scale: float, fixed_steps: int, gen: torch.Generator, sampling: str = "uniform"
-                 ) -> float:
+def sample_scale(
+    step: int, max_scale: float, fixed_steps: int, gen: torch.Generator, sampling: str = "uniform"
+) -> float:
     """The paper's two stages: the largest scale M until ``fixed_steps``, then s ~ U(1, M] (``"uniform"``), or
     log-uniform on (1, M] (``"log"``: every octave as often, so 2x-4x as often as 4x-8x)."""
     if step < fixed_steps:
@@ -150,8 +157,16 @@ def center_crop(img: torch.Tensor, size: int) -> torch.Tensor:
     _, h, w = img.shape
     s = min(size, h, w) // 8 * 8
     top, left = (h - s) // 2, (w - s) // 2
-    return img[:, top:top + s, left:left + s]
+    return img[:, top : top + s, left : left + s]
 
 
-__all__ = ["scan_folder", "FolderScan", "PairSampler", "split_holdout", "describe_split", "sample_scale", "load_rgb",
-           "center_crop"]
+__all__ = [
+    "scan_folder",
+    "FolderScan",
+    "PairSampler",
+    "split_holdout",
+    "describe_split",
+    "sample_scale",
+    "load_rgb",
+    "center_crop",
+]

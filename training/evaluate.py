@@ -44,8 +44,9 @@ def load_images(data: str, crop: int | None) -> list[tuple[str, torch.Tensor]]:
     if data == "skimage":
         from skimage import data as skdata
 
-        images = [(n, torch.from_numpy(np.ascontiguousarray(getattr(skdata, n)())).permute(2, 0, 1))
-                  for n in SKIMAGE_PHOTOS]
+        images = [
+            (n, torch.from_numpy(np.ascontiguousarray(getattr(skdata, n)())).permute(2, 0, 1)) for n in SKIMAGE_PHOTOS
+        ]
     else:
         scan = scan_folder(data, min_size=8)
         for path, why in scan.skipped:
@@ -58,6 +59,7 @@ def large_enough(images: list[tuple[str, torch.Tensor]], scales: list[float]) ->
     """The images every scale can be measured on (SSIM's 11-pixel window must fit inside the border
     of ceil(s) pixels the metrics leave out of the :func:`protocol_side` crop), saying which are
     skipped; ValueError when none is left."""
+
     def measurable(side: int, s: float) -> bool:
         return protocol_side(side, s) - 2 * math.ceil(s) >= 11
 
@@ -65,13 +67,16 @@ def large_enough(images: list[tuple[str, torch.Tensor]], scales: list[float]) ->
     for name, img in images:
         bad = [s for s in scales if not measurable(min(img.shape[-2:]), s)]
         if bad:
-            print(f"skipped {name}: {img.shape[-1]}x{img.shape[-2]} is too small to evaluate at {bad[0]:g}x",
-                  file=sys.stderr)
+            print(
+                f"skipped {name}: {img.shape[-1]}x{img.shape[-2]} is too small to evaluate at {bad[0]:g}x",
+                file=sys.stderr,
+            )
         else:
             kept.append((name, img))
     if not kept:
-        raise ValueError(f"no image is large enough to evaluate at {max(scales):g}x (a larger --crop or smaller "
-                         "--scales)")
+        raise ValueError(
+            f"no image is large enough to evaluate at {max(scales):g}x (a larger --crop or smaller --scales)"
+        )
     return kept
 
 
@@ -84,13 +89,21 @@ def detail_and_naturalness(out: torch.Tensor, hr: torch.Tensor, s: float, niqe: 
     output (1, 3, H, W) in [-1, 1], rounded to 8 bits as it would be saved."""
     out = as_saved(out)
     small = min(out.shape[-2:]) < niqe.patch
-    return {**detail_fractions(out, as_saved(hr), s, math.ceil(s)),
-            "niqe": float("nan") if small else niqe.score(out)}
+    return {**detail_fractions(out, as_saved(hr), s, math.ceil(s)), "niqe": float("nan") if small else niqe.score(out)}
 
 
-def evaluate(model: idm_rt.IDM, images: list[tuple[str, torch.Tensor]], scales: list[float],
-             settings: SamplingSettings, seed: int = 0, save_dir: Path | None = None, device: str = "cpu",
-             tile: int | None = None, outputs: dict | None = None, niqe: NIQEModel | None = None) -> list[dict]:
+def evaluate(
+    model: idm_rt.IDM,
+    images: list[tuple[str, torch.Tensor]],
+    scales: list[float],
+    settings: SamplingSettings,
+    seed: int = 0,
+    save_dir: Path | None = None,
+    device: str = "cpu",
+    tile: int | None = None,
+    outputs: dict | None = None,
+    niqe: NIQEModel | None = None,
+) -> list[dict]:
     """Per scale, of ours and of bicubic: mean PSNR(Y), SSIM(Y) and Consistency (x1e-5); median detail
     fractions and NIQE (``niqe``: the bundled pristine model by default), and the HR's median NIQE (None
     where no image is one NIQE patch large). ``outputs``, when given, receives each of our 8-bit images
@@ -98,8 +111,10 @@ def evaluate(model: idm_rt.IDM, images: list[tuple[str, torch.Tensor]], scales: 
     niqe = niqe or NIQEModel.load()
     small = [n for n, im in images if min(im.shape[-2:]) < niqe.patch]
     if small:
-        print(f"NIQE not measured on {', '.join(small)}: smaller than its {niqe.patch}x{niqe.patch} patch",
-              file=sys.stderr)
+        print(
+            f"NIQE not measured on {', '.join(small)}: smaller than its {niqe.patch}x{niqe.patch} patch",
+            file=sys.stderr,
+        )
     rows = []
     total = len(scales) * len(images)
     bar = tqdm(total=total, desc="evaluate", unit="img")
@@ -141,22 +156,33 @@ def _cell(value: float | None, digits: int) -> str:
 
 def markdown(rows: list[dict], title: str) -> str:
     """Two tables: the fidelity measures (means), then fine detail and naturalness (medians)."""
-    lines = [f"**{title}**", "",
-             "| scale | PSNR(Y) ours | PSNR(Y) bicubic | SSIM(Y) ours | SSIM(Y) bicubic | Consistency ours (x1e-5) "
-             "| Consistency bicubic (x1e-5) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"**{title}**",
+        "",
+        "| scale | PSNR(Y) ours | PSNR(Y) bicubic | SSIM(Y) ours | SSIM(Y) bicubic | Consistency ours (x1e-5) "
+        "| Consistency bicubic (x1e-5) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['scale']:g}x | {_cell(r['psnr'], 2)} | {_cell(r['psnr_bic'], 2)} | {_cell(r['ssim'], 4)} "
-                     f"| {_cell(r['ssim_bic'], 4)} | {_cell(r['cons'], 2)} | {_cell(r['cons_bic'], 2)} |")
-    lines += ["", "Fine detail (fractions of the HR's energy beyond the LR's band: all of it, and only what is "
-              "correlated with the HR) and naturalness (NIQE, lower is more natural), medians over the images:", "",
-              "| scale | detail ours | detail bicubic | correlated detail ours | correlated detail bicubic "
-              "| NIQE ours | NIQE bicubic | NIQE HR |",
-              "|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {r['scale']:g}x | {_cell(r['psnr'], 2)} | {_cell(r['psnr_bic'], 2)} | {_cell(r['ssim'], 4)} "
+            f"| {_cell(r['ssim_bic'], 4)} | {_cell(r['cons'], 2)} | {_cell(r['cons_bic'], 2)} |"
+        )
+    lines += [
+        "",
+        "Fine detail (fractions of the HR's energy beyond the LR's band: all of it, and only what is "
+        "correlated with the HR) and naturalness (NIQE, lower is more natural), medians over the images:",
+        "",
+        "| scale | detail ours | detail bicubic | correlated detail ours | correlated detail bicubic "
+        "| NIQE ours | NIQE bicubic | NIQE HR |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['scale']:g}x | {_cell(r['detail'], 3)} | {_cell(r['detail_bic'], 3)} "
-                     f"| {_cell(r['detail_corr'], 3)} | {_cell(r['detail_corr_bic'], 3)} | {_cell(r['niqe'], 2)} "
-                     f"| {_cell(r['niqe_bic'], 2)} | {_cell(r['niqe_hr'], 2)} |")
+        lines.append(
+            f"| {r['scale']:g}x | {_cell(r['detail'], 3)} | {_cell(r['detail_bic'], 3)} "
+            f"| {_cell(r['detail_corr'], 3)} | {_cell(r['detail_corr_bic'], 3)} | {_cell(r['niqe'], 2)} "
+            f"| {_cell(r['niqe_bic'], 2)} | {_cell(r['niqe_hr'], 2)} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -166,16 +192,23 @@ def _writable_folder(path: Path) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m idm_rt.training.evaluate", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m idm_rt.training.evaluate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--model", help="checkpoint (project folder or released .pth); default: the bundled model")
     ap.add_argument("--data", required=True, help="folder of HR images, or 'skimage' for scikit-image's photos")
     ap.add_argument("--scales", default="2,3,4,6,8", help="comma-separated magnifications (default 2,3,4,6,8)")
     sampling.add_arguments(ap)
     ap.add_argument("--crop", type=int, help="evaluate on a central crop of this side (faster on a CPU)")
-    ap.add_argument("--seed", type=int, default=0,
-                    help="seed of the sampler's noise, the same for every image and scale (default 0): the same seed "
-                         "gives the same table")
+    ap.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the sampler's noise, the same for every image and scale (default 0): the same seed "
+        "gives the same table",
+    )
     ap.add_argument("--device", default="cpu", help="where the model runs: cpu (default), cuda or cuda:N")
     ap.add_argument("--tile", type=int, help="HR tile side for large images (default, or 0: untiled)")
     ap.add_argument("--save-dir", type=Path, help="write comparison grids (bicubic | ours | HR) here")
@@ -206,12 +239,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rows = evaluate(up.model, images, scales, settings, args.seed, args.save_dir, args.device, args.tile)
     start = f"{settings.init} start at {settings.init_level:g}" if settings.init != "noise" else "noise start"
-    title = f"{args.data}, {len(images)} images{f', {args.crop}px crops' if args.crop else ''}, {settings.sampler} " \
-            f"{settings.steps} steps, {start}, back-projection {settings.back_projection}, seed {args.seed}"
+    title = (
+        f"{args.data}, {len(images)} images{f', {args.crop}px crops' if args.crop else ''}, {settings.sampler} "
+        f"{settings.steps} steps, {start}, back-projection {settings.back_projection}, seed {args.seed}"
+    )
     print(markdown(rows, title))
     if args.json:
-        result = {"model": args.model or "default", "data": args.data, "crop": args.crop, **settings.to_dict(),
-                  "seed": args.seed, "rows": rows}
+        result = {
+            "model": args.model or "default",
+            "data": args.data,
+            "crop": args.crop,
+            **settings.to_dict(),
+            "seed": args.seed,
+            "rows": rows,
+        }
         atomic_write(args.json, lambda p: Path(p).write_text(json.dumps(result, indent=2) + "\n"))
     return 0
 

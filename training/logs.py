@@ -14,6 +14,7 @@ class CsvLog:
         self.path = path
         try:
             from torch.utils.tensorboard import SummaryWriter
+
             self.tb = SummaryWriter(str(path.parent / "tensorboard"))
         except Exception:  # noqa: BLE001 (tensorboard is optional)
             self.tb = None

@@ -26,8 +26,13 @@ class IDMLoss:
       so that it is an HR estimate that sampling can start from (``init="estimate"``).
     """
 
-    def __init__(self, schedule: LinearSchedule | None = None, max_t: int | None = None, snr_gamma: float = 0.0,
-                 aux_weight: float = 0.0):
+    def __init__(
+        self,
+        schedule: LinearSchedule | None = None,
+        max_t: int | None = None,
+        snr_gamma: float = 0.0,
+        aux_weight: float = 0.0,
+    ):
         sched = schedule or LinearSchedule()
         max_t = sched.timesteps if max_t is None else max_t
         if not 1 <= max_t <= sched.timesteps:
@@ -42,8 +47,15 @@ class IDMLoss:
         snr = g * g / (1 - g * g).clamp_min(1e-12)
         return torch.clamp(torch.sqrt(self.snr_gamma / snr.clamp_min(1e-12)), max=1.0)
 
-    def __call__(self, model: nn.Module, hr: torch.Tensor, lr: torch.Tensor, p: torch.Tensor,
-                 gen: torch.Generator, denoise: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(
+        self,
+        model: nn.Module,
+        hr: torch.Tensor,
+        lr: torch.Tensor,
+        p: torch.Tensor,
+        gen: torch.Generator,
+        denoise: bool = True,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """(loss, its parts). ``model(lr, size, p, x_t, g) -> (cond, eps)`` is an :class:`~idm_rt.IDM`
         or its DDP wrapper; p is (B,). ``denoise=False`` trains the estimate alone (no U-Net call)."""
         size = tuple(hr.shape[-2:])
@@ -65,4 +77,3 @@ class IDMLoss:
         aux = (cond.float() - hr).abs().mean()
         parts["aux"] = aux.item()
         return noise + self.aux_weight * aux, parts
-

@@ -68,8 +68,9 @@ def _spectrum(y: torch.Tensor) -> torch.Tensor:
     symmetric Hann window (w(i) = 0.5 - 0.5 cos(2 pi i / (n - 1)), zero on the edges): the crop's edges
     then add no broadband energy of their own, and the windowed image has no DC term."""
     h, w = y.shape
-    win = torch.outer(torch.hann_window(h, periodic=False, dtype=y.dtype), torch.hann_window(w, periodic=False,
-                                                                                             dtype=y.dtype))
+    win = torch.outer(
+        torch.hann_window(h, periodic=False, dtype=y.dtype), torch.hann_window(w, periodic=False, dtype=y.dtype)
+    )
     return torch.fft.fft2((y - (win * y).sum() / win.sum()) * win)
 
 

@@ -111,8 +111,12 @@ def _scale_features(y: torch.Tensor, p: int, stride: int) -> tuple[torch.Tensor,
     lower-right and lower-left neighbour (pairs within the patch); sharpness the sum of sigma over the patch."""
     coef, sigma = mscn(y)
     c = _patches(coef, p, stride)
-    products = (c[:, :, :-1] * c[:, :, 1:], c[:, :-1, :] * c[:, 1:, :],
-                c[:, :-1, :-1] * c[:, 1:, 1:], c[:, :-1, 1:] * c[:, 1:, :-1])
+    products = (
+        c[:, :, :-1] * c[:, :, 1:],
+        c[:, :-1, :] * c[:, 1:, :],
+        c[:, :-1, :-1] * c[:, 1:, 1:],
+        c[:, :-1, 1:] * c[:, 1:, :-1],
+    )
     feats = list(fit_ggd(c.flatten(1)))
     for prod in products:
         feats += fit_aggd(prod.flatten(1))
@@ -170,9 +174,16 @@ class NIQEModel:
             mean, cov, patch = np.asarray(d["mean"], np.float64), np.asarray(d["cov"], np.float64), d["patch"]
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{path} is not a NIQE model: {e!r}") from None
-        if mean.shape != (FEATURES,) or cov.shape != (FEATURES, FEATURES) or not isinstance(patch, int) \
-                or patch < MIN_PATCH or patch % 4:
-            raise ValueError(f"{path}: want a mean of {FEATURES}, a {FEATURES}x{FEATURES} covariance and a patch "
-                             f"side that is a multiple of 4 of at least {MIN_PATCH}, got {mean.shape}, {cov.shape}, "
-                             f"{patch!r}")
+        if (
+            mean.shape != (FEATURES,)
+            or cov.shape != (FEATURES, FEATURES)
+            or not isinstance(patch, int)
+            or patch < MIN_PATCH
+            or patch % 4
+        ):
+            raise ValueError(
+                f"{path}: want a mean of {FEATURES}, a {FEATURES}x{FEATURES} covariance and a patch "
+                f"side that is a multiple of 4 of at least {MIN_PATCH}, got {mean.shape}, {cov.shape}, "
+                f"{patch!r}"
+            )
         return cls(mean, cov, patch)

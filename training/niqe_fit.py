@@ -35,8 +35,10 @@ MAX_PATCH = 512
 
 def image_patches(images: list[Path], patch: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per image, (features (N, 36), sharpness (N,)) of its patches side by side."""
-    return [patch_features(load_rgb(path).double() / 255, patch)
-            for path in tqdm(images, desc=f"NIQE features, {patch} px patches", unit="img")]
+    return [
+        patch_features(load_rgb(path).double() / 255, patch)
+        for path in tqdm(images, desc=f"NIQE features, {patch} px patches", unit="img")
+    ]
 
 
 def select(per_image: list[tuple[np.ndarray, np.ndarray]], threshold: float) -> np.ndarray:
@@ -52,15 +54,22 @@ def fit(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m idm_rt.training.niqe_fit", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m idm_rt.training.niqe_fit",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--data", required=True, help="folder of pristine natural images (searched recursively)")
     ap.add_argument("--out", type=Path, required=True, help="JSON file to write (replaces only a NIQE model)")
-    ap.add_argument("--patch", type=int, default=96,
-                    help="patch side in pixels, a multiple of 4 (default 96, the paper's)")
-    ap.add_argument("--threshold", type=float, default=0.0,
-                    help="keep patches sharper than this fraction of the image's sharpest (default 0: all; the "
-                         "paper's 0.75)")
+    ap.add_argument(
+        "--patch", type=int, default=96, help="patch side in pixels, a multiple of 4 (default 96, the paper's)"
+    )
+    ap.add_argument(
+        "--threshold",
+        type=float,
+        default=0.0,
+        help="keep patches sharper than this fraction of the image's sharpest (default 0: all; the paper's 0.75)",
+    )
     ap.add_argument("--holdout", type=int, default=4, help="leave out the last N images by path (default 4)")
     add_threads_argument(ap)
     args = ap.parse_args(argv)
@@ -89,19 +98,28 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.data)
     result = {
         "format": FORMAT,
-        "command": shlex.join(["python", "-m", "idm_rt.training.niqe_fit", *(argv if argv is not None else
-                                                                            sys.argv[1:])]),
+        "command": shlex.join(
+            ["python", "-m", "idm_rt.training.niqe_fit", *(argv if argv is not None else sys.argv[1:])]
+        ),
         "paper": "Mittal, Soundararajan, Bovik, Making a 'completely blind' image quality analyzer, IEEE SPL 2013",
-        "patch": args.patch, "threshold": args.threshold,
-        "data": {"folder": args.data, "images": len(images), "skipped": [str(p.relative_to(root)) for p, _ in
-                                                                           scan.skipped],
-                 "held_out": [str(p.relative_to(root)) for p in held_out],
-                 "patches_seen": sum(len(f) for f, _ in per_image), "patches_kept": len(kept)},
-        "mean": mean.tolist(), "cov": cov.tolist(),
+        "patch": args.patch,
+        "threshold": args.threshold,
+        "data": {
+            "folder": args.data,
+            "images": len(images),
+            "skipped": [str(p.relative_to(root)) for p, _ in scan.skipped],
+            "held_out": [str(p.relative_to(root)) for p in held_out],
+            "patches_seen": sum(len(f) for f, _ in per_image),
+            "patches_kept": len(kept),
+        },
+        "mean": mean.tolist(),
+        "cov": cov.tolist(),
     }
     atomic_write(args.out, lambda p: Path(p).write_text(json.dumps(result, indent=1) + "\n"))
-    print(f"{args.out}: {result['data']['patches_kept']} of {result['data']['patches_seen']} patches from "
-          f"{len(images)} images")
+    print(
+        f"{args.out}: {result['data']['patches_kept']} of {result['data']['patches_seen']} patches from "
+        f"{len(images)} images"
+    )
     return 0
 
 

@@ -56,7 +56,7 @@ class Trainer:
         self.skipped = scan.skipped
         self.val_images = val_images
         self.split = describe_split(len(images), len(val_images), cfg.data, cfg.val_data)
-        self.pairs = PairSampler(images[self.rank::self.world], cfg.crop)
+        self.pairs = PairSampler(images[self.rank :: self.world], cfg.crop)
 
         torch.manual_seed(cfg.seed)
         self.model = IDM(preset(cfg.network_preset, **cfg.network), max_scale=cfg.max_scale)
@@ -64,8 +64,11 @@ class Trainer:
             self.initialise_from(Path(cfg.init_from))
         self.model.to(self.device).encoder.requires_grad_(not cfg.freeze_encoder)
         self.ema = EMA(self.model, cfg.ema_decay)
-        self.net = (DistributedDataParallel(self.model, find_unused_parameters=cfg.regression_steps > 0)
-                    if self.world > 1 else self.model)
+        self.net = (
+            DistributedDataParallel(self.model, find_unused_parameters=cfg.regression_steps > 0)
+            if self.world > 1
+            else self.model
+        )
         self.opt = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=cfg.lr)
         self.scaler = torch.amp.GradScaler(enabled=cfg.precision == "fp16" and self.device.type == "cuda")
         self.loss_fn = IDMLoss(max_t=cfg.max_timestep, snr_gamma=cfg.snr_gamma, aux_weight=cfg.aux_weight)
@@ -80,8 +83,10 @@ class Trainer:
         start = load_model(folder)
         check_same_network(folder, start.config, self.model.config)
         if start.max_scale != self.model.max_scale:
-            raise ValueError(f"{folder} was trained up to {start.max_scale}x, these options to max_scale="
-                             f"{self.model.max_scale}: the scale conditioning would not match")
+            raise ValueError(
+                f"{folder} was trained up to {start.max_scale}x, these options to max_scale="
+                f"{self.model.max_scale}: the scale conditioning would not match"
+            )
         self.model.load_state_dict(start.float().state_dict())
 
     # ----------------------------------------------------------------- checkpoints
@@ -100,13 +105,23 @@ class Trainer:
         if self.rank != 0:
             return None
         state = {"step": self.step, "optimizer": self.opt.state_dict(), "scaler": self.scaler.state_dict(), "rng": rng}
-        return write_checkpoint(self.ckpt_dir, self.step, self.ema.model, self.model, state,
-                                {"recipe": self.cfg.to_dict(), "step": self.step}, self.cfg.keep_last)
+        return write_checkpoint(
+            self.ckpt_dir,
+            self.step,
+            self.ema.model,
+            self.model,
+            state,
+            {"recipe": self.cfg.to_dict(), "step": self.step},
+            self.cfg.keep_last,
+        )
 
     def rng_state(self) -> dict:
         """This process's random streams: data order, diffusion noise, dropout (CPU and CUDA)."""
-        state = {"data_gen": self.data_gen.get_state(), "noise_gen": self.noise_gen.get_state(),
-                 "torch_rng": torch.get_rng_state()}
+        state = {
+            "data_gen": self.data_gen.get_state(),
+            "noise_gen": self.noise_gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }
         if torch.cuda.is_available():
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
         return state
@@ -195,11 +210,14 @@ class Trainer:
         cfg = self.cfg
         if resume:
             if not self.resume():
-                raise FileNotFoundError(f"nothing to resume: {self.ckpt_dir} holds no checkpoint; drop --resume to "
-                                        "start the run again")
+                raise FileNotFoundError(
+                    f"nothing to resume: {self.ckpt_dir} holds no checkpoint; drop --resume to start the run again"
+                )
             if self.step > cfg.steps:  # before the saved options change
-                raise ValueError(f"the run in {self.out} is at step {self.step}, past steps={cfg.steps}; give --steps "
-                                 f"above {self.step} to train longer (nothing was changed)")
+                raise ValueError(
+                    f"the run in {self.out} is at step {self.step}, past steps={cfg.steps}; give --steps "
+                    f"above {self.step} to train longer (nothing was changed)"
+                )
             tqdm.write(f"resumed at step {self.step}")
         log = CsvLog(self.out / "log.csv") if self.rank == 0 else None
         if self.rank == 0:
@@ -223,8 +241,7 @@ class Trainer:
                     bar.update(1)
                     bar.set_postfix(loss=f"{losses['loss']:.4f}", img_s=f"{ips:.1f}", scale=f"{scale:.2f}")
                     if log and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
-                        log.write(step=self.step, **losses, lr=self.lr_at(self.step - 1), scale=scale,
-                                  images_per_s=ips)
+                        log.write(step=self.step, **losses, lr=self.lr_at(self.step - 1), scale=scale, images_per_s=ips)
                     saved = self.step % cfg.ckpt_every == 0 or self.step == cfg.steps
                     if saved:
                         self.save_checkpoint()
@@ -251,11 +268,22 @@ class Trainer:
         if not self.val_images:
             return None
         cfg = self.cfg
-        result = {"step": self.step, **validate(self.ema.model, self.val_images, cfg.val_crop, cfg.sampling(),
-                                                 cfg.seed, self.out / "val" / f"step_{self.step:08d}.png")}
+        result = {
+            "step": self.step,
+            **validate(
+                self.ema.model,
+                self.val_images,
+                cfg.val_crop,
+                cfg.sampling(),
+                cfg.seed,
+                self.out / "val" / f"step_{self.step:08d}.png",
+            ),
+        }
         if self.val_log is None:
             self.val_log = CsvLog(self.out / "val.csv")
         self.val_log.write(**result)
-        tqdm.write(f"val step {self.step}: PSNR(Y) {result['psnr_y']:.2f} dB "
-                   f"(estimate {result['psnr_y_estimate']:.2f}, bicubic {result['psnr_y_bicubic']:.2f})")
+        tqdm.write(
+            f"val step {self.step}: PSNR(Y) {result['psnr_y']:.2f} dB "
+            f"(estimate {result['psnr_y_estimate']:.2f}, bicubic {result['psnr_y_bicubic']:.2f})"
+        )
         return result

@@ -19,8 +19,9 @@ from .visual import save_grid
 
 
 @torch.no_grad()
-def validate(model: IDM, images: list[Path], crop: int, settings: SamplingSettings, seed: int,
-             grid: Path) -> dict[str, float]:
+def validate(
+    model: IDM, images: list[Path], crop: int, settings: SamplingSettings, seed: int, grid: Path
+) -> dict[str, float]:
     """Mean PSNR(Y) and SSIM(Y) of the model's outputs, of its HR estimate (the condition image) and of
     bicubic at scale M on a central ``crop`` of each image; the grid written to ``grid``."""
     s = model.max_scale
@@ -29,8 +30,11 @@ def validate(model: IDM, images: list[Path], crop: int, settings: SamplingSettin
     for path in images:
         hr, lr = make_pair(center_crop(load_rgb(path), crop), s, device)
         size = tuple(hr.shape[-2:])
-        outputs = {"": super_resolve(model, lr, size, settings, scale=s, noise=Noise([seed])),
-                   "_estimate": model.encode(lr, size).clamp(-1, 1), "_bicubic": bicubic(lr, size)}
+        outputs = {
+            "": super_resolve(model, lr, size, settings, scale=s, noise=Noise([seed])),
+            "_estimate": model.encode(lr, size).clamp(-1, 1),
+            "_bicubic": bicubic(lr, size),
+        }
         for key, out in outputs.items():
             for metric, value in measure(out, hr, lr, s).items():
                 if metric != "cons":

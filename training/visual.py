@@ -25,7 +25,7 @@ def save_grid(rows: list[list[torch.Tensor]], path: Path, pad: int = 4, labels: 
     for i, r in enumerate(rows):
         for j, t in enumerate(r):
             y, x = top + pad + i * (h + pad), pad + j * (w + pad)
-            canvas[:, y:y + t.shape[-2], x:x + t.shape[-1]] = t.clamp(0, 1)
+            canvas[:, y : y + t.shape[-2], x : x + t.shape[-1]] = t.clamp(0, 1)
     image = Image.fromarray((canvas.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8))
     draw = ImageDraw.Draw(image)
     for j, label in enumerate(labels):

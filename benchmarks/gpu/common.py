@@ -24,8 +24,16 @@ START = time.perf_counter()
 TOL = {torch.float16: 1e-2, torch.bfloat16: 3e-2}
 AUTOCAST_TOL = 5e-2  # a whole U-Net under fp16/bf16 autocast against float32: what it measures is recorded
 # A preset small enough for a dry run's U-Net on a CPU (the tests' TINY shape).
-DRY_CONFIG = idm_rt.IDMConfig(inner_channel=8, channel_multiplier=(1, 2, 2), res_blocks=1, attn_levels=(2,),
-                              norm_groups=4, encoder_blocks=1, encoder_feats=8, implicit_hidden=16)
+DRY_CONFIG = idm_rt.IDMConfig(
+    inner_channel=8,
+    channel_multiplier=(1, 2, 2),
+    res_blocks=1,
+    attn_levels=(2,),
+    norm_groups=4,
+    encoder_blocks=1,
+    encoder_feats=8,
+    implicit_hidden=16,
+)
 
 
 def log(msg: str) -> None:
@@ -86,8 +94,11 @@ class Run:
             row["status"] = "ok"
         except Exception as e:  # noqa: BLE001 (any failure of one variant is its recorded result)
             out = None
-            row |= {"status": "failed", "error": f"{type(e).__name__}: {e}"[:1000],
-                    "traceback": traceback.format_exc()[-6000:]}
+            row |= {
+                "status": "failed",
+                "error": f"{type(e).__name__}: {e}"[:1000],
+                "traceback": traceback.format_exc()[-6000:],
+            }
             log(f"FAILED {name}: {type(e).__name__}: {e}")
         row["wall_s"] = round(time.perf_counter() - start, 2)
         self.save()
@@ -95,8 +106,9 @@ class Run:
 
     def check(self, name: str, err: float, tol: float, **extra: Any) -> bool:
         ok = err < tol  # False for NaN
-        self.results.setdefault("checks", []).append({"section": self.section, "name": name, "rel_err": err,
-                                                      "tol": tol, "ok": ok, **extra})
+        self.results.setdefault("checks", []).append(
+            {"section": self.section, "name": name, "rel_err": err, "tol": tol, "ok": ok, **extra}
+        )
         log(f"{'ok  ' if ok else 'FAIL'} {name}: {err:.2e} (< {tol:.2e})")
         return ok
 
@@ -124,17 +136,27 @@ class Run:
         return statistics.median(s.elapsed_time(e) for s, e in events)
 
 
-def layer_inputs(b: int, c: int, hs: int, ws: int, hidden: int, gen: torch.Generator,
-                 device: torch.device | str = "cpu") -> list[torch.Tensor]:
+def layer_inputs(
+    b: int, c: int, hs: int, ws: int, hidden: int, gen: torch.Generator, device: torch.device | str = "cpu"
+) -> list[torch.Tensor]:
     """Random float64 layer inputs in the checkpoint layout: x, shift, a1, a2, bias, w1, b1, w2, b2."""
+
     def randn(*shape: int, scale: float = 1.0) -> torch.Tensor:
         return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(device)
 
     s1, s2 = randn(b, c), randn(b, c)
     norm = torch.sqrt(s1 * s1 + s2 * s2 + 1e-8)
-    return [randn(b, c, hs, ws), randn(b, c, hs, ws), s1 / norm, s2 / norm, randn(c, scale=0.1),
-            randn(hidden, c + 2, scale=(c + 2) ** -0.5), randn(hidden, scale=0.1),
-            randn(c, hidden, scale=hidden ** -0.5), randn(c, scale=0.1)]
+    return [
+        randn(b, c, hs, ws),
+        randn(b, c, hs, ws),
+        s1 / norm,
+        s2 / norm,
+        randn(c, scale=0.1),
+        randn(hidden, c + 2, scale=(c + 2) ** -0.5),
+        randn(hidden, scale=0.1),
+        randn(c, hidden, scale=hidden**-0.5),
+        randn(c, scale=0.1),
+    ]
 
 
 def conditioning(model: idm_rt.IDM, size: int) -> idm_rt.Conditioning:

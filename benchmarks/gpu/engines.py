@@ -78,8 +78,10 @@ def check_engines(run: Run) -> None:
     feeds, key = dict(zip(graph_inputs("unet", model.config), args)), graph_key("unet", bucket)
     net = graph_module(model, "unet")
     rng = np.random.default_rng(0)
-    images = [rng.random((size // 2, size // 2, 3), dtype=np.float32),
-              rng.random((size // 2 - 5, size // 2 - 3, 3), dtype=np.float32)]
+    images = [
+        rng.random((size // 2, size // 2, 3), dtype=np.float32),
+        rng.random((size // 2 - 5, size // 2 - 3, 3), dtype=np.float32),
+    ]
     kw = dict(scale=2, steps=4, seed=0, progress=False, sampler="dpmpp_2m", init="noise")
     with torch_flags(False, False):  # as in the fp32 engines
         base = run.median_ms(lambda: net(*args))
@@ -93,27 +95,51 @@ def check_engines(run: Run) -> None:
         name = variant_name(backend, precision, options)
         out = tmp / f"{backend}-{precision}"
         if (backend, precision) not in built:
-            built[backend, precision] = build([
-                "--engine", precision, "--backend", backend, "--model", str(model_dir), "--out", str(out), "--tile",
-                str(size), "--conv", "direct", "--export-device", str(run.device)])
+            built[backend, precision] = build(
+                [
+                    "--engine",
+                    precision,
+                    "--backend",
+                    backend,
+                    "--model",
+                    str(model_dir),
+                    "--out",
+                    str(out),
+                    "--tile",
+                    str(size),
+                    "--conv",
+                    "direct",
+                    "--export-device",
+                    str(run.device),
+                ]
+            )
         if built[backend, precision] != 0:
             run.check(f"{name}: build (exit status {built[backend, precision]})", math.nan, 1)
             return
         runner = load_runner(out, backend, run.device, **options)
         for graph, graph_precision, case, err in graph_errors(runner, cpu_model):
             run.check(f"{name}: {graph} {case} (export.parity)", err, LIMITS[graph_precision])
-        got = idm_rt.Upscaler.from_engines(out, backend=backend, device=run.device,
-                                           runner_options=options).upscale(images, **kw)
+        got = idm_rt.Upscaler.from_engines(out, backend=backend, device=run.device, runner_options=options).upscale(
+            images, **kw
+        )
         for g, w in zip(got, want):
-            run.check(f"{name}: {w.shape[1]}x{w.shape[0]} output vs torch backend (max abs)",
-                      float(np.abs(g - w).max()), IMAGE_TOL[precision])
+            run.check(
+                f"{name}: {w.shape[1]}x{w.shape[0]} output vs torch backend (max abs)",
+                float(np.abs(g - w).max()),
+                IMAGE_TOL[precision],
+            )
         ms = run.median_ms(lambda: runner.run_graph(key, feeds))
-        run.add("engines", {"size": size, "preset": preset, "variant": name, "ms": ms, "base_ms": base,
-                            "speedup": base / ms})
+        run.add(
+            "engines",
+            {"size": size, "preset": preset, "variant": name, "ms": ms, "base_ms": base, "speedup": base / ms},
+        )
         log(f"U-Net {size}px {name}: {ms:.3f} ms ({base / ms:.2f}x our eager fp32 call without TF32, {base:.3f} ms)")
 
     with folder:
         for backend, precision, options in variants:
             expected = 10.0 if (backend, precision) in built else BUILD_S[backend]
-            run.variant(f"engines: {variant_name(backend, precision, options)}",
-                        lambda b=backend, p=precision, o=options: one(b, p, o), expected)
+            run.variant(
+                f"engines: {variant_name(backend, precision, options)}",
+                lambda b=backend, p=precision, o=options: one(b, p, o),
+                expected,
+            )

@@ -26,16 +26,25 @@ from .tf32 import FLAGS, budget_for, derive, read_budgets
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 # (batch, channels, h, w, H', W', hidden_act, form, dtype): odd, non-square, non-2x, ties, up to 512 channels
 CASES = [
-    (1, 128, 64, 64, 128, 128, None, "mlp", F32), (1, 512, 8, 8, 16, 16, None, "folded", F32),
-    (2, 48, 5, 7, 11, 9, None, "mlp", F32), (3, 40, 3, 6, 10, 13, "relu", "mlp", F32),
-    (2, 36, 4, 2, 14, 3, None, "folded", F32), (1, 512, 13, 9, 29, 31, "relu", "mlp", F32),
-    (2, 256, 17, 23, 40, 41, None, "folded", F32), (1, 200, 33, 20, 70, 45, None, "mlp", F32),
-    (2, 128, 32, 32, 64, 64, None, "mlp", F16), (2, 128, 32, 32, 64, 64, None, "folded", F16),
-    (1, 96, 9, 11, 25, 20, "relu", "mlp", BF16), (1, 256, 16, 16, 32, 32, None, "folded", BF16),
+    (1, 128, 64, 64, 128, 128, None, "mlp", F32),
+    (1, 512, 8, 8, 16, 16, None, "folded", F32),
+    (2, 48, 5, 7, 11, 9, None, "mlp", F32),
+    (3, 40, 3, 6, 10, 13, "relu", "mlp", F32),
+    (2, 36, 4, 2, 14, 3, None, "folded", F32),
+    (1, 512, 13, 9, 29, 31, "relu", "mlp", F32),
+    (2, 256, 17, 23, 40, 41, None, "folded", F32),
+    (1, 200, 33, 20, 70, 45, None, "mlp", F32),
+    (2, 128, 32, 32, 64, 64, None, "mlp", F16),
+    (2, 128, 32, 32, 64, 64, None, "folded", F16),
+    (1, 96, 9, 11, 25, 20, "relu", "mlp", BF16),
+    (1, 256, 16, 16, 32, 32, None, "folded", BF16),
 ]
 # a dry run's: no bfloat16, whose tl.dot Triton 3.9's interpreter gets wrong (errors of 1e9 in any kernel)
-DRY_CASES = [(1, 40, 3, 4, 7, 9, None, "mlp", F32), (1, 24, 4, 2, 9, 5, None, "folded", F16),
-             (2, 20, 3, 3, 7, 6, "relu", "mlp", F32)]
+DRY_CASES = [
+    (1, 40, 3, 4, 7, 9, None, "mlp", F32),
+    (1, 24, 4, 2, 9, 5, None, "folded", F16),
+    (2, 20, 3, 3, 7, 6, "relu", "mlp", F32),
+]
 DRY_HIDDEN = 16
 
 
@@ -61,8 +70,9 @@ def _linear(w: torch.Tensor, b: torch.Tensor) -> torch.nn.Linear:
     return fc
 
 
-def _layer_form(inputs: list[torch.Tensor], size: tuple[int, int], relu: bool, form: str,
-                dtype: torch.dtype) -> torch.Tensor:
+def _layer_form(
+    inputs: list[torch.Tensor], size: tuple[int, int], relu: bool, form: str, dtype: torch.dtype
+) -> torch.Tensor:
     """The layer in torch, in ``dtype``: the literal form (what the mlp kernel computes, per target pixel)
     or the fast form (the folded kernel's algebra)."""
     x, shift, a1, a2, bias, w1, b1, w2, b2 = (t.to(dtype) for t in inputs)
@@ -97,9 +107,13 @@ def derive_case(case: tuple, hidden: int = 256) -> dict:
     relu, size = act == "relu", (hh, ww)
     side = "literal" if form == "mlp" else "fast"
     matmul = FLAGS["matmul_allow_tf32"]
-    return derive(lambda d: _layer_form(inputs, size, relu, side, d),
-                  lambda d: _layer_form(inputs, size, relu, "literal", d), lambda: _exact(inputs, size, relu),
-                  conv=matmul, matmul=matmul)
+    return derive(
+        lambda d: _layer_form(inputs, size, relu, side, d),
+        lambda d: _layer_form(inputs, size, relu, "literal", d),
+        lambda: _exact(inputs, size, relu),
+        conv=matmul,
+        matmul=matmul,
+    )
 
 
 def kernel_budgets(quick: bool) -> dict[str, dict]:
@@ -120,8 +134,13 @@ def _layer(inputs: list[torch.Tensor], relu: bool, device: torch.device) -> Impl
     _, _, _, _, bias, w1, b1, w2, b2 = inputs
     layer = ImplicitUp(w2.shape[0], w1.shape[0], relu).to(device)
     with torch.no_grad():
-        for p, v in ((layer.bias, bias), (layer.fc1.weight, w1), (layer.fc1.bias, b1), (layer.fc2.weight, w2),
-                     (layer.fc2.bias, b2)):
+        for p, v in (
+            (layer.bias, bias),
+            (layer.fc1.weight, w1),
+            (layer.fc1.bias, b1),
+            (layer.fc2.weight, w2),
+            (layer.fc2.bias, b2),
+        ):
             p.copy_(v.float())
     return layer
 
@@ -174,12 +193,19 @@ def time_level(run: Run, model, i: int, size: int) -> None:
         def call() -> torch.Tensor:
             layer.literal, layer.kernels = literal, mode
             return layer(x, shift, a1, a2, (dst, dst))
+
         return call
 
-    row = {"size": size, "level": i, "channels": c, "src": src, "dst": dst,
-           "literal_torch_ms": run.median_ms(run_layer(True, "torch")),
-           "refactored_torch_ms": run.median_ms(run_layer(False, "torch")),
-           "fused_mlp_ms": run.median_ms(lambda: _fused(layer, x, shift, a1, a2, (dst, dst), "mlp"))}
+    row = {
+        "size": size,
+        "level": i,
+        "channels": c,
+        "src": src,
+        "dst": dst,
+        "literal_torch_ms": run.median_ms(run_layer(True, "torch")),
+        "refactored_torch_ms": run.median_ms(run_layer(False, "torch")),
+        "fused_mlp_ms": run.median_ms(lambda: _fused(layer, x, shift, a1, a2, (dst, dst), "mlp")),
+    }
     if not cfg.implicit_relu:
         row["fused_folded_ms"] = run.median_ms(lambda: _fused(layer, x, shift, a1, a2, (dst, dst), "folded"))
     row["fused_auto_ms"] = run.median_ms(run_layer(False, fused_mode))  # the layer's own choice, measured

@@ -38,8 +38,16 @@ BUDGET_FILE = Path(__file__).resolve().parent.parent / "results" / "tf32_budget.
 FLAGS = {"cudnn_allow_tf32": True, "matmul_allow_tf32": False}
 
 _CONV = {F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d}
-_MATMUL = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.mm, torch.Tensor.mm, torch.bmm,
-           torch.Tensor.bmm, F.linear}
+_MATMUL = {
+    torch.matmul,
+    torch.Tensor.matmul,
+    torch.Tensor.__matmul__,
+    torch.mm,
+    torch.Tensor.mm,
+    torch.bmm,
+    torch.Tensor.bmm,
+    F.linear,
+}
 _MATMUL_ADD = {torch.addmm, torch.baddbmm}  # (bias, a, b): a and b are the products' inputs
 
 
@@ -79,8 +87,13 @@ def rel_max_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out - ref).abs().max() / ref.abs().max()).item()
 
 
-def derive(a: Callable[[torch.dtype], torch.Tensor], b: Callable[[torch.dtype], torch.Tensor],
-           exact: Callable[[], torch.Tensor], conv: bool | None = None, matmul: bool | None = None) -> dict:
+def derive(
+    a: Callable[[torch.dtype], torch.Tensor],
+    b: Callable[[torch.dtype], torch.Tensor],
+    exact: Callable[[], torch.Tensor],
+    conv: bool | None = None,
+    matmul: bool | None = None,
+) -> dict:
     """The budget of a check of side ``a`` against side ``b``, each a function of its float dtype (built on
     the CPU), ``exact`` the reference in float64: the errors under each rounding and without TF32, and
     MARGIN x their worst sum. ``conv`` and ``matmul``: whether the sides' convolutions and matmuls take TF32
@@ -93,8 +106,13 @@ def derive(a: Callable[[torch.dtype], torch.Tensor], b: Callable[[torch.dtype], 
         with EmulateTF32(conv, matmul, rounding):
             row[rounding] = {"a": rel_max_err(a(torch.float32), ref), "b": rel_max_err(b(torch.float32), ref)}
     worst = max(r["a"] + r["b"] for r in row.values())
-    return {"errors": row, "margin": MARGIN, "budget": MARGIN * worst, "flags": dict(FLAGS),
-            "emulated": {"conv": conv, "matmul": matmul}}
+    return {
+        "errors": row,
+        "margin": MARGIN,
+        "budget": MARGIN * worst,
+        "flags": dict(FLAGS),
+        "emulated": {"conv": conv, "matmul": matmul},
+    }
 
 
 def read_budgets(path: Path = BUDGET_FILE) -> dict[str, dict]:

@@ -53,11 +53,16 @@ class EngineRunner:
         self.buckets = self.manifest.buckets
         # what the work of an upscale costs (idm_rt.cost.flops_of), as the build counted it
         self.recorded_flops = StageFlops.from_dict(self.manifest.stage_flops) if self.manifest.stage_flops else None
-        absent = [key for key in (graph_key(*spec) for spec in graph_specs(self.buckets, self.manifest.static))
-                  if key not in self.manifest.graphs]
+        absent = [
+            key
+            for key in (graph_key(*spec) for spec in graph_specs(self.buckets, self.manifest.static))
+            if key not in self.manifest.graphs
+        ]
         if absent:
-            raise ValueError(f"{folder} is incomplete, it has no {', '.join(absent)} (a build was interrupted "
-                             f"or is still running); run python -m idm_rt.build for it again")
+            raise ValueError(
+                f"{folder} is incomplete, it has no {', '.join(absent)} (a build was interrupted "
+                f"or is still running); run python -m idm_rt.build for it again"
+            )
 
     def run_graph(self, key: str, inputs: dict[str, Array]) -> list[Array]:
         """Run graph ``key`` (see :func:`~idm_rt.backends.engine_dir.graph_key`) on named inputs; float32 outputs."""
@@ -81,7 +86,6 @@ class EngineRunner:
         """The context :func:`~idm_rt.pipeline.super_resolve` samples in (nothing by default)."""
         return contextlib.nullcontext()
 
-
     def _inputs(self, kind: str, arrays) -> dict[str, Array]:
         return dict(zip(graph_inputs(kind, self.config), arrays))
 
@@ -91,8 +95,10 @@ class EngineRunner:
         in blocks (:func:`~idm_rt.model.encoder.in_blocks`, the same tables), plus the bicubic upscale
         for the implicit upsampler; so memory, and a TensorRT profile, is bounded by the tile and the block."""
         if size[0] < lr.shape[-2] or size[1] < lr.shape[-1]:  # a block would read more than its profile allows
-            raise ValueError(f"engines upscale: the output ({size[1]}x{size[0]}) is smaller than the LR image "
-                             f"({lr.shape[-1]}x{lr.shape[-2]}) on one axis; use the torch backend to downscale")
+            raise ValueError(
+                f"engines upscale: the output ({size[1]}x{size[0]}) is smaller than the LR image "
+                f"({lr.shape[-1]}x{lr.shape[-2]}) on one axis; use the torch backend to downscale"
+            )
         tables = resize_tables(self.config.encoder_upsampler, tuple(lr.shape[-2:]), size)
         names = graph_inputs("encoder_block", self.config)
         radius = receptive_radius(self.config.encoder_blocks)
@@ -104,8 +110,9 @@ class EngineRunner:
             return self.run_graph("encoder_block", dict(zip(names, inputs)))[0]
 
         xp = namespace(lr)
-        out = xp.concat([in_blocks(block, features_in_tiles(features, lr[i:i + 1], radius), *tables)
-                         for i in range(lr.shape[0])])
+        out = xp.concat(
+            [in_blocks(block, features_in_tiles(features, lr[i : i + 1], radius), *tables) for i in range(lr.shape[0])]
+        )
         return out + bicubic_upscale(lr, size) if self.config.encoder_upsampler == "implicit" else out
 
     def condition(self, cond: Array, p: Array) -> Conditioning:
@@ -113,8 +120,9 @@ class EngineRunner:
         self._covering_bucket(tuple(cond.shape[-2:]))
         xp = namespace(cond)
         p = xp.broadcast_to(xp.reshape(xp.astype(p, xp.float32), (-1,)), (cond.shape[0],))
-        out = run_batched(lambda part: self.run_graph("conditioner", part), self._inputs("conditioner", (cond, p)),
-                          1, 1)
+        out = run_batched(
+            lambda part: self.run_graph("conditioner", part), self._inputs("conditioner", (cond, p)), 1, 1
+        )
         return Conditioning.from_flat(cond, out)
 
     def denoise(self, x_t: Array, conditioning: Conditioning, noise_level: Array) -> Array:
@@ -129,21 +137,26 @@ class EngineRunner:
         exact = next((b for b in self.buckets if (b.height, b.width) == size and self.manifest.static), None)
         if exact is not None:
             key = graph_key("unet", exact)
-            return run_batched(lambda part: self.run_graph(key, part), per_sample, exact.max_batch,
-                               exact.min_batch)[0]
+            return run_batched(lambda part: self.run_graph(key, part), per_sample, exact.max_batch, exact.min_batch)[0]
         with stage(ENGINE_ARRAYS):
             tables = [self.asarray(t) for four in query_tables_for(size, self.config.levels) for t in four]
             shared = dict(zip(table_names(self.config.levels), tables))  # per size, not per sample
-        return run_batched(lambda part: self.run_graph("unet_dynamic", {**part, **shared}), per_sample,
-                           max(b.max_batch for b in self.buckets), 1)[0]
+        return run_batched(
+            lambda part: self.run_graph("unet_dynamic", {**part, **shared}),
+            per_sample,
+            max(b.max_batch for b in self.buckets),
+            1,
+        )[0]
 
     def _covering_bucket(self, size: tuple[int, int]) -> Bucket:
         """The bucket rule's bucket for an HR tile of ``size``; a clear error when none covers it."""
         bucket = select_bucket(self.buckets, size)
         if bucket is None:
             built = ", ".join(b.name for b in self.buckets)
-            raise ValueError(f"no engine bucket covers an HR tile of {size[1]}x{size[0]} (built: {built}); "
-                             f"use a tile of at most {bucket_tile(self, size)} or rebuild with a larger --tile")
+            raise ValueError(
+                f"no engine bucket covers an HR tile of {size[1]}x{size[0]} (built: {built}); "
+                f"use a tile of at most {bucket_tile(self, size)} or rebuild with a larger --tile"
+            )
         return bucket
 
 
@@ -153,19 +166,18 @@ def bucket_tile(runner: EngineRunner, size: tuple[int, int], max_memory: int | N
     return route(runner.buckets, size, runner.config.size_multiple, runner.static_speedup).tile
 
 
-def run_batched(run: Callable[[dict[str, Array]], list[Array]], inputs: dict[str, Array], max_batch: int,
-                min_batch: int) -> list[Array]:
+def run_batched(
+    run: Callable[[dict[str, Array]], list[Array]], inputs: dict[str, Array], max_batch: int, min_batch: int
+) -> list[Array]:
     """``run`` on chunks of at most max_batch samples, short chunks padded to min_batch by repeating
     their last sample (samples are independent); outputs trimmed and concatenated along the batch."""
     first = next(iter(inputs.values()))
     xp, n = namespace(first), first.shape[0]
     chunks = []
     for start in range(0, n, max_batch):
-        part = {k: v[start:start + max_batch] for k, v in inputs.items()}
+        part = {k: v[start : start + max_batch] for k, v in inputs.items()}
         m = next(iter(part.values())).shape[0]
         if m < min_batch:
-            part = {k: xp.concat([v, xp.broadcast_to(v[-1:], (min_batch - m, *v.shape[1:]))]) for k, v in
-                    part.items()}
+            part = {k: xp.concat([v, xp.broadcast_to(v[-1:], (min_batch - m, *v.shape[1:]))]) for k, v in part.items()}
         chunks.append([o[:m] for o in run(part)])
     return [xp.concat(outs) if len(outs) > 1 else outs[0] for outs in zip(*chunks)]
-

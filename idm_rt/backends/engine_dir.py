@@ -67,8 +67,13 @@ def graph_inputs(kind: str, config: IDMConfig) -> list[str]:
 
 def graph_outputs(kind: str, levels: int) -> list[str]:
     """Output names of graph ``kind``, in the exported graph's order."""
-    return {"encoder": ["feat"], "encoder_block": ["cond"], "conditioner": conditioning_names(levels),
-            "unet": ["eps"], "unet_dynamic": ["eps"]}[kind]
+    return {
+        "encoder": ["feat"],
+        "encoder_block": ["cond"],
+        "conditioner": conditioning_names(levels),
+        "unet": ["eps"],
+        "unet_dynamic": ["eps"],
+    }[kind]
 
 
 def dim_size(dim: str | int | None, known: dict[str, int]) -> int:
@@ -82,8 +87,10 @@ def dim_size(dim: str | int | None, known: dict[str, int]) -> int:
         return known[dim]
     level = re.fullmatch(r"([hw])_(\d+)", dim) if isinstance(dim, str) else None
     if level is None or f"{level[1]}_0" not in known:
-        raise ValueError(f"cannot size a graph dimension {dim!r} from {sorted(known)}: the graph was not written "
-                         "by this version's export; rebuild the directory with python -m idm_rt.build --force")
+        raise ValueError(
+            f"cannot size a graph dimension {dim!r} from {sorted(known)}: the graph was not written "
+            "by this version's export; rebuild the directory with python -m idm_rt.build --force"
+        )
     return -(-known[f"{level[1]}_0"] // 2 ** int(level[2]))
 
 
@@ -174,16 +181,31 @@ class Manifest:
         d = json.loads(text)
         found = d.pop("format", None) if isinstance(d, dict) else None
         if isinstance(found, str) and found.startswith("idm-rt-engines/") and found != MANIFEST_FORMAT:
-            raise ValueError(f"it was written by another version of idm-rt (format {found!r}; this one reads "
-                             f"{MANIFEST_FORMAT!r}): build it again with python -m idm_rt.build and the same --out, "
-                             "which replaces the files it lists")
+            raise ValueError(
+                f"it was written by another version of idm-rt (format {found!r}; this one reads "
+                f"{MANIFEST_FORMAT!r}): build it again with python -m idm_rt.build and the same --out, "
+                "which replaces the files it lists"
+            )
         if found != MANIFEST_FORMAT:
             raise ValueError(f"not an idm-rt engine manifest of this version (format {MANIFEST_FORMAT!r} expected)")
         d = _known_fields(cls, d, "the manifest")
-        for name, kind in (("model_hash", str), ("model_path", str), ("network", dict), ("backend", str),
-                           ("precision", str), ("buckets", list), ("graphs", dict), ("identity", dict),
-                           ("build_flags", dict), ("complete", bool), ("static", bool), ("defaults", dict),
-                           ("presets", dict), ("pending", list), ("stage_flops", dict)):
+        for name, kind in (
+            ("model_hash", str),
+            ("model_path", str),
+            ("network", dict),
+            ("backend", str),
+            ("precision", str),
+            ("buckets", list),
+            ("graphs", dict),
+            ("identity", dict),
+            ("build_flags", dict),
+            ("complete", bool),
+            ("static", bool),
+            ("defaults", dict),
+            ("presets", dict),
+            ("pending", list),
+            ("stage_flops", dict),
+        ):
             if name in d and not isinstance(d[name], kind):
                 raise ValueError(f"its {name} must be a JSON {_JSON_NAMES[kind]}, got {d[name]!r}")
         if not isinstance(d["opset"], int) or isinstance(d["opset"], bool):
@@ -191,15 +213,18 @@ class Manifest:
         if d["backend"] not in BUILD_BACKENDS:
             raise ValueError(f"its backend must be one of {BUILD_BACKENDS}, got {d['backend']!r}")
         if d["precision"] not in BACKENDS[d["backend"]].precisions:
-            raise ValueError(f"its precision must be one of {BACKENDS[d['backend']].precisions} for "
-                             f"{d['backend']}, got {d['precision']!r}")
+            raise ValueError(
+                f"its precision must be one of {BACKENDS[d['backend']].precisions} for "
+                f"{d['backend']}, got {d['precision']!r}"
+            )
         d["max_scale"] = check_max_scale(d["max_scale"])
         check_config_size(IDMConfig.from_dict(d["network"]))
         if not 1 <= len(d["buckets"]) <= MAX_BUCKETS:
             raise ValueError(f"it lists {len(d['buckets'])} buckets; 1..{MAX_BUCKETS} expected")
         d["buckets"] = [Bucket.from_dict(b) for b in d["buckets"]]
-        d["graphs"] = {k: _graph_entry(k, g, d["buckets"], d["backend"], d.get("static", True))
-                       for k, g in d["graphs"].items()}
+        d["graphs"] = {
+            k: _graph_entry(k, g, d["buckets"], d["backend"], d.get("static", True)) for k, g in d["graphs"].items()
+        }
         if d.get("stage_flops"):
             StageFlops.from_dict(d["stage_flops"])
         for f in d.get("pending", []):
@@ -221,6 +246,8 @@ def check_config_size(config: IDMConfig) -> None:
         from ..model.idm import check_size
 
         check_size(config)
+
+
 PARTIAL = ".partial"  # suffix of a file being written, renamed into place when complete
 INT8_CHECK = "int8_check"  # build_flags entry: an int8 build's check against the float32 model (export.int8_check)
 
@@ -245,17 +272,25 @@ def _graph_entry(key: object, d: object, buckets: list[Bucket], backend: str, st
     if key not in {graph_key(*spec) for spec in graph_specs(buckets, static)}:
         raise ValueError(f"it lists a graph {key!r} that its buckets do not have")
     entry = GraphEntry(**_known_fields(GraphEntry, d, f"graph {key!r}"))
-    for name, kinds in (("onnx", (str,)), ("precision", (str,)), ("onnx_key", (str,)), ("engine", (str, type(None))),
-                        ("engine_key", (str, type(None))), ("onnx_bytes", (int, type(None))),
-                        ("engine_bytes", (int, type(None)))):
+    for name, kinds in (
+        ("onnx", (str,)),
+        ("precision", (str,)),
+        ("onnx_key", (str,)),
+        ("engine", (str, type(None))),
+        ("engine_key", (str, type(None))),
+        ("onnx_bytes", (int, type(None))),
+        ("engine_bytes", (int, type(None))),
+    ):
         value = getattr(entry, name)
         if not isinstance(value, kinds) or isinstance(value, bool) or (isinstance(value, int) and value < 0):
             raise ValueError(f"graph {key!r}: {name} {value!r} is not of the expected type")
     if entry.precision not in ENGINE_PRECISIONS:
         raise ValueError(f"graph {key!r}: precision {entry.precision!r} is not one of {ENGINE_PRECISIONS}")
     if entry.onnx != artifact_name(key) or entry.engine not in (None, artifact_name(key, backend)):
-        raise ValueError(f"graph {key!r}: its files {entry.onnx!r}, {entry.engine!r} are not the ones a build writes "
-                         f"({artifact_name(key)!r}, {artifact_name(key, backend)!r})")
+        raise ValueError(
+            f"graph {key!r}: its files {entry.onnx!r}, {entry.engine!r} are not the ones a build writes "
+            f"({artifact_name(key)!r}, {artifact_name(key, backend)!r})"
+        )
     return entry
 
 
@@ -264,8 +299,9 @@ def _known_fields(cls, d: object, what: str) -> dict:
     if not isinstance(d, dict):
         raise ValueError(f"{what} is not a JSON object")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    required = [n for n, f in fields.items()
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    required = [
+        n for n, f in fields.items() if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     absent = [n for n in required if n not in d]
     if absent:
         raise ValueError(f"{what} has no {', '.join(absent)}")
@@ -284,8 +320,10 @@ def inside(folder: str | os.PathLike, file: str) -> Path:
     for part in rel.parts:
         path = path / part
         if path.is_symlink():
-            raise ValueError(f"{path} is a symbolic link; an engine directory holds its own files only (copy the "
-                             f"target in, or build into another folder)")
+            raise ValueError(
+                f"{path} is a symbolic link; an engine directory holds its own files only (copy the "
+                f"target in, or build into another folder)"
+            )
     if not path.resolve().is_relative_to(base.resolve()):
         raise ValueError(f"{path} resolves outside the engine directory {folder}")
     return path
@@ -296,11 +334,15 @@ def artifact(folder: str | os.PathLike, file: str, size: int | None) -> Path:
     the manifest recorded (a partial copy otherwise fails later inside the backend with a parser error)."""
     path = inside(folder, file)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}, listed in {Path(folder) / MANIFEST_NAME}, is missing; copy the whole "
-                                f"directory again or rebuild it with python -m idm_rt.build")
+        raise FileNotFoundError(
+            f"{path}, listed in {Path(folder) / MANIFEST_NAME}, is missing; copy the whole "
+            f"directory again or rebuild it with python -m idm_rt.build"
+        )
     if size is not None and path.stat().st_size != size:
-        raise ValueError(f"{path} has {path.stat().st_size} bytes, its build wrote {size}: an incomplete copy or "
-                         f"a changed file; copy it again or rebuild with python -m idm_rt.build --force")
+        raise ValueError(
+            f"{path} has {path.stat().st_size} bytes, its build wrote {size}: an incomplete copy or "
+            f"a changed file; copy it again or rebuild with python -m idm_rt.build --force"
+        )
     return path
 
 
@@ -308,8 +350,10 @@ def read_manifest(folder: str | os.PathLike) -> Manifest:
     """The manifest of an engine directory, with a clear error when there is none or it is unreadable."""
     path = Path(folder) / MANIFEST_NAME
     if not path.exists():
-        raise FileNotFoundError(f"{folder} is not an engine directory (no {MANIFEST_NAME}); build one with "
-                                f"`python -m idm_rt.build --out {folder}`")
+        raise FileNotFoundError(
+            f"{folder} is not an engine directory (no {MANIFEST_NAME}); build one with "
+            f"`python -m idm_rt.build --out {folder}`"
+        )
     try:
         path = inside(folder, MANIFEST_NAME)
         return Manifest.from_json(path.read_text())

@@ -42,8 +42,9 @@ class OnnxRuntimeRunner(EngineRunner):
     backend = "onnxruntime"
 
     def __init__(self, folder: str | os.PathLike, device: str | Device = "cpu", threads: int | None = None):
-        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)
-                                    or not 0 <= threads <= MAX_THREADS):
+        if threads is not None and (
+            not isinstance(threads, int) or isinstance(threads, bool) or not 0 <= threads <= MAX_THREADS
+        ):
             raise ValueError(f"runner option threads must be None or an integer in 0..{MAX_THREADS}, got {threads!r}")
         super().__init__(folder, device)
         # IO binding on CUDA (no copy through the host); a CPU takes plain run, except in the tests that run
@@ -53,13 +54,18 @@ class OnnxRuntimeRunner(EngineRunner):
         ort = import_onnxruntime()
         providers = execution_providers(self.device)
         if self.device.type == "cuda" and self.manifest.build_flags.get("conv") == "winograd":
-            warnings.warn(f"{self.folder} was built with Winograd convolutions for ONNX Runtime on a CPU; on a "
-                          "GPU cuDNN's own are faster: rebuild with python -m idm_rt.build --conv direct",
-                          stacklevel=1)
+            warnings.warn(
+                f"{self.folder} was built with Winograd convolutions for ONNX Runtime on a CPU; on a "
+                "GPU cuDNN's own are faster: rebuild with python -m idm_rt.build --conv direct",
+                stacklevel=1,
+            )
         check = self.manifest.build_flags.get(INT8_CHECK)
         if isinstance(check, dict) and check.get("passed") is False:
-            warnings.warn(f"{self.folder}: its int8 engine failed the build's check against the float32 model, its "
-                          f"images are not the model's:\n{check.get('report')}", stacklevel=1)
+            warnings.warn(
+                f"{self.folder}: its int8 engine failed the build's check against the float32 model, its "
+                f"images are not the model's:\n{check.get('report')}",
+                stacklevel=1,
+            )
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only: optimiser notes are not the user's concern
@@ -67,13 +73,18 @@ class OnnxRuntimeRunner(EngineRunner):
         use_engine = self.manifest.backend == "onnxruntime"
         self._sessions = {}
         for key, entry in self.manifest.graphs.items():
-            path = (artifact(self.folder, entry.engine, entry.engine_bytes) if use_engine and entry.engine
-                    else artifact(self.folder, entry.onnx, entry.onnx_bytes))
+            path = (
+                artifact(self.folder, entry.engine, entry.engine_bytes)
+                if use_engine and entry.engine
+                else artifact(self.folder, entry.onnx, entry.onnx_bytes)
+            )
             try:
                 self._sessions[key] = ort.InferenceSession(str(path), options, providers=providers)
             except Exception as e:  # noqa: BLE001 (onnxruntime raises its own exception types, one per failure kind)
-                raise RuntimeError(f"ONNX Runtime cannot load {path}: {e}\n(a damaged file: rebuild the directory "
-                                   f"with python -m idm_rt.build --force)") from None
+                raise RuntimeError(
+                    f"ONNX Runtime cannot load {path}: {e}\n(a damaged file: rebuild the directory "
+                    f"with python -m idm_rt.build --force)"
+                ) from None
         self._check_graphs()
         if self.manifest.static and self.manifest.build_flags.get("conv") == "winograd":
             self.static_speedup = WINOGRAD_SPEEDUP
@@ -87,9 +98,11 @@ class OnnxRuntimeRunner(EngineRunner):
             got = ([m.name for m in session.get_inputs()], [m.name for m in session.get_outputs()])
             want = (graph_inputs(kind, self.config), graph_outputs(kind, self.config.levels))
             if sorted(got[0]) != sorted(want[0]) or got[1] != want[1]:
-                raise ValueError(f"{self.folder}: graph {key} takes {got[0]} and gives {got[1]}, its manifest's "
-                                 f"network needs {want[0]} and {want[1]}: the files do not match manifest.json; "
-                                 "rebuild the directory with python -m idm_rt.build --force")
+                raise ValueError(
+                    f"{self.folder}: graph {key} takes {got[0]} and gives {got[1]}, its manifest's "
+                    f"network needs {want[0]} and {want[1]}: the files do not match manifest.json; "
+                    "rebuild the directory with python -m idm_rt.build --force"
+                )
 
     def asarray(self, host: np.ndarray) -> Array:
         """numpy itself on a CPU; a CUDA array (torch's or CuPy's) on the runner's GPU."""
@@ -107,8 +120,9 @@ class OnnxRuntimeRunner(EngineRunner):
         if self._io_binding:
             return self._run_bound(session, metas, inputs)
         with stage(ENGINE_ARRAYS):
-            feeds = {name: np.ascontiguousarray(to_host(a), dtype=_DTYPES[metas[name].type])
-                     for name, a in inputs.items()}
+            feeds = {
+                name: np.ascontiguousarray(to_host(a), dtype=_DTYPES[metas[name].type]) for name, a in inputs.items()
+            }
         outs = session.run(None, feeds)
         with stage(ENGINE_ARRAYS):
             return [o.astype(np.float32, copy=False) for o in outs]
@@ -132,8 +146,9 @@ class OnnxRuntimeRunner(EngineRunner):
         for meta in session.get_outputs():
             dtype = _DTYPES[meta.type]
             shape = tuple(dim_size(d, dims) for d in meta.shape)
-            out = xp.empty(shape, dtype=getattr(xp, dtype.__name__), device=self._cuda_device() if self._cuda else
-                           "cpu")
+            out = xp.empty(
+                shape, dtype=getattr(xp, dtype.__name__), device=self._cuda_device() if self._cuda else "cpu"
+            )
             binding.bind_output(meta.name, where, device_id, dtype, shape, pointer(out))
             outputs.append(out)
         if where == "cuda":
@@ -200,6 +215,7 @@ def execution_providers(device: Device) -> list:
     if device.type != "cuda":
         raise ValueError(f"the onnxruntime backend runs on 'cpu' or 'cuda', not {device}")
     if "CUDAExecutionProvider" not in import_onnxruntime().get_available_providers():
-        raise RuntimeError("ONNX Runtime has no CUDAExecutionProvider here; install onnxruntime-gpu or use "
-                           "device='cpu'")
+        raise RuntimeError(
+            "ONNX Runtime has no CUDAExecutionProvider here; install onnxruntime-gpu or use device='cpu'"
+        )
     return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]

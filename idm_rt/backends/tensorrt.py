@@ -55,8 +55,10 @@ def import_tensorrt():
     try:
         import tensorrt as trt
     except ImportError:
-        raise ImportError(f"the tensorrt backend needs TensorRT {accepted}: pip install '{PIP_REQUIREMENT}' (on a "
-                          "machine with an NVIDIA GPU and driver; tensorrt-cu13 beside a CUDA 13 torch)") from None
+        raise ImportError(
+            f"the tensorrt backend needs TensorRT {accepted}: pip install '{PIP_REQUIREMENT}' (on a "
+            "machine with an NVIDIA GPU and driver; tensorrt-cu13 beside a CUDA 13 torch)"
+        ) from None
     major = trt.__version__.split(".")[0]
     if not major.isdigit() or int(major) not in TENSORRT_MAJORS:
         raise ImportError(f"TensorRT {trt.__version__} found; the tensorrt backend is written for TensorRT {accepted}")
@@ -128,8 +130,10 @@ class TensorRTRunner(EngineRunner):
                 t = self._fresh(t)
             if not ctx.set_input_shape(name, tuple(t.shape)):
                 low, _, high = (tuple(d) for d in self._engines[key].get_tensor_profile_shape(name, 0))
-                raise ValueError(f"{key}: input {name} of shape {tuple(t.shape)} is outside what its engine was "
-                                 f"built for, {low} to {high}")
+                raise ValueError(
+                    f"{key}: input {name} of shape {tuple(t.shape)} is outside what its engine was "
+                    f"built for, {low} to {high}"
+                )
             self._set_address(ctx, key, name, t)
             typed[name] = t
         outputs = []
@@ -201,12 +205,16 @@ def check_directory(manifest: Manifest, folder: str | os.PathLike, trt) -> None:
     """ValueError where ``folder`` holds no complete TensorRT build; RuntimeError where another TensorRT version built
     it (a plan runs only on the version that wrote it)."""
     if manifest.backend != "tensorrt" or not manifest.complete:
-        raise ValueError(f"{folder} holds no TensorRT engines; build them with "
-                         f"`python -m idm_rt.build --backend tensorrt --out {folder}` on this machine")
+        raise ValueError(
+            f"{folder} holds no TensorRT engines; build them with "
+            f"`python -m idm_rt.build --backend tensorrt --out {folder}` on this machine"
+        )
     built = manifest.identity.get("tensorrt")
     if built != trt.__version__:
-        raise RuntimeError(f"engines in {folder} were built with TensorRT {built}, this is {trt.__version__}; "
-                           f"rebuild them with `python -m idm_rt.build --backend tensorrt --out {folder}`")
+        raise RuntimeError(
+            f"engines in {folder} were built with TensorRT {built}, this is {trt.__version__}; "
+            f"rebuild them with `python -m idm_rt.build --backend tensorrt --out {folder}`"
+        )
 
 
 def deserialize(trt, folder: Path, manifest: Manifest) -> tuple[tuple, dict[str, Any]]:
@@ -244,8 +252,10 @@ def dtype_name(trt, engine, key: str, name: str) -> str:
     dtypes = {trt.float32: "float32", trt.float16: "float16", trt.int64: "int64", trt.int32: "int32"}
     trt_dtype = engine.get_tensor_dtype(name)
     if trt_dtype not in dtypes:
-        raise ValueError(f"{key}: tensor {name} is of TensorRT type {trt_dtype}, which this runner does not "
-                         "handle; rebuild the directory with this version of idm-rt")
+        raise ValueError(
+            f"{key}: tensor {name} is of TensorRT type {trt_dtype}, which this runner does not "
+            "handle; rebuild the directory with this version of idm-rt"
+        )
     return dtypes[trt_dtype]
 
 
@@ -256,7 +266,7 @@ def _address(a: Array) -> int | None:
     strides, address = cai.get("strides"), cai["data"][0]
     if strides is not None:
         itemsize = np.dtype(cai["typestr"]).itemsize
-        dense = [itemsize * int(np.prod(cai["shape"][i + 1:], dtype=np.int64)) for i in range(len(cai["shape"]))]
+        dense = [itemsize * int(np.prod(cai["shape"][i + 1 :], dtype=np.int64)) for i in range(len(cai["shape"]))]
         if any(n > 1 and s != d for n, s, d in zip(cai["shape"], strides, dense)):
             return None
     return address if address % ALIGNMENT == 0 else None

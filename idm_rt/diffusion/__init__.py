@@ -29,5 +29,19 @@ def start_timestep(level: float, sched: LinearSchedule | None = None) -> int:
     return max(1, int(np.argmin(np.abs(g - level))))
 
 
-__all__ = ["LinearSchedule", "SAMPLERS", "Sampler", "sampler", "calls_for", "start_timestep", "EpsFn", "ddpm",
-           "ddim", "dpmpp_2m", "ddpm_step", "ddpm_timesteps", "ddim_timesteps", "dpmpp_levels"]
+__all__ = [
+    "LinearSchedule",
+    "SAMPLERS",
+    "Sampler",
+    "sampler",
+    "calls_for",
+    "start_timestep",
+    "EpsFn",
+    "ddpm",
+    "ddim",
+    "dpmpp_2m",
+    "ddpm_step",
+    "ddpm_timesteps",
+    "ddim_timesteps",
+    "dpmpp_levels",
+]

@@ -33,8 +33,9 @@ def _start(sched: LinearSchedule, t_start: int | None) -> int:
     return t
 
 
-def ddpm_step(x_t: Array, t: int, eps: Array, z: Array | None, sched: LinearSchedule,
-              t_prev: int | None = None) -> Array:
+def ddpm_step(
+    x_t: Array, t: int, eps: Array, z: Array | None, sched: LinearSchedule, t_prev: int | None = None
+) -> Array:
     """One ancestral step of the release (Ho et al. 2020, Eq. 7 with the clipped x0 prediction) from
     timestep t to ``t_prev`` (default t - 1, the release's; -1: to the data, ac = 1, no noise added). A longer jump
     is the same step on the respaced schedule ``beta = 1 - ac[t] / ac[t_prev]`` (Nichol & Dhariwal 2021)."""
@@ -68,8 +69,17 @@ def ddpm_timesteps(sched: LinearSchedule, steps: int | None = None, t_start: int
     return [round(t0 - k * t0 / (steps - 1)) for k in range(steps)]
 
 
-def ddpm(eps_fn: EpsFn, x_T: Array, steps: int | None = None, *, schedule: LinearSchedule = SCHEDULE,
-         t_start: int | None = None, eta: float = 1.0, noise: Noise | None = None, progress: bool = False) -> Array:
+def ddpm(
+    eps_fn: EpsFn,
+    x_T: Array,
+    steps: int | None = None,
+    *,
+    schedule: LinearSchedule = SCHEDULE,
+    t_start: int | None = None,
+    eta: float = 1.0,
+    noise: Noise | None = None,
+    progress: bool = False,
+) -> Array:
     """Ancestral sampling, one network call per timestep of :func:`ddpm_timesteps`: by default every
     timestep t = T-1 (or t_start) .. 0, the release's default sampler; fewer steps respace it (``eta`` unused: it
     is always stochastic)."""
@@ -92,8 +102,17 @@ def ddim_timesteps(sched: LinearSchedule, steps: int, t_start: int | None = None
     return list(range(0, n, n // steps))
 
 
-def ddim(eps_fn: EpsFn, x_T: Array, steps: int = 200, *, schedule: LinearSchedule = SCHEDULE,
-         t_start: int | None = None, eta: float = 0.0, noise: Noise | None = None, progress: bool = False) -> Array:
+def ddim(
+    eps_fn: EpsFn,
+    x_T: Array,
+    steps: int = 200,
+    *,
+    schedule: LinearSchedule = SCHEDULE,
+    t_start: int | None = None,
+    eta: float = 0.0,
+    noise: Noise | None = None,
+    progress: bool = False,
+) -> Array:
     """DDIM (Song et al. 2021, Eq. 12) on the release's grid; eta = 0 is deterministic.
 
     The loop starts at the grid's last timestep (1990 for 200 steps, like the release) and its
@@ -128,9 +147,17 @@ def dpmpp_levels(sched: LinearSchedule, steps: int, t_start: int | None = None) 
     return [1.0 / (1.0 + math.exp(-2.0 * lam)) for lam in lams]
 
 
-def dpmpp_2m(eps_fn: EpsFn, x_T: Array, steps: int = 20, *, schedule: LinearSchedule = SCHEDULE,
-             t_start: int | None = None, eta: float = 0.0, noise: Noise | None = None,
-             progress: bool = False) -> Array:
+def dpmpp_2m(
+    eps_fn: EpsFn,
+    x_T: Array,
+    steps: int = 20,
+    *,
+    schedule: LinearSchedule = SCHEDULE,
+    t_start: int | None = None,
+    eta: float = 0.0,
+    noise: Noise | None = None,
+    progress: bool = False,
+) -> Array:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2) in data-prediction form, for few-step sampling (deterministic:
     ``eta`` and ``noise`` unused).
 

@@ -38,9 +38,7 @@ class LRConditioner(nn.Module):
         self.first = ConvAct(3, config.inner_channel)
         prev = (config.inner_channel,) + ch
         # down[j] makes f_{j+1} from f_j; only the levels that feed a shift are built.
-        self.down = nn.ModuleList(
-            ConvAct(prev[j], ch[j], stride=2, blur=True) for j in range(config.levels - 1)
-        )
+        self.down = nn.ModuleList(ConvAct(prev[j], ch[j], stride=2, blur=True) for j in range(config.levels - 1))
         levels = range(1, config.levels)
         self.shift = nn.ModuleDict({str(j): EqualConv2d(ch[j - 1], ch[j], 3, padding=1) for j in levels})
         self.scale1 = nn.ModuleDict({str(j): EqualLinear(1, ch[j]) for j in levels})

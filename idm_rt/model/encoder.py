@@ -64,8 +64,15 @@ class EDSREncoder(nn.Module):
         out = in_blocks(self.block, feat, *resize_tables(self.upsampler, tuple(lr.shape[-2:]), size))
         return out + bicubic_upscale(lr, size) if self.query is not None else out
 
-    def block(self, feat: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, rel_rows: torch.Tensor | None = None,
-              rel_cols: torch.Tensor | None = None, cell: torch.Tensor | None = None) -> torch.Tensor:
+    def block(
+        self,
+        feat: torch.Tensor,
+        rows: torch.Tensor,
+        cols: torch.Tensor,
+        rel_rows: torch.Tensor | None = None,
+        rel_cols: torch.Tensor | None = None,
+        cell: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The HR part of one block (:func:`~idm_rt.model.pieces.in_blocks`), the tail's borders zero-padded:
         ``rows`` and ``cols`` index ``feat`` (a crop of the features); implicit: ``cell`` (2,) is the whole image's
         LR pixels per HR pixel, (h / H, w / W)."""

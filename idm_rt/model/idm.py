@@ -29,8 +29,11 @@ MAX_PARAMETERS = 2**30
 def parameter_count(config: IDMConfig) -> int:
     """Parameters of the network ``config`` describes, counted on the meta device (nothing allocated)."""
     with torch.device("meta"):
-        parts = (EDSREncoder(config.encoder_blocks, config.encoder_feats, config.encoder_upsampler),
-                 LRConditioner(config), UNet(config))
+        parts = (
+            EDSREncoder(config.encoder_blocks, config.encoder_feats, config.encoder_upsampler),
+            LRConditioner(config),
+            UNet(config),
+        )
     return sum(p.numel() for part in parts for p in part.parameters())
 
 
@@ -42,9 +45,11 @@ def check_size(config: IDMConfig) -> None:
     except RuntimeError:  # a weight shape beyond int64 ("numel: integer multiplication overflow")
         count = 2**63
     if count > MAX_PARAMETERS:
-        raise ValueError(f"the network this config describes has {count:,} parameters, above the limit of "
-                         f"{MAX_PARAMETERS:,} (inner_channel {config.inner_channel}, channel_multiplier "
-                         f"{list(config.channel_multiplier)}, encoder_feats {config.encoder_feats})")
+        raise ValueError(
+            f"the network this config describes has {count:,} parameters, above the limit of "
+            f"{MAX_PARAMETERS:,} (inner_channel {config.inner_channel}, channel_multiplier "
+            f"{list(config.channel_multiplier)}, encoder_feats {config.encoder_feats})"
+        )
 
 
 class IDM(nn.Module):
@@ -89,8 +94,9 @@ class IDM(nn.Module):
             target = torch.device(name)
             torch.empty(0, device=target)  # mps, xla, cuda:7, ...: can this torch put tensors there?
         except Exception as e:  # noqa: BLE001 (torch raises several types for a device it cannot use)
-            raise ValueError(f"device {name!r} cannot be used here ({e.__class__.__name__}: "
-                             f"{str(e).splitlines()[0]})") from None
+            raise ValueError(
+                f"device {name!r} cannot be used here ({e.__class__.__name__}: {str(e).splitlines()[0]})"
+            ) from None
         return self.to(target).eval()
 
     @property
@@ -124,8 +130,14 @@ class IDM(nn.Module):
         """Predict the noise in x_t (B, 3, H, W) at noise level g = sqrt(gamma) (B,)."""
         return self.unet(x_t, conditioning, noise_level.to(x_t.device))
 
-    def forward(self, lr: torch.Tensor, size: tuple[int, int], p: torch.Tensor, x_t: torch.Tensor | None = None,
-                noise_level: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self,
+        lr: torch.Tensor,
+        size: tuple[int, int],
+        p: torch.Tensor,
+        x_t: torch.Tensor | None = None,
+        noise_level: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The whole network in one call (training, DDP): ``(cond, eps)``; encode, condition, denoise.
         Without ``x_t`` only the encoder runs and eps is None (regression-only training steps)."""
         cond = self.encode(lr, size)

@@ -60,8 +60,9 @@ def gather_nearest(y: torch.Tensor, size: tuple[int, int], tables: Tables | None
     return y[:, :, ri][:, :, :, ci]
 
 
-def modulate(x: torch.Tensor, shift: torch.Tensor, a1: torch.Tensor, a2: torch.Tensor,
-             bias: torch.Tensor) -> torch.Tensor:
+def modulate(
+    x: torch.Tensor, shift: torch.Tensor, a1: torch.Tensor, a2: torch.Tensor, bias: torch.Tensor
+) -> torch.Tensor:
     """``FusedLeakyReLU(x * a1 + shift * a2, bias)`` with a1, a2 of shape (B, C)."""
     return fused_leaky_relu(x * a1[:, :, None, None] + shift * a2[:, :, None, None], bias)
 
@@ -98,8 +99,9 @@ def fold(fc1: nn.Linear, fc2: nn.Linear) -> tuple[torch.Tensor, torch.Tensor, to
     return full[:, :c], full[:, c], full[:, c + 1], d
 
 
-def query_fast(h: torch.Tensor, fc1: nn.Linear, fc2: nn.Linear, size: tuple[int, int], relu: bool,
-               tables: Tables | None = None) -> torch.Tensor:
+def query_fast(
+    h: torch.Tensor, fc1: nn.Linear, fc2: nn.Linear, size: tuple[int, int], relu: bool, tables: Tables | None = None
+) -> torch.Tensor:
     """Same function as :func:`query_literal`; the linear algebra is moved to the source resolution.
     ``tables`` (:func:`query_tables`) are computed here unless given: a graph exported with static
     sizes holds them as constants, one with dynamic sizes takes them as inputs."""
@@ -165,8 +167,7 @@ class ImplicitUp(nn.Module):
             run_mlp = lambda: fused.mlp_upsample(x, shift, a1, a2, self.bias, *w, tables, self.relu)
             if self.relu:
                 return run_mlp()
-            run_folded = lambda: fused.folded_upsample(
-                x, shift, a1, a2, self.bias, *fold(self.fc1, self.fc2), tables)
+            run_folded = lambda: fused.folded_upsample(x, shift, a1, a2, self.bias, *fold(self.fc1, self.fc2), tables)
             return fused.fastest((x.device, x.dtype, tuple(x.shape), tuple(size)), run_folded, run_mlp)()
         h = modulate(x, shift, a1, a2, self.bias)
         query = query_literal if self.literal else query_fast

@@ -35,6 +35,7 @@ def stitched(compute: Callable[[slice, slice], Array], height: int, width: int, 
     """A (B, C, height, width) result assembled from parts of at most ``size`` x ``size``: ``compute(rows,
     cols)`` returns the part over those slices, which reach up to ``halo`` beyond it on each side, and
     only the part itself is kept."""
+
     def spans(n: int) -> list[tuple[int, int, int, int]]:  # (start, end, lo, hi): the part and what it reads
         return [(a, min(a + size, n), max(a - halo, 0), min(a + size + halo, n)) for a in range(0, n, size)]
 
@@ -45,7 +46,7 @@ def stitched(compute: Callable[[slice, slice], Array], height: int, width: int, 
             y = compute(slice(lo, hi), slice(clo, chi))
             if out is None:
                 out = namespace(y).empty((y.shape[0], y.shape[1], height, width), dtype=y.dtype, device=device(y))
-            out[:, :, r0:r1, c0:c1] = y[:, :, r0 - lo:r1 - lo, c0 - clo:c1 - clo]
+            out[:, :, r0:r1, c0:c1] = y[:, :, r0 - lo : r1 - lo, c0 - clo : c1 - clo]
     return out
 
 
@@ -61,8 +62,15 @@ def features_in_tiles(features: Callable[[Array], Array], lr: Array, radius: int
     return stitched(lambda r, c: features(lr[:, :, r, c]), h, w, size, radius)
 
 
-def in_blocks(block: Callable[..., Array], feat: Array, rows: np.ndarray, cols: np.ndarray,
-              rel_rows: np.ndarray | None = None, rel_cols: np.ndarray | None = None, size: int = BLOCK) -> Array:
+def in_blocks(
+    block: Callable[..., Array],
+    feat: Array,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    rel_rows: np.ndarray | None = None,
+    rel_cols: np.ndarray | None = None,
+    size: int = BLOCK,
+) -> Array:
     """The encoder's HR part computed by ``block`` (the torch method, or an engine graph of the same inputs) over
     blocks of ``size`` x ``size`` HR pixels with a one-pixel halo for the 3x3 tail, each given only the features it
     reads (as arrays of ``feat``'s library) and, implicit, the whole image's cell size; the same numbers as one
@@ -78,7 +86,7 @@ def in_blocks(block: Callable[..., Array], feat: Array, rows: np.ndarray, cols: 
     def one(r: slice, c: slice) -> Array:
         rr, cc = rows[r], cols[c]
         r_min, c_min = int(rr.min()), int(cc.min())
-        part = feat[:, :, r_min:int(rr.max()) + 1, c_min:int(cc.max()) + 1]
+        part = feat[:, :, r_min : int(rr.max()) + 1, c_min : int(cc.max()) + 1]
         tables = (like(rr - r_min, feat), like(cc - c_min, feat))
         extra = (like(rel_rows[r], feat), like(rel_cols[c], feat), cell) if implicit else ()
         return block(part, *tables, *extra)
@@ -115,7 +123,7 @@ class Conditioning:
     def from_flat(cls, cond: Array, tensors: Sequence[Array]) -> Conditioning:
         """Inverse of :meth:`flat`, with the condition image ``cond``."""
         n = len(tensors) // 3
-        return cls(cond, [None, *tensors[:n]], [None, *tensors[n:2 * n]], [None, *tensors[2 * n:]])
+        return cls(cond, [None, *tensors[:n]], [None, *tensors[n : 2 * n]], [None, *tensors[2 * n :]])
 
     def nbytes(self) -> int:
         """Memory the arrays take (the condition image included)."""

@@ -85,10 +85,12 @@ class UNet(nn.Module):
             self.down.append(DownLevel(blocks, None if last else nn.Conv2d(prev, prev, 3, stride=2, padding=1)))
             if not last:
                 skips.append(prev)
-        self.mid = nn.ModuleList([
-            ResAttnBlock(prev, prev, inner, groups, drop, attn=True),
-            ResAttnBlock(prev, prev, inner, groups, drop, attn=False),
-        ])
+        self.mid = nn.ModuleList(
+            [
+                ResAttnBlock(prev, prev, inner, groups, drop, attn=True),
+                ResAttnBlock(prev, prev, inner, groups, drop, attn=False),
+            ]
+        )
         self.up = nn.ModuleList()
         for i in reversed(range(config.levels)):
             blocks = []
@@ -99,8 +101,9 @@ class UNet(nn.Module):
             self.up.append(UpLevel(blocks, up))
         self.final = NormActConv(prev, 3, groups)
 
-    def forward(self, x_t: torch.Tensor, c: Conditioning, g: torch.Tensor,
-                tables: list[Tables] | None = None) -> torch.Tensor:
+    def forward(
+        self, x_t: torch.Tensor, c: Conditioning, g: torch.Tensor, tables: list[Tables] | None = None
+    ) -> torch.Tensor:
         """``tables``: the implicit layers' :func:`~idm_rt.model.implicit.query_tables`, deepest first,
         for a graph exported with dynamic sizes (computed in the layers otherwise)."""
         emb = self.noise_mlp(g.to(x_t.dtype).view(-1))
@@ -121,6 +124,12 @@ class UNet(nn.Module):
                 x = blk(torch.cat([x, skips.pop()], dim=1), emb)
             if level.upsample is not None:
                 i = n - 1 - k  # U-Net level of x
-                x = level.upsample(x, c.shifts[i], c.a1[i], c.a2[i], tuple(skips[-1].shape[-2:]),
-                                   tables[k] if tables is not None else None)
+                x = level.upsample(
+                    x,
+                    c.shifts[i],
+                    c.a1[i],
+                    c.a2[i],
+                    tuple(skips[-1].shape[-2:]),
+                    tables[k] if tables is not None else None,
+                )
         return self.final(x)
