@@ -1,7 +1,7 @@
 """Quality against sampling steps: ddim vs dpmpp_2m at 5-50 steps, the curve the default sampler and
-step count are chosen from. Held-out images: scikit-image's bundled photos (never trained on), or
-any folder (``--data``, e.g. the images a training run held out, to choose settings on data that
-is not the reported test set).
+step count are chosen from, with the fine detail and naturalness of each setting (the detail-against-PSNR
+curve). Held-out images: scikit-image's bundled photos (never trained on), or any folder (``--data``, e.g.
+the images a training run held out, to choose settings on data that is not the reported test set).
 
     python -m benchmarks.quality_steps                    # bundled default model, 4x, 192px crops
     python -m benchmarks.quality_steps --model runs/default/checkpoints/step_00008000/ema --scales 2,4,8
@@ -16,6 +16,10 @@ import idm_rt
 from idm_rt.training.evaluate import SKIMAGE_PHOTOS, evaluate, load_images
 
 from .common import add_replace_argument, write
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -55,7 +59,8 @@ def main(argv: list[str] | None = None) -> dict:
                         print(
                             f"{row['scale']:g}x {start:12s} bp{passes} {sampler:9s} {steps:3d} steps: PSNR(Y) "
                             f"{row['psnr']:.2f} (bicubic {row['psnr_bic']:.2f})  SSIM {row['ssim']:.4f} (bicubic "
-                            f"{row['ssim_bic']:.4f})  Consistency {row['cons']:.2f}e-5"
+                            f"{row['ssim_bic']:.4f})  Consistency {row['cons']:.2f}e-5  detail {_num(row['detail'])} "
+                            f"(correlated {_num(row['detail_corr'])})  NIQE {_num(row['niqe'], 2)}"
                         )
     names = (
         "scikit-image photos: " + ", ".join(SKIMAGE_PHOTOS)
