@@ -26,7 +26,7 @@ from PIL import Image
 
 import idm_rt
 from idm_rt.fileio import atomic_write
-from idm_rt.image_files import encode, read_image
+from idm_rt.image_files import encode_image, read_image
 from idm_rt.stage_timing import STAGES, UNET, recording
 
 from .common import ORT_SETTLE_S, add_replace_argument, write
@@ -68,7 +68,7 @@ def profile_once(up: idm_rt.Upscaler, png: bytes, quality: str) -> dict:
         with clock.stage(UPSCALER):
             out = up.upscale(image, scale=4.0, seed=0, progress=False, quality=quality)
         with clock.stage(ENCODE):
-            encode(out, "PNG", io.BytesIO())
+            encode_image(out, "PNG", io.BytesIO())
     wall = time.perf_counter() - start
     return {"stages": dict(clock.seconds), "calls": dict(clock.calls), "wall_s": wall}
 

@@ -107,13 +107,14 @@ class UpscaleWorker:
     def __init__(self, settings: ServeSettings):
         configure_allocator()  # a replica is a process of its own: freed memory kept for the next request
         backend = settings.backend or default_backend()
+        threads = runner_threads(backend, settings.replica_cpus)  # runner options only for runners that take them
         up = Upscaler.from_pretrained(
             settings.model,
             device=settings.device,
             backend=backend,
             max_pixels=settings.max_pixels,
             max_memory=settings.max_memory,
-            runner_options=runner_threads(backend, settings.replica_cpus),
+            **({"runner_options": threads} if threads else {}),
         )
         self.worker = Worker(up, name=serve.get_replica_context().replica_tag)
         self._batched = serve.batch(

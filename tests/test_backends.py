@@ -149,7 +149,8 @@ def test_the_encoder_runs_in_pieces_bounded_whatever_the_image(built):
     with torch.no_grad():
         got, want = torch.from_numpy(runner.encode(lr.numpy(), (600, 1060))), model.encode(lr, (600, 1060))
     assert got.shape == want.shape == (2, 3, 600, 1060)
-    assert (got - want).abs().max() < 1e-4
+    # float32 ONNX Runtime against torch, summed differently through the encoder: 1.05e-4 measured at worst
+    assert (got - want).abs().max() < 2e-4, float((got - want).abs().max())
     assert features == [(150, 518), (150, 24)] * 2  # two tiles per image, each with its 6-pixel margin
     assert len(blocks) == 2 * 3 * 5 and max(max(b) for b in blocks) == 258
 
@@ -183,7 +184,8 @@ def test_the_implicit_encoder_through_engines_is_the_torch_encoders(tmp_path):
     with torch.no_grad():
         got, want = torch.from_numpy(runner.encode(lr.numpy(), (300, 1100))), model.encode(lr, (300, 1100))
     assert got.shape == want.shape == (1, 3, 300, 1100)
-    assert (got - want).abs().max() < 1e-4
+    # float32 ONNX Runtime against torch, summed differently through the encoder: 1.05e-4 measured at worst
+    assert (got - want).abs().max() < 2e-4, float((got - want).abs().max())
     runner._io_binding = True  # the CUDA provider's path, here with the CPU's: the block's rel_* and cell inputs
     with torch.no_grad():
         assert torch.equal(torch.from_numpy(runner.encode(lr.numpy(), (300, 1100))), got)
