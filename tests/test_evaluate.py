@@ -125,3 +125,22 @@ def test_grids_name_their_columns_in_a_header_row(tmp_path):
     header = named[:LABEL_HEIGHT].min(axis=(0, 2))  # darkest value of each pixel column
     assert header[4:34].min() < 128 and header[38:68].min() < 128  # text above each column
     assert (plain[:4] == 255).all()
+
+
+def test_evaluate_takes_the_models_presets(tmp_path, tiny_model, capsys):
+    """--quality names one of the model's stored presets (it knew only 'default'); its settings are the ones
+    evaluated, and --steps still changes one of them."""
+    import json
+
+    from idm_rt.training import evaluate
+
+    tiny_model.presets = {"fast": idm_rt.SamplingSettings(steps=0, init="bicubic", init_level=0.5)}
+    idm_rt.save_model(tiny_model, tmp_path / "m")
+    make_folder(tmp_path / "data", n=1)
+    common = ["--model", str(tmp_path / "m"), "--data", str(tmp_path / "data"), "--scales", "2", "--crop", "24"]
+    assert evaluate.main([*common, "--quality", "fast", "--json", str(tmp_path / "fast.json")]) == 0
+    assert evaluate.main([*common, "--quality", "fast", "--steps", "1", "--json", str(tmp_path / "one.json")]) == 0
+    fast, one = (json.loads((tmp_path / name).read_text()) for name in ("fast.json", "one.json"))
+    assert fast["steps"] == 0 and one["steps"] == 1 and one["init"] == fast["init"] == "bicubic"
+    assert evaluate.main([*common, "--quality", "sharpest"]) == 2
+    assert "unknown sampling preset 'sharpest'; this model has: default, fast" in capsys.readouterr().err

@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         if not all(math.isfinite(s) and s > 1 for s in scales):
             raise ValueError(f"scales must be finite numbers > 1, got {args.scales}")
         up = idm_rt.Upscaler.from_pretrained(args.model, device=args.device)
-        settings = sampling.from_arguments(args, up.sampling)
+        settings = sampling.from_arguments(args, up.sampling, up.presets)
         multiple = up.model.config.size_multiple
         if args.tile is not None and args.tile != 0 and args.tile < 2 * multiple:
             raise ValueError(f"--tile must be 0 (off) or at least {2 * multiple} for this model, got {args.tile}")
