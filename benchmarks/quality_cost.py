@@ -1,6 +1,7 @@
 """Quality against time, one table to choose from: the bundled model's ``fast`` preset (its own HR estimate,
-back-projected, no U-Net call), one U-Net step and its defaults; PSNR and SSIM (Y, border cropped; means over
-scikit-image's photos, held out from training, :func:`training.evaluate.evaluate`) at each scale, and the seconds
+back-projected, no U-Net call), one U-Net step, its defaults and its ``detailed`` preset; PSNR and SSIM (Y, border
+cropped; means over scikit-image's photos, held out from training, :func:`training.evaluate.evaluate`), the fine
+detail fraction and NIQE (medians) and Consistency at each scale, and the seconds
 per 1-megapixel image (a 256x256 photo upscaled 4x to 1024x1024) on the torch backend and the ONNX Runtime engines.
 
     python -m benchmarks.quality_cost --threads 1
@@ -31,33 +32,38 @@ from .common import ORT_SETTLE_S, add_replace_argument, write
 from .stage_profile import photo_png, upscalers
 
 # Name -> (preset, settings changed from it).
-CHOICES = {"fast (0 U-Net calls)": ("fast", {}), "1 step": ("default", {"steps": 1}), "defaults": ("default", {})}
+CHOICES = {
+    "fast (0 U-Net calls)": ("fast", {}),
+    "1 step": ("default", {"steps": 1}),
+    "defaults": ("default", {}),
+    "detailed": ("detailed", {}),
+}
+# The quality columns, per scale: (key of training.evaluate's rows, heading, digits).
+MEASURES = (
+    ("psnr", "PSNR", 2),
+    ("ssim", "SSIM", 4),
+    ("detail", "detail", 3),
+    ("niqe", "NIQE", 2),
+    ("cons", "Consistency", 2),
+)
 
 
 def table(result: dict) -> str:
     scales, backends = result["scales"], result["backends"]
     head = (
         ["setting", "U-Net calls / tile"]
-        + [f"PSNR {s:g}x" for s in scales]
-        + [f"SSIM {s:g}x" for s in scales]
+        + [f"{heading} {s:g}x" for _, heading, _ in MEASURES for s in scales]
         + [f"s / image, {b} (x defaults)" for b in backends]
     )
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for name, row in result["rows"].items():
         cells = [name, str(row["settings"]["steps"])]
-        cells += [f"{row['quality'][f'{s:g}']['psnr']:.2f}" for s in scales]
-        cells += [f"{row['quality'][f'{s:g}']['ssim']:.4f}" for s in scales]
+        cells += [f"{row['quality'][f'{s:g}'][key]:.{digits}f}" for key, _, digits in MEASURES for s in scales]
         cells += [f"{row['time'][b]['median_s']:.2f} ({row['time'][b]['ratio_to_defaults']:.2f})" for b in backends]
         lines.append("| " + " | ".join(cells) + " |")
     bicubic = result["bicubic"]
-    lines.append(
-        "| bicubic | - | "
-        + " | ".join(f"{bicubic[f'{s:g}']['psnr']:.2f}" for s in scales)
-        + " | "
-        + " | ".join(f"{bicubic[f'{s:g}']['ssim']:.4f}" for s in scales)
-        + " |"
-        + " - |" * len(backends)
-    )
+    cells = [f"{bicubic[f'{s:g}'][key]:.{digits}f}" for key, _, digits in MEASURES for s in scales]
+    lines.append("| bicubic | - | " + " | ".join(cells) + " |" + " - |" * len(backends))
     return "\n".join(lines)
 
 
@@ -87,8 +93,8 @@ def main(argv: list[str] | None = None) -> dict:
     quality, bicubic = {}, {}
     for name, s in settings.items():
         rows = evaluate(up.model, images, scales, s)
-        quality[name] = {f"{r['scale']:g}": {"psnr": r["psnr"], "ssim": r["ssim"]} for r in rows}
-        bicubic = {f"{r['scale']:g}": {"psnr": r["psnr_bic"], "ssim": r["ssim_bic"]} for r in rows}
+        quality[name] = {f"{r['scale']:g}": {key: r[key] for key, _, _ in MEASURES} for r in rows}
+        bicubic = {f"{r['scale']:g}": {key: r[f"{key}_bic"] for key, _, _ in MEASURES} for r in rows}
     image = read_image(io.BytesIO(photo_png(args.side // 4)))
     times = {name: {b: [] for b in backends} for name in settings}
     for r in range(args.repeats):
