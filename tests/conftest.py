@@ -3,6 +3,7 @@ summary line of the skipped tests. Shared helpers are in helpers.py."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,20 @@ def idle_machine(monkeypatch):
     """Every test sees an idle machine: the command lines' thread default and its note on stderr
     (idm_rt.threads.spare_threads) do not depend on what else runs; tests of that set the load themselves."""
     monkeypatch.setattr(idm_rt.threads.os, "getloadavg", lambda: (0.0, 0.0, 0.0), raising=False)
+
+
+REAL_FIND_SPEC = importlib.util.find_spec
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item):
+    """No test leaves a stand-in for importlib.util.find_spec behind once its fixtures are gone (one that hid torch
+    made every later test that needs torch fail with "needs torch"): an error at the test that did it."""
+    result = yield
+    if importlib.util.find_spec is not REAL_FIND_SPEC:
+        importlib.util.find_spec = REAL_FIND_SPEC
+        raise AssertionError(f"{item.nodeid} left importlib.util.find_spec replaced")
+    return result
 
 
 @pytest.fixture(scope="session")

@@ -770,6 +770,18 @@ def installed(devices: int = 1, torch_absent: bool = True):
                 sys.modules[name] = module
 
 
+@contextlib.contextmanager
+def absent(module: str):
+    """``module`` (and its submodules) looks not installed to ``importlib.util.find_spec`` while the block runs;
+    restored when it ends (not at a test's teardown, so that it nests inside :func:`installed`)."""
+    find_spec = importlib.util.find_spec
+    importlib.util.find_spec = lambda name, *a: None if name.split(".")[0] == module else find_spec(name, *a)
+    try:
+        yield
+    finally:
+        importlib.util.find_spec = find_spec
+
+
 def _without_torch(find_spec):
     def find(name, package=None):
         return None if name == "torch" or name.startswith("torch.") else find_spec(name, package)

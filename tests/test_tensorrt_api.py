@@ -77,6 +77,7 @@ API = {
 # Attribute names in those modules that TensorRT classes happen to have too, used there on other objects.
 NOT_TENSORRT = {
     "levels",
+    "precision",  # the build options' (tensorrt_build.manifest_flags, write_engine)
     "name",
     "shape",
     "dtype",

@@ -226,12 +226,11 @@ def test_clear_errors_where_the_tensorrt_runner_cannot_run(built, tmp_path, monk
         plan.write_bytes(b"\0" * plan.stat().st_size)
         with pytest.raises(RuntimeError, match="could not deserialize tensorrt/encoder.plan"):
             load_runner(copy)
-        find_spec = importlib.util.find_spec
-        monkeypatch.setattr(
-            importlib.util, "find_spec", lambda name, *a: None if name == "cupy" else find_spec(name, *a)
-        )
-        with pytest.raises(ImportError, match=r"the tensorrt backend needs torch or cupy: pip install 'idm-rt\[gpu\]'"):
-            load_runner(folder, "tensorrt")  # (by default, tensorrt_host: see below)
+        with fake_cuda.absent("cupy"):
+            with pytest.raises(
+                ImportError, match=r"the tensorrt backend needs torch or cupy: pip install 'idm-rt\[gpu\]'"
+            ):
+                load_runner(folder, "tensorrt")  # (by default, tensorrt_host: see below)
 
 
 def test_the_gpu_path_runs_where_torch_cannot_be_imported(built, reference, tmp_path):
@@ -399,14 +398,11 @@ def test_a_tensorrt_directory_runs_on_tensorrt_host_by_default_without_torch_or_
     _, folder = built
     with installed():
         assert isinstance(load_runner(folder), TensorRTRunner)
-        find_spec = importlib.util.find_spec
-        monkeypatch.setattr(
-            importlib.util, "find_spec", lambda name, *a: None if name == "cupy" else find_spec(name, *a)
-        )
-        assert isinstance(load_runner(folder), TensorRTHostRunner)
-        assert isinstance(load_runner(folder, "tensorrt_host"), TensorRTHostRunner)
-        with pytest.raises(ImportError, match="the tensorrt backend needs torch or cupy"):
-            load_runner(folder, "tensorrt")  # asked for by name: no fallback
+        with fake_cuda.absent("cupy"):
+            assert isinstance(load_runner(folder), TensorRTHostRunner)
+            assert isinstance(load_runner(folder, "tensorrt_host"), TensorRTHostRunner)
+            with pytest.raises(ImportError, match="the tensorrt backend needs torch or cupy"):
+                load_runner(folder, "tensorrt")  # asked for by name: no fallback
 
 
 def test_the_upscale_command_runs_a_tensorrt_directory_without_torch_or_cupy(built, tmp_path, monkeypatch):
@@ -422,11 +418,8 @@ def test_the_upscale_command_runs_a_tensorrt_directory_without_torch_or_cupy(bui
     cpu = ["-o", str(tmp_path / "cpu.png"), "--backend", "onnxruntime", "--device", "cpu"]
     assert cli(["upscale", *common, *cpu]) == 0
     with installed() as state:
-        find_spec = importlib.util.find_spec
-        monkeypatch.setattr(
-            importlib.util, "find_spec", lambda name, *a: None if name == "cupy" else find_spec(name, *a)
-        )
-        assert cli(["upscale", *common, "-o", str(tmp_path / "gpu.png")]) == 0
-        assert any(e[0] == "cudaMalloc" for e in state.log)  # (the fake's cuda-python ran it)
+        with fake_cuda.absent("cupy"):
+            assert cli(["upscale", *common, "-o", str(tmp_path / "gpu.png")]) == 0
+            assert any(e[0] == "cudaMalloc" for e in state.log)  # (the fake's cuda-python ran it)
     got, want = (np.asarray(Image.open(tmp_path / f"{n}.png"), dtype=np.int16) for n in ("gpu", "cpu"))
     assert got.shape == want.shape == (32, 48, 3) and np.abs(got - want).max() <= 1
