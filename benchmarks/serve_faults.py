@@ -8,8 +8,8 @@ worker node killed halfway.
   the surviving worker, failed (anything else), and the time from the kill to the first answer to a request sent
   after it.
 * Batch job: ``python -m idm_rt upscale DIR -o OUT --ray --workers 2`` on the same cluster, the worker node killed
-  once the first output exists; the job must finish with every output present once, equal to the in-process
-  upscale with the same seed, and no temporary file left.
+  once the first output exists; the job must finish with every output present once, within one 8-bit level of
+  the in-process upscale with the same seed (computed at a worker's one thread), and no temporary file left.
 
     python -m benchmarks.serve_faults                    # benchmarks/scratch/serve_faults.json
     python -m benchmarks.serve_faults --replace          # benchmarks/results/serve_faults.json
@@ -31,6 +31,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from .common import add_replace_argument, write
@@ -188,24 +189,35 @@ def batch_job_under_node_loss(cluster, worker_node, model: str, images: int, ste
     up = idm_rt.Upscaler.from_pretrained(model)
     names = sorted(p.name for p in out.iterdir())
     want = [f"im{i:02d}.png" for i in range(images)]
-    equal = sum(
-        np.array_equal(
-            np.asarray(Image.open(out / n)),
-            np.asarray(up.upscale(Image.open(src / n), scale=2, steps=steps, seed=7, progress=False)),
-        )
-        for n in want
-        if (out / n).exists()
-    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as a worker of one CPU computes (float sums can round otherwise at another count)
+    try:
+        levels = [
+            _levels_apart(
+                Image.open(out / n), up.upscale(Image.open(src / n), scale=2, steps=steps, seed=7, progress=False)
+            )
+            for n in want
+            if (out / n).exists()
+        ]
+    finally:
+        torch.set_num_threads(threads)
     return {
         "images": images,
         "outputs_when_node_killed": killed_after,
         "returncode": returncode,
         "outputs": len(names),
         "outputs_as_expected": names == want,
-        "outputs_equal_in_process": equal,
+        "outputs_equal_in_process": sum(d == 0 for d in levels),
+        "outputs_within_one_level_of_in_process": sum(d <= 1 for d in levels),
+        "max_level_difference": max(levels, default=None),
         "seconds": round(time.monotonic() - start, 1),
         "log_tail": (work / "job.log").read_text()[-1500:],
     }
+
+
+def _levels_apart(a: Image.Image, b: Image.Image) -> int:
+    """The largest difference between two images' 8-bit values."""
+    return int(np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max())
 
 
 def free_port() -> int:

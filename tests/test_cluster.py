@@ -21,4 +21,6 @@ def test_a_worker_node_killed_under_load_loses_no_request_and_no_output():
     assert service["failed"] == 0, service  # nothing lost: requests on the dead node were sent again
     assert service["answered_after_kill"] > 0 and service["recovery_s"] is not None, service
     assert job["returncode"] == 0 and job["outputs_as_expected"], job  # every output once, no temporary file
-    assert job["outputs_equal_in_process"] == job["images"], job
+    # each output is the in-process upscale's at a worker's one thread, to the 8-bit level (float sums at another
+    # thread count may round a value the other way)
+    assert job["outputs_within_one_level_of_in_process"] == job["images"], job
