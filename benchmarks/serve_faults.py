@@ -82,6 +82,7 @@ def service_under_node_loss(
                 "timeout_s": 60,
                 "max_batch": 4,
                 "max_client_requests": 64,
+                "frontend_resources": {"head": 0.01},  # the frontend beside the proxy: the worker node is lost
             }
         ),
         name="faults",
@@ -262,7 +263,8 @@ def run(
     with tempfile.TemporaryDirectory() as tmp:
         model = tiny_model(Path(tmp) / "model")
         for part in ("service", "batch_job"):
-            cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+            head = {"num_cpus": 1, "include_dashboard": False, "resources": {"head": 1}}
+            cluster = Cluster(initialize_head=True, head_node_args=head)
             worker = cluster.add_node(num_cpus=1)
             ray.init(address=cluster.address, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
             try:

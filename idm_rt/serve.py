@@ -58,6 +58,11 @@ class _Settings(BaseModel):
         None, description="None: torch where it is installed, else onnxruntime (idm_rt.backends.default_backend)"
     )
     device: str | None = Field(None, description="cpu, cuda, cuda:1, ...; default cpu (cuda for tensorrt)")
+    frontend_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="custom Ray resources the frontend replica needs, e.g. {'ingress': 1} to keep it on the node "
+        "that takes the traffic (beside the HTTP proxy); default: any node",
+    )
 
     @property
     def gpus(self) -> float:
@@ -198,7 +203,7 @@ def build_app(args: dict | ServeSettings) -> serve.Application:
     ).bind(settings)
     return HttpFrontend.options(
         num_replicas=1,  # holds the count of admitted work; cheap: no CPU reserved
-        ray_actor_options={"num_cpus": 0},
+        ray_actor_options={"num_cpus": 0, "resources": settings.frontend_resources},
         max_ongoing_requests=100_000,  # connections cost it little; its own limits apply
         logging_config=quiet,
     ).bind(workers, settings)
