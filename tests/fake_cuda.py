@@ -756,7 +756,7 @@ def installed(devices: int = 1, torch_absent: bool = True):
     sys.modules.update(CUDA_MODULES)
     sys.modules["tensorrt"] = TENSORRT
     if torch_absent:
-        importlib.util.find_spec = _without_torch(find_spec)
+        importlib.util.find_spec = _hiding(find_spec, "torch")
     ort.get_available_providers = lambda: ["CUDAExecutionProvider", *providers()]
     ort.InferenceSession = cuda_session_class(ort)
     try:
@@ -775,18 +775,16 @@ def absent(module: str):
     """``module`` (and its submodules) looks not installed to ``importlib.util.find_spec`` while the block runs;
     restored when it ends (not at a test's teardown, so that it nests inside :func:`installed`)."""
     find_spec = importlib.util.find_spec
-    importlib.util.find_spec = lambda name, *a: None if name.split(".")[0] == module else find_spec(name, *a)
+    importlib.util.find_spec = _hiding(find_spec, module)
     try:
         yield
     finally:
         importlib.util.find_spec = find_spec
 
 
-def _without_torch(find_spec):
-    def find(name, package=None):
-        return None if name == "torch" or name.startswith("torch.") else find_spec(name, package)
-
-    return find
+def _hiding(find_spec, module: str):
+    """``find_spec`` under which ``module`` and its submodules are not installed."""
+    return lambda name, *a: None if name.split(".")[0] == module else find_spec(name, *a)
 
 
 class TorchBlocker:

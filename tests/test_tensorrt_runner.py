@@ -6,7 +6,6 @@ compared with ONNX Runtime's on the CPU, which runs the same graphs."""
 from __future__ import annotations
 
 import gc
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -202,7 +201,7 @@ def test_onnx_runtime_on_cuda_without_torch_keeps_its_arrays_in_cupy(built, refe
         _close(up.upscale(_images(), **KW), reference)
 
 
-def test_clear_errors_where_the_tensorrt_runner_cannot_run(built, tmp_path, monkeypatch):
+def test_clear_errors_where_the_tensorrt_runner_cannot_run(built, tmp_path):
     _, folder = built
     copy = tmp_path / "copy"
     shutil.copytree(folder, copy)
@@ -379,22 +378,15 @@ def test_clear_errors_where_the_tensorrt_host_runner_cannot_run(built, monkeypat
         runner = _host_runner(folder)
         with pytest.raises(RuntimeError, match="CUDA cudaMalloc failed: cudaErrorInvalidValue"):
             runner.run_graph("conditioner", {"cond": np.zeros((1, 3, 8, 8), np.float32), "p": np.zeros(1, np.float32)})
-        find_spec = importlib.util.find_spec
         for absent, message in (
             ("cuda", r"needs cuda.bindings: pip install 'cuda-python>=12.8,<13'"),
             ("tensorrt", r"needs tensorrt: pip install 'idm-rt\[gpu\]'"),
         ):
-            monkeypatch.setattr(
-                importlib.util,
-                "find_spec",
-                lambda name, *a, absent=absent: None if name.split(".")[0] == absent else find_spec(name, *a),
-            )
-            with pytest.raises(ImportError, match=f"the tensorrt_host backend {message}"):
+            with fake_cuda.absent(absent), pytest.raises(ImportError, match=f"the tensorrt_host backend {message}"):
                 _host_runner(folder)
-            monkeypatch.undo()
 
 
-def test_a_tensorrt_directory_runs_on_tensorrt_host_by_default_without_torch_or_cupy(built, monkeypatch):
+def test_a_tensorrt_directory_runs_on_tensorrt_host_by_default_without_torch_or_cupy(built):
     _, folder = built
     with installed():
         assert isinstance(load_runner(folder), TensorRTRunner)
@@ -405,7 +397,7 @@ def test_a_tensorrt_directory_runs_on_tensorrt_host_by_default_without_torch_or_
                 load_runner(folder, "tensorrt")  # asked for by name: no fallback
 
 
-def test_the_upscale_command_runs_a_tensorrt_directory_without_torch_or_cupy(built, tmp_path, monkeypatch):
+def test_the_upscale_command_runs_a_tensorrt_directory_without_torch_or_cupy(built, tmp_path):
     """``python -m idm_rt upscale IN -o OUT --engines DIR``, no --backend or --device, with neither torch nor CuPy: the
     tensorrt_host runner on cuda, the PNG of ONNX Runtime's on the CPU within one level."""
     from PIL import Image
