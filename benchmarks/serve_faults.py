@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from idm_rt.ray_session import free_port
+
 from .common import add_replace_argument, write
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -219,14 +221,6 @@ def batch_job_under_node_loss(cluster, worker_node, model: str, images: int, ste
 def _levels_apart(a: Image.Image, b: Image.Image) -> int:
     """The largest difference between two images' 8-bit values."""
     return int(np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max())
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tiny_model(path: Path) -> str:

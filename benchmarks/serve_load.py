@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import socket
 import statistics
 import threading
 import time
@@ -30,6 +29,7 @@ import torch
 from PIL import Image
 
 import idm_rt
+from idm_rt.ray_session import free_port
 
 from .common import add_replace_argument, write
 
@@ -112,9 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
         _node_ip_address="127.0.0.1",
         runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
     )  # replicas import this checkout
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     url = f"http://127.0.0.1:{port}/v1/upscale?scale={args.scale:g}"
     rows = []

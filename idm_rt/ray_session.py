@@ -42,13 +42,18 @@ def ray_session(address: str | None = None) -> Iterator[bool]:
             ray.shutdown()
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the system picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @contextlib.contextmanager
 def local_instance() -> Iterator[str]:
     """A local Ray head owned by a watcher process that stops it when this process ends; yields its address."""
     temp = tempfile.mkdtemp(prefix="idm-rt-ray-")  # short: Ray's socket paths live under it
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     # A token of its own: Ray's GCS and raylet listen on every interface (README), the token keeps others out.
     # The command's process and the instance (and every Ray process they start) share it through the environment.
     os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)})

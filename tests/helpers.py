@@ -5,7 +5,6 @@ from conftest or from each other."""
 from __future__ import annotations
 
 import os
-import socket
 from collections import Counter
 from pathlib import Path
 
@@ -132,12 +131,6 @@ def safetensors_no_space(state, path, *args, **kwargs):
 
     Path(path).write_bytes(b"partly written")
     raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def skip_summary(reasons: list[str]) -> str | None:

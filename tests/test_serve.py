@@ -23,8 +23,9 @@ from PIL import Image
 import idm_rt
 from idm_rt.cli import main
 from idm_rt.image_files import encode_image
+from idm_rt.ray_session import free_port
 
-from .helpers import ROOT, TINY, free_port, perturbed
+from .helpers import ROOT, TINY, perturbed
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")

@@ -25,8 +25,9 @@ from PIL import Image
 import idm_rt
 from benchmarks.installs import clean_env, closure, linked_venv, requirements
 from idm_rt.build import main as build
+from idm_rt.ray_session import free_port
 
-from .helpers import ROOT, TINY_32, free_port, perturbed
+from .helpers import ROOT, TINY_32, perturbed
 
 pytestmark = pytest.mark.slow
 

@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 import torch
 
+from idm_rt.ray_session import free_port
 from idm_rt.training.config import resolve
 from idm_rt.training.trainer import Trainer
 
-from .helpers import ROOT, TINY_SET, free_port, make_folder, safetensors_no_space, train_config
+from .helpers import ROOT, TINY_SET, make_folder, safetensors_no_space, train_config
 
 
 def losses(run) -> list[float]:
