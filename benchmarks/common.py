@@ -14,6 +14,20 @@ from pathlib import Path
 
 import torch
 
+import idm_rt
+
+# The smallest network the benchmarks' dry runs and fault runs use (and the tests' TINY): what they measure is
+# the plumbing, not the pictures.
+TINY_CONFIG = idm_rt.IDMConfig(
+    inner_channel=8,
+    channel_multiplier=(1, 2, 2),
+    res_blocks=1,
+    attn_levels=(2,),
+    norm_groups=4,
+    encoder_blocks=1,
+    encoder_feats=8,
+    implicit_hidden=16,
+)
 RESULTS = Path(__file__).parent / "results"
 # Where a run writes unless told to replace the committed results (--replace): a rerun to try something must not
 # overwrite the numbers the README quotes. Git ignores it.

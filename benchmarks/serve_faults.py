@@ -36,7 +36,7 @@ from PIL import Image
 
 from idm_rt.ray_session import free_port
 
-from .common import add_replace_argument, write
+from .common import TINY_CONFIG, add_replace_argument, write
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB_TIMEOUT_S = 300
@@ -225,22 +225,10 @@ def _levels_apart(a: Image.Image, b: Image.Image) -> int:
 
 def tiny_model(path: Path) -> str:
     """A small random network: the faults are the subject, not the pictures."""
-    import torch
-
     import idm_rt
 
     torch.manual_seed(0)
-    config = idm_rt.IDMConfig(
-        inner_channel=8,
-        channel_multiplier=(1, 2, 2),
-        res_blocks=1,
-        attn_levels=(2,),
-        norm_groups=4,
-        encoder_blocks=1,
-        encoder_feats=8,
-        implicit_hidden=16,
-    )
-    model = idm_rt.IDM(config, max_scale=4.0)
+    model = idm_rt.IDM(TINY_CONFIG, max_scale=4.0)
     model.recommended = idm_rt.SamplingSettings(sampler="dpmpp_2m", steps=2)
     idm_rt.save_model(model, path)
     return str(path)

@@ -13,22 +13,14 @@ import torch
 from PIL import Image
 
 import idm_rt
+from benchmarks.common import TINY_CONFIG
 
 ROOT = Path(__file__).resolve().parents[1]
 # The release's own numbers (README, "Release parity"): in the project's shared folder beside the checkout, or where
 # IDM_RT_GOLDEN says; the repository does not hold them.
 GOLDEN = Path(os.environ.get("IDM_RT_GOLDEN") or ROOT.parent / "shared" / "golden" / "official_small")
 
-TINY = idm_rt.IDMConfig(
-    inner_channel=8,
-    channel_multiplier=(1, 2, 2),
-    res_blocks=1,
-    attn_levels=(2,),
-    norm_groups=4,
-    encoder_blocks=1,
-    encoder_feats=8,
-    implicit_hidden=16,
-)
+TINY = TINY_CONFIG  # the tests' smallest network, the one the benchmarks' dry and fault runs use
 # The export and engine tests' network: 32 channels, the default 32 normalisation groups.
 TINY_32 = idm_rt.IDMConfig(
     inner_channel=32, channel_multiplier=(1, 2, 4), res_blocks=1, attn_levels=(2,), encoder_blocks=2

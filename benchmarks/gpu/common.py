@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 import idm_rt
+from benchmarks.common import TINY_CONFIG
 
 from .tf32 import rel_max_err
 
@@ -23,17 +24,6 @@ START = time.perf_counter()
 # accumulations; the float32 checks use the derived TF32 budgets (:mod:`.tf32`) instead.
 TOL = {torch.float16: 1e-2, torch.bfloat16: 3e-2}
 AUTOCAST_TOL = 5e-2  # a whole U-Net under fp16/bf16 autocast against float32: what it measures is recorded
-# A preset small enough for a dry run's U-Net on a CPU (the tests' TINY shape).
-DRY_CONFIG = idm_rt.IDMConfig(
-    inner_channel=8,
-    channel_multiplier=(1, 2, 2),
-    res_blocks=1,
-    attn_levels=(2,),
-    norm_groups=4,
-    encoder_blocks=1,
-    encoder_feats=8,
-    implicit_hidden=16,
-)
 
 
 def log(msg: str) -> None:
@@ -64,7 +54,7 @@ class Run:
         return "torch" if self.dry else "auto"
 
     def config(self, preset: str | None = None) -> idm_rt.IDMConfig:
-        return DRY_CONFIG if self.dry else idm_rt.preset(preset or self.preset)
+        return TINY_CONFIG if self.dry else idm_rt.preset(preset or self.preset)
 
     def model(self, preset: str | None = None) -> idm_rt.IDM:
         """The preset's network with seeded random weights, on the device, eval mode."""
