@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import os
 import sys
@@ -21,7 +20,7 @@ from .arrays import Noise, to_host
 from .backends import backend as backend_named
 from .backends import load_runner
 from .backends.engine_dir import MANIFEST_NAME, read_manifest
-from .backends.registry import default_backend
+from .backends.registry import default_backend, installed
 from .devices import Device, parse_device
 from .images import ImageLike, from_array, is_tensor, resize_alpha, split_inputs, to_array
 from .model.protocol import SamplingModel
@@ -155,7 +154,7 @@ class Upscaler:
         if backend_named(backend).engine:
             check_options(kwargs, ("runner_options",))  # before a build that may take minutes
             bundled = path is None or Path(path).resolve() == DEFAULT_MODEL.resolve()
-            if bundled and importlib.util.find_spec("torch") is None:
+            if bundled and not installed("torch"):
                 path = DEFAULT_ENGINES  # its shipped graphs: nothing to build (and no torch to build with)
             path = cls._engine_folder(path, backend, device, kwargs.pop("precision", None), max_scale)
             return cls.from_engines(path, device=device, backend=backend, **kwargs)

@@ -13,7 +13,6 @@ Layout (after TensorRT's demo/Diffusion)::
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import re
@@ -25,7 +24,7 @@ from ..buckets import Bucket
 from ..config import IDMConfig, check_max_scale
 from ..cost import StageFlops
 from ..sampling import SamplingSettings, presets_from_dict
-from .registry import BACKENDS, BUILD_BACKENDS, ENGINE_BACKENDS
+from .registry import BACKENDS, BUILD_BACKENDS, ENGINE_BACKENDS, installed
 
 MANIFEST_NAME = "manifest.json"
 # 2: one conditioner and one dynamic U-Net graph for every size, no padding; 3: the encoder's HR part
@@ -242,7 +241,7 @@ MAX_BUCKETS = 64
 def check_config_size(config: IDMConfig) -> None:
     """The network-size guard (:func:`idm_rt.model.idm.check_size`) where torch is installed; a runner without torch
     builds no network from a manifest, it only opens the graph files the manifest names."""
-    if importlib.util.find_spec("torch") is not None:
+    if installed("torch"):
         from ..model.idm import check_size
 
         check_size(config)

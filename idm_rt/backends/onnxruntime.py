@@ -18,7 +18,7 @@ from ..threads import MAX_THREADS
 from ..threads import threads as default_threads
 from .base import EngineRunner
 from .engine_dir import INT8_CHECK, artifact, dim_size, graph_inputs, graph_key, graph_outputs, graph_specs
-from .registry import INSTALL
+from .registry import INSTALL, installed
 
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
 # Per pixel, the static Winograd U-Net graph against the dynamic direct one on a CPU: 1.3x (192-px tiles against
@@ -162,7 +162,7 @@ class OnnxRuntimeRunner(EngineRunner):
 def cuda_arrays():
     """The array library CUDA arrays come from: torch's (array-api-compat) when torch is installed, else CuPy's;
     ImportError saying what to install when neither is."""
-    if importlib.util.find_spec("torch") is not None:
+    if installed("torch"):
         import array_api_compat.torch as xp
 
         return xp
