@@ -13,13 +13,9 @@ from __future__ import annotations
 import argparse
 
 import idm_rt
-from idm_rt.training.evaluate import SKIMAGE_PHOTOS, evaluate, load_images
+from idm_rt.training.evaluate import SKIMAGE_PHOTOS, cell, evaluate, load_images
 
 from .common import add_replace_argument, write
-
-
-def _num(value: float | None, digits: int = 3) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -59,8 +55,9 @@ def main(argv: list[str] | None = None) -> dict:
                         print(
                             f"{row['scale']:g}x {start:12s} bp{passes} {sampler:9s} {steps:3d} steps: PSNR(Y) "
                             f"{row['psnr']:.2f} (bicubic {row['psnr_bic']:.2f})  SSIM {row['ssim']:.4f} (bicubic "
-                            f"{row['ssim_bic']:.4f})  Consistency {row['cons']:.2f}e-5  detail {_num(row['detail'])} "
-                            f"(correlated {_num(row['detail_corr'])})  NIQE {_num(row['niqe'], 2)}"
+                            f"{row['ssim_bic']:.4f})  Consistency {row['cons']:.2f}e-5  detail "
+                            f"{cell(row['detail'], 3)} (correlated {cell(row['detail_corr'], 3)})  NIQE "
+                            f"{cell(row['niqe'], 2)}"
                         )
     names = (
         "scikit-image photos: " + ", ".join(SKIMAGE_PHOTOS)

@@ -150,7 +150,8 @@ def _summary(key: str, values: list[float]) -> float | None:
     return float(np.mean(finite) if key.split("_")[0] in MEANS else np.median(finite))
 
 
-def _cell(value: float | None, digits: int) -> str:
+def cell(value: float | None, digits: int) -> str:
+    """A table cell: ``value`` to ``digits`` decimals, "n/a" where nothing could be measured."""
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
@@ -165,8 +166,8 @@ def markdown(rows: list[dict], title: str) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['scale']:g}x | {_cell(r['psnr'], 2)} | {_cell(r['psnr_bic'], 2)} | {_cell(r['ssim'], 4)} "
-            f"| {_cell(r['ssim_bic'], 4)} | {_cell(r['cons'], 2)} | {_cell(r['cons_bic'], 2)} |"
+            f"| {r['scale']:g}x | {cell(r['psnr'], 2)} | {cell(r['psnr_bic'], 2)} | {cell(r['ssim'], 4)} "
+            f"| {cell(r['ssim_bic'], 4)} | {cell(r['cons'], 2)} | {cell(r['cons_bic'], 2)} |"
         )
     lines += [
         "",
@@ -179,9 +180,9 @@ def markdown(rows: list[dict], title: str) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['scale']:g}x | {_cell(r['detail'], 3)} | {_cell(r['detail_bic'], 3)} "
-            f"| {_cell(r['detail_corr'], 3)} | {_cell(r['detail_corr_bic'], 3)} | {_cell(r['niqe'], 2)} "
-            f"| {_cell(r['niqe_bic'], 2)} | {_cell(r['niqe_hr'], 2)} |"
+            f"| {r['scale']:g}x | {cell(r['detail'], 3)} | {cell(r['detail_bic'], 3)} "
+            f"| {cell(r['detail_corr'], 3)} | {cell(r['detail_corr_bic'], 3)} | {cell(r['niqe'], 2)} "
+            f"| {cell(r['niqe_bic'], 2)} | {cell(r['niqe_hr'], 2)} |"
         )
     return "\n".join(lines) + "\n"
 
