@@ -5,6 +5,7 @@ largest bucket's square, the rule before the tiles were fitted to the output) to
 
     python -m benchmarks.engine_sizes --threads 1 --engine-tiles 256
     python -m benchmarks.engine_sizes --sides 512,1024 --repeats 3
+    python -m benchmarks.engine_sizes --engine-dirs engines/tiles-256-384    # engines built with other buckets
 
 The engines are the fp32 ONNX Runtime ones ``from_pretrained(backend="onnxruntime")`` builds (or reuses from its
 cache). Contestants alternate within each round, sizes one after another; medians over the rounds, the ratio of
@@ -32,11 +33,19 @@ from .common import ORT_SETTLE_S, add_replace_argument, write
 from .stage_profile import photo_png, upscalers
 
 
-def contestants(ups: dict[str, idm_rt.Upscaler], engine_tiles: list[int]) -> dict[str, tuple[idm_rt.Upscaler, dict]]:
-    """Name -> (upscaler, extra upscale arguments): each backend at its own tiling, the engines at each given tile."""
+def contestants(
+    ups: dict[str, idm_rt.Upscaler], engine_tiles: list[int], engine_dirs: list[str], threads: int
+) -> dict[str, tuple[idm_rt.Upscaler, dict]]:
+    """Name -> (upscaler, extra upscale arguments): each backend at its own tiling, the engines at each given tile,
+    and each given engine directory (``threads`` intra-op threads) at its own tiling."""
     named = {b: (up, {}) for b, up in ups.items()}
     for t in engine_tiles:
         named[f"onnxruntime, tile {t}"] = (ups["onnxruntime"], {"tile": t})
+    for folder in engine_dirs:
+        up = idm_rt.Upscaler.from_engines(folder, runner_options={"threads": threads})
+        up.upscale(np.zeros((32, 32, 3), np.uint8), scale=4, progress=False)  # warm-up, as upscalers() does
+        buckets = ",".join(str(b.height) if b.height == b.width else f"{b.width}x{b.height}" for b in up.model.buckets)
+        named[f"onnxruntime, buckets {buckets}"] = (up, {})
     return named
 
 
@@ -84,6 +93,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sides", default="512,1024,2048", help="output sides, each 64..4096 (inputs are a quarter)")
     ap.add_argument("--engine-tiles", default="", help="tile sides the engines also run with (comma-separated)")
+    ap.add_argument(
+        "--engine-dirs", default="", help="engine directories (python -m idm_rt.build) also run (comma-separated)"
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2, help="rounds, 1..20")
     ap.add_argument("--note", default="", help="what else ran on the machine (recorded with the results)")
@@ -94,7 +106,8 @@ def main(argv: list[str] | None = None) -> dict:
     if not all(64 <= s <= 4096 for s in sides) or not 1 <= args.repeats <= 20:
         ap.error("--sides must be in 64..4096 and --repeats in 1..20")
     idm_rt.configure_allocator()
-    named = contestants(upscalers(["torch", "onnxruntime"], args.threads), tiles)
+    dirs = [d for d in args.engine_dirs.split(",") if d]
+    named = contestants(upscalers(["torch", "onnxruntime"], args.threads), tiles, dirs, args.threads)
     images = {s: read_image(io.BytesIO(photo_png(s // 4))) for s in sides}
     times = {s: {n: [] for n in named} for s in sides}
     outputs: dict = {s: {} for s in sides}
