@@ -1,5 +1,6 @@
 """Quality against time, one table to choose from: the bundled model's ``fast`` preset (its own HR estimate,
-back-projected, no U-Net call), one U-Net step, its defaults and its ``detailed`` preset; PSNR and SSIM (Y, border
+back-projected, no U-Net call), its defaults (one U-Net step), two steps (the defaults before 2026-12-07) and its
+``detailed`` preset; PSNR and SSIM (Y, border
 cropped; means over scikit-image's photos, held out from training, :func:`training.evaluate.evaluate`), the fine
 detail fraction and NIQE (medians) and Consistency at each scale, and the seconds
 per 1-megapixel image (a 256x256 photo upscaled 4x to 1024x1024) on the torch backend and the ONNX Runtime engines.
@@ -34,8 +35,8 @@ from .stage_profile import photo_png, upscalers
 # Name -> (preset, settings changed from it).
 CHOICES = {
     "fast (0 U-Net calls)": ("fast", {}),
-    "1 step": ("default", {"steps": 1}),
     "defaults": ("default", {}),
+    "2 steps": ("default", {"steps": 2}),
     "detailed": ("detailed", {}),
 }
 # The quality columns, per scale: (key of training.evaluate's rows, heading, digits).

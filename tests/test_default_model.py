@@ -19,7 +19,8 @@ from idm_rt.training.metrics import as_saved, bicubic, detail_fractions, make_pa
 skdata = pytest.importorskip("skimage.data")
 
 # scale: (PSNR(Y) dB above bicubic at the defaults; the same without back-projection). Measured for the
-# bundled model (step 8500) on these crops: +3.42 / +2.59 / +1.62 at the defaults, +3.15 / +2.53 alone.
+# bundled model (step 8500) on these crops at its defaults of 1 step: +3.47 / +2.60 / +1.62, +3.24 / +2.55 alone
+# (at the 2 steps before 2026-12-07: +3.42 / +2.59 / +1.62, +3.15 / +2.53).
 MARGINS = {2: (3.0, 2.7), 4: (2.2, 2.1), 8: (1.3, None)}
 
 
