@@ -98,7 +98,10 @@ def ddim_timesteps(sched: LinearSchedule, steps: int, t_start: int | None = None
     the loop makes len - 1 network calls."""
     n = _start(sched, t_start) + 1
     if not 2 <= steps <= n:
-        raise ValueError(f"ddim steps must be in 2..{n}, got {steps}")
+        raise ValueError(
+            f"ddim steps must be in 2..{n}, got {steps} (ddim's steps are the points of its grid: it makes steps - 1 "
+            "U-Net calls, so one call is steps=2)"
+        )
     return list(range(0, n, n // steps))
 
 
