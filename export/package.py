@@ -9,6 +9,7 @@ optimises them when it loads them): about 22 MB. Rerun it whenever the bundled w
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import sys
@@ -55,6 +56,9 @@ def package(model: Path = DEFAULT_MODEL, target: Path = DEFAULT_ENGINES) -> Path
 
 
 def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(
+        prog="python -m idm_rt.export.package", description=__doc__.split("\n\n")[0]
+    ).parse_args(argv)  # no options: --help says what it does instead of doing it
     path = package()
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     print(f"wrote {path} ({size / 2**20:.1f} MiB)")
