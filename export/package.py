@@ -56,9 +56,9 @@ def package(model: Path = DEFAULT_MODEL, target: Path = DEFAULT_ENGINES) -> Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    argparse.ArgumentParser(
-        prog="python -m idm_rt.export.package", description=__doc__.split("\n\n")[0]
-    ).parse_args(argv)  # no options: --help says what it does instead of doing it
+    # No options: --help says what it does instead of doing it.
+    parser = argparse.ArgumentParser(prog="python -m idm_rt.export.package", description=__doc__.split("\n\n")[0])
+    parser.parse_args(argv)
     path = package()
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     print(f"wrote {path} ({size / 2**20:.1f} MiB)")

@@ -19,9 +19,10 @@ from idm_rt.training.metrics import as_saved, bicubic, detail_fractions, make_pa
 skdata = pytest.importorskip("skimage.data")
 
 # scale: (PSNR(Y) dB above bicubic at the defaults; the same without back-projection). Measured for the
-# bundled model (step 8500) on these crops at its defaults of 1 step: +3.47 / +2.60 / +1.62, +3.24 / +2.55 alone
-# (at the 2 steps before 2026-12-07: +3.42 / +2.59 / +1.62, +3.15 / +2.53).
-MARGINS = {2: (3.0, 2.7), 4: (2.2, 2.1), 8: (1.3, None)}
+# bundled model (the second round, 2026-12-07) on these crops at its defaults of 1 step: +3.99 / +3.02 / +2.00,
+# +3.72 / +2.97 alone; the model before it (step 8500) measured +3.47 / +2.60 / +1.62, +3.24 / +2.55 alone, which
+# these margins fail.
+MARGINS = {2: (3.6, 3.35), 4: (2.7, 2.65), 8: (1.7, None)}
 
 
 @pytest.fixture(scope="module")
