@@ -458,3 +458,16 @@ def test_worker_resources_come_from_the_registry():
     assert worker_gpus("onnxruntime", "cpu") == worker_gpus(None, None) == 0
     assert runner_threads("onnxruntime", 2.4) == {"threads": 2} and runner_threads("onnxruntime", 0.2) == {"threads": 1}
     assert all(runner_threads(name, 4) is None for name in ("torch", "tensorrt", None))
+
+
+def test_training_evaluate_measures_an_engine_runner_as_it_measures_the_torch_model(built):
+    """evaluate() hands each model its own kind of array (numpy for a runner, as benchmarks.int8_onnx does), and the
+    scores of the engines' images are the torch model's (the same computation)."""
+    from idm_rt.training.evaluate import evaluate
+
+    model, folder = built
+    image = torch.from_numpy(_image(32, 32, 3)).permute(2, 0, 1).contiguous()
+    settings = model.recommended
+    ours = evaluate(load_runner(folder), [("a", image)], [2.0], settings)[0]
+    reference = evaluate(model, [("a", image)], [2.0], settings)[0]
+    assert abs(ours["psnr"] - reference["psnr"]) < 0.05 and ours["psnr"] != ours["psnr_bic"]

@@ -22,9 +22,10 @@ from tqdm.auto import tqdm
 
 import idm_rt
 from idm_rt import sampling
-from idm_rt.arrays import Noise
+from idm_rt.arrays import Noise, to_host
 from idm_rt.fileio import atomic_write
 from idm_rt.memory import configure_allocator
+from idm_rt.model.protocol import SamplingModel
 from idm_rt.pipeline import super_resolve
 from idm_rt.sampling import SamplingSettings
 from idm_rt.threads import add_threads_argument, configure_threads
@@ -93,7 +94,7 @@ def detail_and_naturalness(out: torch.Tensor, hr: torch.Tensor, s: float, niqe: 
 
 
 def evaluate(
-    model: idm_rt.IDM,
+    model: idm_rt.IDM | SamplingModel,
     images: list[tuple[str, torch.Tensor]],
     scales: list[float],
     settings: SamplingSettings,
@@ -125,7 +126,12 @@ def evaluate(
             hr, lr = make_pair(img, s, device)
             size = tuple(hr.shape[-2:])
             plan = TilePlan.for_image(size, tile, model.config.size_multiple) if tile else None
-            sr = super_resolve(model, lr, size, settings, scale=s, noise=Noise([seed]), plan=plan)
+            # the model's own kind of array in (numpy for an engine runner) and a tensor out, so that engines are
+            # evaluated as the torch model is (benchmarks.int8_onnx)
+            out = super_resolve(
+                model, model.asarray(to_host(lr)), size, settings, scale=s, noise=Noise([seed]), plan=plan
+            )
+            sr = torch.as_tensor(to_host(out)).to(hr.device)
             bic = bicubic(lr, size)
             if outputs is not None:
                 outputs[s, name] = as_saved(sr)
