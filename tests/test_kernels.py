@@ -15,6 +15,7 @@ import torch
 
 os.environ["TRITON_INTERPRET"] = "1"
 
+from benchmarks.gpu.common import layer_inputs as gpu_layer_inputs
 from idm_rt import kernels
 from idm_rt.model.implicit import ImplicitUp, fold, modulate, query_literal, query_tables
 
@@ -62,25 +63,9 @@ def random_cases(n: int, seed: int) -> list[tuple]:
 
 
 def layer_inputs(b: int, c: int, hs: int, ws: int, hidden: int = 256, seed: int = 0) -> list[torch.Tensor]:
-    """Fresh float64 inputs in the checkpoint's layout: x, shift, a1, a2, bias, w1, b1, w2, b2."""
-    g = torch.Generator().manual_seed(seed)
-
-    def randn(*shape: int, scale: float = 1.0) -> torch.Tensor:
-        return torch.randn(*shape, generator=g, dtype=torch.float64) * scale
-
-    s1, s2 = randn(b, c), randn(b, c)
-    norm = torch.sqrt(s1 * s1 + s2 * s2 + 1e-8)
-    return [
-        randn(b, c, hs, ws),
-        randn(b, c, hs, ws),
-        s1 / norm,
-        s2 / norm,
-        randn(c, scale=0.1),
-        randn(hidden, c + 2, scale=(c + 2) ** -0.5),
-        randn(hidden, scale=0.1),
-        randn(c, hidden, scale=hidden**-0.5),
-        randn(c, scale=0.1),
-    ]
+    """Fresh float64 inputs in the checkpoint's layout (x, shift, a1, a2, bias, w1, b1, w2, b2), drawn as the GPU
+    check draws them."""
+    return gpu_layer_inputs(b, c, hs, ws, hidden, torch.Generator().manual_seed(seed))
 
 
 def literal(inputs: list[torch.Tensor], size: tuple[int, int], act: str | None) -> torch.Tensor:
