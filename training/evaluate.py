@@ -94,7 +94,7 @@ def detail_and_naturalness(out: torch.Tensor, hr: torch.Tensor, s: float, niqe: 
 
 
 def evaluate(
-    model: idm_rt.IDM | SamplingModel,
+    model: SamplingModel,
     images: list[tuple[str, torch.Tensor]],
     scales: list[float],
     settings: SamplingSettings,
