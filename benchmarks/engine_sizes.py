@@ -30,7 +30,7 @@ from idm_rt.image_files import read_image
 from idm_rt.tiling import TilePlan
 
 from .common import ORT_SETTLE_S, add_replace_argument, write
-from .stage_profile import photo_png, upscalers
+from .stage_profile import photo_png, upscalers, warm_up
 
 
 def contestants(
@@ -43,7 +43,7 @@ def contestants(
         named[f"onnxruntime, tile {t}"] = (ups["onnxruntime"], {"tile": t})
     for folder in engine_dirs:
         up = idm_rt.Upscaler.from_engines(folder, runner_options={"threads": threads})
-        up.upscale(np.zeros((32, 32, 3), np.uint8), scale=4, progress=False)  # warm-up, as upscalers() does
+        warm_up(up)
         buckets = ",".join(str(b.height) if b.height == b.width else f"{b.width}x{b.height}" for b in up.model.buckets)
         named[f"onnxruntime, buckets {buckets}"] = (up, {})
     return named
