@@ -2,9 +2,9 @@
 Consistency metric and back-projection apply to outputs), and the plain bicubic upscale.
 
 They compute what torch's ``F.interpolate(mode="bicubic", align_corners=False)`` computes, for every array library
-the sampling loop runs on (:mod:`idm_rt.arrays`): each axis is a gather of a few source pixels and a weighted sum,
-the taps and weights worked out on the host once per size pair. Float torch tensors take torch's own kernels
-instead, the same numbers within float rounding and 6-30x faster on a CPU than the gathers there.
+the sampling loop runs on (:mod:`idm_rt.arrays`): each axis is a product with banded matrices of the taps' weights
+(:func:`bands`), worked out on the host once per size pair. Float torch tensors take torch's own kernels instead,
+the same numbers within float rounding.
 
 * :func:`bicubic_upscale` (``antialias=False``): source coordinate ``s (i + 0.5) - 0.5`` with ``s = in / out``, the
   cubic convolution kernel with a = -0.75 over the 4 nearest source pixels, edge pixels repeated.
@@ -15,14 +15,13 @@ instead, the same numbers within float rounding and 6-30x faster on a CPU than t
 from __future__ import annotations
 
 import functools
-import math
 
 import numpy as np
 from array_api_compat import is_torch_array
 
 from .arrays import Array, like, namespace
 
-CHUNK = 2**24  # elements one gather may make; larger resizes go in slices of output rows
+BAND = 64  # rows one matrix product of a resize reads (shrinking) or writes (enlarging), about
 
 
 def _cubic(x: np.ndarray, a: float) -> np.ndarray:
@@ -59,27 +58,37 @@ def taps(n_in: int, n_out: int, antialias: bool) -> tuple[np.ndarray, np.ndarray
     return np.minimum(j, n_in - 1), w.astype(np.float32)
 
 
+@functools.lru_cache(maxsize=256)
+def bands(n_in: int, n_out: int, antialias: bool) -> tuple[tuple[int, int, np.ndarray], ...]:
+    """The resize along one axis as dense matrices over bands of output rows, in order: ``(lo, hi, m)`` maps source
+    rows ``lo:hi`` to the band's rows (``m``: (rows, hi - lo), the taps' weights). Each band reads about
+    :data:`BAND` source rows and writes at most as many: the products do a few times the taps' work, as matrix
+    products, 10-20x faster on a CPU than gathering the taps (1024x1024 <-> 256x256 in numpy, 2 threads: 2-5 ms
+    against 40-75 ms gathered; torch's own kernels 5-12 ms)."""
+    idx, w = taps(n_in, n_out, antialias)
+    rows = min(BAND, max(8, round(BAND * n_out / n_in)))
+    out = []
+    for start in range(0, n_out, rows):
+        stop = min(start + rows, n_out)
+        lo, hi = int(idx[start:stop].min()), int(idx[start:stop].max()) + 1
+        m = np.zeros((stop - start, hi - lo), dtype=np.float32)
+        row = np.repeat(np.arange(stop - start), idx.shape[1])
+        np.add.at(m, (row, (idx[start:stop] - lo).ravel()), w[start:stop].ravel())  # repeated edge taps add up
+        out.append((lo, hi, m))
+    return tuple(out)
+
+
 def _axis(x: Array, axis: int, n_out: int, antialias: bool) -> Array:
-    """``x`` resized along ``axis`` (-2 or -1) to ``n_out``."""
+    """``x`` resized along ``axis`` (-2 or -1) to ``n_out``, in float32 at least."""
     n_in = x.shape[axis]
     if n_in == n_out and not antialias:
         return x
-    idx, w = taps(n_in, n_out, antialias)
     xp = namespace(x)
-    k = idx.shape[1]
-    other = math.prod(x.shape) // n_in
-    rows = max(1, CHUNK // max(1, k * other))
+    x = xp.astype(x, xp.result_type(x.dtype, xp.float32))
     parts = []
-    for start in range(0, n_out, rows):
-        part_idx, part_w = idx[start : start + rows], w[start : start + rows]
-        gathered = xp.take(x, like(part_idx.reshape(-1), x), axis=axis)  # (..., n * k, ...) along the axis
-        if axis == -2:
-            shape = (*x.shape[:-2], part_idx.shape[0], k, x.shape[-1])
-            weights = like(part_w, x)[:, :, None]
-            parts.append(xp.sum(xp.reshape(gathered, shape) * weights, axis=-2))
-        else:
-            shape = (*x.shape[:-1], part_idx.shape[0], k)
-            parts.append(xp.sum(xp.reshape(gathered, shape) * like(part_w, x), axis=-1))
+    for lo, hi, m in bands(n_in, n_out, antialias):
+        band = xp.astype(like(m, x), x.dtype)
+        parts.append(x[..., lo:hi] @ xp.matrix_transpose(band) if axis == -1 else band @ x[..., lo:hi, :])
     return parts[0] if len(parts) == 1 else xp.concat(parts, axis=axis)
 
 
