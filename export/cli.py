@@ -15,7 +15,7 @@ from pathlib import Path
 import idm_rt
 from idm_rt.backends import BACKENDS, BUILD_BACKENDS
 from idm_rt.backends.engine_dir import ENGINE_PRECISIONS
-from idm_rt.buckets import DEFAULT_TILES, RULE, parse_batch, parse_list, parse_size, plan_buckets, route
+from idm_rt.buckets import DEFAULT_TILES, RULE, TileCosts, parse_batch, parse_list, parse_size, plan_buckets, route
 from idm_rt.config import check_max_scale
 from idm_rt.threads import add_threads_argument, configure_threads
 
@@ -124,14 +124,15 @@ def _plan(args: argparse.Namespace):
     return scales, size, plan_buckets(scales, size, tiles, parse_batch(args.batch))
 
 
-def explain(buckets, scales, size, multiple: int | None) -> str:
-    """The bucket plan and, for each requested scale, the bucket (or tiling) the request runs on."""
+def explain(buckets, scales, size, multiple: int | None, costs: TileCosts) -> str:
+    """The bucket plan and, for each requested scale, the bucket (or tiling) the request runs on (``costs``: what the
+    engines' tile rule weighs, :func:`idm_rt.backends.base.tile_costs`)."""
     lines = ["buckets (HR tile height x width, batch range):"] + [f"  {b.name}" for b in buckets]
     if size and multiple:
         lines.append("requests (input and output width x height):")
         for s in scales:
             out = (round(size[1] * s), round(size[0] * s))
-            lines.append(f"  {size[0]}x{size[1]} x{s:g}: " + route(buckets, out, multiple).describe())
+            lines.append(f"  {size[0]}x{size[1]} x{s:g}: " + route(buckets, out, multiple, costs).describe())
     lines += ["rule:", RULE]
     return "\n".join(lines)
 
@@ -175,9 +176,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         if args.explain:
+            from idm_rt.backends.base import tile_costs
             from idm_rt.checkpoints import load_model
+            from idm_rt.cost import stage_flops
 
-            print(explain(buckets, scales, size, load_model(model_path).config.size_multiple))
+            config = load_model(model_path).config
+            runner = BACKENDS[args.backend].runner_class(check=False)
+            costs = tile_costs(runner, stage_flops(config), not args.no_static, conv == "winograd")
+            print(explain(buckets, scales, size, config.size_multiple, costs))
             return 0
         require_packages(args.backend)
         from .builder import BuildOptions, build  # onnx and the exporter, only when building

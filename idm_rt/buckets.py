@@ -23,11 +23,14 @@ RULE = """\
 2. when a bucket covers the output (height >= H and width >= W) it runs untiled: on that
    bucket's static graph when it is exactly its size, else on the dynamic graph at its own size;
 3. when no bucket covers the output it is denoised in overlapping square tiles blended at every
-   step (idm_rt.tiling) whose side, a multiple of the U-Net's size multiple no larger than the
-   largest square inside the largest bucket (nor smaller than half of it), covers the output at the
-   least cost: its tiled pixels, those of tiles no static graph takes counted as many times slower as
-   the engines' static graphs are faster per pixel (ONNX Runtime's Winograd graphs), the larger side on
-   a tie; each tile then follows rule 2. The torch backend with the same tile computes the same tiles."""
+   step (idm_rt.tiling) whose side, a multiple of the U-Net's size multiple from half the largest
+   square inside the largest bucket up to that square (up to twice it where the dynamic graph has
+   no size limit of its own: ONNX Runtime's), covers the output at the least estimated cost: the
+   tiles' pixels times a U-Net call's cost per pixel at the tile's area (the self-attention's share
+   grows with it, as the build counted), divided by how many times faster per pixel the static
+   graphs run for tiles of exactly a bucket's size (ONNX Runtime's Winograd graphs), the larger side
+   on a tie; each tile then follows rule 2 (a side that covers the output: untiled, on the dynamic
+   graph). The torch backend with the same tile computes the same tiles."""
 
 MAX_SIDE, MAX_BATCH = 8192, 256  # far above what a tile or a batch of one GPU holds
 
@@ -124,12 +127,36 @@ def tile_side(buckets: Sequence[Bucket], multiple: int) -> int:
     return side
 
 
-def fitted_tile(buckets: Sequence[Bucket], size: tuple[int, int], multiple: int, static_speedup: float = 1.0) -> int:
-    """Rule 3: the tile side for an output of ``size`` (H, W) that no bucket covers. The largest square alone can
-    waste most of a call on overlaps (a 512x512 output in 256 tiles: 9 tiles, 2.25 tiled pixels per output pixel;
-    in 192 tiles, the same 9 tiles and 1.27); sides under half of it spend still more of each tile on overlaps.
-    ``static_speedup``: how many times faster per pixel a tile runs on a bucket's static graph (a tile of exactly
-    its size) than on the dynamic graph; 1 where the engines have none or run both alike."""
+@dataclass(frozen=True)
+class TileCosts:
+    """What rule 3 weighs besides the pixels, an engine runner's own (:func:`idm_rt.backends.base.bucket_tile`).
+
+    Attributes:
+        static_speedup: how many times faster per pixel a tile runs on a bucket's static graph (a tile of exactly
+            its size) than on the dynamic graph; 1 where the engines have none or run both alike.
+        attention: a U-Net call's cost per pixel grows by this fraction per pixel of the tile's area (the
+            recorded ``unet_area / unet``, :class:`idm_rt.cost.StageFlops`); 0 where unknown.
+        reach: the dynamic graph's largest tile side, in sides of the largest bucket's square (1 where it has the
+            bucket's limits, as TensorRT's profiles do).
+    """
+
+    static_speedup: float = 1.0
+    attention: float = 0.0
+    reach: int = 1
+
+
+def dynamic_limit(buckets: Sequence[Bucket], multiple: int, costs: TileCosts = TileCosts()) -> int:
+    """The largest tile side the dynamic graph runs (rule 3)."""
+    return costs.reach * tile_side(buckets, multiple)
+
+
+def fitted_tile(
+    buckets: Sequence[Bucket], size: tuple[int, int], multiple: int, costs: TileCosts = TileCosts()
+) -> int | None:
+    """Rule 3: the tile side for an output of ``size`` (H, W) that no bucket covers (None: one tile covers it, on the
+    dynamic graph). The largest square alone can waste most of a call on overlaps (a 512x512 output in 256 tiles: 9
+    tiles, 2.25 tiled pixels per output pixel; in 192 tiles, the same 9 tiles and 1.27); sides under half of it spend
+    still more of each tile on overlaps; larger tiles, where the dynamic graph takes them, cost more per pixel."""
     from .tiling import TilePlan  # (tiling needs the array libraries; the rule's text and the buckets do not)
 
     largest = tile_side(buckets, multiple)
@@ -137,17 +164,20 @@ def fitted_tile(buckets: Sequence[Bucket], size: tuple[int, int], multiple: int,
 
     def cost(tile: int) -> float:
         return sum(
-            h * w * (1.0 if (h, w) in static else static_speedup)
+            h * w * (1 + costs.attention * h * w) / (costs.static_speedup if (h, w) in static else 1.0)
             for _, _, h, w in TilePlan.for_image(size, tile, multiple).tiles
         )
 
-    sides = range(largest, max(largest // 2, 2 * multiple) - 1, -multiple)  # largest first: it wins ties
-    return min(sides, key=cost)
+    top = dynamic_limit(buckets, multiple, costs)
+    sides = range(top, max(largest // 2, 2 * multiple) - 1, -multiple)  # largest first: it wins ties
+    tile = min(sides, key=cost)
+    return None if tile >= max(size) else tile
 
 
 @dataclass(frozen=True)
 class Route:
-    """How one output size runs: on ``bucket`` directly, or in tiles of side ``tile``."""
+    """How one output size runs: on ``bucket`` directly, in tiles of side ``tile``, or (neither) untiled on the
+    dynamic graph beyond every bucket."""
 
     size: tuple[int, int]
     bucket: Bucket | None
@@ -159,13 +189,15 @@ class Route:
             if (self.bucket.height, self.bucket.width) == self.size:
                 return f"{w}x{h} output -> bucket {self.bucket.name} (exact fit, its static graph)"
             return f"{w}x{h} output -> the dynamic graph at {w}x{h} (inside bucket {self.bucket.name})"
+        if self.tile is None:
+            return f"{w}x{h} output -> the dynamic graph at {w}x{h} (beyond every bucket, within its reach)"
         return f"{w}x{h} output -> tiles of {self.tile}x{self.tile}, each on the smallest bucket covering it"
 
 
-def route(buckets: Sequence[Bucket], size: tuple[int, int], multiple: int, static_speedup: float = 1.0) -> Route:
-    """Apply the rule to an HR output ``size`` (H, W) (``static_speedup``: see :func:`fitted_tile`)."""
+def route(buckets: Sequence[Bucket], size: tuple[int, int], multiple: int, costs: TileCosts = TileCosts()) -> Route:
+    """Apply the rule to an HR output ``size`` (H, W) (``costs``: see :class:`TileCosts`)."""
     bucket = select_bucket(buckets, size)
-    return Route(size, bucket, None if bucket is not None else fitted_tile(buckets, size, multiple, static_speedup))
+    return Route(size, bucket, None if bucket is not None else fitted_tile(buckets, size, multiple, costs))
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -196,6 +228,8 @@ def parse_batch(text: str) -> tuple[int, int]:
 __all__ = [
     "Bucket",
     "Route",
+    "TileCosts",
+    "dynamic_limit",
     "plan_buckets",
     "select_bucket",
     "tile_side",

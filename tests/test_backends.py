@@ -85,45 +85,56 @@ def test_engine_directory_keeps_the_models_sampling_defaults(built):
 
 
 def test_outputs_larger_than_every_bucket_are_tiled_like_torch(built):
+    """Bucket 32x32: ONNX Runtime's dynamic graph takes tiles up to 64 (twice the bucket's side), so a 32x48 output
+    runs untiled (one 32x48 call costs fewer pixels than two 32x32 tiles, even at the static graph's speed) and a
+    32x96 output in tiles; either computes what torch computes with the same tiling."""
     model, folder = built
-    image = _image(16, 24, 3)  # 32x48 output, bucket 32x32: tiled with 32x32 tiles
     kw = dict(scale=2, steps=3, seed=1, progress=False, sampler="dpmpp_2m", init="noise")
     runner = load_runner(folder)
-    assert bucket_tile(runner, (32, 48)) == 32 and bucket_tile(runner, (32, 32)) is None
-    got = Upscaler.from_engines(folder).upscale(image, **kw)
-    want = Upscaler(model).upscale(image, tile=32, **kw)
-    assert np.abs(got - want).max() < 2e-3
+    assert bucket_tile(runner, (32, 32)) is None and bucket_tile(runner, (32, 48)) is None
+    tile = bucket_tile(runner, (32, 96))
+    assert tile is not None and 16 <= tile <= 64
+    for image, torch_tile in ((_image(16, 24, 3), 0), (_image(16, 48, 3), tile)):
+        got = Upscaler.from_engines(folder).upscale(image, **kw)
+        want = Upscaler(model).upscale(image, tile=torch_tile, **kw)
+        assert np.abs(got - want).max() < 2e-3
 
 
 def test_the_tile_rule_weighs_static_winograd_graphs_only_where_there_are_some(built):
     """A default ONNX Runtime fp32 build on a CPU has static Winograd graphs; the bundled engines only the dynamic
-    graph, whose tiles all cost alike."""
+    graph, whose tiles all cost alike. Both weigh the attention's growth with the tile's area, as the build counted
+    it (idm_rt.cost.stage_flops), and reach twice the largest bucket's side."""
     from idm_rt.backends.onnxruntime import WINOGRAD_SPEEDUP
+    from idm_rt.cost import stage_flops
     from idm_rt.upscaler import DEFAULT_ENGINES
 
     _, folder = built
     runner = load_runner(folder)
-    assert runner.manifest.build_flags.get("conv") == "winograd" and runner.static_speedup == WINOGRAD_SPEEDUP > 1
+    costs = runner.tile_costs()
+    assert runner.manifest.build_flags.get("conv") == "winograd" and costs.static_speedup == WINOGRAD_SPEEDUP > 1
+    flops = stage_flops(runner.config)
+    assert costs.attention == pytest.approx(flops.unet_area / flops.unet) and costs.attention > 0
+    assert costs.reach == 2
     if (DEFAULT_ENGINES / "manifest.json").exists():
-        assert load_runner(DEFAULT_ENGINES).static_speedup == 1.0
+        assert load_runner(DEFAULT_ENGINES).tile_costs().static_speedup == 1.0
 
 
 @pytest.mark.parametrize(
     "size, scale", [((12, 12), 2), ((10, 9), 3), ((20, 12), 2), ((13, 21), 3), ((16, 16), 2), ((40, 40), 3)]
 )
 def test_engines_give_the_torch_image_at_every_output_size(built, size, scale):
-    """Outputs smaller than the 32x32 bucket (24x24, 30x27: the dynamic graph at their own size), wider
-    than it in one direction (40x24 in 32x24 tiles), tiled in both with remainders (39x63), an exact
-    fit (32x32) and 120x120: 8-bit images within 1/255 of the torch backend with the same tiling (the engines'
-    choice: a side of at most 32 that fits the output)."""
+    """Outputs smaller than the 32x32 bucket (24x24, 30x27: the dynamic graph at their own size), larger than it
+    within the dynamic graph's reach of 64 (40x24, 39x63: untiled there too), an exact fit (32x32) and 120x120
+    (tiled, with remainders): 8-bit images within 1/255 of the torch backend with the same tiling (the engines'
+    choice: a side of at most 64)."""
     model, folder = built
     image = (_image(*size, 11) * 255).round().astype(np.uint8)
     kw = dict(scale=scale, steps=3, seed=5, progress=False, sampler="dpmpp_2m", init="bicubic", init_level=0.8)
     engines = Upscaler.from_engines(folder, runner_options={"threads": 1})
     got = engines.upscale(image, **kw)
     tile = engines.choose_tile((round(size[0] * scale), round(size[1] * scale)))
-    assert tile is None or tile <= 32
-    want = Upscaler(model).upscale(image, tile=tile or 32, **kw)
+    assert (tile is None) == (max(size) * scale <= 64) and (tile is None or tile <= 64)
+    want = Upscaler(model).upscale(image, tile=tile or 0, **kw)
     assert got.shape == want.shape == (round(size[0] * scale), round(size[1] * scale), 3)
     assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
 
@@ -289,10 +300,10 @@ def test_clear_errors_for_missing_directories_and_devices(built, tmp_path):
             load_runner(folder, backend="tensorrt")
 
 
-def test_a_tile_larger_than_every_bucket_is_refused(built):
-    _, folder = built
-    with pytest.raises(ValueError, match="no engine bucket covers an HR tile of 48x32"):
-        Upscaler.from_engines(folder).upscale(_image(16, 24, 5), scale=2, steps=2, tile=48, progress=False)
+def test_a_tile_beyond_the_dynamic_graphs_reach_is_refused(built):
+    _, folder = built  # bucket 32x32: ONNX Runtime's dynamic graph takes tiles up to 64x64
+    with pytest.raises(ValueError, match="no engine bucket covers an HR tile of 72x32 .* at most 64x64"):
+        Upscaler.from_engines(folder).upscale(_image(16, 40, 5), scale=2, steps=2, tile=72, progress=False)
 
 
 def test_run_batched_chunks_and_pads_to_the_bucket_range():
@@ -414,8 +425,9 @@ def test_tile_0_runs_engines_untiled_and_says_when_no_bucket_covers(built):
     _, folder = built
     up = Upscaler.from_engines(folder)
     assert up.upscale(_image(16, 16, 0), scale=2, steps=2, tile=0, progress=False).shape == (32, 32, 3)
-    with pytest.raises(ValueError, match="no engine bucket covers an HR tile of 48x32"):
-        up.upscale(_image(16, 24, 5), scale=2, steps=2, tile=0, progress=False)
+    assert up.upscale(_image(16, 32, 0), scale=2, steps=2, tile=0, progress=False).shape == (32, 64, 3)  # reach
+    with pytest.raises(ValueError, match="no engine bucket covers an HR tile of 80x32"):
+        up.upscale(_image(16, 40, 5), scale=2, steps=2, tile=0, progress=False)
 
 
 @pytest.mark.skipif(

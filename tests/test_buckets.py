@@ -5,6 +5,8 @@ import pytest
 from idm_rt.buckets import (
     RULE,
     Bucket,
+    TileCosts,
+    dynamic_limit,
     fitted_tile,
     parse_batch,
     parse_list,
@@ -92,11 +94,28 @@ def test_route_weighs_the_static_graphs_speed():
     from idm_rt.backends.base import bucket_tile
 
     buckets = [Bucket(256, 256)]
-    assert [route(buckets, (s, s), 8, static_speedup=1.4).tile for s in (512, 1024)] == [192, 256]
-    runner = SimpleNamespace(buckets=buckets, config=SimpleNamespace(size_multiple=8), static_speedup=1.4)
+    assert [route(buckets, (s, s), 8, TileCosts(static_speedup=1.4)).tile for s in (512, 1024)] == [192, 256]
+    runner = SimpleNamespace(buckets=buckets, config=SimpleNamespace(size_multiple=8))
+    runner.tile_costs = lambda: TileCosts(static_speedup=1.4)
     assert bucket_tile(runner, (1024, 1024)) == 256 and bucket_tile(runner, (256, 256)) is None
-    runner.static_speedup = 1.0
+    runner.tile_costs = lambda: TileCosts()
     assert bucket_tile(runner, (1024, 1024)) == 232
+
+
+def test_route_reaches_beyond_the_bucket_where_the_dynamic_graph_does():
+    """Dynamic tiles up to twice the bucket's side, counted by hand with 32-px overlaps on the grid of 8. Without
+    attention a 512x512 output runs untiled (0.26 M pixels against 4 tiles of 272, 0.30 M) and 1024 takes 3 x 3 tiles
+    of 368 (stride 336: 0, 336, 656; 1.22 M against 4 x 4 of 280, 1.25 M). With a call costing (1 + area / 2^19)
+    per pixel (1.5x at 512x512): 512 takes 4 x 272 (0.34 M against 0.39 M untiled and 0.36 M in 9 x 192), 1024
+    takes 4 x 4 of 280 (1.44 M against 1.53 M in 368s)."""
+    buckets = [Bucket(256, 256)]
+    reach = TileCosts(reach=2)
+    assert fitted_tile(buckets, (512, 512), 8, reach) is None
+    assert route(buckets, (512, 512), 8, reach).describe().endswith("(beyond every bucket, within its reach)")
+    assert fitted_tile(buckets, (1024, 1024), 8, reach) == 368
+    costs = TileCosts(attention=0.5 / 512**2, reach=2)
+    assert [fitted_tile(buckets, (s, s), 8, costs) for s in (512, 1024)] == [272, 280]
+    assert dynamic_limit(buckets, 8, costs) == 512 and dynamic_limit(buckets, 8) == 256
 
 
 def test_tile_side_refuses_a_bucket_too_small_to_tile():

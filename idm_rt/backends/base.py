@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..arrays import Array, namespace
-from ..buckets import Bucket, route, select_bucket
+from ..buckets import TileCosts, dynamic_limit, route, select_bucket
 from ..cost import StageFlops
 from ..devices import Device, parse_device
 from ..model.pieces import Conditioning, features_in_tiles, in_blocks, receptive_radius, scale_fraction
@@ -40,9 +40,10 @@ class EngineRunner:
     :func:`idm_rt.pipeline.super_resolve` and tiling use (:class:`~idm_rt.model.protocol.SamplingModel`)."""
 
     backend: str  # each runner's own; the SamplingModel protocol (idm_rt.model.protocol)
-    # How many times faster per pixel the static U-Net graphs run than the dynamic one (the tile rule weighs it,
-    # idm_rt.buckets.fitted_tile).
-    static_speedup = 1.0
+    # How many times faster per pixel static U-Net graphs with Winograd convolutions run than the dynamic one, and the
+    # dynamic graph's largest tile side in sides of the largest bucket (the tile rule weighs both, tile_costs).
+    winograd_speedup = 1.0
+    dynamic_reach = 1
 
     def __init__(self, folder: str | os.PathLike, device: str | Device):
         self.folder = Path(folder)
@@ -115,9 +116,15 @@ class EngineRunner:
         )
         return out + bicubic_upscale(lr, size) if self.config.encoder_upsampler == "implicit" else out
 
+    def tile_costs(self) -> TileCosts:
+        """What the tile rule weighs for these engines (:func:`tile_costs`)."""
+        return tile_costs(
+            type(self), self.recorded_flops, self.manifest.static, self.manifest.build_flags.get("conv") == "winograd"
+        )
+
     def condition(self, cond: Array, p: Array) -> Conditioning:
         """The conditioning at ``cond``'s own size, one sample at a time."""
-        self._covering_bucket(tuple(cond.shape[-2:]))
+        self._check_tile(tuple(cond.shape[-2:]))
         xp = namespace(cond)
         p = xp.broadcast_to(xp.reshape(xp.astype(p, xp.float32), (-1,)), (cond.shape[0],))
         out = run_batched(
@@ -129,7 +136,7 @@ class EngineRunner:
         """eps for x_t (B, 3, h, w): on the static graph of the bucket of exactly that size, else on
         the dynamic graph with the implicit layers' tables for (h, w)."""
         size = tuple(x_t.shape[-2:])
-        self._covering_bucket(size)
+        self._check_tile(size)
         xp = namespace(x_t)
         with stage(ENGINE_ARRAYS):
             g = xp.broadcast_to(xp.reshape(xp.astype(noise_level, xp.float32), (-1,)), (x_t.shape[0],))
@@ -148,22 +155,31 @@ class EngineRunner:
             1,
         )[0]
 
-    def _covering_bucket(self, size: tuple[int, int]) -> Bucket:
-        """The bucket rule's bucket for an HR tile of ``size``; a clear error when none covers it."""
-        bucket = select_bucket(self.buckets, size)
-        if bucket is None:
+    def _check_tile(self, size: tuple[int, int]) -> None:
+        """A clear error when an HR tile of ``size`` is beyond what the graphs run: no bucket covers it and it exceeds
+        the dynamic graph's reach."""
+        limit = dynamic_limit(self.buckets, self.config.size_multiple, self.tile_costs())
+        if select_bucket(self.buckets, size) is None and max(size) > limit:
             built = ", ".join(b.name for b in self.buckets)
             raise ValueError(
-                f"no engine bucket covers an HR tile of {size[1]}x{size[0]} (built: {built}); "
-                f"use a tile of at most {bucket_tile(self, size)} or rebuild with a larger --tile"
+                f"no engine bucket covers an HR tile of {size[1]}x{size[0]} (built: {built}) and the dynamic graph "
+                f"runs tiles of at most {limit}x{limit}; use a tile of at most {bucket_tile(self, size)} or rebuild "
+                "with a larger --tile"
             )
-        return bucket
+
+
+def tile_costs(runner: type[EngineRunner], flops: StageFlops | None, static: bool, winograd: bool) -> TileCosts:
+    """What the tile rule weighs for engines of ``runner``'s kind (with static graphs or not, Winograd convolutions or
+    not): their static graphs' speed, the U-Net's cost growth with the tile's area (as the build counted it, ``flops``)
+    and the dynamic graph's reach."""
+    attention = flops.unet_area / flops.unet if flops is not None and flops.unet > 0 else 0.0
+    return TileCosts(runner.winograd_speedup if static and winograd else 1.0, attention, runner.dynamic_reach)
 
 
 def bucket_tile(runner: EngineRunner, size: tuple[int, int], max_memory: int | None = None) -> int | None:
     """The tile side the bucket rule picks for an HR output ``size`` (None: no tiling); the buckets, built for their
     batches, already set the memory."""
-    return route(runner.buckets, size, runner.config.size_multiple, runner.static_speedup).tile
+    return route(runner.buckets, size, runner.config.size_multiple, runner.tile_costs()).tile
 
 
 def run_batched(

@@ -21,10 +21,10 @@ from .engine_dir import INT8_CHECK, artifact, dim_size, graph_inputs, graph_key,
 from .registry import INSTALL, installed
 
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
-# Per pixel, the static Winograd U-Net graph against the dynamic direct one on a CPU: 1.3x (192-px tiles against
-# 256) and 1.45x (232 against 256) per image in benchmarks.engine_sizes, 1.28-1.57x per call in
-# benchmarks.latency_onnx.
-WINOGRAD_SPEEDUP = 1.4
+# Per pixel, a U-Net call of the bundled model on the static Winograd graph (256x256) against the dynamic graph
+# (256x248): 4.15 against 4.81 us, 1.16x (2 threads, medians of 5 interleaved calls, a quiet 2-core AMD EPYC VM,
+# 2026-12-07; benchmarks/results/engine_sizes.md measures what the tiles it picks cost).
+WINOGRAD_SPEEDUP = 1.15
 
 
 class OnnxRuntimeRunner(EngineRunner):
@@ -40,6 +40,8 @@ class OnnxRuntimeRunner(EngineRunner):
     """
 
     backend = "onnxruntime"
+    winograd_speedup = WINOGRAD_SPEEDUP
+    dynamic_reach = 2  # ONNX Runtime's dynamic graph takes any size: tiles up to twice the largest bucket's side
 
     def __init__(self, folder: str | os.PathLike, device: str | Device = "cpu", threads: int | None = None):
         if threads is not None and (
@@ -86,8 +88,6 @@ class OnnxRuntimeRunner(EngineRunner):
                     f"with python -m idm_rt.build --force)"
                 ) from None
         self._check_graphs()
-        if self.manifest.static and self.manifest.build_flags.get("conv") == "winograd":
-            self.static_speedup = WINOGRAD_SPEEDUP
 
     def _check_graphs(self) -> None:
         """ValueError when a graph file does not take and give what its manifest entry says (a file copied
