@@ -84,6 +84,14 @@ def test_engine_directory_keeps_the_models_sampling_defaults(built):
     assert np.abs(got - want).max() < 2e-3
 
 
+def test_the_runners_threads_do_not_spin_between_calls(built):
+    """Idle ONNX Runtime threads would spin on the cores the sampling loop's numpy work needs between calls."""
+    _, folder = built
+    runner = load_runner(folder)
+    for session in runner._sessions.values():
+        assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
 def test_outputs_larger_than_every_bucket_are_tiled_like_torch(built):
     """Bucket 32x32: ONNX Runtime's dynamic graph takes tiles up to 64 (twice the bucket's side), so a 32x48 output
     runs untiled (one 32x48 call costs fewer pixels than two 32x32 tiles, even at the static graph's speed) and a

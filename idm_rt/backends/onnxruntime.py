@@ -72,6 +72,10 @@ class OnnxRuntimeRunner(EngineRunner):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only: optimiser notes are not the user's concern
         options.intra_op_num_threads = default_threads() if threads is None else threads
+        # No spinning: between U-Net calls the sampling loop's own numpy work (back-projection, the encoder's pieces)
+        # runs on the same cores, which idle ONNX Runtime threads would keep busy waiting (a 512x512 upscale at 2
+        # threads: 1.80 s against 1.95, back-projection 0.02 s against 0.05; benchmarks.stage_profile --side 512).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         use_engine = self.manifest.backend == "onnxruntime"
         self._sessions = {}
         for key, entry in self.manifest.graphs.items():
