@@ -256,15 +256,15 @@ def test_from_pretrained_builds_a_models_engines_once_in_the_cache(built, tmp_pa
     up = Upscaler.from_pretrained(folder.parent / "model", backend="onnxruntime", runner_options={"threads": 1})
     engines = up.model.folder
     assert engines.parent == tmp_path / "engines"
-    assert sorted(exported) == ["conditioner", "encoder", "encoder_block", "unet", "unet_dynamic"]
+    assert sorted(exported) == ["conditioner", "encoder", "encoder_block", "unet", "unet", "unet_dynamic"]
     manifest = read_manifest(engines)
     assert manifest.complete and manifest.precision == "fp32" and manifest.build_flags["conv"] == "winograd"
-    assert [b.name for b in manifest.buckets] == ["256x256_b1-1"]  # the default buckets
+    assert [b.name for b in manifest.buckets] == ["256x256_b1-1", "280x280_b1-1"]  # the default buckets
     kw = dict(scale=2, steps=2, seed=5, progress=False, sampler="dpmpp_2m", init="noise")  # the dynamic graph
     got, want = up.upscale(_image(64, 64, 6), **kw), Upscaler(model, tile=0).upscale(_image(64, 64, 6), **kw)
     assert np.abs(got - want).max() < 2e-3
     again = Upscaler.from_pretrained(folder.parent / "model", backend="onnxruntime")
-    assert again.model.folder == engines and len(exported) == 5  # reused, nothing exported again
+    assert again.model.folder == engines and len(exported) == 6  # reused, nothing exported again
 
 
 def test_from_pretrained_with_an_engine_backend_refuses_what_it_cannot_build(built, tmp_path, monkeypatch):

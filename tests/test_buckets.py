@@ -34,8 +34,8 @@ def test_tiles_with_batch_range_and_duplicates_merge():
     assert buckets[0].dynamic_batch and buckets[0].name == "128x128_b1-4"
 
 
-def test_default_is_one_256_tile():
-    assert plan_buckets() == [Bucket(256, 256)]
+def test_default_is_two_square_tiles():
+    assert plan_buckets() == [Bucket(256, 256), Bucket(280, 280)]
 
 
 @pytest.mark.parametrize(
