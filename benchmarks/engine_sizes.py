@@ -45,7 +45,7 @@ def contestants(
         up = idm_rt.Upscaler.from_engines(folder, runner_options={"threads": threads})
         warm_up(up)
         buckets = ",".join(str(b.height) if b.height == b.width else f"{b.width}x{b.height}" for b in up.model.buckets)
-        named[f"onnxruntime, buckets {buckets}"] = (up, {})
+        named[f"onnxruntime {up.model.manifest.precision}, buckets {buckets}"] = (up, {})
     return named
 
 

@@ -65,7 +65,7 @@ def peak_rss_mib() -> float:
 
 
 def build_engines(model: str | None, precision: str, out: Path) -> Path:
-    """An ONNX Runtime engine directory of the model with the default bucket."""
+    """An ONNX Runtime engine directory of the model with the default buckets."""
     from idm_rt.build import main as build
 
     args = ["--backend", "onnxruntime", "--engine", precision, "--out", str(out)]

@@ -19,7 +19,7 @@ Per-image time: one process per contestant loads its Upscaler once (``ready_s``:
 one untimed image, then the timed ones. Runs alternate between the contestants within each round, so that what else
 runs on the machine hits them alike; medians of ``--repeats`` rounds (0: sizes only). Jobs: the README's main job
 (the 128x128 sample at 4x, 512x512) and a 1-megapixel output (the sample resized to 256x256, at 4x: 1024x1024). Each
-contestant's default tiling: engines tile by their 256x256 bucket, the torch backend by memory.
+contestant's default tiling: engines by their bucket rule (idm_rt.buckets), the torch backend by memory.
 
     python -m benchmarks.torch_free [--repeats 3] [--replace]
 

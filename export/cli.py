@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
 
             config = load_model(model_path).config
             runner = BACKENDS[args.backend].runner_class(check=False)
-            costs = tile_costs(runner, stage_flops(config), not args.no_static, conv == "winograd")
+            costs = tile_costs(runner, stage_flops(config), not args.no_static, conv == "winograd", args.precision)
             print(explain(buckets, scales, size, config.size_multiple, costs))
             return 0
         require_packages(args.backend)

@@ -30,8 +30,8 @@ RULE = """\
    tiles' pixels times a U-Net call's cost per pixel at the tile's area (the self-attention's share
    grows with it, as the build counted), divided by how many times faster per pixel the static
    graphs run for tiles of exactly a bucket's size (ONNX Runtime's Winograd graphs), the larger side
-   on a tie; each tile then follows rule 2 (a side that covers the output: untiled, on the dynamic
-   graph). The torch backend with the same tile computes the same tiles."""
+   on a tie; each tile then follows rule 2, on the dynamic graph where no bucket covers it (a side
+   that covers the output: untiled). The torch backend with the same tile computes the same tiles."""
 
 MAX_SIDE, MAX_BATCH = 8192, 256  # far above what a tile or a batch of one GPU holds
 
@@ -79,10 +79,10 @@ class Bucket:
         return cls(d["height"], d["width"], d["min_batch"], d["max_batch"])
 
 
-# Outputs up to 280x280 run untiled; larger ones in tiles (rule 3) whose 32-px overlaps add 15-30 % pixels (128 tiles
-# added 78 %) while the attention's share of a call stays small. Two static graphs, which ONNX Runtime runs 1.1-1.2x
-# faster per pixel than its dynamic one: 280 for the 2 x 2 and 4 x 4 tiles of 0.26-1 MP outputs (512x512: 4 tiles
-# of 280 against 9 of 256), 256 for large outputs (the fewest pixels per tile of overlap that the static speed pays).
+# Outputs a bucket covers run untiled (on ONNX Runtime larger ones too, where that is cheaper); larger ones in tiles
+# (rule 3) whose 32-px overlaps add 15-30 % pixels (128 tiles added 78 %) while the attention's share of a call stays
+# small. Two static graphs, which ONNX Runtime runs faster per pixel than its dynamic one (benchmarks/results/
+# static_speedup.md): 280 for the 2 x 2 and 4 x 4 tiles of 0.26-1 MP outputs, 256 for large outputs.
 DEFAULT_TILES = (256, 280)
 
 
@@ -119,7 +119,7 @@ def select_bucket(buckets: Iterable[Bucket], size: tuple[int, int]) -> Bucket | 
 
 
 def tile_side(buckets: Sequence[Bucket], multiple: int) -> int:
-    """Rule 3: side of the square tiles used when no bucket covers the output."""
+    """Rule 3: the largest square inside the largest bucket, the base of the tile sides' range."""
     largest = max(buckets, key=lambda b: (b.height * b.width, b.height))
     side = min(largest.height, largest.width) // multiple * multiple
     if side < 2 * multiple:
@@ -165,10 +165,7 @@ def fitted_tile(
     static = {(b.height, b.width) for b in buckets}
 
     def cost(tile: int) -> float:
-        return sum(
-            h * w * (1 + costs.attention * h * w) / (costs.static_speedup if (h, w) in static else 1.0)
-            for _, _, h, w in TilePlan.for_image(size, tile, multiple).tiles
-        )
+        return TilePlan.for_image(size, tile, multiple).unet_cost(1.0, costs.attention, static, costs.static_speedup)
 
     top = dynamic_limit(buckets, multiple, costs)
     sides = range(top, max(largest // 2, 2 * multiple) - 1, -multiple)  # largest first: it wins ties
@@ -193,7 +190,10 @@ class Route:
             return f"{w}x{h} output -> the dynamic graph at {w}x{h} (inside bucket {self.bucket.name})"
         if self.tile is None:
             return f"{w}x{h} output -> the dynamic graph at {w}x{h} (beyond every bucket, within its reach)"
-        return f"{w}x{h} output -> tiles of {self.tile}x{self.tile}, each on the smallest bucket covering it"
+        return (
+            f"{w}x{h} output -> tiles of {self.tile}x{self.tile}, each on a bucket's static graph when exactly its "
+            "size, else on the dynamic graph"
+        )
 
 
 def route(buckets: Sequence[Bucket], size: tuple[int, int], multiple: int, costs: TileCosts = TileCosts()) -> Route:

@@ -62,10 +62,10 @@ class StageFlops:
         """FLOPs of one upscale of an ``lr_size`` (h, w) image to ``size`` (H, W) with ``calls`` U-Net calls in
         tiles of side ``tile`` (None: untiled); ``feature_tile`` and ``radius``: the encoder's LR tiles and the
         halo each is computed with (0: one pass)."""
-        tiles = [size] if tile is None else [(h, w) for _, _, h, w in TilePlan.for_image(size, tile, multiple).tiles]
+        plan = TilePlan.whole(size) if tile is None else TilePlan.for_image(size, tile, multiple)
         lr_pixels = _with_halos(lr_size[0], feature_tile, radius) * _with_halos(lr_size[1], feature_tile, radius)
-        per_call = sum(h * w * (self.unet + self.unet_area * h * w) for h, w in tiles)
-        conditioned = sum(h * w for h, w in tiles)
+        per_call = plan.unet_cost(self.unet, self.unet_area)
+        conditioned = sum(h * w for _, _, h, w in plan.tiles)
         return lr_pixels * self.features + size[0] * size[1] * self.hr + conditioned * self.condition + calls * per_call
 
 

@@ -21,7 +21,7 @@ from array_api_compat import is_torch_array
 
 from .arrays import Array, like, namespace
 
-BAND = 64  # rows one matrix product of a resize reads (shrinking) or writes (enlarging), about
+BAND = 64  # rows one matrix product of a resize reads (shrinking) or writes (enlarging), roughly
 
 
 def _cubic(x: np.ndarray, a: float) -> np.ndarray:
@@ -58,13 +58,13 @@ def taps(n_in: int, n_out: int, antialias: bool) -> tuple[np.ndarray, np.ndarray
     return np.minimum(j, n_in - 1), w.astype(np.float32)
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=32)  # up to 2 MB each (8192 -> 8192)
 def bands(n_in: int, n_out: int, antialias: bool) -> tuple[tuple[int, int, np.ndarray], ...]:
     """The resize along one axis as dense matrices over bands of output rows, in order: ``(lo, hi, m)`` maps source
-    rows ``lo:hi`` to the band's rows (``m``: (rows, hi - lo), the taps' weights). Each band reads about
-    :data:`BAND` source rows and writes at most as many: the products do a few times the taps' work, as matrix
-    products, 10-20x faster on a CPU than gathering the taps (1024x1024 <-> 256x256 in numpy, 2 threads: 2-5 ms
-    against 40-75 ms gathered; torch's own kernels 5-12 ms)."""
+    rows ``lo:hi`` to the band's rows (``m``: (rows, hi - lo), the taps' weights). Each band reads about :data:`BAND`
+    source rows and writes at most as many: the matrices are mostly zeros (4-16x the taps' multiply-adds), but as
+    matrix products they run 10-20x faster on a CPU than gathering the taps (1024x1024 <-> 256x256 in numpy, 2
+    threads: 2-5 ms against 40-75 ms gathered; torch's own kernels 5-12 ms)."""
     idx, w = taps(n_in, n_out, antialias)
     rows = min(BAND, max(8, round(BAND * n_out / n_in)))
     out = []
@@ -80,14 +80,14 @@ def bands(n_in: int, n_out: int, antialias: bool) -> tuple[tuple[int, int, np.nd
 
 def _axis(x: Array, axis: int, n_out: int, antialias: bool) -> Array:
     """``x`` resized along ``axis`` (-2 or -1) to ``n_out``, in float32 at least."""
-    n_in = x.shape[axis]
-    if n_in == n_out and not antialias:
-        return x
     xp = namespace(x)
-    x = xp.astype(x, xp.result_type(x.dtype, xp.float32))
+    x = xp.astype(x, xp.result_type(x.dtype, xp.float32), copy=False)
+    n_in = x.shape[axis]
+    if n_in == n_out:  # both kernels are the identity at 1x
+        return x
     parts = []
     for lo, hi, m in bands(n_in, n_out, antialias):
-        band = xp.astype(like(m, x), x.dtype)
+        band = xp.astype(like(m, x), x.dtype, copy=False)
         parts.append(x[..., lo:hi] @ xp.matrix_transpose(band) if axis == -1 else band @ x[..., lo:hi, :])
     return parts[0] if len(parts) == 1 else xp.concat(parts, axis=axis)
 

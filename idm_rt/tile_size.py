@@ -102,13 +102,8 @@ def peak_bytes(model, area: int, batch: int = 1) -> int:
 
 def plan_cost(model, size: tuple[int, int], tile: int | None) -> float:
     """FLOPs of one denoising step over an output of ``size`` in tiles of side ``tile`` (None: untiled)."""
-    a, b = cost_per_pixel(model)
-    tiles = (
-        [size]
-        if tile is None
-        else [(h, w) for _, _, h, w in TilePlan.for_image(size, tile, model.config.size_multiple).tiles]
-    )
-    return sum(h * w * (a + b * h * w) for h, w in tiles)
+    plan = TilePlan.whole(size) if tile is None else TilePlan.for_image(size, tile, model.config.size_multiple)
+    return plan.unet_cost(*cost_per_pixel(model))
 
 
 def choose_tile(model, size: tuple[int, int], budget: int) -> int | None:

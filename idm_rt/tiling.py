@@ -8,7 +8,7 @@ updates the whole image: neighbouring tiles agree on the state they share, so no
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,6 +59,17 @@ class TilePlan:
         th, tw = min(tile, h), min(tile, w)
         tiles = tuple((t, l, th, tw) for t in _starts(h, th, stride) for l in _starts(w, tw, stride))
         return cls(size, tiles, tile - stride)
+
+    @classmethod
+    def whole(cls, size: tuple[int, int]) -> TilePlan:
+        """One tile: the whole output of ``size`` (H, W)."""
+        return cls(size, ((0, 0, *size),), 0)
+
+    def unet_cost(self, a: float, b: float, fast: Container[tuple[int, int]] = (), speedup: float = 1.0) -> float:
+        """The cost of one U-Net call over every tile, a call costing ``a + b * area`` per pixel of an ``area``-pixel
+        tile (the self-attention's share grows with it, :func:`idm_rt.tile_size.cost_per_pixel`); tiles whose
+        (height, width) is in ``fast`` cost ``speedup`` times less."""
+        return sum(h * w * (a + b * h * w) / (speedup if (h, w) in fast else 1.0) for _, _, h, w in self.tiles)
 
     def weight(self, tile: tuple[int, int, int, int]) -> np.ndarray:
         """(h, w) float32 blending weight: 1 inside, linear ramps over the overlap on sides facing other tiles."""

@@ -227,7 +227,8 @@ class Upscaler:
             runner_options: ``threads`` (onnxruntime, see :class:`~idm_rt.backends.onnxruntime.OnnxRuntimeRunner`)
                 or ``cuda_graph`` (tensorrt).
         Outputs that no bucket covers are tiled by the bucket rule (:mod:`idm_rt.buckets`) unless
-        ``tile`` is given (0: never tile, an error when no bucket covers the output). The model's
+        ``tile`` is given (0: never tile, an error when no bucket covers the output and it is beyond the dynamic
+        graph's reach, :class:`~idm_rt.buckets.TileCosts`). The model's
         recommended sampling settings, recorded in the manifest, are the defaults.
         """
         runner = load_runner(folder, backend, device, **(runner_options or {}))

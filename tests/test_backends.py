@@ -92,7 +92,7 @@ def test_the_runners_threads_do_not_spin_between_calls(built):
         assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
-def test_outputs_larger_than_every_bucket_are_tiled_like_torch(built):
+def test_outputs_larger_than_every_bucket_run_as_torch_runs_them(built):
     """Bucket 32x32: ONNX Runtime's dynamic graph takes tiles up to 64 (twice the bucket's side), so a 32x48 output
     runs untiled (one 32x48 call costs fewer pixels than two 32x32 tiles, even at the static graph's speed) and a
     32x96 output in tiles; either computes what torch computes with the same tiling."""
@@ -109,10 +109,10 @@ def test_outputs_larger_than_every_bucket_are_tiled_like_torch(built):
 
 
 def test_the_tile_rule_weighs_static_winograd_graphs_only_where_there_are_some(built):
-    """A default ONNX Runtime fp32 build on a CPU has static Winograd graphs; the bundled engines only the dynamic
-    graph, whose tiles all cost alike. Both weigh the attention's growth with the tile's area, as the build counted
+    """A default ONNX Runtime fp32 build on a CPU has static Winograd graphs, an int8 build static int8 graphs (each
+    faster than the float32 dynamic graph); the bundled engines only the dynamic graph, whose tiles all cost alike. Both weigh the attention's growth with the tile's area, as the build counted
     it (idm_rt.cost.stage_flops), and reach twice the largest bucket's side."""
-    from idm_rt.backends.onnxruntime import WINOGRAD_SPEEDUP
+    from idm_rt.backends.onnxruntime import INT8_SPEEDUP, WINOGRAD_SPEEDUP, OnnxRuntimeRunner
     from idm_rt.cost import stage_flops
     from idm_rt.upscaler import DEFAULT_ENGINES
 
@@ -123,6 +123,8 @@ def test_the_tile_rule_weighs_static_winograd_graphs_only_where_there_are_some(b
     flops = stage_flops(runner.config)
     assert costs.attention == pytest.approx(flops.unet_area / flops.unet) and costs.attention > 0
     assert costs.reach == 2
+    assert OnnxRuntimeRunner.static_speedup(False, "int8") == INT8_SPEEDUP > WINOGRAD_SPEEDUP
+    assert OnnxRuntimeRunner.static_speedup(False, "fp32") == 1.0
     if (DEFAULT_ENGINES / "manifest.json").exists():
         assert load_runner(DEFAULT_ENGINES).tile_costs().static_speedup == 1.0
 

@@ -42,6 +42,7 @@ def test_every_benchmark_writing_results_is_listed():
         "serve_load",
         "size_scaling",
         "stage_profile",
+        "static_speedup",
         "tile_overlap",
         "torch_free",
         "triton_aot",

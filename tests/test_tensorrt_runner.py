@@ -73,7 +73,7 @@ def built(tmp_path_factory):
 
 def _images():
     rng = np.random.default_rng(0)
-    # two of the bucket's size (its static U-Net at batch 2), one smaller (the dynamic one), one tiled
+    # two of the bucket's size (its static U-Net at batch 2), one smaller (the dynamic one), one tiled (KW's tile)
     return [rng.random(size, dtype=np.float32) for size in [(16, 16, 3), (16, 16, 3), (13, 11, 3), (16, 24, 3)]]
 
 
@@ -406,7 +406,8 @@ def test_the_upscale_command_runs_a_tensorrt_directory_without_torch_or_cupy(bui
 
     _, folder = built
     Image.fromarray((fake_cuda.main_job()[0] * 255).round().astype(np.uint8)).save(tmp_path / "in.png")
-    common = [str(tmp_path / "in.png"), "--scale", "2", "--steps", "2", "--seed", "3", "--engines", str(folder)]
+    common = [str(tmp_path / "in.png"), "--scale", "2", "--steps", "2", "--seed", "3", "--tile", "32"]
+    common += ["--engines", str(folder)]
     cpu = ["-o", str(tmp_path / "cpu.png"), "--backend", "onnxruntime", "--device", "cpu"]
     assert cli(["upscale", *common, *cpu]) == 0
     with installed() as state:

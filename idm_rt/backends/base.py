@@ -40,9 +40,7 @@ class EngineRunner:
     :func:`idm_rt.pipeline.super_resolve` and tiling use (:class:`~idm_rt.model.protocol.SamplingModel`)."""
 
     backend: str  # each runner's own; the SamplingModel protocol (idm_rt.model.protocol)
-    # How many times faster per pixel static U-Net graphs with Winograd convolutions run than the dynamic one, and the
-    # dynamic graph's largest tile side in sides of the largest bucket (the tile rule weighs both, tile_costs).
-    winograd_speedup = 1.0
+    # The dynamic graph's largest tile side, in sides of the largest bucket (the tile rule weighs it, tile_costs).
     dynamic_reach = 1
 
     def __init__(self, folder: str | os.PathLike, device: str | Device):
@@ -116,11 +114,16 @@ class EngineRunner:
         )
         return out + bicubic_upscale(lr, size) if self.config.encoder_upsampler == "implicit" else out
 
+    @classmethod
+    def static_speedup(cls, winograd: bool, precision: str) -> float:
+        """How many times faster per pixel a static U-Net graph (of a build with Winograd convolutions or not, in
+        ``precision``) runs than the dynamic graph: 1 unless a runner measured otherwise."""
+        return 1.0
+
     def tile_costs(self) -> TileCosts:
         """What the tile rule weighs for these engines (:func:`tile_costs`)."""
-        return tile_costs(
-            type(self), self.recorded_flops, self.manifest.static, self.manifest.build_flags.get("conv") == "winograd"
-        )
+        winograd = self.manifest.build_flags.get("conv") == "winograd"
+        return tile_costs(type(self), self.recorded_flops, self.manifest.static, winograd, self.manifest.precision)
 
     def condition(self, cond: Array, p: Array) -> Conditioning:
         """The conditioning at ``cond``'s own size, one sample at a time."""
@@ -156,29 +159,35 @@ class EngineRunner:
         )[0]
 
     def _check_tile(self, size: tuple[int, int]) -> None:
-        """A clear error when an HR tile of ``size`` is beyond what the graphs run: no bucket covers it and it exceeds
+        """A clear error when an HR tile of ``size`` is beyond what the engines run: no bucket covers it and it exceeds
         the dynamic graph's reach."""
+        if select_bucket(self.buckets, size) is not None:
+            return
         limit = dynamic_limit(self.buckets, self.config.size_multiple, self.tile_costs())
-        if select_bucket(self.buckets, size) is None and max(size) > limit:
+        if max(size) > limit:
             built = ", ".join(b.name for b in self.buckets)
             raise ValueError(
-                f"no engine bucket covers an HR tile of {size[1]}x{size[0]} (built: {built}) and the dynamic graph "
-                f"runs tiles of at most {limit}x{limit}; use a tile of at most {bucket_tile(self, size)} or rebuild "
-                "with a larger --tile"
+                f"no engine bucket covers an HR tile of {size[1]}x{size[0]} (built: {built}) and these engines run "
+                f"tiles beyond their buckets up to {limit}x{limit}; use a tile of at most {limit} or rebuild with a "
+                "larger --tile"
             )
 
 
-def tile_costs(runner: type[EngineRunner], flops: StageFlops | None, static: bool, winograd: bool) -> TileCosts:
+def tile_costs(
+    runner: type[EngineRunner], flops: StageFlops | None, static: bool, winograd: bool, precision: str
+) -> TileCosts:
     """What the tile rule weighs for engines of ``runner``'s kind (with static graphs or not, Winograd convolutions or
-    not): their static graphs' speed, the U-Net's cost growth with the tile's area (as the build counted it, ``flops``)
-    and the dynamic graph's reach."""
+    not, in ``precision``): their static graphs' speed, the U-Net's cost growth with the tile's area (as the build
+    counted it, ``flops``) and the dynamic graph's reach."""
     attention = flops.unet_area / flops.unet if flops is not None and flops.unet > 0 else 0.0
-    return TileCosts(runner.winograd_speedup if static and winograd else 1.0, attention, runner.dynamic_reach)
+    speedup = runner.static_speedup(winograd, precision) if static else 1.0
+    return TileCosts(speedup, attention, runner.dynamic_reach)
 
 
 def bucket_tile(runner: EngineRunner, size: tuple[int, int], max_memory: int | None = None) -> int | None:
     """The tile side the bucket rule picks for an HR output ``size`` (None: no tiling); the buckets, built for their
-    batches, already set the memory."""
+    batches, set the memory (tiles beyond them, up to the dynamic graph's reach, at most its square times the reach
+    squared)."""
     return route(runner.buckets, size, runner.config.size_multiple, runner.tile_costs()).tile
 
 

@@ -21,10 +21,12 @@ from .engine_dir import INT8_CHECK, artifact, dim_size, graph_inputs, graph_key,
 from .registry import INSTALL, installed
 
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
-# Per pixel, a U-Net call of the bundled model on the static Winograd graph (256x256) against the dynamic graph
-# (256x248): 4.15 against 4.81 us, 1.16x (2 threads, medians of 5 interleaved calls, a quiet 2-core AMD EPYC VM,
-# 2026-12-07; benchmarks/results/engine_sizes.md measures what the tiles it picks cost).
-WINOGRAD_SPEEDUP = 1.15
+# Per pixel, a U-Net call of the bundled model on a static graph against the float32 dynamic one (2 threads, a quiet
+# 2-core AMD EPYC VM, 2026-12-07; python -m benchmarks.static_speedup, benchmarks/results/static_speedup.md): float32
+# Winograd 0.99x at 256 and 1.04x at 280 there (7 rounds; 1.16x and 1.10x in two ad-hoc runs of 5-7 rounds), int8
+# 1.33x and 1.27x.
+WINOGRAD_SPEEDUP = 1.05
+INT8_SPEEDUP = 1.3
 
 
 class OnnxRuntimeRunner(EngineRunner):
@@ -40,8 +42,15 @@ class OnnxRuntimeRunner(EngineRunner):
     """
 
     backend = "onnxruntime"
-    winograd_speedup = WINOGRAD_SPEEDUP
     dynamic_reach = 2  # ONNX Runtime's dynamic graph takes any size: tiles up to twice the largest bucket's side
+
+    @classmethod
+    def static_speedup(cls, winograd: bool, precision: str) -> float:
+        """Static graphs against the float32 dynamic one, per pixel: int8's (:data:`INT8_SPEEDUP`), float32 Winograd's
+        (:data:`WINOGRAD_SPEEDUP`); 1 for the rest."""
+        if precision == "int8":
+            return INT8_SPEEDUP
+        return WINOGRAD_SPEEDUP if winograd and precision == "fp32" else 1.0
 
     def __init__(self, folder: str | os.PathLike, device: str | Device = "cpu", threads: int | None = None):
         if threads is not None and (

@@ -10,8 +10,9 @@ CUDA arrays come from torch where torch is installed, else from CuPy (:func:`~.o
 adapters below hold what differs between them. The issue that asked for a runtime without torch (#26) names pycuda
 for device memory and streams. pycuda ships only as a source distribution that compiles against a CUDA toolkit when
 it is installed (there are no wheels), and its GPUArray cannot do what the sampling loop does on the device (the
-bicubic resizes' gathers, the tiles' strided writes), so the loop would need a second copy of its math. CuPy installs
-from wheels (``cupy-cuda12x``) and implements the Array API standard the loop is written against: it is used instead.
+bicubic resizes' banded products, the tiles' strided writes), so the loop would need a second copy of its math. CuPy
+installs from wheels (``cupy-cuda12x``) and implements the Array API standard the loop is written against: it is used
+instead.
 
 Streams and memory: every array the runner makes (inputs in the engine's dtypes, outputs, a CUDA graph's static
 buffers) is allocated and written on the caller's current stream. TensorRT runs on the runner's own stream (TensorRT
