@@ -108,10 +108,11 @@ def test_outputs_larger_than_every_bucket_run_as_torch_runs_them(built):
         assert np.abs(got - want).max() < 2e-3
 
 
-def test_the_tile_rule_weighs_static_winograd_graphs_only_where_there_are_some(built):
+def test_the_tile_rule_weighs_static_graphs_only_where_there_are_some(built):
     """A default ONNX Runtime fp32 build on a CPU has static Winograd graphs, an int8 build static int8 graphs (each
-    faster than the float32 dynamic graph); the bundled engines only the dynamic graph, whose tiles all cost alike. Both weigh the attention's growth with the tile's area, as the build counted
-    it (idm_rt.cost.stage_flops), and reach twice the largest bucket's side."""
+    faster than the float32 dynamic graph); the bundled engines only the dynamic graph, whose tiles all cost alike.
+    Both weigh the attention's growth with the tile's area, as the build counted it (idm_rt.cost.stage_flops), and
+    reach twice the largest bucket's side."""
     from idm_rt.backends.onnxruntime import INT8_SPEEDUP, WINOGRAD_SPEEDUP, OnnxRuntimeRunner
     from idm_rt.cost import stage_flops
     from idm_rt.upscaler import DEFAULT_ENGINES
