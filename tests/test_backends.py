@@ -313,7 +313,7 @@ def test_clear_errors_for_missing_directories_and_devices(built, tmp_path):
 
 def test_a_tile_beyond_the_dynamic_graphs_reach_is_refused(built):
     _, folder = built  # bucket 32x32: ONNX Runtime's dynamic graph takes tiles up to 64x64
-    with pytest.raises(ValueError, match="no engine bucket covers an HR tile of 72x32 .* at most 64x64"):
+    with pytest.raises(ValueError, match="HR tile of 72x32 .* up to 64x64; use a tile of at most 64"):
         Upscaler.from_engines(folder).upscale(_image(16, 40, 5), scale=2, steps=2, tile=72, progress=False)
 
 
