@@ -20,31 +20,28 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 import idm_rt
 from idm_rt.fileio import atomic_write
+from idm_rt.model.protocol import SamplingModel
 
 from .common import add_replace_argument, write
 
 
-def _call(model, height: int, width: int):
-    """A U-Net call of ``model`` on a fixed random tile of height x width, conditioned on itself at 4x."""
+def _call(model: SamplingModel, height: int, width: int):
+    """A U-Net call of ``model`` (the torch model or an engine runner) on a fixed random tile of height x width,
+    conditioned on itself at 4x."""
     rng = np.random.default_rng(0)
-    x = np.clip(rng.standard_normal((1, 3, height, width), dtype=np.float32) * 0.3, -1, 1)
-    g = np.array([0.9], dtype=np.float32)
-    if isinstance(model, idm_rt.IDM):
-        xt, gt = torch.from_numpy(x), torch.from_numpy(g)
-        with torch.no_grad():
-            c = model.condition(xt, model.scale_fraction([4.0]))
+    x = model.asarray(np.clip(rng.standard_normal((1, 3, height, width), dtype=np.float32) * 0.3, -1, 1))
+    g = model.asarray(np.array([0.9], dtype=np.float32))
+    with model.sampling():
+        c = model.condition(x, model.scale_fraction([4.0]))
 
-        def run():
-            with torch.no_grad():
-                model.denoise(xt, c, gt)
+    def run():
+        with model.sampling():
+            model.denoise(x, c, g)
 
-        return run
-    c = model.condition(x, model.scale_fraction([4.0]))
-    return lambda: model.denoise(x, c, g)
+    return run
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -126,7 +126,7 @@ def _plan(args: argparse.Namespace):
 
 def explain(buckets, scales, size, multiple: int | None, costs: TileCosts) -> str:
     """The bucket plan and, for each requested scale, the bucket (or tiling) the request runs on (``costs``: what the
-    engines' tile rule weighs, :func:`idm_rt.backends.base.tile_costs`)."""
+    engines' tile rule weighs, :meth:`idm_rt.backends.base.EngineRunner.costs_for`)."""
     lines = ["buckets (HR tile height x width, batch range):"] + [f"  {b.name}" for b in buckets]
     if size and multiple:
         lines.append("requests (input and output width x height):")
@@ -176,13 +176,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         if args.explain:
-            from idm_rt.backends.base import tile_costs
             from idm_rt.checkpoints import load_model
             from idm_rt.cost import stage_flops
 
             config = load_model(model_path).config
             runner = BACKENDS[args.backend].runner_class(check=False)
-            costs = tile_costs(runner, stage_flops(config), not args.no_static, conv == "winograd", args.precision)
+            costs = runner.costs_for(stage_flops(config), not args.no_static, conv == "winograd", args.precision)
             print(explain(buckets, scales, size, config.size_multiple, costs))
             return 0
         require_packages(args.backend)

@@ -40,7 +40,7 @@ class EngineRunner:
     :func:`idm_rt.pipeline.super_resolve` and tiling use (:class:`~idm_rt.model.protocol.SamplingModel`)."""
 
     backend: str  # each runner's own; the SamplingModel protocol (idm_rt.model.protocol)
-    # The dynamic graph's largest tile side, in sides of the largest bucket (the tile rule weighs it, tile_costs).
+    # The dynamic graph's largest tile side, in sides of the largest bucket (the tile rule weighs it, costs_for).
     dynamic_reach = 1
 
     def __init__(self, folder: str | os.PathLike, device: str | Device):
@@ -120,10 +120,19 @@ class EngineRunner:
         ``precision``) runs than the dynamic graph: 1 unless a runner measured otherwise."""
         return 1.0
 
+    @classmethod
+    def costs_for(cls, flops: StageFlops | None, static: bool, winograd: bool, precision: str) -> TileCosts:
+        """What the tile rule weighs for engines of this kind (with static graphs or not, Winograd convolutions or
+        not, in ``precision``): their static graphs' speed, the U-Net's cost growth with the tile's area (as the build
+        counted it, ``flops``) and the dynamic graph's reach."""
+        attention = flops.unet_area / flops.unet if flops is not None and flops.unet > 0 else 0.0
+        speedup = cls.static_speedup(winograd, precision) if static else 1.0
+        return TileCosts(speedup, attention, cls.dynamic_reach)
+
     def tile_costs(self) -> TileCosts:
-        """What the tile rule weighs for these engines (:func:`tile_costs`)."""
+        """What the tile rule weighs for these engines (:meth:`costs_for` of their manifest)."""
         winograd = self.manifest.build_flags.get("conv") == "winograd"
-        return tile_costs(type(self), self.recorded_flops, self.manifest.static, winograd, self.manifest.precision)
+        return self.costs_for(self.recorded_flops, self.manifest.static, winograd, self.manifest.precision)
 
     def condition(self, cond: Array, p: Array) -> Conditioning:
         """The conditioning at ``cond``'s own size, one sample at a time."""
@@ -171,17 +180,6 @@ class EngineRunner:
                 f"tiles beyond their buckets up to {limit}x{limit}; use a tile of at most {limit} or rebuild with a "
                 "larger --tile"
             )
-
-
-def tile_costs(
-    runner: type[EngineRunner], flops: StageFlops | None, static: bool, winograd: bool, precision: str
-) -> TileCosts:
-    """What the tile rule weighs for engines of ``runner``'s kind (with static graphs or not, Winograd convolutions or
-    not, in ``precision``): their static graphs' speed, the U-Net's cost growth with the tile's area (as the build
-    counted it, ``flops``) and the dynamic graph's reach."""
-    attention = flops.unet_area / flops.unet if flops is not None and flops.unet > 0 else 0.0
-    speedup = runner.static_speedup(winograd, precision) if static else 1.0
-    return TileCosts(speedup, attention, runner.dynamic_reach)
 
 
 def bucket_tile(runner: EngineRunner, size: tuple[int, int], max_memory: int | None = None) -> int | None:
